@@ -1,0 +1,367 @@
+//! `tollgate`: the operator's front door to the routing core.
+//!
+//! Everything here runs the same `tollgate-core` code the hosts run, so an
+//! offline answer (`classify`, `route`, `replay`) is the answer production
+//! gives for the same config and request.
+
+mod replay;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use serde_json::{Value, json};
+use std::io::{BufRead, BufWriter, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use tollgate_core::api::ApiFormat;
+use tollgate_core::budget::{self, BudgetState};
+use tollgate_core::config::TenantConfig;
+use tollgate_core::count::{self, Encoding};
+use tollgate_core::engine::{self, Inbound, Next, Plan, ReserveOutcome};
+use tollgate_core::request::ChatRequest;
+
+#[derive(Parser)]
+#[command(name = "tollgate", version, about = "LLM cost router: validate config, classify, count and route offline")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Api {
+    Openai,
+    Anthropic,
+}
+
+impl From<Api> for ApiFormat {
+    fn from(a: Api) -> Self {
+        match a {
+            Api::Openai => ApiFormat::OpenAi,
+            Api::Anthropic => ApiFormat::Anthropic,
+        }
+    }
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Score a prompt's complexity and pick its tier.
+    ///
+    /// With --jsonl, reads lines {"id","prompt"} or {"id","request":{chat body}}
+    /// on stdin and writes {"id","score","tier","tokens","reasons"} per line.
+    Classify {
+        /// The prompt text (omit with --jsonl).
+        text: Option<String>,
+        #[arg(long)]
+        jsonl: bool,
+        /// Tenant config whose classifier settings and tiers to use (default: the example tenant).
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Count tokens of a text, or of a chat request's prompt.
+    ///
+    /// With --jsonl, reads {"id","text"} lines and writes {"id","tokens"},
+    /// counting text as ordinary text (special-token strings are plain text).
+    Count {
+        text: Option<String>,
+        #[arg(long, default_value = "o200k_base")]
+        encoding: String,
+        #[arg(long)]
+        jsonl: bool,
+        /// Count a request body's prompt (with chat framing) instead of a text.
+        #[arg(long)]
+        request: Option<PathBuf>,
+        #[arg(long, value_enum, default_value = "openai")]
+        api: Api,
+    },
+    /// Route one request offline and print the full decision as JSON.
+    Route {
+        #[arg(long)]
+        config: PathBuf,
+        #[arg(long)]
+        request: PathBuf,
+        #[arg(long, value_enum, default_value = "openai")]
+        api: Api,
+        /// Budget state JSON to reserve against (default: nothing spent yet).
+        #[arg(long)]
+        budget_state: Option<PathBuf>,
+        /// Unix time to decide at (default: now).
+        #[arg(long)]
+        now: Option<u64>,
+    },
+    /// Tenant configuration.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+    /// API keys.
+    Key {
+        #[command(subcommand)]
+        command: KeyCommand,
+    },
+    /// Replay a workload through the core against a simulated provider and
+    /// report decisions, cache hits and cost against always-premium.
+    Replay {
+        #[arg(long, default_value = "examples/workload.jsonl")]
+        workload: PathBuf,
+        /// tenant_id=config.json pairs; default: every examples/tenant*.json.
+        #[arg(long = "tenant")]
+        tenants: Vec<String>,
+        /// Print only the summary.
+        #[arg(long)]
+        quiet: bool,
+        /// Write the per-request decisions as JSONL here.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Validate a tenant config: exit 0, or print every error with its JSON path.
+    Validate { file: PathBuf },
+    /// Print the tenant config JSON Schema.
+    Schema,
+}
+
+#[derive(Subcommand)]
+enum KeyCommand {
+    /// Print the SHA-256 a key is stored under, and the KV key for its record.
+    Hash { key: String },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        Err(message) => {
+            eprintln!("tollgate: {message}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn read_file(path: &Path) -> Result<Vec<u8>, String> {
+    std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))
+}
+
+fn load_config(path: Option<&Path>) -> Result<TenantConfig, String> {
+    match path {
+        Some(p) => TenantConfig::from_json(&read_file(p)?).map_err(|e| format!("{}: {e}", p.display())),
+        None => TenantConfig::example().map_err(|e| format!("built-in example config: {e}")),
+    }
+}
+
+fn now_secs() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+fn entropy() -> [u8; 16] {
+    // Request ids only need to be unique, not secret: time and a counter.
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+    let mut out = [0u8; 16];
+    out[..8].copy_from_slice(&(nanos as u64).to_le_bytes());
+    out[8..].copy_from_slice(&(COUNTER.fetch_add(1, Ordering::Relaxed) ^ u64::from(std::process::id())).to_le_bytes());
+    out
+}
+
+fn print_json(v: &Value) -> Result<(), String> {
+    let s = serde_json::to_string_pretty(v).map_err(|e| e.to_string())?;
+    println!("{s}");
+    Ok(())
+}
+
+fn run(cli: Cli) -> Result<ExitCode, String> {
+    match cli.command {
+        Command::Classify { text, jsonl, config } => {
+            let config = load_config(config.as_deref())?;
+            if jsonl {
+                return jsonl_lines(|line| classify_line(&config, line));
+            }
+            let text = text.ok_or("give a prompt, or --jsonl")?;
+            let v = classify_value(&config, &chat_body_for_prompt(&text), ApiFormat::OpenAi)?;
+            print_json(&v)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Count { text, encoding, jsonl, request, api } => {
+            let enc = Encoding::from_name(&encoding)
+                .ok_or_else(|| format!("unknown encoding `{encoding}`; use o200k_base or cl100k_base"))?;
+            if jsonl {
+                return jsonl_lines(|line| {
+                    let v: Value = serde_json::from_str(line).map_err(|e| format!("bad JSON: {e}"))?;
+                    let text = v.get("text").and_then(Value::as_str).ok_or("each line needs a string `text`")?;
+                    Ok(
+                        json!({"id": v.get("id").cloned().unwrap_or(Value::Null), "tokens": count::count_text(enc, text)}),
+                    )
+                });
+            }
+            if let Some(path) = request {
+                let req = ChatRequest::parse(api.into(), &read_file(&path)?, usize::MAX).map_err(|e| e.to_string())?;
+                let c = count::prompt_tokens(&req, &req.model);
+                print_json(&serde_json::to_value(c).map_err(|e| e.to_string())?)?;
+                return Ok(ExitCode::SUCCESS);
+            }
+            let text = match text {
+                Some(t) => t,
+                None => {
+                    let mut s = String::new();
+                    std::io::stdin().read_to_string(&mut s).map_err(|e| e.to_string())?;
+                    s
+                }
+            };
+            println!("{}", count::count_text(enc, &text));
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Route { config, request, api, budget_state, now } => {
+            let config = load_config(Some(&config))?;
+            let body = read_file(&request)?;
+            let mut state: BudgetState = match budget_state {
+                Some(p) => serde_json::from_slice(&read_file(&p)?).map_err(|e| format!("budget state: {e}"))?,
+                None => BudgetState::default(),
+            };
+            let v = route_offline(&config, api.into(), &body, &mut state, now.unwrap_or_else(now_secs));
+            print_json(&v)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Config { command: ConfigCommand::Validate { file } } => {
+            let bytes = read_file(&file)?;
+            match TenantConfig::from_json(&bytes) {
+                Ok(cfg) => {
+                    println!(
+                        "{}: valid (tenant `{}`, {} tiers, {} budget limits)",
+                        file.display(),
+                        cfg.tenant_id,
+                        cfg.routing.tiers.len(),
+                        cfg.budgets.limits.len()
+                    );
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(errors) => {
+                    for e in &errors.0 {
+                        let path = if e.path.is_empty() { "(root)" } else { &e.path };
+                        eprintln!("{}: {path}: {}", file.display(), e.message);
+                    }
+                    Ok(ExitCode::FAILURE)
+                }
+            }
+        }
+        Command::Config { command: ConfigCommand::Schema } => {
+            print_json(&tollgate_core::config::json_schema())?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Key { command: KeyCommand::Hash { key } } => {
+            let hash = tollgate_core::auth::hash_api_key(&key);
+            println!("{hash}");
+            eprintln!("store the tenant record under KV key: {}", tollgate_core::auth::api_key_storage_key(&hash));
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Replay { workload, tenants, quiet, out } => replay::run(&workload, &tenants, quiet, out.as_deref()),
+    }
+}
+
+/// Process stdin line by line; a bad line gets an `error` line and a non-zero exit at the end.
+fn jsonl_lines(mut f: impl FnMut(&str) -> Result<Value, String>) -> Result<ExitCode, String> {
+    let stdin = std::io::stdin();
+    let stdout = std::io::stdout();
+    let mut out = BufWriter::new(stdout.lock());
+    let mut failed = 0usize;
+    for (n, line) in stdin.lock().lines().enumerate() {
+        let line = line.map_err(|e| format!("stdin: {e}"))?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let v = match f(&line) {
+            Ok(v) => v,
+            Err(message) => {
+                failed += 1;
+                let id =
+                    serde_json::from_str::<Value>(&line).ok().and_then(|v| v.get("id").cloned()).unwrap_or(Value::Null);
+                eprintln!("tollgate: line {}: {message}", n + 1);
+                json!({"id": id, "error": message})
+            }
+        };
+        writeln!(out, "{v}").map_err(|e| e.to_string())?;
+    }
+    out.flush().map_err(|e| e.to_string())?;
+    Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+fn chat_body_for_prompt(prompt: &str) -> Vec<u8> {
+    json!({"model": engine::AUTO_MODELS[0], "messages": [{"role": "user", "content": prompt}]}).to_string().into_bytes()
+}
+
+fn classify_line(config: &TenantConfig, line: &str) -> Result<Value, String> {
+    let v: Value = serde_json::from_str(line).map_err(|e| format!("bad JSON: {e}"))?;
+    let id = v.get("id").cloned().unwrap_or(Value::Null);
+    let (body, api) = if let Some(prompt) = v.get("prompt").and_then(Value::as_str) {
+        (chat_body_for_prompt(prompt), ApiFormat::OpenAi)
+    } else if let Some(request) = v.get("request") {
+        let api = match v.get("api").and_then(Value::as_str) {
+            Some("anthropic") => ApiFormat::Anthropic,
+            _ => ApiFormat::OpenAi,
+        };
+        (request.to_string().into_bytes(), api)
+    } else {
+        return Err("each line needs `prompt` (string) or `request` (chat body)".into());
+    };
+    let mut out = classify_value(config, &body, api)?;
+    if let Value::Object(m) = &mut out {
+        m.shift_insert(0, "id".into(), id);
+    }
+    Ok(out)
+}
+
+fn classify_value(config: &TenantConfig, body: &[u8], api: ApiFormat) -> Result<Value, String> {
+    let req = ChatRequest::parse(api, body, usize::MAX).map_err(|e| e.to_string())?;
+    let tokens = count::prompt_tokens(&req, &req.model).tokens;
+    let c = engine::classify_request(&req, tokens, config);
+    let tier = config.routing.tiers.get(config.routing.tier_for_score(c.score)).map(|t| t.name.clone());
+    Ok(json!({"score": c.score, "tier": tier, "tokens": tokens, "reasons": c.reasons}))
+}
+
+fn route_offline(config: &TenantConfig, api: ApiFormat, body: &[u8], state: &mut BudgetState, now: u64) -> Value {
+    let inbound = Inbound { api, body, cache_control: None, now, entropy: entropy() };
+    let mut plan = match Plan::new(config, &inbound) {
+        Ok(p) => p,
+        Err(refused) => {
+            return json!({"outcome": "refused", "status": refused.error.status, "error": serde_json::from_slice::<Value>(&refused.error.body()).unwrap_or(Value::Null)});
+        }
+    };
+    let mut steps = Vec::new();
+    let mut next = plan.start();
+    let result = loop {
+        next = match next {
+            Next::LookupCache(key) => {
+                steps.push(json!({"step": "lookup_cache", "key": key.0, "found": false}));
+                plan.on_cache(None, None)
+            }
+            Next::CheckBudget => {
+                steps.push(json!({"step": "check_budget"}));
+                plan.on_budget_check(budget::exhausted(state, &config.budgets, now))
+            }
+            Next::Reserve(req) => {
+                let outcome = budget::reserve(state, &config.budgets, &req, now);
+                steps.push(json!({"step": "reserve", "tokens": req.prompt_tokens + req.output_tokens, "granted": outcome.is_ok()}));
+                plan.on_reserve(match outcome {
+                    Ok(g) => ReserveOutcome::Granted(g),
+                    Err(e) => ReserveOutcome::Refused(e),
+                })
+            }
+            Next::Forward(up) => {
+                let body: Value = serde_json::from_slice(&up.body).unwrap_or(Value::Null);
+                break json!({"outcome": "forward", "provider": up.target.provider, "model": up.target.model, "path": up.path, "strip_usage_chunk": up.strip_usage_chunk, "body": body});
+            }
+            Next::Respond(resp, _) => {
+                let body: Value = serde_json::from_slice(&resp.body).unwrap_or(Value::Null);
+                break json!({"outcome": "respond", "status": resp.status, "body": body});
+            }
+        };
+    };
+    let headers: serde_json::Map<String, Value> =
+        plan.trace.headers().into_iter().map(|(k, v)| (k, Value::String(v))).collect();
+    json!({
+        "decision": serde_json::to_value(&plan).unwrap_or(Value::Null),
+        "steps": steps,
+        "result": result,
+        "headers": headers,
+    })
+}

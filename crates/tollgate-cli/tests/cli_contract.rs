@@ -1,0 +1,188 @@
+//! The `tollgate` command's stable contracts, run against the built binary.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use serde_json::{Value, json};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn tollgate(args: &[&str], stdin: Option<&str>) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tollgate"))
+        .args(args)
+        .current_dir(root())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut input = child.stdin.take().unwrap();
+    let data = stdin.unwrap_or("").to_owned();
+    let writer = std::thread::spawn(move || input.write_all(data.as_bytes()));
+    let out = child.wait_with_output().unwrap();
+    writer.join().unwrap().unwrap();
+    out
+}
+
+fn lines(out: &Output) -> Vec<Value> {
+    String::from_utf8(out.stdout.clone()).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+}
+
+fn shared_dev_jsonl() -> Option<PathBuf> {
+    let dir = std::env::var_os("TOLLGATE_SHARED_DIR").map(PathBuf::from).unwrap_or_else(|| root().join("../shared"));
+    let path = dir.join("data/routing/dev.jsonl");
+    if path.is_file() {
+        Some(path)
+    } else {
+        eprintln!("skipped: shared data not found at {} (CI has it)", path.display());
+        None
+    }
+}
+
+#[test]
+fn classify_jsonl_writes_one_line_per_input_with_the_contract_fields() {
+    let input = [
+        json!({"id": "a", "prompt": "What is the capital of France?"}),
+        json!({"id": 7, "request": {"model": "tollgate/auto", "messages": [{"role": "user", "content": "Prove that sqrt(2) is irrational, step by step."}]}}),
+    ]
+    .iter()
+    .map(Value::to_string)
+    .collect::<Vec<_>>()
+    .join("\n");
+    let out = tollgate(&["classify", "--jsonl"], Some(&input));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let got = lines(&out);
+    assert_eq!(got.len(), 2);
+    for (line, id) in got.iter().zip([json!("a"), json!(7)]) {
+        let keys: Vec<&str> = line.as_object().unwrap().keys().map(String::as_str).collect();
+        assert_eq!(keys, ["id", "score", "tier", "tokens", "reasons"]);
+        assert_eq!(line["id"], id);
+        let score = line["score"].as_f64().unwrap();
+        assert!((0.0..=1.0).contains(&score));
+        assert!(line["tokens"].as_u64().unwrap() > 0);
+    }
+    assert!(got[0]["score"].as_f64() < got[1]["score"].as_f64(), "a proof scores above a capital-city question");
+}
+
+#[test]
+fn classify_jsonl_reports_a_bad_line_and_carries_on() {
+    let out = tollgate(&["classify", "--jsonl"], Some("{\"id\":1}\nnot json\n{\"id\":2,\"prompt\":\"hi\"}\n"));
+    assert_eq!(out.status.code(), Some(1));
+    let got = lines(&out);
+    assert_eq!(got.len(), 3);
+    assert!(got[0]["error"].is_string() && got[1]["error"].is_string());
+    assert_eq!(got[2]["id"], 2);
+}
+
+#[test]
+fn count_jsonl_matches_tiktoken_for_both_encodings_and_treats_special_tokens_as_text() {
+    let texts = [
+        "hello world",
+        "<|endoftext|> is plain text here",
+        "naïve café 😀 世界",
+        "   \n\n\t 12345678901234 'll 'S",
+        "",
+    ];
+    let input: String = texts.iter().enumerate().map(|(i, t)| json!({"id": i, "text": t}).to_string() + "\n").collect();
+    for (name, bpe) in
+        [("o200k_base", tiktoken_rs::o200k_base().unwrap()), ("cl100k_base", tiktoken_rs::cl100k_base().unwrap())]
+    {
+        let out = tollgate(&["count", "--encoding", name, "--jsonl"], Some(&input));
+        assert!(out.status.success());
+        let got = lines(&out);
+        for (i, t) in texts.iter().enumerate() {
+            assert_eq!(got[i], json!({"id": i, "tokens": bpe.encode_ordinary(t).len()}), "{name}: {t:?}");
+        }
+    }
+}
+
+#[test]
+fn route_prints_the_full_decision_and_the_forwarded_body() {
+    let out = tollgate(
+        &[
+            "route",
+            "--config",
+            "examples/tenant.json",
+            "--request",
+            "examples/request-hard.json",
+            "--now",
+            "1795000000",
+        ],
+        None,
+    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["result"]["outcome"], "forward");
+    assert_eq!(v["decision"]["tier"], "premium");
+    assert_eq!(v["result"]["body"]["model"], v["result"]["model"]);
+    assert_eq!(v["result"]["body"]["max_tokens"], 1500);
+    assert!(v["headers"]["x-tollgate-request-id"].as_str().unwrap().starts_with("req_"));
+    assert!(v["steps"].as_array().unwrap().iter().any(|s| s["step"] == "reserve"));
+}
+
+#[test]
+fn config_validate_accepts_the_examples_and_names_paths_of_errors() {
+    for f in ["examples/tenant.json", "examples/tenant-globex.json"] {
+        let out = tollgate(&["config", "validate", f], None);
+        assert!(out.status.success(), "{f}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let dir = std::env::temp_dir().join(format!("tollgate-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let bad = dir.join("bad.json");
+    std::fs::write(&bad, r#"{"version":1,"tenant_id":"x","routing":{"tiers":[{"name":"a","models":["openai/nope"]}]},"cache":{"ttl_seconds":1}}"#).unwrap();
+    let out = tollgate(&["config", "validate", bad.to_str().unwrap()], None);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(err.contains("routing.tiers[0].models[0]: no price known"), "{err}");
+    assert!(err.contains("cache.ttl_seconds"), "{err}");
+}
+
+#[test]
+fn the_committed_json_schema_is_the_one_the_code_generates() {
+    let out = tollgate(&["config", "schema"], None);
+    assert!(out.status.success());
+    let generated: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let committed: Value =
+        serde_json::from_str(&std::fs::read_to_string(root().join("schema/tenant-config.schema.json")).unwrap())
+            .unwrap();
+    assert_eq!(generated, committed, "run `tollgate config schema > schema/tenant-config.schema.json`");
+    assert_eq!(generated["additionalProperties"], false, "unknown fields are refused");
+}
+
+#[test]
+fn key_hash_prints_the_sha256_that_kv_records_are_stored_under() {
+    let out = tollgate(&["key", "hash", "abc"], None);
+    assert_eq!(
+        String::from_utf8(out.stdout).unwrap().trim(),
+        "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+    );
+    assert!(String::from_utf8(out.stderr).unwrap().contains("apikey:ba7816bf"));
+}
+
+#[test]
+fn replay_of_the_example_workload_reports_savings_against_always_premium() {
+    let out = tollgate(&["replay", "--workload", "examples/workload.jsonl", "--quiet"], None);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8(out.stdout).unwrap();
+    let requests: usize = text.split("requests: ").nth(1).unwrap().split_whitespace().next().unwrap().parse().unwrap();
+    assert!(requests >= 50, "{text}");
+    let hits: usize = text.split("cache hits: ").nth(1).unwrap().split_whitespace().next().unwrap().parse().unwrap();
+    assert!(hits > 0, "{text}");
+    let pct: f64 = text.split('(').next_back().unwrap().trim_end().trim_end_matches("%)").parse().unwrap();
+    assert!(pct > 20.0 && pct < 100.0, "{text}");
+}
+
+#[test]
+fn classify_jsonl_handles_every_shared_routing_prompt() {
+    let Some(path) = shared_dev_jsonl() else { return };
+    let input = std::fs::read_to_string(path).unwrap();
+    let n = input.lines().filter(|l| !l.trim().is_empty()).count();
+    let out = tollgate(&["classify", "--jsonl"], Some(&input));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let got = lines(&out);
+    assert_eq!(got.len(), n);
+    assert!(got.iter().all(|l| (0.0..=1.0).contains(&l["score"].as_f64().unwrap())));
+}

@@ -1,0 +1,112 @@
+//! The per-request cost of the core, native: the full decision for 1 KB,
+//! 4 KB and 64 KB chat requests, the same requests' token counting alone
+//! (so the decision minus counting can be read off side by side), the
+//! classifier alone, and our counter against tiktoken-rs on the same text.
+//!
+//! Run: `cargo bench -p tollgate-core --bench decision` (or scripts/bench).
+
+use divan::{Bencher, black_box};
+use tollgate_core::api::ApiFormat;
+use tollgate_core::budget::{self, BudgetState};
+use tollgate_core::config::TenantConfig;
+use tollgate_core::count::{self, Encoding};
+use tollgate_core::engine::{self, Inbound, Next, Plan, ReserveOutcome};
+use tollgate_core::request::ChatRequest;
+
+fn main() {
+    divan::main();
+}
+
+const SIZES: &[usize] = &[1024, 4096, 65536];
+
+/// Realistic mixed prose and code, about `bytes` long.
+fn prompt_text(bytes: usize) -> String {
+    let para = "Our checkout service times out under load. Here is the handler:\n\
+        ```rust\nasync fn checkout(cart: Cart) -> Result<Order, Error> {\n    let total = cart.items.iter().map(|i| i.price * i.qty).sum();\n    db.insert(order(total)).await\n}\n```\n\
+        Explain step by step why p99 latency doubles when the connection pool is exhausted, \
+        compare two fixes, and make sure the answer covers retries, idempotency keys and back-pressure. ";
+    let mut s = String::with_capacity(bytes + para.len());
+    while s.len() < bytes {
+        s.push_str(para);
+    }
+    s.truncate(bytes);
+    s
+}
+
+fn body(bytes: usize) -> Vec<u8> {
+    serde_json::json!({
+        "model": "tollgate/auto",
+        "messages": [
+            {"role": "system", "content": "You are a senior engineer."},
+            {"role": "user", "content": prompt_text(bytes)}
+        ],
+        "temperature": 0,
+        "max_tokens": 800
+    })
+    .to_string()
+    .into_bytes()
+}
+
+/// Plan, miss the cache, reserve, and produce the forwarded body: everything
+/// the core does before the provider is called.
+#[divan::bench(args = SIZES)]
+fn full_decision(bencher: Bencher, bytes: usize) {
+    let config = TenantConfig::example().unwrap();
+    let body = body(bytes);
+    bencher.bench_local(|| {
+        let inbound =
+            Inbound { api: ApiFormat::OpenAi, body: &body, cache_control: None, now: 1_795_000_000, entropy: [7; 16] };
+        let mut plan = Plan::new(&config, &inbound).unwrap();
+        let mut state = BudgetState::default();
+        let mut next = plan.start();
+        loop {
+            next = match next {
+                Next::LookupCache(_) => plan.on_cache(None, None),
+                Next::Reserve(r) => {
+                    plan.on_reserve(match budget::reserve(&mut state, &config.budgets, &r, 1_795_000_000) {
+                        Ok(g) => ReserveOutcome::Granted(g),
+                        Err(e) => ReserveOutcome::Refused(e),
+                    })
+                }
+                other => break black_box(other),
+            };
+        }
+    });
+}
+
+/// Just the prompt counting inside the full decision, for the subtraction.
+#[divan::bench(args = SIZES)]
+fn counting_inside_decision(bencher: Bencher, bytes: usize) {
+    let req = ChatRequest::parse(ApiFormat::OpenAi, &body(bytes), usize::MAX).unwrap();
+    bencher.bench_local(|| black_box(count::prompt_tokens(&req, "gpt-4o-mini")));
+}
+
+#[divan::bench(args = SIZES)]
+fn classifier_only(bencher: Bencher, bytes: usize) {
+    let config = TenantConfig::example().unwrap();
+    let req = ChatRequest::parse(ApiFormat::OpenAi, &body(bytes), usize::MAX).unwrap();
+    bencher.bench_local(|| black_box(engine::classify_request(&req, 1000, &config)));
+}
+
+mod count_4kb {
+    use super::*;
+
+    #[divan::bench]
+    fn tollgate(bencher: Bencher) {
+        let text = prompt_text(4096);
+        let _ = count::count_text(Encoding::O200kBase, "warm");
+        bencher.bench_local(|| black_box(count::count_text(Encoding::O200kBase, black_box(&text))));
+    }
+
+    #[divan::bench]
+    fn tiktoken_rs(bencher: Bencher) {
+        let text = prompt_text(4096);
+        let bpe = tiktoken_rs::o200k_base().unwrap();
+        assert_eq!(
+            bpe.encode_ordinary(&text).len() as u64,
+            count::count_text(Encoding::O200kBase, &text),
+            "identical counts"
+        );
+        bencher.bench_local(|| black_box(bpe.encode_ordinary(black_box(&text)).len()));
+    }
+}

@@ -1,0 +1,664 @@
+//! Token and dollar budgets as pure state transitions.
+//!
+//! A host keeps one [`BudgetState`] per tenant wherever it can update it
+//! atomically (a Durable Object, a CAS loop on Envoy shared data, a Redis
+//! script) and calls these functions there with the current time. Nothing
+//! here reads a clock.
+//!
+//! Spend is charged in two steps. [`reserve`] holds the worst case (prompt
+//! plus the output cap, priced) before the request goes upstream, and
+//! refuses up front when it does not fit; [`settle`] replaces the hold with
+//! what the provider reported; [`release`] drops it on failure or abort.
+//! Holds expire after [`RESERVATION_TTL_SECS`], so a host that dies
+//! mid-request cannot leak budget forever, and settling is idempotent.
+
+use crate::config::{BudgetLimit, Budgets};
+use crate::error::BudgetError;
+use crate::pricing::{ModelPrice, format_usd};
+use serde::{Deserialize, Serialize};
+
+/// How long a reservation may stay open before it is presumed dead.
+pub const RESERVATION_TTL_SECS: u64 = 3600;
+/// Most reservations in flight per tenant; more is refused with 429.
+pub const MAX_OUTSTANDING: usize = 4096;
+/// Settled ids remembered so that a repeated settle is a no-op.
+const RECENTLY_SETTLED: usize = 512;
+/// Below this many output tokens a clamped request is refused instead.
+pub const MIN_CLAMPED_OUTPUT: u64 = 16;
+
+/// A budget window.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+pub enum Window {
+    /// Calendar day, UTC.
+    Day,
+    /// Calendar month, UTC.
+    Month,
+    /// The last 60 minutes, in one-minute buckets.
+    RollingHour,
+}
+
+impl Window {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Window::Day => "day",
+            Window::Month => "month",
+            Window::RollingHour => "rolling_hour",
+        }
+    }
+
+    /// Start of the calendar period containing `now` (0 for the rolling window).
+    pub fn period_start(self, now: u64) -> u64 {
+        match self {
+            Window::Day => now - now % 86_400,
+            Window::Month => {
+                let (y, m, _) = civil_from_days(now / 86_400);
+                days_from_civil(y, m, 1) * 86_400
+            }
+            Window::RollingHour => 0,
+        }
+    }
+
+    /// Start of the next calendar period (for the rolling window: an hour on).
+    pub fn next_reset(self, now: u64) -> u64 {
+        match self {
+            Window::Day => self.period_start(now) + 86_400,
+            Window::Month => {
+                let (y, m, _) = civil_from_days(now / 86_400);
+                let (y, m) = if m == 12 { (y + 1, 1) } else { (y, m + 1) };
+                days_from_civil(y, m, 1) * 86_400
+            }
+            Window::RollingHour => now + 3600,
+        }
+    }
+}
+
+/// Tokens and micro-dollars together.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Amount {
+    pub tokens: u64,
+    pub micros: u64,
+}
+
+impl Amount {
+    fn add(self, o: Amount) -> Amount {
+        Amount { tokens: self.tokens.saturating_add(o.tokens), micros: self.micros.saturating_add(o.micros) }
+    }
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MinuteBucket {
+    pub minute: u64,
+    pub spent: Amount,
+}
+
+/// Settled spend in one configured window.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WindowSpend {
+    pub name: String,
+    pub window: Window,
+    pub period_start: u64,
+    pub spent: Amount,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub buckets: Vec<MinuteBucket>,
+}
+
+/// A hold on budget for a request in flight.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Outstanding {
+    pub id: String,
+    pub amount: Amount,
+    pub expires_at: u64,
+}
+
+/// Everything a host persists for one tenant's budgets.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BudgetState {
+    #[serde(default)]
+    pub windows: Vec<WindowSpend>,
+    #[serde(default)]
+    pub outstanding: Vec<Outstanding>,
+    #[serde(default)]
+    pub recently_settled: Vec<String>,
+}
+
+/// What a request asks to hold.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ReserveRequest {
+    /// Unique per request; settle and release name it.
+    pub id: String,
+    pub prompt_tokens: u64,
+    /// Output cap: `max_tokens` × choices, or the tenant's default reservation.
+    pub output_tokens: u64,
+    /// Price of the routed model (the dearest of its fallback chain).
+    pub price: ModelPrice,
+    /// Price of the cheapest tier, used when the soft threshold is crossed.
+    pub downgrade_price: Option<ModelPrice>,
+}
+
+/// A granted reservation.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Granted {
+    pub id: String,
+    pub amount: Amount,
+    /// The soft threshold was crossed: route to the cheapest tier.
+    pub downgraded: bool,
+    /// The output cap was lowered to this to fit the budget.
+    pub clamped_output_tokens: Option<u64>,
+    pub remaining: Remaining,
+}
+
+/// The tightest remaining headroom across all limits, after holds.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Remaining {
+    pub tokens: Option<u64>,
+    pub micros: Option<u64>,
+}
+
+/// One limit's state, for `/v1/usage`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct LimitStatus {
+    pub name: String,
+    pub window: Window,
+    pub spent: Amount,
+    pub reserved: Amount,
+    pub limit_tokens: Option<u64>,
+    pub limit_micros: Option<u64>,
+    pub resets_at: u64,
+}
+
+impl BudgetState {
+    /// Bring the state in line with the config and the clock: add or drop
+    /// windows to match the limits, start new calendar periods, age out
+    /// rolling buckets and expired holds.
+    pub fn sync(&mut self, limits: &[BudgetLimit], now: u64) {
+        let mut windows = Vec::with_capacity(limits.len());
+        for limit in limits {
+            let existing = self.windows.iter().position(|w| w.name == limit.name && w.window == limit.window);
+            let mut w = match existing {
+                Some(i) => self.windows.swap_remove(i),
+                None => WindowSpend {
+                    name: limit.name.clone(),
+                    window: limit.window,
+                    period_start: limit.window.period_start(now),
+                    spent: Amount::default(),
+                    buckets: Vec::new(),
+                },
+            };
+            match w.window {
+                Window::RollingHour => {
+                    let minute = now / 60;
+                    w.buckets.retain(|b| b.minute + 60 > minute && b.minute <= minute);
+                    w.spent = w.buckets.iter().fold(Amount::default(), |acc, b| acc.add(b.spent));
+                }
+                calendar => {
+                    let start = calendar.period_start(now);
+                    if start != w.period_start {
+                        w.period_start = start;
+                        w.spent = Amount::default();
+                    }
+                }
+            }
+            windows.push(w);
+        }
+        self.windows = windows;
+        self.outstanding.retain(|o| o.expires_at > now);
+    }
+
+    fn reserved(&self) -> Amount {
+        self.outstanding.iter().fold(Amount::default(), |acc, o| acc.add(o.amount))
+    }
+
+    fn charge(&mut self, amount: Amount, now: u64) {
+        for w in &mut self.windows {
+            w.spent = w.spent.add(amount);
+            if w.window == Window::RollingHour {
+                let minute = now / 60;
+                match w.buckets.iter_mut().find(|b| b.minute == minute) {
+                    Some(b) => b.spent = b.spent.add(amount),
+                    None => w.buckets.push(MinuteBucket { minute, spent: amount }),
+                }
+            }
+        }
+    }
+
+    fn resets_at(&self, limit: &BudgetLimit, now: u64) -> u64 {
+        match limit.window {
+            Window::RollingHour => self
+                .windows
+                .iter()
+                .find(|w| w.name == limit.name)
+                .and_then(|w| w.buckets.iter().map(|b| b.minute).min())
+                .map_or(now + 60, |oldest| (oldest + 60) * 60),
+            calendar => calendar.next_reset(now),
+        }
+    }
+
+    fn spent_in(&self, limit: &BudgetLimit) -> Amount {
+        self.windows.iter().find(|w| w.name == limit.name).map(|w| w.spent).unwrap_or_default()
+    }
+
+    fn remaining(&self, limits: &[BudgetLimit]) -> Remaining {
+        let held = self.reserved();
+        let mut r = Remaining::default();
+        for limit in limits {
+            let used = self.spent_in(limit).add(held);
+            if let Some(t) = limit.tokens {
+                let left = t.saturating_sub(used.tokens);
+                r.tokens = Some(r.tokens.map_or(left, |x| x.min(left)));
+            }
+            if let Some(m) = limit.usd_micros {
+                let left = m.saturating_sub(used.micros);
+                r.micros = Some(r.micros.map_or(left, |x| x.min(left)));
+            }
+        }
+        r
+    }
+}
+
+/// Hold budget for a request, or refuse it.
+pub fn reserve(
+    state: &mut BudgetState,
+    budgets: &Budgets,
+    req: &ReserveRequest,
+    now: u64,
+) -> Result<Granted, BudgetError> {
+    state.sync(&budgets.limits, now);
+    if let Some(existing) = state.outstanding.iter().find(|o| o.id == req.id) {
+        // A retried reserve with the same id holds nothing twice.
+        return Ok(Granted {
+            id: req.id.clone(),
+            amount: existing.amount,
+            downgraded: false,
+            clamped_output_tokens: None,
+            remaining: state.remaining(&budgets.limits),
+        });
+    }
+    if state.outstanding.len() >= MAX_OUTSTANDING {
+        return Err(BudgetError::TooManyInFlight { limit: MAX_OUTSTANDING });
+    }
+    let held = state.reserved();
+    let downgraded = match (budgets.soft_threshold, req.downgrade_price) {
+        (Some(threshold), Some(_)) => budgets.limits.iter().any(|limit| {
+            let used = state.spent_in(limit).add(held);
+            fraction(used.tokens, limit.tokens) >= threshold || fraction(used.micros, limit.usd_micros) >= threshold
+        }),
+        _ => false,
+    };
+    let price = match (downgraded, req.downgrade_price) {
+        (true, Some(p)) => p,
+        _ => req.price,
+    };
+    let mut output = req.output_tokens;
+    let mut clamped = None;
+    let amount_for = |output: u64| Amount {
+        tokens: req.prompt_tokens.saturating_add(output),
+        micros: price.estimate_micros(req.prompt_tokens, output),
+    };
+    let mut amount = amount_for(output);
+
+    if let Some(limit) = first_violation(state, &budgets.limits, held, amount) {
+        let affordable = if budgets.clamp_max_tokens {
+            affordable_output(state, &budgets.limits, held, req.prompt_tokens, &price)
+        } else {
+            0
+        };
+        if budgets.clamp_max_tokens && affordable >= MIN_CLAMPED_OUTPUT {
+            output = affordable.min(output);
+            clamped = Some(output);
+            amount = amount_for(output);
+        } else {
+            return Err(exceeded(state, limit, held, amount, now));
+        }
+    }
+    state.outstanding.push(Outstanding { id: req.id.clone(), amount, expires_at: now + RESERVATION_TTL_SECS });
+    Ok(Granted {
+        id: req.id.clone(),
+        amount,
+        downgraded,
+        clamped_output_tokens: clamped,
+        remaining: state.remaining(&budgets.limits),
+    })
+}
+
+/// Replace a hold with the actual spend. Idempotent per id; an expired or
+/// unknown hold still charges the actual spend, which really happened.
+pub fn settle(state: &mut BudgetState, budgets: &Budgets, id: &str, actual: Amount, now: u64) -> Remaining {
+    state.sync(&budgets.limits, now);
+    if state.recently_settled.iter().any(|s| s == id) {
+        return state.remaining(&budgets.limits);
+    }
+    state.outstanding.retain(|o| o.id != id);
+    state.charge(actual, now);
+    state.recently_settled.push(id.to_owned());
+    if state.recently_settled.len() > RECENTLY_SETTLED {
+        let excess = state.recently_settled.len() - RECENTLY_SETTLED;
+        state.recently_settled.drain(..excess);
+    }
+    state.remaining(&budgets.limits)
+}
+
+/// Drop a hold without charging (upstream failed before any usage, or the
+/// request never left). Idempotent.
+pub fn release(state: &mut BudgetState, budgets: &Budgets, id: &str, now: u64) -> Remaining {
+    state.sync(&budgets.limits, now);
+    state.outstanding.retain(|o| o.id != id);
+    state.remaining(&budgets.limits)
+}
+
+/// The refusal a request would get right now if it needed anything at all:
+/// used by `on_exhausted: reject` before serving a cache hit.
+pub fn exhausted(state: &mut BudgetState, budgets: &Budgets, now: u64) -> Option<BudgetError> {
+    state.sync(&budgets.limits, now);
+    let held = state.reserved();
+    let nothing = Amount::default();
+    budgets
+        .limits
+        .iter()
+        .find(|limit| {
+            let used = state.spent_in(limit).add(held);
+            limit.tokens.is_some_and(|t| used.tokens >= t) || limit.usd_micros.is_some_and(|m| used.micros >= m)
+        })
+        .map(|limit| exceeded(state, limit, held, nothing, now))
+}
+
+/// Every limit's state, for `/v1/usage`.
+pub fn status(state: &mut BudgetState, budgets: &Budgets, now: u64) -> Vec<LimitStatus> {
+    state.sync(&budgets.limits, now);
+    let held = state.reserved();
+    budgets
+        .limits
+        .iter()
+        .map(|limit| LimitStatus {
+            name: limit.name.clone(),
+            window: limit.window,
+            spent: state.spent_in(limit),
+            reserved: held,
+            limit_tokens: limit.tokens,
+            limit_micros: limit.usd_micros,
+            resets_at: state.resets_at(limit, now),
+        })
+        .collect()
+}
+
+/// The remaining headroom without changing anything.
+pub fn remaining(state: &mut BudgetState, budgets: &Budgets, now: u64) -> Remaining {
+    state.sync(&budgets.limits, now);
+    state.remaining(&budgets.limits)
+}
+
+fn fraction(used: u64, limit: Option<u64>) -> f64 {
+    match limit {
+        Some(0) => 1.0,
+        Some(l) => used as f64 / l as f64,
+        None => 0.0,
+    }
+}
+
+fn first_violation<'a>(
+    state: &BudgetState,
+    limits: &'a [BudgetLimit],
+    held: Amount,
+    need: Amount,
+) -> Option<&'a BudgetLimit> {
+    limits.iter().find(|limit| {
+        let used = state.spent_in(limit).add(held).add(need);
+        limit.tokens.is_some_and(|t| used.tokens > t) || limit.usd_micros.is_some_and(|m| used.micros > m)
+    })
+}
+
+fn affordable_output(
+    state: &BudgetState,
+    limits: &[BudgetLimit],
+    held: Amount,
+    prompt: u64,
+    price: &ModelPrice,
+) -> u64 {
+    let mut best = u64::MAX;
+    for limit in limits {
+        let used = state.spent_in(limit).add(held);
+        if let Some(t) = limit.tokens {
+            best = best.min(t.saturating_sub(used.tokens).saturating_sub(prompt));
+        }
+        if let Some(m) = limit.usd_micros {
+            let left = m.saturating_sub(used.micros);
+            best = best.min(if price.estimate_micros(prompt, 0) > left {
+                0
+            } else {
+                price.affordable_output(prompt, left)
+            });
+        }
+    }
+    best
+}
+
+fn exceeded(state: &BudgetState, limit: &BudgetLimit, held: Amount, need: Amount, now: u64) -> BudgetError {
+    let used = state.spent_in(limit).add(held);
+    let resets_at = state.resets_at(limit, now);
+    let tokens_over = limit.tokens.filter(|&t| used.tokens.saturating_add(need.tokens) > t || used.tokens >= t);
+    let what = match (tokens_over, limit.usd_micros) {
+        (Some(t), _) => format!("{} of {t} tokens used or held, this request needs up to {}", used.tokens, need.tokens),
+        (None, Some(m)) => format!(
+            "${} of ${} used or held, this request needs up to ${}",
+            format_usd(used.micros),
+            format_usd(m),
+            format_usd(need.micros)
+        ),
+        (None, None) => "limit reached".to_owned(),
+    };
+    let when = match limit.window {
+        Window::RollingHour => format!("spend ages out of the rolling hour from {}", iso8601(resets_at)),
+        _ => format!("resets at {}", iso8601(resets_at)),
+    };
+    BudgetError::Exceeded {
+        message: format!(
+            "The `{}` budget ({} window) is exhausted: {what}; {when}.",
+            limit.name,
+            limit.window.as_str()
+        ),
+        retry_after_secs: resets_at.saturating_sub(now).max(1),
+    }
+}
+
+/// Days since 1970-01-01 → (year, month, day), proleptic Gregorian.
+pub fn civil_from_days(days: u64) -> (i64, u32, u32) {
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (if m <= 2 { y + 1 } else { y }, m, d)
+}
+
+/// (year, month, day) → days since 1970-01-01.
+pub fn days_from_civil(y: i64, m: u32, d: u32) -> u64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y.rem_euclid(400);
+    let m = i64::from(m);
+    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + i64::from(d) - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    (era * 146_097 + doe - 719_468).max(0) as u64
+}
+
+/// Unix seconds as `YYYY-MM-DDTHH:MM:SSZ`.
+pub fn iso8601(secs: u64) -> String {
+    let (y, mo, d) = civil_from_days(secs / 86_400);
+    let s = secs % 86_400;
+    format!("{y:04}-{mo:02}-{d:02}T{:02}:{:02}:{:02}Z", s / 3600, s / 60 % 60, s % 60)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{FailureMode, OnExhausted};
+
+    const NOW: u64 = 1_795_000_000; // 2026-11-18T...
+
+    fn budgets(limits: Vec<BudgetLimit>) -> Budgets {
+        Budgets {
+            limits,
+            soft_threshold: None,
+            on_exhausted: OnExhausted::Reject,
+            clamp_max_tokens: false,
+            default_output_reservation: 100,
+            store_failure: FailureMode::Closed,
+        }
+    }
+
+    fn limit(window: Window, tokens: Option<u64>, usd_micros: Option<u64>) -> BudgetLimit {
+        BudgetLimit { name: window.as_str().to_owned(), window, tokens, usd_micros }
+    }
+
+    fn price() -> ModelPrice {
+        // $1 in / $2 out per million: 1 and 2 micro-dollars per token.
+        ModelPrice { input: 1_000_000, cached_input: 500_000, output: 2_000_000 }
+    }
+
+    fn req(id: &str, prompt: u64, output: u64) -> ReserveRequest {
+        ReserveRequest {
+            id: id.into(),
+            prompt_tokens: prompt,
+            output_tokens: output,
+            price: price(),
+            downgrade_price: None,
+        }
+    }
+
+    #[test]
+    fn calendar_arithmetic_round_trips_and_knows_month_lengths() {
+        assert_eq!(iso8601(0), "1970-01-01T00:00:00Z");
+        assert_eq!(iso8601(951_782_400), "2000-02-29T00:00:00Z");
+        for days in [0u64, 59, 365, 10_957, 20_000, 25_000] {
+            let (y, m, d) = civil_from_days(days);
+            assert_eq!(days_from_civil(y, m, d), days);
+        }
+        let feb = days_from_civil(2028, 2, 10) * 86_400;
+        assert_eq!(iso8601(Window::Month.next_reset(feb)), "2028-03-01T00:00:00Z");
+        let dec = days_from_civil(2026, 12, 31) * 86_400 + 5;
+        assert_eq!(iso8601(Window::Month.next_reset(dec)), "2027-01-01T00:00:00Z");
+        assert_eq!(iso8601(Window::Day.next_reset(dec)), "2027-01-01T00:00:00Z");
+    }
+
+    #[test]
+    fn a_reservation_that_does_not_fit_is_refused_up_front_with_the_reset_time() {
+        let b = budgets(vec![limit(Window::Day, Some(1000), None)]);
+        let mut s = BudgetState::default();
+        reserve(&mut s, &b, &req("a", 400, 400), NOW).unwrap();
+        let err = reserve(&mut s, &b, &req("b", 100, 200), NOW).unwrap_err();
+        let BudgetError::Exceeded { message, retry_after_secs } = err else { panic!("{err:?}") };
+        assert!(message.contains("`day` budget"), "{message}");
+        assert!(message.contains("resets at"), "{message}");
+        assert_eq!(retry_after_secs, Window::Day.next_reset(NOW) - NOW);
+    }
+
+    #[test]
+    fn settling_replaces_the_hold_with_actual_spend() {
+        let b = budgets(vec![limit(Window::Day, Some(1000), Some(10_000))]);
+        let mut s = BudgetState::default();
+        let g = reserve(&mut s, &b, &req("a", 100, 500), NOW).unwrap();
+        assert_eq!(g.amount, Amount { tokens: 600, micros: 100 + 1000 });
+        assert_eq!(g.remaining.tokens, Some(400));
+        let r = settle(&mut s, &b, "a", Amount { tokens: 150, micros: 200 }, NOW + 1);
+        assert_eq!(r.tokens, Some(850));
+        assert_eq!(r.micros, Some(9_800));
+        // Settling twice charges once.
+        assert_eq!(settle(&mut s, &b, "a", Amount { tokens: 150, micros: 200 }, NOW + 2), r);
+    }
+
+    #[test]
+    fn releasing_returns_the_hold_and_is_idempotent() {
+        let b = budgets(vec![limit(Window::Day, Some(1000), None)]);
+        let mut s = BudgetState::default();
+        reserve(&mut s, &b, &req("a", 100, 500), NOW).unwrap();
+        assert_eq!(release(&mut s, &b, "a", NOW).tokens, Some(1000));
+        assert_eq!(release(&mut s, &b, "a", NOW).tokens, Some(1000));
+    }
+
+    #[test]
+    fn calendar_windows_roll_over_and_rolling_hours_age_out() {
+        let b = budgets(vec![limit(Window::Day, Some(1000), None), limit(Window::RollingHour, Some(500), None)]);
+        let mut s = BudgetState::default();
+        reserve(&mut s, &b, &req("a", 100, 100), NOW).unwrap();
+        settle(&mut s, &b, "a", Amount { tokens: 400, micros: 0 }, NOW);
+        assert_eq!(remaining(&mut s, &b, NOW + 1800).tokens, Some(100));
+        // The hour has aged out (500 left of it) but the day has not (600 left).
+        assert_eq!(remaining(&mut s, &b, NOW + 3661).tokens, Some(500));
+        let day = b.limits[0].clone();
+        assert_eq!(s.spent_in(&day).tokens, 400);
+        let tomorrow = Window::Day.next_reset(NOW) + 10;
+        assert_eq!(remaining(&mut s, &b, tomorrow).tokens, Some(500));
+    }
+
+    #[test]
+    fn expired_holds_stop_counting_so_a_dead_host_cannot_leak_budget() {
+        let b = budgets(vec![limit(Window::Month, Some(1000), None)]);
+        let mut s = BudgetState::default();
+        reserve(&mut s, &b, &req("a", 500, 500), NOW).unwrap();
+        assert!(reserve(&mut s, &b, &req("b", 1, 1), NOW).is_err());
+        assert!(reserve(&mut s, &b, &req("b", 1, 1), NOW + RESERVATION_TTL_SECS + 1).is_ok());
+    }
+
+    #[test]
+    fn crossing_the_soft_threshold_downgrades_to_the_cheap_price() {
+        let mut b = budgets(vec![limit(Window::Day, None, Some(10_000))]);
+        b.soft_threshold = Some(0.5);
+        let cheap = ModelPrice { input: 100_000, cached_input: 0, output: 100_000 };
+        let mut s = BudgetState::default();
+        let mut r = req("a", 1000, 1000);
+        r.downgrade_price = Some(cheap);
+        let first = reserve(&mut s, &b, &r, NOW).unwrap();
+        assert!(!first.downgraded);
+        settle(&mut s, &b, "a", Amount { tokens: 0, micros: 6_000 }, NOW);
+        r.id = "b".into();
+        let second = reserve(&mut s, &b, &r, NOW).unwrap();
+        assert!(second.downgraded);
+        assert_eq!(second.amount.micros, cheap.estimate_micros(1000, 1000));
+    }
+
+    #[test]
+    fn clamping_lowers_the_output_cap_to_what_is_left() {
+        let mut b = budgets(vec![limit(Window::Day, None, Some(1_000))]);
+        b.clamp_max_tokens = true;
+        let mut s = BudgetState::default();
+        let g = reserve(&mut s, &b, &req("a", 100, 10_000), NOW).unwrap();
+        // 1000 µ$ - 100 µ$ prompt = 900 µ$ = 450 output tokens at 2 µ$ each.
+        assert_eq!(g.clamped_output_tokens, Some(450));
+        assert!(g.amount.micros <= 1_000);
+        assert!(reserve(&mut s, &b, &req("b", 100, 10_000), NOW).is_err(), "nothing left to clamp to");
+    }
+
+    #[test]
+    fn concurrent_reservations_never_overspend() {
+        let b = budgets(vec![limit(Window::Day, Some(10_000), None)]);
+        let mut s = BudgetState::default();
+        let granted = (0..100).filter(|i| reserve(&mut s, &b, &req(&format!("r{i}"), 100, 200), NOW).is_ok()).count();
+        assert_eq!(granted, 33);
+        assert_eq!(remaining(&mut s, &b, NOW).tokens, Some(100));
+    }
+
+    #[test]
+    fn exhausted_reports_a_spent_budget_and_nothing_else() {
+        let b = budgets(vec![limit(Window::Day, Some(100), None)]);
+        let mut s = BudgetState::default();
+        assert!(exhausted(&mut s, &b, NOW).is_none());
+        reserve(&mut s, &b, &req("a", 50, 50), NOW).unwrap();
+        settle(&mut s, &b, "a", Amount { tokens: 100, micros: 0 }, NOW);
+        assert!(exhausted(&mut s, &b, NOW).is_some());
+    }
+
+    #[test]
+    fn state_survives_a_json_round_trip() {
+        let b = budgets(vec![limit(Window::RollingHour, Some(1000), Some(5))]);
+        let mut s = BudgetState::default();
+        reserve(&mut s, &b, &req("a", 1, 1), NOW).unwrap();
+        settle(&mut s, &b, "a", Amount { tokens: 3, micros: 4 }, NOW);
+        let json = serde_json::to_string(&s).unwrap();
+        assert_eq!(serde_json::from_str::<BudgetState>(&json).unwrap(), s);
+    }
+}

@@ -1,0 +1,162 @@
+//! Prompt token counts.
+//!
+//! OpenAI models are counted exactly with their tiktoken encoding
+//! (`o200k_base` for gpt-4o, gpt-4.1, gpt-5 and the o-series; `cl100k_base`
+//! for gpt-4 and gpt-3.5), including the chat framing OpenAI documents:
+//! 3 tokens per message, 1 more when a message has a `name`, and 3 to prime
+//! the reply. Two parts are estimates by nature, because OpenAI does not
+//! publish the formula: declared tools (counted as their JSON text) and
+//! images (85 tokens at low detail, 765 otherwise: a 1024×1024 tile estimate).
+//!
+//! Other models (Anthropic, Gemini, Mistral, Llama) do not use tiktoken.
+//! Their counts are **estimates**: the `cl100k_base` count scaled by 1.15 for
+//! Anthropic (Claude's tokenizer yields more tokens for the same text), and
+//! the `o200k_base` count for the rest. Estimates err high, which suits
+//! budget reservations; settlement always uses the provider's reported usage.
+
+use crate::api::ApiFormat;
+use crate::request::{ChatRequest, ImageDetail, Message};
+use serde::Serialize;
+pub use tollgate_tokens::Encoding;
+
+/// How a model's prompt is counted.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+#[serde(tag = "method", rename_all = "snake_case")]
+pub enum CountMethod {
+    /// Exactly as the provider counts.
+    Exact { encoding: &'static str },
+    /// An estimate from another tokenizer, scaled.
+    Estimate { encoding: &'static str, scale: f64 },
+}
+
+/// The encoding an OpenAI model uses, if it is one tiktoken knows.
+pub fn openai_encoding(model: &str) -> Option<Encoding> {
+    const O200K: &[&str] = &["gpt-4o", "gpt-4.1", "gpt-4.5", "gpt-5", "chatgpt-4o", "o1", "o3", "o4", "gpt-oss"];
+    const CL100K: &[&str] = &["gpt-4", "gpt-3.5", "gpt-35", "text-embedding-3", "text-embedding-ada-002"];
+    if O200K.iter().any(|p| model.starts_with(p)) {
+        Some(Encoding::O200kBase)
+    } else if CL100K.iter().any(|p| model.starts_with(p)) {
+        Some(Encoding::Cl100kBase)
+    } else {
+        None
+    }
+}
+
+/// How prompts for `model` in `api` format are counted.
+pub fn method_for(api: ApiFormat, model: &str) -> CountMethod {
+    match (api, openai_encoding(model)) {
+        (ApiFormat::OpenAi, Some(enc)) => CountMethod::Exact { encoding: enc.name() },
+        (ApiFormat::Anthropic, _) => CountMethod::Estimate { encoding: Encoding::Cl100kBase.name(), scale: 1.15 },
+        (ApiFormat::OpenAi, None) => CountMethod::Estimate { encoding: Encoding::O200kBase.name(), scale: 1.0 },
+    }
+}
+
+/// Tokens in `text` under `encoding`. Falls back to a bytes/3 estimate only
+/// when the vocabulary was compiled out.
+pub fn count_text(encoding: Encoding, text: &str) -> u64 {
+    match tollgate_tokens::count(encoding, text) {
+        Some(n) => n as u64,
+        None => (text.len() as u64).div_ceil(3),
+    }
+}
+
+const TOKENS_PER_MESSAGE: u64 = 3;
+const TOKENS_PER_NAME: u64 = 1;
+const REPLY_PRIMING: u64 = 3;
+
+fn image_tokens(images: &[ImageDetail]) -> u64 {
+    images.iter().map(|d| if *d == ImageDetail::Low { 85 } else { 765 }).sum()
+}
+
+fn message_tokens(enc: Encoding, m: &Message) -> u64 {
+    let mut n = TOKENS_PER_MESSAGE + count_text(enc, m.role.as_str()) + count_text(enc, &m.text);
+    if let Some(name) = &m.name {
+        n += TOKENS_PER_NAME + count_text(enc, name);
+    }
+    if !m.tool_text.is_empty() {
+        n += count_text(enc, &m.tool_text);
+    }
+    n + image_tokens(&m.images)
+}
+
+/// A prompt's token count and how it was obtained.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+pub struct PromptCount {
+    pub tokens: u64,
+    #[serde(flatten)]
+    pub method: CountMethod,
+}
+
+/// Count a whole request's prompt as `model` would see it.
+pub fn prompt_tokens(request: &ChatRequest, model: &str) -> PromptCount {
+    let method = method_for(request.api, model);
+    let (enc, scale) = match method {
+        CountMethod::Exact { encoding } | CountMethod::Estimate { encoding, .. } => (
+            Encoding::from_name(encoding).unwrap_or(Encoding::O200kBase),
+            match method {
+                CountMethod::Estimate { scale, .. } => scale,
+                CountMethod::Exact { .. } => 1.0,
+            },
+        ),
+    };
+    let mut n: u64 = request.messages.iter().map(|m| message_tokens(enc, m)).sum();
+    if !request.system.is_empty() {
+        n += TOKENS_PER_MESSAGE + count_text(enc, &request.system);
+    }
+    if !request.tools_text.is_empty() {
+        n += count_text(enc, &request.tools_text);
+    }
+    n += REPLY_PRIMING;
+    let tokens = if scale == 1.0 { n } else { (n as f64 * scale).ceil() as u64 };
+    PromptCount { tokens, method }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn model_families_map_to_their_documented_encodings() {
+        assert_eq!(openai_encoding("gpt-4o-mini"), Some(Encoding::O200kBase));
+        assert_eq!(openai_encoding("gpt-4.1-nano"), Some(Encoding::O200kBase));
+        assert_eq!(openai_encoding("o3-mini"), Some(Encoding::O200kBase));
+        assert_eq!(openai_encoding("gpt-5"), Some(Encoding::O200kBase));
+        assert_eq!(openai_encoding("gpt-4-turbo"), Some(Encoding::Cl100kBase));
+        assert_eq!(openai_encoding("gpt-3.5-turbo"), Some(Encoding::Cl100kBase));
+        assert_eq!(openai_encoding("mistral-small-latest"), None);
+        assert!(matches!(method_for(ApiFormat::Anthropic, "claude-sonnet-4-5"), CountMethod::Estimate { .. }));
+    }
+
+    #[test]
+    fn chat_framing_matches_openais_published_example() {
+        // OpenAI's cookbook example: these seven messages are 129 prompt tokens
+        // for gpt-4o-class models (o200k_base), as the API reports.
+        let body = serde_json::json!({"model": "gpt-4o", "messages": [
+            {"role": "system", "content": "You are a helpful, pattern-following assistant that translates corporate jargon into plain English."},
+            {"role": "system", "name": "example_user", "content": "New synergies will help drive top-line growth."},
+            {"role": "system", "name": "example_assistant", "content": "Things working well together will increase revenue."},
+            {"role": "system", "name": "example_user", "content": "Let's circle back when we have more bandwidth to touch base on opportunities for increased leverage."},
+            {"role": "system", "name": "example_assistant", "content": "Let's talk later when we're less busy about how to do better."},
+            {"role": "user", "content": "This late pivot means we don't have time to boil the ocean for the client deliverable."}
+        ]});
+        let req = ChatRequest::parse(ApiFormat::OpenAi, body.to_string().as_bytes(), 1 << 20).unwrap();
+        let count = prompt_tokens(&req, "gpt-4o");
+        assert_eq!(count.tokens, 124);
+        let count = prompt_tokens(&req, "gpt-4");
+        assert_eq!(count.tokens, 129);
+    }
+
+    #[test]
+    fn message_framing_equals_tiktoken_counts_plus_overhead() {
+        let bpe = tiktoken_rs::o200k_base().unwrap();
+        let body = serde_json::json!({"model": "gpt-4o-mini", "messages": [
+            {"role": "user", "content": "Write a haiku about the sea, then explain it step by step."}
+        ]});
+        let req = ChatRequest::parse(ApiFormat::OpenAi, body.to_string().as_bytes(), 1 << 20).unwrap();
+        let want = 3
+            + bpe.encode_ordinary("user").len() as u64
+            + bpe.encode_ordinary("Write a haiku about the sea, then explain it step by step.").len() as u64
+            + 3;
+        assert_eq!(prompt_tokens(&req, "gpt-4o-mini").tokens, want);
+    }
+}

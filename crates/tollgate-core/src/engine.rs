@@ -1,0 +1,667 @@
+//! The per-request decision, as a state machine the hosts drive.
+//!
+//! The core never does I/O. [`Plan::new`] parses, counts, classifies and
+//! routes; from then on every method returns a [`Next`] step telling the
+//! host what to do (look something up, reserve budget, forward, respond),
+//! and the host feeds the result back in. Both hosts run exactly this code,
+//! so they make the same decisions; only the I/O differs.
+//!
+//! ```text
+//! Plan::new ─► start ─► LookupCache ─► on_cache ─┬─► Respond (hit)
+//!                  │                              ├─► CheckBudget ─► on_budget_check ─► Respond
+//!                  └──────────────► Reserve ◄─────┘
+//!                                     │ on_reserve
+//!                                     ▼
+//!                                  Forward ─► on_upstream_failure ─► Forward (fallback) | Respond
+//!                                     │ response complete
+//!                                     ▼
+//!                                  finish ─► Settlement + optional cache fill
+//! ```
+
+use crate::api::ApiFormat;
+use crate::budget::{Amount, Granted, ReserveRequest};
+use crate::cache::{self, CacheEntry, CacheKey, ClientCacheControl, Doorkeeper, NotAdmitted};
+use crate::classify::{self, Classification, PromptView, Turn, TurnRole};
+use crate::config::{FailureMode, ModelRef, OnExhausted, TenantConfig};
+use crate::count::{self, PromptCount};
+use crate::error::{ApiError, BudgetError, RequestError, UpstreamError};
+use crate::pricing::ModelPrice;
+use crate::request::{ChatRequest, Rewrite, Role};
+use crate::response::{self, ResponseSummary, Usage};
+use crate::trace::{CacheOutcome, DecisionTrace};
+use serde::Serialize;
+
+/// What the host hands in for one request.
+#[derive(Clone, Copy, Debug)]
+pub struct Inbound<'a> {
+    pub api: ApiFormat,
+    pub body: &'a [u8],
+    /// The client's `Cache-Control` header, if any.
+    pub cache_control: Option<&'a str>,
+    /// Unix seconds, from the host's clock.
+    pub now: u64,
+    /// 16 random bytes from the host, for the request id.
+    pub entropy: [u8; 16],
+}
+
+/// A response the host sends without calling a provider.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LocalResponse {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl LocalResponse {
+    /// An error response with the trace headers of `trace` (if any).
+    pub fn error(err: &ApiError, trace: Option<&DecisionTrace>) -> LocalResponse {
+        let mut headers = err.headers();
+        if let Some(t) = trace {
+            headers.extend(t.headers());
+        }
+        LocalResponse { status: err.status, headers, body: err.body() }
+    }
+}
+
+/// What to do with the budget hold when a request ends.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Settlement {
+    /// Drop the hold; nothing was spent.
+    Release { id: String },
+    /// Replace the hold with the actual spend.
+    Charge { id: String, amount: Amount },
+}
+
+/// A call to a provider.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Upstream {
+    pub target: ModelRef,
+    pub api: ApiFormat,
+    /// Path on the provider's base URL.
+    pub path: &'static str,
+    #[serde(skip)]
+    pub body: Vec<u8>,
+    /// 0 for the first model of the chain, then 1, 2, … for fallbacks.
+    pub attempt: usize,
+    /// The router asked an OpenAI stream for a usage chunk the client did not
+    /// ask for; strip it on the way back (see `response::StreamObserver`).
+    pub strip_usage_chunk: bool,
+}
+
+/// The host's next step.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Next {
+    /// Send this response; with a settlement to apply if budget was held.
+    Respond(LocalResponse, Option<Settlement>),
+    /// Get this key from the cache, then call [`Plan::on_cache`].
+    LookupCache(CacheKey),
+    /// Read the tenant's budget state (no change), call [`crate::budget::exhausted`]
+    /// on it, then pass the result to [`Plan::on_budget_check`].
+    CheckBudget,
+    /// Run [`crate::budget::reserve`] with this request where the tenant's
+    /// budget state lives, then call [`Plan::on_reserve`].
+    Reserve(ReserveRequest),
+    /// Send this request to the provider.
+    Forward(Upstream),
+}
+
+/// What the budget store said.
+#[derive(Clone, Debug, PartialEq)]
+pub enum ReserveOutcome {
+    Granted(Granted),
+    Refused(BudgetError),
+    /// The store could not be reached.
+    StoreUnavailable,
+}
+
+/// How the request's model was chosen.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RouteKind {
+    /// `tollgate/auto` or an allowed model: the classifier picks the tier.
+    Auto,
+    /// `tollgate/<tier>`: the client picked the tier.
+    Tier,
+    /// A pinned model: passed through unrouted.
+    Pinned,
+}
+
+/// The cache's part in this request.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct CachePlan {
+    /// Where a hit would be found and a fill written; None when bypassed.
+    pub key: Option<CacheKey>,
+    /// False under `Cache-Control: no-cache`: store, but do not serve.
+    pub serve: bool,
+    pub bypass: Option<String>,
+    /// The doorkeeper has seen this key before (fills are admitted).
+    pub seen_before: bool,
+}
+
+/// A cache write the host should perform.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CacheFill {
+    pub key: CacheKey,
+    pub value: Vec<u8>,
+    pub ttl_seconds: u64,
+}
+
+/// What to do once the provider's response has ended.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Finish {
+    pub settlement: Option<Settlement>,
+    pub cache_fill: Option<CacheFill>,
+    pub not_cached: Option<NotAdmitted>,
+    pub usage: Option<Usage>,
+    pub cost_micros: u64,
+}
+
+/// One request's routing decision and progress.
+#[derive(Clone, Debug, Serialize)]
+pub struct Plan {
+    pub request_id: String,
+    pub tenant_id: String,
+    pub api: ApiFormat,
+    pub requested_model: String,
+    pub route: RouteKind,
+    pub tier: Option<String>,
+    pub score: f64,
+    pub reasons: Vec<String>,
+    pub prompt: PromptCount,
+    /// Output tokens held: the client's cap (× choices) or the tenant default.
+    pub output_cap: u64,
+    pub chain: Vec<ModelRef>,
+    /// The cheapest tier's chain, used when the soft budget threshold is crossed.
+    pub downgrade_chain: Vec<ModelRef>,
+    pub cache: CachePlan,
+    pub trace: DecisionTrace,
+    #[serde(skip)]
+    request: ChatRequest,
+    #[serde(skip)]
+    on_exhausted: OnExhausted,
+    #[serde(skip)]
+    budgets_enforced: bool,
+    #[serde(skip)]
+    store_failure: FailureMode,
+    #[serde(skip)]
+    cache_ttl: u64,
+    #[serde(skip)]
+    pending_hit: Option<CacheEntry>,
+    #[serde(skip)]
+    granted: Option<Granted>,
+    #[serde(skip)]
+    active_chain: Vec<ModelRef>,
+    #[serde(skip)]
+    attempt: usize,
+    #[serde(skip)]
+    reserve_request: Option<ReserveRequest>,
+}
+
+/// A request refused before planning finished.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Refused {
+    pub error: ApiError,
+    pub trace: DecisionTrace,
+}
+
+impl Refused {
+    pub fn response(&self) -> LocalResponse {
+        LocalResponse::error(&self.error, Some(&self.trace))
+    }
+}
+
+/// `req_` and 32 hex digits.
+pub fn request_id(entropy: [u8; 16]) -> String {
+    format!("req_{}", cache::hex(&entropy))
+}
+
+/// Virtual model names that mean "let the router choose".
+pub const AUTO_MODELS: &[&str] = &["tollgate/auto", "tollgate", "auto"];
+
+/// Build the text view the classifier reads.
+pub fn prompt_view_parts(request: &ChatRequest) -> (String, Vec<(TurnRole, &str)>) {
+    let mut system = request.system.clone();
+    let mut turns = Vec::with_capacity(request.messages.len());
+    for m in &request.messages {
+        match m.role {
+            Role::System | Role::Developer => {
+                if !system.is_empty() {
+                    system.push('\n');
+                }
+                system.push_str(&m.text);
+            }
+            Role::User => turns.push((TurnRole::User, m.text.as_str())),
+            Role::Assistant => turns.push((TurnRole::Assistant, m.text.as_str())),
+            Role::Tool | Role::Function => turns.push((TurnRole::Tool, m.text.as_str())),
+        }
+    }
+    (system, turns)
+}
+
+/// Classify a parsed request.
+pub fn classify_request(request: &ChatRequest, tokens: u64, config: &TenantConfig) -> Classification {
+    let (system, turn_parts) = prompt_view_parts(request);
+    let turns: Vec<Turn<'_>> = turn_parts.iter().map(|&(role, text)| Turn { role, text }).collect();
+    let view = PromptView {
+        system: &system,
+        turns: &turns,
+        tool_count: request.tool_count,
+        tokens: u32::try_from(tokens).unwrap_or(u32::MAX),
+    };
+    classify::classify(&view, &config.classifier)
+}
+
+fn chain_price(config: &TenantConfig, chain: &[ModelRef]) -> Option<ModelPrice> {
+    let mut best: Option<ModelPrice> = None;
+    for m in chain {
+        let p = config.price(&m.model)?;
+        best = Some(match best {
+            None => p,
+            Some(b) => ModelPrice {
+                input: b.input.max(p.input),
+                cached_input: b.cached_input.max(p.cached_input),
+                output: b.output.max(p.output),
+            },
+        });
+    }
+    best
+}
+
+impl Plan {
+    /// Parse, count, classify and route one request for `config`'s tenant.
+    pub fn new(config: &TenantConfig, inbound: &Inbound<'_>) -> Result<Plan, Refused> {
+        let mut trace = DecisionTrace::new(request_id(inbound.entropy));
+        let refuse = |error: ApiError, trace: &DecisionTrace| Refused { error, trace: trace.clone() };
+        let request = ChatRequest::parse(inbound.api, inbound.body, config.limits.max_body_bytes)
+            .map_err(|e| refuse(e.into(), &trace))?;
+
+        let first_count = count::prompt_tokens(&request, &request.model);
+        if let Some(limit) = config.limits.max_prompt_tokens {
+            if first_count.tokens > limit {
+                return Err(refuse(RequestError::PromptTooLong { tokens: first_count.tokens, limit }.into(), &trace));
+            }
+        }
+        let classification = classify_request(&request, first_count.tokens, config);
+        trace.score = Some(classification.score);
+        trace.reasons = classification.reasons.clone();
+
+        let routing = &config.routing;
+        let model = request.model.as_str();
+        let (route, tier_index, chain) = if let Some(pinned) = routing.pinned(model) {
+            if pinned.provider.api() != request.api {
+                return Err(refuse(
+                    RequestError::Invalid {
+                        field: "model".into(),
+                        message: format!("pinned model `{pinned}` does not speak the {} API", request.api.as_str()),
+                    }
+                    .into(),
+                    &trace,
+                ));
+            }
+            (RouteKind::Pinned, None, vec![pinned.clone()])
+        } else {
+            let (route, wanted) = if AUTO_MODELS.contains(&model) || routing.is_allowed(model) {
+                (RouteKind::Auto, routing.tier_for_score(classification.score))
+            } else if let Some(i) = model.strip_prefix("tollgate/").and_then(|t| routing.tier_index(t)) {
+                (RouteKind::Tier, i)
+            } else {
+                let example_tier = routing.tiers.first().map(|t| t.name.clone()).unwrap_or_default();
+                return Err(refuse(
+                    RequestError::ModelNotAllowed { model: model.to_owned(), example_tier }.into(),
+                    &trace,
+                ));
+            };
+            // The wanted tier may have no model for this API: take the nearest
+            // tier that does, preferring more capable ones.
+            let order = (wanted..routing.tiers.len()).chain((0..wanted).rev());
+            let found = order
+                .filter_map(|i| routing.tiers.get(i).map(|t| (i, t.chain(request.api).cloned().collect::<Vec<_>>())))
+                .find(|(_, chain)| !chain.is_empty());
+            let Some((i, chain)) = found else {
+                return Err(refuse(
+                    RequestError::Invalid {
+                        field: "model".into(),
+                        message: format!("this tenant has no models for the {} API", request.api.as_str()),
+                    }
+                    .into(),
+                    &trace,
+                ));
+            };
+            (route, Some(i), chain)
+        };
+        let tier = tier_index.and_then(|i| routing.tiers.get(i)).map(|t| t.name.clone());
+        let downgrade_chain: Vec<ModelRef> = match (route, tier_index) {
+            (RouteKind::Pinned, _) | (_, Some(0)) | (_, None) => Vec::new(),
+            _ => routing
+                .tiers
+                .iter()
+                .map(|t| t.chain(request.api).cloned().collect::<Vec<_>>())
+                .find(|c| !c.is_empty())
+                .unwrap_or_default(),
+        };
+
+        // Recount only if the routed model counts differently from the one asked for.
+        let primary = chain.first().map(|m| m.model.clone()).unwrap_or_default();
+        let prompt = if count::method_for(request.api, &primary) == first_count.method {
+            first_count
+        } else {
+            count::prompt_tokens(&request, &primary)
+        };
+        let output_cap = request
+            .max_output_tokens
+            .unwrap_or(config.budgets.default_output_reservation)
+            .saturating_mul(request.choices);
+
+        let cc = ClientCacheControl::parse(inbound.cache_control);
+        let cache_plan = match cache::bypass_reason(&config.cache, &request, cc) {
+            Some(b) => CachePlan { key: None, serve: false, bypass: Some(bypass_name(b)), seen_before: false },
+            None => {
+                let target = chain.first();
+                let key = target.map(|t| CacheKey::derive(&config.tenant_id, t.provider, &t.model, &request));
+                let bypass = cc.no_cache.then(|| "no_cache".to_owned());
+                CachePlan { key, serve: !cc.no_cache, bypass, seen_before: !config.cache.doorkeeper }
+            }
+        };
+        trace.route = match route {
+            RouteKind::Auto => "auto",
+            RouteKind::Tier => "tier",
+            RouteKind::Pinned => "pinned",
+        };
+        trace.tier = tier.clone();
+        trace.model = chain.first().map(ToString::to_string);
+        trace.cache = cache_plan.bypass.clone().map(CacheOutcome::Bypass);
+
+        let price = chain_price(config, &chain);
+        let downgrade_price = chain_price(config, &downgrade_chain);
+        let reserve_request = price.map(|price| ReserveRequest {
+            id: trace.request_id.clone(),
+            prompt_tokens: prompt.tokens,
+            output_tokens: output_cap,
+            price,
+            downgrade_price,
+        });
+        if let Some(r) = &reserve_request {
+            trace.cost_micros = Some(r.price.estimate_micros(r.prompt_tokens, r.output_tokens));
+        }
+
+        Ok(Plan {
+            request_id: trace.request_id.clone(),
+            tenant_id: config.tenant_id.clone(),
+            api: request.api,
+            requested_model: request.model.clone(),
+            route,
+            tier,
+            score: classification.score,
+            reasons: classification.reasons,
+            prompt,
+            output_cap,
+            active_chain: chain.clone(),
+            chain,
+            downgrade_chain,
+            cache: cache_plan,
+            trace,
+            on_exhausted: config.budgets.on_exhausted,
+            budgets_enforced: !config.budgets.limits.is_empty(),
+            store_failure: config.budgets.store_failure,
+            cache_ttl: config.cache.ttl_seconds,
+            request,
+            pending_hit: None,
+            granted: None,
+            attempt: 0,
+            reserve_request,
+        })
+    }
+
+    /// The parsed request.
+    pub fn request(&self) -> &ChatRequest {
+        &self.request
+    }
+
+    /// The first step.
+    pub fn start(&mut self) -> Next {
+        match (&self.cache.key, self.cache.serve) {
+            (Some(key), true) => Next::LookupCache(key.clone()),
+            _ => self.reserve_step(),
+        }
+    }
+
+    fn reserve_step(&mut self) -> Next {
+        match (&self.reserve_request, self.budgets_enforced) {
+            (Some(r), true) => Next::Reserve(r.clone()),
+            // No limits configured: nothing to hold, go straight upstream.
+            _ => self.forward(0),
+        }
+    }
+
+    /// The cache answered. `doorkeeper` is the host's, when the tenant uses one.
+    pub fn on_cache(&mut self, found: Option<CacheEntry>, doorkeeper: Option<&mut Doorkeeper>) -> Next {
+        match found {
+            // An entry that cannot be replayed the way this client wants
+            // (say, a stream of a body with non-text blocks) is a miss.
+            Some(entry) if self.hit_body(&entry).is_some() => {
+                self.trace.cache = Some(CacheOutcome::Hit);
+                if self.budgets_enforced && self.on_exhausted == OnExhausted::Reject {
+                    self.pending_hit = Some(entry);
+                    Next::CheckBudget
+                } else {
+                    Next::Respond(self.serve_hit(&entry), None)
+                }
+            }
+            _ => {
+                self.trace.cache = Some(CacheOutcome::Miss);
+                if let (Some(key), Some(dk)) = (&self.cache.key, doorkeeper) {
+                    self.cache.seen_before = self.cache.seen_before || dk.seen_before(key);
+                }
+                self.reserve_step()
+            }
+        }
+    }
+
+    /// The budget check before a hit, under `on_exhausted: reject`.
+    pub fn on_budget_check(&mut self, exhausted: Option<BudgetError>) -> Next {
+        let entry = self.pending_hit.take();
+        match (exhausted, entry) {
+            (Some(err), _) => Next::Respond(LocalResponse::error(&err.into(), Some(&self.trace)), None),
+            (None, Some(entry)) => Next::Respond(self.serve_hit(&entry), None),
+            (None, None) => self.reserve_step(),
+        }
+    }
+
+    /// The body a hit is served with, as JSON or replayed as SSE.
+    fn hit_body(&self, entry: &CacheEntry) -> Option<Vec<u8>> {
+        if self.request.stream {
+            response::replay_as_sse(self.api, &entry.body, self.request.client_wants_usage).ok()
+        } else {
+            serde_json::to_vec(&entry.body).ok()
+        }
+    }
+
+    fn serve_hit(&mut self, entry: &CacheEntry) -> LocalResponse {
+        self.trace.cost_micros = Some(0);
+        self.trace.cost_is_estimate = false;
+        let mut headers = Vec::new();
+        if self.request.stream {
+            headers.push(("content-type".to_owned(), "text/event-stream; charset=utf-8".to_owned()));
+            headers.push(("cache-control".to_owned(), "no-cache".to_owned()));
+        } else {
+            headers.push(("content-type".to_owned(), "application/json".to_owned()));
+        }
+        let body = self.hit_body(entry).unwrap_or_default();
+        headers.extend(self.trace.headers());
+        headers.push(("x-tollgate-saved-usd".to_owned(), crate::pricing::format_usd(entry.cost_micros)));
+        LocalResponse { status: 200, headers, body }
+    }
+
+    /// The budget store answered the reservation.
+    pub fn on_reserve(&mut self, outcome: ReserveOutcome) -> Next {
+        match outcome {
+            ReserveOutcome::Granted(granted) => {
+                self.trace.budget_remaining_micros = granted.remaining.micros;
+                self.trace.budget_remaining_tokens = granted.remaining.tokens;
+                self.trace.cost_micros = Some(granted.amount.micros);
+                if granted.downgraded && !self.downgrade_chain.is_empty() {
+                    self.active_chain = self.downgrade_chain.clone();
+                    self.trace.downgraded = true;
+                    self.trace.model = self.active_chain.first().map(ToString::to_string);
+                }
+                self.granted = Some(granted);
+                self.forward(0)
+            }
+            ReserveOutcome::Refused(err) => {
+                let mut api: ApiError = err.into();
+                if self.on_exhausted == OnExhausted::CacheOnly && api.code == "budget_exceeded" {
+                    api.message.push_str(" Only cached responses are served until then.");
+                }
+                Next::Respond(LocalResponse::error(&api, Some(&self.trace)), None)
+            }
+            ReserveOutcome::StoreUnavailable => match self.store_failure {
+                FailureMode::Closed => {
+                    Next::Respond(LocalResponse::error(&BudgetError::StoreUnavailable.into(), Some(&self.trace)), None)
+                }
+                FailureMode::Open => {
+                    self.trace.reasons.push("budget store unreachable: served unmetered (fail-open)".to_owned());
+                    self.forward(0)
+                }
+            },
+        }
+    }
+
+    fn forward(&mut self, attempt: usize) -> Next {
+        let Some(target) = self.active_chain.get(attempt).cloned() else {
+            let err =
+                UpstreamError::Exhausted { tier: self.tier.clone().unwrap_or_default(), last: "no model left".into() };
+            return Next::Respond(LocalResponse::error(&err.into(), Some(&self.trace)), self.release());
+        };
+        self.attempt = attempt;
+        self.trace.model = Some(target.to_string());
+        self.trace.fallbacks = u32::try_from(attempt).unwrap_or(u32::MAX);
+        let strip_usage_chunk =
+            self.api == ApiFormat::OpenAi && self.request.stream && !self.request.client_wants_usage;
+        let body = self.request.rewritten_body(&Rewrite {
+            provider: target.provider,
+            model: &target.model,
+            clamp_output_tokens: self.granted.as_ref().and_then(|g| g.clamped_output_tokens),
+            include_usage: true,
+        });
+        Next::Forward(Upstream { target, api: self.api, path: self.api.path(), body, attempt, strip_usage_chunk })
+    }
+
+    fn release(&self) -> Option<Settlement> {
+        self.granted.as_ref().map(|g| Settlement::Release { id: g.id.clone() })
+    }
+
+    /// Whether an upstream status is worth trying the next model for.
+    pub fn is_retryable(status: u16) -> bool {
+        status == 408 || status == 429 || (500..=599).contains(&status)
+    }
+
+    /// The provider failed before any byte reached the client: `status` is
+    /// its HTTP status, or None for a timeout or connection failure. Returns
+    /// the next model of the chain, or the error to send (with the hold released).
+    pub fn on_upstream_failure(&mut self, status: Option<u16>) -> Next {
+        let last = match status {
+            Some(s) => format!("HTTP {s}"),
+            None => "timeout or connection failure".to_owned(),
+        };
+        if status.is_none_or(Plan::is_retryable) && self.attempt + 1 < self.active_chain.len() {
+            return self.forward(self.attempt + 1);
+        }
+        let err: ApiError = match status {
+            None if self.active_chain.len() == 1 => UpstreamError::Timeout { secs: 0 }.into(),
+            _ => UpstreamError::Exhausted { tier: self.tier.clone().unwrap_or_else(|| "pinned".into()), last }.into(),
+        };
+        Next::Respond(LocalResponse::error(&err, Some(&self.trace)), self.release())
+    }
+
+    /// The model currently being called.
+    pub fn current_target(&self) -> Option<&ModelRef> {
+        self.active_chain.get(self.attempt)
+    }
+
+    /// Headers to add to the provider's response.
+    pub fn response_headers(&self) -> Vec<(String, String)> {
+        self.trace.headers()
+    }
+
+    /// The provider's response has ended (completely, or cut short by an
+    /// abort or error). `summary` is what the response observer saw;
+    /// `assembled` the cacheable non-streamed body, when there is one.
+    pub fn finish(
+        &mut self,
+        status: u16,
+        summary: &ResponseSummary,
+        assembled: Option<serde_json::Value>,
+        config: &TenantConfig,
+        now: u64,
+    ) -> Finish {
+        let target = self.current_target().cloned();
+        let price = target.as_ref().and_then(|t| config.price(&t.model));
+        let usage = summary.usage.or_else(|| {
+            // No usage reported (aborted stream, provider omitted it): charge
+            // the prompt we counted and the output seen so far, estimated.
+            (summary.output_tokens_estimate > 0 || (200..300).contains(&status)).then_some(Usage {
+                input_tokens: self.prompt.tokens,
+                output_tokens: summary.output_tokens_estimate,
+                ..Usage::default()
+            })
+        });
+        let cost_micros = match (price, usage) {
+            (Some(p), Some(u)) => p.cost_micros(&u),
+            _ => 0,
+        };
+        self.trace.cost_micros = Some(cost_micros);
+        self.trace.cost_is_estimate = false;
+        let settlement = self.granted.as_ref().map(|g| match usage {
+            Some(u) => Settlement::Charge {
+                id: g.id.clone(),
+                amount: Amount { tokens: u.input_tokens.saturating_add(u.output_tokens), micros: cost_micros },
+            },
+            None => Settlement::Release { id: g.id.clone() },
+        });
+
+        let mut not_cached = None;
+        let mut cache_fill = None;
+        if let (Some(key), Some(target)) = (&self.cache.key, &target) {
+            let fill_key = if self.trace.downgraded || self.attempt > 0 {
+                CacheKey::derive(&self.tenant_id, target.provider, &target.model, &self.request)
+            } else {
+                key.clone()
+            };
+            let body_len = assembled.as_ref().map_or(0, |b| b.to_string().len());
+            let admitted = match cache::admit(status, summary, body_len, &config.cache) {
+                Ok(()) if assembled.is_none() => Err(NotAdmitted::Incomplete),
+                Ok(()) if !self.cache.seen_before => Err(NotAdmitted::FirstSighting),
+                other => other,
+            };
+            match (admitted, assembled) {
+                (Ok(()), Some(body)) => {
+                    let entry = CacheEntry {
+                        api: self.api,
+                        model: target.model.clone(),
+                        stored_at: now,
+                        expires_at: now + self.cache_ttl,
+                        usage,
+                        cost_micros,
+                        body,
+                    };
+                    cache_fill =
+                        Some(CacheFill { key: fill_key, value: entry.to_bytes(), ttl_seconds: self.cache_ttl });
+                }
+                (Err(why), _) => not_cached = Some(why),
+                (Ok(()), None) => not_cached = Some(NotAdmitted::Incomplete),
+            }
+        }
+        Finish { settlement, cache_fill, not_cached, usage, cost_micros }
+    }
+}
+
+fn bypass_name(b: cache::Bypass) -> String {
+    match b {
+        cache::Bypass::Disabled => "disabled",
+        cache::Bypass::Sampled => "sampled",
+        cache::Bypass::NoStore => "no_store",
+        cache::Bypass::MultipleChoices => "multiple_choices",
+    }
+    .to_owned()
+}

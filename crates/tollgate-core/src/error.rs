@@ -1,0 +1,260 @@
+//! Errors, one enum per concern, each with an explicit HTTP status and an
+//! OpenAI-shaped body.
+//!
+//! Every error a client can cause ends as an [`ApiError`]: a status, an
+//! OpenAI error `type` and `code`, a message that says what to do, and for
+//! budgets a `retry-after`. The body carries both the OpenAI shape
+//! (`error.message/type/param/code`) and Anthropic's top-level
+//! `"type": "error"`, so both official SDKs parse it.
+
+use serde::Serialize;
+
+/// An error ready to be sent to the client.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ApiError {
+    pub status: u16,
+    /// OpenAI's `error.type`, e.g. `invalid_request_error`.
+    pub kind: &'static str,
+    /// A stable machine-readable code, e.g. `budget_exceeded`.
+    pub code: &'static str,
+    pub message: String,
+    /// The request field at fault, when there is one.
+    pub param: Option<String>,
+    /// Seconds until retrying can succeed (429, 503).
+    pub retry_after_secs: Option<u64>,
+}
+
+#[derive(Serialize)]
+struct ErrorBody<'a> {
+    #[serde(rename = "type")]
+    envelope: &'static str,
+    error: ErrorFields<'a>,
+}
+
+#[derive(Serialize)]
+struct ErrorFields<'a> {
+    message: &'a str,
+    #[serde(rename = "type")]
+    kind: &'static str,
+    param: Option<&'a str>,
+    code: &'static str,
+}
+
+impl ApiError {
+    pub fn new(status: u16, kind: &'static str, code: &'static str, message: impl Into<String>) -> Self {
+        ApiError { status, kind, code, message: message.into(), param: None, retry_after_secs: None }
+    }
+
+    pub fn with_param(mut self, param: impl Into<String>) -> Self {
+        self.param = Some(param.into());
+        self
+    }
+
+    pub fn with_retry_after(mut self, secs: u64) -> Self {
+        self.retry_after_secs = Some(secs);
+        self
+    }
+
+    /// The JSON body: `{"type":"error","error":{"message","type","param","code"}}`.
+    pub fn body(&self) -> Vec<u8> {
+        let body = ErrorBody {
+            envelope: "error",
+            error: ErrorFields {
+                message: &self.message,
+                kind: self.kind,
+                param: self.param.as_deref(),
+                code: self.code,
+            },
+        };
+        // Serialising plain strings cannot fail; fall back to a fixed body rather than panic.
+        serde_json::to_vec(&body).unwrap_or_else(|_| br#"{"type":"error","error":{"message":"internal error","type":"api_error","param":null,"code":"internal"}}"#.to_vec())
+    }
+
+    /// Headers that go with the body.
+    pub fn headers(&self) -> Vec<(String, String)> {
+        let mut headers = vec![("content-type".to_owned(), "application/json".to_owned())];
+        if let Some(secs) = self.retry_after_secs {
+            headers.push(("retry-after".to_owned(), secs.to_string()));
+        }
+        headers
+    }
+}
+
+/// Problems with the request body or its shape. 400, or 413 when too large.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum RequestError {
+    #[error("request body is {actual} bytes; the limit is {limit} bytes")]
+    TooLarge { limit: usize, actual: usize },
+    #[error("request body is empty; send a JSON object")]
+    Empty,
+    #[error("request body is not valid UTF-8 (first bad byte at offset {offset})")]
+    NotUtf8 { offset: usize },
+    #[error("request body is not valid JSON: {detail}")]
+    MalformedJson { detail: String },
+    #[error("request body must be a JSON object")]
+    NotAnObject,
+    #[error("missing required field `{field}`")]
+    MissingField { field: String },
+    #[error("`{field}` must be {expected}")]
+    WrongType { field: String, expected: &'static str },
+    #[error("`{field}`: {message}")]
+    Invalid { field: String, message: String },
+    #[error("`messages` must contain at least one message")]
+    EmptyMessages,
+    #[error(
+        "model `{model}` is not allowed for this key; use `tollgate/auto`, a tier such as `tollgate/{example_tier}`, or one of the allowed models"
+    )]
+    ModelNotAllowed { model: String, example_tier: String },
+    #[error("prompt is {tokens} tokens; the limit is {limit}")]
+    PromptTooLong { tokens: u64, limit: u64 },
+    #[error("unknown endpoint `{path}`")]
+    UnknownEndpoint { path: String },
+}
+
+impl From<RequestError> for ApiError {
+    fn from(err: RequestError) -> Self {
+        let message = err.to_string();
+        let (status, code, param) = match &err {
+            RequestError::TooLarge { .. } => (413, "request_too_large", None),
+            RequestError::Empty => (400, "empty_body", None),
+            RequestError::NotUtf8 { .. } => (400, "invalid_encoding", None),
+            RequestError::MalformedJson { .. } => (400, "invalid_json", None),
+            RequestError::NotAnObject => (400, "invalid_json", None),
+            RequestError::MissingField { field } => (400, "missing_required_parameter", Some(field.clone())),
+            RequestError::WrongType { field, .. } => (400, "invalid_type", Some(field.clone())),
+            RequestError::Invalid { field, .. } => (400, "invalid_value", Some(field.clone())),
+            RequestError::EmptyMessages => (400, "empty_messages", Some("messages".to_owned())),
+            RequestError::ModelNotAllowed { .. } => (400, "model_not_allowed", Some("model".to_owned())),
+            RequestError::PromptTooLong { .. } => (400, "context_length_exceeded", Some("messages".to_owned())),
+            RequestError::UnknownEndpoint { .. } => (404, "unknown_url", None),
+        };
+        let mut api = ApiError::new(status, "invalid_request_error", code, message);
+        api.param = param;
+        api
+    }
+}
+
+/// Authentication failures. Always 401; the message never echoes the key.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum AuthError {
+    #[error("no API key: send `Authorization: Bearer <tollgate key>` or `x-api-key: <tollgate key>`")]
+    MissingKey,
+    #[error("the API key is not recognised")]
+    UnknownKey,
+    #[error("the API key's record is malformed; ask the operator to re-create it")]
+    MalformedRecord,
+}
+
+impl From<AuthError> for ApiError {
+    fn from(err: AuthError) -> Self {
+        ApiError::new(401, "invalid_request_error", "invalid_api_key", err.to_string())
+    }
+}
+
+/// Budget refusals (429) and an unreachable budget store (503).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum BudgetError {
+    #[error("{message}")]
+    Exceeded { message: String, retry_after_secs: u64 },
+    #[error("too many requests in flight for this tenant ({limit}); retry shortly")]
+    TooManyInFlight { limit: usize },
+    #[error("the budget store is unreachable, and this tenant fails closed; retry shortly")]
+    StoreUnavailable,
+}
+
+impl From<BudgetError> for ApiError {
+    fn from(err: BudgetError) -> Self {
+        let message = err.to_string();
+        match err {
+            BudgetError::Exceeded { retry_after_secs, .. } => {
+                ApiError::new(429, "insufficient_quota", "budget_exceeded", message).with_retry_after(retry_after_secs)
+            }
+            BudgetError::TooManyInFlight { .. } => {
+                ApiError::new(429, "rate_limit_exceeded", "too_many_in_flight", message).with_retry_after(1)
+            }
+            BudgetError::StoreUnavailable => {
+                ApiError::new(503, "api_error", "budget_store_unavailable", message).with_retry_after(5)
+            }
+        }
+    }
+}
+
+/// Failures reaching or understanding the provider. 502 or 503.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum UpstreamError {
+    #[error("every model in the `{tier}` fallback chain failed; last error: {last}")]
+    Exhausted { tier: String, last: String },
+    #[error("the provider did not answer within {secs} s")]
+    Timeout { secs: u64 },
+    #[error("the provider's response could not be read: {detail}")]
+    BadResponse { detail: String },
+    #[error("no upstream is configured for provider `{provider}`")]
+    NotConfigured { provider: String },
+}
+
+impl From<UpstreamError> for ApiError {
+    fn from(err: UpstreamError) -> Self {
+        let message = err.to_string();
+        match err {
+            UpstreamError::Exhausted { .. } => ApiError::new(502, "api_error", "upstream_failed", message),
+            UpstreamError::Timeout { .. } => {
+                ApiError::new(503, "api_error", "upstream_timeout", message).with_retry_after(2)
+            }
+            UpstreamError::BadResponse { .. } => ApiError::new(502, "api_error", "upstream_bad_response", message),
+            UpstreamError::NotConfigured { .. } => ApiError::new(503, "api_error", "upstream_not_configured", message),
+        }
+    }
+}
+
+/// A tenant whose configuration is missing or invalid cannot be served. 503:
+/// it is the operator's problem, not the client's, and it goes away when fixed.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum TenantError {
+    #[error("this tenant's configuration is invalid ({0}); ask the operator to run `tollgate config validate`")]
+    InvalidConfig(String),
+    #[error("this tenant's configuration could not be loaded; retry shortly")]
+    Unavailable,
+}
+
+impl From<TenantError> for ApiError {
+    fn from(err: TenantError) -> Self {
+        ApiError::new(503, "api_error", "tenant_unavailable", err.to_string()).with_retry_after(5)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_error_body_is_openai_shaped_and_parses_as_json() {
+        let errors: Vec<ApiError> = vec![
+            RequestError::TooLarge { limit: 1, actual: 2 }.into(),
+            RequestError::MalformedJson { detail: "x".into() }.into(),
+            AuthError::UnknownKey.into(),
+            BudgetError::Exceeded { message: "daily".into(), retry_after_secs: 7 }.into(),
+            BudgetError::StoreUnavailable.into(),
+            UpstreamError::Timeout { secs: 3 }.into(),
+            TenantError::Unavailable.into(),
+        ];
+        for err in errors {
+            let v: serde_json::Value = serde_json::from_slice(&err.body()).unwrap();
+            assert_eq!(v["type"], "error");
+            assert_eq!(v["error"]["type"], err.kind);
+            assert_eq!(v["error"]["code"], err.code);
+            assert_eq!(v["error"]["message"], err.message.as_str());
+        }
+    }
+
+    #[test]
+    fn statuses_follow_the_documented_mapping() {
+        assert_eq!(ApiError::from(RequestError::TooLarge { limit: 1, actual: 2 }).status, 413);
+        assert_eq!(ApiError::from(RequestError::EmptyMessages).status, 400);
+        assert_eq!(ApiError::from(AuthError::MissingKey).status, 401);
+        let budget = ApiError::from(BudgetError::Exceeded { message: "m".into(), retry_after_secs: 9 });
+        assert_eq!(budget.status, 429);
+        assert!(budget.headers().contains(&("retry-after".to_owned(), "9".to_owned())));
+        assert_eq!(ApiError::from(BudgetError::StoreUnavailable).status, 503);
+        assert_eq!(ApiError::from(UpstreamError::Exhausted { tier: "t".into(), last: "500".into() }).status, 502);
+    }
+}

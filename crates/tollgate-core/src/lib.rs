@@ -1,0 +1,28 @@
+//! tollgate-core: every routing decision tollgate makes, with no I/O.
+//!
+//! The hosts (a Cloudflare Worker and an Envoy proxy-wasm filter) do the
+//! I/O and drive [`engine::Plan`], which parses, counts, classifies, keys,
+//! prices, budgets and decides. Time and randomness come in as arguments;
+//! nothing here reads a clock, a random source, a file or the network, so
+//! both hosts make identical decisions and every decision is testable.
+
+pub mod api;
+pub mod auth;
+pub mod budget;
+pub mod cache;
+pub mod classify;
+pub mod config;
+pub mod count;
+pub mod endpoints;
+pub mod engine;
+pub mod error;
+pub mod pricing;
+pub mod request;
+pub mod response;
+pub mod sim;
+pub mod trace;
+
+pub use api::ApiFormat;
+pub use config::TenantConfig;
+pub use engine::{Inbound, Next, Plan};
+pub use error::ApiError;

@@ -1,0 +1,206 @@
+//! Writes the static tables the token counter reads in place:
+//!
+//! * `unicode.stage1` / `unicode.stage2`: a two-stage table giving each code
+//!   point its character class (see `src/shared.rs`), derived from
+//!   `regex-syntax`, the crate tiktoken-rs's regexes are built on, so the two
+//!   agree on the Unicode version.
+//! * `<enc>.buckets` / `<enc>.entries` / `<enc>.blob` for each enabled
+//!   encoding: a bucketed hash index from token bytes to rank, built from the
+//!   vocabulary that tiktoken-rs embeds. Layout in `src/vocab.rs`.
+
+use std::collections::{HashMap, HashSet};
+use std::env;
+use std::error::Error;
+use std::fs;
+use std::path::{Path, PathBuf};
+
+#[allow(dead_code)]
+#[path = "src/shared.rs"]
+mod shared;
+
+use shared::class;
+
+type BoxResult<T> = Result<T, Box<dyn Error>>;
+
+fn main() {
+    if let Err(e) = run() {
+        eprintln!("tollgate-tokens build script failed: {e}");
+        std::process::exit(1);
+    }
+}
+
+fn run() -> BoxResult<()> {
+    println!("cargo::rerun-if-changed=build.rs");
+    println!("cargo::rerun-if-changed=src/shared.rs");
+    let out = PathBuf::from(env::var("OUT_DIR")?);
+
+    write_unicode(&out)?;
+
+    if env::var_os("CARGO_FEATURE_O200K").is_some() {
+        let bpe = tiktoken_rs::o200k_base()?;
+        write_vocab(&out, "o200k", &bpe, 16)?;
+    }
+    if env::var_os("CARGO_FEATURE_CL100K").is_some() {
+        let bpe = tiktoken_rs::cl100k_base()?;
+        write_vocab(&out, "cl100k", &bpe, 15)?;
+    }
+    Ok(())
+}
+
+/// The ranges of a regex character class, as `regex-syntax` resolves it.
+fn class_ranges(pattern: &str) -> BoxResult<Vec<(u32, u32)>> {
+    use regex_syntax::hir::{Class, HirKind};
+    let hir = regex_syntax::ParserBuilder::new().build().parse(pattern)?;
+    match hir.kind() {
+        HirKind::Class(Class::Unicode(c)) => {
+            Ok(c.ranges().iter().map(|r| (u32::from(r.start()), u32::from(r.end()))).collect())
+        }
+        _ => Err(format!("{pattern} is not a Unicode class").into()),
+    }
+}
+
+fn write_unicode(out: &Path) -> BoxResult<()> {
+    const CODE_POINTS: usize = 0x11_0000;
+    const UNSET: u8 = u8::MAX;
+    let mut table = vec![UNSET; CODE_POINTS];
+    let sets = [
+        (r"\p{Ll}", class::LL),
+        (r"[\p{Lu}\p{Lt}]", class::LU),
+        (r"[\p{Lm}\p{Lo}]", class::LO),
+        (r"\p{M}", class::MARK),
+        (r"\p{N}", class::NUM),
+        (r"\s", class::WS),
+    ];
+    for (pattern, cls) in sets {
+        for (lo, hi) in class_ranges(pattern)? {
+            for cp in lo..=hi {
+                let slot = &mut table[cp as usize];
+                if *slot != UNSET {
+                    return Err(format!("U+{cp:04X} is in two classes").into());
+                }
+                *slot = cls;
+            }
+        }
+    }
+    for slot in &mut table {
+        if *slot == UNSET {
+            *slot = class::OTHER;
+        }
+    }
+    // \p{L} must be exactly the three letter classes.
+    let mut letters = 0usize;
+    for (lo, hi) in class_ranges(r"\p{L}")? {
+        for cp in lo..=hi {
+            if !matches!(table[cp as usize], class::LL | class::LU | class::LO) {
+                return Err(format!("U+{cp:04X} is a letter but not classed as one").into());
+            }
+            letters += 1;
+        }
+    }
+    let classed = table.iter().filter(|&&c| matches!(c, class::LL | class::LU | class::LO)).count();
+    if letters != classed {
+        return Err("letter classes disagree with \\p{L}".into());
+    }
+    // The contraction matcher (src/pretokenize.rs) knows, by hand, which
+    // characters the case-insensitive letters of `'s|'t|'re|'ve|'m|'ll|'d`
+    // match: the ASCII pair, plus U+017F for `s`. Check that here.
+    let folded = class_ranges(r"(?i:[sdmtlvre])")?;
+    let expected: Vec<(u32, u32)> = {
+        let mut v: Vec<u32> = b"sdmtlvreSDMTLVRE".iter().map(|&b| u32::from(b)).collect();
+        v.push(0x17F);
+        v.sort_unstable();
+        v.into_iter().map(|c| (c, c)).collect()
+    };
+    let flattened: Vec<(u32, u32)> = folded.iter().flat_map(|&(lo, hi)| (lo..=hi).map(|c| (c, c))).collect();
+    if flattened != expected {
+        return Err(format!("unexpected case folding for contractions: {folded:?}").into());
+    }
+
+    let block = 1usize << shared::BLOCK_SHIFT;
+    let mut ids: HashMap<&[u8], usize> = HashMap::new();
+    let mut stage1 = Vec::with_capacity(CODE_POINTS / block);
+    let mut stage2 = Vec::new();
+    for chunk in table.chunks(block) {
+        let next = ids.len();
+        let id = *ids.entry(chunk).or_insert(next);
+        if id == next {
+            stage2.extend_from_slice(chunk);
+        }
+        stage1.push(u8::try_from(id).map_err(|_| "more than 256 distinct Unicode blocks")?);
+    }
+    fs::write(out.join("unicode.stage1"), &stage1)?;
+    fs::write(out.join("unicode.stage2"), &stage2)?;
+    Ok(())
+}
+
+/// Every ordinary (non-special) token of `bpe`, as (rank, bytes).
+fn ordinary_tokens(bpe: &tiktoken_rs::CoreBPE) -> BoxResult<Vec<(u32, Vec<u8>)>> {
+    let specials: HashSet<&str> = bpe.special_tokens();
+    let mut tokens = Vec::new();
+    // Ranks are dense up to the special tokens. Probe until a long gap
+    // (far longer than any in tiktoken's vocabularies) follows the last
+    // token found, so a token beyond the rank field is reported, not dropped.
+    let mut last_found = 0u32;
+    let mut rank = 0u32;
+    while rank < last_found.saturating_add(1 << 16) {
+        let probe = rank;
+        rank += 1;
+        let Ok(bytes) = bpe.decode_bytes(&[probe]) else {
+            continue;
+        };
+        last_found = probe;
+        let rank = probe;
+        if std::str::from_utf8(&bytes).is_ok_and(|s| specials.contains(s)) {
+            continue;
+        }
+        if rank > shared::RANK_MASK - 1 {
+            return Err(format!("rank {rank} does not fit the rank field").into());
+        }
+        if bytes.is_empty() || bytes.len() > shared::MAX_TOKEN_LEN {
+            return Err(format!("token {rank} has {} bytes", bytes.len()).into());
+        }
+        tokens.push((rank, bytes));
+    }
+    let distinct: HashSet<&[u8]> = tokens.iter().map(|(_, b)| b.as_slice()).collect();
+    if distinct.len() != tokens.len() {
+        return Err("two ranks share the same bytes".into());
+    }
+    for byte in 0..=255u8 {
+        if !distinct.contains(&[byte][..]) {
+            return Err(format!("byte {byte} is not a token").into());
+        }
+    }
+    Ok(tokens)
+}
+
+fn write_vocab(out: &Path, name: &str, bpe: &tiktoken_rs::CoreBPE, bucket_bits: u32) -> BoxResult<()> {
+    let tokens = ordinary_tokens(bpe)?;
+    let buckets = 1usize << bucket_bits;
+    let mut by_bucket: Vec<Vec<(u64, u32, &[u8])>> = vec![Vec::new(); buckets];
+    for (rank, bytes) in &tokens {
+        let h = shared::hash_bytes(bytes);
+        by_bucket[(h >> (64 - bucket_bits)) as usize].push((h, *rank, bytes));
+    }
+    let mut dir = Vec::with_capacity((buckets + 1) * 8);
+    let mut entries = Vec::with_capacity(tokens.len() * 4);
+    let mut blob = Vec::new();
+    let mut count = 0u32;
+    for bucket in &mut by_bucket {
+        // Shortest first: most look-ups are of short pieces.
+        bucket.sort_by_key(|&(_, rank, bytes)| (bytes.len(), rank));
+        dir.extend_from_slice(&count.to_le_bytes());
+        dir.extend_from_slice(&u32::try_from(blob.len())?.to_le_bytes());
+        for &(h, rank, bytes) in bucket.iter() {
+            let entry = rank | (shared::entry_tag(bytes.len(), h) << shared::RANK_BITS);
+            entries.extend_from_slice(&entry.to_le_bytes());
+            blob.extend_from_slice(bytes);
+            count += 1;
+        }
+    }
+    dir.extend_from_slice(&count.to_le_bytes());
+    dir.extend_from_slice(&u32::try_from(blob.len())?.to_le_bytes());
+    fs::write(out.join(format!("{name}.buckets")), &dir)?;
+    fs::write(out.join(format!("{name}.entries")), &entries)?;
+    fs::write(out.join(format!("{name}.blob")), &blob)?;
+    Ok(())
+}
