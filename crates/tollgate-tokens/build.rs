@@ -4,9 +4,10 @@
 //!   point its character class (see `src/shared.rs`), derived from
 //!   `regex-syntax`, the crate tiktoken-rs's regexes are built on, so the two
 //!   agree on the Unicode version.
-//! * `<enc>.buckets` / `<enc>.entries` / `<enc>.blob` for each enabled
-//!   encoding: a bucketed hash index from token bytes to rank, built from the
-//!   vocabulary that tiktoken-rs embeds. Layout in `src/vocab.rs`.
+//! * `<enc>.buckets` / `<enc>.blob` / `<enc>.pairs` for each enabled
+//!   encoding: a two-choice bucketed hash table from token bytes to rank and
+//!   a direct table of the two-byte tokens, built from the vocabulary that
+//!   tiktoken-rs embeds. Layouts in `src/shared.rs` and `src/vocab.rs`.
 
 use std::collections::{HashMap, HashSet};
 use std::env;
@@ -38,11 +39,11 @@ fn run() -> BoxResult<()> {
 
     if env::var_os("CARGO_FEATURE_O200K").is_some() {
         let bpe = tiktoken_rs::o200k_base()?;
-        write_vocab(&out, "o200k", &bpe, 16)?;
+        write_vocab(&out, "o200k", &bpe)?;
     }
     if env::var_os("CARGO_FEATURE_CL100K").is_some() {
         let bpe = tiktoken_rs::cl100k_base()?;
-        write_vocab(&out, "cl100k", &bpe, 15)?;
+        write_vocab(&out, "cl100k", &bpe)?;
     }
     Ok(())
 }
@@ -173,34 +174,112 @@ fn ordinary_tokens(bpe: &tiktoken_rs::CoreBPE) -> BoxResult<Vec<(u32, Vec<u8>)>>
     Ok(tokens)
 }
 
-fn write_vocab(out: &Path, name: &str, bpe: &tiktoken_rs::CoreBPE, bucket_bits: u32) -> BoxResult<()> {
+fn write_vocab(out: &Path, name: &str, bpe: &tiktoken_rs::CoreBPE) -> BoxResult<()> {
     let tokens = ordinary_tokens(bpe)?;
-    let buckets = 1usize << bucket_bits;
-    let mut by_bucket: Vec<Vec<(u64, u32, &[u8])>> = vec![Vec::new(); buckets];
-    for (rank, bytes) in &tokens {
-        let h = shared::hash_bytes(bytes);
-        by_bucket[(h >> (64 - bucket_bits)) as usize].push((h, *rank, bytes));
-    }
-    let mut dir = Vec::with_capacity((buckets + 1) * 8);
-    let mut entries = Vec::with_capacity(tokens.len() * 4);
+    let hashes: Vec<u64> = tokens.iter().map(|(_, bytes)| shared::hash_bytes(bytes)).collect();
+    // About 95% full; a little emptier if the placement does not succeed.
+    let mut count = (tokens.len() * 20).div_ceil(shared::ENTRIES_PER_BUCKET * 19);
+    let buckets = loop {
+        if let Some(buckets) = place(&hashes, count) {
+            break buckets;
+        }
+        count += count / 100 + 1;
+    };
+    let mut table = Vec::with_capacity(count * shared::BUCKET_BYTES);
     let mut blob = Vec::new();
-    let mut count = 0u32;
-    for bucket in &mut by_bucket {
-        // Shortest first: most look-ups are of short pieces.
-        bucket.sort_by_key(|&(_, rank, bytes)| (bytes.len(), rank));
-        dir.extend_from_slice(&count.to_le_bytes());
-        dir.extend_from_slice(&u32::try_from(blob.len())?.to_le_bytes());
-        for &(h, rank, bytes) in bucket.iter() {
-            let entry = rank | (shared::entry_tag(bytes.len(), h) << shared::RANK_BITS);
-            entries.extend_from_slice(&entry.to_le_bytes());
+    for mut bucket in buckets {
+        // Lowest rank (most frequent) first.
+        bucket.sort_by_key(|&t| tokens[t].0);
+        let base = u32::try_from(blob.len())?;
+        if base >> shared::BASE_BITS != 0 {
+            return Err("the blob outgrew the bucket header".into());
+        }
+        let entries = u32::try_from(bucket.len())?;
+        table.extend_from_slice(&(base | (entries << shared::BASE_BITS)).to_le_bytes());
+        let mut fingerprints = [0u8; shared::ENTRIES_PER_BUCKET];
+        let mut words = [0u32; shared::ENTRIES_PER_BUCKET];
+        for (k, &t) in bucket.iter().enumerate() {
+            let (rank, bytes) = &tokens[t];
             blob.extend_from_slice(bytes);
-            count += 1;
+            let end = u32::try_from(blob.len())? - base;
+            if end > shared::END_MASK {
+                return Err("a bucket's tokens outgrew the end field".into());
+            }
+            fingerprints[k] = shared::fingerprint(hashes[t]);
+            words[k] = rank | (end << shared::END_SHIFT);
+        }
+        table.extend_from_slice(&fingerprints);
+        for word in words {
+            table.extend_from_slice(&word.to_le_bytes());
         }
     }
-    dir.extend_from_slice(&count.to_le_bytes());
-    dir.extend_from_slice(&u32::try_from(blob.len())?.to_le_bytes());
-    fs::write(out.join(format!("{name}.buckets")), &dir)?;
-    fs::write(out.join(format!("{name}.entries")), &entries)?;
+    fs::write(out.join(format!("{name}.buckets")), &table)?;
+    fs::write(out.join(format!("{name}.pairs")), pair_table(&tokens))?;
     fs::write(out.join(format!("{name}.blob")), &blob)?;
     Ok(())
+}
+
+/// The two-byte tokens, for direct look-up: a bitmap over all 65536 byte
+/// pairs (little-endian `u64` words), the number of set bits before each
+/// word (little-endian `u16`s), and the ranks of the set bits in order
+/// (little-endian `u32`s).
+fn pair_table(tokens: &[(u32, Vec<u8>)]) -> Vec<u8> {
+    let mut ranks = vec![None; 1 << 16];
+    for (rank, bytes) in tokens {
+        if let &[a, b] = bytes.as_slice() {
+            ranks[(usize::from(a) << 8) | usize::from(b)] = Some(*rank);
+        }
+    }
+    let mut bitmap = Vec::with_capacity(8192);
+    let mut counts = Vec::with_capacity(2048);
+    let mut values = Vec::new();
+    let mut seen = 0u16;
+    for word in ranks.chunks(64) {
+        let mut bits = 0u64;
+        counts.extend_from_slice(&seen.to_le_bytes());
+        for (i, rank) in word.iter().enumerate() {
+            if let Some(rank) = rank {
+                bits |= 1 << i;
+                values.extend_from_slice(&rank.to_le_bytes());
+                seen += 1;
+            }
+        }
+        bitmap.extend_from_slice(&bits.to_le_bytes());
+    }
+    let mut table = bitmap;
+    table.extend_from_slice(&counts);
+    table.extend_from_slice(&values);
+    table
+}
+
+/// Places every key in one of its two buckets (cuckoo hashing: a key that
+/// finds both full evicts one at random, which moves to its other bucket).
+/// `None` when that does not settle.
+fn place(hashes: &[u64], count: usize) -> Option<Vec<Vec<usize>>> {
+    let capacity = shared::ENTRIES_PER_BUCKET;
+    let mut buckets: Vec<Vec<usize>> = vec![Vec::with_capacity(capacity); count];
+    let mut random = 0x2545_F491_4F6C_DD1Du64;
+    for key in 0..hashes.len() {
+        let mut current = key;
+        let mut kicks = 0;
+        loop {
+            let (a, b) = shared::buckets_of(hashes[current], count);
+            let emptier = if buckets[a].len() <= buckets[b].len() { a } else { b };
+            if buckets[emptier].len() < capacity {
+                buckets[emptier].push(current);
+                break;
+            }
+            kicks += 1;
+            if kicks > 500 {
+                return None;
+            }
+            random ^= random << 13;
+            random ^= random >> 7;
+            random ^= random << 17;
+            let victim_bucket = if random & 1 == 0 { a } else { b };
+            let victim = (random >> 8) as usize % capacity;
+            std::mem::swap(&mut buckets[victim_bucket][victim], &mut current);
+        }
+    }
+    Some(buckets)
 }

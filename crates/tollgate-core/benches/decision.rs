@@ -5,6 +5,8 @@
 //!
 //! Run: `cargo bench -p tollgate-core --bench decision` (or scripts/bench).
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use divan::{Bencher, black_box};
 use tollgate_core::api::ApiFormat;
 use tollgate_core::budget::{self, BudgetState};
@@ -74,6 +76,24 @@ fn full_decision(bencher: Bencher, bytes: usize) {
     });
 }
 
+/// The breakdown: parsing alone, and planning (parse, count, classify, route, key).
+#[divan::bench(args = SIZES)]
+fn parse_only(bencher: Bencher, bytes: usize) {
+    let body = body(bytes);
+    bencher.bench_local(|| black_box(ChatRequest::parse(ApiFormat::OpenAi, black_box(&body), usize::MAX)));
+}
+
+#[divan::bench(args = SIZES)]
+fn plan_only(bencher: Bencher, bytes: usize) {
+    let config = TenantConfig::example().unwrap();
+    let body = body(bytes);
+    bencher.bench_local(|| {
+        let inbound =
+            Inbound { api: ApiFormat::OpenAi, body: &body, cache_control: None, now: 1_795_000_000, entropy: [7; 16] };
+        black_box(Plan::new(&config, &inbound))
+    });
+}
+
 /// Just the prompt counting inside the full decision, for the subtraction.
 #[divan::bench(args = SIZES)]
 fn counting_inside_decision(bencher: Bencher, bytes: usize) {
@@ -108,5 +128,30 @@ mod count_4kb {
             "identical counts"
         );
         bencher.bench_local(|| black_box(bpe.encode_ordinary(black_box(&text)).len()));
+    }
+}
+
+mod pieces_4kb {
+    use super::*;
+    use tollgate_core::cache::CacheKey;
+    use tollgate_core::config::Provider;
+    use tollgate_core::request::Rewrite;
+
+    #[divan::bench]
+    fn cache_key(bencher: Bencher) {
+        let req = ChatRequest::parse(ApiFormat::OpenAi, &body(4096), usize::MAX).unwrap();
+        bencher.bench_local(|| black_box(CacheKey::derive("acme", Provider::OpenAi, "gpt-4o-mini", &req)));
+    }
+
+    #[divan::bench]
+    fn rewrite(bencher: Bencher) {
+        let req = ChatRequest::parse(ApiFormat::OpenAi, &body(4096), usize::MAX).unwrap();
+        let rw = Rewrite {
+            provider: Provider::OpenAi,
+            model: "gpt-4o-mini",
+            clamp_output_tokens: None,
+            include_usage: true,
+        };
+        bencher.bench_local(|| black_box(req.rewritten_body(&rw)));
     }
 }

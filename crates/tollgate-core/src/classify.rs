@@ -4,9 +4,17 @@
 //! prompt needs the premium model tier. The score is
 //! `logistic(bias + Σ weight · feature)`, where every feature is a cheap,
 //! explainable heuristic with a value in `[0, 1]`, computed by a single
-//! byte-level pass over the last user turn (plus a lighter pass over earlier
-//! turns for code and maths context). No allocation happens while scanning;
-//! the only allocations are the returned `features` and `reasons` vectors.
+//! byte-level pass over the last user turn (its first and last 16 KB when it
+//! is longer than 32 KB), plus a lighter pass (no keyword lookups) over up to
+//! 16 KB of earlier turns, of which only code and maths syntax count, at half
+//! strength. Keywords come from a
+//! small static table, looked up through a compile-time hash table; there is
+//! no regex. No allocation happens while scanning; the only allocations are
+//! the returned `features` and `reasons` vectors.
+//!
+//! When the question ends with lettered answer options ("A. …", "B. …"), the
+//! features describe the question stem only, and [`Feature::AnswerChoices`]
+//! fires instead.
 //!
 //! The score is a *ranking* score: it orders prompts by how much they are
 //! likely to gain from the strong model. It is not a calibrated probability.
@@ -17,7 +25,7 @@
 //! bit-identical scores.
 
 use std::collections::BTreeMap;
-use std::fmt;
+use std::fmt::{self, Write as _};
 
 use serde::{Deserialize, Serialize};
 
@@ -108,8 +116,6 @@ pub enum Feature {
     Code,
     /// Mathematical notation: operators between operands, LaTeX, symbols, maths words.
     Math,
-    /// Numeric quantities in the question (word-problem shape).
-    Quantities,
     /// Reasoning and design verbs: analyze, design, optimize, debug, derive...
     Reasoning,
     /// Explicit asks: step by step, prove, compare, explain why, justify...
@@ -132,7 +138,7 @@ pub enum Feature {
 
 impl Feature {
     /// How many features there are.
-    pub const COUNT: usize = 14;
+    pub const COUNT: usize = 13;
 
     /// Every feature, in a stable order (the order of [`Classification::features`]).
     pub const ALL: [Feature; Feature::COUNT] = [
@@ -140,7 +146,6 @@ impl Feature {
         Feature::Turns,
         Feature::Code,
         Feature::Math,
-        Feature::Quantities,
         Feature::Reasoning,
         Feature::ExplicitAsk,
         Feature::Constraints,
@@ -159,7 +164,6 @@ impl Feature {
             Feature::Turns => "turns",
             Feature::Code => "code",
             Feature::Math => "math",
-            Feature::Quantities => "quantities",
             Feature::Reasoning => "reasoning",
             Feature::ExplicitAsk => "explicit_ask",
             Feature::Constraints => "constraints",
@@ -177,23 +181,43 @@ impl Feature {
         Feature::ALL.into_iter().find(|f| f.name() == name)
     }
 
-    /// The tuned default weight (logit units per unit of feature value).
+    /// The default weight (logit units per unit of feature value).
+    ///
+    /// Tokens, multi-part and answer choices were fitted on routing labels
+    /// (GSM8K and MMLU, weak vs strong model) and then moderated; the data
+    /// holds no code, tools, system prompts, conversations or other
+    /// languages, so those weights are priors, as are the ones where exam
+    /// questions say little about real traffic (math, reasoning, asks,
+    /// constraints, short factual).
     pub fn default_weight(self) -> f64 {
         match self {
-            Feature::Tokens => 1.0,
+            // The strongest single signal in the labels: +0.3 per doubling.
+            Feature::Tokens => 3.0,
+            // Prior: a long back-and-forth carries context a small model loses.
             Feature::Turns => 1.0,
+            // Prior: code is where premium models pull ahead; a fence alone gives +1.5.
             Feature::Code => 1.5,
-            Feature::Math => 1.0,
-            Feature::Quantities => 1.0,
+            // Prior, kept modest: the exam labels show no gain from notation alone.
+            Feature::Math => 0.8,
+            // Prior: design/analysis verbs ask for multi-step work.
             Feature::Reasoning => 1.0,
-            Feature::ExplicitAsk => 1.0,
+            // Prior: "prove", "step by step", "compare" are the clearest asks for depth.
+            Feature::ExplicitAsk => 2.0,
+            // Prior: each extra requirement is another way for a small model to slip.
             Feature::Constraints => 1.0,
-            Feature::MultiPart => 1.0,
+            // Fitted (capped): several statements judged together is the biggest
+            // between-question signal in the labels.
+            Feature::MultiPart => 2.0,
+            // Prior: tool use is agentic, multi-step work.
             Feature::Tools => 1.0,
+            // Prior, small: long system prompts mean elaborate apps, but are often boilerplate.
             Feature::SystemPrompt => 0.5,
+            // Prior: short recall questions are where small models match big ones.
             Feature::ShortFactual => -1.0,
-            Feature::AnswerChoices => -0.5,
-            Feature::NonEnglish => 0.5,
+            // Fitted (moderated): picking from given options narrows the gap.
+            Feature::AnswerChoices => -1.0,
+            // Prior: small models degrade faster outside English.
+            Feature::NonEnglish => 0.8,
         }
     }
 
@@ -208,8 +232,9 @@ impl fmt::Display for Feature {
     }
 }
 
-/// The tuned default bias (logit of the score of a prompt with no signals).
-pub const DEFAULT_BIAS: f64 = -1.0;
+/// The default bias: the logit of a prompt with no signals ("hi" scores
+/// 0.18, "What is the capital of Australia?" 0.08).
+pub const DEFAULT_BIAS: f64 = -1.5;
 
 /// Largest absolute bias or weight a tenant may set. Beyond this the logistic
 /// is saturated anyway, so a larger number is almost certainly a mistake.
@@ -268,7 +293,7 @@ pub struct RawClassifierConfig {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bias: Option<f64>,
     /// Per-feature weights by feature name (tokens, turns, code, math,
-    /// quantities, reasoning, explicit_ask, constraints, multi_part, tools,
+    /// reasoning, explicit_ask, constraints, multi_part, tools,
     /// system_prompt, short_factual, answer_choices, non_english). Positive pushes towards the
     /// strong model, 0 turns a feature off.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
@@ -385,7 +410,14 @@ fn reasons(features: &[FeatureValue], signals: &Signals) -> Vec<String> {
         .iter()
         .flatten()
         .take(MAX_REASONS)
-        .map(|fv| format!("{} ({:+.2})", signals.label(fv.feature), fv.contribution))
+        .map(|fv| {
+            let mut reason = String::with_capacity(48);
+            signals.write_label(fv.feature, &mut reason);
+            reason.push_str(" (");
+            write_signed_2dp(&mut reason, fv.contribution);
+            reason.push(')');
+            reason
+        })
         .collect()
 }
 
@@ -409,7 +441,7 @@ impl Signals {
         let mut context = Counts::default();
         if let Some(index) = last_user {
             let text = prompt.turns[index].text.as_bytes();
-            let mut scanner = Scanner::new(&mut last);
+            let mut scanner = Scanner::new(true);
             if text.len() <= LAST_TURN_SCAN_LIMIT {
                 scanner.feed(text);
             } else {
@@ -418,10 +450,10 @@ impl Signals {
                 scanner.end_line();
                 scanner.feed(&text[text.len() - half..]);
             }
-            scanner.finish();
+            last = scanner.finish();
 
             let mut budget = CONTEXT_SCAN_LIMIT;
-            let mut scanner = Scanner::new(&mut context);
+            let mut scanner = Scanner::new(false);
             for (i, turn) in prompt.turns.iter().enumerate().rev() {
                 if i == index {
                     continue;
@@ -435,7 +467,7 @@ impl Signals {
                 scanner.feed(&text[..take]);
                 scanner.end_line();
             }
-            scanner.finish();
+            context = scanner.finish();
         }
 
         Signals {
@@ -465,7 +497,6 @@ impl Signals {
             Feature::Turns => log2(self.turns as f64) / 5.0,
             Feature::Code => self.last.code().max(CONTEXT_DISCOUNT * self.context.code()),
             Feature::Math => self.last.math().max(CONTEXT_DISCOUNT * self.context.math()),
-            Feature::Quantities => c.quantities(),
             Feature::Reasoning => saturate(f64::from(c.reasoning), 1.0),
             Feature::ExplicitAsk => saturate(c.ask_units(), 0.5),
             Feature::Constraints => c.constraints(),
@@ -493,52 +524,62 @@ impl Signals {
         clamp01(value)
     }
 
-    fn label(&self, feature: Feature) -> String {
+    /// Writes the human-readable name of why `feature` fired.
+    fn write_label(&self, feature: Feature, out: &mut String) {
         let c = &self.last;
-        match feature {
-            Feature::Tokens => format!("long prompt ({} tokens)", self.tokens),
-            Feature::Turns => format!("long conversation ({} turns)", self.turns),
-            Feature::Code => {
-                let own = c.code();
-                if own < CONTEXT_DISCOUNT * self.context.code() {
-                    "code in earlier turns".to_owned()
-                } else if c.fences > 0 {
-                    "code block".to_owned()
-                } else if c.syntax_code() >= c.prog_terms_code() {
-                    "code-like text".to_owned()
-                } else {
-                    "programming request".to_owned()
-                }
-            }
-            Feature::Math => {
-                if c.math() < CONTEXT_DISCOUNT * self.context.math() {
-                    "math in earlier turns".to_owned()
-                } else if c.latex > 0 {
-                    "LaTeX math".to_owned()
-                } else if c.math_ops + c.math_symbols > 0 {
-                    "math notation".to_owned()
-                } else {
-                    "math vocabulary".to_owned()
-                }
-            }
-            Feature::Quantities => format!("{} numeric quantities", c.numbers),
+        let plural = |n: u64| if n == 1 { "" } else { "s" };
+        // Writing to a String cannot fail.
+        let _ = match feature {
+            Feature::Tokens => write!(out, "prompt size ({} tokens)", self.tokens),
+            Feature::Turns => write!(out, "long conversation ({} turns)", self.turns),
+            Feature::Code => out.write_str(if c.code() < CONTEXT_DISCOUNT * self.context.code() {
+                "code in earlier turns"
+            } else if c.fences > 0 {
+                "code block"
+            } else if c.syntax_code() >= c.prog_terms_code() {
+                "code-like text"
+            } else {
+                "programming request"
+            }),
+            Feature::Math => out.write_str(if c.math() < CONTEXT_DISCOUNT * self.context.math() {
+                "math in earlier turns"
+            } else if c.latex > 0 {
+                "LaTeX math"
+            } else if c.math_ops + c.math_symbols > 0 {
+                "math notation"
+            } else {
+                "math vocabulary"
+            }),
             Feature::Reasoning => match c.first_reason {
-                Some(word) => format!("asks to {word}"),
-                None => "reasoning verbs".to_owned(),
+                Some(verb) => write!(out, "asks to {verb}"),
+                None => out.write_str("reasoning verbs"),
             },
-            Feature::ExplicitAsk => match c.first_ask {
-                Some(ask) => format!("asks {ask}"),
-                None => "asks to explain".to_owned(),
+            Feature::ExplicitAsk => match c.first_ask.or(c.first_weak_ask) {
+                Some(ask) => write!(out, "asks {ask}"),
+                None => out.write_str("asks to explain"),
             },
-            Feature::Constraints => "multiple constraints".to_owned(),
-            Feature::MultiPart => format!("multi-part question ({} parts)", 1.0 + c.extra_parts()),
-            Feature::Tools => format!("{} tools declared", self.tool_count),
-            Feature::SystemPrompt => format!("long system prompt ({} bytes)", self.system_bytes),
-            Feature::ShortFactual => "short factual question".to_owned(),
-            Feature::AnswerChoices => format!("{} answer choices offered", c.option_lines),
-            Feature::NonEnglish => "non-English text".to_owned(),
-        }
+            Feature::Constraints => out.write_str("multiple constraints"),
+            Feature::MultiPart => write!(out, "multi-part question ({} parts)", 1 + c.extra_parts_count()),
+            Feature::Tools => {
+                let n = self.tool_count as u64;
+                write!(out, "{n} tool{} declared", plural(n))
+            }
+            Feature::SystemPrompt => {
+                write!(out, "long system prompt ({} bytes)", self.system_bytes)
+            }
+            Feature::ShortFactual => out.write_str("short factual question"),
+            Feature::AnswerChoices => write!(out, "{} answer choices offered", c.option_lines),
+            Feature::NonEnglish => out.write_str("non-English text"),
+        };
     }
+}
+
+/// Appends `x` with an explicit sign and two decimals ("+0.25", "-1.00")
+/// without the float formatter.
+fn write_signed_2dp(out: &mut String, x: f64) {
+    let hundredths = (x.abs() * 100.0 + 0.5).floor().min(1e15) as u64;
+    out.push(if x < 0.0 && hundredths > 0 { '-' } else { '+' });
+    let _ = write!(out, "{}.{:02}", hundredths / 100, hundredths % 100);
 }
 
 // ---------------------------------------------------------------------------
@@ -553,6 +594,8 @@ struct Counts {
     latin_ext: u32,
     non_latin: u32,
     greek: u32,
+    /// Greek letters right after another Greek letter (words, not symbols).
+    greek_pairs: u32,
     words: u32,
     foreign_words: u32,
     // Code.
@@ -573,7 +616,8 @@ struct Counts {
     // Asks and instructions.
     reasoning: u32,
     asks: u32,
-    explains: u32,
+    /// Half-strength asks: "explain …", "why …?", "elaborate", "in detail".
+    weak_asks: u32,
     list_items: u32,
     constraint_words: u32,
     // Question shape.
@@ -585,12 +629,11 @@ struct Counts {
     answer_choices: bool,
     questions: u32,
     sentences: u32,
-    numbers: u32,
-    ratio_words: u32,
     factual_start: bool,
     capital_of: bool,
     first_reason: Option<&'static str>,
     first_ask: Option<&'static str>,
+    first_weak_ask: Option<&'static str>,
 }
 
 impl Counts {
@@ -625,13 +668,8 @@ impl Counts {
         saturate(evidence, 3.0)
     }
 
-    /// Numbers in the question, and relations between them ("twice as many").
-    fn quantities(&self) -> f64 {
-        saturate(f64::from(self.numbers) + f64::from(self.ratio_words), 4.0)
-    }
-
     fn ask_units(&self) -> f64 {
-        f64::from(self.asks) + 0.5 * f64::from(self.explains)
+        f64::from(self.asks) + 0.5 * f64::from(self.weak_asks)
     }
 
     fn constraint_units(&self) -> f64 {
@@ -649,9 +687,13 @@ impl Counts {
     /// Parts beyond the first: "Statement 1 … Statement 2 …", "I. … II. …",
     /// several question marks.
     fn extra_parts(&self) -> f64 {
+        f64::from(self.extra_parts_count())
+    }
+
+    fn extra_parts_count(&self) -> u32 {
         let romans = if self.roman_items >= 2 { self.roman_items } else { 0 };
         let parts = self.part_markers.max(romans).max(self.questions);
-        f64::from(parts.saturating_sub(1))
+        parts.saturating_sub(1)
     }
 
     fn short_factual(&self) -> f64 {
@@ -660,7 +702,7 @@ impl Counts {
             || self.sentences > 2
             || self.reasoning > 0
             || self.asks > 0
-            || self.explains > 0
+            || self.weak_asks > 0
             || self.fences > 0
             || self.syntax_code() > 0.3
             || self.part_markers > 1
@@ -676,15 +718,19 @@ impl Counts {
         if letters < 4 {
             return 0.0;
         }
-        let script = (f64::from(self.non_latin) + 0.5 * f64::from(self.latin_ext)) / f64::from(letters);
+        // A few accented letters ("café") are loanwords, not another language.
+        let share = (f64::from(self.non_latin) + 0.5 * f64::from(self.latin_ext)) / f64::from(letters);
+        let script = (share - 0.1) / 0.4;
         let words = if self.words >= 4 { 4.0 * f64::from(self.foreign_words) / f64::from(self.words) } else { 0.0 };
         clamp01(script.max(words))
     }
 }
 
 /// Single-pass byte scanner filling a [`Counts`].
-struct Scanner<'c> {
-    c: &'c mut Counts,
+struct Scanner {
+    /// Look words up in the keyword table.
+    keywords: bool,
+    c: Counts,
     /// Tokens seen on the current line so far.
     line_tokens: u32,
     line_indent: u32,
@@ -695,47 +741,68 @@ struct Scanner<'c> {
     option_line: bool,
     /// Words after the options started that are not on an option line.
     words_after_options: u32,
-    /// The two previous words, most recent first, for phrases.
-    prev: [Kw; 2],
+    /// The previous word's keyword (`Kw::Number` for a number).
+    prev_kw: Kw,
+    /// Where the two previous words start in the current chunk, most recent
+    /// first ([`NO_WORD`] if none), for phrases completed by looking back.
+    prev_words: [usize; 2],
+    /// A phrase opened by the previous word.
+    pending: Pending,
     /// The previous token is an operand (number, one-letter variable, `)`).
     operand_before: bool,
+    /// The previous operand was a number.
+    number_before: bool,
+    /// Where the last Greek letter ended in the current chunk.
+    greek_end: usize,
     /// An operator followed an operand; counted if an operand follows.
     pending_op: bool,
 }
 
-impl<'c> Scanner<'c> {
-    fn new(c: &'c mut Counts) -> Self {
+impl Scanner {
+    /// A scanner; `keywords: false` skips keyword lookups (for context turns,
+    /// where only code and maths syntax count).
+    fn new(keywords: bool) -> Self {
         Scanner {
-            c,
+            keywords,
+            c: Counts::default(),
             line_tokens: 0,
             line_indent: 0,
             line_last: b'\n',
             stem: None,
             option_line: false,
             words_after_options: 0,
-            prev: [Kw::None; 2],
+            prev_kw: Kw::None,
+            prev_words: [NO_WORD; 2],
+            pending: Pending::None,
             operand_before: false,
+            number_before: false,
+            greek_end: usize::MAX,
             pending_op: false,
         }
     }
 
     fn feed(&mut self, t: &[u8]) {
+        // Word positions refer to the chunk they were seen in.
+        self.forget_words();
+        self.greek_end = usize::MAX;
         let n = t.len();
         let mut i = 0;
         while i < n {
             let b = t[i];
+            if b == b' ' {
+                if self.line_tokens == 0 {
+                    self.line_indent += 1;
+                }
+                i += 1;
+                continue;
+            }
             if b.is_ascii_alphabetic() {
                 let start = i;
-                i += 1;
-                while i < n && (t[i].is_ascii_alphanumeric() || t[i] == b'_') {
-                    i += 1;
-                }
-                let before = if start > 0 { t[start - 1] } else { b'\n' };
-                self.word(&t[start..i], before, t.get(i).copied(), t.get(i + 1).copied());
+                i = word_end(t, i + 1);
+                self.word(t, start, i);
                 continue;
             }
             if b.is_ascii_digit() {
-                let start = i;
                 i += 1;
                 loop {
                     while i < n && t[i].is_ascii_digit() {
@@ -747,8 +814,7 @@ impl<'c> Scanner<'c> {
                     }
                     break;
                 }
-                let digits = &t[start..i];
-                self.number(digits, t.get(i).copied(), t.get(i + 1).copied());
+                self.number(t.get(i).copied(), t.get(i + 1).copied());
                 continue;
             }
             if b >= 0x80 {
@@ -794,11 +860,11 @@ impl<'c> Scanner<'c> {
                 self.clear_operands();
                 return 1;
             }
-            if b == b'(' {
-                if let (Some(l @ b'A'..=b'J'), Some(b')')) = (next, t.get(i + 2).copied()) {
-                    self.option_line(l);
-                    return 3;
-                }
+            if b == b'('
+                && let (Some(l @ b'A'..=b'J'), Some(b')')) = (next, t.get(i + 2).copied())
+            {
+                self.option_line(l);
+                return 3;
             }
         }
 
@@ -836,18 +902,24 @@ impl<'c> Scanner<'c> {
                 1
             }
             b'=' | b'-' | b'<' | b'>' | b':' | b'&' | b'|' | b'+' | b'*' | b'/' | b'^' | b'[' => {
-                if let Some(n2) = next {
-                    if is_code_op(b, n2) && !(b == b'/' && n2 == b'/' && i > 0 && t[i - 1] == b':') {
-                        self.c.code_ops += 1;
-                        self.clear_operands();
-                        return 2;
-                    }
+                // "//" after ':' is a URL ("https://"), not a comment.
+                if let Some(n2) = next
+                    && is_code_op(b, n2)
+                    && !(b == b'/' && n2 == b'/' && i > 0 && t[i - 1] == b':')
+                {
+                    self.c.code_ops += 1;
+                    self.clear_operands();
+                    return 2;
                 }
                 match b {
                     b'=' | b'-' | b'<' | b'>' | b'+' | b'*' | b'/' | b'^' => {
                         // "<=" and ">=" are one relational operator.
                         let width = if matches!(b, b'<' | b'>') && next == Some(b'=') { 2 } else { 1 };
-                        if self.operand_before {
+                        // "3-4pm", "pages 10-20": a range, not a subtraction.
+                        let range = b == b'-' && self.number_before && i > 0 && t[i - 1].is_ascii_digit();
+                        if range {
+                            self.clear_operands();
+                        } else if self.operand_before {
                             self.pending_op = true;
                             self.operand_before = false;
                         } else if b == b'-' {
@@ -875,6 +947,7 @@ impl<'c> Scanner<'c> {
             }
             b')' => {
                 self.operand_before = true;
+                self.number_before = false;
                 1
             }
             b'?' => {
@@ -909,6 +982,7 @@ impl<'c> Scanner<'c> {
 
     fn clear_operands(&mut self) {
         self.operand_before = false;
+        self.number_before = false;
         self.pending_op = false;
     }
 
@@ -922,11 +996,11 @@ impl<'c> Scanner<'c> {
 
     fn option_line(&mut self, letter: u8) {
         if letter == b'A' && self.stem.is_none() {
-            self.stem = Some(*self.c);
+            self.stem = Some(self.c);
         }
         self.c.option_lines += 1;
         self.option_line = true;
-        self.prev = [Kw::None; 2];
+        self.forget_words();
         self.clear_operands();
     }
 
@@ -946,52 +1020,55 @@ impl<'c> Scanner<'c> {
         self.clear_operands();
     }
 
-    fn finish(&mut self) {
+    fn finish(mut self) -> Counts {
         self.end_line();
         if let Some(stem) = self.stem.take() {
             // A trailing "Answer:" is fine; more text means the lettered
             // lines were not the answer options of a final question.
             if self.c.option_lines >= 2 && self.words_after_options <= 3 {
                 let option_lines = self.c.option_lines;
-                *self.c = stem;
+                self.c = stem;
                 self.c.option_lines = option_lines;
                 self.c.answer_choices = true;
             }
         }
-        let c = &mut *self.c;
+        let mut c = self.c;
         if c.greek > 0 {
-            // A few Greek letters in Latin text are symbols (α, π, σ), not a language.
-            if c.greek * 5 < c.ascii_letters + c.latin_ext + c.non_latin {
+            // Lone Greek letters are symbols (α + β = π), Greek words a language.
+            if c.greek_pairs * 2 < c.greek {
                 c.math_symbols += c.greek;
             } else {
                 c.non_latin += c.greek;
             }
             c.greek = 0;
         }
+        c
     }
 
-    fn number(&mut self, digits: &[u8], next: Option<u8>, next2: Option<u8>) {
+    fn number(&mut self, next: Option<u8>, next2: Option<u8>) {
         let first_on_line = self.line_tokens == 0;
         self.line_tokens += 1;
         self.line_last = b'0';
         if first_on_line && matches!(next, Some(b'.' | b')')) && is_blank(next2) {
             self.c.list_items += 1;
-            self.prev = [Kw::None; 2];
+            self.forget_words();
             self.clear_operands();
             return;
         }
         self.operand_start();
         self.operand_before = true;
-        if self.prev[0] == Kw::PartNoun {
-            // "Statement 2": a label, not a quantity.
+        self.number_before = true;
+        if self.prev_kw == Kw::PartNoun {
+            // "Statement 2", "Scenario 1".
             self.c.part_markers += 1;
-        } else if !is_year(digits) {
-            self.c.numbers += 1;
         }
-        self.prev = [Kw::Number, self.prev[0]];
+        self.prev_kw = Kw::Number;
+        self.prev_words = [NO_WORD, self.prev_words[0]];
+        self.pending = Pending::None;
     }
 
-    fn word(&mut self, w: &[u8], before: u8, next: Option<u8>, next2: Option<u8>) {
+    fn word(&mut self, t: &[u8], start: usize, end: usize) {
+        let w = &t[start..end];
         let first_on_line = self.line_tokens == 0;
         self.line_tokens += 1;
         self.line_last = b'a';
@@ -1005,12 +1082,14 @@ impl<'c> Scanner<'c> {
             self.pending_op = false;
         }
         self.operand_before = single;
+        self.number_before = false;
 
         if first_on_line {
-            let closes = matches!(next, Some(b'.' | b')')) && is_blank(next2);
+            let next = t.get(end).copied();
+            let closes = matches!(next, Some(b'.' | b')')) && is_blank(t.get(end + 1).copied());
             if closes && is_roman(w) && (w != b"I" || self.stem.is_none()) {
                 self.c.roman_items += 1;
-                self.prev = [Kw::None; 2];
+                self.forget_words();
                 self.operand_before = false;
                 return;
             }
@@ -1025,138 +1104,191 @@ impl<'c> Scanner<'c> {
         if self.stem.is_some() && !self.option_line {
             self.words_after_options += 1;
         }
-        if w.len() > MAX_KEYWORD_LEN {
-            self.prev = [Kw::None, self.prev[0]];
+        if !self.keywords {
             return;
         }
 
-        let mut lower = [0u8; MAX_KEYWORD_LEN];
-        let mut hash = FNV_OFFSET;
-        let mut upper = 0;
-        for (dst, &src) in lower.iter_mut().zip(w) {
-            upper += u32::from(src.is_ascii_uppercase());
-            let l = src.to_ascii_lowercase();
-            *dst = l;
-            hash = (hash ^ u32::from(l)).wrapping_mul(FNV_PRIME);
+        let pending = std::mem::replace(&mut self.pending, Pending::None);
+        if pending != Pending::None {
+            self.resolve(pending, w);
         }
-        let lower = &lower[..w.len()];
-        let all_caps = w.len() >= 3 && upper as usize == w.len();
-        let kw = lookup(lower, hash);
-        let [p0, p1] = self.prev;
-        let text_start = self.c.words == 1;
+        if self.c.words == 1 {
+            self.first_word(w);
+        }
 
-        match kw {
-            Kw::Reason(label) => self.reason(label),
-            Kw::Ask(label) => self.ask(label),
-            Kw::Explain => self.c.explains += 1,
+        let entry = lookup(t, start, end);
+        let kw = entry.1;
+        if kw != Kw::None {
+            self.keyword(t, start, end, entry);
+        }
+        if self.prev_kw == Kw::PartNoun && is_roman(w) && w[0].is_ascii_uppercase() {
+            self.c.part_markers += 1;
+        }
+        self.prev_kw = kw;
+        self.prev_words = [start, self.prev_words[0]];
+    }
+
+    /// Counts the keyword `t[start..end]`.
+    fn keyword(&mut self, t: &[u8], start: usize, end: usize, entry: &'static Keyword) {
+        let w = &t[start..end];
+        match entry.1 {
+            Kw::None | Kw::Number => {}
+            Kw::Reason => self.reason(entry.2),
+            Kw::Ask => self.ask(entry.2),
             Kw::Constraint => self.constraint(),
             Kw::Code => {
                 // `#include`, `#define`, … count twice: unmistakable.
-                self.c.code_keywords += if before == b'#' { 2 } else { 1 };
+                let hash = start > 0 && t[start - 1] == b'#';
+                self.c.code_keywords += if hash { 2 } else { 1 };
             }
             Kw::Sql => {
-                if all_caps {
+                if w.iter().all(u8::is_ascii_uppercase) {
                     self.c.code_keywords += 1;
                 }
             }
             Kw::Prog => self.c.prog_terms += 1,
             Kw::ProgWeak => self.c.prog_terms_weak += 1,
             Kw::MathWord => self.c.math_words += 1,
-            Kw::Ratio => self.c.ratio_words += 1,
             Kw::Foreign => self.c.foreign_words += 1,
-            Kw::Wh => {
-                if text_start {
-                    self.c.factual_start = true;
-                }
+            Kw::PartNoun => {}
+            // Phrases: a rarer word either opens a phrase that the next
+            // word completes, or completes one by looking back.
+            Kw::Explain => {
+                self.weak_ask("to explain");
+                self.pending = Pending::Explain;
             }
-            Kw::Why => {
-                if p0 == Kw::Explain {
-                    self.ask("to explain why");
-                } else if text_start {
-                    self.ask("why");
-                }
-            }
-            Kw::How => {
-                if p0 == Kw::Explain {
-                    self.ask("to explain how");
-                }
-            }
-            Kw::HowWhat => {
-                if p0 == Kw::How && self.c.words == 2 {
-                    self.c.factual_start = true;
-                }
-            }
+            Kw::WeakAsk => self.weak_ask(entry.2),
+            Kw::Show => self.pending = Pending::Show,
+            Kw::Walk => self.pending = Pending::Walk,
+            Kw::Pros => self.pending = Pending::Pros,
+            Kw::Difference => self.pending = Pending::Difference,
+            Kw::Capital => self.pending = Pending::Capital,
             Kw::Step => {
-                if p0 == Kw::By && p1 == Kw::Step {
+                if self.prev_is(t, 0, b"by") && self.prev_is(t, 1, b"step") {
                     self.ask("for step-by-step reasoning");
                 }
             }
-            Kw::That => {
-                if p0 == Kw::Show {
-                    self.ask("to show that");
-                }
-            }
-            Kw::Through => {
-                if p0 == Kw::Walk || (p0 == Kw::Me && p1 == Kw::Walk) {
-                    self.ask("for a walk-through");
-                }
-            }
-            Kw::Cons => {
-                if p0 == Kw::And && p1 == Kw::Pros {
-                    self.ask("for pros and cons");
-                }
-            }
             Kw::Detail => {
-                if p0 == Kw::In {
-                    self.ask("for detail");
-                }
-            }
-            Kw::Between => {
-                if p0 == Kw::Difference {
-                    self.ask("to compare");
+                if self.prev_is(t, 0, b"in") {
+                    self.weak_ask("for detail");
                 }
             }
             Kw::Least | Kw::Most => {
-                if p0 == Kw::At {
+                if self.prev_is(t, 0, b"at") {
                     self.constraint();
                 }
             }
             Kw::Not => {
-                if p0 == Kw::Do {
+                if self.prev_is(t, 0, b"do") {
                     self.constraint();
                 }
             }
-            Kw::T => {
-                if p0 == Kw::Don && before == b'\'' {
+            Kw::Don => {
+                let rest = &t[end..];
+                if rest.starts_with(b"'t") || rest.starts_with("\u{2019}t".as_bytes()) {
                     self.constraint();
                 }
             }
             Kw::Than => {
-                if p0 == Kw::More && p1 == Kw::No {
+                if self.prev_is(t, 0, b"more") && self.prev_is(t, 1, b"no") {
                     self.constraint();
                 }
             }
             Kw::Sure => {
-                if p0 == Kw::Make {
+                if self.prev_is(t, 0, b"make") {
                     self.constraint();
                 }
             }
             Kw::Off => {
-                if p0 == Kw::Trade {
+                if self.prev_is(t, 0, b"trade") {
                     self.reason("weigh trade-offs");
                 }
             }
-            Kw::Of => {
-                if p0 == Kw::Capital {
+        }
+    }
+
+    /// Whether the `k`-th previous word (0 = the last one) is `lit`, ignoring case.
+    fn prev_is(&self, t: &[u8], k: usize, lit: &[u8]) -> bool {
+        let start = self.prev_words[k];
+        let end = start.saturating_add(lit.len());
+        match t.get(start..end) {
+            Some(word) => word.eq_ignore_ascii_case(lit) && !t.get(end).is_some_and(|&b| WORD_BYTE[usize::from(b)]),
+            None => false,
+        }
+    }
+
+    /// Completes a phrase opened by the previous word.
+    fn resolve(&mut self, pending: Pending, w: &[u8]) {
+        let is = |lit: &[u8]| w.eq_ignore_ascii_case(lit);
+        match pending {
+            Pending::None => {}
+            Pending::Explain => {
+                // "explain why/how" upgrades the half-strength "explain".
+                if is(b"why") || is(b"how") {
+                    self.c.weak_asks = self.c.weak_asks.saturating_sub(1);
+                    self.ask(if is(b"why") { "to explain why" } else { "to explain how" });
+                }
+            }
+            Pending::Show => {
+                if is(b"that") {
+                    self.ask("to show that");
+                }
+            }
+            Pending::Walk => {
+                if is(b"me") {
+                    self.pending = Pending::WalkMe;
+                } else if is(b"through") {
+                    self.ask("for a walk-through");
+                }
+            }
+            Pending::WalkMe => {
+                if is(b"through") {
+                    self.ask("for a walk-through");
+                }
+            }
+            Pending::Pros => {
+                if is(b"and") {
+                    self.pending = Pending::ProsAnd;
+                }
+            }
+            Pending::ProsAnd => {
+                if is(b"cons") {
+                    self.ask("for pros and cons");
+                }
+            }
+            Pending::Difference => {
+                if is(b"between") {
+                    self.ask("to compare");
+                }
+            }
+            Pending::Capital => {
+                if is(b"of") {
                     self.c.capital_of = true;
                 }
             }
-            _ => {}
+            Pending::How => {
+                if matches_any(w, &[b"many", b"much", b"old", b"long", b"far", b"tall", b"big", b"large", b"high"]) {
+                    self.c.factual_start = true;
+                }
+            }
         }
-        if p0 == Kw::PartNoun && is_roman(w) && upper as usize == w.len() {
-            self.c.part_markers += 1;
+    }
+
+    /// The first word of the text: the shape of a factual question.
+    fn first_word(&mut self, w: &[u8]) {
+        if matches_any(w, &[b"who", b"what", b"when", b"where", b"which", b"whose", b"whom"]) {
+            self.c.factual_start = true;
+        } else if w.eq_ignore_ascii_case(b"why") {
+            self.weak_ask("why");
+        } else if w.eq_ignore_ascii_case(b"how") {
+            self.pending = Pending::How;
         }
-        self.prev = [kw, p0];
+    }
+
+    fn forget_words(&mut self) {
+        self.prev_kw = Kw::None;
+        self.prev_words = [NO_WORD; 2];
+        self.pending = Pending::None;
     }
 
     fn constraint(&mut self) {
@@ -1173,9 +1305,28 @@ impl<'c> Scanner<'c> {
         self.c.first_ask.get_or_insert(label);
     }
 
+    fn weak_ask(&mut self, label: &'static str) {
+        self.c.weak_asks += 1;
+        self.c.first_weak_ask.get_or_insert(label);
+    }
+
     /// Handles the non-ASCII character starting at `t[i]`; returns its width.
     fn non_ascii(&mut self, t: &[u8], i: usize) -> usize {
         let lead = t[i];
+        // Fast path for runs of CJK ideographs (U+4000–U+9FFF, lead bytes
+        // E4–E9) and Cyrillic (U+0400–U+052F, lead bytes D0–D4): no decoding.
+        let width = match lead {
+            0xE4..=0xE9 => 3,
+            0xD0..=0xD4 => 2,
+            _ => 0,
+        };
+        if width > 0 && t.get(i + 1..i + width).is_some_and(|c| c.iter().all(|&b| b & 0xC0 == 0x80)) {
+            self.line_tokens += 1;
+            self.line_last = b'a';
+            self.c.non_latin += 1;
+            self.clear_operands();
+            return width;
+        }
         let (width, init) = match lead {
             0xC0..=0xDF => (2, u32::from(lead & 0x1F)),
             0xE0..=0xEF => (3, u32::from(lead & 0x0F)),
@@ -1195,7 +1346,13 @@ impl<'c> Scanner<'c> {
         self.line_last = b'a';
         match script(cp) {
             Script::LatinExt => self.c.latin_ext += 1,
-            Script::Greek => self.c.greek += 1,
+            Script::Greek => {
+                self.c.greek += 1;
+                if self.greek_end == i {
+                    self.c.greek_pairs += 1;
+                }
+                self.greek_end = i + width;
+            }
             Script::NonLatin => self.c.non_latin += 1,
             Script::MathSymbol => self.c.math_symbols += 1,
             Script::Bullet => {
@@ -1208,11 +1365,6 @@ impl<'c> Scanner<'c> {
         self.clear_operands();
         width
     }
-}
-
-/// 1000–2099 written as four bare digits: a date, not a quantity.
-fn is_year(digits: &[u8]) -> bool {
-    digits.len() == 4 && (digits[0] == b'1' || (digits[0] == b'2' && digits[1] == b'0'))
 }
 
 fn is_blank(b: Option<u8>) -> bool {
@@ -1321,11 +1473,12 @@ fn script(cp: u32) -> Script {
 enum Kw {
     None,
     Number,
-    /// A reasoning or design verb; the label completes "asks to …".
-    Reason(&'static str),
-    /// An explicit ask on its own; the label completes "asks …".
-    Ask(&'static str),
-    Explain,
+    /// A reasoning or design verb; its label completes "asks to …".
+    Reason,
+    /// An explicit ask on its own; its label completes "asks …".
+    Ask,
+    /// A half-strength ask ("elaborate"); its label completes "asks …".
+    WeakAsk,
     Constraint,
     /// Rarely prose: fn, def, printf, nullptr…
     Code,
@@ -1336,220 +1489,299 @@ enum Kw {
     /// Programming vocabulary that is also common in prose: function, program…
     ProgWeak,
     MathWord,
-    /// Multiplicative relations between quantities: twice, half, times…
-    Ratio,
     /// Common function words of other languages.
     Foreign,
-    /// who, what, when, where, which, whose, whom.
-    Wh,
-    /// many, much, old, long, far… after "how".
-    HowWhat,
     /// statement, scenario, part… followed by a number.
     PartNoun,
-    // Phrase pieces.
-    Why,
-    How,
-    At,
-    By,
-    Step,
+    // Phrase openers (the next word completes them).
+    Explain,
     Show,
-    That,
     Walk,
-    Me,
-    Through,
     Pros,
-    And,
-    Cons,
-    In,
-    Detail,
     Difference,
-    Between,
+    Capital,
+    // Phrase closers (they look back at the previous words).
+    Step,
+    Detail,
     Least,
     Most,
-    Do,
     Not,
     Don,
-    T,
-    No,
-    More,
     Than,
-    Make,
     Sure,
-    Trade,
     Off,
+}
+
+/// A phrase opened by the previous word, waiting for the next one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Pending {
+    None,
+    /// "explain" → why/how
+    Explain,
+    /// "show" → that
+    Show,
+    /// "walk" → (me) through
+    Walk,
+    WalkMe,
+    /// "pros" → and cons
+    Pros,
+    ProsAnd,
+    /// "difference(s)" → between
+    Difference,
+    /// "capital" → of
     Capital,
-    Of,
+    /// "how" as the first word → many/much/old…
+    How,
+}
+
+/// No previous word.
+const NO_WORD: usize = usize::MAX;
+
+fn matches_any(w: &[u8], words: &[&[u8]]) -> bool {
+    words.iter().any(|x| w.eq_ignore_ascii_case(x))
 }
 
 const MAX_KEYWORD_LEN: usize = 16;
 
+/// A keyword: the word (lower case), what it means, and for reasoning verbs
+/// and explicit asks the label used in reasons.
+type Keyword = (&'static str, Kw, &'static str);
+
+static NOT_A_KEYWORD: Keyword = ("", Kw::None, "");
+
 #[rustfmt::skip]
-const KEYWORDS: &[(&str, Kw)] = &[
+static KEYWORDS: &[Keyword] = &[
     // Reasoning and design verbs.
-    ("analyze", Kw::Reason("analyze")), ("analyse", Kw::Reason("analyze")),
-    ("analyzing", Kw::Reason("analyze")), ("analysing", Kw::Reason("analyze")),
-    ("analysis", Kw::Reason("analyze")),
-    ("design", Kw::Reason("design")), ("designing", Kw::Reason("design")),
-    ("architect", Kw::Reason("architect")), ("architecture", Kw::Reason("architect")),
-    ("optimize", Kw::Reason("optimize")), ("optimise", Kw::Reason("optimize")),
-    ("optimizing", Kw::Reason("optimize")), ("optimization", Kw::Reason("optimize")),
-    ("optimisation", Kw::Reason("optimize")),
-    ("debug", Kw::Reason("debug")), ("debugging", Kw::Reason("debug")),
-    ("refactor", Kw::Reason("refactor")), ("refactoring", Kw::Reason("refactor")),
-    ("derive", Kw::Reason("derive")), ("derivation", Kw::Reason("derive")),
-    ("evaluate", Kw::Reason("evaluate")), ("evaluating", Kw::Reason("evaluate")),
-    ("assess", Kw::Reason("assess")), ("critique", Kw::Reason("critique")),
-    ("tradeoff", Kw::Reason("weigh trade-offs")), ("tradeoffs", Kw::Reason("weigh trade-offs")),
-    ("implications", Kw::Reason("weigh implications")),
-    ("diagnose", Kw::Reason("diagnose")), ("troubleshoot", Kw::Reason("troubleshoot")),
-    ("investigate", Kw::Reason("investigate")), ("synthesize", Kw::Reason("synthesize")),
-    ("formulate", Kw::Reason("formulate")), ("strategy", Kw::Reason("plan a strategy")),
-    ("hypothesis", Kw::Reason("reason about a hypothesis")),
-    ("infer", Kw::Reason("infer")), ("deduce", Kw::Reason("deduce")),
-    ("reasoning", Kw::Reason("reason")), ("scalable", Kw::Reason("design for scale")),
-    ("scalability", Kw::Reason("design for scale")), ("bottleneck", Kw::Reason("find bottlenecks")),
-    ("migrate", Kw::Reason("migrate")), ("implement", Kw::Reason("implement")),
+    ("analyze", Kw::Reason, "analyze"), ("analyse", Kw::Reason, "analyze"),
+    ("analyzing", Kw::Reason, "analyze"), ("analysing", Kw::Reason, "analyze"),
+    ("analysis", Kw::Reason, "analyze"),
+    ("design", Kw::Reason, "design"), ("designing", Kw::Reason, "design"),
+    ("architect", Kw::Reason, "architect"), ("architecture", Kw::Reason, "architect"),
+    ("optimize", Kw::Reason, "optimize"), ("optimise", Kw::Reason, "optimize"),
+    ("optimizing", Kw::Reason, "optimize"), ("optimization", Kw::Reason, "optimize"),
+    ("optimisation", Kw::Reason, "optimize"),
+    ("debug", Kw::Reason, "debug"), ("debugging", Kw::Reason, "debug"),
+    ("refactor", Kw::Reason, "refactor"), ("refactoring", Kw::Reason, "refactor"),
+    ("derive", Kw::Reason, "derive"), ("derivation", Kw::Reason, "derive"),
+    ("evaluate", Kw::Reason, "evaluate"), ("evaluating", Kw::Reason, "evaluate"),
+    ("assess", Kw::Reason, "assess"), ("critique", Kw::Reason, "critique"),
+    ("tradeoff", Kw::Reason, "weigh trade-offs"), ("tradeoffs", Kw::Reason, "weigh trade-offs"),
+    ("implications", Kw::Reason, "weigh implications"),
+    ("diagnose", Kw::Reason, "diagnose"), ("troubleshoot", Kw::Reason, "troubleshoot"),
+    ("investigate", Kw::Reason, "investigate"), ("synthesize", Kw::Reason, "synthesize"),
+    ("formulate", Kw::Reason, "formulate"), ("strategy", Kw::Reason, "plan a strategy"),
+    ("hypothesis", Kw::Reason, "reason about a hypothesis"),
+    ("infer", Kw::Reason, "infer"), ("deduce", Kw::Reason, "deduce"),
+    ("reasoning", Kw::Reason, "reason"), ("scalable", Kw::Reason, "design for scale"),
+    ("scalability", Kw::Reason, "design for scale"), ("bottleneck", Kw::Reason, "find bottlenecks"),
+    ("migrate", Kw::Reason, "migrate"), ("implement", Kw::Reason, "implement"),
     // Explicit asks.
-    ("prove", Kw::Ask("to prove")), ("proof", Kw::Ask("for a proof")),
-    ("justify", Kw::Ask("to justify")), ("compare", Kw::Ask("to compare")),
-    ("comparison", Kw::Ask("to compare")), ("contrast", Kw::Ask("to contrast")),
-    ("demonstrate", Kw::Ask("to demonstrate")), ("elaborate", Kw::Ask("to elaborate")),
-    ("rigorous", Kw::Ask("for rigour")), ("rigorously", Kw::Ask("for rigour")),
-    ("thoroughly", Kw::Ask("for thoroughness")),
-    ("explain", Kw::Explain), ("why", Kw::Why), ("how", Kw::How),
-    ("step", Kw::Step), ("by", Kw::By), ("show", Kw::Show), ("that", Kw::That),
-    ("walk", Kw::Walk), ("me", Kw::Me), ("through", Kw::Through),
-    ("pros", Kw::Pros), ("and", Kw::And), ("cons", Kw::Cons),
-    ("in", Kw::In), ("detail", Kw::Detail),
-    ("difference", Kw::Difference), ("differences", Kw::Difference), ("between", Kw::Between),
+    ("prove", Kw::Ask, "to prove"), ("proof", Kw::Ask, "for a proof"),
+    ("justify", Kw::Ask, "to justify"), ("compare", Kw::Ask, "to compare"),
+    ("comparison", Kw::Ask, "to compare"), ("contrast", Kw::Ask, "to contrast"),
+    ("demonstrate", Kw::Ask, "to demonstrate"), ("elaborate", Kw::WeakAsk, "to elaborate"),
+    ("rigorous", Kw::Ask, "for rigour"), ("rigorously", Kw::Ask, "for rigour"),
+    ("thoroughly", Kw::WeakAsk, "for thoroughness"),
+    ("explain", Kw::Explain, ""), ("show", Kw::Show, ""), ("walk", Kw::Walk, ""), ("pros", Kw::Pros, ""),
+    ("difference", Kw::Difference, ""), ("differences", Kw::Difference, ""),
+    ("step", Kw::Step, ""), ("detail", Kw::Detail, ""),
     // Constraints.
-    ("must", Kw::Constraint), ("should", Kw::Constraint), ("ensure", Kw::Constraint),
-    ("without", Kw::Constraint), ("exactly", Kw::Constraint), ("never", Kw::Constraint),
-    ("always", Kw::Constraint), ("require", Kw::Constraint), ("requires", Kw::Constraint),
-    ("required", Kw::Constraint), ("requirement", Kw::Constraint),
-    ("requirements", Kw::Constraint), ("constraint", Kw::Constraint),
-    ("constraints", Kw::Constraint), ("strictly", Kw::Constraint),
-    ("mandatory", Kw::Constraint), ("avoid", Kw::Constraint), ("only", Kw::Constraint),
-    ("at", Kw::At), ("least", Kw::Least), ("most", Kw::Most),
-    ("do", Kw::Do), ("not", Kw::Not), ("don", Kw::Don), ("t", Kw::T),
-    ("no", Kw::No), ("more", Kw::More), ("than", Kw::Than),
-    ("make", Kw::Make), ("sure", Kw::Sure),
-    ("trade", Kw::Trade), ("off", Kw::Off), ("offs", Kw::Off),
-    // Factual question shape.
-    ("who", Kw::Wh), ("what", Kw::Wh), ("when", Kw::Wh), ("where", Kw::Wh),
-    ("which", Kw::Wh), ("whose", Kw::Wh), ("whom", Kw::Wh),
-    ("many", Kw::HowWhat), ("much", Kw::HowWhat), ("old", Kw::HowWhat),
-    ("long", Kw::HowWhat), ("far", Kw::HowWhat), ("tall", Kw::HowWhat),
-    ("big", Kw::HowWhat), ("large", Kw::HowWhat), ("high", Kw::HowWhat),
-    ("capital", Kw::Capital), ("of", Kw::Of),
+    ("must", Kw::Constraint, ""), ("should", Kw::Constraint, ""), ("ensure", Kw::Constraint, ""),
+    ("without", Kw::Constraint, ""), ("exactly", Kw::Constraint, ""), ("never", Kw::Constraint, ""),
+    ("always", Kw::Constraint, ""), ("require", Kw::Constraint, ""), ("requires", Kw::Constraint, ""),
+    ("required", Kw::Constraint, ""), ("requirement", Kw::Constraint, ""),
+    ("requirements", Kw::Constraint, ""), ("constraint", Kw::Constraint, ""),
+    ("constraints", Kw::Constraint, ""), ("strictly", Kw::Constraint, ""),
+    ("mandatory", Kw::Constraint, ""), ("avoid", Kw::Constraint, ""), ("only", Kw::Constraint, ""),
+    // "at least", "at most", "do not", "don't", "no more than", "make sure".
+    ("least", Kw::Least, ""), ("most", Kw::Most, ""), ("not", Kw::Not, ""), ("don", Kw::Don, ""),
+    ("than", Kw::Than, ""), ("sure", Kw::Sure, ""),
+    // "trade-off(s)", "capital of".
+    ("off", Kw::Off, ""), ("offs", Kw::Off, ""), ("capital", Kw::Capital, ""),
     // Enumerated parts.
-    ("statement", Kw::PartNoun), ("scenario", Kw::PartNoun), ("part", Kw::PartNoun),
-    ("case", Kw::PartNoun), ("claim", Kw::PartNoun), ("premise", Kw::PartNoun),
-    ("question", Kw::PartNoun), ("task", Kw::PartNoun), ("problem", Kw::PartNoun),
+    ("statement", Kw::PartNoun, ""), ("scenario", Kw::PartNoun, ""), ("part", Kw::PartNoun, ""),
+    ("case", Kw::PartNoun, ""), ("claim", Kw::PartNoun, ""), ("premise", Kw::PartNoun, ""),
+    ("question", Kw::PartNoun, ""), ("task", Kw::PartNoun, ""), ("problem", Kw::PartNoun, ""),
     // Code that is rarely prose.
-    ("fn", Kw::Code), ("def", Kw::Code), ("elif", Kw::Code), ("impl", Kw::Code),
-    ("struct", Kw::Code), ("println", Kw::Code), ("printf", Kw::Code),
-    ("nullptr", Kw::Code), ("typedef", Kw::Code), ("namespace", Kw::Code),
-    ("lambda", Kw::Code), ("const", Kw::Code), ("async", Kw::Code), ("await", Kw::Code),
-    ("usize", Kw::Code), ("void", Kw::Code), ("bool", Kw::Code), ("mut", Kw::Code),
-    ("func", Kw::Code), ("endif", Kw::Code), ("cout", Kw::Code), ("std", Kw::Code),
-    ("malloc", Kw::Code), ("sizeof", Kw::Code), ("isinstance", Kw::Code),
-    ("kwargs", Kw::Code), ("null", Kw::Code), ("undefined", Kw::Code),
-    ("include", Kw::Code), ("define", Kw::Code), ("pragma", Kw::Code),
-    ("self", Kw::Code), ("args", Kw::Code), ("len", Kw::Code), ("str", Kw::Code),
-    ("dict", Kw::Code), ("console", Kw::Code), ("int", Kw::Code),
+    ("fn", Kw::Code, ""), ("def", Kw::Code, ""), ("elif", Kw::Code, ""), ("impl", Kw::Code, ""),
+    ("struct", Kw::Code, ""), ("println", Kw::Code, ""), ("printf", Kw::Code, ""),
+    ("nullptr", Kw::Code, ""), ("typedef", Kw::Code, ""), ("namespace", Kw::Code, ""),
+    ("lambda", Kw::Code, ""), ("const", Kw::Code, ""), ("async", Kw::Code, ""), ("await", Kw::Code, ""),
+    ("usize", Kw::Code, ""), ("void", Kw::Code, ""), ("bool", Kw::Code, ""), ("mut", Kw::Code, ""),
+    ("func", Kw::Code, ""), ("endif", Kw::Code, ""), ("cout", Kw::Code, ""), ("std", Kw::Code, ""),
+    ("malloc", Kw::Code, ""), ("sizeof", Kw::Code, ""), ("isinstance", Kw::Code, ""),
+    ("kwargs", Kw::Code, ""), ("null", Kw::Code, ""), ("undefined", Kw::Code, ""),
+    ("include", Kw::Code, ""), ("define", Kw::Code, ""), ("pragma", Kw::Code, ""),
+    ("self", Kw::Code, ""), ("args", Kw::Code, ""), ("len", Kw::Code, ""), ("str", Kw::Code, ""),
+    ("dict", Kw::Code, ""), ("console", Kw::Code, ""), ("int", Kw::Code, ""),
     // SQL in capitals.
-    ("select", Kw::Sql), ("from", Kw::Sql), ("join", Kw::Sql),
-    ("insert", Kw::Sql), ("update", Kw::Sql), ("delete", Kw::Sql), ("group", Kw::Sql),
-    ("order", Kw::Sql), ("create", Kw::Sql), ("table", Kw::Sql), ("values", Kw::Sql),
-    ("into", Kw::Sql), ("having", Kw::Sql),
+    ("select", Kw::Sql, ""), ("from", Kw::Sql, ""), ("join", Kw::Sql, ""),
+    ("insert", Kw::Sql, ""), ("update", Kw::Sql, ""), ("delete", Kw::Sql, ""), ("group", Kw::Sql, ""),
+    ("order", Kw::Sql, ""), ("create", Kw::Sql, ""), ("table", Kw::Sql, ""), ("values", Kw::Sql, ""),
+    ("into", Kw::Sql, ""), ("having", Kw::Sql, ""),
     // Programming vocabulary.
-    ("python", Kw::Prog), ("javascript", Kw::Prog), ("typescript", Kw::Prog),
-    ("java", Kw::ProgWeak), ("rust", Kw::ProgWeak), ("golang", Kw::Prog), ("kotlin", Kw::Prog),
-    ("php", Kw::Prog), ("sql", Kw::Prog), ("html", Kw::Prog), ("css", Kw::Prog),
-    ("json", Kw::Prog), ("yaml", Kw::Prog), ("regex", Kw::Prog), ("api", Kw::Prog),
-    ("apis", Kw::Prog), ("function", Kw::ProgWeak), ("functions", Kw::ProgWeak),
-    ("method", Kw::ProgWeak), ("algorithm", Kw::ProgWeak), ("algorithms", Kw::ProgWeak),
-    ("compiler", Kw::Prog), ("compile", Kw::ProgWeak), ("runtime", Kw::Prog),
-    ("bug", Kw::ProgWeak), ("bugs", Kw::ProgWeak), ("code", Kw::ProgWeak), ("coding", Kw::Prog),
-    ("program", Kw::ProgWeak), ("programming", Kw::Prog), ("script", Kw::ProgWeak),
-    ("database", Kw::Prog), ("query", Kw::ProgWeak), ("endpoint", Kw::Prog),
-    ("backend", Kw::Prog), ("frontend", Kw::Prog), ("kubernetes", Kw::Prog),
-    ("docker", Kw::Prog), ("git", Kw::Prog), ("server", Kw::ProgWeak),
-    ("recursion", Kw::Prog), ("recursive", Kw::ProgWeak), ("pointer", Kw::ProgWeak),
-    ("thread", Kw::ProgWeak), ("threads", Kw::ProgWeak), ("concurrency", Kw::ProgWeak),
-    ("mutex", Kw::Prog), ("deadlock", Kw::Prog), ("microservice", Kw::Prog),
-    ("microservices", Kw::Prog), ("array", Kw::ProgWeak), ("variable", Kw::ProgWeak),
-    ("exception", Kw::ProgWeak), ("stacktrace", Kw::Prog),
+    ("python", Kw::Prog, ""), ("javascript", Kw::Prog, ""), ("typescript", Kw::Prog, ""),
+    ("java", Kw::ProgWeak, ""), ("rust", Kw::ProgWeak, ""), ("golang", Kw::Prog, ""), ("kotlin", Kw::Prog, ""),
+    ("php", Kw::Prog, ""), ("sql", Kw::Prog, ""), ("html", Kw::Prog, ""), ("css", Kw::Prog, ""),
+    ("json", Kw::Prog, ""), ("yaml", Kw::Prog, ""), ("regex", Kw::Prog, ""), ("api", Kw::Prog, ""),
+    ("apis", Kw::Prog, ""), ("function", Kw::ProgWeak, ""), ("functions", Kw::ProgWeak, ""),
+    ("method", Kw::ProgWeak, ""), ("algorithm", Kw::ProgWeak, ""), ("algorithms", Kw::ProgWeak, ""),
+    ("compiler", Kw::Prog, ""), ("compile", Kw::ProgWeak, ""), ("runtime", Kw::Prog, ""),
+    ("bug", Kw::ProgWeak, ""), ("bugs", Kw::ProgWeak, ""), ("code", Kw::ProgWeak, ""), ("coding", Kw::Prog, ""),
+    ("program", Kw::ProgWeak, ""), ("programming", Kw::Prog, ""), ("script", Kw::ProgWeak, ""),
+    ("database", Kw::Prog, ""), ("query", Kw::ProgWeak, ""), ("endpoint", Kw::Prog, ""),
+    ("backend", Kw::Prog, ""), ("frontend", Kw::Prog, ""), ("kubernetes", Kw::Prog, ""),
+    ("docker", Kw::Prog, ""), ("git", Kw::Prog, ""), ("server", Kw::ProgWeak, ""),
+    ("recursion", Kw::Prog, ""), ("recursive", Kw::ProgWeak, ""), ("pointer", Kw::ProgWeak, ""),
+    ("thread", Kw::ProgWeak, ""), ("threads", Kw::ProgWeak, ""), ("concurrency", Kw::ProgWeak, ""),
+    ("mutex", Kw::Prog, ""), ("deadlock", Kw::Prog, ""), ("microservice", Kw::Prog, ""),
+    ("microservices", Kw::Prog, ""), ("array", Kw::ProgWeak, ""), ("variable", Kw::ProgWeak, ""),
+    ("exception", Kw::ProgWeak, ""), ("stacktrace", Kw::Prog, ""),
     // Maths vocabulary.
-    ("equation", Kw::MathWord), ("equations", Kw::MathWord), ("integral", Kw::MathWord),
-    ("derivative", Kw::MathWord), ("theorem", Kw::MathWord), ("lemma", Kw::MathWord),
-    ("matrix", Kw::MathWord), ("matrices", Kw::MathWord), ("eigenvalue", Kw::MathWord),
-    ("eigenvalues", Kw::MathWord), ("polynomial", Kw::MathWord),
-    ("probability", Kw::MathWord), ("logarithm", Kw::MathWord),
-    ("factorial", Kw::MathWord), ("variance", Kw::MathWord), ("prime", Kw::MathWord),
-    ("integer", Kw::MathWord), ("integers", Kw::MathWord), ("sqrt", Kw::MathWord),
-    ("sin", Kw::MathWord), ("cos", Kw::MathWord), ("tan", Kw::MathWord),
-    ("log", Kw::MathWord), ("ln", Kw::MathWord), ("solve", Kw::MathWord),
-    ("calculate", Kw::MathWord), ("modulo", Kw::MathWord), ("vector", Kw::MathWord),
-    ("converge", Kw::MathWord), ("convergence", Kw::MathWord), ("algebra", Kw::MathWord),
-    ("calculus", Kw::MathWord), ("inequality", Kw::MathWord), ("quadratic", Kw::MathWord),
-    ("exponent", Kw::MathWord), ("fraction", Kw::MathWord), ("divisible", Kw::MathWord),
-    // Relations between quantities (word problems).
-    ("twice", Kw::Ratio), ("half", Kw::Ratio), ("double", Kw::Ratio), ("triple", Kw::Ratio),
-    ("thrice", Kw::Ratio), ("quarter", Kw::Ratio), ("percent", Kw::Ratio),
+    ("equation", Kw::MathWord, ""), ("equations", Kw::MathWord, ""), ("integral", Kw::MathWord, ""),
+    ("derivative", Kw::MathWord, ""), ("theorem", Kw::MathWord, ""), ("lemma", Kw::MathWord, ""),
+    ("matrix", Kw::MathWord, ""), ("matrices", Kw::MathWord, ""), ("eigenvalue", Kw::MathWord, ""),
+    ("eigenvalues", Kw::MathWord, ""), ("polynomial", Kw::MathWord, ""),
+    ("probability", Kw::MathWord, ""), ("logarithm", Kw::MathWord, ""),
+    ("factorial", Kw::MathWord, ""), ("variance", Kw::MathWord, ""), ("prime", Kw::MathWord, ""),
+    ("integer", Kw::MathWord, ""), ("integers", Kw::MathWord, ""), ("sqrt", Kw::MathWord, ""),
+    ("sin", Kw::MathWord, ""), ("cos", Kw::MathWord, ""), ("tan", Kw::MathWord, ""),
+    ("log", Kw::MathWord, ""), ("ln", Kw::MathWord, ""), ("solve", Kw::MathWord, ""),
+    ("calculate", Kw::MathWord, ""), ("modulo", Kw::MathWord, ""), ("vector", Kw::MathWord, ""),
+    ("converge", Kw::MathWord, ""), ("convergence", Kw::MathWord, ""), ("algebra", Kw::MathWord, ""),
+    ("calculus", Kw::MathWord, ""), ("inequality", Kw::MathWord, ""), ("quadratic", Kw::MathWord, ""),
+    ("exponent", Kw::MathWord, ""), ("fraction", Kw::MathWord, ""), ("divisible", Kw::MathWord, ""),
     // Other languages' function words that English text hardly uses.
-    ("der", Kw::Foreign), ("das", Kw::Foreign), ("und", Kw::Foreign), ("ist", Kw::Foreign),
-    ("nicht", Kw::Foreign), ("mit", Kw::Foreign), ("ein", Kw::Foreign), ("eine", Kw::Foreign),
-    ("ich", Kw::Foreign), ("sie", Kw::Foreign), ("wie", Kw::Foreign), ("auf", Kw::Foreign),
-    ("les", Kw::Foreign), ("une", Kw::Foreign), ("dans", Kw::Foreign), ("pour", Kw::Foreign),
-    ("avec", Kw::Foreign), ("sont", Kw::Foreign), ("nous", Kw::Foreign), ("vous", Kw::Foreign),
-    ("que", Kw::Foreign), ("una", Kw::Foreign), ("por", Kw::Foreign), ("para", Kw::Foreign),
-    ("como", Kw::Foreign), ("della", Kw::Foreign), ("sono", Kw::Foreign), ("uma", Kw::Foreign),
-    ("pero", Kw::Foreign), ("est", Kw::Foreign), ("sur", Kw::Foreign), ("wir", Kw::Foreign),
+    ("der", Kw::Foreign, ""), ("das", Kw::Foreign, ""), ("und", Kw::Foreign, ""), ("ist", Kw::Foreign, ""),
+    ("nicht", Kw::Foreign, ""), ("mit", Kw::Foreign, ""), ("ein", Kw::Foreign, ""), ("eine", Kw::Foreign, ""),
+    ("ich", Kw::Foreign, ""), ("sie", Kw::Foreign, ""), ("wie", Kw::Foreign, ""), ("auf", Kw::Foreign, ""),
+    ("les", Kw::Foreign, ""), ("une", Kw::Foreign, ""), ("dans", Kw::Foreign, ""), ("pour", Kw::Foreign, ""),
+    ("avec", Kw::Foreign, ""), ("sont", Kw::Foreign, ""), ("nous", Kw::Foreign, ""), ("vous", Kw::Foreign, ""),
+    ("que", Kw::Foreign, ""), ("una", Kw::Foreign, ""), ("por", Kw::Foreign, ""), ("para", Kw::Foreign, ""),
+    ("como", Kw::Foreign, ""), ("della", Kw::Foreign, ""), ("sono", Kw::Foreign, ""), ("uma", Kw::Foreign, ""),
+    ("pero", Kw::Foreign, ""), ("est", Kw::Foreign, ""), ("sur", Kw::Foreign, ""), ("wir", Kw::Foreign, ""),
 ];
 
-const FNV_OFFSET: u32 = 0x811c_9dc5;
-const FNV_PRIME: u32 = 0x0100_0193;
-const TABLE_BITS: u32 = 10;
+const TABLE_BITS: u32 = 11;
 const TABLE_MASK: usize = (1 << TABLE_BITS) - 1;
 
-const fn fnv(w: &[u8]) -> u32 {
-    let mut h = FNV_OFFSET;
-    let mut i = 0;
-    while i < w.len() {
-        h = (h ^ w[i] as u32).wrapping_mul(FNV_PRIME);
-        i += 1;
+/// The end of the word whose remaining bytes start at `t[i]`: eight bytes at
+/// a time without a branch per byte (a branch per byte mispredicts at the end
+/// of nearly every word, which dominated the scan).
+fn word_end(t: &[u8], mut i: usize) -> usize {
+    const LOW7: u64 = 0x7F7F_7F7F_7F7F_7F7F;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    /// High bit set in each byte of `y` (all < 0x80) that is ≥ `lo`.
+    const fn at_least(y: u64, lo: u8) -> u64 {
+        ((y | HIGH) - ONES * lo as u64) & HIGH
     }
-    h
-}
-
-const fn bytes_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    let mut i = 0;
-    while i < a.len() {
-        if a[i] != b[i] {
-            return false;
+    // Letters eight at a time; a digit or `_` (rare inside words) ends the
+    // fast path and the byte loop below finishes the word.
+    while i + 8 <= t.len() {
+        let mut chunk = [0u8; 8];
+        chunk.copy_from_slice(&t[i..i + 8]);
+        let x = u64::from_le_bytes(chunk);
+        let lower = (x & LOW7) | (ONES * 0x20);
+        // ASCII only: a byte with the high bit set is never part of a word.
+        let letter = at_least(lower, b'a') & !at_least(lower, b'z' + 1) & !x;
+        let run = (!letter & HIGH).trailing_zeros() / 8;
+        i += run as usize;
+        if run < 8 {
+            break;
         }
+    }
+    while i < t.len() && WORD_BYTE[usize::from(t[i])] {
         i += 1;
     }
-    true
+    i
 }
 
-/// Open-addressing hash table from keyword to `KEYWORDS` index + 1 (0 = empty),
-/// built at compile time. Duplicate keywords are a compile error.
-static KEYWORD_TABLE: [u16; 1 << TABLE_BITS] = {
-    assert!(KEYWORDS.len() * 2 < (1 << TABLE_BITS), "keyword table too full");
-    let mut table = [0u16; 1 << TABLE_BITS];
+/// Bytes that continue a word: ASCII letters, digits and `_`.
+static WORD_BYTE: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        table[b] = (b as u8).is_ascii_alphanumeric() || b == b'_' as usize;
+        b += 1;
+    }
+    table
+};
+
+/// A word of up to 16 bytes as an exact, case-folded 128-bit key: its bytes
+/// `| 0x20` (which lower-cases letters and maps no other word byte onto a
+/// letter), zero-padded. Word bytes are never zero, so the length is implied.
+const fn fold_key(w: &[u8]) -> u128 {
+    let mut key = 0u128;
+    let mut i = 0;
+    while i < w.len() && i < 16 {
+        key |= ((w[i] | 0x20) as u128) << (8 * i);
+        i += 1;
+    }
+    key
+}
+
+/// [`fold_key`] of the word `t[start..end]` (`end - start <= 16`), with one
+/// 16-byte load instead of a loop when the text allows it.
+fn word_key(t: &[u8], start: usize, end: usize) -> u128 {
+    let n = end - start;
+    let raw = match t.get(start..start + 16) {
+        Some(bytes) => {
+            let mut chunk = [0u8; 16];
+            chunk.copy_from_slice(bytes);
+            u128::from_le_bytes(chunk)
+        }
+        None => return fold_key(&t[start..end]),
+    };
+    (raw | 0x2020_2020_2020_2020_2020_2020_2020_2020) & KEY_MASKS[n]
+}
+
+/// `KEY_MASKS[n]` keeps the low `n` bytes of a key.
+static KEY_MASKS: [u128; MAX_KEYWORD_LEN + 1] = {
+    let mut masks = [0u128; MAX_KEYWORD_LEN + 1];
+    let mut n = 1;
+    while n <= MAX_KEYWORD_LEN {
+        masks[n] = (masks[n - 1] << 8) | 0xFF;
+        n += 1;
+    }
+    masks
+};
+
+/// Table slot of a key: multiplicative hashing of both halves.
+const fn slot_of(key: u128) -> usize {
+    let folded = (key as u64) ^ ((key >> 64) as u64).rotate_left(29);
+    (folded.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> (64 - TABLE_BITS)) as usize
+}
+
+/// [`fold_key`] of every keyword, in `KEYWORDS` order.
+static KEYWORD_KEYS: [u128; KEYWORDS.len()] = {
+    let mut keys = [0u128; KEYWORDS.len()];
     let mut k = 0;
     while k < KEYWORDS.len() {
         let word = KEYWORDS[k].0.as_bytes();
-        assert!(word.len() <= MAX_KEYWORD_LEN, "keyword too long");
-        let mut slot = fnv(word) as usize & TABLE_MASK;
+        assert!(!word.is_empty() && word.len() <= MAX_KEYWORD_LEN, "bad keyword length");
+        let mut i = 0;
+        while i < word.len() {
+            assert!(word[i].is_ascii_lowercase(), "keywords are lower-case letters");
+            i += 1;
+        }
+        keys[k] = fold_key(word);
+        k += 1;
+    }
+    keys
+};
+
+/// Open-addressing hash table from key slot to `KEYWORDS` index + 1 (0 =
+/// empty), built at compile time; duplicate keywords fail the build.
+static KEYWORD_TABLE: [u16; 1 << TABLE_BITS] = {
+    assert!(KEYWORDS.len() * 4 < (1 << TABLE_BITS), "keyword table too full");
+    let mut table = [0u16; 1 << TABLE_BITS];
+    let mut k = 0;
+    while k < KEYWORDS.len() {
+        let key = KEYWORD_KEYS[k];
+        let mut slot = slot_of(key);
         while table[slot] != 0 {
-            assert!(!bytes_eq(KEYWORDS[table[slot] as usize - 1].0.as_bytes(), word), "duplicate keyword");
+            assert!(KEYWORD_KEYS[table[slot] as usize - 1] != key, "duplicate keyword");
             slot = (slot + 1) & TABLE_MASK;
         }
         table[slot] = k as u16 + 1;
@@ -1558,20 +1790,45 @@ static KEYWORD_TABLE: [u16; 1 << TABLE_BITS] = {
     table
 };
 
-fn lookup(lower: &[u8], hash: u32) -> Kw {
-    let mut slot = hash as usize & TABLE_MASK;
+/// Index into [`KEYWORD_FILTER`]: the low five bits of the first and last
+/// bytes (case-insensitive for letters; other bytes only share entries).
+const fn filter_index(first: u8, last: u8) -> usize {
+    (((first & 0x1F) as usize) << 5) | (last & 0x1F) as usize
+}
+
+/// A cheap pre-check that rejects most words before hashing: bit `n - 1` of
+/// `KEYWORD_FILTER[filter_index(first, last)]` is set when some keyword of
+/// length `n` starts and ends with those letters.
+static KEYWORD_FILTER: [u16; 1024] = {
+    let mut filter = [0u16; 1024];
+    let mut k = 0;
+    while k < KEYWORDS.len() {
+        let word = KEYWORDS[k].0.as_bytes();
+        filter[filter_index(word[0], word[word.len() - 1])] |= 1 << (word.len() - 1);
+        k += 1;
+    }
+    filter
+};
+
+/// The keyword `t[start..end]` is (ignoring ASCII case), or [`NOT_A_KEYWORD`].
+fn lookup(t: &[u8], start: usize, end: usize) -> &'static Keyword {
+    let n = end - start;
+    if n == 0 || n > MAX_KEYWORD_LEN || KEYWORD_FILTER[filter_index(t[start], t[end - 1])] >> (n - 1) & 1 == 0 {
+        return &NOT_A_KEYWORD;
+    }
+    let key = word_key(t, start, end);
+    let mut slot = slot_of(key);
     for _ in 0..KEYWORD_TABLE.len() {
-        let entry = KEYWORD_TABLE[slot];
+        let entry = usize::from(KEYWORD_TABLE[slot]);
         if entry == 0 {
-            return Kw::None;
+            break;
         }
-        let (word, kw) = KEYWORDS[usize::from(entry) - 1];
-        if word.as_bytes() == lower {
-            return kw;
+        if KEYWORD_KEYS[entry - 1] == key {
+            return &KEYWORDS[entry - 1];
         }
         slot = (slot + 1) & TABLE_MASK;
     }
-    Kw::None
+    &NOT_A_KEYWORD
 }
 
 // ---------------------------------------------------------------------------
@@ -1590,7 +1847,8 @@ fn saturate(x: f64, half: f64) -> f64 {
 
 /// Piecewise-linear log2 (exact at powers of two, monotone); 0 for x ≤ 1.
 fn log2(x: f64) -> f64 {
-    if !(x > 1.0) {
+    // Also 0 for NaN.
+    if x.is_nan() || x <= 1.0 {
         return 0.0;
     }
     let x = x.min(1e15);
@@ -1627,4 +1885,627 @@ fn exp(x: f64) -> f64 {
     // 2^k by exponent bits; k is within ±58 here.
     let bits = ((k as i64 + 1023) as u64) << 52;
     sum * f64::from_bits(bits)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn user(text: &str) -> Classification {
+        let turns = [Turn { role: TurnRole::User, text }];
+        classify(&view(&turns), &ClassifierConfig::default())
+    }
+
+    fn view<'a>(turns: &'a [Turn<'a>]) -> PromptView<'a> {
+        let bytes: usize = turns.iter().map(|t| t.text.len()).sum();
+        PromptView { system: "", turns, tool_count: 0, tokens: u32::try_from(bytes.div_ceil(4)).unwrap_or(u32::MAX) }
+    }
+
+    fn value_of(c: &Classification, feature: Feature) -> f64 {
+        c.features.iter().find(|f| f.feature == feature).map(|f| f.value).unwrap()
+    }
+
+    fn value(text: &str, feature: Feature) -> f64 {
+        value_of(&user(text), feature)
+    }
+
+    /// `feature` fires (value ≥ `min`) on every positive and stays at 0 on every negative.
+    fn fires(feature: Feature, min: f64, positives: &[&str], negatives: &[&str]) {
+        for text in positives {
+            let v = value(text, feature);
+            assert!(v >= min, "{feature} should fire on {text:?} (value {v})");
+        }
+        for text in negatives {
+            let v = value(text, feature);
+            assert!(v == 0.0, "{feature} should not fire on {text:?} (value {v})");
+        }
+    }
+
+    const EASY: &[&str] = &[
+        "What is the capital of Australia?",
+        "How many days are in a leap year?",
+        "Who wrote Pride and Prejudice?",
+        "When did the Berlin Wall fall?",
+        "Translate 'good morning' into Spanish.",
+        "Give me a synonym for 'happy'.",
+        "hi",
+        "Reply with OK.",
+    ];
+
+    const HARD: &[&str] = &[
+        "Design a multi-region, active-active architecture for a payments ledger that must guarantee \
+         exactly-once settlement. Compare the trade-offs of a TrueTime-style clock versus a deterministic \
+         scheduler, and explain step by step how you would handle a partition between regions.",
+        "```rust\nfn merge(a: &mut Vec<i32>, b: &[i32]) {\n    for x in b { a.push(*x); }\n    a.sort();\n}\n```\n\
+         Refactor this to run in O(n+m) without extra allocation. It must stay stable, should not use unsafe, \
+         and explain why your version is correct.",
+        "Prove that there are infinitely many primes of the form 4k+3. Justify every step rigorously.",
+        "Derive the closed form of \\sum_{k=1}^{n} k^2 and prove it by induction. Then generalise the method \
+         to k^3 and analyze the complexity of computing it.",
+        "You are reviewing a distributed cache. Requirements:\n1. reads must be linearizable\n2. writes must \
+         survive the loss of any two nodes\n3. p99 latency must stay under 5 ms\nEvaluate whether a \
+         quorum design meets all three, and justify your answer.",
+    ];
+
+    #[test]
+    fn the_same_input_always_gives_the_identical_output() {
+        let system = "You are a careful assistant.";
+        let turns = [
+            Turn { role: TurnRole::User, text: HARD[1] },
+            Turn { role: TurnRole::Assistant, text: "Here is a first attempt: ```let x = 1;```" },
+            Turn { role: TurnRole::User, text: HARD[0] },
+        ];
+        let prompt = PromptView { system, turns: &turns, tool_count: 2, tokens: 700 };
+        let config = ClassifierConfig::default();
+        let first = classify(&prompt, &config);
+        for _ in 0..3 {
+            let again = classify(&prompt, &config);
+            assert_eq!(again, first);
+            assert_eq!(again.score.to_bits(), first.score.to_bits());
+        }
+    }
+
+    #[test]
+    fn easy_factual_questions_score_below_hard_multi_constraint_prompts() {
+        let easiest_hard = HARD.iter().map(|t| user(t).score).fold(f64::INFINITY, f64::min);
+        let hardest_easy = EASY.iter().map(|t| user(t).score).fold(f64::NEG_INFINITY, f64::max);
+        assert!(hardest_easy < easiest_hard, "easy up to {hardest_easy}, hard from {easiest_hard}");
+        // With room to spare around the usual 0.5 threshold.
+        assert!(hardest_easy < 0.25, "easy prompts should stay cheap: {hardest_easy}");
+        assert!(easiest_hard > 0.6, "hard prompts should go premium: {easiest_hard}");
+    }
+
+    #[test]
+    fn every_feature_is_reported_once_in_a_stable_order() {
+        let c = user(HARD[0]);
+        let order: Vec<Feature> = c.features.iter().map(|f| f.feature).collect();
+        assert_eq!(order, Feature::ALL.to_vec());
+        for fv in &c.features {
+            assert!((0.0..=1.0).contains(&fv.value), "{fv:?}");
+            let expected = ClassifierConfig::default().weight(fv.feature) * fv.value;
+            assert_eq!(fv.contribution.to_bits(), expected.to_bits());
+        }
+    }
+
+    #[test]
+    fn feature_names_round_trip_and_are_snake_case() {
+        for f in Feature::ALL {
+            assert_eq!(Feature::from_name(f.name()), Some(f));
+            assert!(f.name().bytes().all(|b| b.is_ascii_lowercase() || b == b'_'), "{f}");
+        }
+        assert_eq!(Feature::from_name("Code"), None);
+        assert_eq!(Feature::ALL.len(), Feature::COUNT);
+    }
+
+    #[test]
+    fn tokens_grow_with_the_prompt_size() {
+        let size = |tokens| {
+            let turns = [Turn { role: TurnRole::User, text: "x" }];
+            let prompt = PromptView { system: "", turns: &turns, tool_count: 0, tokens };
+            value_of(&classify(&prompt, &ClassifierConfig::default()), Feature::Tokens)
+        };
+        assert_eq!(size(10), 0.0);
+        assert!(size(200) > size(100));
+        assert!(size(4000) > size(200));
+        assert_eq!(size(u32::MAX), 1.0);
+    }
+
+    #[test]
+    fn turns_fire_on_a_long_conversation_and_not_on_a_single_message() {
+        let turns: Vec<Turn<'_>> = (0..8)
+            .map(|i| Turn { role: if i % 2 == 0 { TurnRole::User } else { TurnRole::Assistant }, text: "ok" })
+            .collect();
+        assert!(value_of(&classify(&view(&turns), &ClassifierConfig::default()), Feature::Turns) >= 0.5);
+        assert_eq!(value("ok", Feature::Turns), 0.0);
+    }
+
+    #[test]
+    fn code_fires_on_fenced_and_unfenced_code_and_programming_requests_but_not_on_prose() {
+        fires(
+            Feature::Code,
+            0.3,
+            &[
+                "```\nprint('hi')\n```",
+                "Why does this fail?\nfn main() {\n    let v = vec![1, 2];\n    println!(\"{}\", v[2]);\n}",
+                "def area(r):\n    return 3.14 * r ** 2\n\nprint(area(2))",
+                "SELECT name, COUNT(*) FROM users WHERE age > 30 GROUP BY name;",
+                "Write a Python function that parses JSON from a REST API.",
+            ],
+            &[
+                "The king returned from the war; nothing escaped him, and he saw everybody.",
+                "What is the capital of Australia?",
+                "Select the best answer from the list below.",
+            ],
+        );
+    }
+
+    #[test]
+    fn code_in_earlier_turns_counts_at_half_strength() {
+        let code = "```python\nimport os\nprint(os.getcwd())\n```";
+        let turns = [
+            Turn { role: TurnRole::User, text: code },
+            Turn { role: TurnRole::Assistant, text: "Sure." },
+            Turn { role: TurnRole::User, text: "Now make it shorter." },
+        ];
+        let with_context = value_of(&classify(&view(&turns), &ClassifierConfig::default()), Feature::Code);
+        assert_eq!(with_context, CONTEXT_DISCOUNT * value(code, Feature::Code));
+        let c = classify(&view(&turns), &ClassifierConfig::default());
+        assert!(c.reasons.iter().any(|r| r.starts_with("code in earlier turns")), "{:?}", c.reasons);
+    }
+
+    #[test]
+    fn math_fires_on_equations_latex_and_symbols_but_not_on_prose() {
+        fires(
+            Feature::Math,
+            0.25,
+            &[
+                "Solve for x: 3x + 5 = 20",
+                "Compute \\int_0^1 x^2 \\, dx.",
+                "Show that ∑ 1/n² = π²/6.",
+                "Find the eigenvalues of the matrix and the derivative of the polynomial.",
+            ],
+            &["Tell me a story about a dragon.", "The well-known trade-off is speed versus safety.", "Meet at 3-4pm."],
+        );
+    }
+
+    #[test]
+    fn reasoning_fires_on_design_and_analysis_verbs_and_not_on_chat() {
+        fires(
+            Feature::Reasoning,
+            0.5,
+            &[
+                "Analyze the failure.",
+                "Design a rate limiter.",
+                "Optimize this query.",
+                "Debug my service.",
+                "What are the trade-offs here?",
+            ],
+            &["Thanks, that was helpful!", "Write a haiku about autumn."],
+        );
+    }
+
+    #[test]
+    fn explicit_asks_fire_on_proofs_comparisons_and_step_by_step_but_not_on_statements() {
+        fires(
+            Feature::ExplicitAsk,
+            0.6,
+            &[
+                "Think step by step.",
+                "Think step-by-step.",
+                "Prove it.",
+                "Compare Rust and Go.",
+                "Explain why the sky is blue.",
+                "Justify your answer.",
+                "What is the difference between TCP and UDP?",
+                "List the pros and cons.",
+                "Walk me through it.",
+            ],
+            &["I took a step back.", "The proofreader left.", "Show me the door."],
+        );
+    }
+
+    #[test]
+    fn constraints_fire_on_requirement_lists_and_not_on_narrative() {
+        fires(
+            Feature::Constraints,
+            0.3,
+            &[
+                "Requirements:\n- must run offline\n- must not allocate\n- should use at most 2 MB\n- ensure it is \
+                 deterministic",
+                "Write it without recursion. It must be stable, should handle empty input, and make sure you \
+                 don't use globals.",
+            ],
+            &["Tell me a story about a dragon who lived in a cave by the sea."],
+        );
+        // A long passage that says "should" now and then is narrative, not instructions.
+        let passage = "The river ran through the valley and the villagers fished in it every morning. ".repeat(20)
+            + "They should have known.";
+        assert!(value(&passage, Feature::Constraints) < 0.1);
+    }
+
+    #[test]
+    fn multi_part_fires_on_several_statements_or_questions_and_not_on_one() {
+        fires(
+            Feature::MultiPart,
+            0.5,
+            &[
+                "Statement 1 | Every group is abelian. Statement 2 | Every ring is a field.",
+                "Which are true?\nI. Cats purr.\nII. Dogs bark.\nIII. Fish fly.",
+                "What is a monad? Why would I use one?",
+                "Consider (i) the cost and (ii) the risk.",
+            ],
+            &["What is a monad?", "Statement 1 is long."],
+        );
+    }
+
+    #[test]
+    fn tools_fire_when_tools_are_declared_and_not_otherwise() {
+        let turns = [Turn { role: TurnRole::User, text: "Book me a flight." }];
+        let with = PromptView { tool_count: 3, ..view(&turns) };
+        assert!(value_of(&classify(&with, &ClassifierConfig::default()), Feature::Tools) >= 0.5);
+        assert_eq!(value_of(&classify(&view(&turns), &ClassifierConfig::default()), Feature::Tools), 0.0);
+    }
+
+    #[test]
+    fn system_prompt_fires_on_a_long_system_prompt_and_not_on_a_short_one() {
+        let turns = [Turn { role: TurnRole::User, text: "Hello" }];
+        let long = "You are a support agent for ACME. Follow the policy below.\n".repeat(60);
+        let with = PromptView { system: &long, ..view(&turns) };
+        assert!(value_of(&classify(&with, &ClassifierConfig::default()), Feature::SystemPrompt) >= 0.5);
+        let short = PromptView { system: "Be brief.", ..view(&turns) };
+        assert_eq!(value_of(&classify(&short, &ClassifierConfig::default()), Feature::SystemPrompt), 0.0);
+    }
+
+    #[test]
+    fn short_factual_fires_on_short_wh_questions_and_not_on_long_or_reasoning_ones() {
+        fires(
+            Feature::ShortFactual,
+            1.0,
+            &[
+                "What is the capital of Australia?",
+                "Who wrote Hamlet?",
+                "How many legs does a spider have?",
+                "capital of France",
+                "When did WW2 end?",
+            ],
+            &[
+                "Why is the sky blue?",
+                "What are the trade-offs between Raft and Paxos?",
+                "How do I design a cache?",
+                "Write a poem.",
+                "What is X? What is Y?",
+                "What is the time complexity of this code? ```\nfor i in range(n):\n    print(i)\n```",
+            ],
+        );
+        let longer = "What is the name of the small town on the northern coast where the author spent the \
+                      last summers of his life writing letters?";
+        assert!(value(longer, Feature::ShortFactual) < 0.5);
+    }
+
+    #[test]
+    fn answer_choices_fire_on_a_final_lettered_option_block_and_not_on_an_outline() {
+        fires(
+            Feature::AnswerChoices,
+            1.0,
+            &[
+                "Which gas is most abundant in air?\nA. Oxygen\nB. Nitrogen\nC. Argon\nD. Helium\nAnswer:",
+                "Pick one:\n(A) red\n(B) blue",
+            ],
+            &[
+                "Outline:\nA. Introduction\nB. Methods\nThen write the full paper with citations and figures.",
+                "A. Smith wrote this.",
+            ],
+        );
+    }
+
+    #[test]
+    fn answer_options_do_not_count_as_part_of_the_question() {
+        let with_options = "Which is largest?\nA. 10 + 20 = 30\nB. 2^10\nC. 1000 - 1\nD. 3 * 300\nAnswer:";
+        assert_eq!(value(with_options, Feature::Math), 0.0);
+        assert_eq!(value(with_options, Feature::ShortFactual), 1.0);
+    }
+
+    #[test]
+    fn non_english_fires_on_other_scripts_and_languages_and_not_on_english() {
+        fires(
+            Feature::NonEnglish,
+            0.3,
+            &[
+                "请解释一下分布式系统中的一致性协议。",
+                "Объясни, пожалуйста, как работает этот алгоритм.",
+                "Quelle est la capitale du Canada ? Je voudrais une réponse avec des détails pour les enfants.",
+                "Erkläre mir bitte, wie das funktioniert und warum es nicht mit einer Datenbank geht.",
+            ],
+            &["Explain how a hash map handles collisions.", "The café serves crème brûlée."],
+        );
+        // A few Greek letters in English are maths symbols, not a language.
+        assert_eq!(value("Let α + β = π and find σ.", Feature::NonEnglish), 0.0);
+        assert!(value("Let α + β = π and find σ.", Feature::Math) > 0.0);
+    }
+
+    #[test]
+    fn reasons_are_ordered_by_absolute_contribution_and_few() {
+        for text in HARD.iter().chain(EASY) {
+            let c = user(text);
+            assert!(c.reasons.len() <= MAX_REASONS);
+            let mut contributions: Vec<f64> =
+                c.features.iter().map(|f| f.contribution).filter(|x| x.abs() >= MIN_REASON_CONTRIBUTION).collect();
+            contributions.sort_by(|a, b| b.abs().total_cmp(&a.abs()));
+            contributions.truncate(MAX_REASONS);
+            assert_eq!(c.reasons.len(), contributions.len(), "{:?}", c.reasons);
+            for (reason, x) in c.reasons.iter().zip(&contributions) {
+                let mut suffix = String::from(" (");
+                write_signed_2dp(&mut suffix, *x);
+                suffix.push(')');
+                assert!(reason.ends_with(&suffix), "{reason:?} should end with {suffix:?}");
+            }
+        }
+        let c = user("What is the capital of Australia?");
+        assert_eq!(c.reasons.first().map(String::as_str), Some("short factual question (-1.00)"));
+    }
+
+    #[test]
+    fn contributions_are_written_with_a_sign_and_two_decimals() {
+        let fmt = |x| {
+            let mut s = String::new();
+            write_signed_2dp(&mut s, x);
+            s
+        };
+        assert_eq!(fmt(0.214), "+0.21");
+        assert_eq!(fmt(-0.155), "-0.16");
+        assert_eq!(fmt(1.0), "+1.00");
+        assert_eq!(fmt(-0.001), "+0.00");
+        assert_eq!(fmt(12.345), "+12.35");
+    }
+
+    #[test]
+    fn the_score_is_finite_and_within_bounds_for_hostile_input() {
+        let one_char = "a".repeat(1 << 20);
+        let euros = "€".repeat(400_000);
+        let emoji = "😀🔥🚀".repeat(1000);
+        let nul = "\0".repeat(10_000);
+        let spaces = " \t\n\r".repeat(10_000);
+        let garbage: String = (0u32..5000).filter_map(|i| char::from_u32((i * 7919) % 0x11_0000)).collect();
+        let punctuation = "`\\{}()[];:=+-*/^<>!?.|&#$%'\"".repeat(2000);
+        let texts = ["", one_char.as_str(), &euros, &emoji, &nul, &spaces, &garbage, &punctuation];
+        let configs = [
+            ClassifierConfig::default(),
+            ClassifierConfig::default().with_bias(MAX_ABS_PARAMETER).unwrap(),
+            Feature::ALL.iter().fold(ClassifierConfig::default().with_bias(-MAX_ABS_PARAMETER).unwrap(), |c, f| {
+                c.with_weight(*f, -MAX_ABS_PARAMETER).unwrap()
+            }),
+        ];
+        for text in texts {
+            let turns = [Turn { role: TurnRole::User, text }, Turn { role: TurnRole::Tool, text }];
+            let prompts = [
+                view(&turns),
+                PromptView { system: text, turns: &turns, tool_count: usize::MAX, tokens: u32::MAX },
+                PromptView { system: "", turns: &[], tool_count: 0, tokens: 0 },
+            ];
+            for prompt in &prompts {
+                for config in &configs {
+                    let c = classify(prompt, config);
+                    assert!(c.score.is_finite() && (0.0..=1.0).contains(&c.score), "{}", c.score);
+                    for fv in &c.features {
+                        assert!(fv.value.is_finite() && (0.0..=1.0).contains(&fv.value), "{fv:?}");
+                        assert!(fv.contribution.is_finite(), "{fv:?}");
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn random_text_split_across_turns_never_panics() {
+        // Deterministic xorshift; pieces chosen to exercise every scanner path.
+        let pieces = [
+            "a",
+            "Z",
+            "7",
+            "3.5",
+            "-",
+            "+",
+            "=",
+            "^",
+            "/",
+            "*",
+            "(",
+            ")",
+            "{",
+            "}",
+            ";",
+            "`",
+            "```",
+            "\\frac",
+            "\n",
+            " ",
+            "\t",
+            "?",
+            ".",
+            "!",
+            "'",
+            "’t",
+            "don",
+            "by",
+            "step",
+            "A.",
+            "B)",
+            "(C)",
+            "I.",
+            "II.",
+            "é",
+            "€",
+            "😀",
+            "α",
+            "中文",
+            "Жж",
+            "\0",
+            "Statement",
+            "explain",
+            "how",
+            "#include",
+            "SELECT",
+            "::",
+        ];
+        let mut state = 0x2545_F491_4F6C_DD1Du64;
+        let mut next = || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        for _ in 0..300 {
+            let mut texts: Vec<String> = Vec::new();
+            for _ in 0..(next() % 4 + 1) {
+                let len = next() % 40;
+                texts.push((0..len).map(|_| pieces[(next() % pieces.len() as u64) as usize]).collect());
+            }
+            let roles = [TurnRole::User, TurnRole::Assistant, TurnRole::Tool];
+            let turns: Vec<Turn<'_>> = texts
+                .iter()
+                .enumerate()
+                .map(|(i, text)| Turn { role: roles[(i + (next() % 3) as usize) % 3], text })
+                .collect();
+            let c = classify(&view(&turns), &ClassifierConfig::default());
+            assert!(c.score.is_finite() && (0.0..=1.0).contains(&c.score));
+        }
+        // A turn that starts with "-" right after a turn that ends with a number.
+        let turns = [
+            Turn { role: TurnRole::User, text: "-1" },
+            Turn { role: TurnRole::Assistant, text: "2" },
+            Turn { role: TurnRole::User, text: "ok" },
+        ];
+        let c = classify(&view(&turns), &ClassifierConfig::default());
+        assert!(c.score.is_finite());
+    }
+
+    #[test]
+    fn a_question_at_the_end_of_a_very_long_prompt_is_still_seen() {
+        let text = "lorem ipsum dolor sit amet ".repeat(20_000) + "Now prove that the algorithm terminates.";
+        assert!(value(&text, Feature::ExplicitAsk) > 0.5);
+    }
+
+    #[test]
+    fn config_overrides_change_the_score() {
+        let text = HARD[1];
+        let turns = [Turn { role: TurnRole::User, text }];
+        let default = classify(&view(&turns), &ClassifierConfig::default()).score;
+        let raw: RawClassifierConfig = serde_json::from_str(r#"{"bias": -3.0, "weights": {"code": 0.0}}"#).unwrap();
+        let config = ClassifierConfig::try_from(raw).unwrap();
+        assert_eq!(config.bias(), -3.0);
+        assert_eq!(config.weight(Feature::Code), 0.0);
+        assert_eq!(config.weight(Feature::Math), Feature::Math.default_weight());
+        let overridden = classify(&view(&turns), &config).score;
+        assert!(overridden < default, "{overridden} should be below {default}");
+        let c = classify(&view(&turns), &config);
+        assert!(!c.reasons.iter().any(|r| r.starts_with("code")), "{:?}", c.reasons);
+    }
+
+    #[test]
+    fn an_empty_override_is_the_default_config() {
+        let raw: RawClassifierConfig = serde_json::from_str("{}").unwrap();
+        assert_eq!(ClassifierConfig::try_from(raw).unwrap(), ClassifierConfig::default());
+        let full = RawClassifierConfig::from(&ClassifierConfig::default());
+        assert_eq!(full.weights.len(), Feature::COUNT);
+        let json = serde_json::to_string(&full).unwrap();
+        let back: RawClassifierConfig = serde_json::from_str(&json).unwrap();
+        assert_eq!(ClassifierConfig::try_from(back).unwrap(), ClassifierConfig::default());
+    }
+
+    #[test]
+    fn unknown_weight_names_are_rejected_with_their_path() {
+        let raw: RawClassifierConfig = serde_json::from_str(r#"{"weights": {"code": 1.0, "cde": 0.5}}"#).unwrap();
+        let err = ClassifierConfig::try_from(raw).unwrap_err();
+        assert_eq!(err.path, "weights.cde");
+        assert!(err.message.contains("unknown feature"), "{err}");
+        assert!(err.to_string().starts_with("weights.cde: "), "{err}");
+    }
+
+    #[test]
+    fn unknown_fields_are_refused() {
+        assert!(serde_json::from_str::<RawClassifierConfig>(r#"{"bais": 1.0}"#).is_err());
+        assert!(serde_json::from_str::<RawClassifierConfig>(r#"{"weights": {"code": "high"}}"#).is_err());
+    }
+
+    #[test]
+    fn non_finite_numbers_are_rejected_with_their_path() {
+        let bias = RawClassifierConfig { bias: Some(f64::NAN), ..Default::default() };
+        assert_eq!(ClassifierConfig::try_from(bias).unwrap_err().path, "bias");
+        let mut weights = BTreeMap::new();
+        weights.insert("math".to_owned(), f64::INFINITY);
+        let weight = RawClassifierConfig { bias: None, weights };
+        let err = ClassifierConfig::try_from(weight).unwrap_err();
+        assert_eq!(
+            err,
+            ClassifierConfigError { path: "weights.math".into(), message: "must be a finite number".into() }
+        );
+        let mut weights = BTreeMap::new();
+        weights.insert("tools".to_owned(), 1e6);
+        let huge = RawClassifierConfig { bias: None, weights };
+        assert_eq!(ClassifierConfig::try_from(huge).unwrap_err().path, "weights.tools");
+        assert!(ClassifierConfig::default().with_weight(Feature::Code, f64::NEG_INFINITY).is_err());
+    }
+
+    #[test]
+    fn every_keyword_is_found_whatever_its_case() {
+        for (k, keyword) in KEYWORDS.iter().enumerate() {
+            let word = keyword.0;
+            for variant in
+                [word.to_owned(), word.to_ascii_uppercase(), format!("{}{}", &word[..1].to_uppercase(), &word[1..])]
+            {
+                // At the end of the text (no 16-byte load) and in the middle of it.
+                for text in [variant.clone(), format!("{variant} and then some more words")] {
+                    let found = lookup(text.as_bytes(), 0, variant.len());
+                    assert!(std::ptr::eq(found, &KEYWORDS[k]), "{variant:?} in {text:?}");
+                }
+            }
+        }
+        assert_eq!(lookup(b"designs", 0, 7).1, Kw::None);
+        assert_eq!(lookup(b"desig", 0, 5).1, Kw::None);
+        assert_eq!(lookup(b"x_1", 0, 3).1, Kw::None);
+    }
+
+    #[test]
+    fn the_fast_word_scanner_agrees_with_the_byte_loop() {
+        let slow = |t: &[u8], mut i: usize| {
+            while i < t.len() && WORD_BYTE[usize::from(t[i])] {
+                i += 1;
+            }
+            i
+        };
+        let text = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ_0123456789 x1_y2 é€😀 \0\x7f@[`{~ a";
+        let bytes = text.as_bytes();
+        for start in 0..bytes.len() {
+            assert_eq!(word_end(bytes, start), slow(bytes, start), "at {start}");
+        }
+        for b in 0..=255u8 {
+            let t = [b'a', b'b', b, b'c', b'd', b'e', b'f', b'g', b'h', b'i', b'j'];
+            assert_eq!(word_end(&t, 1), slow(&t, 1), "byte {b:#x}");
+        }
+    }
+
+    #[test]
+    fn the_logistic_matches_the_standard_library() {
+        for i in -4000..=4000 {
+            let x = f64::from(i) / 100.0;
+            let expected = 1.0 / (1.0 + (-x).exp());
+            assert!((logistic(x) - expected).abs() < 1e-14, "{x}");
+        }
+        assert_eq!(logistic(f64::NAN), 0.5);
+        assert_eq!(logistic(f64::INFINITY), logistic(40.0));
+        assert!(logistic(-1e300) >= 0.0);
+    }
+
+    #[test]
+    fn log2_is_exact_at_powers_of_two_and_monotone() {
+        for k in 0..40 {
+            assert_eq!(log2(f64::from(2u32).powi(k)), f64::from(k));
+        }
+        let mut last = 0.0;
+        for x in 1..5000 {
+            let y = log2(f64::from(x));
+            assert!(y >= last);
+            last = y;
+        }
+    }
 }

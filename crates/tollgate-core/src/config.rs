@@ -257,10 +257,10 @@ impl ModelRef {
         if text.is_empty() {
             return None;
         }
-        if let Some((head, rest)) = text.split_once('/') {
-            if let Some(provider) = Provider::from_name(head) {
-                return (!rest.is_empty()).then(|| ModelRef { provider, model: rest.to_owned() });
-            }
+        if let Some((head, rest)) = text.split_once('/')
+            && let Some(provider) = Provider::from_name(head)
+        {
+            return (!rest.is_empty()).then(|| ModelRef { provider, model: rest.to_owned() });
         }
         Some(ModelRef { provider: Provider::infer(text), model: text.to_owned() })
     }
@@ -680,6 +680,12 @@ fn validate_limits(raw: Option<RawLimits>, p: &mut Problems) -> Limits {
     Limits { max_body_bytes, max_prompt_tokens }
 }
 
+/// The JSON Schema of the tenant config (`schema/tenant-config.schema.json`).
+#[cfg(feature = "schema")]
+pub fn json_schema() -> serde_json::Value {
+    serde_json::to_value(schemars::schema_for!(RawTenantConfig)).unwrap_or(serde_json::Value::Null)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -782,10 +788,4 @@ mod tests {
         assert!(cfg.routing.is_allowed("exact"));
         assert!(!cfg.routing.is_allowed("exactly"));
     }
-}
-
-/// The JSON Schema of the tenant config (`schema/tenant-config.schema.json`).
-#[cfg(feature = "schema")]
-pub fn json_schema() -> serde_json::Value {
-    serde_json::to_value(schemars::schema_for!(RawTenantConfig)).unwrap_or(serde_json::Value::Null)
 }

@@ -51,6 +51,16 @@ pub fn method_for(api: ApiFormat, model: &str) -> CountMethod {
     }
 }
 
+/// Whether two methods give the same number (same encoding and scale), so
+/// a count made with one need not be redone for the other.
+pub fn same_counting(a: CountMethod, b: CountMethod) -> bool {
+    let parts = |m: CountMethod| match m {
+        CountMethod::Exact { encoding } => (encoding, 1.0),
+        CountMethod::Estimate { encoding, scale } => (encoding, scale),
+    };
+    parts(a) == parts(b)
+}
+
 /// Tokens in `text` under `encoding`. Falls back to a bytes/3 estimate only
 /// when the vocabulary was compiled out.
 pub fn count_text(encoding: Encoding, text: &str) -> u64 {

@@ -270,17 +270,17 @@ fn chain_price(config: &TenantConfig, chain: &[ModelRef]) -> Option<ModelPrice> 
 
 impl Plan {
     /// Parse, count, classify and route one request for `config`'s tenant.
-    pub fn new(config: &TenantConfig, inbound: &Inbound<'_>) -> Result<Plan, Refused> {
+    pub fn new(config: &TenantConfig, inbound: &Inbound<'_>) -> Result<Plan, Box<Refused>> {
         let mut trace = DecisionTrace::new(request_id(inbound.entropy));
-        let refuse = |error: ApiError, trace: &DecisionTrace| Refused { error, trace: trace.clone() };
+        let refuse = |error: ApiError, trace: &DecisionTrace| Box::new(Refused { error, trace: trace.clone() });
         let request = ChatRequest::parse(inbound.api, inbound.body, config.limits.max_body_bytes)
             .map_err(|e| refuse(e.into(), &trace))?;
 
         let first_count = count::prompt_tokens(&request, &request.model);
-        if let Some(limit) = config.limits.max_prompt_tokens {
-            if first_count.tokens > limit {
-                return Err(refuse(RequestError::PromptTooLong { tokens: first_count.tokens, limit }.into(), &trace));
-            }
+        if let Some(limit) = config.limits.max_prompt_tokens
+            && first_count.tokens > limit
+        {
+            return Err(refuse(RequestError::PromptTooLong { tokens: first_count.tokens, limit }.into(), &trace));
         }
         let classification = classify_request(&request, first_count.tokens, config);
         trace.score = Some(classification.score);
@@ -343,8 +343,8 @@ impl Plan {
 
         // Recount only if the routed model counts differently from the one asked for.
         let primary = chain.first().map(|m| m.model.clone()).unwrap_or_default();
-        let prompt = if count::method_for(request.api, &primary) == first_count.method {
-            first_count
+        let prompt = if count::same_counting(count::method_for(request.api, &primary), first_count.method) {
+            PromptCount { method: count::method_for(request.api, &primary), ..first_count }
         } else {
             count::prompt_tokens(&request, &primary)
         };

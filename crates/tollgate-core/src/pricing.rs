@@ -70,7 +70,7 @@ fn div_ceil_million(v: u128) -> u64 {
 
 /// Dollars to micro-dollars; None for negative, non-finite or absurd values.
 pub fn usd_to_micros(usd: f64) -> Option<u64> {
-    if !usd.is_finite() || usd < 0.0 || usd > 1.0e12 {
+    if !usd.is_finite() || !(0.0..=1.0e12).contains(&usd) {
         return None;
     }
     // Rounded to the nearest micro-dollar: config values such as 0.15 are not
@@ -149,10 +149,10 @@ pub fn builtin_price(model: &str) -> Option<ModelPrice> {
         if !boundary {
             continue;
         }
-        if best.is_none_or(|(len, _)| prefix.len() > len) {
-            if let Some(price) = ModelPrice::from_usd_per_mtok(input, cached, output) {
-                best = Some((prefix.len(), price));
-            }
+        if best.is_none_or(|(len, _)| prefix.len() > len)
+            && let Some(price) = ModelPrice::from_usd_per_mtok(input, cached, output)
+        {
+            best = Some((prefix.len(), price));
         }
     }
     best.map(|(_, p)| p)

@@ -2,11 +2,17 @@
 //!
 //! tiktoken's rule: start from single bytes and repeatedly merge the adjacent
 //! pair whose concatenation is the token of lowest rank, the leftmost one on
-//! ties, until no adjacent pair is a token. Short pieces use the direct
-//! quadratic loop over a stack buffer; long ones a min-heap keyed by
-//! (rank, position) over a linked list of parts, with stale heap entries
-//! skipped on pop, which is `O(n log n)` and merges in exactly the same order
-//! (the global minimum of (rank, position) every time).
+//! ties, until no adjacent pair is a token. (tiktoken-rs does this with a
+//! rescanning loop below 100 bytes and with a heap from 100 bytes; both
+//! perform exactly this sequence of merges.)
+//!
+//! Pieces up to 64 bytes, nearly all of them, use the rescanning loop over
+//! stack arrays and a bitmask of part starts. Longer ones use a min-heap keyed
+//! by (rank, position) over a linked list of parts, with stale entries
+//! skipped when popped: `O(n log n)`, and the same merges in the same order
+//! (the global minimum of (rank, position) every time). There the ranks of
+//! new pairs are remembered by the ranks of their halves, which turns the
+//! vocabulary look-ups of repetitive input into single loads.
 
 use crate::vocab::Vocab;
 use std::cmp::Reverse;
@@ -32,41 +38,90 @@ fn rank(vocab: &Vocab, piece: &[u8], start: usize, end: usize) -> u32 {
 }
 
 /// The quadratic merge for `2 <= piece.len() <= SMALL`.
+///
+/// Parts are identified by their first byte: bit `i` of `starts` is set
+/// when a part starts at byte `i`, and `ranks[i]` is the rank of that part
+/// merged with the next one (`NONE` when that is no token, or when no part
+/// starts at `i`). Each step scans `ranks` for the minimum (leftmost on
+/// ties, as `<` keeps the first) and finds neighbours with bit operations,
+/// so nothing is ever shifted.
 fn merge_small(vocab: &Vocab, piece: &[u8]) -> usize {
     let n = piece.len();
-    // Part k spans starts[k]..starts[k + 1]; ranks[k] is the rank of parts
-    // k and k + 1 merged. `parts` parts, `parts - 1` pairs.
-    let mut starts = [0u8; SMALL + 1];
     let mut ranks = [NONE; SMALL];
-    for (k, start) in starts.iter_mut().enumerate().take(n + 1) {
-        *start = k as u8;
+    for (i, r) in ranks.iter_mut().enumerate().take(n - 1) {
+        *r = rank(vocab, piece, i, i + 2);
     }
-    for (k, r) in ranks.iter_mut().enumerate().take(n - 1) {
-        *r = rank(vocab, piece, k, k + 2);
-    }
+    let mut starts: u64 = if n >= 64 { u64::MAX } else { (1u64 << n) - 1 };
+    // Start of the first part after byte `i`, or `n`.
+    let next = |starts: u64, i: usize| -> usize {
+        let above = starts.checked_shr(i as u32 + 1).unwrap_or(0);
+        if above == 0 { n } else { i + 1 + above.trailing_zeros() as usize }
+    };
     let mut parts = n;
     loop {
         let mut best = NONE;
         let mut at = 0;
-        for (k, &r) in ranks.iter().enumerate().take(parts - 1) {
+        for (i, &r) in ranks.iter().enumerate().take(n) {
             if r < best {
                 best = r;
-                at = k;
+                at = i;
             }
         }
         if best == NONE {
             return parts;
         }
-        // Merge parts `at` and `at + 1`: drop the boundary between them and
-        // the pair rank that described it.
-        starts.copy_within(at + 2..=parts, at + 1);
-        ranks.copy_within(at + 1..parts - 1, at);
+        // Merge the part at `at` with the one at `right`.
+        let right = next(starts, at);
+        starts &= !(1u64 << right);
+        ranks[right] = NONE;
         parts -= 1;
-        ranks[at] =
-            if at + 1 < parts { rank(vocab, piece, starts[at] as usize, starts[at + 2] as usize) } else { NONE };
-        if at > 0 {
-            ranks[at - 1] = rank(vocab, piece, starts[at - 1] as usize, starts[at + 1] as usize);
+        let end = next(starts, at);
+        ranks[at] = if end < n { rank(vocab, piece, at, next(starts, end)) } else { NONE };
+        let below = starts & ((1u64 << at) - 1);
+        if below != 0 {
+            let before = 63 - below.leading_zeros() as usize;
+            ranks[before] = rank(vocab, piece, before, end);
         }
+    }
+}
+
+/// Ranks of concatenated tokens, remembered by the ranks of the two halves.
+///
+/// A rank determines a token's bytes, so the rank of the concatenation of
+/// tokens `a` and `b` is a function of `(a, b)`: the memo stores that whole
+/// key and is exact. Long pieces are where the same pairs recur (a run of
+/// one character repeats a handful of pairs thousands of times), and there
+/// this replaces most vocabulary look-ups with one load.
+struct PairMemo {
+    slots: Vec<u64>,
+}
+
+/// Ranks are below 2^18: the key (two ranks) takes 36 bits, the value 19
+/// (`VALUE_NONE` for "no token").
+const VALUE_BITS: u32 = 19;
+const VALUE_NONE: u64 = (1 << VALUE_BITS) - 1;
+const MEMO_BITS: u32 = 12;
+
+impl PairMemo {
+    fn new() -> PairMemo {
+        PairMemo { slots: vec![u64::MAX; 1 << MEMO_BITS] }
+    }
+
+    /// Rank of `piece[start..end]`, the concatenation of tokens `a` and `b`.
+    #[inline]
+    fn rank(&mut self, vocab: &Vocab, piece: &[u8], (a, b): (u32, u32), (start, end): (usize, usize)) -> u32 {
+        let key = (u64::from(a) << 18) | u64::from(b);
+        let slot = (key.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> (64 - MEMO_BITS)) as usize;
+        if let Some(entry) = self.slots.get_mut(slot) {
+            if *entry >> VALUE_BITS == key {
+                let value = *entry & VALUE_NONE;
+                return if value == VALUE_NONE { NONE } else { value as u32 };
+            }
+            let r = rank(vocab, piece, start, end);
+            *entry = (key << VALUE_BITS) | u64::from(r).min(VALUE_NONE);
+            return r;
+        }
+        rank(vocab, piece, start, end)
     }
 }
 
@@ -74,21 +129,35 @@ fn merge_small(vocab: &Vocab, piece: &[u8]) -> usize {
 fn merge_large(vocab: &Vocab, piece: &[u8]) -> usize {
     let n = piece.len();
     // Parts are identified by their start; `next[i]` is the start of the
-    // following part (n at the end), `prev[i]` that of the preceding one.
-    // `pair[i]` is the rank of part i merged with its successor, NONE when
-    // that is no token or when i no longer starts a part.
+    // following part (n at the end), `prev[i]` that of the preceding one,
+    // `token[i]` its rank. `pair[i]` is the rank of part i merged with its
+    // successor, NONE when that is no token or when i no longer starts a
+    // part.
     let mut next: Vec<u32> = (1..=n as u32).collect();
     let mut prev: Vec<u32> = (0..n as u32).map(|i| i.wrapping_sub(1)).collect();
+    // Every byte is a token; look each byte value up once.
+    let mut byte_ranks = [NONE; 256];
+    let mut token: Vec<u32> = Vec::with_capacity(n);
+    for (i, &byte) in piece.iter().enumerate() {
+        let slot = &mut byte_ranks[usize::from(byte)];
+        if *slot == NONE {
+            *slot = rank(vocab, piece, i, i + 1);
+        }
+        token.push(*slot);
+    }
     let mut pair: Vec<u32> = vec![NONE; n];
-    let mut heap: BinaryHeap<Reverse<u64>> = BinaryHeap::with_capacity(n);
+    let mut memo = PairMemo::new();
     let key = |r: u32, i: usize| Reverse((u64::from(r) << 32) | i as u64);
+    let mut initial = Vec::with_capacity(n);
     for (i, slot) in pair.iter_mut().enumerate().take(n - 1) {
         let r = rank(vocab, piece, i, i + 2);
         if r != NONE {
             *slot = r;
-            heap.push(key(r, i));
+            initial.push(key(r, i));
         }
     }
+    // Heapify in linear time rather than pushing one by one.
+    let mut heap = BinaryHeap::from(initial);
     let mut parts = n;
     while let Some(Reverse(k)) = heap.pop() {
         let r = (k >> 32) as u32;
@@ -102,13 +171,14 @@ fn merge_large(vocab: &Vocab, piece: &[u8]) -> usize {
         let end = next[right] as usize;
         pair[right] = NONE;
         next[i] = end as u32;
+        token[i] = r;
         if end < n {
             prev[end] = i as u32;
         }
         parts -= 1;
         pair[i] = NONE;
         if end < n {
-            let r = rank(vocab, piece, i, next[end] as usize);
+            let r = memo.rank(vocab, piece, (r, token[end]), (i, next[end] as usize));
             if r != NONE {
                 pair[i] = r;
                 heap.push(key(r, i));
@@ -116,7 +186,7 @@ fn merge_large(vocab: &Vocab, piece: &[u8]) -> usize {
         }
         if i > 0 {
             let before = prev[i] as usize;
-            let r = rank(vocab, piece, before, end);
+            let r = memo.rank(vocab, piece, (token[before], r), (before, end));
             pair[before] = r;
             if r != NONE {
                 heap.push(key(r, before));

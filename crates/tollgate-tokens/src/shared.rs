@@ -25,20 +25,43 @@ pub(crate) mod class {
 /// Code points per block of the two-stage Unicode class table.
 pub(crate) const BLOCK_SHIFT: u32 = 7;
 
-/// Entry layout of a vocabulary: bits 0..18 hold the rank.
+/// A vocabulary is an array of buckets of `BUCKET_BYTES` (one cache line):
+///
+/// * bytes 0..4: a little-endian `u32`, the offset in the blob of the
+///   bucket's first token (bits 0..24) and the number of entries (24..28);
+/// * bytes 4..16: one fingerprint byte per entry;
+/// * bytes 16..64: one little-endian `u32` per entry, the rank (bits 0..18)
+///   and the end of the token's bytes relative to the bucket's first token
+///   (bits 18..29). A token starts where the previous entry's ends (at 0
+///   for the first).
+pub(crate) const BUCKET_BYTES: usize = 64;
+pub(crate) const ENTRIES_PER_BUCKET: usize = 12;
+pub(crate) const FINGERPRINTS_AT: usize = 4;
+pub(crate) const ENTRIES_AT: usize = 16;
+pub(crate) const BASE_BITS: u32 = 24;
+pub(crate) const END_SHIFT: u32 = RANK_BITS;
+pub(crate) const END_MASK: u32 = (1 << 11) - 1;
+
+/// Entries hold the rank in bits 0..18.
 pub(crate) const RANK_BITS: u32 = 18;
 pub(crate) const RANK_MASK: u32 = (1 << RANK_BITS) - 1;
-/// Bits 18..25 hold the token length minus one (tokens are 1..=128 bytes).
-pub(crate) const LEN_BITS: u32 = 7;
-pub(crate) const MAX_TOKEN_LEN: usize = 1 << LEN_BITS;
-/// Bits 25..32 hold a fingerprint: the low bits of the hash.
-pub(crate) const FP_MASK: u64 = (1 << (32 - RANK_BITS - LEN_BITS)) - 1;
+/// Tokens are 1..=128 bytes long.
+pub(crate) const MAX_TOKEN_LEN: usize = 128;
 
-/// The part of an entry (length and fingerprint, bits 18..32) that a key
-/// must match before its bytes are compared.
+/// The fingerprint byte of a hash (its low bits; buckets use the high ones).
 #[inline(always)]
-pub(crate) fn entry_tag(len: usize, hash: u64) -> u32 {
-    ((len as u32).wrapping_sub(1) & ((1 << LEN_BITS) - 1)) | (((hash & FP_MASK) as u32) << LEN_BITS)
+pub(crate) fn fingerprint(hash: u64) -> u8 {
+    hash as u8
+}
+
+/// The two buckets, out of `buckets`, where a key with this hash may be.
+#[inline(always)]
+pub(crate) fn buckets_of(hash: u64, buckets: usize) -> (usize, usize) {
+    let n = buckets as u64;
+    let first = ((hash >> 32) * n) >> 32;
+    let mixed = (hash ^ (hash >> 29)).wrapping_mul(M2);
+    let second = ((mixed >> 32) * n) >> 32;
+    (first as usize, second as usize)
 }
 
 const M1: u64 = 0x9E37_79B9_7F4A_7C15;
