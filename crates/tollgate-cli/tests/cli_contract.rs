@@ -148,7 +148,10 @@ fn the_committed_json_schema_is_the_one_the_code_generates() {
     let committed: Value =
         serde_json::from_str(&std::fs::read_to_string(root().join("schema/tenant-config.schema.json")).unwrap())
             .unwrap();
-    assert!(generated == committed, "schema/tenant-config.schema.json is stale: run `tollgate config schema > schema/tenant-config.schema.json`");
+    assert!(
+        generated == committed,
+        "schema/tenant-config.schema.json is stale: run `tollgate config schema > schema/tenant-config.schema.json`"
+    );
     assert_eq!(generated["additionalProperties"], false, "unknown fields are refused");
 }
 
