@@ -24,7 +24,7 @@ use tollgate_core::sim::{Simulator, UpstreamReply};
 /// conversation (whatever the model or `max_tokens`), capped by `max_tokens`.
 fn simulated_output_tokens(req: &ChatRequest) -> u64 {
     let cap = req.max_output_tokens;
-    let conversation = req.body().get("messages").map(|m| m.to_string()).unwrap_or_default();
+    let conversation = req.raw_field("messages").unwrap_or_default();
     let h = conversation
         .as_bytes()
         .iter()

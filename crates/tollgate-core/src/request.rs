@@ -1,15 +1,19 @@
 //! Client requests: OpenAI Chat Completions and Anthropic Messages bodies.
 //!
 //! Parsing validates exactly what the router relies on and keeps the rest
-//! of the body untouched. Rewriting changes only the fields the router owns
-//! (`model`, a clamped output cap, `stream_options.include_usage`); every
-//! other field keeps its value and its position, because the body is held as
-//! an order-preserving JSON map.
+//! of the body untouched. The top-level fields are held as the exact JSON
+//! text the client sent, in the client's order; only the fields the router
+//! reads are parsed further. Rewriting changes only the fields the router
+//! owns (`model`, a clamped output cap, `stream_options.include_usage`) and
+//! copies every other field through byte for byte.
 
 use crate::api::ApiFormat;
 use crate::config::Provider;
 use crate::error::RequestError;
+use serde::de::{self, Deserializer, MapAccess, Visitor};
+use serde_json::value::RawValue;
 use serde_json::{Map, Value};
+use std::fmt;
 
 /// A message's author, across both APIs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -70,8 +74,53 @@ pub struct Message {
     pub tool_text: String,
 }
 
+/// A body's top-level fields in the client's order, each as the exact JSON
+/// text sent. Duplicate keys are refused: a router and a provider that read
+/// different copies of `model` would disagree about what was asked.
+#[derive(Clone, Debug, Default)]
+struct RawFields(Vec<(String, Box<RawValue>)>);
+
+impl<'de> serde::Deserialize<'de> for RawFields {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct FieldsVisitor;
+        impl<'de> Visitor<'de> for FieldsVisitor {
+            type Value = RawFields;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<RawFields, A::Error> {
+                let mut fields: Vec<(String, Box<RawValue>)> = Vec::with_capacity(map.size_hint().unwrap_or(8));
+                while let Some(key) = map.next_key::<String>()? {
+                    let value: Box<RawValue> = map.next_value()?;
+                    if fields.iter().any(|(k, _)| *k == key) {
+                        return Err(de::Error::custom(format_args!("duplicate field `{key}`")));
+                    }
+                    fields.push((key, value));
+                }
+                Ok(RawFields(fields))
+            }
+        }
+        deserializer.deserialize_map(FieldsVisitor)
+    }
+}
+
+/// The top-level fields the router reads, parsed; everything else stays raw.
+const ROUTER_READS: &[&str] = &[
+    "model",
+    "stream",
+    "stream_options",
+    "max_tokens",
+    "max_completion_tokens",
+    "temperature",
+    "n",
+    "tools",
+    "functions",
+    "messages",
+    "system",
+];
+
 /// A parsed, validated request.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug)]
 pub struct ChatRequest {
     pub api: ApiFormat,
     pub model: String,
@@ -89,7 +138,10 @@ pub struct ChatRequest {
     pub messages: Vec<Message>,
     /// JSON text of the declared tools, for counting.
     pub tools_text: String,
-    body: Map<String, Value>,
+    /// Every top-level field as sent.
+    raw: RawFields,
+    /// The fields in [`ROUTER_READS`] that were present, parsed.
+    parsed: Map<String, Value>,
 }
 
 /// What a rewrite changes.
@@ -126,65 +178,121 @@ impl ChatRequest {
             return Err(RequestError::Empty);
         }
         let text = std::str::from_utf8(bytes).map_err(|e| RequestError::NotUtf8 { offset: e.valid_up_to() })?;
-        let value: Value =
-            serde_json::from_str(text).map_err(|e| RequestError::MalformedJson { detail: e.to_string() })?;
-        let Value::Object(body) = value else { return Err(RequestError::NotAnObject) };
-        match api {
-            ApiFormat::OpenAi => parse_openai(body),
-            ApiFormat::Anthropic => parse_anthropic(body),
+        if !text.trim_start().starts_with('{') {
+            // Valid JSON that is not an object gets its own message.
+            return match serde_json::from_str::<serde::de::IgnoredAny>(text) {
+                Ok(_) => Err(RequestError::NotAnObject),
+                Err(e) => Err(RequestError::MalformedJson { detail: e.to_string() }),
+            };
         }
+        let raw: RawFields =
+            serde_json::from_str(text).map_err(|e| RequestError::MalformedJson { detail: e.to_string() })?;
+        let mut parsed = Map::new();
+        for (key, value) in &raw.0 {
+            if ROUTER_READS.contains(&key.as_str()) {
+                let v: Value = serde_json::from_str(value.get())
+                    .map_err(|e| RequestError::MalformedJson { detail: e.to_string() })?;
+                parsed.insert(key.clone(), v);
+            }
+        }
+        let mut request = match api {
+            ApiFormat::OpenAi => parse_openai(parsed)?,
+            ApiFormat::Anthropic => parse_anthropic(parsed)?,
+        };
+        request.raw = raw;
+        Ok(request)
     }
 
-    /// The client's body as parsed.
-    pub fn body(&self) -> &Map<String, Value> {
-        &self.body
+    /// A top-level field exactly as the client sent it.
+    pub fn raw_field(&self, name: &str) -> Option<&str> {
+        self.raw.0.iter().find(|(k, _)| k == name).map(|(_, v)| v.get())
     }
 
-    /// The body to send upstream.
+    /// The body to send upstream: the client's fields in the client's order,
+    /// byte for byte, except the ones this rewrite changes.
     pub fn rewritten_body(&self, rw: &Rewrite<'_>) -> Vec<u8> {
-        let mut body = self.body.clone();
-        body.insert("model".to_owned(), Value::String(rw.model.to_owned()));
-        if let Some(cap) = rw.clamp_output_tokens {
+        let clamp_field = rw.clamp_output_tokens.map(|cap| {
+            let has = |f: &str| self.parsed.contains_key(f);
             let field = match self.api {
                 ApiFormat::Anthropic => "max_tokens",
-                ApiFormat::OpenAi if body.contains_key("max_completion_tokens") => "max_completion_tokens",
-                ApiFormat::OpenAi if body.contains_key("max_tokens") => "max_tokens",
+                ApiFormat::OpenAi if has("max_completion_tokens") => "max_completion_tokens",
+                ApiFormat::OpenAi if has("max_tokens") => "max_tokens",
                 // o-series models refuse `max_tokens`; other OpenAI-compatible providers know only it.
                 ApiFormat::OpenAi if rw.provider == Provider::OpenAi => "max_completion_tokens",
                 ApiFormat::OpenAi => "max_tokens",
             };
-            body.insert(field.to_owned(), Value::from(cap));
-        }
-        if rw.include_usage && self.stream && self.api == ApiFormat::OpenAi && !self.client_wants_usage {
-            let options = body.entry("stream_options").or_insert_with(|| Value::Object(Map::new()));
-            if let Value::Object(options) = options {
-                options.insert("include_usage".to_owned(), Value::Bool(true));
-            } else {
-                *options = serde_json::json!({ "include_usage": true });
-            }
-        }
-        serde_json::to_vec(&body).unwrap_or_default()
-    }
+            (field, cap)
+        });
+        let inject_usage = rw.include_usage && self.stream && self.api == ApiFormat::OpenAi && !self.client_wants_usage;
+        let with_usage = || {
+            let mut options = match self.parsed.get("stream_options") {
+                Some(Value::Object(o)) => o.clone(),
+                _ => Map::new(),
+            };
+            options.insert("include_usage".to_owned(), Value::Bool(true));
+            Value::Object(options).to_string()
+        };
 
-    /// A canonical serialisation of every field that affects the answer:
-    /// keys sorted at every depth, no whitespace, router-owned and
-    /// client-metadata fields left out.
-    pub fn canonical_for_cache(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(256);
+        let size: usize = self.raw.0.iter().map(|(k, v)| k.len() + v.get().len() + 4).sum();
+        let mut out = Vec::with_capacity(size + rw.model.len() + 64);
+        let mut wrote_cap = false;
+        let mut wrote_usage = false;
         out.push(b'{');
-        let mut keys: Vec<&String> = self.body.keys().filter(|k| !NOT_IN_CACHE_KEY.contains(&k.as_str())).collect();
-        keys.sort();
-        for (i, key) in keys.into_iter().enumerate() {
-            if i > 0 {
+        for (key, value) in &self.raw.0 {
+            if out.len() > 1 {
                 out.push(b',');
             }
-            write_canonical_str(key, &mut out);
+            write_json_str(key, &mut out);
             out.push(b':');
-            if let Some(v) = self.body.get(key) {
-                write_canonical(v, &mut out);
+            match (key.as_str(), clamp_field) {
+                ("model", _) => write_json_str(rw.model, &mut out),
+                (k, Some((field, cap))) if k == field => {
+                    out.extend_from_slice(cap.to_string().as_bytes());
+                    wrote_cap = true;
+                }
+                ("stream_options", _) if inject_usage => {
+                    out.extend_from_slice(with_usage().as_bytes());
+                    wrote_usage = true;
+                }
+                _ => out.extend_from_slice(value.get().as_bytes()),
             }
         }
+        if let Some((field, cap)) = clamp_field.filter(|_| !wrote_cap) {
+            out.push(b',');
+            write_json_str(field, &mut out);
+            out.push(b':');
+            out.extend_from_slice(cap.to_string().as_bytes());
+        }
+        if inject_usage && !wrote_usage {
+            out.extend_from_slice(b",\"stream_options\":");
+            out.extend_from_slice(with_usage().as_bytes());
+        }
         out.push(b'}');
+        out
+    }
+
+    /// A canonical encoding of every field that affects the answer, for the
+    /// cache key: keys sorted at every depth, router-owned and client-metadata
+    /// fields left out, strings length-prefixed (so nothing needs escaping and
+    /// no two different bodies encode alike). It is hashed, never parsed.
+    pub fn canonical_for_cache(&self) -> Vec<u8> {
+        let mut fields: Vec<&(String, Box<RawValue>)> =
+            self.raw.0.iter().filter(|(k, _)| !NOT_IN_CACHE_KEY.contains(&k.as_str())).collect();
+        fields.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut out = Vec::with_capacity(self.raw.0.iter().map(|(_, v)| v.get().len()).sum::<usize>() + 64);
+        out.push(b'{');
+        put_len(fields.len(), &mut out);
+        for (key, raw) in fields {
+            put_str(key, &mut out);
+            match self.parsed.get(key) {
+                Some(v) => encode_canonical(v, &mut out),
+                None => match serde_json::from_str::<Value>(raw.get()) {
+                    Ok(v) => encode_canonical(&v, &mut out),
+                    // Validated as JSON when parsed, so never reached.
+                    Err(_) => put_str(raw.get(), &mut out),
+                },
+            }
+        }
         out
     }
 
@@ -202,42 +310,50 @@ impl ChatRequest {
     }
 }
 
-fn write_canonical(v: &Value, out: &mut Vec<u8>) {
+fn put_len(n: usize, out: &mut Vec<u8>) {
+    out.extend_from_slice(&(n as u64).to_le_bytes());
+}
+
+fn put_str(s: &str, out: &mut Vec<u8>) {
+    put_len(s.len(), out);
+    out.extend_from_slice(s.as_bytes());
+}
+
+/// Tagged, length-prefixed, keys sorted: equal JSON values encode equally
+/// whatever their key order or whitespace.
+fn encode_canonical(v: &Value, out: &mut Vec<u8>) {
     match v {
-        Value::Object(map) => {
-            out.push(b'{');
-            let mut keys: Vec<&String> = map.keys().collect();
-            keys.sort();
-            for (i, key) in keys.into_iter().enumerate() {
-                if i > 0 {
-                    out.push(b',');
-                }
-                write_canonical_str(key, out);
-                out.push(b':');
-                if let Some(v) = map.get(key) {
-                    write_canonical(v, out);
-                }
-            }
-            out.push(b'}');
+        Value::Null => out.push(b'z'),
+        Value::Bool(b) => out.push(if *b { b't' } else { b'f' }),
+        Value::Number(n) => {
+            out.push(b'n');
+            put_str(&n.to_string(), out);
+        }
+        Value::String(s) => {
+            out.push(b's');
+            put_str(s, out);
         }
         Value::Array(items) => {
             out.push(b'[');
-            for (i, item) in items.iter().enumerate() {
-                if i > 0 {
-                    out.push(b',');
-                }
-                write_canonical(item, out);
+            put_len(items.len(), out);
+            for item in items {
+                encode_canonical(item, out);
             }
-            out.push(b']');
         }
-        // Numbers, booleans, null and strings in serde_json's compact form.
-        other => {
-            let _ = serde_json::to_writer(&mut *out, other);
+        Value::Object(map) => {
+            out.push(b'{');
+            put_len(map.len(), out);
+            let mut entries: Vec<(&String, &Value)> = map.iter().collect();
+            entries.sort_by(|a, b| a.0.cmp(b.0));
+            for (k, v) in entries {
+                put_str(k, out);
+                encode_canonical(v, out);
+            }
         }
     }
 }
 
-fn write_canonical_str(s: &str, out: &mut Vec<u8>) {
+fn write_json_str(s: &str, out: &mut Vec<u8>) {
     // Writing to a Vec cannot fail.
     let _ = serde_json::to_writer(out, s);
 }
@@ -365,7 +481,8 @@ fn parse_openai(body: Map<String, Value>) -> Result<ChatRequest, RequestError> {
         system: String::new(),
         messages,
         tools_text,
-        body,
+        raw: RawFields::default(),
+        parsed: body,
     })
 }
 
@@ -506,7 +623,8 @@ fn parse_anthropic(body: Map<String, Value>) -> Result<ChatRequest, RequestError
         system,
         messages,
         tools_text,
-        body,
+        raw: RawFields::default(),
+        parsed: body,
     })
 }
 
@@ -685,6 +803,24 @@ mod tests {
         // Key order is the client's.
         let keys: Vec<&String> = got.keys().collect();
         assert_eq!(keys, vec!["temperature", "messages", "stream", "user", "logit_bias", "seed"]);
+    }
+
+    #[test]
+    fn untouched_fields_pass_through_byte_for_byte() {
+        let original = r#"{"model" : "tollgate/auto", "messages":[ {"role":"user","content":"caf\u00e9  x"} ],"metadata": {"b" : 1.50, "a":"\/"} }"#;
+        let r = openai(original).unwrap();
+        let out = r.rewritten_body(&Rewrite { provider: Provider::OpenAi, model: "m", clamp_output_tokens: None, include_usage: false });
+        let out = String::from_utf8(out).unwrap();
+        assert_eq!(
+            out,
+            r#"{"model":"m","messages":[ {"role":"user","content":"caf\u00e9  x"} ],"metadata":{"b" : 1.50, "a":"\/"}}"#
+        );
+    }
+
+    #[test]
+    fn duplicate_top_level_keys_are_refused() {
+        let err = openai(r#"{"model":"a","messages":[{"role":"user","content":"x"}],"model":"b"}"#).unwrap_err();
+        assert!(matches!(&err, RequestError::MalformedJson { detail } if detail.contains("duplicate field `model`")), "{err:?}");
     }
 
     #[test]
