@@ -319,7 +319,7 @@ fn classify_value(config: &TenantConfig, body: &[u8], api: ApiFormat) -> Result<
 }
 
 fn route_offline(config: &TenantConfig, api: ApiFormat, body: &[u8], state: &mut BudgetState, now: u64) -> Value {
-    let inbound = Inbound { api, body, cache_control: None, now, entropy: entropy() };
+    let inbound = Inbound { tenant_id: &config.tenant_id, api, body, cache_control: None, now, entropy: entropy() };
     let mut plan = match Plan::new(config, &inbound) {
         Ok(p) => p,
         Err(refused) => {
@@ -336,11 +336,11 @@ fn route_offline(config: &TenantConfig, api: ApiFormat, body: &[u8], state: &mut
             }
             Next::CheckBudget => {
                 steps.push(json!({"step": "check_budget"}));
-                plan.on_budget_check(budget::exhausted(state, &config.budgets, now))
+                plan.on_budget_check(budget::exhausted(state, &config.budgets, now).into())
             }
             Next::Reserve(req) => {
                 let outcome = budget::reserve(state, &config.budgets, &req, now);
-                steps.push(json!({"step": "reserve", "tokens": req.prompt_tokens + req.output_tokens, "granted": outcome.is_ok()}));
+                steps.push(json!({"step": "reserve", "tokens": req.prompt_tokens.saturating_add(req.output_tokens), "granted": outcome.is_ok()}));
                 plan.on_reserve(match outcome {
                     Ok(g) => ReserveOutcome::Granted(g),
                     Err(e) => ReserveOutcome::Refused(e),

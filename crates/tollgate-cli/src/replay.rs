@@ -72,26 +72,29 @@ struct Totals {
 }
 
 fn load_tenants(args: &[String]) -> Result<BTreeMap<String, TenantConfig>, String> {
-    let mut paths = Vec::new();
+    let mut paths: Vec<(Option<String>, std::path::PathBuf)> = Vec::new();
     if args.is_empty() {
         let dir = std::fs::read_dir("examples").map_err(|e| format!("examples/: {e}"))?;
         for entry in dir.flatten() {
             let name = entry.file_name().to_string_lossy().to_string();
             if name.starts_with("tenant") && name.ends_with(".json") {
-                paths.push(entry.path());
+                paths.push((None, entry.path()));
             }
         }
         paths.sort();
     } else {
         for a in args {
-            let (_, path) = a.split_once('=').ok_or_else(|| format!("--tenant takes id=config.json, got `{a}`"))?;
-            paths.push(path.into());
+            let (id, path) = a.split_once('=').ok_or_else(|| format!("--tenant takes id=config.json, got `{a}`"))?;
+            paths.push((Some(id.to_owned()), path.into()));
         }
     }
     let mut out = BTreeMap::new();
-    for p in paths {
+    for (id, p) in paths {
         let bytes = std::fs::read(&p).map_err(|e| format!("{}: {e}", p.display()))?;
         let cfg = TenantConfig::from_json(&bytes).map_err(|e| format!("{}: {e}", p.display()))?;
+        if let Some(id) = id.filter(|id| *id != cfg.tenant_id) {
+            return Err(format!("{}: config is for tenant `{}`, not `{id}`", p.display(), cfg.tenant_id));
+        }
         out.insert(cfg.tenant_id.clone(), cfg);
     }
     Ok(out)
@@ -128,6 +131,7 @@ pub fn run(workload: &Path, tenant_args: &[String], quiet: bool, out: Option<&Pa
         let mut entropy = [0u8; 16];
         entropy[..8].copy_from_slice(&(n as u64).to_le_bytes());
         let inbound = Inbound {
+            tenant_id: tenant,
             api,
             body: body.as_bytes(),
             cache_control: item.get("cache_control").and_then(Value::as_str),

@@ -56,8 +56,14 @@ fn full_decision(bencher: Bencher, bytes: usize) {
     let config = TenantConfig::example().unwrap();
     let body = body(bytes);
     bencher.bench_local(|| {
-        let inbound =
-            Inbound { api: ApiFormat::OpenAi, body: &body, cache_control: None, now: 1_795_000_000, entropy: [7; 16] };
+        let inbound = Inbound {
+            tenant_id: "acme",
+            api: ApiFormat::OpenAi,
+            body: &body,
+            cache_control: None,
+            now: 1_795_000_000,
+            entropy: [7; 16],
+        };
         let mut plan = Plan::new(&config, &inbound).unwrap();
         let mut state = BudgetState::default();
         let mut next = plan.start();
@@ -88,8 +94,14 @@ fn plan_only(bencher: Bencher, bytes: usize) {
     let config = TenantConfig::example().unwrap();
     let body = body(bytes);
     bencher.bench_local(|| {
-        let inbound =
-            Inbound { api: ApiFormat::OpenAi, body: &body, cache_control: None, now: 1_795_000_000, entropy: [7; 16] };
+        let inbound = Inbound {
+            tenant_id: "acme",
+            api: ApiFormat::OpenAi,
+            body: &body,
+            cache_control: None,
+            now: 1_795_000_000,
+            entropy: [7; 16],
+        };
         black_box(Plan::new(&config, &inbound))
     });
 }

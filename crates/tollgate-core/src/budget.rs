@@ -110,6 +110,11 @@ pub struct Outstanding {
     pub id: String,
     pub amount: Amount,
     pub expires_at: u64,
+    /// Remembered so a retried reserve gets the same answer.
+    #[serde(default)]
+    pub downgraded: bool,
+    #[serde(default)]
+    pub clamped_output_tokens: Option<u64>,
 }
 
 /// Everything a host persists for one tenant's budgets.
@@ -189,12 +194,16 @@ impl BudgetState {
             match w.window {
                 Window::RollingHour => {
                     let minute = now / 60;
-                    w.buckets.retain(|b| b.minute + 60 > minute && b.minute <= minute);
+                    // Buckets stamped a little ahead (a host with a fast clock) are kept.
+                    w.buckets.retain(|b| b.minute + 60 > minute);
                     w.spent = w.buckets.iter().fold(Amount::default(), |acc, b| acc.add(b.spent));
                 }
                 calendar => {
                     let start = calendar.period_start(now);
-                    if start != w.period_start {
+                    // Only ever forward: a late settle stamped with an earlier
+                    // time (or a host with a slow clock) must not reopen and
+                    // wipe a period.
+                    if start > w.period_start {
                         w.period_start = start;
                         w.spent = Amount::default();
                     }
@@ -270,6 +279,16 @@ pub fn reserve(
         return Ok(Granted {
             id: req.id.clone(),
             amount: existing.amount,
+            downgraded: existing.downgraded,
+            clamped_output_tokens: existing.clamped_output_tokens,
+            remaining: state.remaining(&budgets.limits),
+        });
+    }
+    if state.recently_settled.contains(&req.id) {
+        // A reserve retried after its request already settled holds nothing.
+        return Ok(Granted {
+            id: req.id.clone(),
+            amount: Amount::default(),
             downgraded: false,
             clamped_output_tokens: None,
             remaining: state.remaining(&budgets.limits),
@@ -308,11 +327,28 @@ pub fn reserve(
             output = affordable.min(output);
             clamped = Some(output);
             amount = amount_for(output);
+        } else if limit.tokens.is_some_and(|t| amount.tokens > t) || limit.usd_micros.is_some_and(|m| amount.micros > m)
+        {
+            // Bigger than the whole limit: waiting for a reset will not help.
+            return Err(BudgetError::NeverFits {
+                message: format!(
+                    "This request could need up to {} tokens (${}), more than the whole `{}` budget allows; lower max_tokens.",
+                    amount.tokens,
+                    format_usd(amount.micros),
+                    limit.name
+                ),
+            });
         } else {
             return Err(exceeded(state, limit, held, amount, now));
         }
     }
-    state.outstanding.push(Outstanding { id: req.id.clone(), amount, expires_at: now + RESERVATION_TTL_SECS });
+    state.outstanding.push(Outstanding {
+        id: req.id.clone(),
+        amount,
+        expires_at: now + RESERVATION_TTL_SECS,
+        downgraded,
+        clamped_output_tokens: clamped,
+    });
     Ok(Granted {
         id: req.id.clone(),
         amount,
@@ -650,6 +686,34 @@ mod tests {
         reserve(&mut s, &b, &req("a", 50, 50), NOW).unwrap();
         settle(&mut s, &b, "a", Amount { tokens: 100, micros: 0 }, NOW);
         assert!(exhausted(&mut s, &b, NOW).is_some());
+    }
+
+    #[test]
+    fn a_late_settle_stamped_yesterday_does_not_wipe_today() {
+        let b = budgets(vec![limit(Window::Day, Some(10_000), None)]);
+        let mut s = BudgetState::default();
+        let yesterday = Window::Day.next_reset(NOW) - 10;
+        let today = yesterday + 40;
+        reserve(&mut s, &b, &req("late", 10, 10), yesterday).unwrap();
+        reserve(&mut s, &b, &req("today", 10, 10), today).unwrap();
+        settle(&mut s, &b, "today", Amount { tokens: 500, micros: 0 }, today);
+        settle(&mut s, &b, "late", Amount { tokens: 100, micros: 0 }, yesterday);
+        assert_eq!(remaining(&mut s, &b, today).tokens, Some(10_000 - 600));
+    }
+
+    #[test]
+    fn a_retried_reserve_gets_the_same_answer_and_holds_once() {
+        let mut b = budgets(vec![limit(Window::Day, None, Some(1_000))]);
+        b.clamp_max_tokens = true;
+        let mut s = BudgetState::default();
+        let first = reserve(&mut s, &b, &req("a", 100, 10_000), NOW).unwrap();
+        let again = reserve(&mut s, &b, &req("a", 100, 10_000), NOW).unwrap();
+        assert_eq!(first.clamped_output_tokens, again.clamped_output_tokens);
+        assert_eq!(s.outstanding.len(), 1);
+        settle(&mut s, &b, "a", Amount { tokens: 10, micros: 10 }, NOW);
+        let after = reserve(&mut s, &b, &req("a", 100, 10_000), NOW).unwrap();
+        assert_eq!(after.amount, Amount::default());
+        assert!(s.outstanding.is_empty(), "a reserve retried after its settle holds nothing");
     }
 
     #[test]

@@ -24,7 +24,7 @@ use crate::cache::{self, CacheEntry, CacheKey, ClientCacheControl, Doorkeeper, N
 use crate::classify::{self, Classification, PromptView, Turn, TurnRole};
 use crate::config::{FailureMode, ModelRef, OnExhausted, TenantConfig};
 use crate::count::{self, PromptCount};
-use crate::error::{ApiError, BudgetError, RequestError, UpstreamError};
+use crate::error::{ApiError, BudgetError, RequestError, TenantError, UpstreamError};
 use crate::pricing::ModelPrice;
 use crate::request::{ChatRequest, Rewrite, Role};
 use crate::response::{self, ResponseSummary, Usage};
@@ -34,6 +34,9 @@ use serde::Serialize;
 /// What the host hands in for one request.
 #[derive(Clone, Copy, Debug)]
 pub struct Inbound<'a> {
+    /// The tenant the API key authenticated as (never a client header).
+    /// A config that names another tenant is refused.
+    pub tenant_id: &'a str,
     pub api: ApiFormat,
     pub body: &'a [u8],
     /// The client's `Cache-Control` header, if any.
@@ -104,6 +107,23 @@ pub enum Next {
     Reserve(ReserveRequest),
     /// Send this request to the provider.
     Forward(Upstream),
+}
+
+/// What the budget store said to a [`Next::CheckBudget`].
+#[derive(Clone, Debug, PartialEq)]
+pub enum BudgetCheck {
+    /// Nothing is exhausted.
+    Clear,
+    /// A limit is reached ([`crate::budget::exhausted`]'s answer).
+    Exhausted(BudgetError),
+    /// The store could not be reached.
+    StoreUnavailable,
+}
+
+impl From<Option<BudgetError>> for BudgetCheck {
+    fn from(exhausted: Option<BudgetError>) -> Self {
+        exhausted.map_or(BudgetCheck::Clear, BudgetCheck::Exhausted)
+    }
 }
 
 /// What the budget store said.
@@ -196,6 +216,11 @@ pub struct Plan {
     attempt: usize,
     #[serde(skip)]
     reserve_request: Option<ReserveRequest>,
+    /// Every attempt so far failed by timeout (for 503 rather than 502).
+    #[serde(skip)]
+    only_timeouts: bool,
+    #[serde(skip)]
+    max_entry_bytes: usize,
 }
 
 /// A request refused before planning finished.
@@ -273,6 +298,10 @@ impl Plan {
     pub fn new(config: &TenantConfig, inbound: &Inbound<'_>) -> Result<Plan, Box<Refused>> {
         let mut trace = DecisionTrace::new(request_id(inbound.entropy));
         let refuse = |error: ApiError, trace: &DecisionTrace| Box::new(Refused { error, trace: trace.clone() });
+        if config.tenant_id != inbound.tenant_id {
+            let err = TenantError::InvalidConfig("it names another tenant".into());
+            return Err(refuse(err.into(), &trace));
+        }
         let request = ChatRequest::parse(inbound.api, inbound.body, config.limits.max_body_bytes)
             .map_err(|e| refuse(e.into(), &trace))?;
 
@@ -360,7 +389,8 @@ impl Plan {
                 let target = chain.first();
                 let key = target.map(|t| CacheKey::derive(&config.tenant_id, t.provider, &t.model, &request));
                 let bypass = cc.no_cache.then(|| "no_cache".to_owned());
-                CachePlan { key, serve: !cc.no_cache, bypass, seen_before: !config.cache.doorkeeper }
+                // `no-cache` asks for a fresh answer; storing it needs no second sighting.
+                CachePlan { key, serve: !cc.no_cache, bypass, seen_before: !config.cache.doorkeeper || cc.no_cache }
             }
         };
         trace.route = match route {
@@ -410,6 +440,8 @@ impl Plan {
             granted: None,
             attempt: 0,
             reserve_request,
+            only_timeouts: true,
+            max_entry_bytes: config.cache.max_entry_bytes,
         })
     }
 
@@ -459,10 +491,18 @@ impl Plan {
     }
 
     /// The budget check before a hit, under `on_exhausted: reject`.
-    pub fn on_budget_check(&mut self, exhausted: Option<BudgetError>) -> Next {
+    pub fn on_budget_check(&mut self, check: BudgetCheck) -> Next {
         let entry = self.pending_hit.take();
-        match (exhausted, entry) {
-            (Some(err), _) => Next::Respond(LocalResponse::error(&err.into(), Some(&self.trace)), None),
+        let refusal: Option<ApiError> = match check {
+            BudgetCheck::Clear => None,
+            BudgetCheck::Exhausted(err) => Some(err.into()),
+            BudgetCheck::StoreUnavailable if self.store_failure == FailureMode::Closed => {
+                Some(BudgetError::StoreUnavailable.into())
+            }
+            BudgetCheck::StoreUnavailable => None,
+        };
+        match (refusal, entry) {
+            (Some(err), _) => Next::Respond(LocalResponse::error(&err, Some(&self.trace)), None),
             (None, Some(entry)) => Next::Respond(self.serve_hit(&entry), None),
             (None, None) => self.reserve_step(),
         }
@@ -538,10 +578,21 @@ impl Plan {
         self.trace.fallbacks = u32::try_from(attempt).unwrap_or(u32::MAX);
         let strip_usage_chunk =
             self.api == ApiFormat::OpenAi && self.request.stream && !self.request.client_wants_usage;
+        // The cap written upstream is per choice. A clamped hold is shared by
+        // `n` choices; a request without a cap gets the one its hold assumed,
+        // so a metered request can never spend past what was reserved.
+        let choices = self.request.choices.max(1);
+        let cap = match &self.granted {
+            Some(g) => match g.clamped_output_tokens {
+                Some(total) => Some((total / choices).max(1)),
+                None => self.request.max_output_tokens.is_none().then_some(self.output_cap / choices),
+            },
+            None => None,
+        };
         let body = self.request.rewritten_body(&Rewrite {
             provider: target.provider,
             model: &target.model,
-            clamp_output_tokens: self.granted.as_ref().and_then(|g| g.clamped_output_tokens),
+            clamp_output_tokens: cap,
             include_usage: true,
         });
         Next::Forward(Upstream { target, api: self.api, path: self.api.path(), body, attempt, strip_usage_chunk })
@@ -559,19 +610,40 @@ impl Plan {
     /// The provider failed before any byte reached the client: `status` is
     /// its HTTP status, or None for a timeout or connection failure. Returns
     /// the next model of the chain, or the error to send (with the hold released).
+    ///
+    /// Only for retryable statuses ([`Plan::is_retryable`]) and timeouts: any
+    /// other provider answer (a 400 for a too-long context, say) is passed
+    /// through to the client via [`Plan::finish`].
     pub fn on_upstream_failure(&mut self, status: Option<u16>) -> Next {
         let last = match status {
             Some(s) => format!("HTTP {s}"),
             None => "timeout or connection failure".to_owned(),
         };
+        self.only_timeouts &= status.is_none();
         if status.is_none_or(Plan::is_retryable) && self.attempt + 1 < self.active_chain.len() {
             return self.forward(self.attempt + 1);
         }
-        let err: ApiError = match status {
-            None if self.active_chain.len() == 1 => UpstreamError::Timeout { secs: 0 }.into(),
-            _ => UpstreamError::Exhausted { tier: self.tier.clone().unwrap_or_else(|| "pinned".into()), last }.into(),
+        let tier = self.tier.clone().unwrap_or_else(|| "pinned".into());
+        let err: ApiError = if self.only_timeouts {
+            UpstreamError::Timeout { tier }.into()
+        } else {
+            UpstreamError::Exhausted { tier, last }.into()
         };
         Next::Respond(LocalResponse::error(&err, Some(&self.trace)), self.release())
+    }
+
+    /// The observer for a streamed answer from `upstream`: it passes bytes
+    /// through (minus an injected usage chunk), reads usage on the way, and
+    /// assembles a cacheable body no larger than the tenant's entry limit.
+    pub fn stream_observer(&self, upstream: &Upstream) -> response::StreamObserver {
+        response::StreamObserver::new(self.api, upstream.strip_usage_chunk, self.max_entry_bytes)
+    }
+
+    /// What a non-streamed answer says: its summary and, for the cache, the body.
+    pub fn read_json_response(&self, body: &[u8]) -> (ResponseSummary, Option<serde_json::Value>) {
+        let summary = response::summarize_json(self.api, body).unwrap_or_default();
+        let assembled = if summary.complete { serde_json::from_slice(body).ok() } else { None };
+        (summary, assembled)
     }
 
     /// The model currently being called.

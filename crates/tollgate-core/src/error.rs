@@ -156,6 +156,8 @@ impl From<AuthError> for ApiError {
 pub enum BudgetError {
     #[error("{message}")]
     Exceeded { message: String, retry_after_secs: u64 },
+    #[error("{message}")]
+    NeverFits { message: String },
     #[error("too many requests in flight for this tenant ({limit}); retry shortly")]
     TooManyInFlight { limit: usize },
     #[error("the budget store is unreachable, and this tenant fails closed; retry shortly")]
@@ -168,6 +170,9 @@ impl From<BudgetError> for ApiError {
         match err {
             BudgetError::Exceeded { retry_after_secs, .. } => {
                 ApiError::new(429, "insufficient_quota", "budget_exceeded", message).with_retry_after(retry_after_secs)
+            }
+            BudgetError::NeverFits { .. } => {
+                ApiError::new(400, "invalid_request_error", "exceeds_budget_limit", message).with_param("max_tokens")
             }
             BudgetError::TooManyInFlight { .. } => {
                 ApiError::new(429, "rate_limit_exceeded", "too_many_in_flight", message).with_retry_after(1)
@@ -184,8 +189,8 @@ impl From<BudgetError> for ApiError {
 pub enum UpstreamError {
     #[error("every model in the `{tier}` fallback chain failed; last error: {last}")]
     Exhausted { tier: String, last: String },
-    #[error("the provider did not answer within {secs} s")]
-    Timeout { secs: u64 },
+    #[error("no model in the `{tier}` fallback chain answered in time")]
+    Timeout { tier: String },
     #[error("the provider's response could not be read: {detail}")]
     BadResponse { detail: String },
     #[error("no upstream is configured for provider `{provider}`")]
@@ -234,7 +239,7 @@ mod tests {
             AuthError::UnknownKey.into(),
             BudgetError::Exceeded { message: "daily".into(), retry_after_secs: 7 }.into(),
             BudgetError::StoreUnavailable.into(),
-            UpstreamError::Timeout { secs: 3 }.into(),
+            UpstreamError::Timeout { tier: "cheap".into() }.into(),
             TenantError::Unavailable.into(),
         ];
         for err in errors {

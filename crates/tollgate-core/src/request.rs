@@ -91,6 +91,12 @@ impl<'de> serde::Deserialize<'de> for RawFields {
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<RawFields, A::Error> {
                 let mut fields: Vec<(String, Box<RawValue>)> = Vec::with_capacity(map.size_hint().unwrap_or(8));
                 while let Some(key) = map.next_key::<String>()? {
+                    // Bounded, so the duplicate scan below stays cheap on hostile bodies.
+                    if fields.len() >= MAX_TOP_LEVEL_FIELDS {
+                        return Err(de::Error::custom(format_args!(
+                            "more than {MAX_TOP_LEVEL_FIELDS} top-level fields"
+                        )));
+                    }
                     let value: Box<RawValue> = map.next_value()?;
                     if fields.iter().any(|(k, _)| *k == key) {
                         return Err(de::Error::custom(format_args!("duplicate field `{key}`")));
@@ -103,6 +109,9 @@ impl<'de> serde::Deserialize<'de> for RawFields {
         deserializer.deserialize_map(FieldsVisitor)
     }
 }
+
+/// Chat bodies have a few dozen top-level fields at most.
+const MAX_TOP_LEVEL_FIELDS: usize = 256;
 
 /// The top-level fields the router reads, parsed; everything else stays raw.
 const ROUTER_READS: &[&str] = &[
@@ -244,9 +253,11 @@ impl ChatRequest {
             }
             write_json_str(key, &mut out);
             out.push(b':');
+            let is_cap_field = key == "max_tokens" || key == "max_completion_tokens";
             match (key.as_str(), clamp_field) {
                 ("model", _) => write_json_str(rw.model, &mut out),
-                (k, Some((field, cap))) if k == field => {
+                // Every cap field the client sent gets the cap, whichever the provider honours.
+                (k, Some((field, cap))) if k == field || (is_cap_field && self.api == ApiFormat::OpenAi) => {
                     out.extend_from_slice(cap.to_string().as_bytes());
                     wrote_cap = true;
                 }
@@ -474,7 +485,11 @@ fn parse_openai(body: Map<String, Value>) -> Result<ChatRequest, RequestError> {
         model,
         stream,
         client_wants_usage,
-        max_output_tokens: max_completion.or(max_tokens),
+        // Both sent: a provider may honour either, so hold the larger.
+        max_output_tokens: match (max_completion, max_tokens) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            (a, b) => a.or(b),
+        },
         temperature,
         choices,
         tool_count,
@@ -809,7 +824,12 @@ mod tests {
     fn untouched_fields_pass_through_byte_for_byte() {
         let original = r#"{"model" : "tollgate/auto", "messages":[ {"role":"user","content":"caf\u00e9  x"} ],"metadata": {"b" : 1.50, "a":"\/"} }"#;
         let r = openai(original).unwrap();
-        let out = r.rewritten_body(&Rewrite { provider: Provider::OpenAi, model: "m", clamp_output_tokens: None, include_usage: false });
+        let out = r.rewritten_body(&Rewrite {
+            provider: Provider::OpenAi,
+            model: "m",
+            clamp_output_tokens: None,
+            include_usage: false,
+        });
         let out = String::from_utf8(out).unwrap();
         assert_eq!(
             out,
@@ -820,7 +840,10 @@ mod tests {
     #[test]
     fn duplicate_top_level_keys_are_refused() {
         let err = openai(r#"{"model":"a","messages":[{"role":"user","content":"x"}],"model":"b"}"#).unwrap_err();
-        assert!(matches!(&err, RequestError::MalformedJson { detail } if detail.contains("duplicate field `model`")), "{err:?}");
+        assert!(
+            matches!(&err, RequestError::MalformedJson { detail } if detail.contains("duplicate field `model`")),
+            "{err:?}"
+        );
     }
 
     #[test]

@@ -9,8 +9,8 @@
 use crate::budget::{self, Amount, BudgetState};
 use crate::cache::{CacheEntry, Doorkeeper};
 use crate::config::TenantConfig;
-use crate::engine::{Finish, Inbound, LocalResponse, Next, Plan, ReserveOutcome, Settlement, Upstream};
-use crate::response::{self, ResponseSummary, StreamObserver};
+use crate::engine::{BudgetCheck, Finish, Inbound, LocalResponse, Next, Plan, ReserveOutcome, Settlement, Upstream};
+use crate::response::{ResponseSummary, StreamObserver};
 use std::collections::BTreeMap;
 
 /// What a provider answered.
@@ -102,7 +102,12 @@ impl Simulator {
                     plan.on_cache(entry, self.doorkeeper.as_mut())
                 }
                 Next::CheckBudget => {
-                    plan.on_budget_check(budget::exhausted(&mut self.budget, &self.config.budgets, now))
+                    let check = if self.budget_store_down {
+                        BudgetCheck::StoreUnavailable
+                    } else {
+                        budget::exhausted(&mut self.budget, &self.config.budgets, now).into()
+                    };
+                    plan.on_budget_check(check)
                 }
                 Next::Reserve(req) => {
                     let outcome = if self.budget_store_down {
@@ -117,13 +122,13 @@ impl Simulator {
                 }
                 Next::Forward(up) => {
                     let reply = upstream(&up);
-                    let strip = up.strip_usage_chunk;
+                    let observer = plan.stream_observer(&up);
                     calls.push(up);
                     match reply {
                         None => plan.on_upstream_failure(None),
                         Some(r) if Plan::is_retryable(r.status) => plan.on_upstream_failure(Some(r.status)),
                         Some(r) => {
-                            let (summary, assembled, body) = observe(&plan, &r, strip);
+                            let (summary, assembled, body) = observe(&plan, observer, &r);
                             let fin = plan.finish(r.status, &summary, assembled, &self.config, now);
                             if let Some(s) = &fin.settlement {
                                 self.settle(s, now);
@@ -151,16 +156,18 @@ impl Simulator {
     }
 }
 
-fn observe(plan: &Plan, r: &UpstreamReply, strip: bool) -> (ResponseSummary, Option<serde_json::Value>, Vec<u8>) {
+fn observe(
+    plan: &Plan,
+    mut observer: StreamObserver,
+    r: &UpstreamReply,
+) -> (ResponseSummary, Option<serde_json::Value>, Vec<u8>) {
     if r.stream {
-        let mut observer = StreamObserver::new(plan.api, strip, 1 << 20);
         let mut out = Vec::with_capacity(r.body.len());
         observer.feed(&r.body, &mut out);
         let outcome = observer.finish(&mut out);
         (outcome.summary, outcome.assembled, out)
     } else {
-        let summary = response::summarize_json(plan.api, &r.body).unwrap_or_default();
-        let assembled = serde_json::from_slice::<serde_json::Value>(&r.body).ok();
+        let (summary, assembled) = plan.read_json_response(&r.body);
         (summary, assembled, r.body.clone())
     }
 }

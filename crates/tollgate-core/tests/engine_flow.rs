@@ -69,7 +69,15 @@ fn send_at(
     upstream: &mut dyn FnMut(&Upstream) -> Option<UpstreamReply>,
 ) -> Outcome {
     let bytes = body.to_string();
-    let inbound = Inbound { api, body: bytes.as_bytes(), cache_control, now, entropy: rand_bytes(&bytes, now) };
+    let tenant = sim.config.tenant_id.clone();
+    let inbound = Inbound {
+        tenant_id: &tenant,
+        api,
+        body: bytes.as_bytes(),
+        cache_control,
+        now,
+        entropy: rand_bytes(&bytes, now),
+    };
     sim.handle(&inbound, upstream)
 }
 
@@ -207,9 +215,10 @@ fn tenants_never_see_each_others_cache() {
     let key = o.plan.unwrap().cache.key.unwrap();
     let ob = send(&mut b, ask("shared question"), &mut |u| Some(openai_reply(u)));
     assert_ne!(ob.plan.unwrap().cache.key.unwrap(), key);
-    // Even if the stores were shared, the keys would differ.
-    b.cache.extend(a.cache.clone());
-    let again = send(&mut b, ask("another"), &mut |u| Some(openai_reply(u)));
+    // Even sharing one store, a fresh tenant does not hit the other's entry.
+    let mut c = Simulator::new(config(json!({"tenant_id": "t3"})), [1; 32]);
+    c.cache.extend(a.cache.clone());
+    let again = send(&mut c, ask("shared question"), &mut |u| Some(openai_reply(u)));
     assert_eq!(again.header("x-tollgate-cache"), Some("miss"));
 }
 
@@ -217,8 +226,23 @@ fn tenants_never_see_each_others_cache() {
 fn over_budget_requests_get_429_naming_the_budget_and_leak_nothing() {
     let cfg = config(json!({"budgets": {"limits": [{"name": "daily", "window": "day", "tokens": 5000}]}}));
     let mut sim = Simulator::new(cfg, [1; 32]);
-    let mut big = ask("hello");
-    big["max_tokens"] = json!(6000);
+    // A request that fits is charged its actual usage (30 tokens), not its hold.
+    let mut ok = ask("hello");
+    ok["max_tokens"] = json!(100);
+    let o = send(&mut sim, ok, &mut |u| Some(openai_reply(u)));
+    assert_eq!(o.status, 200);
+    assert!(matches!(o.settlement, Some(Settlement::Charge { amount, .. }) if amount.tokens == 30));
+    assert_eq!(sim.spent(NOW).tokens, 30);
+    // Spend most of the rest; a request that would fit tomorrow gets 429.
+    tollgate_core::budget::settle(
+        &mut sim.budget,
+        &sim.config.budgets,
+        "elsewhere",
+        tollgate_core::budget::Amount { tokens: 4900, micros: 0 },
+        NOW,
+    );
+    let mut big = ask("hello again");
+    big["max_tokens"] = json!(500);
     let o = send(&mut sim, big, &mut |_| panic!("must not reach the provider"));
     assert_eq!(o.status, 429);
     assert_eq!(error_code(&o), "budget_exceeded");
@@ -227,14 +251,84 @@ fn over_budget_requests_get_429_naming_the_budget_and_leak_nothing() {
     assert!(message.contains("`daily` budget") && message.contains("resets at"), "{message}");
     assert!(o.header("retry-after").is_some());
     assert!(sim.budget.outstanding.is_empty());
-    // A request that fits is charged its actual usage (30 tokens), not its hold.
-    let mut ok = ask("hello");
-    ok["max_tokens"] = json!(100);
-    let o = send(&mut sim, ok, &mut |u| Some(openai_reply(u)));
-    assert_eq!(o.status, 200);
-    assert!(matches!(o.settlement, Some(Settlement::Charge { amount, .. }) if amount.tokens == 30));
+    assert_eq!(sim.spent(NOW).tokens, 4930);
+}
+
+#[test]
+fn a_request_bigger_than_the_whole_budget_gets_400_not_a_pointless_retry_after() {
+    let cfg = config(json!({"budgets": {"limits": [{"name": "daily", "window": "day", "tokens": 5000}]}}));
+    let mut sim = Simulator::new(cfg, [1; 32]);
+    let mut huge = ask("hello");
+    huge["max_tokens"] = json!(6000);
+    let o = send(&mut sim, huge, &mut |_| panic!("must not reach the provider"));
+    assert_eq!(o.status, 400);
+    assert_eq!(error_code(&o), "exceeds_budget_limit");
+    assert!(o.header("retry-after").is_none());
     assert!(sim.budget.outstanding.is_empty());
-    assert_eq!(sim.spent(NOW).tokens, 30);
+}
+
+#[test]
+fn a_metered_request_without_max_tokens_is_capped_at_what_was_reserved() {
+    let cfg = config(
+        json!({"budgets": {"default_output_reservation": 700, "limits": [{"window": "day", "tokens": 100000}]}}),
+    );
+    let mut sim = Simulator::new(cfg, [1; 32]);
+    let o = send(&mut sim, ask("no cap"), &mut |u| Some(openai_reply(u)));
+    let sent: Value = serde_json::from_slice(&o.upstream_calls[0].body).unwrap();
+    assert_eq!(sent["max_completion_tokens"], 700);
+}
+
+#[test]
+fn a_clamped_cap_is_shared_between_n_choices() {
+    let cfg = config(json!({"budgets": {"clamp_max_tokens": true, "limits": [{"window": "day", "tokens": 2000}]}}));
+    let mut sim = Simulator::new(cfg, [1; 32]);
+    let body =
+        json!({"model": "tollgate/cheap", "n": 4, "max_tokens": 1000, "messages": [{"role": "user", "content": "x"}]});
+    let o = send(&mut sim, body, &mut |u| Some(openai_reply(u)));
+    let sent: Value = serde_json::from_slice(&o.upstream_calls[0].body).unwrap();
+    let per_choice = sent["max_tokens"].as_u64().unwrap();
+    assert!(per_choice * 4 <= 2000, "{per_choice} per choice × 4 must fit the 2000-token hold");
+}
+
+#[test]
+fn no_cache_requests_skip_the_lookup_but_store_the_fresh_answer() {
+    let mut sim = Simulator::new(config(json!({"cache": {"doorkeeper": true}})), [1; 32]);
+    let o = send_at(&mut sim, ApiFormat::OpenAi, ask("fresh please"), Some("no-cache"), NOW, &mut |u| {
+        Some(openai_reply(u))
+    });
+    assert_eq!(o.header("x-tollgate-cache"), Some("bypass; reason=no_cache"));
+    assert!(o.finish.unwrap().cache_fill.is_some());
+    let hit = send(&mut sim, ask("fresh please"), &mut |_| None);
+    assert_eq!(hit.header("x-tollgate-cache"), Some("hit"));
+}
+
+#[test]
+fn a_config_naming_another_tenant_is_refused() {
+    let mut sim = Simulator::new(config(json!({})), [1; 32]);
+    let body = ask("x").to_string();
+    let inbound = Inbound {
+        tenant_id: "someone-else",
+        api: ApiFormat::OpenAi,
+        body: body.as_bytes(),
+        cache_control: None,
+        now: NOW,
+        entropy: [0; 16],
+    };
+    let o = sim.handle(&inbound, &mut |_| panic!("must not reach the provider"));
+    assert_eq!(o.status, 503);
+    assert_eq!(error_code(&o), "tenant_unavailable");
+}
+
+#[test]
+fn a_chain_that_only_times_out_answers_503() {
+    let mut sim = Simulator::new(config(json!({})), [1; 32]);
+    let o =
+        send(&mut sim, json!({"model": "tollgate/cheap", "messages": [{"role": "user", "content": "x"}]}), &mut |_| {
+            None
+        });
+    assert_eq!(o.status, 503);
+    assert_eq!(error_code(&o), "upstream_timeout");
+    assert_eq!(o.upstream_calls.len(), 2, "both OpenAI models of the cheap tier were tried");
 }
 
 #[test]
@@ -431,7 +525,14 @@ fn bad_inputs_get_openai_shaped_errors_and_touch_no_budget() {
         ),
     ];
     for (body, status, code) in cases {
-        let inbound = Inbound { api: ApiFormat::OpenAi, body: &body, cache_control: None, now: NOW, entropy: [0; 16] };
+        let inbound = Inbound {
+            tenant_id: "t1",
+            api: ApiFormat::OpenAi,
+            body: &body,
+            cache_control: None,
+            now: NOW,
+            entropy: [0; 16],
+        };
         let o = sim.handle(&inbound, &mut |_| panic!("bad input must not reach the provider"));
         assert_eq!((o.status, error_code(&o).as_str()), (status, code), "{}", String::from_utf8_lossy(&body));
         assert!(o.header("x-tollgate-request-id").is_some());
