@@ -473,6 +473,11 @@ impl Plan {
             // (say, a stream of a body with non-text blocks) is a miss.
             Some(entry) if self.hit_body(&entry).is_some() => {
                 self.trace.cache = Some(CacheOutcome::Hit);
+                if self.granted.is_some() {
+                    // A hit after the hold was made (the downgraded lookup): give it back.
+                    let release = self.release();
+                    return Next::Respond(self.serve_hit(&entry), release);
+                }
                 if self.budgets_enforced && self.on_exhausted == OnExhausted::Reject {
                     self.pending_hit = Some(entry);
                     Next::CheckBudget
@@ -485,7 +490,7 @@ impl Plan {
                 if let (Some(key), Some(dk)) = (&self.cache.key, doorkeeper) {
                     self.cache.seen_before = self.cache.seen_before || dk.seen_before(key);
                 }
-                self.reserve_step()
+                if self.granted.is_some() { self.forward(0) } else { self.reserve_step() }
             }
         }
     }
@@ -540,13 +545,24 @@ impl Plan {
                 self.trace.budget_remaining_micros = granted.remaining.micros;
                 self.trace.budget_remaining_tokens = granted.remaining.tokens;
                 self.trace.cost_micros = Some(granted.amount.micros);
+                let mut relookup = None;
                 if granted.downgraded && !self.downgrade_chain.is_empty() {
                     self.active_chain = self.downgrade_chain.clone();
                     self.trace.downgraded = true;
                     self.trace.model = self.active_chain.first().map(ToString::to_string);
+                    // The cheaper model has its own cache entries: look there
+                    // too, so exact repeats still hit while money is tight.
+                    if let (Some(_), Some(first)) = (&self.cache.key, self.active_chain.first()) {
+                        let key = CacheKey::derive(&self.tenant_id, first.provider, &first.model, &self.request);
+                        self.cache.key = Some(key.clone());
+                        relookup = self.cache.serve.then_some(key);
+                    }
                 }
                 self.granted = Some(granted);
-                self.forward(0)
+                match relookup {
+                    Some(key) => Next::LookupCache(key),
+                    None => self.forward(0),
+                }
             }
             ReserveOutcome::Refused(err) => {
                 let mut api: ApiError = err.into();
@@ -695,7 +711,7 @@ impl Plan {
         let mut not_cached = None;
         let mut cache_fill = None;
         if let (Some(key), Some(target)) = (&self.cache.key, &target) {
-            let fill_key = if self.trace.downgraded || self.attempt > 0 {
+            let fill_key = if self.attempt > 0 {
                 CacheKey::derive(&self.tenant_id, target.provider, &target.model, &self.request)
             } else {
                 key.clone()

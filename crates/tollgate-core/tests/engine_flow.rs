@@ -81,9 +81,12 @@ fn send_at(
     sim.handle(&inbound, upstream)
 }
 
+/// Unique per call, as a host's random bytes are (request ids name budget holds).
 fn rand_bytes(s: &str, now: u64) -> [u8; 16] {
+    static CALLS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let call = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let mut h: u128 = 0x6c62_272e_07bb_0142_62b8_2175_6295_c58d;
-    for b in s.bytes().chain(now.to_le_bytes()) {
+    for b in s.bytes().chain(now.to_le_bytes()).chain(call.to_le_bytes()) {
         h = (h ^ u128::from(b)).wrapping_mul(0x0000_0000_0100_0000_0000_0000_0000_013b);
     }
     h.to_le_bytes()
@@ -436,6 +439,28 @@ fn crossing_the_soft_threshold_downgrades_premium_requests_to_the_cheapest_tier(
     let o = send(&mut sim, premium(2), &mut |u| Some(openai_reply(u)));
     assert_eq!(o.header("x-tollgate-model"), Some("openai/gpt-4o-mini"));
     assert_eq!(o.header("x-tollgate-downgraded"), Some("soft-budget-threshold"));
+}
+
+#[test]
+fn exact_repeats_still_hit_the_cache_after_a_soft_downgrade() {
+    let cfg = config(json!({"budgets": {"soft_threshold_pct": 50, "limits": [{"window": "day", "tokens": 100000}]}}));
+    let mut sim = Simulator::new(cfg, [1; 32]);
+    tollgate_core::budget::settle(
+        &mut sim.budget,
+        &sim.config.budgets,
+        "earlier",
+        tollgate_core::budget::Amount { tokens: 60000, micros: 0 },
+        NOW,
+    );
+    let q = json!({"model": "tollgate/premium", "messages": [{"role": "user", "content": "repeat me"}], "temperature": 0, "max_tokens": 50});
+    let first = send(&mut sim, q.clone(), &mut |u| Some(openai_reply(u)));
+    assert_eq!(first.header("x-tollgate-model"), Some("openai/gpt-4o-mini"));
+    assert_eq!(first.header("x-tollgate-cache"), Some("miss"));
+    assert!(first.finish.as_ref().unwrap().cache_fill.is_some(), "{:?}", first.finish);
+    let second = send(&mut sim, q, &mut |_| panic!("must be served from cache"));
+    assert_eq!(second.header("x-tollgate-cache"), Some("hit"));
+    assert!(matches!(second.settlement, Some(Settlement::Release { .. })));
+    assert!(sim.budget.outstanding.is_empty());
 }
 
 #[test]
