@@ -162,7 +162,7 @@ pub fn run(workload: &Path, tenant_args: &[String], quiet: bool, out: Option<&Pa
         totals.requests += 1;
         totals.routed_micros += routed_micros;
         totals.premium_micros += premium_micros;
-        if cache == "hit" {
+        if cache == "hit" && outcome.status < 400 {
             totals.hits += 1;
         }
         if outcome.status >= 400 {
