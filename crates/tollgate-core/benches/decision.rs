@@ -49,6 +49,17 @@ fn body(bytes: usize) -> Vec<u8> {
     .into_bytes()
 }
 
+fn inbound(body: &[u8]) -> Inbound<'_> {
+    Inbound {
+        tenant_id: "acme",
+        api: ApiFormat::OpenAi,
+        body,
+        cache_control: None,
+        now: 1_795_000_000,
+        entropy: [7; 16],
+    }
+}
+
 /// Plan, miss the cache, reserve, and produce the forwarded body: everything
 /// the core does before the provider is called.
 #[divan::bench(args = SIZES)]
@@ -56,14 +67,7 @@ fn full_decision(bencher: Bencher, bytes: usize) {
     let config = TenantConfig::example().unwrap();
     let body = body(bytes);
     bencher.bench_local(|| {
-        let inbound = Inbound {
-            tenant_id: "acme",
-            api: ApiFormat::OpenAi,
-            body: &body,
-            cache_control: None,
-            now: 1_795_000_000,
-            entropy: [7; 16],
-        };
+        let inbound = inbound(&body);
         let mut plan = Plan::new(&config, &inbound).unwrap();
         let mut state = BudgetState::default();
         let mut next = plan.start();
@@ -94,14 +98,7 @@ fn plan_only(bencher: Bencher, bytes: usize) {
     let config = TenantConfig::example().unwrap();
     let body = body(bytes);
     bencher.bench_local(|| {
-        let inbound = Inbound {
-            tenant_id: "acme",
-            api: ApiFormat::OpenAi,
-            body: &body,
-            cache_control: None,
-            now: 1_795_000_000,
-            entropy: [7; 16],
-        };
+        let inbound = inbound(&body);
         black_box(Plan::new(&config, &inbound))
     });
 }

@@ -430,6 +430,28 @@ fn tools(body: &Map<String, Value>, field: &str) -> Result<(usize, String), Requ
     }
 }
 
+fn message_role(i: usize, m: &Map<String, Value>, api: ApiFormat, expected: &str) -> Result<Role, RequestError> {
+    let field = || format!("messages[{i}].role");
+    match m.get("role") {
+        Some(Value::String(r)) => Role::parse(r, api).ok_or_else(|| RequestError::Invalid {
+            field: field(),
+            message: format!("unknown role `{r}`; expected {expected}"),
+        }),
+        None | Some(Value::Null) => Err(RequestError::MissingField { field: field() }),
+        Some(_) => Err(RequestError::WrongType { field: field(), expected: "a string" }),
+    }
+}
+
+/// `messages`: present, an array, not empty.
+fn messages_array(body: &Map<String, Value>) -> Result<&Vec<Value>, RequestError> {
+    match body.get("messages") {
+        None | Some(Value::Null) => Err(RequestError::MissingField { field: "messages".into() }),
+        Some(Value::Array(items)) if items.is_empty() => Err(RequestError::EmptyMessages),
+        Some(Value::Array(items)) => Ok(items),
+        Some(_) => Err(RequestError::WrongType { field: "messages".into(), expected: "an array of messages" }),
+    }
+}
+
 fn push_line(buf: &mut String, text: &str) {
     if !buf.is_empty() {
         buf.push('\n');
@@ -468,14 +490,7 @@ fn parse_openai(body: Map<String, Value>) -> Result<ChatRequest, RequestError> {
     tool_count += fn_count;
     tools_text.push_str(&fn_text);
 
-    let raw_messages = match body.get("messages") {
-        None | Some(Value::Null) => return Err(RequestError::MissingField { field: "messages".into() }),
-        Some(Value::Array(items)) => items,
-        Some(_) => return Err(RequestError::WrongType { field: "messages".into(), expected: "an array of messages" }),
-    };
-    if raw_messages.is_empty() {
-        return Err(RequestError::EmptyMessages);
-    }
+    let raw_messages = messages_array(&body)?;
     let mut messages = Vec::with_capacity(raw_messages.len());
     for (i, raw) in raw_messages.iter().enumerate() {
         messages.push(openai_message(i, raw)?);
@@ -505,14 +520,7 @@ fn openai_message(i: usize, raw: &Value) -> Result<Message, RequestError> {
     let Value::Object(m) = raw else {
         return Err(RequestError::WrongType { field: format!("messages[{i}]"), expected: "an object" });
     };
-    let role = match m.get("role") {
-        Some(Value::String(r)) => Role::parse(r, ApiFormat::OpenAi).ok_or_else(|| RequestError::Invalid {
-            field: format!("messages[{i}].role"),
-            message: format!("unknown role `{r}`; expected system, developer, user, assistant or tool"),
-        })?,
-        None | Some(Value::Null) => return Err(RequestError::MissingField { field: format!("messages[{i}].role") }),
-        Some(_) => return Err(RequestError::WrongType { field: format!("messages[{i}].role"), expected: "a string" }),
-    };
+    let role = message_role(i, m, ApiFormat::OpenAi, "system, developer, user, assistant or tool")?;
     let name = match m.get("name") {
         Some(Value::String(n)) => Some(n.clone()),
         None | Some(Value::Null) => None,
@@ -614,14 +622,7 @@ fn parse_anthropic(body: Map<String, Value>) -> Result<ChatRequest, RequestError
             });
         }
     }
-    let raw_messages = match body.get("messages") {
-        None | Some(Value::Null) => return Err(RequestError::MissingField { field: "messages".into() }),
-        Some(Value::Array(items)) => items,
-        Some(_) => return Err(RequestError::WrongType { field: "messages".into(), expected: "an array of messages" }),
-    };
-    if raw_messages.is_empty() {
-        return Err(RequestError::EmptyMessages);
-    }
+    let raw_messages = messages_array(&body)?;
     let mut messages = Vec::with_capacity(raw_messages.len());
     for (i, raw) in raw_messages.iter().enumerate() {
         messages.push(anthropic_message(i, raw)?);
@@ -647,14 +648,7 @@ fn anthropic_message(i: usize, raw: &Value) -> Result<Message, RequestError> {
     let Value::Object(m) = raw else {
         return Err(RequestError::WrongType { field: format!("messages[{i}]"), expected: "an object" });
     };
-    let role = match m.get("role") {
-        Some(Value::String(r)) => Role::parse(r, ApiFormat::Anthropic).ok_or_else(|| RequestError::Invalid {
-            field: format!("messages[{i}].role"),
-            message: format!("unknown role `{r}`; expected user or assistant"),
-        })?,
-        None | Some(Value::Null) => return Err(RequestError::MissingField { field: format!("messages[{i}].role") }),
-        Some(_) => return Err(RequestError::WrongType { field: format!("messages[{i}].role"), expected: "a string" }),
-    };
+    let role = message_role(i, m, ApiFormat::Anthropic, "user or assistant")?;
     let mut text = String::new();
     let mut images = Vec::new();
     let mut tool_text = String::new();
