@@ -129,7 +129,7 @@ pub struct BudgetState {
 }
 
 /// What a request asks to hold.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ReserveRequest {
     /// Unique per request; settle and release name it.
     pub id: String,
@@ -143,7 +143,7 @@ pub struct ReserveRequest {
 }
 
 /// A granted reservation.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Granted {
     pub id: String,
     pub amount: Amount,
@@ -155,14 +155,14 @@ pub struct Granted {
 }
 
 /// The tightest remaining headroom across all limits, after holds.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Remaining {
     pub tokens: Option<u64>,
     pub micros: Option<u64>,
 }
 
 /// One limit's state, for `/v1/usage`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LimitStatus {
     pub name: String,
     pub window: Window,
@@ -497,6 +497,63 @@ fn exceeded(state: &BudgetState, limit: &BudgetLimit, held: Amount, need: Amount
     }
 }
 
+/// One operation on a tenant's ledger, as a host sends it to wherever the
+/// state lives (a Durable Object, an Envoy shared-data CAS loop). It carries
+/// the tenant's budget settings, so the state's home needs no config of its
+/// own, and [`apply`] is the only code that ever changes the state.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum LedgerOp {
+    Reserve {
+        budgets: Budgets,
+        request: ReserveRequest,
+    },
+    Settle {
+        budgets: Budgets,
+        id: String,
+        amount: Amount,
+    },
+    Release {
+        budgets: Budgets,
+        id: String,
+    },
+    /// Whether a limit is reached (before serving a cache hit under `reject`).
+    Check {
+        budgets: Budgets,
+    },
+    Status {
+        budgets: Budgets,
+    },
+}
+
+/// The answer to a [`LedgerOp`].
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "result", rename_all = "snake_case")]
+pub enum LedgerReply {
+    Granted { granted: Granted },
+    Refused { error: BudgetError },
+    Remaining { remaining: Remaining },
+    Check { exhausted: Option<BudgetError> },
+    Status { limits: Vec<LimitStatus> },
+}
+
+/// Apply one operation to a tenant's state at `now`. The caller persists
+/// `state` afterwards (atomically with the read, which is the host's job).
+pub fn apply(state: &mut BudgetState, op: &LedgerOp, now: u64) -> LedgerReply {
+    match op {
+        LedgerOp::Reserve { budgets, request } => match reserve(state, budgets, request, now) {
+            Ok(granted) => LedgerReply::Granted { granted },
+            Err(error) => LedgerReply::Refused { error },
+        },
+        LedgerOp::Settle { budgets, id, amount } => {
+            LedgerReply::Remaining { remaining: settle(state, budgets, id, *amount, now) }
+        }
+        LedgerOp::Release { budgets, id } => LedgerReply::Remaining { remaining: release(state, budgets, id, now) },
+        LedgerOp::Check { budgets } => LedgerReply::Check { exhausted: exhausted(state, budgets, now) },
+        LedgerOp::Status { budgets } => LedgerReply::Status { limits: status(state, budgets, now) },
+    }
+}
+
 /// Days since 1970-01-01 → (year, month, day), proleptic Gregorian.
 pub fn civil_from_days(days: u64) -> (i64, u32, u32) {
     let z = days as i64 + 719_468;
@@ -714,6 +771,25 @@ mod tests {
         let after = reserve(&mut s, &b, &req("a", 100, 10_000), NOW).unwrap();
         assert_eq!(after.amount, Amount::default());
         assert!(s.outstanding.is_empty(), "a reserve retried after its settle holds nothing");
+    }
+
+    #[test]
+    fn ledger_ops_and_replies_cross_a_wire_as_json_and_apply_like_the_functions() {
+        let b = budgets(vec![limit(Window::Day, Some(1000), None)]);
+        let op = LedgerOp::Reserve { budgets: b.clone(), request: req("a", 100, 100) };
+        let wire: LedgerOp = serde_json::from_str(&serde_json::to_string(&op).unwrap()).unwrap();
+        let mut s = BudgetState::default();
+        let reply = apply(&mut s, &wire, NOW);
+        let reply: LedgerReply = serde_json::from_str(&serde_json::to_string(&reply).unwrap()).unwrap();
+        assert!(matches!(reply, LedgerReply::Granted { ref granted } if granted.amount.tokens == 200));
+        let settle_op =
+            LedgerOp::Settle { budgets: b.clone(), id: "a".into(), amount: Amount { tokens: 50, micros: 0 } };
+        assert_eq!(
+            apply(&mut s, &settle_op, NOW),
+            LedgerReply::Remaining { remaining: Remaining { tokens: Some(950), micros: None } }
+        );
+        let big = LedgerOp::Reserve { budgets: b, request: req("b", 900, 100) };
+        assert!(matches!(apply(&mut s, &big, NOW), LedgerReply::Refused { .. }));
     }
 
     #[test]

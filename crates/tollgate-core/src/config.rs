@@ -316,7 +316,7 @@ impl Routing {
     }
 }
 
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct BudgetLimit {
     pub name: String,
     pub window: Window,
@@ -324,7 +324,9 @@ pub struct BudgetLimit {
     pub usd_micros: Option<u64>,
 }
 
-#[derive(Clone, Debug, PartialEq)]
+/// Validated budget settings. Serialisable so a host can send them with a
+/// [`crate::budget::LedgerOp`] to wherever the tenant's state lives.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Budgets {
     pub limits: Vec<BudgetLimit>,
     /// Fraction in (0, 1]; None disables the soft downgrade.

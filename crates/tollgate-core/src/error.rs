@@ -152,7 +152,8 @@ impl From<AuthError> for ApiError {
 }
 
 /// Budget refusals (429) and an unreachable budget store (503).
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
 pub enum BudgetError {
     #[error("{message}")]
     Exceeded { message: String, retry_after_secs: u64 },

@@ -7,13 +7,13 @@
 //! Tenants override any entry (or price a model the table lacks) in config.
 
 use crate::response::Usage;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// The date the built-in table was last checked against the providers' price pages.
 pub const PRICES_AS_OF: &str = "2026-11-01";
 
 /// One model's prices, in micro-dollars per million tokens.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ModelPrice {
     pub input: u64,
     /// Prompt tokens served from the provider's prompt cache.

@@ -6,7 +6,7 @@
 //! it as the fake host. It does no I/O itself: the clock and the provider
 //! are the caller's.
 
-use crate::budget::{self, Amount, BudgetState};
+use crate::budget::{self, Amount, BudgetState, LedgerOp, LedgerReply};
 use crate::cache::{CacheEntry, Doorkeeper};
 use crate::config::TenantConfig;
 use crate::engine::{BudgetCheck, Finish, Inbound, LocalResponse, Next, Plan, ReserveOutcome, Settlement, Upstream};
@@ -65,15 +65,19 @@ impl Simulator {
         }
     }
 
+    /// Every change to the ledger goes through [`budget::apply`], as the
+    /// real hosts' budget stores do.
+    fn ledger(&mut self, op: LedgerOp, now: u64) -> LedgerReply {
+        budget::apply(&mut self.budget, &op, now)
+    }
+
     fn settle(&mut self, s: &Settlement, now: u64) {
-        match s {
-            Settlement::Release { id } => {
-                budget::release(&mut self.budget, &self.config.budgets, id, now);
-            }
-            Settlement::Charge { id, amount } => {
-                budget::settle(&mut self.budget, &self.config.budgets, id, *amount, now);
-            }
-        }
+        let budgets = self.config.budgets.clone();
+        let op = match s {
+            Settlement::Release { id } => LedgerOp::Release { budgets, id: id.clone() },
+            Settlement::Charge { id, amount } => LedgerOp::Settle { budgets, id: id.clone(), amount: *amount },
+        };
+        self.ledger(op, now);
     }
 
     /// Handle one request end to end.
@@ -105,7 +109,10 @@ impl Simulator {
                     let check = if self.budget_store_down {
                         BudgetCheck::StoreUnavailable
                     } else {
-                        budget::exhausted(&mut self.budget, &self.config.budgets, now).into()
+                        match self.ledger(LedgerOp::Check { budgets: self.config.budgets.clone() }, now) {
+                            LedgerReply::Check { exhausted } => exhausted.into(),
+                            _ => BudgetCheck::StoreUnavailable,
+                        }
                     };
                     plan.on_budget_check(check)
                 }
@@ -113,9 +120,11 @@ impl Simulator {
                     let outcome = if self.budget_store_down {
                         ReserveOutcome::StoreUnavailable
                     } else {
-                        match budget::reserve(&mut self.budget, &self.config.budgets, &req, now) {
-                            Ok(g) => ReserveOutcome::Granted(g),
-                            Err(e) => ReserveOutcome::Refused(e),
+                        match self.ledger(LedgerOp::Reserve { budgets: self.config.budgets.clone(), request: req }, now)
+                        {
+                            LedgerReply::Granted { granted } => ReserveOutcome::Granted(granted),
+                            LedgerReply::Refused { error } => ReserveOutcome::Refused(error),
+                            _ => ReserveOutcome::StoreUnavailable,
                         }
                     };
                     plan.on_reserve(outcome)
