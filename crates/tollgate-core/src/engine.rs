@@ -99,11 +99,12 @@ pub enum Next {
     Respond(LocalResponse, Option<Settlement>),
     /// Get this key from the cache, then call [`Plan::on_cache`].
     LookupCache(CacheKey),
-    /// Read the tenant's budget state (no change), call [`crate::budget::exhausted`]
-    /// on it, then pass the result to [`Plan::on_budget_check`].
+    /// Apply [`crate::budget::LedgerOp::Check`] where the tenant's budget
+    /// state lives, then pass the answer to [`Plan::on_budget_check`].
     CheckBudget,
-    /// Run [`crate::budget::reserve`] with this request where the tenant's
-    /// budget state lives, then call [`Plan::on_reserve`].
+    /// Apply [`crate::budget::LedgerOp::Reserve`] with this request where the
+    /// tenant's budget state lives, then call [`Plan::on_reserve`]. A
+    /// [`Settlement`] later becomes `LedgerOp::Settle` or `LedgerOp::Release`.
     Reserve(ReserveRequest),
     /// Send this request to the provider.
     Forward(Upstream),
