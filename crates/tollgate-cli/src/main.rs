@@ -314,7 +314,12 @@ fn classify_value(config: &TenantConfig, body: &[u8], api: ApiFormat) -> Result<
     let req = ChatRequest::parse(api, body, usize::MAX).map_err(|e| e.to_string())?;
     let tokens = count::prompt_tokens(&req, &req.model).tokens;
     let c = engine::classify_request(&req, tokens, config);
-    let tier = config.routing.tiers.get(config.routing.tier_for_score(c.score)).map(|t| t.name.clone());
+    // The tier that would serve it, as `route` and the hosts pick it.
+    let routing = &config.routing;
+    let tier = routing
+        .serving_tier(routing.tier_for_score(c.score), api)
+        .and_then(|i| routing.tiers.get(i))
+        .map(|t| t.name.clone());
     Ok(json!({"score": c.score, "tier": tier, "tokens": tokens, "reasons": c.reasons}))
 }
 

@@ -300,6 +300,14 @@ impl Routing {
         self.tiers.iter().position(|t| score <= t.up_to_score).unwrap_or(self.tiers.len().saturating_sub(1))
     }
 
+    /// The tier that serves a request wanting tier `wanted` in `api` format:
+    /// `wanted` itself if it has a model for that API, else the nearest tier
+    /// that does, preferring more capable ones. None if no tier has one.
+    pub fn serving_tier(&self, wanted: usize, api: ApiFormat) -> Option<usize> {
+        let order = (wanted..self.tiers.len()).chain((0..wanted.min(self.tiers.len())).rev());
+        order.into_iter().find(|&i| self.tiers.get(i).is_some_and(|t| t.chain(api).next().is_some()))
+    }
+
     pub fn tier_index(&self, name: &str) -> Option<usize> {
         self.tiers.iter().position(|t| t.name == name)
     }
@@ -780,6 +788,19 @@ mod tests {
         let cfg = TenantConfig::example().unwrap();
         assert_eq!(cfg.routing.tier_for_score(0.0), 0);
         assert_eq!(cfg.routing.tier_for_score(1.0), cfg.routing.tiers.len() - 1);
+    }
+
+    #[test]
+    fn a_tier_without_a_model_for_the_api_hands_over_to_the_nearest_capable_one() {
+        let json = r#"{"version":1,"tenant_id":"t","routing":{"tiers":[
+            {"name":"a","up_to_score":0.3,"models":["anthropic/claude-3-5-haiku-latest"]},
+            {"name":"b","up_to_score":0.6,"models":["openai/gpt-4o-mini"]},
+            {"name":"c","models":["anthropic/claude-sonnet-4-5"]}]}}"#;
+        let r = parse(json).unwrap().routing;
+        assert_eq!(r.serving_tier(0, ApiFormat::OpenAi), Some(1));
+        assert_eq!(r.serving_tier(2, ApiFormat::OpenAi), Some(1));
+        assert_eq!(r.serving_tier(1, ApiFormat::Anthropic), Some(2));
+        assert_eq!(r.serving_tier(0, ApiFormat::Anthropic), Some(0));
     }
 
     #[test]

@@ -342,12 +342,9 @@ impl Plan {
                     &trace,
                 ));
             };
-            // The wanted tier may have no model for this API: take the nearest
-            // tier that does, preferring more capable ones.
-            let order = (wanted..routing.tiers.len()).chain((0..wanted).rev());
-            let found = order
-                .filter_map(|i| routing.tiers.get(i).map(|t| (i, t.chain(request.api).cloned().collect::<Vec<_>>())))
-                .find(|(_, chain)| !chain.is_empty());
+            let found = routing
+                .serving_tier(wanted, request.api)
+                .and_then(|i| routing.tiers.get(i).map(|t| (i, t.chain(request.api).cloned().collect::<Vec<_>>())));
             let Some((i, chain)) = found else {
                 return Err(refuse(
                     RequestError::Invalid {
