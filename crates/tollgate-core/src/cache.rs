@@ -109,6 +109,8 @@ pub enum NotAdmitted {
     Truncated,
     TooLarge,
     FirstSighting,
+    /// Answered by a fallback model, not the one the key names.
+    Fallback,
 }
 
 /// The admission rule: only complete 2xx answers that ended naturally, with

@@ -709,17 +709,16 @@ impl Plan {
         let mut not_cached = None;
         let mut cache_fill = None;
         if let (Some(key), Some(target)) = (&self.cache.key, &target) {
-            let fill_key = if self.attempt > 0 {
-                CacheKey::derive(&self.tenant_id, target.provider, &target.model, &self.request)
-            } else {
-                key.clone()
-            };
             let body_len = assembled.as_ref().map_or(0, |b| b.to_string().len());
             let admitted = match cache::admit(status, summary, body_len, &config.cache) {
                 Ok(()) if assembled.is_none() => Err(NotAdmitted::Incomplete),
                 Ok(()) if !self.cache.seen_before => Err(NotAdmitted::FirstSighting),
+                // A fallback model's answer would go under a key that lookups
+                // (made for the chain's first model) never read: a wasted write.
+                Ok(()) if self.attempt > 0 => Err(NotAdmitted::Fallback),
                 other => other,
             };
+            let fill_key = key.clone();
             match (admitted, assembled) {
                 (Ok(()), Some(body)) => {
                     let entry = CacheEntry {

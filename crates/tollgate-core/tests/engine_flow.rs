@@ -387,6 +387,22 @@ fn upstream_failures_walk_the_fallback_chain_then_fail_with_502_and_release_the_
 }
 
 #[test]
+fn a_fallback_answer_is_not_written_under_a_key_no_lookup_reads() {
+    let mut sim = Simulator::new(config(json!({})), [1; 32]);
+    let q = json!({"model": "tollgate/cheap", "temperature": 0, "messages": [{"role": "user", "content": "z"}]});
+    let o = send(&mut sim, q, &mut |u| {
+        if u.attempt == 0 {
+            Some(UpstreamReply { status: 500, body: b"{}".to_vec(), stream: false })
+        } else {
+            Some(openai_reply(u))
+        }
+    });
+    assert_eq!(o.status, 200);
+    assert_eq!(o.finish.unwrap().not_cached, Some(tollgate_core::cache::NotAdmitted::Fallback));
+    assert!(sim.cache.is_empty());
+}
+
+#[test]
 fn a_provider_client_error_passes_through_uncached_and_uncharged() {
     let cfg = config(json!({"budgets": {"limits": [{"window": "day", "tokens": 100000}]}}));
     let mut sim = Simulator::new(cfg, [1; 32]);
