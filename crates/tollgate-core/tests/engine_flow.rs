@@ -92,6 +92,12 @@ fn rand_bytes(s: &str, now: u64) -> [u8; 16] {
     h.to_le_bytes()
 }
 
+/// Spend the tenant made through other requests, settled straight into its ledger.
+fn spend_elsewhere(sim: &mut Simulator, tokens: u64) {
+    let amount = tollgate_core::budget::Amount { tokens, micros: 0 };
+    tollgate_core::budget::settle(&mut sim.budget, &sim.config.budgets, &format!("elsewhere-{tokens}"), amount, NOW);
+}
+
 fn ask(prompt: &str) -> Value {
     json!({"model": "tollgate/auto", "messages": [{"role": "user", "content": prompt}], "temperature": 0})
 }
@@ -237,13 +243,7 @@ fn over_budget_requests_get_429_naming_the_budget_and_leak_nothing() {
     assert!(matches!(o.settlement, Some(Settlement::Charge { amount, .. }) if amount.tokens == 30));
     assert_eq!(sim.spent(NOW).tokens, 30);
     // Spend most of the rest; a request that would fit tomorrow gets 429.
-    tollgate_core::budget::settle(
-        &mut sim.budget,
-        &sim.config.budgets,
-        "elsewhere",
-        tollgate_core::budget::Amount { tokens: 4900, micros: 0 },
-        NOW,
-    );
+    spend_elsewhere(&mut sim, 4900);
     let mut big = ask("hello again");
     big["max_tokens"] = json!(500);
     let o = send(&mut sim, big, &mut |_| panic!("must not reach the provider"));
@@ -445,13 +445,7 @@ fn crossing_the_soft_threshold_downgrades_premium_requests_to_the_cheapest_tier(
     let premium = |n: u32| json!({"model": "tollgate/premium", "messages": [{"role": "user", "content": format!("q{n}")}], "max_tokens": 100});
     let o = send(&mut sim, premium(1), &mut |u| Some(openai_reply(u)));
     assert_eq!(o.header("x-tollgate-model"), Some("openai/gpt-4o"));
-    tollgate_core::budget::settle(
-        &mut sim.budget,
-        &sim.config.budgets,
-        "manual",
-        tollgate_core::budget::Amount { tokens: 6000, micros: 0 },
-        NOW,
-    );
+    spend_elsewhere(&mut sim, 6000);
     let o = send(&mut sim, premium(2), &mut |u| Some(openai_reply(u)));
     assert_eq!(o.header("x-tollgate-model"), Some("openai/gpt-4o-mini"));
     assert_eq!(o.header("x-tollgate-downgraded"), Some("soft-budget-threshold"));
@@ -461,13 +455,7 @@ fn crossing_the_soft_threshold_downgrades_premium_requests_to_the_cheapest_tier(
 fn exact_repeats_still_hit_the_cache_after_a_soft_downgrade() {
     let cfg = config(json!({"budgets": {"soft_threshold_pct": 50, "limits": [{"window": "day", "tokens": 100000}]}}));
     let mut sim = Simulator::new(cfg, [1; 32]);
-    tollgate_core::budget::settle(
-        &mut sim.budget,
-        &sim.config.budgets,
-        "earlier",
-        tollgate_core::budget::Amount { tokens: 60000, micros: 0 },
-        NOW,
-    );
+    spend_elsewhere(&mut sim, 60000);
     let q = json!({"model": "tollgate/premium", "messages": [{"role": "user", "content": "repeat me"}], "temperature": 0, "max_tokens": 50});
     let first = send(&mut sim, q.clone(), &mut |u| Some(openai_reply(u)));
     assert_eq!(first.header("x-tollgate-model"), Some("openai/gpt-4o-mini"));
