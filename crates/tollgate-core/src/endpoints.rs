@@ -1,8 +1,9 @@
 //! Bodies for the router's own endpoints, shared by both hosts.
 
-use crate::budget::{self, BudgetState};
+use crate::budget::{self, BudgetState, LimitStatus};
 use crate::config::TenantConfig;
 use crate::engine::AUTO_MODELS;
+use crate::outcomes::TierTotals;
 use serde_json::{Value, json};
 
 /// `GET /v1/models`: the tenant's tiers as virtual models plus its pinned models.
@@ -21,7 +22,18 @@ pub fn models_list(config: &TenantConfig) -> Value {
 
 /// `GET /v1/usage`: the calling tenant's own budget state.
 pub fn usage_report(config: &TenantConfig, state: &mut BudgetState, now: u64) -> Value {
-    let limits: Vec<Value> = budget::status(state, &config.budgets, now)
+    usage_report_from(config, budget::status(state, &config.budgets, now), None, now)
+}
+
+/// `GET /v1/usage` from what the tenant's store answered: its limits
+/// ([`budget::LedgerOp::Status`]) and, when kept, its outcome totals.
+pub fn usage_report_from(
+    config: &TenantConfig,
+    limits: Vec<LimitStatus>,
+    outcomes: Option<&[TierTotals]>,
+    now: u64,
+) -> Value {
+    let limits: Vec<Value> = limits
         .into_iter()
         .map(|s| {
             json!({
@@ -37,5 +49,10 @@ pub fn usage_report(config: &TenantConfig, state: &mut BudgetState, now: u64) ->
             })
         })
         .collect();
-    json!({"object": "usage", "tenant_id": config.tenant_id, "budgets": limits, "as_of": budget::iso8601(now)})
+    let mut report =
+        json!({"object": "usage", "tenant_id": config.tenant_id, "budgets": limits, "as_of": budget::iso8601(now)});
+    if let (Some(tiers), Some(obj)) = (outcomes, report.as_object_mut()) {
+        obj.insert("resolution".to_owned(), crate::outcomes::report(tiers));
+    }
+    report
 }

@@ -76,6 +76,19 @@ pub enum Settlement {
     Charge { id: String, amount: Amount },
 }
 
+impl Settlement {
+    /// The ledger operation that applies this settlement.
+    pub fn to_op(&self, budgets: &crate::config::Budgets) -> crate::budget::LedgerOp {
+        use crate::budget::LedgerOp;
+        match self {
+            Settlement::Release { id } => LedgerOp::Release { budgets: budgets.clone(), id: id.clone() },
+            Settlement::Charge { id, amount } => {
+                LedgerOp::Settle { budgets: budgets.clone(), id: id.clone(), amount: *amount }
+            }
+        }
+    }
+}
+
 /// A call to a provider.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Upstream {
@@ -222,6 +235,9 @@ pub struct Plan {
     only_timeouts: bool,
     #[serde(skip)]
     max_entry_bytes: usize,
+    /// What the cached answer served to this request originally cost.
+    #[serde(skip)]
+    hit_saved_micros: Option<u64>,
 }
 
 /// A request refused before planning finished.
@@ -440,6 +456,7 @@ impl Plan {
             reserve_request,
             only_timeouts: true,
             max_entry_bytes: config.cache.max_entry_bytes,
+            hit_saved_micros: None,
         })
     }
 
@@ -531,6 +548,7 @@ impl Plan {
             headers.push(("content-type".to_owned(), "application/json".to_owned()));
         }
         let body = self.hit_body(entry).unwrap_or_default();
+        self.hit_saved_micros = Some(entry.cost_micros);
         headers.extend(self.trace.headers());
         headers.push(("x-tollgate-saved-usd".to_owned(), crate::pricing::format_usd(entry.cost_micros)));
         LocalResponse { status: 200, headers, body }
@@ -646,6 +664,12 @@ impl Plan {
         Next::Respond(LocalResponse::error(&err, Some(&self.trace)), self.release())
     }
 
+    /// The host cannot call the provider at all (say, no base URL or key is
+    /// configured for it): answer with `err` and release the hold.
+    pub fn abandon(&mut self, err: &ApiError) -> Next {
+        Next::Respond(LocalResponse::error(err, Some(&self.trace)), self.release())
+    }
+
     /// The observer for a streamed answer from `upstream`: it passes bytes
     /// through (minus an injected usage chunk), reads usage on the way, and
     /// assembles a cacheable body no larger than the tenant's entry limit.
@@ -668,6 +692,25 @@ impl Plan {
     /// Headers to add to the provider's response.
     pub fn response_headers(&self) -> Vec<(String, String)> {
         self.trace.headers()
+    }
+
+    /// What the cost-per-resolution ledger records for this request, once it
+    /// has ended: after [`Plan::finish`] (pass its result) or after serving a
+    /// cache hit (pass None). Requests refused before routing record nothing.
+    pub fn outcome(&self, finish: Option<&Finish>) -> crate::outcomes::RequestOutcome {
+        let (tokens, micros) = finish
+            .and_then(|f| f.usage.map(|u| (u.input_tokens.saturating_add(u.output_tokens), f.cost_micros)))
+            .unwrap_or((0, 0));
+        crate::outcomes::RequestOutcome {
+            request_id: self.request_id.clone(),
+            tier: self.tier.clone().unwrap_or_else(|| "pinned".to_owned()),
+            tokens,
+            micros,
+            cache_hit: self.hit_saved_micros.is_some(),
+            saved_micros: self.hit_saved_micros.unwrap_or(0),
+            escalated: false,
+            fallbacks: self.trace.fallbacks,
+        }
     }
 
     /// The provider's response has ended (completely, or cut short by an

@@ -134,7 +134,8 @@ impl From<RequestError> for ApiError {
     }
 }
 
-/// Authentication failures. Always 401; the message never echoes the key.
+/// Authentication failures: 401, or 503 when the key store cannot be read
+/// (auth never fails open). The message never echoes the key.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum AuthError {
     #[error("no API key: send `Authorization: Bearer <tollgate key>` or `x-api-key: <tollgate key>`")]
@@ -143,11 +144,18 @@ pub enum AuthError {
     UnknownKey,
     #[error("the API key's record is malformed; ask the operator to re-create it")]
     MalformedRecord,
+    #[error("API keys cannot be checked right now (the key store is unreachable); retry shortly")]
+    StoreUnavailable,
 }
 
 impl From<AuthError> for ApiError {
     fn from(err: AuthError) -> Self {
-        ApiError::new(401, "invalid_request_error", "invalid_api_key", err.to_string())
+        match err {
+            AuthError::StoreUnavailable => {
+                ApiError::new(503, "api_error", "auth_store_unavailable", err.to_string()).with_retry_after(5)
+            }
+            _ => ApiError::new(401, "invalid_request_error", "invalid_api_key", err.to_string()),
+        }
     }
 }
 

@@ -16,11 +16,14 @@ pub mod count;
 pub mod endpoints;
 pub mod engine;
 pub mod error;
+pub mod outcomes;
 pub mod pricing;
 pub mod request;
 pub mod response;
 pub mod sim;
+pub mod store;
 pub mod trace;
+pub mod upstream;
 
 pub use api::ApiFormat;
 pub use config::TenantConfig;

@@ -72,11 +72,7 @@ impl Simulator {
     }
 
     fn settle(&mut self, s: &Settlement, now: u64) {
-        let budgets = self.config.budgets.clone();
-        let op = match s {
-            Settlement::Release { id } => LedgerOp::Release { budgets, id: id.clone() },
-            Settlement::Charge { id, amount } => LedgerOp::Settle { budgets, id: id.clone(), amount: *amount },
-        };
+        let op = s.to_op(&self.config.budgets);
         self.ledger(op, now);
     }
 

@@ -1,0 +1,111 @@
+//! Request routing and the `/__mock/` control API used by tests:
+//!
+//! - `GET /__mock/healthz` → 200 `ok`
+//! - `GET /__mock/requests` → recorded API requests (JSON array, oldest first)
+//! - `DELETE /__mock/requests` → forget them
+//! - `GET /__mock/faults` → active fault rules
+//! - `POST /__mock/faults` → add a rule (or an array of rules)
+//! - `DELETE /__mock/faults` → remove every rule
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use hyper::header::{CONTENT_TYPE, HeaderValue};
+use hyper::{Method, Request, Response, StatusCode};
+use serde_json::{Value, json};
+
+use crate::MockState;
+use crate::api::{self, Api, RequestError};
+use crate::body::MockBody;
+use crate::faults::FaultRule;
+
+const CONTROL_PREFIX: &str = "/__mock/";
+
+/// Control requests are small JSON documents.
+const MAX_CONTROL_BODY_BYTES: usize = 1024 * 1024;
+
+/// Entry point for every request on every connection.
+pub async fn route(state: Arc<MockState>, request: Request<Incoming>) -> Result<Response<MockBody>, Infallible> {
+    let path = request.uri().path().to_owned();
+    if let Some(endpoint) = path.strip_prefix(CONTROL_PREFIX) {
+        return Ok(control(&state, endpoint, request).await);
+    }
+    let Some(api) = Api::for_path(&path) else {
+        let error = RequestError {
+            status: 404,
+            message: format!("Unknown path {path}: the mock serves POST …/chat/completions and POST …/messages"),
+            param: None,
+            code: Some("unknown_url"),
+        };
+        return Ok(Api::OpenAi.error_response(&error));
+    };
+    if request.method() != Method::POST {
+        let error = RequestError {
+            status: 405,
+            message: format!("Method {} not allowed on {path}; use POST", request.method()),
+            param: None,
+            code: None,
+        };
+        return Ok(api.error_response(&error));
+    }
+    Ok(api::handle(api, state, request).await)
+}
+
+async fn control(state: &MockState, endpoint: &str, request: Request<Incoming>) -> Response<MockBody> {
+    let method = request.method().clone();
+    match (endpoint, method) {
+        ("healthz", Method::GET) => {
+            let mut response = Response::new(MockBody::full("ok"));
+            response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+            response
+        }
+        ("requests", Method::GET) => match serde_json::to_value(state.recorder.list()) {
+            Ok(list) => api::json_response(StatusCode::OK, &list),
+            Err(error) => control_error(StatusCode::INTERNAL_SERVER_ERROR, &format!("cannot serialise: {error}")),
+        },
+        ("requests", Method::DELETE) => api::json_response(StatusCode::OK, &json!({"cleared": state.recorder.clear()})),
+        ("faults", Method::GET) => list_faults(state),
+        ("faults", Method::POST) => add_faults(state, request).await,
+        ("faults", Method::DELETE) => api::json_response(StatusCode::OK, &json!({"cleared": state.faults.clear()})),
+        ("healthz" | "requests" | "faults", _) => control_error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed"),
+        _ => control_error(StatusCode::NOT_FOUND, "unknown control endpoint (healthz, requests, faults)"),
+    }
+}
+
+/// `POST /__mock/faults`: one rule object or an array of them. All are
+/// checked before any is added, so a bad rule leaves the set unchanged.
+async fn add_faults(state: &MockState, request: Request<Incoming>) -> Response<MockBody> {
+    let bytes = match Limited::new(request.into_body(), MAX_CONTROL_BODY_BYTES).collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(error) => return control_error(StatusCode::BAD_REQUEST, &format!("cannot read the body: {error}")),
+    };
+    let value: Value = match serde_json::from_slice(&bytes) {
+        Ok(value) => value,
+        Err(error) => return control_error(StatusCode::BAD_REQUEST, &format!("body is not JSON: {error}")),
+    };
+    let items = match value {
+        Value::Array(items) => items,
+        single => vec![single],
+    };
+    let rules: Result<Vec<FaultRule>, String> = items.iter().map(FaultRule::from_json).collect();
+    match rules {
+        Ok(rules) => {
+            state.faults.add(rules);
+            list_faults(state)
+        }
+        Err(reason) => control_error(StatusCode::BAD_REQUEST, &reason),
+    }
+}
+
+fn list_faults(state: &MockState) -> Response<MockBody> {
+    match serde_json::to_value(state.faults.list()) {
+        Ok(list) => api::json_response(StatusCode::OK, &list),
+        Err(error) => control_error(StatusCode::INTERNAL_SERVER_ERROR, &format!("cannot serialise: {error}")),
+    }
+}
+
+fn control_error(status: StatusCode, message: &str) -> Response<MockBody> {
+    api::json_response(status, &json!({"error": message}))
+}

@@ -1,0 +1,707 @@
+//! End-to-end tests: a real server on an ephemeral port, spoken to over TCP.
+// Tests may unwrap: a failed unwrap is a failed test, which is the point.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::client::conn::http1::{SendRequest, handshake};
+use hyper::header::HeaderMap;
+use hyper::{Method, Request, Response};
+use hyper_util::rt::TokioIo;
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinHandle;
+use tollgate_mock::{MockOptions, serve};
+
+// ---------------------------------------------------------------------------
+// A tiny HTTP client on hyper's connection API.
+
+async fn start() -> SocketAddr {
+    start_with(MockOptions::default()).await
+}
+
+async fn start_with(options: MockOptions) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    tokio::spawn(serve(listener, options));
+    address
+}
+
+/// One keep-alive connection; the task driving it is returned so a test can
+/// kill the connection (a client disconnect).
+async fn connect(address: SocketAddr) -> (SendRequest<Full<Bytes>>, JoinHandle<()>) {
+    let stream = TcpStream::connect(address).await.unwrap();
+    let (sender, connection) = handshake(TokioIo::new(stream)).await.unwrap();
+    let driver = tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    (sender, driver)
+}
+
+struct Reply {
+    status: u16,
+    headers: HeaderMap,
+    body: Bytes,
+}
+
+impl Reply {
+    fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", self.body))
+    }
+
+    fn text(&self) -> String {
+        String::from_utf8(self.body.to_vec()).unwrap()
+    }
+
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).map(|value| value.to_str().unwrap())
+    }
+}
+
+fn build(method: Method, path: &str, headers: &[(&str, &str)], body: &str) -> Request<Full<Bytes>> {
+    let mut builder = Request::builder().method(method).uri(path).header("host", "mock.test");
+    if !body.is_empty() {
+        builder = builder.header("content-type", "application/json");
+    }
+    for (name, value) in headers {
+        builder = builder.header(*name, *value);
+    }
+    builder.body(Full::new(Bytes::from(body.to_owned()))).unwrap()
+}
+
+async fn send_on(sender: &mut SendRequest<Full<Bytes>>, request: Request<Full<Bytes>>) -> Reply {
+    let response = sender.send_request(request).await.unwrap();
+    let (parts, body) = response.into_parts();
+    let body = body.collect().await.unwrap().to_bytes();
+    Reply { status: parts.status.as_u16(), headers: parts.headers, body }
+}
+
+async fn send(address: SocketAddr, method: Method, path: &str, headers: &[(&str, &str)], body: &str) -> Reply {
+    let (mut sender, _driver) = connect(address).await;
+    send_on(&mut sender, build(method, path, headers, body)).await
+}
+
+async fn post(address: SocketAddr, path: &str, body: &Value) -> Reply {
+    send(address, Method::POST, path, &[], &body.to_string()).await
+}
+
+async fn post_with(address: SocketAddr, path: &str, headers: &[(&str, &str)], body: &Value) -> Reply {
+    send(address, Method::POST, path, headers, &body.to_string()).await
+}
+
+async fn recorded(address: SocketAddr) -> Vec<Value> {
+    let reply = send(address, Method::GET, "/__mock/requests", &[], "").await;
+    assert_eq!(reply.status, 200);
+    reply.json().as_array().unwrap().clone()
+}
+
+/// Polls the request log until `check` holds for the record with `seq`.
+async fn wait_for_record(address: SocketAddr, seq: u64, check: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let records = recorded(address).await;
+        if let Some(record) = records.iter().find(|r| r["seq"] == seq)
+            && check(record)
+        {
+            return record.clone();
+        }
+        assert!(Instant::now() < deadline, "record {seq} never matched: {records:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Parses an SSE body into (event name, data) pairs.
+fn sse(body: &str) -> Vec<(Option<String>, String)> {
+    assert!(body.ends_with("\n\n"), "SSE body must end with a blank line: {body:?}");
+    body.split("\n\n")
+        .filter(|block| !block.is_empty())
+        .map(|block| {
+            let mut event = None;
+            let mut data = None;
+            for line in block.lines() {
+                if let Some(name) = line.strip_prefix("event: ") {
+                    event = Some(name.to_owned());
+                } else if let Some(payload) = line.strip_prefix("data: ") {
+                    data = Some(payload.to_owned());
+                } else {
+                    panic!("unexpected SSE line {line:?}");
+                }
+            }
+            (event, data.expect("every event has data"))
+        })
+        .collect()
+}
+
+fn words(text: &str) -> u64 {
+    text.split_whitespace().count() as u64
+}
+
+/// The prompt estimate documented in answer.rs.
+fn expected_prompt_tokens(texts: &[&str]) -> u64 {
+    texts.iter().map(|text| (text.chars().count() as u64).div_ceil(4) + 3).sum::<u64>() + 3
+}
+
+fn openai_request(model: &str, text: &str) -> Value {
+    json!({"model": model, "messages": [
+        {"role": "system", "content": "You are terse."},
+        {"role": "user", "content": "first question"},
+        {"role": "assistant", "content": "first answer"},
+        {"role": "user", "content": [{"type": "text", "text": text}]}
+    ]})
+}
+
+fn anthropic_request(model: &str, text: &str) -> Value {
+    json!({"model": model, "max_tokens": 1024, "system": "You are terse.", "messages": [
+        {"role": "user", "content": text}
+    ]})
+}
+
+// ---------------------------------------------------------------------------
+// OpenAI
+
+#[tokio::test]
+async fn openai_completion_has_the_real_shape_and_consistent_usage() {
+    let address = start().await;
+    let request = openai_request("gpt-4o", "What is the capital of France?");
+    let reply = post(address, "/openai/v1/chat/completions", &request).await;
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.header("content-type"), Some("application/json"));
+    assert!(reply.header("x-request-id").unwrap().starts_with("req_"));
+    let body = reply.json();
+    assert!(body["id"].as_str().unwrap().starts_with("chatcmpl-"));
+    assert_eq!(body["object"], "chat.completion");
+    assert!(body["created"].is_u64());
+    assert_eq!(body["model"], "gpt-4o");
+    assert!(body["system_fingerprint"].is_string());
+    let choice = &body["choices"][0];
+    assert_eq!(choice["index"], 0);
+    assert_eq!(choice["message"]["role"], "assistant");
+    assert_eq!(choice["finish_reason"], "stop");
+    assert!(choice["logprobs"].is_null());
+    let content = choice["message"]["content"].as_str().unwrap();
+    assert!(content.starts_with("[mock:gpt-4o] "), "{content}");
+    assert!(words(content) > 5);
+
+    let usage = &body["usage"];
+    assert_eq!(usage["completion_tokens"], words(content));
+    let prompt =
+        expected_prompt_tokens(&["You are terse.", "first question", "first answer", "What is the capital of France?"]);
+    assert_eq!(usage["prompt_tokens"], prompt);
+    assert_eq!(usage["total_tokens"], prompt + words(content));
+
+    // Deterministic: the same request gives the same bytes, including id.
+    let again = post(address, "/v1/chat/completions", &request).await;
+    assert_eq!(again.body, reply.body);
+    // A different last user message gives a different answer.
+    let other = post(address, "/v1/chat/completions", &openai_request("gpt-4o", "Something else")).await;
+    assert_ne!(other.json()["choices"][0]["message"]["content"], choice["message"]["content"]);
+}
+
+#[tokio::test]
+async fn openai_stream_sends_role_content_finish_usage_and_done() {
+    let address = start().await;
+    let mut request = openai_request("gpt-4o-mini", "Stream me");
+    let plain = post(address, "/v1/chat/completions", &request).await.json();
+    request["stream"] = json!(true);
+    request["stream_options"] = json!({"include_usage": true});
+    let reply = post(address, "/v1/chat/completions", &request).await;
+    assert_eq!(reply.status, 200);
+    assert!(reply.header("content-type").unwrap().starts_with("text/event-stream"));
+    assert_eq!(reply.header("transfer-encoding"), Some("chunked"));
+
+    let events = sse(&reply.text());
+    assert!(events.iter().all(|(name, _)| name.is_none()), "OpenAI events have no names");
+    assert_eq!(events.last().unwrap().1, "[DONE]");
+    let chunks: Vec<Value> =
+        events[..events.len() - 1].iter().map(|(_, data)| serde_json::from_str(data).unwrap()).collect();
+    for chunk in &chunks {
+        assert_eq!(chunk["object"], "chat.completion.chunk");
+        assert_eq!(chunk["id"], chunks[0]["id"]);
+        assert_eq!(chunk["model"], "gpt-4o-mini");
+    }
+    assert_eq!(chunks[0]["choices"][0]["delta"]["role"], "assistant");
+    let (usage_chunk, rest) = chunks.split_last().unwrap();
+    let (finish_chunk, content_chunks) = rest.split_last().unwrap();
+    assert_eq!(finish_chunk["choices"][0]["finish_reason"], "stop");
+    assert_eq!(usage_chunk["choices"], json!([]));
+    let content: String =
+        content_chunks.iter().filter_map(|chunk| chunk["choices"][0]["delta"]["content"].as_str()).collect();
+    assert_eq!(content, plain["choices"][0]["message"]["content"].as_str().unwrap());
+    let content_deltas = content_chunks[1..].len() as u64;
+    assert!(content_deltas > 5, "several deltas, one per word");
+    assert_eq!(usage_chunk["usage"]["completion_tokens"], content_deltas);
+    assert_eq!(usage_chunk["usage"], plain["usage"]);
+    // Without include_usage there is no usage chunk.
+    request["stream_options"] = json!({"include_usage": false});
+    let events = sse(&post(address, "/v1/chat/completions", &request).await.text());
+    let last_chunk: Value = serde_json::from_str(&events[events.len() - 2].1).unwrap();
+    assert_eq!(last_chunk["choices"][0]["finish_reason"], "stop");
+    assert!(last_chunk.get("usage").is_none());
+}
+
+#[tokio::test]
+async fn openai_max_tokens_truncates_with_length() {
+    let address = start().await;
+    let mut request = openai_request("gpt-4o", "Tell me a long story");
+    request["max_tokens"] = json!(3);
+    let body = post(address, "/v1/chat/completions", &request).await.json();
+    assert_eq!(body["choices"][0]["finish_reason"], "length");
+    assert_eq!(body["usage"]["completion_tokens"], 3);
+    assert_eq!(words(body["choices"][0]["message"]["content"].as_str().unwrap()), 3);
+    // max_completion_tokens takes precedence over the legacy max_tokens.
+    request["max_completion_tokens"] = json!(2);
+    let body = post(address, "/v1/chat/completions", &request).await.json();
+    assert_eq!(body["usage"]["completion_tokens"], 2);
+    // Streamed: the finish chunk says "length" too.
+    request["stream"] = json!(true);
+    let events = sse(&post(address, "/v1/chat/completions", &request).await.text());
+    let finish: Value = serde_json::from_str(&events[events.len() - 2].1).unwrap();
+    assert_eq!(finish["choices"][0]["finish_reason"], "length");
+    assert_eq!(events.len(), 1 + 2 + 1 + 1, "role, 2 words, finish, [DONE]");
+}
+
+#[tokio::test]
+async fn openai_rejects_bad_requests_with_openai_errors() {
+    let address = start().await;
+    let reply = send(address, Method::POST, "/v1/chat/completions", &[], "{not json").await;
+    assert_eq!(reply.status, 400);
+    let error = &reply.json()["error"];
+    assert_eq!(error["type"], "invalid_request_error");
+    assert!(error["message"].is_string());
+    assert!(error.get("param").is_some() && error.get("code").is_some());
+
+    let reply = post(address, "/v1/chat/completions", &json!({"model": "gpt-4o"})).await;
+    assert_eq!(reply.status, 400);
+    assert_eq!(reply.json()["error"]["param"], "messages");
+    let reply = post(address, "/v1/chat/completions", &json!({"model": "gpt-4o", "messages": []})).await;
+    assert_eq!(reply.status, 400);
+    let reply = post(address, "/v1/chat/completions", &json!({"messages": [{"role": "user", "content": "x"}]})).await;
+    assert_eq!(reply.status, 400);
+    assert_eq!(reply.json()["error"]["param"], "model");
+
+    let reply = send(address, Method::GET, "/v1/chat/completions", &[], "").await;
+    assert_eq!(reply.status, 405);
+    let reply = send(address, Method::GET, "/v1/models", &[], "").await;
+    assert_eq!(reply.status, 404);
+}
+
+// ---------------------------------------------------------------------------
+// Anthropic
+
+#[tokio::test]
+async fn anthropic_message_has_the_real_shape_and_consistent_usage() {
+    let address = start().await;
+    let request = anthropic_request("claude-3-5-haiku-latest", "Why is the sky blue?");
+    let reply = post(address, "/anthropic/v1/messages", &request).await;
+    assert_eq!(reply.status, 200);
+    assert!(reply.header("request-id").unwrap().starts_with("req_"));
+    let body = reply.json();
+    assert!(body["id"].as_str().unwrap().starts_with("msg_"));
+    assert_eq!(body["type"], "message");
+    assert_eq!(body["role"], "assistant");
+    assert_eq!(body["model"], "claude-3-5-haiku-latest");
+    assert_eq!(body["stop_reason"], "end_turn");
+    assert!(body["stop_sequence"].is_null());
+    assert_eq!(body["content"].as_array().unwrap().len(), 1);
+    assert_eq!(body["content"][0]["type"], "text");
+    let text = body["content"][0]["text"].as_str().unwrap();
+    assert!(text.starts_with("[mock:claude-3-5-haiku-latest] "));
+    assert_eq!(body["usage"]["output_tokens"], words(text));
+    assert_eq!(body["usage"]["input_tokens"], expected_prompt_tokens(&["You are terse.", "Why is the sky blue?"]));
+    assert_eq!(post(address, "/v1/messages", &request).await.body, reply.body);
+}
+
+#[tokio::test]
+async fn anthropic_stream_sends_the_event_sequence() {
+    let address = start().await;
+    let mut request = anthropic_request("claude-sonnet-4", "Stream me");
+    let plain = post(address, "/v1/messages", &request).await.json();
+    request["stream"] = json!(true);
+    let reply = post(address, "/v1/messages", &request).await;
+    assert!(reply.header("content-type").unwrap().starts_with("text/event-stream"));
+    let events = sse(&reply.text());
+    let names: Vec<&str> = events.iter().map(|(name, _)| name.as_deref().unwrap()).collect();
+    let data: Vec<Value> = events.iter().map(|(_, data)| serde_json::from_str(data).unwrap()).collect();
+    for (name, data) in names.iter().zip(&data) {
+        assert_eq!(data["type"], *name, "event name matches data.type");
+    }
+    let deltas = names.iter().filter(|name| **name == "content_block_delta").count();
+    assert!(deltas > 5);
+    let mut expected = vec!["message_start", "content_block_start", "ping"];
+    expected.extend(std::iter::repeat_n("content_block_delta", deltas));
+    expected.extend(["content_block_stop", "message_delta", "message_stop"]);
+    assert_eq!(names, expected);
+
+    let start = &data[0]["message"];
+    // The id hashes the request bytes, which differ by `"stream": true`.
+    assert!(start["id"].as_str().unwrap().starts_with("msg_"));
+    assert_eq!(start["content"], json!([]));
+    assert_eq!(start["usage"]["input_tokens"], plain["usage"]["input_tokens"]);
+    let text: String = data
+        .iter()
+        .filter(|event| event["type"] == "content_block_delta")
+        .map(|event| {
+            assert_eq!(event["delta"]["type"], "text_delta");
+            event["delta"]["text"].as_str().unwrap().to_owned()
+        })
+        .collect();
+    assert_eq!(text, plain["content"][0]["text"].as_str().unwrap());
+    let message_delta = &data[data.len() - 2];
+    assert_eq!(message_delta["delta"]["stop_reason"], "end_turn");
+    assert_eq!(message_delta["usage"]["output_tokens"], deltas as u64);
+    assert_eq!(message_delta["usage"]["output_tokens"], plain["usage"]["output_tokens"]);
+}
+
+#[tokio::test]
+async fn anthropic_max_tokens_truncates_with_max_tokens_stop() {
+    let address = start().await;
+    let mut request = anthropic_request("claude", "Tell me a long story");
+    request["max_tokens"] = json!(4);
+    let body = post(address, "/v1/messages", &request).await.json();
+    assert_eq!(body["stop_reason"], "max_tokens");
+    assert_eq!(body["usage"]["output_tokens"], 4);
+    assert_eq!(words(body["content"][0]["text"].as_str().unwrap()), 4);
+    request["stream"] = json!(true);
+    let events = sse(&post(address, "/v1/messages", &request).await.text());
+    let message_delta: Value = serde_json::from_str(&events[events.len() - 2].1).unwrap();
+    assert_eq!(message_delta["delta"]["stop_reason"], "max_tokens");
+    assert_eq!(message_delta["usage"]["output_tokens"], 4);
+}
+
+#[tokio::test]
+async fn anthropic_rejects_bad_requests_with_anthropic_errors() {
+    let address = start().await;
+    for body in ["{", r#"{"model": "claude"}"#, r#"{"model": "claude", "messages": "hi"}"#] {
+        let reply = send(address, Method::POST, "/v1/messages", &[], body).await;
+        assert_eq!(reply.status, 400, "{body}");
+        let error = reply.json();
+        assert_eq!(error["type"], "error");
+        assert_eq!(error["error"]["type"], "invalid_request_error");
+        assert!(error["error"]["message"].is_string());
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Faults
+
+#[tokio::test]
+async fn fault_rules_apply_per_model_for_the_given_number_of_times() {
+    let address = start().await;
+    let rule = json!({"model": "gpt-4o", "fault": "status:429", "times": 2});
+    let reply = post(address, "/__mock/faults", &rule).await;
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.json(), json!([{"model": "gpt-4o", "fault": "status:429", "times": 2}]));
+
+    // Another model is unaffected and does not use up the rule.
+    assert_eq!(post(address, "/v1/chat/completions", &openai_request("gpt-4o-mini", "x")).await.status, 200);
+    for _ in 0..2 {
+        let reply = post(address, "/v1/chat/completions", &openai_request("gpt-4o", "x")).await;
+        assert_eq!(reply.status, 429);
+        assert_eq!(reply.header("retry-after"), Some("1"));
+        let error = &reply.json()["error"];
+        assert_eq!(error["code"], "rate_limit_exceeded");
+        assert!(error["message"].is_string());
+    }
+    assert_eq!(post(address, "/v1/chat/completions", &openai_request("gpt-4o", "x")).await.status, 200);
+    assert_eq!(send(address, Method::GET, "/__mock/faults", &[], "").await.json(), json!([]));
+
+    // A rule for any model, forever, until cleared; Anthropic-shaped there.
+    let rule = json!({"model": null, "fault": "status:503", "times": null});
+    assert_eq!(post(address, "/__mock/faults", &rule).await.status, 200);
+    for _ in 0..3 {
+        let reply = post(address, "/v1/messages", &anthropic_request("claude", "x")).await;
+        assert_eq!(reply.status, 503);
+        assert_eq!(reply.json()["error"]["type"], "overloaded_error");
+    }
+    let reply = post(address, "/v1/chat/completions", &openai_request("gpt-4o", "x")).await;
+    assert_eq!(reply.status, 503);
+    assert_eq!(reply.json()["error"]["type"], "server_error");
+    let cleared = send(address, Method::DELETE, "/__mock/faults", &[], "").await;
+    assert_eq!(cleared.json(), json!({"cleared": 1}));
+    assert_eq!(post(address, "/v1/messages", &anthropic_request("claude", "x")).await.status, 200);
+
+    // Bad rules are rejected and change nothing.
+    let bad = post(address, "/__mock/faults", &json!([{"fault": "slow:1"}, {"fault": "boom:1"}])).await;
+    assert_eq!(bad.status, 400);
+    assert_eq!(send(address, Method::GET, "/__mock/faults", &[], "").await.json(), json!([]));
+}
+
+#[tokio::test]
+async fn fault_header_applies_to_one_request() {
+    let address = start().await;
+    let request = openai_request("gpt-4o", "x");
+    let reply = post_with(address, "/v1/chat/completions", &[("x-mock-fault", "status:500")], &request).await;
+    assert_eq!(reply.status, 500);
+    assert_eq!(reply.json()["error"]["type"], "server_error");
+    let reply =
+        post_with(address, "/v1/chat/completions", &[("x-mock-fault", "status:429,retry_after:7")], &request).await;
+    assert_eq!(reply.header("retry-after"), Some("7"));
+    assert_eq!(post(address, "/v1/chat/completions", &request).await.status, 200);
+    let reply = post_with(address, "/v1/chat/completions", &[("x-mock-fault", "status:999")], &request).await;
+    assert_eq!(reply.status, 400, "an invalid fault header is a loud error");
+}
+
+#[tokio::test]
+async fn slow_delays_the_response_headers() {
+    let address = start().await;
+    let started = Instant::now();
+    let reply = post_with(address, "/v1/messages", &[("x-mock-fault", "slow:300")], &anthropic_request("c", "x")).await;
+    assert_eq!(reply.status, 200);
+    assert!(started.elapsed() >= Duration::from_millis(300));
+}
+
+#[tokio::test]
+async fn base_latency_delays_every_api_response() {
+    let address = start_with(MockOptions { base_latency: Duration::from_millis(200), ..MockOptions::default() }).await;
+    let started = Instant::now();
+    assert_eq!(send(address, Method::GET, "/__mock/healthz", &[], "").await.status, 200);
+    assert!(started.elapsed() < Duration::from_millis(200), "control API is not delayed");
+    let started = Instant::now();
+    assert_eq!(post(address, "/v1/chat/completions", &openai_request("m", "x")).await.status, 200);
+    assert!(started.elapsed() >= Duration::from_millis(200));
+}
+
+#[tokio::test]
+async fn chunk_delay_spreads_the_stream_over_time() {
+    let address = start().await;
+    let mut request = openai_request("gpt-4o", "x");
+    request["stream"] = json!(true);
+    request["max_tokens"] = json!(3);
+    let (mut sender, _driver) = connect(address).await;
+    let started = Instant::now();
+    let response: Response<Incoming> = sender
+        .send_request(build(
+            Method::POST,
+            "/v1/chat/completions",
+            &[("x-mock-fault", "chunk_delay:100")],
+            &request.to_string(),
+        ))
+        .await
+        .unwrap();
+    let mut body = response.into_body();
+    let mut arrivals = Vec::new();
+    while let Some(frame) = body.frame().await {
+        if frame.unwrap().is_data() {
+            arrivals.push(started.elapsed());
+        }
+    }
+    // role, 3 words, finish, [DONE]: six events, each its own frame, 100 ms apart.
+    assert_eq!(arrivals.len(), 6, "{arrivals:?}");
+    // Loose bounds: a busy test machine may delay any one frame a little.
+    assert!(arrivals[5] - arrivals[0] >= Duration::from_millis(450), "{arrivals:?}");
+    for pair in arrivals.windows(2) {
+        assert!(pair[1] - pair[0] >= Duration::from_millis(40), "{arrivals:?}");
+    }
+}
+
+#[tokio::test]
+async fn drop_after_cuts_a_stream_after_n_events() {
+    let address = start().await;
+    let mut request = anthropic_request("claude", "x");
+    request["stream"] = json!(true);
+    let body = request.to_string();
+    // Raw TCP, to see exactly what went over the wire.
+    let mut stream = TcpStream::connect(address).await.unwrap();
+    let head = format!(
+        "POST /v1/messages HTTP/1.1\r\nhost: mock\r\ncontent-type: application/json\r\nx-mock-fault: drop_after:3\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let mut received = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut received)).await.unwrap().ok();
+    let received = String::from_utf8(received).unwrap();
+    assert!(received.starts_with("HTTP/1.1 200 OK\r\n"));
+    assert!(received.contains("transfer-encoding: chunked"));
+    assert_eq!(received.matches("event: ").count(), 3, "{received}");
+    assert!(!received.ends_with("0\r\n\r\n"), "no terminating chunk");
+
+    let seq = 1;
+    let record = wait_for_record(address, seq, |_| true).await;
+    assert_eq!(record["completed"], false);
+    assert_eq!(record["client_aborted"], false);
+    assert_eq!(record["faults"], json!(["drop_after:3"]));
+}
+
+#[tokio::test]
+async fn drop_after_cuts_a_json_body_in_half() {
+    let address = start().await;
+    let (mut sender, _driver) = connect(address).await;
+    let request = openai_request("gpt-4o", "x").to_string();
+    let response =
+        sender.send_request(build(Method::POST, "/v1/chat/completions", &[("x-mock-fault", "drop_after:0")], &request));
+    let response = response.await.unwrap();
+    assert_eq!(response.status(), 200);
+    let length: usize = response.headers()["content-length"].to_str().unwrap().parse().unwrap();
+    let mut body = response.into_body();
+    let mut received = 0;
+    let mut failed = false;
+    while let Some(frame) = body.frame().await {
+        match frame {
+            Ok(frame) => received += frame.data_ref().map_or(0, |data| data.len()),
+            Err(_) => {
+                failed = true;
+                break;
+            }
+        }
+    }
+    assert!(failed, "the client sees an incomplete body");
+    assert_eq!(received, length / 2);
+}
+
+// ---------------------------------------------------------------------------
+// Recording
+
+#[tokio::test]
+async fn requests_are_recorded_with_path_headers_body_and_completion() {
+    let address = start().await;
+    let request = openai_request("gpt-4o", "record me");
+    let reply =
+        post_with(address, "/openai/v1/chat/completions", &[("Authorization", "Bearer sk-test")], &request).await;
+    assert_eq!(reply.header("x-mock-seq"), Some("1"));
+    let mut stream_request = anthropic_request("claude", "x");
+    stream_request["stream"] = json!(true);
+    post(address, "/anthropic/v1/messages", &stream_request).await;
+    send(address, Method::POST, "/v1/messages", &[], "{broken").await;
+
+    let records = wait_for_record(address, 2, |record| record["completed"] == true).await;
+    assert_eq!(records["stream"], true);
+    let records = recorded(address).await;
+    assert_eq!(records.len(), 3);
+    let first = &records[0];
+    assert_eq!(first["seq"], 1);
+    assert_eq!(first["api"], "openai");
+    assert_eq!(first["path"], "/openai/v1/chat/completions");
+    assert_eq!(first["model"], "gpt-4o");
+    assert_eq!(first["stream"], false);
+    assert_eq!(first["headers"]["authorization"], "Bearer sk-test");
+    assert_eq!(first["headers"]["content-type"], "application/json");
+    assert_eq!(first["body"], request);
+    assert_eq!(first["status"], 200);
+    assert_eq!(first["completed"], true);
+    assert_eq!(first["client_aborted"], false);
+    assert_eq!(records[1]["path"], "/anthropic/v1/messages");
+    assert_eq!(records[2]["status"], 400);
+    assert_eq!(records[2]["body"], "{broken");
+    assert!(records[2]["model"].is_null());
+
+    let cleared = send(address, Method::DELETE, "/__mock/requests", &[], "").await;
+    assert_eq!(cleared.json(), json!({"cleared": 3}));
+    assert!(recorded(address).await.is_empty());
+    // Sequence numbers keep counting after a clear.
+    post(address, "/v1/messages", &anthropic_request("claude", "x")).await;
+    assert_eq!(recorded(address).await[0]["seq"], 4);
+}
+
+#[tokio::test]
+async fn client_disconnect_mid_stream_is_recorded() {
+    let address = start().await;
+    let mut request = openai_request("gpt-4o", "x");
+    request["stream"] = json!(true);
+    let (mut sender, driver) = connect(address).await;
+    let response = sender
+        .send_request(build(
+            Method::POST,
+            "/v1/chat/completions",
+            &[("x-mock-fault", "chunk_delay:100")],
+            &request.to_string(),
+        ))
+        .await
+        .unwrap();
+    let mut body = response.into_body();
+    let first = body.frame().await.unwrap().unwrap();
+    assert!(first.data_ref().unwrap().starts_with(b"data: "));
+    // Hang up: drop the body and kill the connection.
+    drop(body);
+    drop(sender);
+    driver.abort();
+
+    let record = wait_for_record(address, 1, |record| record["client_aborted"] == true).await;
+    assert_eq!(record["completed"], false);
+}
+
+#[tokio::test]
+async fn client_disconnect_while_waiting_is_recorded() {
+    let address = start().await;
+    let (mut sender, driver) = connect(address).await;
+    let request =
+        build(Method::POST, "/v1/messages", &[("x-mock-fault", "slow:2000")], &anthropic_request("c", "x").to_string());
+    let pending = tokio::spawn(async move { sender.send_request(request).await });
+    wait_for_record(address, 1, |_| true).await;
+    pending.abort();
+    driver.abort();
+    let record = wait_for_record(address, 1, |record| record["client_aborted"] == true).await;
+    assert_eq!(record["completed"], false);
+}
+
+#[tokio::test]
+async fn keep_alive_serves_many_requests_on_one_connection() {
+    let address = start().await;
+    let (mut sender, _driver) = connect(address).await;
+    for i in 0..5 {
+        let body = openai_request("gpt-4o", &format!("question {i}")).to_string();
+        let reply = send_on(&mut sender, build(Method::POST, "/v1/chat/completions", &[], &body)).await;
+        assert_eq!(reply.status, 200);
+        let mut stream = openai_request("gpt-4o", "s");
+        stream["stream"] = json!(true);
+        let reply = send_on(&mut sender, build(Method::POST, "/v1/chat/completions", &[], &stream.to_string())).await;
+        assert!(reply.text().ends_with("data: [DONE]\n\n"));
+    }
+    assert_eq!(recorded(address).await.len(), 10);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn serves_300_concurrent_connections() {
+    let address = start().await;
+    let started = Instant::now();
+    let clients: Vec<_> = (0..300)
+        .map(|i| {
+            tokio::spawn(async move {
+                let mut request = openai_request("gpt-4o", &format!("client {i}"));
+                request["stream"] = json!(i % 2 == 0);
+                post_with(address, "/v1/chat/completions", &[("x-mock-fault", "slow:500")], &request).await.status
+            })
+        })
+        .collect();
+    for client in clients {
+        assert_eq!(client.await.unwrap(), 200);
+    }
+    // All 300 waited their 500 ms at the same time, not one after another.
+    assert!(started.elapsed() < Duration::from_secs(10), "{:?}", started.elapsed());
+    let records = recorded(address).await;
+    assert_eq!(records.len(), 300);
+}
+
+// ---------------------------------------------------------------------------
+// The binary
+
+#[tokio::test]
+async fn binary_prints_its_address_and_serves() {
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_tollgate-mock"))
+        .args(["--listen", "127.0.0.1:0", "--latency-ms", "100"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let line = tokio::task::spawn_blocking(move || {
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line).unwrap();
+        line
+    })
+    .await
+    .unwrap();
+    let address: SocketAddr = line.trim_end().strip_prefix("listening http://").unwrap().parse().unwrap();
+    assert_ne!(address.port(), 0);
+    let health = send(address, Method::GET, "/__mock/healthz", &[], "").await;
+    assert_eq!((health.status, health.text().as_str()), (200, "ok"));
+    let started = Instant::now();
+    assert_eq!(post(address, "/v1/chat/completions", &openai_request("m", "x")).await.status, 200);
+    assert!(started.elapsed() >= Duration::from_millis(100));
+    child.kill().unwrap();
+    child.wait().unwrap();
+}

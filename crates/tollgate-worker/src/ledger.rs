@@ -1,0 +1,158 @@
+//! The tenant's ledger: one Durable Object per tenant, the single writer of
+//! its spend and outcomes.
+//!
+//! Reserve, settle, release and rollover are atomic because a Durable Object
+//! handles one event at a time and the state lives in its memory: a batch is
+//! applied synchronously (no await between reading and changing the state),
+//! then persisted. Workers' output gate holds the reply until the write is
+//! durable, so no caller ever acts on a grant that could be lost. KV holds
+//! the tenant's budget *settings*; every op carries them, so the object needs
+//! no config of its own and never reads KV.
+
+use crate::settings::{Settings, now_secs};
+use futures_util::future::{Either, select};
+use std::cell::RefCell;
+use tollgate_core::budget::BudgetState;
+use tollgate_core::outcomes::OutcomeLedger;
+use tollgate_core::store::{self, TenantBatch, TenantOp, TenantReply};
+use worker::{
+    Delay, DurableObject, Env, Method, Request, RequestInit, Response, Result, State, console_error, durable_object,
+    wasm_bindgen::JsValue,
+};
+
+/// The Durable Object binding in `wrangler.toml`.
+pub const LEDGER_BINDING: &str = "TENANT_LEDGER";
+
+const BUDGET_KEY: &str = "budget";
+const OUTCOMES_KEY: &str = "outcomes";
+
+struct Loaded {
+    budget: BudgetState,
+    outcomes: OutcomeLedger,
+}
+
+#[durable_object]
+pub struct TenantLedger {
+    state: State,
+    loaded: RefCell<Option<Loaded>>,
+}
+
+impl std::fmt::Debug for TenantLedger {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TenantLedger").field("loaded", &self.loaded.borrow().is_some()).finish_non_exhaustive()
+    }
+}
+
+impl DurableObject for TenantLedger {
+    fn new(state: State, _env: Env) -> Self {
+        TenantLedger { state, loaded: RefCell::new(None) }
+    }
+
+    async fn fetch(&self, mut req: Request) -> Result<Response> {
+        let batch: TenantBatch = match serde_json::from_slice(&req.bytes().await?) {
+            Ok(b) => b,
+            Err(e) => return Response::error(format!("malformed ledger batch: {e}"), 400),
+        };
+        let storage = self.state.storage();
+        if self.loaded.borrow().is_none() {
+            // Storage reads close the input gate, so no other event runs
+            // between this read and the state being installed.
+            let budget = parse_or_default::<BudgetState>(storage.get::<String>(BUDGET_KEY).await?, BUDGET_KEY);
+            let outcomes = parse_or_default::<OutcomeLedger>(storage.get::<String>(OUTCOMES_KEY).await?, OUTCOMES_KEY);
+            let mut slot = self.loaded.borrow_mut();
+            if slot.is_none() {
+                *slot = Some(Loaded { budget, outcomes });
+            }
+        }
+        let (replies, budget_json, outcomes_json) = {
+            let mut slot = self.loaded.borrow_mut();
+            let Some(loaded) = slot.as_mut() else {
+                return Response::error("ledger state missing", 500);
+            };
+            let (replies, dirty) = store::apply(&mut loaded.budget, &mut loaded.outcomes, &batch.ops, now_secs());
+            let budget_json = if dirty.budget { Some(serde_json::to_string(&loaded.budget)?) } else { None };
+            let outcomes_json = if dirty.outcomes { Some(serde_json::to_string(&loaded.outcomes)?) } else { None };
+            (replies, budget_json, outcomes_json)
+        };
+        if let Some(json) = budget_json {
+            storage.put(BUDGET_KEY, json).await?;
+        }
+        if let Some(json) = outcomes_json {
+            storage.put(OUTCOMES_KEY, json).await?;
+        }
+        Response::from_json(&replies)
+    }
+}
+
+fn parse_or_default<T: serde::de::DeserializeOwned + Default>(stored: Option<String>, what: &str) -> T {
+    match stored.map(|s| serde_json::from_str::<T>(&s)) {
+        Some(Ok(v)) => v,
+        Some(Err(e)) => {
+            // Only this object writes the key, with the same types; a parse
+            // failure means a schema change without a migration. Starting
+            // empty loses history but keeps the tenant served.
+            console_error!("tollgate: stored ledger `{what}` unreadable, starting empty: {e}");
+            T::default()
+        }
+        None => T::default(),
+    }
+}
+
+/// Apply `ops` in the tenant's ledger. `Err(())` when it cannot be reached
+/// in time; the caller turns that into the tenant's fail-open or fail-closed
+/// behaviour.
+pub async fn call(
+    env: &Env,
+    tenant_id: &str,
+    ops: &[TenantOp],
+    settings: &Settings,
+) -> std::result::Result<Vec<TenantReply>, ()> {
+    let request = async {
+        let stub = env.durable_object(LEDGER_BINDING)?.id_from_name(tenant_id)?.get_stub()?;
+        let body = serde_json::to_string(&TenantBatch { ops: ops.to_vec() })?;
+        let mut init = RequestInit::new();
+        init.with_method(Method::Post).with_body(Some(JsValue::from_str(&body)));
+        let req = Request::new_with_init("https://tenant-ledger/batch", &init)?;
+        let mut resp = stub.fetch_with_request(req).await?;
+        if resp.status_code() != 200 {
+            return Err(worker::Error::RustError(format!(
+                "ledger answered {}: {}",
+                resp.status_code(),
+                resp.text().await?
+            )));
+        }
+        resp.json::<Vec<TenantReply>>().await
+    };
+    let timeout = Delay::from(std::time::Duration::from_millis(settings.ledger_timeout_ms));
+    match select(Box::pin(request), timeout).await {
+        Either::Left((Ok(replies), _)) if replies.len() == ops.len() => Ok(replies),
+        Either::Left((Ok(_), _)) => {
+            console_error!("tollgate: ledger for `{tenant_id}` answered the wrong number of replies");
+            Err(())
+        }
+        Either::Left((Err(e), _)) => {
+            console_error!("tollgate: ledger for `{tenant_id}` unreachable: {e}");
+            Err(())
+        }
+        Either::Right(_) => {
+            console_error!("tollgate: ledger for `{tenant_id}` timed out after {} ms", settings.ledger_timeout_ms);
+            Err(())
+        }
+    }
+}
+
+/// Settlements and outcome records must not be lost to a transient failure:
+/// retry a few times. Safe to repeat, because the ledger treats a second
+/// settle or release of the same hold, and a second record of the same
+/// request, as no-ops.
+pub async fn call_until_applied(env: Env, tenant_id: String, ops: Vec<TenantOp>, settings: Settings) {
+    for attempt in 0..3u64 {
+        if call(&env, &tenant_id, &ops, &settings).await.is_ok() {
+            return;
+        }
+        Delay::from(std::time::Duration::from_millis(100 * (attempt + 1))).await;
+    }
+    // The hold, if any, expires by itself (holds carry an expiry), so the
+    // budget is not leaked for longer than that.
+    console_error!("tollgate: gave up settling for `{tenant_id}` after 3 attempts; the hold will expire");
+}

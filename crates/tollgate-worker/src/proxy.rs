@@ -1,0 +1,334 @@
+//! `POST /v1/chat/completions` and `POST /v1/messages`: drive the core's
+//! [`Plan`] through cache, ledger and provider.
+//!
+//! Once the request is parsed, everything that touches the budget runs inside
+//! `ctx.wait_until`, and the handler only waits for the response to be handed
+//! over. If the client goes away mid-request, the runtime cancels the handler
+//! but not the `wait_until` task, so a hold is always settled or released,
+//! never left to expire.
+
+use crate::http::{self, error_response, header_pairs, with_headers};
+use crate::settings::{Settings, now_secs, random_bytes};
+use crate::{cache_store, ledger, tenants};
+use futures_channel::{mpsc, oneshot};
+use futures_util::future::{Either, select};
+use futures_util::{SinkExt, StreamExt};
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::time::Duration;
+use tollgate_core::budget::{LedgerOp, LedgerReply};
+use tollgate_core::cache::Doorkeeper;
+use tollgate_core::engine::{BudgetCheck, Finish, Inbound, ReserveOutcome, Upstream};
+use tollgate_core::error::UpstreamError;
+use tollgate_core::outcomes::OutcomeOp;
+use tollgate_core::store::{TenantOp, TenantReply};
+use tollgate_core::trace::CacheOutcome;
+use tollgate_core::{ApiError, ApiFormat, Next, Plan, TenantConfig, upstream};
+use worker::wasm_bindgen::JsValue;
+use worker::{
+    AbortController, ByteStream, Context, Delay, Env, Fetch, Headers, Method, Request, RequestInit, Response, Result,
+    console_error, js_sys,
+};
+
+/// Keys the doorkeeper remembers per isolate (about 120 KB of bits).
+const DOORKEEPER_CAPACITY: usize = 100_000;
+
+thread_local! {
+    // Admission filter: an answer is cached the second time its key is seen.
+    // Per isolate; a new isolate starts empty and admits from the second sighting it sees.
+    static DOORKEEPER: RefCell<Option<Doorkeeper>> = RefCell::new(Doorkeeper::new(DOORKEEPER_CAPACITY, random_bytes()));
+}
+
+/// Everything the request's `wait_until` task owns.
+struct Job {
+    plan: Plan,
+    tenant_id: String,
+    config: Rc<TenantConfig>,
+    env: Env,
+    ctx: Rc<Context>,
+    settings: Settings,
+    client_headers: Vec<(String, String)>,
+}
+
+pub async fn handle(mut req: Request, api: ApiFormat, env: Env, ctx: Context, settings: Settings) -> Result<Response> {
+    let tenant = match tenants::authenticate(&req, &env, &settings).await {
+        Ok(t) => t,
+        Err(e) => return error_response(&e, &[]),
+    };
+    let body = match http::read_body(&mut req, tenant.config.limits.max_body_bytes).await {
+        Ok(b) => b,
+        Err(e) => return error_response(&e, &[]),
+    };
+    let client_headers = header_pairs(req.headers());
+    let cache_control = client_headers.iter().find(|(n, _)| n == "cache-control").map(|(_, v)| v.as_str());
+    let inbound =
+        Inbound { tenant_id: &tenant.id, api, body: &body, cache_control, now: now_secs(), entropy: random_bytes() };
+    let plan = match Plan::new(&tenant.config, &inbound) {
+        Ok(p) => p,
+        Err(refused) => return http::local(refused.response()),
+    };
+    drop(body);
+
+    let (reply_tx, reply_rx) = oneshot::channel::<Response>();
+    let ctx = Rc::new(ctx);
+    let job =
+        Job { plan, tenant_id: tenant.id, config: tenant.config, env, ctx: ctx.clone(), settings, client_headers };
+    ctx.wait_until(async move {
+        drive(job, reply_tx).await;
+    });
+    match reply_rx.await {
+        Ok(response) => Ok(response),
+        Err(_) => error_response(
+            &ApiError::new(503, "api_error", "internal_unavailable", "the request was dropped before it was answered")
+                .with_retry_after(1),
+            &[],
+        ),
+    }
+}
+
+/// Walk the plan to its end: reply to the client through `reply`, then
+/// settle, record and fill the cache.
+async fn drive(mut job: Job, mut reply: oneshot::Sender<Response>) {
+    let mut next = job.plan.start();
+    loop {
+        next = match next {
+            Next::Respond(local, settlement) => {
+                let mut ops: Vec<TenantOp> =
+                    settlement.iter().map(|s| TenantOp::Budget(s.to_op(&job.config.budgets))).collect();
+                if job.plan.trace.cache == Some(CacheOutcome::Hit) {
+                    ops.push(TenantOp::Outcome(OutcomeOp::Record { outcome: job.plan.outcome(None) }));
+                }
+                send(reply, http::local(local));
+                if !ops.is_empty() {
+                    ledger::call_until_applied(job.env.clone(), job.tenant_id.clone(), ops, job.settings).await;
+                }
+                return;
+            }
+            Next::LookupCache(key) => {
+                let found = cache_store::lookup(&job.env, &key, job.plan.api, now_secs()).await;
+                let use_doorkeeper = job.config.cache.doorkeeper;
+                DOORKEEPER.with(|d| {
+                    let mut d = d.borrow_mut();
+                    job.plan.on_cache(found, if use_doorkeeper { d.as_mut() } else { None })
+                })
+            }
+            Next::CheckBudget => {
+                let op = TenantOp::Budget(LedgerOp::Check { budgets: job.config.budgets.clone() });
+                let check =
+                    match ledger::call(&job.env, &job.tenant_id, &[op], &job.settings).await.map(|mut r| r.pop()) {
+                        Ok(Some(TenantReply::Budget(LedgerReply::Check { exhausted }))) => BudgetCheck::from(exhausted),
+                        _ => BudgetCheck::StoreUnavailable,
+                    };
+                job.plan.on_budget_check(check)
+            }
+            Next::Reserve(request) => {
+                let op = TenantOp::Budget(LedgerOp::Reserve { budgets: job.config.budgets.clone(), request });
+                let outcome = match ledger::call(&job.env, &job.tenant_id, &[op], &job.settings)
+                    .await
+                    .map(|mut r| r.pop())
+                {
+                    Ok(Some(TenantReply::Budget(LedgerReply::Granted { granted }))) => ReserveOutcome::Granted(granted),
+                    Ok(Some(TenantReply::Budget(LedgerReply::Refused { error }))) => ReserveOutcome::Refused(error),
+                    _ => ReserveOutcome::StoreUnavailable,
+                };
+                job.plan.on_reserve(outcome)
+            }
+            Next::Forward(up) => match call_provider(&up, &job).await {
+                Ok(CallResult::Answered(resp)) => match answer(&mut job, &up, resp, reply).await {
+                    Answered::Done => return,
+                    Answered::Failed(back) => {
+                        // Nothing reached the client yet: try the next model.
+                        reply = back;
+                        job.plan.on_upstream_failure(None)
+                    }
+                },
+                Ok(CallResult::Failed(status)) => job.plan.on_upstream_failure(status),
+                Err(err) => job.plan.abandon(&err),
+            },
+        };
+    }
+}
+
+fn send(reply: oneshot::Sender<Response>, response: Result<Response>) {
+    let response = response.or_else(|e| {
+        console_error!("tollgate: could not build the response: {e}");
+        Response::error("tollgate could not build the response", 503)
+    });
+    if let Ok(r) = response {
+        // Err only when the client has gone; the settlement still follows.
+        let _ = reply.send(r);
+    }
+}
+
+enum CallResult {
+    Answered(Response),
+    /// A retryable status, or None for a timeout or connection failure.
+    Failed(Option<u16>),
+}
+
+/// Send the rewritten request to the provider and wait for its headers.
+async fn call_provider(up: &Upstream, job: &Job) -> std::result::Result<CallResult, ApiError> {
+    let provider = up.target.provider;
+    let base = job.env.var(upstream::base_url_name(provider)).map(|v| v.to_string()).unwrap_or_default();
+    let key = job.env.var(upstream::secret_name(provider)).map(|v| v.to_string()).unwrap_or_default();
+    if base.is_empty() || key.is_empty() {
+        return Err(UpstreamError::NotConfigured { provider: provider.to_string() }.into());
+    }
+    let url = upstream::endpoint_url(&base, up.api);
+    let build = || -> Result<Request> {
+        let headers = Headers::new();
+        for (name, value) in upstream::provider_headers(provider, &key, &job.client_headers) {
+            headers.set(&name, &value)?;
+        }
+        let body = js_sys::Uint8Array::from(up.body.as_slice());
+        let mut init = RequestInit::new();
+        init.with_method(Method::Post).with_headers(headers).with_body(Some(JsValue::from(body)));
+        Request::new_with_init(&url, &init)
+    };
+    let request = build().map_err(|e| {
+        ApiError::from(UpstreamError::BadResponse { detail: format!("could not build the provider request: {e}") })
+    })?;
+    let controller = AbortController::default();
+    let signal = controller.signal();
+    let fetch = Fetch::Request(request);
+    let sent = Box::pin(fetch.send_with_signal(&signal));
+    let timeout = Delay::from(Duration::from_millis(job.settings.upstream_timeout_ms));
+    match select(sent, timeout).await {
+        Either::Left((Ok(resp), _)) => {
+            let status = resp.status_code();
+            if Plan::is_retryable(status) {
+                // Dropping the response cancels its body; nothing of it reaches the client.
+                Ok(CallResult::Failed(Some(status)))
+            } else {
+                Ok(CallResult::Answered(resp))
+            }
+        }
+        Either::Left((Err(e), _)) => {
+            console_error!("tollgate: {} unreachable: {e}", up.target);
+            Ok(CallResult::Failed(None))
+        }
+        Either::Right(_) => {
+            controller.abort();
+            Ok(CallResult::Failed(None))
+        }
+    }
+}
+
+enum Answered {
+    Done,
+    /// A streamed answer failed before its first byte reached the client.
+    Failed(oneshot::Sender<Response>),
+}
+
+/// Pass the provider's answer to the client, then settle and cache.
+async fn answer(job: &mut Job, up: &Upstream, mut resp: Response, reply: oneshot::Sender<Response>) -> Answered {
+    let status = resp.status_code();
+    let content_type = resp.headers().get("content-type").ok().flatten().unwrap_or_default();
+    let streamed = content_type.contains("text/event-stream") && (200..300).contains(&status);
+    if streamed {
+        return answer_stream(job, up, resp, reply, content_type).await;
+    }
+    let read =
+        select(Box::pin(resp.bytes()), Delay::from(Duration::from_millis(job.settings.upstream_timeout_ms))).await;
+    let bytes = match read {
+        Either::Left((Ok(b), _)) => b,
+        _ => return Answered::Failed(reply),
+    };
+    let (summary, assembled) = job.plan.read_json_response(&bytes);
+    let fin = job.plan.finish(status, &summary, assembled, &job.config, now_secs());
+    let mut headers = vec![(
+        "content-type".to_owned(),
+        if content_type.is_empty() { "application/json".into() } else { content_type },
+    )];
+    headers.extend(job.plan.response_headers());
+    send(reply, Response::from_bytes(bytes).map(|r| r.with_status(status)).and_then(|r| with_headers(r, &headers)));
+    after_answer(job, fin).await;
+    Answered::Done
+}
+
+async fn answer_stream(
+    job: &mut Job,
+    up: &Upstream,
+    mut resp: Response,
+    reply: oneshot::Sender<Response>,
+    content_type: String,
+) -> Answered {
+    let status = resp.status_code();
+    let mut observer = job.plan.stream_observer(up);
+    let Ok(mut body) = resp.stream() else { return Answered::Failed(reply) };
+    // Hold the response until the first chunk: until a byte reaches the
+    // client, a failed stream can still fall back to the next model.
+    let first = match next_chunk(&mut body, job.settings.upstream_timeout_ms).await {
+        Chunk::Data(c) => c,
+        Chunk::End | Chunk::Broken => return Answered::Failed(reply),
+    };
+    let mut first_out = Vec::new();
+    observer.feed(&first, &mut first_out);
+
+    // A small channel: the client's pace throttles how fast the provider is read.
+    let (mut tx, rx) = mpsc::channel::<std::result::Result<Vec<u8>, worker::Error>>(8);
+    let mut headers =
+        vec![("content-type".to_owned(), content_type), ("cache-control".to_owned(), "no-cache".to_owned())];
+    headers.extend(job.plan.response_headers());
+    send(reply, Response::from_stream(rx).map(|r| r.with_status(status)).and_then(|r| with_headers(r, &headers)));
+
+    let mut client_gone = !first_out.is_empty() && tx.send(Ok(first_out)).await.is_err();
+    let mut broken = false;
+    while !client_gone {
+        match next_chunk(&mut body, job.settings.stream_idle_timeout_ms).await {
+            Chunk::Data(chunk) => {
+                let mut out = Vec::new();
+                observer.feed(&chunk, &mut out);
+                client_gone = !out.is_empty() && tx.send(Ok(out)).await.is_err();
+            }
+            Chunk::End => break,
+            Chunk::Broken => {
+                broken = true;
+                break;
+            }
+        }
+    }
+    // On a client abort, dropping `body` cancels the provider request, so
+    // generation (and its cost) stops; the settlement charges what was seen.
+    drop(body);
+    let mut tail = Vec::new();
+    let outcome = observer.finish(&mut tail);
+    if !client_gone {
+        if broken {
+            // End the client's stream with an error rather than a clean end,
+            // so SDKs report a failure instead of a silently short answer.
+            let _ = tx.send(Err(worker::Error::RustError("the provider's stream broke".into()))).await;
+        } else if !tail.is_empty() {
+            let _ = tx.send(Ok(tail)).await;
+        }
+    }
+    drop(tx);
+    let fin = job.plan.finish(status, &outcome.summary, outcome.assembled, &job.config, now_secs());
+    after_answer(job, fin).await;
+    Answered::Done
+}
+
+enum Chunk {
+    Data(Vec<u8>),
+    End,
+    Broken,
+}
+
+async fn next_chunk(body: &mut ByteStream, timeout_ms: u64) -> Chunk {
+    match select(body.next(), Delay::from(Duration::from_millis(timeout_ms))).await {
+        Either::Left((Some(Ok(c)), _)) => Chunk::Data(c),
+        Either::Left((None, _)) => Chunk::End,
+        Either::Left((Some(Err(_)), _)) | Either::Right(_) => Chunk::Broken,
+    }
+}
+
+/// Settle, record the outcome, and fill the cache.
+async fn after_answer(job: &mut Job, fin: Finish) {
+    if let Some(fill) = fin.cache_fill.clone() {
+        job.ctx.wait_until(cache_store::fill(job.env.clone(), fill));
+    }
+    let mut ops: Vec<TenantOp> =
+        fin.settlement.iter().map(|s| TenantOp::Budget(s.to_op(&job.config.budgets))).collect();
+    ops.push(TenantOp::Outcome(OutcomeOp::Record { outcome: job.plan.outcome(Some(&fin)) }));
+    ledger::call_until_applied(job.env.clone(), job.tenant_id.clone(), ops, job.settings).await;
+}
