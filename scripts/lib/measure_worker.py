@@ -211,7 +211,9 @@ def main() -> int:
 
         def start_worker(ready_path: str | None = "/healthz", name: str = "worker") -> hosts.WranglerDev:
             return hosts.WranglerDev.start(worker_config, worker_state, work, name=name,
-                                           variables=hosts.worker_vars(mock), ready_path=ready_path)
+                                           # The production default: configs come from isolate memory, not KV, on most requests.
+                                           variables=hosts.worker_vars(mock, CONFIG_CACHE_SECONDS="30"),
+                                           ready_path=ready_path)
 
         # A start that returns as soon as the process runs: cold_start waits itself.
         def no_wait(start):

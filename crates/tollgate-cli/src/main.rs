@@ -4,6 +4,7 @@
 //! offline answer (`classify`, `route`, `replay`) is the answer production
 //! gives for the same config and request.
 
+mod price;
 mod replay;
 
 use clap::{Parser, Subcommand, ValueEnum};
@@ -17,6 +18,7 @@ use tollgate_core::config::TenantConfig;
 use tollgate_core::count::{self, Encoding};
 use tollgate_core::engine::{self, Inbound, Next, Plan, ReserveOutcome};
 use tollgate_core::request::ChatRequest;
+use tollgate_core::response::Usage;
 
 #[derive(Parser)]
 #[command(name = "tollgate", version, about = "LLM cost router: validate config, classify, count and route offline")]
@@ -95,6 +97,39 @@ enum Command {
     Key {
         #[command(subcommand)]
         command: KeyCommand,
+    },
+    /// Price token counts at a tenant's prices, as the hosts charge them.
+    ///
+    /// Prints {"model","input_tokens","output_tokens","micros","usd"}. The
+    /// model is --model (provider/model or bare) or --tier's first model for
+    /// --api. With --jsonl, reads lines {"id","tenant"?,"model" | "tier","api"?,
+    /// "input_tokens","output_tokens","cached_input_tokens"?} on stdin and
+    /// writes the same fields after "id" (and "tenant"); --config may then be
+    /// repeated, each line naming its tenant.
+    Price {
+        /// Tenant config whose prices to use (default: the example tenant).
+        #[arg(long)]
+        config: Vec<PathBuf>,
+        /// The model, e.g. openai/gpt-4o or claude-sonnet-4-5.
+        #[arg(long, conflicts_with = "tier")]
+        model: Option<String>,
+        /// Price the first model of this tier that serves --api instead.
+        #[arg(long)]
+        tier: Option<String>,
+        #[arg(long, value_enum, default_value = "openai")]
+        api: Api,
+        /// Prompt tokens, cached ones included.
+        #[arg(long, default_value_t = 0)]
+        input: u64,
+        /// Completion tokens.
+        #[arg(long, default_value_t = 0)]
+        output: u64,
+        /// Prompt tokens served from the provider's prompt cache.
+        #[arg(long, default_value_t = 0)]
+        cached_input: u64,
+        /// Price JSON lines from stdin instead (see above).
+        #[arg(long, conflicts_with_all = ["model", "tier"])]
+        jsonl: bool,
     },
     /// Replay a workload through the core against a simulated provider and
     /// report decisions, cache hits and cost against always-premium.
@@ -253,6 +288,22 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
             println!("{hash}");
             eprintln!("store the tenant record under KV key: {}", tollgate_core::auth::api_key_storage_key(&hash));
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Price { config, model, tier, api, input, output, cached_input, jsonl } => {
+            let configs = price::load_configs(&config)?;
+            if jsonl {
+                return jsonl_lines(|line| price::price_line(&configs, line));
+            }
+            let usage = Usage {
+                input_tokens: input,
+                output_tokens: output,
+                cached_input_tokens: cached_input,
+                ..Usage::default()
+            };
+            price::run_one(
+                &configs,
+                &price::Item { model: model.as_deref(), tier: tier.as_deref(), api: api.into(), usage },
+            )
         }
         Command::Replay { workload, tenants, quiet, out } => replay::run(&workload, &tenants, quiet, out.as_deref()),
     }

@@ -189,3 +189,80 @@ fn classify_jsonl_handles_every_shared_routing_prompt() {
     assert_eq!(got.len(), n);
     assert!(got.iter().all(|l| (0.0..=1.0).contains(&l["score"].as_f64().unwrap())));
 }
+
+#[test]
+fn price_prints_the_cost_of_tokens_at_the_tenants_prices() {
+    let out = tollgate(
+        &["price", "--config", "examples/tenant.json", "--model", "openai/gpt-4o", "--input", "120", "--output", "300"],
+        None,
+    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    // gpt-4o: $2.50 in, $10 out per million tokens.
+    assert_eq!(
+        v,
+        json!({"model": "openai/gpt-4o", "input_tokens": 120, "output_tokens": 300, "micros": 3300, "usd": "0.003300"})
+    );
+
+    // A tier's first model for the API: what `replay` calls always-premium.
+    let out = tollgate(
+        &[
+            "price",
+            "--config",
+            "examples/tenant.json",
+            "--tier",
+            "premium",
+            "--api",
+            "anthropic",
+            "--input",
+            "1",
+            "--output",
+            "0",
+        ],
+        None,
+    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["model"], "anthropic/claude-sonnet-4-5");
+    // $3 per million: three millionths of a dollar, exactly.
+    assert_eq!(v["micros"], 3);
+
+    let out = tollgate(&["price", "--config", "examples/tenant.json", "--tier", "nope", "--input", "1"], None);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no tier `nope`"));
+}
+
+#[test]
+fn price_jsonl_prices_each_line_with_its_tenants_config_and_rounds_up() {
+    let input = [
+        // globex overrides gpt-4.1-nano's price; acme has the built-in one.
+        json!({"id": "g", "tenant": "globex", "model": "gpt-4.1-nano", "input_tokens": 1_000_000, "output_tokens": 1_000_000}),
+        json!({"id": "a", "tenant": "acme", "model": "gpt-4o-mini", "input_tokens": 1, "output_tokens": 0}),
+        json!({"id": "p", "tenant": "globex", "tier": "premium", "api": "openai", "input_tokens": 100, "output_tokens": 10}),
+        json!({"id": "x", "tenant": "acme", "model": "no-such-model", "input_tokens": 1, "output_tokens": 1}),
+        json!({"id": "y", "tenant": "initech", "model": "gpt-4o", "input_tokens": 1, "output_tokens": 1}),
+    ]
+    .iter()
+    .map(Value::to_string)
+    .collect::<Vec<_>>()
+    .join("\n");
+    let out = tollgate(
+        &["price", "--jsonl", "--config", "examples/tenant.json", "--config", "examples/tenant-globex.json"],
+        Some(&input),
+    );
+    // A line that cannot be priced gets an `error` line and a failing exit; the rest are priced.
+    assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
+    let got = lines(&out);
+    assert_eq!(got.len(), 5);
+    assert_eq!(
+        got[0],
+        json!({"id": "g", "tenant": "globex", "model": "openai/gpt-4.1-nano", "input_tokens": 1_000_000,
+               "output_tokens": 1_000_000, "micros": 500_000, "usd": "0.500000"})
+    );
+    // $0.15 per million tokens: 0.15 of a micro-dollar, charged as 1.
+    assert_eq!(got[1]["micros"], 1);
+    // gpt-4.1, globex's premium model for OpenAI: 100 × $2 + 10 × $8 per million.
+    assert_eq!((got[2]["model"].as_str(), got[2]["micros"].as_u64()), (Some("openai/gpt-4.1"), Some(280)));
+    assert!(got[3]["error"].as_str().unwrap().contains("no price for `no-such-model`"), "{}", got[3]);
+    assert!(got[4]["error"].as_str().unwrap().contains("no --config for tenant `initech`"), "{}", got[4]);
+}

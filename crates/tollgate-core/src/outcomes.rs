@@ -11,18 +11,23 @@
 //! [`OutcomeLedger`] per tenant next to its budget state and changes it only
 //! through [`apply`]. Memory is bounded: the ledger remembers the last
 //! [`RECENT_CAPACITY`] requests (and none older than [`FEEDBACK_WINDOW_SECS`])
-//! for matching feedback; the per-tier totals are a fixed handful of numbers.
+//! for matching feedback, in a ring persisted as small chunks; the per-tier
+//! totals are a fixed handful of numbers.
 
 use crate::error::ApiError;
 use crate::pricing::format_usd;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
-use std::collections::VecDeque;
 
-/// How many recent requests feedback can still name. At ~80 bytes each this
-/// keeps a tenant's serialised ledger near 100 KB, under the 128 KiB value
-/// limit of Durable Object storage.
+/// How many recent requests feedback can still name.
 pub const RECENT_CAPACITY: usize = 1024;
+
+/// Recent requests are persisted in chunks of this many slots, so recording
+/// one request rewrites a few kilobytes, not the whole list.
+pub const RECENT_CHUNK: usize = 64;
+
+/// Number of chunks.
+pub const RECENT_CHUNKS: usize = RECENT_CAPACITY / RECENT_CHUNK;
 
 /// Feedback older than this (7 days) no longer counts.
 pub const FEEDBACK_WINDOW_SECS: u64 = 7 * 24 * 3600;
@@ -72,13 +77,40 @@ pub struct RecentRequest {
     pub resolved: Option<bool>,
 }
 
-/// Everything a host persists for one tenant's outcomes.
+/// The small, often-written part of the ledger: per-tier totals and where
+/// the next recent request goes.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct OutcomeLedger {
+pub struct OutcomeTotals {
     #[serde(default)]
     pub tiers: Vec<TierTotals>,
     #[serde(default)]
-    pub recent: VecDeque<RecentRequest>,
+    pub next_slot: usize,
+}
+
+/// [`RECENT_CHUNK`] slots of the ring of recent requests.
+pub type RecentChunk = Vec<Option<RecentRequest>>;
+
+/// Everything a host persists for one tenant's outcomes: the totals under
+/// one key and the ring of recent requests as [`RECENT_CHUNKS`] chunks, so
+/// that a record rewrites only the totals and one chunk (see [`Touched`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OutcomeLedger {
+    pub totals: OutcomeTotals,
+    recent: Vec<Option<RecentRequest>>,
+}
+
+impl Default for OutcomeLedger {
+    fn default() -> Self {
+        OutcomeLedger { totals: OutcomeTotals::default(), recent: vec![None; RECENT_CAPACITY] }
+    }
+}
+
+/// What an [`apply`] changed, so the host writes only that.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Touched {
+    pub totals: bool,
+    /// The index of the chunk that changed, if one did.
+    pub chunk: Option<usize>,
 }
 
 /// One operation on the outcome ledger.
@@ -102,37 +134,56 @@ pub enum OutcomeReply {
 }
 
 impl OutcomeLedger {
-    fn totals(&mut self, tier: &str) -> &mut TierTotals {
-        let at = match self.tiers.iter().position(|t| t.tier == tier) {
-            Some(i) => i,
-            None => {
-                self.tiers.push(TierTotals { tier: tier.to_owned(), ..TierTotals::default() });
-                self.tiers.len() - 1
+    /// Rebuild from what the host stored; missing or short chunks are empty slots.
+    pub fn from_parts(totals: OutcomeTotals, chunks: Vec<Option<RecentChunk>>) -> OutcomeLedger {
+        let mut ledger = OutcomeLedger { totals, ..OutcomeLedger::default() };
+        ledger.totals.next_slot %= RECENT_CAPACITY;
+        for (c, chunk) in chunks.into_iter().take(RECENT_CHUNKS).enumerate() {
+            for (i, slot) in chunk.unwrap_or_default().into_iter().take(RECENT_CHUNK).enumerate() {
+                ledger.recent[c * RECENT_CHUNK + i] = slot;
             }
-        };
-        &mut self.tiers[at]
+        }
+        ledger
     }
 
-    fn forget_old(&mut self, now: u64) {
-        while self.recent.front().is_some_and(|r| r.at.saturating_add(FEEDBACK_WINDOW_SECS) < now) {
-            self.recent.pop_front();
-        }
-        while self.recent.len() > RECENT_CAPACITY {
-            self.recent.pop_front();
-        }
+    /// Chunk `index` as stored.
+    pub fn chunk(&self, index: usize) -> RecentChunk {
+        let start = (index % RECENT_CHUNKS) * RECENT_CHUNK;
+        self.recent[start..start + RECENT_CHUNK].to_vec()
+    }
+
+    pub fn tiers(&self) -> &[TierTotals] {
+        &self.totals.tiers
+    }
+
+    fn tier_totals(&mut self, tier: &str) -> &mut TierTotals {
+        let tiers = &mut self.totals.tiers;
+        let at = match tiers.iter().position(|t| t.tier == tier) {
+            Some(i) => i,
+            None => {
+                tiers.push(TierTotals { tier: tier.to_owned(), ..TierTotals::default() });
+                tiers.len() - 1
+            }
+        };
+        &mut tiers[at]
+    }
+
+    fn find(&self, id: &str, now: u64) -> Option<usize> {
+        self.recent
+            .iter()
+            .position(|r| r.as_ref().is_some_and(|r| r.id == id && r.at.saturating_add(FEEDBACK_WINDOW_SECS) >= now))
     }
 }
 
-/// Apply one operation at `now`. The caller persists the ledger afterwards.
-pub fn apply(ledger: &mut OutcomeLedger, op: &OutcomeOp, now: u64) -> OutcomeReply {
-    ledger.forget_old(now);
+/// Apply one operation at `now`. The caller persists what [`Touched`] names.
+pub fn apply(ledger: &mut OutcomeLedger, op: &OutcomeOp, now: u64) -> (OutcomeReply, Touched) {
     match op {
         OutcomeOp::Record { outcome } => {
             // A retried record (the host's call timed out after it landed) must not double-count.
-            if ledger.recent.iter().any(|r| r.id == outcome.request_id) {
-                return OutcomeReply::Recorded;
+            if ledger.find(&outcome.request_id, now).is_some() {
+                return (OutcomeReply::Recorded, Touched::default());
             }
-            let t = ledger.totals(&outcome.tier);
+            let t = ledger.tier_totals(&outcome.tier);
             t.requests += 1;
             t.tokens = t.tokens.saturating_add(outcome.tokens);
             t.micros = t.micros.saturating_add(outcome.micros);
@@ -142,22 +193,27 @@ pub fn apply(ledger: &mut OutcomeLedger, op: &OutcomeOp, now: u64) -> OutcomeRep
                 t.cache_hits += 1;
                 t.cache_saved_micros = t.cache_saved_micros.saturating_add(outcome.saved_micros);
             }
-            ledger.recent.push_back(RecentRequest {
+            // The ring overwrites the oldest slot.
+            let slot = ledger.totals.next_slot % RECENT_CAPACITY;
+            ledger.recent[slot] = Some(RecentRequest {
                 id: outcome.request_id.clone(),
                 tier: outcome.tier.clone(),
                 at: now,
                 resolved: None,
             });
-            ledger.forget_old(now);
-            OutcomeReply::Recorded
+            ledger.totals.next_slot = (slot + 1) % RECENT_CAPACITY;
+            (OutcomeReply::Recorded, Touched { totals: true, chunk: Some(slot / RECENT_CHUNK) })
         }
         OutcomeOp::Feedback { request_id, resolved } => {
-            let Some(recent) = ledger.recent.iter_mut().find(|r| &r.id == request_id) else {
-                return OutcomeReply::UnknownRequest { request_id: request_id.clone() };
+            let Some(slot) = ledger.find(request_id, now) else {
+                return (OutcomeReply::UnknownRequest { request_id: request_id.clone() }, Touched::default());
+            };
+            let Some(recent) = ledger.recent[slot].as_mut() else {
+                return (OutcomeReply::UnknownRequest { request_id: request_id.clone() }, Touched::default());
             };
             let before = recent.resolved.replace(*resolved);
             let tier = recent.tier.clone();
-            let t = ledger.totals(&tier);
+            let t = ledger.tier_totals(&tier);
             // Changed feedback moves the request between the two counts.
             match before {
                 Some(true) => t.resolved = t.resolved.saturating_sub(1),
@@ -169,9 +225,10 @@ pub fn apply(ledger: &mut OutcomeLedger, op: &OutcomeOp, now: u64) -> OutcomeRep
             } else {
                 t.unresolved += 1;
             }
-            OutcomeReply::FeedbackRecorded { request_id: request_id.clone(), tier, resolved: *resolved }
+            let reply = OutcomeReply::FeedbackRecorded { request_id: request_id.clone(), tier, resolved: *resolved };
+            (reply, Touched { totals: true, chunk: Some(slot / RECENT_CHUNK) })
         }
-        OutcomeOp::Report => OutcomeReply::Report { tiers: ledger.tiers.clone() },
+        OutcomeOp::Report => (OutcomeReply::Report { tiers: ledger.totals.tiers.clone() }, Touched::default()),
     }
 }
 
@@ -255,6 +312,10 @@ pub fn report(tiers: &[TierTotals]) -> Value {
 mod tests {
     use super::*;
 
+    fn apply_(l: &mut OutcomeLedger, op: &OutcomeOp, now: u64) -> OutcomeReply {
+        apply(l, op, now).0
+    }
+
     fn outcome(id: &str, tier: &str, micros: u64) -> RequestOutcome {
         RequestOutcome {
             request_id: id.to_owned(),
@@ -268,15 +329,15 @@ mod tests {
     #[test]
     fn feedback_counts_resolutions_per_tier_and_cost_per_resolution_follows() {
         let mut l = OutcomeLedger::default();
-        apply(&mut l, &OutcomeOp::Record { outcome: outcome("a", "cheap", 300) }, 10);
-        apply(&mut l, &OutcomeOp::Record { outcome: outcome("b", "cheap", 300) }, 10);
-        apply(&mut l, &OutcomeOp::Record { outcome: outcome("c", "premium", 5000) }, 10);
-        let r = apply(&mut l, &OutcomeOp::Feedback { request_id: "a".into(), resolved: true }, 11);
+        apply_(&mut l, &OutcomeOp::Record { outcome: outcome("a", "cheap", 300) }, 10);
+        apply_(&mut l, &OutcomeOp::Record { outcome: outcome("b", "cheap", 300) }, 10);
+        apply_(&mut l, &OutcomeOp::Record { outcome: outcome("c", "premium", 5000) }, 10);
+        let r = apply_(&mut l, &OutcomeOp::Feedback { request_id: "a".into(), resolved: true }, 11);
         assert_eq!(r, OutcomeReply::FeedbackRecorded { request_id: "a".into(), tier: "cheap".into(), resolved: true });
-        apply(&mut l, &OutcomeOp::Feedback { request_id: "b".into(), resolved: false }, 11);
-        let cheap = &l.tiers[0];
+        apply_(&mut l, &OutcomeOp::Feedback { request_id: "b".into(), resolved: false }, 11);
+        let cheap = &l.totals.tiers[0];
         assert_eq!((cheap.requests, cheap.resolved, cheap.unresolved, cheap.micros), (2, 1, 1, 600));
-        let report = report(&l.tiers);
+        let report = report(l.tiers());
         assert_eq!(report["tiers"][0]["cost_per_resolution_usd"], "0.000600");
         assert_eq!(report["tiers"][1]["cost_per_resolution_usd"], Value::Null);
     }
@@ -284,51 +345,75 @@ mod tests {
     #[test]
     fn changed_feedback_moves_the_request_rather_than_counting_it_twice() {
         let mut l = OutcomeLedger::default();
-        apply(&mut l, &OutcomeOp::Record { outcome: outcome("a", "cheap", 1) }, 0);
+        apply_(&mut l, &OutcomeOp::Record { outcome: outcome("a", "cheap", 1) }, 0);
         for resolved in [true, true, false] {
-            apply(&mut l, &OutcomeOp::Feedback { request_id: "a".into(), resolved }, 1);
+            apply_(&mut l, &OutcomeOp::Feedback { request_id: "a".into(), resolved }, 1);
         }
-        assert_eq!((l.tiers[0].resolved, l.tiers[0].unresolved), (0, 1));
+        assert_eq!((l.totals.tiers[0].resolved, l.totals.tiers[0].unresolved), (0, 1));
     }
 
     #[test]
     fn a_retried_record_is_counted_once() {
         let mut l = OutcomeLedger::default();
         for _ in 0..2 {
-            apply(&mut l, &OutcomeOp::Record { outcome: outcome("a", "cheap", 7) }, 0);
+            apply_(&mut l, &OutcomeOp::Record { outcome: outcome("a", "cheap", 7) }, 0);
         }
-        assert_eq!((l.tiers[0].requests, l.tiers[0].micros), (1, 7));
+        assert_eq!((l.totals.tiers[0].requests, l.totals.tiers[0].micros), (1, 7));
     }
 
     #[test]
     fn feedback_for_unknown_or_forgotten_requests_is_refused() {
         let mut l = OutcomeLedger::default();
-        apply(&mut l, &OutcomeOp::Record { outcome: outcome("old", "cheap", 1) }, 0);
+        apply_(&mut l, &OutcomeOp::Record { outcome: outcome("old", "cheap", 1) }, 0);
         let later = FEEDBACK_WINDOW_SECS + 10;
-        let r = apply(&mut l, &OutcomeOp::Feedback { request_id: "old".into(), resolved: true }, later);
+        let r = apply_(&mut l, &OutcomeOp::Feedback { request_id: "old".into(), resolved: true }, later);
         assert_eq!(r, OutcomeReply::UnknownRequest { request_id: "old".into() });
-        let r = apply(&mut l, &OutcomeOp::Feedback { request_id: "never".into(), resolved: true }, 0);
+        let r = apply_(&mut l, &OutcomeOp::Feedback { request_id: "never".into(), resolved: true }, 0);
         assert!(matches!(r, OutcomeReply::UnknownRequest { .. }));
     }
 
     #[test]
-    fn the_recent_list_stays_bounded() {
+    fn the_ring_stays_bounded_and_each_record_touches_one_small_chunk() {
         let mut l = OutcomeLedger::default();
         for i in 0..(RECENT_CAPACITY + 50) {
-            apply(&mut l, &OutcomeOp::Record { outcome: outcome(&format!("r{i}"), "cheap", 1) }, 5);
+            let (_, touched) = apply(&mut l, &OutcomeOp::Record { outcome: outcome(&format!("r{i}"), "cheap", 1) }, 5);
+            assert_eq!(touched, Touched { totals: true, chunk: Some((i % RECENT_CAPACITY) / RECENT_CHUNK) });
         }
-        assert_eq!(l.recent.len(), RECENT_CAPACITY);
-        assert_eq!(l.tiers[0].requests, (RECENT_CAPACITY + 50) as u64);
-        let bytes = serde_json::to_vec(&l).unwrap_or_default();
-        assert!(bytes.len() < 128 * 1024, "ledger serialises to {} bytes", bytes.len());
+        assert_eq!(l.totals.tiers[0].requests, (RECENT_CAPACITY + 50) as u64);
+        // The oldest 50 were overwritten; the rest can still take feedback.
+        assert!(matches!(
+            apply_(&mut l, &OutcomeOp::Feedback { request_id: "r10".into(), resolved: true }, 6),
+            OutcomeReply::UnknownRequest { .. }
+        ));
+        assert!(matches!(
+            apply_(&mut l, &OutcomeOp::Feedback { request_id: "r60".into(), resolved: true }, 6),
+            OutcomeReply::FeedbackRecorded { .. }
+        ));
+        let chunk = serde_json::to_vec(&l.chunk(0)).unwrap_or_default();
+        assert!(chunk.len() < 8 * 1024, "a chunk serialises to {} bytes", chunk.len());
+    }
+
+    #[test]
+    fn a_ledger_rebuilt_from_its_stored_parts_is_the_same_ledger() {
+        let mut l = OutcomeLedger::default();
+        for i in 0..100 {
+            apply_(&mut l, &OutcomeOp::Record { outcome: outcome(&format!("r{i}"), "cheap", 1) }, 5);
+        }
+        let chunks = (0..RECENT_CHUNKS).map(|c| Some(l.chunk(c))).collect();
+        assert_eq!(OutcomeLedger::from_parts(l.totals.clone(), chunks), l);
+        let mut partial = OutcomeLedger::from_parts(l.totals.clone(), vec![]);
+        assert!(matches!(
+            apply_(&mut partial, &OutcomeOp::Feedback { request_id: "r1".into(), resolved: true }, 6),
+            OutcomeReply::UnknownRequest { .. }
+        ));
     }
 
     #[test]
     fn cache_hits_record_the_dollars_they_avoided() {
         let mut l = OutcomeLedger::default();
         let hit = RequestOutcome { cache_hit: true, saved_micros: 900, ..outcome("h", "premium", 0) };
-        apply(&mut l, &OutcomeOp::Record { outcome: hit }, 0);
-        assert_eq!((l.tiers[0].cache_hits, l.tiers[0].cache_saved_micros), (1, 900));
+        apply_(&mut l, &OutcomeOp::Record { outcome: hit }, 0);
+        assert_eq!((l.totals.tiers[0].cache_hits, l.totals.tiers[0].cache_saved_micros), (1, 900));
     }
 
     #[test]

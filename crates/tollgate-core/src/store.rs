@@ -9,6 +9,7 @@
 
 use crate::budget::{self, BudgetState, LedgerOp, LedgerReply};
 use crate::outcomes::{self, OutcomeLedger, OutcomeOp, OutcomeReply};
+
 use serde::{Deserialize, Serialize};
 
 /// A budget or an outcome operation. The two enums' `op` names do not
@@ -36,10 +37,12 @@ pub struct TenantBatch {
 }
 
 /// Which parts of the state a batch changed, so the store writes only those.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Dirty {
     pub budget: bool,
-    pub outcomes: bool,
+    pub outcome_totals: bool,
+    /// Indexes of the outcome ring's chunks that changed (see [`OutcomeLedger::chunk`]).
+    pub outcome_chunks: Vec<usize>,
 }
 
 /// Apply `ops` in order at `now`.
@@ -59,8 +62,12 @@ pub fn apply(
                 TenantReply::Budget(budget::apply(budget_state, op, now))
             }
             TenantOp::Outcome(op) => {
-                dirty.outcomes |= !matches!(op, OutcomeOp::Report);
-                TenantReply::Outcome(outcomes::apply(outcome_ledger, op, now))
+                let (reply, touched) = outcomes::apply(outcome_ledger, op, now);
+                dirty.outcome_totals |= touched.totals;
+                if let Some(c) = touched.chunk.filter(|c| !dirty.outcome_chunks.contains(c)) {
+                    dirty.outcome_chunks.push(c);
+                }
+                TenantReply::Outcome(reply)
             }
         })
         .collect();
@@ -91,7 +98,7 @@ mod tests {
 
         let (mut b, mut o) = (BudgetState::default(), OutcomeLedger::default());
         let (replies, dirty) = apply(&mut b, &mut o, &back.ops, 100);
-        assert_eq!(dirty, Dirty { budget: true, outcomes: true });
+        assert_eq!(dirty, Dirty { budget: true, outcome_totals: true, outcome_chunks: vec![0] });
         let wire = serde_json::to_string(&replies).unwrap();
         let back: Vec<TenantReply> = serde_json::from_str(&wire).unwrap();
         assert_eq!(back, replies);

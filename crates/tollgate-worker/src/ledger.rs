@@ -13,7 +13,7 @@ use crate::settings::{Settings, now_secs};
 use futures_util::future::{Either, select};
 use std::cell::RefCell;
 use tollgate_core::budget::BudgetState;
-use tollgate_core::outcomes::OutcomeLedger;
+use tollgate_core::outcomes::{OutcomeLedger, OutcomeTotals, RECENT_CHUNKS, RecentChunk};
 use tollgate_core::store::{self, TenantBatch, TenantOp, TenantReply};
 use worker::{
     Delay, DurableObject, Env, Method, Request, RequestInit, Response, Result, State, console_error, durable_object,
@@ -24,7 +24,13 @@ use worker::{
 pub const LEDGER_BINDING: &str = "TENANT_LEDGER";
 
 const BUDGET_KEY: &str = "budget";
-const OUTCOMES_KEY: &str = "outcomes";
+const OUTCOME_TOTALS_KEY: &str = "outcomes:totals";
+
+/// The outcome ring is stored in chunks, so recording a request rewrites a
+/// few KB rather than the tenant's whole recent history.
+fn outcome_chunk_key(index: usize) -> String {
+    format!("outcomes:recent:{index}")
+}
 
 struct Loaded {
     budget: BudgetState,
@@ -58,27 +64,42 @@ impl DurableObject for TenantLedger {
             // Storage reads close the input gate, so no other event runs
             // between this read and the state being installed.
             let budget = parse_or_default::<BudgetState>(storage.get::<String>(BUDGET_KEY).await?, BUDGET_KEY);
-            let outcomes = parse_or_default::<OutcomeLedger>(storage.get::<String>(OUTCOMES_KEY).await?, OUTCOMES_KEY);
+            let totals =
+                parse_or_default::<OutcomeTotals>(storage.get::<String>(OUTCOME_TOTALS_KEY).await?, OUTCOME_TOTALS_KEY);
+            let mut chunks = Vec::with_capacity(RECENT_CHUNKS);
+            for c in 0..RECENT_CHUNKS {
+                let key = outcome_chunk_key(c);
+                chunks.push(Some(parse_or_default::<RecentChunk>(storage.get::<String>(&key).await?, &key)));
+            }
+            let outcomes = OutcomeLedger::from_parts(totals, chunks);
             let mut slot = self.loaded.borrow_mut();
             if slot.is_none() {
                 *slot = Some(Loaded { budget, outcomes });
             }
         }
-        let (replies, budget_json, outcomes_json) = {
+        // Apply and serialise with no await in between: this is the atomic step.
+        let (replies, writes) = {
             let mut slot = self.loaded.borrow_mut();
             let Some(loaded) = slot.as_mut() else {
                 return Response::error("ledger state missing", 500);
             };
             let (replies, dirty) = store::apply(&mut loaded.budget, &mut loaded.outcomes, &batch.ops, now_secs());
-            let budget_json = if dirty.budget { Some(serde_json::to_string(&loaded.budget)?) } else { None };
-            let outcomes_json = if dirty.outcomes { Some(serde_json::to_string(&loaded.outcomes)?) } else { None };
-            (replies, budget_json, outcomes_json)
+            let mut writes: Vec<(String, String)> = Vec::new();
+            if dirty.budget {
+                writes.push((BUDGET_KEY.to_owned(), serde_json::to_string(&loaded.budget)?));
+            }
+            if dirty.outcome_totals {
+                writes.push((OUTCOME_TOTALS_KEY.to_owned(), serde_json::to_string(&loaded.outcomes.totals)?));
+            }
+            for c in dirty.outcome_chunks {
+                writes.push((outcome_chunk_key(c), serde_json::to_string(&loaded.outcomes.chunk(c))?));
+            }
+            (replies, writes)
         };
-        if let Some(json) = budget_json {
-            storage.put(BUDGET_KEY, json).await?;
-        }
-        if let Some(json) = outcomes_json {
-            storage.put(OUTCOMES_KEY, json).await?;
+        // Writes are issued in order; the output gate holds the reply until
+        // they are durable, so no caller acts on a grant that could be lost.
+        for (key, json) in writes {
+            storage.put(&key, json).await?;
         }
         Response::from_json(&replies)
     }
