@@ -24,6 +24,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import hosts  # noqa: E402
+import tenants  # noqa: E402
 from hosts import ACME_KEY, GLOBEX_KEY, ROOT, Missing, Mock, Worker  # noqa: E402, F401
 
 
@@ -69,14 +70,15 @@ def clean_mock(mock: Mock) -> Mock:
 def worker(mock: Mock, run_dir: Path) -> Iterator[Worker]:
     """The Worker (build/, root wrangler.toml) under `wrangler dev --local`,
     every provider pointed at the mock, CONFIG_CACHE_SECONDS=0, fresh local
-    KV/DO state seeded with acme (examples/tenant.json, key ACME_KEY) and
-    globex (examples/tenant-globex.json, key GLOBEX_KEY).
+    KV/DO state seeded with every tenant and key in tenants.py (acme,
+    examples/tenant.json with ACME_KEY, first, through `wrangler kv key put`;
+    the rest in one bulk put).
 
     `worker.seed_tenant(config, keys)` adds tenants while it runs: the next
-    request sees them."""
+    request sees them. It costs seconds; add tenants to tenants.py instead."""
     problem = None
     try:
-        w = hosts.start_worker(mock, run_dir / "worker")
+        w = hosts.start_worker(mock, run_dir / "worker", tenants=tenants.TENANTS, extra_entries=tenants.EXTRA_ENTRIES)
     except Missing as e:
         problem = str(e)
     if problem:

@@ -353,21 +353,27 @@ class Kv:
         self._run("key", "delete", key)
 
 
-def tenant_entries(tenant_config: dict, api_keys: Iterable[str], *, label: str | None = None) -> dict[str, dict]:
+def tenant_entries(
+    tenant_config: dict, api_keys: Iterable[str | Mapping], *, label: str | None = None
+) -> dict[str, dict]:
     """KV entries for one tenant: `tenant:<id>` and one `apikey:<sha256 hex>`
-    record per key."""
+    record per key. A key is its secret, or a mapping `{"key": secret,
+    "disabled": bool, "label": str | None}` (tests/e2e/tenants.py `key()`)."""
     tenant_id = tenant_config["tenant_id"]
     entries: dict[str, dict] = {f"tenant:{tenant_id}": tenant_config}
     for key in api_keys:
-        entries[f"apikey:{sha256_hex(key)}"] = {
+        spec = {"key": key} if isinstance(key, str) else key
+        entries[f"apikey:{sha256_hex(spec['key'])}"] = {
             "tenant_id": tenant_id,
-            "label": label or f"e2e {tenant_id}",
-            "disabled": False,
+            "label": spec.get("label") or label or f"e2e {tenant_id}",
+            "disabled": bool(spec.get("disabled", False)),
         }
     return entries
 
 
-def seed_tenant(kv: Kv, tenant_config: dict, api_keys: list[str], *, label: str | None = None, one_by_one: bool = False) -> None:
+def seed_tenant(
+    kv: Kv, tenant_config: dict, api_keys: list[str | Mapping], *, label: str | None = None, one_by_one: bool = False
+) -> None:
     """Write a tenant's config and API-key records. `one_by_one` uses
     `wrangler kv key put` per key (the README's path); otherwise one
     `wrangler kv bulk put`."""
@@ -507,14 +513,17 @@ def start_worker(
     mock: Mock,
     work_dir: Path,
     *,
-    tenants: list[tuple[dict, list[str]]] | None = None,
+    tenants: list[tuple[dict, list[str | Mapping]]] | None = None,
+    extra_entries: Mapping[str, dict] | None = None,
+    first_one_by_one: bool = True,
     variables: Mapping[str, str] | None = None,
     config: Path = WORKER_CONFIG,
 ) -> Worker:
     """Seed KV in a fresh state dir, then start the Worker with the mock as
-    every provider. The first tenant is written with `wrangler kv key put`
-    (one command per key, as the README shows); the others with one bulk put.
-    wrangler runs on `prebuilt_config(config)`: build/ is already there."""
+    every provider. With `first_one_by_one` the first tenant is written with
+    `wrangler kv key put` (one command per key, as the README shows); the
+    others, and `extra_entries` (raw TOLLGATE_CONFIG records), with one bulk
+    put. wrangler runs on `prebuilt_config(config)`: build/ is already there."""
     require_worker_build()
     require_wrangler()
     state = work_dir / "state"
@@ -522,13 +531,15 @@ def start_worker(
     config = prebuilt_config(config, work_dir / "config")
     kv = Kv(config=config, persist_to=state, log_dir=work_dir)
     tenants = default_tenants() if tenants is None else tenants
-    if tenants:
-        first, *rest = tenants
+    rest = list(tenants)
+    if rest and first_one_by_one:
+        first = rest.pop(0)
         seed_tenant(kv, first[0], first[1], one_by_one=True)
-        bulk: dict[str, dict] = {}
-        for cfg, keys in rest:
-            bulk.update(tenant_entries(cfg, keys))
-        kv.bulk_put(bulk)
+    bulk: dict[str, dict] = {}
+    for cfg, keys in rest:
+        bulk.update(tenant_entries(cfg, keys))
+    bulk.update(extra_entries or {})
+    kv.bulk_put(bulk)
     dev = WranglerDev.start(config, state, work_dir, name="worker", variables={**worker_vars(mock), **(variables or {})})
     return Worker(dev=dev, kv=kv, state=state)
 

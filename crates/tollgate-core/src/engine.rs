@@ -726,7 +726,17 @@ impl Plan {
     ) -> Finish {
         let target = self.current_target().cloned();
         let price = target.as_ref().and_then(|t| config.price(&t.model));
-        let usage = summary.usage.or_else(|| {
+        let usage = summary.usage.map(|u| {
+            // A stream cut short reports usage only as far as it got:
+            // Anthropic's `message_start` carries a placeholder output count
+            // until `message_delta`. Charge at least the output seen.
+            if summary.complete {
+                u
+            } else {
+                Usage { output_tokens: u.output_tokens.max(summary.output_tokens_estimate), ..u }
+            }
+        });
+        let usage = usage.or_else(|| {
             // No usage reported (aborted stream, provider omitted it): charge
             // the prompt we counted and the output seen so far, estimated.
             (summary.output_tokens_estimate > 0 || (200..300).contains(&status)).then_some(Usage {

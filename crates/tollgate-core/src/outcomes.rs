@@ -248,7 +248,12 @@ struct RawFeedback {
 
 /// Parse `{request_id, resolved}`; 400 with the reason otherwise.
 pub fn parse_feedback(body: &[u8]) -> Result<Feedback, ApiError> {
-    let raw: RawFeedback = serde_json::from_slice(body).map_err(|e| {
+    // Through a Value first: serde would also read a struct from a JSON array.
+    let parsed = serde_json::from_slice::<serde_json::Value>(body)
+        .map_err(|e| e.to_string())
+        .and_then(|v| if v.is_object() { Ok(v) } else { Err("the body must be a JSON object".to_owned()) })
+        .and_then(|v| serde_json::from_value::<RawFeedback>(v).map_err(|e| e.to_string()));
+    let raw: RawFeedback = parsed.map_err(|e| {
         ApiError::new(
             400,
             "invalid_request_error",
@@ -269,6 +274,18 @@ pub fn parse_feedback(body: &[u8]) -> Result<Feedback, ApiError> {
         .with_param("request_id"));
     }
     Ok(Feedback { request_id: raw.request_id, resolved: raw.resolved })
+}
+
+/// The tenant's ledger could not be read (for `/v1/usage` and `/v1/feedback`,
+/// which no fail-open setting applies to).
+pub fn ledger_unavailable() -> ApiError {
+    ApiError::new(
+        503,
+        "api_error",
+        "budget_store_unavailable",
+        "the tenant's ledger (budgets and outcomes) is unreachable; retry shortly",
+    )
+    .with_retry_after(5)
 }
 
 /// The error for feedback naming a request the ledger does not know.
@@ -424,6 +441,7 @@ mod tests {
             &br#"{"request_id":"nope","resolved":true}"#[..],
             br#"{"request_id":"req_0123456789abcdef0123456789abcdef"}"#,
             br#"{"request_id":"req_0123456789abcdef0123456789abcdef","resolved":"yes"}"#,
+            br#"["req_0123456789abcdef0123456789abcdef",true]"#,
             b"not json",
         ] {
             let err = parse_feedback(bad).err().map(|e| (e.status, e.code));

@@ -100,7 +100,7 @@ async fn usage(req: &Request, env: &Env, settings: &Settings) -> Result<Response
     ];
     let replies = match ledger::call(env, &tenant.id, &ops, settings).await {
         Ok(r) => r,
-        Err(()) => return error_response(&tollgate_core::error::BudgetError::StoreUnavailable.into(), &[]),
+        Err(()) => return error_response(&outcomes::ledger_unavailable(), &[]),
     };
     let mut limits = Vec::new();
     let mut tiers = Vec::new();
@@ -140,6 +140,6 @@ async fn feedback(mut req: Request, env: &Env, settings: &Settings) -> Result<Re
         Ok(Some(TenantReply::Outcome(OutcomeReply::UnknownRequest { request_id }))) => {
             error_response(&outcomes::unknown_request(&request_id), &[])
         }
-        _ => error_response(&tollgate_core::error::BudgetError::StoreUnavailable.into(), &[]),
+        _ => error_response(&outcomes::ledger_unavailable(), &[]),
     }
 }

@@ -18,7 +18,7 @@ use std::rc::Rc;
 use std::time::Duration;
 use tollgate_core::budget::{LedgerOp, LedgerReply};
 use tollgate_core::cache::Doorkeeper;
-use tollgate_core::engine::{BudgetCheck, Finish, Inbound, ReserveOutcome, Upstream};
+use tollgate_core::engine::{BudgetCheck, Finish, Inbound, ReserveOutcome, Upstream, request_id};
 use tollgate_core::error::UpstreamError;
 use tollgate_core::outcomes::OutcomeOp;
 use tollgate_core::store::{TenantOp, TenantReply};
@@ -51,13 +51,17 @@ struct Job {
 }
 
 pub async fn handle(mut req: Request, api: ApiFormat, env: Env, ctx: Context, settings: Settings) -> Result<Response> {
+    // Drawn first so that even a request refused before routing (401, 413)
+    // carries the id the plan will use.
+    let entropy: [u8; 16] = random_bytes();
+    let id_header = [("x-tollgate-request-id".to_owned(), request_id(entropy))];
     let tenant = match tenants::authenticate(&req, &env, &settings).await {
         Ok(t) => t,
-        Err(e) => return error_response(&e, &[]),
+        Err(e) => return error_response(&e, &id_header),
     };
     let body = match http::read_body(&mut req, tenant.config.limits.max_body_bytes).await {
         Ok(b) => b,
-        Err(e) => return error_response(&e, &[]),
+        Err(e) => return error_response(&e, &id_header),
     };
     let client_headers = header_pairs(req.headers());
     let cache_control = client_headers.iter().find(|(n, _)| n == "cache-control").map(|(_, v)| v.as_str());
@@ -295,8 +299,11 @@ async fn answer_stream(
     let outcome = observer.finish(&mut tail);
     if !client_gone {
         if broken {
-            // End the client's stream with an error rather than a clean end,
-            // so SDKs report a failure instead of a silently short answer.
+            // An error event the SDKs raise on, then a transport error: a
+            // proxy in front (wrangler's, say) may turn the latter into a
+            // clean end, and a client must never take a cut answer for a whole one.
+            let message = format!("the provider's stream broke off ({}); the answer is incomplete", up.target);
+            let _ = tx.send(Ok(observer.broken_stream_event(&message))).await;
             let _ = tx.send(Err(worker::Error::RustError("the provider's stream broke".into()))).await;
         } else if !tail.is_empty() {
             let _ = tx.send(Ok(tail)).await;

@@ -34,6 +34,7 @@ pub struct StreamOutcome {
 /// Watches a streamed response as it passes through, chunk by chunk.
 #[derive(Debug)]
 pub struct StreamObserver {
+    api: ApiFormat,
     strip_usage_chunk: bool,
     parser: SseParser,
     /// When stripping: raw bytes of the unfinished event, not yet forwarded.
@@ -57,6 +58,7 @@ impl StreamObserver {
     /// response.
     pub fn new(api: ApiFormat, strip_usage_chunk: bool, max_assembled_bytes: usize) -> Self {
         Self {
+            api,
             strip_usage_chunk: strip_usage_chunk && api == ApiFormat::OpenAi,
             parser: SseParser::new(MAX_EVENT_BYTES),
             pending: Vec::new(),
@@ -76,7 +78,8 @@ impl StreamObserver {
     /// bytes of an unfinished event wait for the rest of it (up to 1 MiB,
     /// after which they are forwarded as they come).
     pub fn feed(&mut self, chunk: &[u8], out: &mut Vec<u8>) {
-        let Self { strip_usage_chunk, parser, pending, passthrough_block, last_block_dropped, started, watch } = self;
+        let Self { api: _, strip_usage_chunk, parser, pending, passthrough_block, last_block_dropped, started, watch } =
+            self;
         if !*strip_usage_chunk {
             emit(out, started, chunk);
             parser.push_with(chunk, &mut |_, boundary| {
@@ -127,6 +130,28 @@ impl StreamObserver {
     /// End of the upstream stream: flushes what remains to `out` (an event
     /// not followed by a blank line is still an event) and reports the
     /// outcome.
+    /// The provider's stream broke after bytes reached the client: the
+    /// closing event to send instead of [`StreamObserver::finish`]'s tail, so
+    /// SDKs raise an error rather than return a silently short answer (a
+    /// transport-level abort is not always visible to them: a proxy may turn
+    /// it into a clean end). It starts with a blank line, which completes or
+    /// discards any event the client holds half-received.
+    pub fn broken_stream_event(&self, message: &str) -> Vec<u8> {
+        let error = serde_json::json!({
+            "message": message, "type": "api_error", "param": null, "code": "upstream_stream_broken"
+        });
+        match self.api {
+            // openai-python raises APIError on a data object with `error`.
+            ApiFormat::OpenAi => format!("\n\ndata: {}\n\n", serde_json::json!({ "error": error })).into_bytes(),
+            // anthropic-sdk raises on `event: error`, the event Anthropic itself sends mid-stream.
+            ApiFormat::Anthropic => format!(
+                "\n\nevent: error\ndata: {}\n\n",
+                serde_json::json!({"type": "error", "error": {"type": "api_error", "message": message}})
+            )
+            .into_bytes(),
+        }
+    }
+
     pub fn finish(&mut self, out: &mut Vec<u8>) -> StreamOutcome {
         let usage_only = self.parser.finish_with().is_some_and(|event| self.watch.on_event(&event));
         if self.strip_usage_chunk {
@@ -666,6 +691,20 @@ pub(crate) mod tests {
     use serde_json::json;
 
     /// Runs `chunks` through a fresh observer; returns client bytes and outcome.
+    #[test]
+    fn a_broken_stream_ends_with_an_error_event_each_sdk_raises_on() {
+        let openai = StreamObserver::new(ApiFormat::OpenAi, true, 1024).broken_stream_event("cut");
+        let mut parser = SseParser::new(1 << 16);
+        let mut events = Vec::new();
+        parser.push(&openai, &mut events);
+        let data: serde_json::Value = serde_json::from_str(&events[0].data).unwrap();
+        assert_eq!(data["error"]["code"], "upstream_stream_broken");
+        let anthropic = StreamObserver::new(ApiFormat::Anthropic, false, 1024).broken_stream_event("cut");
+        let mut events = Vec::new();
+        SseParser::new(1 << 16).push(&anthropic, &mut events);
+        assert_eq!(events[0].event.as_deref(), Some("error"));
+    }
+
     pub(crate) fn observe(api: ApiFormat, strip: bool, chunks: &[&[u8]]) -> (Vec<u8>, StreamOutcome) {
         let mut observer = StreamObserver::new(api, strip, 1 << 20);
         let mut out = Vec::new();

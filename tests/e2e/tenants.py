@@ -1,0 +1,279 @@
+"""Every tenant and API key the end-to-end tests use, as data.
+
+The session `worker` fixture (conftest.py) writes all of them into KV
+*before* `wrangler dev` starts: acme (the first entry) with `wrangler kv key
+put`, as the README tells a user to, everything else in one `wrangler kv bulk
+put`. Seeding at runtime (`seed_tenant`) costs 2-4 s per call, so only the
+test of that path uses it.
+
+Adding a tenant: build its config (`routed_tenant`, `like_example`), then
+`register(config, [key, ...])`. Ids and keys must be unique across the
+registry; `register` refuses duplicates at import time. A key is a string,
+or `key(secret, disabled=True)` for a key record that exists but is off.
+Raw KV records that are no tenant's (a key whose tenant has no config)
+go in `EXTRA_ENTRIES`.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+from typing import Any
+
+import hosts
+from hosts import ACME_KEY, GLOBEX_KEY
+
+Key = str | dict[str, Any]
+
+# (tenant config, its API keys). Seeded in this order; the first one goes
+# through `wrangler kv key put` (the README's path), so keep acme first.
+TENANTS: list[tuple[dict, list[Key]]] = []
+
+# KV records in TOLLGATE_CONFIG that belong to no registered tenant.
+EXTRA_ENTRIES: dict[str, dict] = {}
+
+
+def key(secret: str, *, disabled: bool = False, label: str | None = None) -> dict[str, Any]:
+    """An API key with a record other than the default (enabled, "e2e <tenant>")."""
+    return {"key": secret, "disabled": disabled, "label": label}
+
+
+def key_for(tenant_id: str, suffix: str = "key") -> str:
+    return f"tg-e2e-{tenant_id}-{suffix}"
+
+
+def register(config: dict, keys: list[Key]) -> dict:
+    """Add a tenant to the registry; returns `config` for use in tests."""
+    tenant_id = config["tenant_id"]
+    if any(c["tenant_id"] == tenant_id for c, _ in TENANTS):
+        raise ValueError(f"tenant `{tenant_id}` registered twice")
+    known = {k if isinstance(k, str) else k["key"] for _, ks in TENANTS for k in ks}
+    for k in keys:
+        secret = k if isinstance(k, str) else k["key"]
+        if secret in known:
+            raise ValueError(f"API key `{secret}` registered twice")
+    TENANTS.append((config, list(keys)))
+    return config
+
+
+def like_example(name: str, tenant_id: str, **changes: Any) -> dict:
+    """An examples/ config under another tenant id, with top-level sections replaced."""
+    config = copy.deepcopy(hosts.example(name))
+    config["tenant_id"] = tenant_id
+    config.update(copy.deepcopy(changes))
+    return config
+
+
+CHEAP_OPENAI = ["openai/gpt-4o-mini", "openai/gpt-4.1-nano"]
+CHEAP_ANTHROPIC = ["anthropic/claude-3-5-haiku-latest", "anthropic/claude-3-haiku-20240307"]
+PREMIUM_OPENAI = ["openai/gpt-4o", "openai/gpt-4.1"]
+PREMIUM_ANTHROPIC = ["anthropic/claude-sonnet-4-5", "anthropic/claude-3-7-sonnet-latest"]
+
+
+def routed_tenant(
+    tenant_id: str,
+    *,
+    cheap: list[str] | None = None,
+    premium: list[str] | None = None,
+    up_to_score: float = 0.5,
+    pinned: list[str] | None = None,
+    allowed: list[str] | None = None,
+    budgets: dict | None = None,
+    cache: dict | None = None,
+    limits: dict | None = None,
+    pricing: dict | None = None,
+) -> dict:
+    """A two-tier tenant (cheap up to `up_to_score`, then premium), each tier
+    with OpenAI and Anthropic fallback chains. Sections left None are omitted,
+    so the documented defaults apply (no budgets: nothing metered)."""
+    config: dict[str, Any] = {
+        "version": 1,
+        "tenant_id": tenant_id,
+        "routing": {
+            "tiers": [
+                {"name": "cheap", "up_to_score": up_to_score, "models": cheap or CHEAP_OPENAI + CHEAP_ANTHROPIC},
+                {"name": "premium", "models": premium or PREMIUM_OPENAI + PREMIUM_ANTHROPIC},
+            ],
+            "pinned_models": pinned or [],
+            "allowed_models": allowed or [],
+        },
+    }
+    for name, section in (("budgets", budgets), ("cache", cache), ("limits", limits), ("pricing", pricing)):
+        if section is not None:
+            config[name] = section
+    return config
+
+
+def daily_budget(*, usd: float | None = 50.0, tokens: int | None = None, **rest: Any) -> dict:
+    """A `budgets` section with one daily limit (plus any other budget fields)."""
+    limit: dict[str, Any] = {"name": "daily", "window": "day"}
+    if usd is not None:
+        limit["usd"] = usd
+    if tokens is not None:
+        limit["tokens"] = tokens
+    return {"limits": [limit], **rest}
+
+
+# ---------------------------------------------------------------- the examples
+
+ACME = register(hosts.example("tenant.json"), [ACME_KEY])
+GLOBEX = register(hosts.example("tenant-globex.json"), [GLOBEX_KEY])
+
+# ---------------------------------------------------------------- routing, cache, errors, faults
+
+PROVIDERS_KEY = key_for("e2e-providers")
+CACHE_A_KEY = key_for("e2e-cache-a")
+CACHE_B_KEY = key_for("e2e-cache-b")
+CACHE_DOORKEEPER_KEY = key_for("e2e-cache-dk")
+ERRORS_KEY = key_for("e2e-errors")
+ERRORS_DISABLED_KEY = key_for("e2e-errors", "disabled")
+TINY_KEY = key_for("e2e-tiny")
+TINY_SDK_KEY = key_for("e2e-tiny-sdk")
+FAULTS_KEY = key_for("e2e-faults")
+
+# Routing to providers other than OpenAI and Anthropic: each must reach its
+# own base URL with its own key.
+PROVIDERS = register(
+    routed_tenant(
+        "e2e-providers",
+        cheap=["google/gemini-2.5-flash-lite", "mistral/mistral-small"],
+        premium=["mistral/mistral-large", "anthropic/claude-sonnet-4-5"],
+    ),
+    [PROVIDERS_KEY],
+)
+
+# Cache: the doorkeeper off, so a second identical request hits. Two tenants
+# with identical routing, to show one never reads the other's entries.
+CACHE_A = register(
+    routed_tenant("e2e-cache-a", budgets=daily_budget(usd=50.0), cache={"doorkeeper": False}),
+    [CACHE_A_KEY],
+)
+CACHE_B = register(
+    routed_tenant("e2e-cache-b", cache={"doorkeeper": False}),
+    [CACHE_B_KEY],
+)
+# The doorkeeper on (the default): stored on the second sighting, hit on the third.
+CACHE_DOORKEEPER = register(routed_tenant("e2e-cache-dk"), [CACHE_DOORKEEPER_KEY])
+
+# Errors: the tenant tests/vectors/bad_input.json is written for (acme's
+# routing and budgets, a prompt-token limit) under its own id, so /v1/usage
+# shows what bad requests leave behind; plus a disabled key.
+BAD_INPUT = json.loads((hosts.ROOT / "tests" / "vectors" / "bad_input.json").read_text())
+ERRORS = register(
+    like_example(
+        Path(BAD_INPUT["tenant"]["based_on"]).name, "e2e-errors", **BAD_INPUT["tenant"].get("changes", {})
+    ),
+    [ERRORS_KEY, key(ERRORS_DISABLED_KEY, disabled=True)],
+)
+# A daily budget of a few hundred tokens, refused once spent; one per test
+# that spends it, so no test depends on another having run.
+TINY = register(
+    routed_tenant("e2e-tiny", budgets=daily_budget(usd=None, tokens=400, on_exhausted="reject")),
+    [TINY_KEY],
+)
+TINY_SDK = register(
+    routed_tenant("e2e-tiny-sdk", budgets=daily_budget(usd=None, tokens=400, on_exhausted="reject")),
+    [TINY_SDK_KEY],
+)
+# A key whose record names a tenant with no config.
+ORPHAN_KEY = key_for("e2e-orphan")
+EXTRA_ENTRIES[f"apikey:{hosts.sha256_hex(ORPHAN_KEY)}"] = {
+    "tenant_id": "e2e-no-such-tenant",
+    "label": "e2e orphan",
+    "disabled": False,
+}
+
+# Faults: fallback chains of two models per API, metered, cache without the
+# doorkeeper (so a cacheable answer would be stored on first sight).
+FAULTS = register(
+    routed_tenant("e2e-faults", budgets=daily_budget(usd=50.0), cache={"doorkeeper": False}),
+    [FAULTS_KEY],
+)
+
+
+# ---------------------------------------------------------------- budgets under load, streaming, feedback
+# (test_worker_budget_concurrency.py, test_worker_streaming.py, test_worker_feedback.py)
+
+
+def single_tier_tenant(tenant_id: str, models: list[str], *, budgets: dict, cache: dict | None = None) -> dict:
+    """One tier (`only`) holding `models`, so every request's model and price
+    are known in advance; the cache off unless `cache` says otherwise."""
+    return {
+        "version": 1,
+        "tenant_id": tenant_id,
+        "routing": {"tiers": [{"name": "only", "models": models}]},
+        "budgets": budgets,
+        "cache": cache or {"enabled": False},
+    }
+
+
+def strict_daily(*, usd: float | None = None, tokens: int | None = None) -> dict:
+    """One daily limit, refused (never clamped) when a request does not fit."""
+    return daily_budget(usd=usd, tokens=tokens, on_exhausted="reject", clamp_max_tokens=False, store_failure="closed")
+
+
+# 200 requests at once (max_tokens 60, prompts of ~20 tokens) against a daily
+# limit that holds about a third of their reservations.
+BUDGET_RACE_USD_KEY = key_for("e2e-race-usd")
+BUDGET_RACE_USD = register(
+    single_tier_tenant("e2e-race-usd", ["openai/gpt-4o"], budgets=strict_daily(usd=0.044)),
+    [BUDGET_RACE_USD_KEY],
+)
+BUDGET_RACE_TOKENS_KEY = key_for("e2e-race-tokens")
+BUDGET_RACE_TOKENS = register(
+    single_tier_tenant("e2e-race-tokens", ["openai/gpt-4o-mini"], budgets=strict_daily(tokens=5600)),
+    [BUDGET_RACE_TOKENS_KEY],
+)
+
+# Streaming: one OpenAI and one Anthropic model, metered, no cache; one
+# tenant per test so each sees only its own spend.
+STREAM_MODELS = ["openai/gpt-4o", "anthropic/claude-sonnet-4-5"]
+STREAM_OPENAI_KEY = key_for("e2e-stream-openai")
+STREAM_OPENAI = register(
+    single_tier_tenant("e2e-stream-openai", STREAM_MODELS, budgets=strict_daily(usd=50.0)), [STREAM_OPENAI_KEY]
+)
+STREAM_ANTHROPIC_KEY = key_for("e2e-stream-anthropic")
+STREAM_ANTHROPIC = register(
+    single_tier_tenant("e2e-stream-anthropic", STREAM_MODELS, budgets=strict_daily(usd=50.0)),
+    [STREAM_ANTHROPIC_KEY],
+)
+STREAM_PACE_KEY = key_for("e2e-stream-pace")
+STREAM_PACE = register(
+    single_tier_tenant("e2e-stream-pace", STREAM_MODELS, budgets=strict_daily(usd=50.0)), [STREAM_PACE_KEY]
+)
+STREAM_ABORT_KEY = key_for("e2e-stream-abort")
+STREAM_ABORT = register(
+    single_tier_tenant("e2e-stream-abort", STREAM_MODELS, budgets=strict_daily(usd=50.0)), [STREAM_ABORT_KEY]
+)
+STREAM_ABORT_ANTHROPIC_KEY = key_for("e2e-stream-abort-anthropic")
+STREAM_ABORT_ANTHROPIC = register(
+    single_tier_tenant("e2e-stream-abort-anthropic", STREAM_MODELS, budgets=strict_daily(usd=50.0)),
+    [STREAM_ABORT_ANTHROPIC_KEY],
+)
+
+# Feedback and cost per resolution: two tiers, metered, cache without the
+# doorkeeper (the second identical request hits). Two tenants of the same
+# shape, to show neither sees the other's requests or usage.
+FEEDBACK_A_KEY = key_for("e2e-feedback-a")
+FEEDBACK_A = register(
+    routed_tenant(
+        "e2e-feedback-a",
+        cheap=["openai/gpt-4o-mini", "anthropic/claude-3-5-haiku-latest"],
+        premium=["openai/gpt-4o", "anthropic/claude-sonnet-4-5"],
+        budgets=daily_budget(usd=50.0),
+        cache={"doorkeeper": False},
+    ),
+    [FEEDBACK_A_KEY],
+)
+FEEDBACK_B_KEY = key_for("e2e-feedback-b")
+FEEDBACK_B = register(
+    routed_tenant(
+        "e2e-feedback-b",
+        cheap=["openai/gpt-4o-mini", "anthropic/claude-3-5-haiku-latest"],
+        premium=["openai/gpt-4o", "anthropic/claude-sonnet-4-5"],
+        budgets=daily_budget(usd=50.0),
+        cache={"doorkeeper": False},
+    ),
+    [FEEDBACK_B_KEY],
+)

@@ -1,0 +1,216 @@
+"""The exact-match response cache in the Worker (Workers KV), as a client
+and the provider see it: what hits, what is replayed how, what is never
+stored or never shared (docs/config.md, `cache`)."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import httpx
+import pytest
+
+import tenants
+from calls import (
+    CACHE_FILL_GRACE,
+    EASY_PROMPT,
+    anthropic_stream_text,
+    bearer,
+    chat,
+    chat_body,
+    content_of,
+    messages,
+    messages_body,
+    openai_stream_text,
+    settled_usage,
+    spent,
+    sse_events,
+    unique,
+)
+
+A = tenants.CACHE_A_KEY  # doorkeeper off, metered
+B = tenants.CACHE_B_KEY  # doorkeeper off, same routing as A
+DK = tenants.CACHE_DOORKEEPER_KEY  # doorkeeper on
+
+
+def deterministic(prompt: str | None = None, **fields) -> dict:
+    return chat_body(prompt or unique(EASY_PROMPT), temperature=0, **fields)
+
+
+def repeat(send):
+    """Send again once the previous answer's cache write has landed."""
+    time.sleep(CACHE_FILL_GRACE)
+    return send()
+
+
+def stream(url: str, key: str, body: dict, path: str = "/v1/chat/completions", **headers) -> httpx.Response:
+    auth = bearer(key) if path.endswith("completions") else {"x-api-key": key}
+    with httpx.stream("POST", url + path, json={**body, "stream": True}, headers={**auth, **headers}, timeout=60) as r:
+        r.read()
+    return r
+
+
+def test_a_repeated_deterministic_request_is_a_hit_and_the_provider_is_not_called_again(worker, clean_mock):
+    body = deterministic()
+    first = chat(worker.url, A, body)
+    assert first.status_code == 200, first.text
+    assert first.headers["x-tollgate-cache"] == "miss"
+    second = repeat(lambda: chat(worker.url, A, body))
+    assert second.status_code == 200, second.text
+    assert second.headers["x-tollgate-cache"] == "hit"
+    assert second.content == first.content
+    assert len(clean_mock.requests()) == 1
+    assert second.headers["x-tollgate-cost-usd"] == "0.000000"
+    assert second.headers["x-tollgate-saved-usd"] == first.headers["x-tollgate-cost-usd"]
+    assert second.headers["x-tollgate-model"] == first.headers["x-tollgate-model"]
+    assert second.headers["x-tollgate-request-id"] != first.headers["x-tollgate-request-id"]
+
+
+def test_a_cache_hit_spends_no_budget(worker, clean_mock):
+    body = deterministic()
+    assert chat(worker.url, A, body).status_code == 200
+    before = settled_usage(worker.url, A)
+    assert repeat(lambda: chat(worker.url, A, body)).headers["x-tollgate-cache"] == "hit"
+    after = settled_usage(worker.url, A)
+    assert spent(after) == spent(before)
+    assert len(clean_mock.requests()) == 1
+
+
+def test_fields_that_do_not_change_the_answer_share_the_cache_entry(worker, clean_mock):
+    prompt = unique(EASY_PROMPT)
+    assert chat(worker.url, A, deterministic(prompt, user="alice")).headers["x-tollgate-cache"] == "miss"
+    other = repeat(lambda: chat(worker.url, A, deterministic(prompt, user="bob", metadata={"run": "2"})))
+    assert other.headers["x-tollgate-cache"] == "hit"
+    assert len(clean_mock.requests()) == 1
+
+
+def test_a_field_that_changes_the_answer_is_a_different_entry(worker, clean_mock):
+    prompt = unique(EASY_PROMPT)
+    assert chat(worker.url, A, deterministic(prompt)).headers["x-tollgate-cache"] == "miss"
+    other = repeat(lambda: chat(worker.url, A, deterministic(prompt, seed=7)))
+    assert other.headers["x-tollgate-cache"] == "miss"
+    assert [r["body"].get("seed") for r in clean_mock.requests()] == [None, 7]
+
+
+@pytest.mark.parametrize("include_usage", [False, True], ids=["plain", "include_usage"])
+def test_a_stream_after_a_cached_json_answer_is_replayed_as_sse(worker, clean_mock, include_usage):
+    body = deterministic()
+    first = chat(worker.url, A, body)
+    assert first.status_code == 200, first.text
+    extra = {"stream_options": {"include_usage": True}} if include_usage else {}
+    replay = repeat(lambda: stream(worker.url, A, {**body, **extra}))
+    assert replay.status_code == 200, replay.text
+    assert replay.headers["x-tollgate-cache"] == "hit"
+    assert replay.headers["content-type"].startswith("text/event-stream")
+    events = sse_events(replay.text)
+    assert events[-1] == (None, "[DONE]")
+    assert openai_stream_text(replay.text) == content_of(first)
+    chunks = [json.loads(d) for _, d in events[:-1]]
+    assert all(c["object"] == "chat.completion.chunk" for c in chunks)
+    usage_chunks = [c for c in chunks if c.get("usage")]
+    if include_usage:
+        assert [c["choices"] for c in usage_chunks] == [[]]
+        assert usage_chunks[0]["usage"] == first.json()["usage"]
+    else:
+        assert usage_chunks == []
+    assert len(clean_mock.requests()) == 1
+
+
+def test_a_json_request_after_a_cached_stream_is_served_the_assembled_answer(worker, clean_mock):
+    body = deterministic()
+    streamed = stream(worker.url, A, body)
+    assert streamed.status_code == 200 and streamed.headers["x-tollgate-cache"] == "miss"
+    replay = repeat(lambda: chat(worker.url, A, body))
+    assert replay.status_code == 200, replay.text
+    assert replay.headers["x-tollgate-cache"] == "hit"
+    assert content_of(replay) == openai_stream_text(streamed.text)
+    assert replay.json()["choices"][0]["finish_reason"] == "stop"
+    assert len(clean_mock.requests()) == 1
+
+
+def test_an_anthropic_answer_is_cached_and_replayed_as_json_and_as_sse(worker, clean_mock):
+    body = messages_body(unique(EASY_PROMPT), temperature=0)
+    first = messages(worker.url, A, body)
+    assert first.status_code == 200 and first.headers["x-tollgate-cache"] == "miss", first.text
+    again = repeat(lambda: messages(worker.url, A, body))
+    assert again.headers["x-tollgate-cache"] == "hit"
+    assert again.json() == first.json()
+    replay = stream(worker.url, A, body, path="/v1/messages")
+    assert replay.headers["x-tollgate-cache"] == "hit"
+    names = [name for name, _ in sse_events(replay.text)]
+    assert names[0] == "message_start" and names[-1] == "message_stop", names
+    assert anthropic_stream_text(replay.text) == content_of(first)
+    assert len(clean_mock.requests()) == 1
+
+
+def test_another_tenant_sending_the_same_request_never_gets_the_first_tenants_entry(worker, clean_mock):
+    body = deterministic()
+    a = chat(worker.url, A, body)
+    assert a.headers["x-tollgate-cache"] == "miss"
+    assert repeat(lambda: chat(worker.url, A, body)).headers["x-tollgate-cache"] == "hit"
+    b = chat(worker.url, B, body)
+    assert b.status_code == 200, b.text
+    assert b.headers["x-tollgate-cache"] == "miss"
+    assert b.headers["x-tollgate-model"] == a.headers["x-tollgate-model"], "same model, so the same key but for the tenant"
+    assert len(clean_mock.requests()) == 2, "the provider answered B itself"
+    # B's own cache works: its miss above was isolation, not a broken cache.
+    assert repeat(lambda: chat(worker.url, B, body)).headers["x-tollgate-cache"] == "hit"
+    assert len(clean_mock.requests()) == 2
+
+
+def test_with_the_doorkeeper_an_answer_is_stored_on_the_second_sighting_and_hits_on_the_third(worker, clean_mock):
+    body = deterministic()
+    outcomes = [chat(worker.url, DK, body).headers["x-tollgate-cache"]]
+    outcomes.append(repeat(lambda: chat(worker.url, DK, body)).headers["x-tollgate-cache"])
+    outcomes.append(repeat(lambda: chat(worker.url, DK, body)).headers["x-tollgate-cache"])
+    outcomes.append(repeat(lambda: chat(worker.url, DK, body)).headers["x-tollgate-cache"])
+    assert outcomes == ["miss", "miss", "hit", "hit"]
+    assert len(clean_mock.requests()) == 2
+
+
+@pytest.mark.parametrize("temperature", [0.7, None], ids=["temperature_0.7", "no_temperature"])
+def test_a_sampled_request_bypasses_the_cache(worker, clean_mock, temperature):
+    prompt = unique(EASY_PROMPT)
+    body = chat_body(prompt) if temperature is None else chat_body(prompt, temperature=temperature)
+    answers = [chat(worker.url, A, body), repeat(lambda: chat(worker.url, A, body))]
+    assert [a.headers["x-tollgate-cache"] for a in answers] == ["bypass; reason=sampled"] * 2
+    assert len(clean_mock.requests()) == 2
+
+
+def test_no_store_neither_reads_nor_writes_the_cache(worker, clean_mock):
+    body = deterministic()
+    no_store = {"cache-control": "no-store"}
+    first = chat(worker.url, A, body, headers=no_store)
+    assert first.headers["x-tollgate-cache"] == "bypass; reason=no_store"
+    plain = repeat(lambda: chat(worker.url, A, body))
+    assert plain.headers["x-tollgate-cache"] == "miss", "the no-store answer was not stored"
+    again = repeat(lambda: chat(worker.url, A, body, headers=no_store))
+    assert again.headers["x-tollgate-cache"] == "bypass; reason=no_store", "the stored answer is not served"
+    assert len(clean_mock.requests()) == 3
+
+
+def test_no_cache_skips_the_read_but_stores_the_fresh_answer(worker, clean_mock):
+    body = deterministic()
+    assert chat(worker.url, A, body).headers["x-tollgate-cache"] == "miss"
+    fresh = repeat(lambda: chat(worker.url, A, body, headers={"cache-control": "no-cache"}))
+    assert fresh.status_code == 200
+    assert fresh.headers["x-tollgate-cache"] == "bypass; reason=no_cache"
+    assert len(clean_mock.requests()) == 2, "no-cache went to the provider although an entry existed"
+    assert repeat(lambda: chat(worker.url, A, body)).headers["x-tollgate-cache"] == "hit"
+    assert len(clean_mock.requests()) == 2
+
+
+def test_no_cache_stores_without_waiting_for_the_doorkeepers_second_sighting(worker, clean_mock):
+    body = deterministic()
+    first = chat(worker.url, DK, body, headers={"cache-control": "max-age=0, no-cache"})
+    assert first.headers["x-tollgate-cache"] == "bypass; reason=no_cache"
+    assert repeat(lambda: chat(worker.url, DK, body)).headers["x-tollgate-cache"] == "hit"
+    assert len(clean_mock.requests()) == 1
+
+
+def test_a_truncated_answer_is_not_stored(worker, clean_mock):
+    body = deterministic(max_tokens=3)
+    first = chat(worker.url, A, body)
+    assert first.json()["choices"][0]["finish_reason"] == "length"
+    assert repeat(lambda: chat(worker.url, A, body)).headers["x-tollgate-cache"] == "miss"
+    assert len(clean_mock.requests()) == 2

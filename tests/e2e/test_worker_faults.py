@@ -1,0 +1,271 @@
+"""Provider failures: the fallback chain, what the client gets when it runs
+out, budget holds released, and fallback or broken answers never cached.
+
+Timeouts need an UPSTREAM_TIMEOUT_MS far below the session Worker's (60 s),
+so those tests share one extra Worker started with 1 s."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import anthropic
+import httpx
+import openai
+import pytest
+
+import hosts
+import tenants
+from calls import (
+    CACHE_FILL_GRACE,
+    EASY_PROMPT,
+    assert_error,
+    bearer,
+    chat,
+    chat_body,
+    content_of,
+    messages,
+    messages_body,
+    openai_stream_text,
+    settled_usage,
+    spent,
+    sse_events,
+    unique,
+)
+from hosts import Mock, Worker
+
+KEY = tenants.FAULTS_KEY
+FIRST, SECOND = (m.split("/", 1)[1] for m in tenants.CHEAP_OPENAI)  # gpt-4o-mini, gpt-4.1-nano
+FIRST_ANTHROPIC, SECOND_ANTHROPIC = (m.split("/", 1)[1] for m in tenants.CHEAP_ANTHROPIC)
+UPSTREAM_TIMEOUT_MS = 1000
+
+
+def cheap(prompt: str | None = None, **fields) -> dict:
+    """A deterministic (cacheable) request for the cheap tier's chain."""
+    return chat_body(prompt or unique(EASY_PROMPT), model="tollgate/cheap", temperature=0, **fields)
+
+
+def calls(mock: Mock) -> list[tuple[str | None, int]]:
+    return [(r["model"], r["status"]) for r in mock.requests()]
+
+
+def stream(url: str, body: dict) -> httpx.Response:
+    with httpx.stream("POST", url + "/v1/chat/completions", json={**body, "stream": True}, headers=bearer(KEY),
+                      timeout=60) as r:
+        r.read()
+    return r
+
+
+@pytest.fixture(scope="module")
+def slow_worker(mock: Mock, run_dir: Path) -> Iterator[Worker]:
+    """A second Worker with UPSTREAM_TIMEOUT_MS=1000 and only the faults tenant."""
+    problem = None
+    try:
+        w = hosts.start_worker(
+            mock,
+            run_dir / "worker-upstream-timeout",
+            tenants=[(tenants.FAULTS, [KEY])],
+            first_one_by_one=False,
+            variables={"UPSTREAM_TIMEOUT_MS": str(UPSTREAM_TIMEOUT_MS)},
+        )
+    except hosts.Missing as e:
+        problem = str(e)
+    if problem:
+        pytest.fail(f"end-to-end prerequisite missing: {problem}", pytrace=False)
+    try:
+        yield w
+    finally:
+        w.stop()
+
+
+@pytest.mark.parametrize("status", [429, 500, 503, 408])
+def test_a_retryable_error_from_the_first_model_falls_back_to_the_next(worker, clean_mock, status):
+    clean_mock.faults(f"status:{status}", model=FIRST)
+    before = settled_usage(worker.url, KEY)
+    r = chat(worker.url, KEY, cheap())
+    assert r.status_code == 200, r.text
+    assert r.headers["x-tollgate-fallbacks"] == "1"
+    assert r.headers["x-tollgate-model"] == f"openai/{SECOND}"
+    assert content_of(r).startswith(f"[mock:{SECOND}]")
+    assert calls(clean_mock) == [(FIRST, status), (SECOND, 200)]
+    first, second = clean_mock.requests()
+    assert {**first["body"], "model": SECOND} == second["body"], "the fallback gets the same request"
+    after = settled_usage(worker.url, KEY)
+    assert after["budgets"][0]["spent_tokens"] - before["budgets"][0]["spent_tokens"] == r.json()["usage"][
+        "total_tokens"
+    ], "charged once, for the answer that came back"
+
+
+def test_an_anthropic_request_falls_back_along_its_anthropic_chain(worker, clean_mock):
+    clean_mock.faults("status:529", model=FIRST_ANTHROPIC)
+    r = messages(worker.url, KEY, messages_body(unique(EASY_PROMPT), model="tollgate/cheap", temperature=0))
+    assert r.status_code == 200, r.text
+    assert r.headers["x-tollgate-fallbacks"] == "1"
+    assert r.headers["x-tollgate-model"] == f"anthropic/{SECOND_ANTHROPIC}"
+    assert content_of(r).startswith(f"[mock:{SECOND_ANTHROPIC}]")
+    assert calls(clean_mock) == [(FIRST_ANTHROPIC, 529), (SECOND_ANTHROPIC, 200)]
+    assert all(r["path"] == "/anthropic/v1/messages" for r in clean_mock.requests())
+
+
+def test_a_non_retryable_provider_error_is_passed_through_without_fallback(worker, clean_mock):
+    clean_mock.faults("status:400", model=FIRST)
+    before = settled_usage(worker.url, KEY)
+    r = chat(worker.url, KEY, cheap())
+    assert r.status_code == 400
+    assert calls(clean_mock) == [(FIRST, 400)]
+    # What the provider said, as it said it.
+    direct = httpx.post(clean_mock.base_url("openai") + "/chat/completions", json=cheap(), timeout=30,
+                        headers={"x-mock-fault": "status:400"})
+    assert r.json() == direct.json()
+    assert "x-tollgate-fallbacks" not in r.headers
+    assert r.headers["x-tollgate-model"] == f"openai/{FIRST}"
+    assert spent(settled_usage(worker.url, KEY)) == spent(before), "a refused request costs nothing"
+
+
+def test_when_every_model_fails_the_client_gets_502_and_the_hold_is_released(worker, clean_mock):
+    clean_mock.faults("status:500")
+    before = settled_usage(worker.url, KEY)
+    r = chat(worker.url, KEY, cheap())
+    error = assert_error(r, 502, "upstream_failed")
+    assert "cheap" in error["message"]
+    assert r.headers["x-tollgate-fallbacks"] == "1"
+    assert calls(clean_mock) == [(FIRST, 500), (SECOND, 500)]
+    after = settled_usage(worker.url, KEY)
+    assert spent(after) == spent(before)
+
+
+def test_a_fallback_answer_is_never_cached(worker, clean_mock):
+    body = cheap()
+    clean_mock.faults("status:500", model=FIRST, times=1)
+    fallback = chat(worker.url, KEY, body)
+    assert fallback.headers["x-tollgate-model"] == f"openai/{SECOND}"
+    time.sleep(CACHE_FILL_GRACE)
+    repeat = chat(worker.url, KEY, body)
+    assert repeat.headers["x-tollgate-cache"] == "miss"
+    assert content_of(repeat).startswith(f"[mock:{FIRST}]")
+    assert calls(clean_mock) == [(FIRST, 500), (SECOND, 200), (FIRST, 200)]
+    # The first model's own answer is cached as usual.
+    time.sleep(CACHE_FILL_GRACE)
+    assert chat(worker.url, KEY, body).headers["x-tollgate-cache"] == "hit"
+    assert len(clean_mock.requests()) == 3
+
+
+def test_a_json_answer_cut_off_mid_body_falls_back(worker, clean_mock):
+    clean_mock.faults("drop_after:1", model=FIRST)
+    r = chat(worker.url, KEY, cheap())
+    assert r.status_code == 200, r.text
+    assert content_of(r).startswith(f"[mock:{SECOND}]")
+    assert r.headers["x-tollgate-fallbacks"] == "1"
+    assert [(m["model"], m["completed"]) for m in clean_mock.requests()] == [(FIRST, False), (SECOND, True)]
+    settled_usage(worker.url, KEY)
+
+
+def test_a_stream_dropped_before_its_first_byte_falls_back(worker, clean_mock):
+    clean_mock.faults("drop_after:0", model=FIRST)
+    r = stream(worker.url, cheap())
+    assert r.status_code == 200, r.text
+    assert r.headers["x-tollgate-fallbacks"] == "1"
+    assert r.headers["x-tollgate-model"] == f"openai/{SECOND}"
+    assert openai_stream_text(r.text).startswith(f"[mock:{SECOND}]")
+    assert sse_events(r.text)[-1] == (None, "[DONE]")
+    assert [(m["model"], m["completed"]) for m in clean_mock.requests()] == [(FIRST, False), (SECOND, True)]
+    settled_usage(worker.url, KEY)
+
+
+def test_a_stream_dropped_midway_is_not_cached_and_its_hold_is_settled(worker, clean_mock):
+    body = cheap()
+    clean_mock.faults("drop_after:5", model=FIRST, times=1)
+    broken = httpx.Client(timeout=60)
+    try:
+        with broken.stream("POST", worker.url + "/v1/chat/completions", json={**body, "stream": True},
+                           headers=bearer(KEY)) as r:
+            assert r.status_code == 200
+            try:
+                text = r.read().decode()
+            except httpx.TransportError:
+                text = ""
+    finally:
+        broken.close()
+    assert "[DONE]" not in text, "a broken stream must not look finished"
+    assert [(m["model"], m["completed"]) for m in clean_mock.requests()] == [(FIRST, False)]
+    settled_usage(worker.url, KEY)
+    time.sleep(CACHE_FILL_GRACE)
+    repeat = chat(worker.url, KEY, body)
+    assert repeat.headers["x-tollgate-cache"] == "miss"
+    assert len(clean_mock.requests()) == 2
+
+
+@pytest.mark.parametrize("api", ["openai", "anthropic"])
+def test_a_stream_dropped_midway_ends_in_an_error_for_the_client(worker, clean_mock, api):
+    """The worker cannot fall back once bytes reached the client; it must
+    then make the client see a failure, not a clean but short answer."""
+    prompt = unique(EASY_PROMPT)
+    if api == "openai":
+        clean_mock.faults("drop_after:5", model=FIRST)
+        client = openai.OpenAI(base_url=f"{worker.url}/v1", api_key=KEY, max_retries=0)
+        with pytest.raises(openai.APIError):
+            chunks = client.chat.completions.create(
+                model="tollgate/cheap", messages=[{"role": "user", "content": prompt}], stream=True
+            )
+            text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+            print(f"the client got a clean end after {text!r}")
+    else:
+        clean_mock.faults("drop_after:5", model=FIRST_ANTHROPIC)
+        client = anthropic.Anthropic(base_url=worker.url, api_key=KEY, max_retries=0)
+        with pytest.raises(anthropic.APIError):
+            with client.messages.stream(
+                model="tollgate/cheap", max_tokens=256, messages=[{"role": "user", "content": prompt}]
+            ) as s:
+                message = s.get_final_message()
+                print(f"the client got a clean end: {message!r}")
+    assert [m["completed"] for m in clean_mock.requests()] == [False]
+
+
+# ---------------------------------------------------------------- timeouts (their own Worker)
+
+
+def test_a_provider_slower_than_the_timeout_is_abandoned_for_the_next_model(slow_worker, clean_mock):
+    clean_mock.faults("slow:6000", model=FIRST)
+    started = time.monotonic()
+    r = chat(slow_worker.url, KEY, cheap())
+    took = time.monotonic() - started
+    assert r.status_code == 200, r.text
+    assert content_of(r).startswith(f"[mock:{SECOND}]")
+    assert r.headers["x-tollgate-fallbacks"] == "1"
+    assert UPSTREAM_TIMEOUT_MS / 1000 <= took < 4, took
+    assert calls(clean_mock) == [(FIRST, 200), (SECOND, 200)]
+    assert [m["completed"] for m in clean_mock.requests()] == [False, True]
+    settled_usage(slow_worker.url, KEY)
+
+
+def test_a_provider_slow_but_within_the_timeout_is_waited_for(slow_worker, clean_mock):
+    clean_mock.faults("slow:300", model=FIRST)
+    r = chat(slow_worker.url, KEY, cheap())
+    assert r.status_code == 200, r.text
+    assert content_of(r).startswith(f"[mock:{FIRST}]")
+    assert "x-tollgate-fallbacks" not in r.headers
+    assert calls(clean_mock) == [(FIRST, 200)]
+
+
+def test_when_every_model_times_out_the_client_gets_503_and_the_hold_is_released(slow_worker, clean_mock):
+    clean_mock.faults("slow:6000")
+    before = settled_usage(slow_worker.url, KEY)
+    started = time.monotonic()
+    r = chat(slow_worker.url, KEY, cheap())
+    took = time.monotonic() - started
+    error = assert_error(r, 503, "upstream_timeout")
+    assert "cheap" in error["message"]
+    assert r.headers.get("retry-after", "").isdigit()
+    assert 2 * UPSTREAM_TIMEOUT_MS / 1000 <= took < 5, took
+    assert [m["model"] for m in clean_mock.requests()] == [FIRST, SECOND]
+    assert spent(settled_usage(slow_worker.url, KEY)) == spent(before)
+
+
+def test_a_timeout_then_a_server_error_is_502_not_503(slow_worker, clean_mock):
+    clean_mock.faults("slow:6000", model=FIRST)
+    clean_mock.faults("status:500", model=SECOND)
+    r = chat(slow_worker.url, KEY, cheap())
+    assert_error(r, 502, "upstream_failed")
+    assert json.loads(r.text)["error"]["message"].endswith("HTTP 500")

@@ -1,0 +1,371 @@
+"""Streamed answers through the Worker: what is charged, what the client
+sees, and what happens when the client hangs up.
+
+Each test uses its own single-tier tenant (tenants.py: OpenAI requests go
+to gpt-4o, Anthropic ones to claude-sonnet-4-5), metered by a daily limit
+far above what the test spends, cache off.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+import uuid
+
+import httpx
+import pytest
+
+import tenants as registry
+
+# Micro-dollars per million tokens (tollgate-core/src/pricing.rs list prices).
+PRICES = {"gpt-4o": (2_500_000, 10_000_000), "claude-sonnet-4-5": (3_000_000, 15_000_000)}
+ANTHROPIC_VERSION = "2023-06-01"
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def micros(usd: str) -> int:
+    whole, _, frac = usd.partition(".")
+    assert len(frac) == 6, usd
+    return int(whole) * 1_000_000 + int(frac)
+
+
+def cost_micros(model: str, input_tokens: int, output_tokens: int) -> int:
+    """What tollgate charges: list price, rounded up to the micro-dollar."""
+    input_price, output_price = PRICES[model]
+    return math.ceil((input_tokens * input_price + output_tokens * output_price) / 1_000_000)
+
+
+def usage_report(url: str, key: str) -> dict:
+    r = httpx.get(url + "/v1/usage", headers={"authorization": f"Bearer {key}"}, timeout=30)
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def settled(url: str, key: str, timeout: float = 30.0) -> tuple[int, int]:
+    """(spent micro-dollars, spent tokens) of the tenant's daily limit, once
+    nothing is reserved any more."""
+    deadline = time.monotonic() + timeout
+    while True:
+        (daily,) = usage_report(url, key)["budgets"]
+        if daily["reserved_tokens"] == 0 and micros(daily["reserved_usd"]) == 0:
+            return micros(daily["spent_usd"]), daily["spent_tokens"]
+        if time.monotonic() > deadline:
+            pytest.fail(f"a reservation is still held {timeout:.0f}s after the stream ended: {daily}")
+        time.sleep(0.2)
+
+
+def parse_sse(text: str) -> list[tuple[str | None, str]]:
+    """SSE blocks as (event name or None, data)."""
+    events = []
+    for block in text.replace("\r\n", "\n").split("\n\n"):
+        name, data = None, []
+        for line in block.split("\n"):
+            if line.startswith("event:"):
+                name = line[6:].strip()
+            elif line.startswith("data:"):
+                data.append(line[5:].lstrip())
+        if data:
+            events.append((name, "\n".join(data)))
+    return events
+
+
+class TimedStream:
+    """Reads an SSE response as it arrives, noting when each event landed."""
+
+    def __init__(self, response: httpx.Response, started: float):
+        self.response = response
+        self.started = started
+        self.buffer = ""
+        self.events: list[tuple[float, str | None, str]] = []  # (seconds since start, event, data)
+        self._chunks = response.iter_bytes()
+
+    def read_events(self, count: int | None = None) -> None:
+        """Read until `count` more events arrived (None: to the end)."""
+        target = None if count is None else len(self.events) + count
+        for chunk in self._chunks:
+            now = time.monotonic() - self.started
+            self.buffer += chunk.decode()
+            while "\n\n" in self.buffer:
+                block, self.buffer = self.buffer.split("\n\n", 1)
+                for name, data in parse_sse(block + "\n\n"):
+                    self.events.append((now, name, data))
+            if target is not None and len(self.events) >= target:
+                return
+
+    def data(self) -> list[str]:
+        return [d for _, _, d in self.events]
+
+
+def mock_records(mock, marker: str) -> list[dict]:
+    return [r for r in mock.requests() if marker in json.dumps(r["body"])]
+
+
+def replayed_usage(mock, record: dict) -> dict:
+    """The usage of the full answer to a recorded upstream request, asked
+    from the mock directly (it answers deterministically) without streaming."""
+    body = dict(record["body"], stream=False)
+    body.pop("stream_options", None)
+    r = httpx.post(mock.url + record["path"], json=body, headers={"x-api-key": "sk-mock"}, timeout=30)
+    assert r.status_code == 200, r.text
+    return r.json()["usage"]
+
+
+def openai_stream_body(marker: str, **extra) -> dict:
+    return {
+        "model": "tollgate/auto",
+        "messages": [{"role": "user", "content": f"{marker}: tell me something about streams."}],
+        "stream": True,
+        **extra,
+    }
+
+
+def anthropic_stream_body(marker: str, **extra) -> dict:
+    return {
+        "model": "tollgate/auto",
+        "max_tokens": 256,
+        "messages": [{"role": "user", "content": f"{marker}: tell me something about streams."}],
+        "stream": True,
+        **extra,
+    }
+
+
+def anthropic_headers(key: str) -> dict:
+    return {"x-api-key": key, "anthropic-version": ANTHROPIC_VERSION}
+
+
+def content_of(openai_chunks: list[dict]) -> str:
+    return "".join(
+        c["choices"][0]["delta"].get("content") or "" for c in openai_chunks if c.get("choices")
+    )
+
+
+# ---------------------------------------------------------------- OpenAI
+
+
+def test_an_openai_stream_is_charged_its_real_usage_without_showing_the_injected_usage_chunk(worker, clean_mock):
+    key = registry.STREAM_OPENAI_KEY
+    spent_before, tokens_before = settled(worker.url, key)
+    marker = f"stream-plain-{uuid.uuid4().hex[:10]}"
+    with httpx.Client(timeout=60) as client:
+        r = client.post(
+            worker.url + "/v1/chat/completions",
+            json=openai_stream_body(marker),
+            headers={"authorization": f"Bearer {key}"},
+        )
+    assert r.status_code == 200, r.text
+    assert r.headers["content-type"].startswith("text/event-stream")
+    assert r.headers["x-tollgate-model"] == "openai/gpt-4o"
+    data = [d for _, d in parse_sse(r.text)]
+    assert data[-1] == "[DONE]", data[-3:]
+    chunks = [json.loads(d) for d in data[:-1]]
+    # The router asked the provider for usage; the client did not, so the
+    # usage-only chunk (choices: []) must not reach it.
+    assert all(c.get("choices") for c in chunks), [c for c in chunks if not c.get("choices")]
+    assert not [c for c in chunks if c.get("usage")], "a usage the client did not ask for reached it"
+    assert content_of(chunks).startswith("[mock:gpt-4o] ")
+
+    (record,) = mock_records(clean_mock, marker)
+    assert record["stream"] is True
+    assert record["body"]["stream_options"]["include_usage"] is True, record["body"]
+    assert record["completed"] and not record["client_aborted"]
+
+    usage = replayed_usage(clean_mock, record)
+    spent, tokens = settled(worker.url, key)
+    assert spent - spent_before == cost_micros("gpt-4o", usage["prompt_tokens"], usage["completion_tokens"])
+    assert tokens - tokens_before == usage["prompt_tokens"] + usage["completion_tokens"]
+
+
+def test_an_openai_client_that_asks_for_usage_gets_the_usage_chunk_and_is_charged_exactly_that(
+    worker, clean_mock
+):
+    key = registry.STREAM_OPENAI_KEY
+    spent_before, tokens_before = settled(worker.url, key)
+    marker = f"stream-usage-{uuid.uuid4().hex[:10]}"
+    body = openai_stream_body(marker, stream_options={"include_usage": True}, max_tokens=20)
+    r = httpx.post(
+        worker.url + "/v1/chat/completions", json=body, headers={"authorization": f"Bearer {key}"}, timeout=60
+    )
+    assert r.status_code == 200, r.text
+    data = [d for _, d in parse_sse(r.text)]
+    assert data[-1] == "[DONE]"
+    chunks = [json.loads(d) for d in data[:-1]]
+    usage_chunks = [c for c in chunks if c.get("usage")]
+    assert len(usage_chunks) == 1 and usage_chunks[0]["choices"] == [], usage_chunks
+    usage = usage_chunks[0]["usage"]
+    # max_tokens 20 caps the answer; the mock counts one token per word.
+    assert usage["completion_tokens"] == len(content_of(chunks).split()) <= 20
+
+    (record,) = mock_records(clean_mock, marker)
+    assert record["body"]["stream_options"]["include_usage"] is True
+    spent, tokens = settled(worker.url, key)
+    assert spent - spent_before == cost_micros("gpt-4o", usage["prompt_tokens"], usage["completion_tokens"])
+    assert tokens - tokens_before == usage["total_tokens"]
+
+
+def test_streamed_chunks_reach_the_client_as_the_provider_sends_them(worker, clean_mock):
+    delay_ms = 200
+    key = registry.STREAM_PACE_KEY
+    marker = f"stream-pace-{uuid.uuid4().hex[:10]}"
+    clean_mock.faults(f"chunk_delay:{delay_ms}", model="gpt-4o", times=1)
+    body = openai_stream_body(marker, max_tokens=8)
+    with httpx.Client(timeout=60) as client:
+        started = time.monotonic()
+        with client.stream(
+            "POST", worker.url + "/v1/chat/completions", json=body, headers={"authorization": f"Bearer {key}"}
+        ) as r:
+            assert r.status_code == 200, r.read()
+            stream = TimedStream(r, started)
+            stream.read_events()
+        ended = time.monotonic() - started
+    (record,) = mock_records(clean_mock, marker)
+    assert f"chunk_delay:{delay_ms}" in record["faults"], record
+    times = [t for t, _, _ in stream.events]
+    # role chunk, 8 words, finish chunk, [DONE] (the usage chunk is stripped).
+    assert len(times) == 11, stream.data()
+    first_content = next(t for t, _, d in stream.events if '"content":"[mock:' in d)
+    # Delivered as it arrives: the first words came long before the end, and
+    # consecutive events are spaced like the provider spaced them, not
+    # bunched up at the end as a buffered answer would be.
+    assert first_content < ended / 2, (first_content, ended, times)
+    gaps = sorted(b - a for a, b in zip(times, times[1:]))
+    median_gap = gaps[len(gaps) // 2]
+    assert median_gap >= delay_ms / 1000 / 2, (gaps, times)
+    assert times[-1] - times[0] >= (len(times) - 2) * delay_ms / 1000 / 2, times
+
+
+# ---------------------------------------------------------------- Anthropic
+
+
+def test_an_anthropic_stream_is_charged_the_usage_of_message_start_and_message_delta(worker, clean_mock):
+    key = registry.STREAM_ANTHROPIC_KEY
+    spent_before, tokens_before = settled(worker.url, key)
+    marker = f"stream-anthropic-{uuid.uuid4().hex[:10]}"
+    r = httpx.post(
+        worker.url + "/v1/messages", json=anthropic_stream_body(marker), headers=anthropic_headers(key), timeout=60
+    )
+    assert r.status_code == 200, r.text
+    assert r.headers["x-tollgate-model"] == "anthropic/claude-sonnet-4-5"
+    events = parse_sse(r.text)
+    names = [n for n, _ in events]
+    assert names[0] == "message_start" and names[-1] == "message_stop", names
+    start = json.loads(events[0][1])["message"]["usage"]
+    (delta,) = [json.loads(d) for n, d in events if n == "message_delta"]
+    input_tokens, output_tokens = start["input_tokens"], delta["usage"]["output_tokens"]
+    text = "".join(json.loads(d)["delta"]["text"] for n, d in events if n == "content_block_delta")
+    assert text.startswith("[mock:claude-sonnet-4-5] ")
+    assert output_tokens == len(text.split())
+
+    (record,) = mock_records(clean_mock, marker)
+    assert record["path"] == "/anthropic/v1/messages" and record["completed"]
+    assert "stream_options" not in record["body"], "stream_options is OpenAI's; Anthropic would refuse it"
+    spent, tokens = settled(worker.url, key)
+    assert spent - spent_before == cost_micros("claude-sonnet-4-5", input_tokens, output_tokens)
+    assert tokens - tokens_before == input_tokens + output_tokens
+
+
+# ---------------------------------------------------------------- client disconnect
+
+
+def wait_for_end(mock, marker: str, timeout: float = 30.0) -> dict:
+    """The mock's record of the request once its response has ended, by
+    completing or by the client (the Worker) going away."""
+    deadline = time.monotonic() + timeout
+    while True:
+        records = mock_records(mock, marker)
+        assert len(records) == 1, records
+        if records[0]["completed"] or records[0]["client_aborted"]:
+            return records[0]
+        if time.monotonic() > deadline:
+            pytest.fail(f"the upstream response neither completed nor was aborted in {timeout:.0f}s: {records[0]}")
+        time.sleep(0.1)
+
+
+def hang_up_after(url: str, path: str, body: dict, headers: dict, events: int) -> tuple[list, float]:
+    """Stream `body`, read `events` SSE events, then close the connection.
+    Returns the events read and the seconds from start to hang-up."""
+    started = time.monotonic()
+    client = httpx.Client(timeout=60)
+    try:
+        with client.stream("POST", url + path, json=body, headers=headers) as r:
+            assert r.status_code == 200, r.read()
+            stream = TimedStream(r, started)
+            stream.read_events(events)
+        # Leaving the block unread closes the connection: the client is gone.
+    finally:
+        client.close()
+    return stream.events, time.monotonic() - started
+
+
+def test_a_client_that_hangs_up_mid_stream_is_charged_only_for_what_was_used_and_the_upstream_is_cancelled(
+    worker, clean_mock
+):
+    delay_ms = 300
+    key = registry.STREAM_ABORT_KEY
+    spent_before, _ = settled(worker.url, key)
+    marker = f"stream-abort-{uuid.uuid4().hex[:10]}"
+    clean_mock.faults(f"chunk_delay:{delay_ms}", model="gpt-4o", times=1)
+    seen, hung_up_at = hang_up_after(
+        worker.url,
+        "/v1/chat/completions",
+        openai_stream_body(marker),
+        {"authorization": f"Bearer {key}"},
+        events=3,
+    )
+    words_seen = content_of([json.loads(d) for _, _, d in seen if d.startswith("{")]).split()
+    assert 1 <= len(words_seen) < 5, seen
+
+    record = wait_for_end(clean_mock, marker)
+    full = replayed_usage(clean_mock, record)
+    full_cost = cost_micros("gpt-4o", full["prompt_tokens"], full["completion_tokens"])
+    # The Worker stopped reading and cancelled the provider's response: the
+    # answer was far from done when the client left.
+    assert full["completion_tokens"] >= 10, full
+    assert record["client_aborted"] is True and record["completed"] is False, (
+        f"the Worker kept reading the provider's stream after its client hung up at {hung_up_at:.1f}s: {record}"
+    )
+
+    spent, _ = settled(worker.url, key)
+    charged = spent - spent_before
+    assert charged > 0, "an aborted stream must still be charged for the prompt and the output sent"
+    assert charged < full_cost, f"charged {charged} micro-dollars, as much as the full answer ({full_cost})"
+    # At least the words that reached the client (one token each at the mock).
+    assert charged >= cost_micros("gpt-4o", 0, len(words_seen))
+
+
+def test_an_anthropic_client_that_hangs_up_mid_stream_is_charged_at_least_for_the_output_it_received(
+    worker, clean_mock
+):
+    delay_ms = 300
+    key = registry.STREAM_ABORT_ANTHROPIC_KEY
+    spent_before, _ = settled(worker.url, key)
+    marker = f"stream-abort-anthropic-{uuid.uuid4().hex[:10]}"
+    clean_mock.faults(f"chunk_delay:{delay_ms}", model="claude-sonnet-4-5", times=1)
+    # message_start, content_block_start, ping, then 5 words.
+    seen, hung_up_at = hang_up_after(
+        worker.url, "/v1/messages", anthropic_stream_body(marker), anthropic_headers(key), events=8
+    )
+    start = json.loads(next(d for _, n, d in seen if n == "message_start"))["message"]["usage"]
+    words_seen = "".join(json.loads(d)["delta"]["text"] for _, n, d in seen if n == "content_block_delta").split()
+    assert len(words_seen) >= 4, seen
+
+    record = wait_for_end(clean_mock, marker)
+    assert record["client_aborted"] is True and record["completed"] is False, (
+        f"the Worker kept reading the provider's stream after its client hung up at {hung_up_at:.1f}s: {record}"
+    )
+    full = replayed_usage(clean_mock, record)
+    full_cost = cost_micros("claude-sonnet-4-5", full["input_tokens"], full["output_tokens"])
+    assert full["output_tokens"] >= 10, full
+
+    spent, _ = settled(worker.url, key)
+    charged = spent - spent_before
+    assert charged < full_cost, f"charged {charged} micro-dollars, as much as the full answer ({full_cost})"
+    # The prompt plus at least every word the client received (message_start's
+    # output_tokens is a placeholder 1; the real count only comes at the end).
+    used = cost_micros("claude-sonnet-4-5", start["input_tokens"], len(words_seen))
+    assert charged >= used, (
+        f"charged {charged} micro-dollars for a stream cut after {len(words_seen)} words; the prompt "
+        f"({start['input_tokens']} tokens) and those words alone cost {used}"
+    )
