@@ -1,9 +1,11 @@
 """Requests the end-to-end tests send to the Worker, and checks on what
-comes back: chat bodies, SSE parsing, the error shape, /v1/usage polling."""
+comes back: chat bodies, SSE parsing, the error shape, prices, /v1/usage
+polling and the barrier that waits for what the Worker does after an answer."""
 
 from __future__ import annotations
 
 import json
+import math
 import re
 import time
 import uuid
@@ -26,9 +28,23 @@ HARD_PROMPT = (
 # Decision headers every routed answer carries (README, "Decision headers").
 ROUTED_HEADERS = ("x-tollgate-request-id", "x-tollgate-route", "x-tollgate-score", "x-tollgate-model")
 
-# The Worker writes a cache entry after the client has its answer
-# (ctx.waitUntil); a repeat sent sooner may legitimately miss.
-CACHE_FILL_GRACE = 0.3
+# (input, output) list prices, in micro-dollars per million tokens, of the
+# OpenAI and Anthropic models in the test tenants' chains, as the providers
+# publish them (https://openai.com/api/pricing/ and
+# https://www.anthropic.com/pricing#api; e.g. gpt-4o $2.50 in, $10 out per
+# million tokens). tollgate-core's built-in table holds the same figures
+# (crates/tollgate-core/src/pricing.rs, checked as of PRICES_AS_OF), and no
+# test tenant overrides a price, so the Worker must charge exactly these.
+PRICES: dict[str, tuple[int, int]] = {
+    "gpt-4o": (2_500_000, 10_000_000),
+    "gpt-4o-mini": (150_000, 600_000),
+    "gpt-4.1": (2_000_000, 8_000_000),
+    "gpt-4.1-nano": (100_000, 400_000),
+    "claude-sonnet-4-5": (3_000_000, 15_000_000),
+    "claude-3-7-sonnet-latest": (3_000_000, 15_000_000),
+    "claude-3-5-haiku-latest": (800_000, 4_000_000),
+    "claude-3-haiku-20240307": (250_000, 1_250_000),
+}
 
 TIMEOUT = httpx.Timeout(60.0, connect=10.0)
 
@@ -141,7 +157,22 @@ def assert_routed_headers(response: httpx.Response) -> None:
     assert 0.0 <= score <= 1.0
 
 
+def micros(usd: str) -> int:
+    """A dollar string as tollgate writes it ("0.001250") as integer micro-dollars, exactly."""
+    whole, _, frac = usd.partition(".")
+    assert len(frac) == 6, usd
+    return int(whole) * 1_000_000 + int(frac)
+
+
+def cost_micros(model: str, input_tokens: int, output_tokens: int) -> int:
+    """What tollgate charges for this usage of `model` (bare id, e.g.
+    "gpt-4o"): list price, rounded up once to the micro-dollar."""
+    input_price, output_price = PRICES[model]
+    return math.ceil((input_tokens * input_price + output_tokens * output_price) / 1_000_000)
+
+
 def usage(url: str, key: str) -> dict:
+    """GET /v1/usage with the tenant's key, as read right now."""
     r = httpx.get(url + "/v1/usage", headers=bearer(key), timeout=TIMEOUT)
     assert r.status_code == 200, r.text
     return r.json()
@@ -155,18 +186,116 @@ def spent(report: dict) -> list[tuple[int, str]]:
     return [(b["spent_tokens"], b["spent_usd"]) for b in report["budgets"]]
 
 
+def nothing_reserved(report: dict) -> bool:
+    return all(tokens == 0 and micros(usd) == 0 for tokens, usd in reserved(report))
+
+
+def requests_recorded(report: dict) -> int:
+    """Requests the tenant's outcome ledger has recorded, over all tiers:
+    every answered request (cache hits included); refusals are not."""
+    return sum(t["requests"] for t in report["resolution"]["tiers"])
+
+
+def _poll_usage(url: str, key: str, done, timeout: float, waiting_for: str) -> dict:
+    deadline = time.monotonic() + timeout
+    while True:
+        report = usage(url, key)
+        if done(report):
+            return report
+        if time.monotonic() > deadline:
+            raise AssertionError(
+                f"{waiting_for}, still not so after {timeout:.1f}s: budgets {report['budgets']}, "
+                f"requests recorded {requests_recorded(report)}"
+            )
+        time.sleep(0.05)
+
+
 def settled_usage(url: str, key: str, *, timeout: float = 10.0) -> dict:
     """/v1/usage once no budget holds a reservation. The Worker settles after
     the client has its answer, so a report read at once may still show the
     hold; a hold that stays past `timeout` fails the test."""
+    return _poll_usage(url, key, nothing_reserved, timeout, "waiting for every reservation to be settled")
+
+
+def wait_until_recorded(url: str, key: str, total: int, *, timeout: float = 20.0) -> dict:
+    """/v1/usage once the tenant's ledger has recorded `total` requests and
+    holds no reservation: the barrier for what the Worker does after an answer.
+
+    After answering, the Worker first fills the cache (awaited), then writes
+    the settlement and the outcome record to the tenant's ledger. So once a
+    request is counted here, its cache entry, if it was given one, is in KV: a
+    repeat sent now must hit, and an answer not stored by now never will be.
+    `total` is the count before the test's requests (read once nothing was
+    reserved, as `Recorded` does) plus the answers they got. More than
+    `total` fails: the ledger recorded a request that was not sent (or a
+    previous test's record landed after that count was read)."""
+    report = _poll_usage(
+        url,
+        key,
+        lambda r: requests_recorded(r) >= total and nothing_reserved(r),
+        timeout,
+        f"waiting for {total} recorded requests and no reservation",
+    )
+    assert requests_recorded(report) == total, f"{requests_recorded(report)} requests recorded, {total} expected"
+    return report
+
+
+class Recorded:
+    """One tenant's recorded-request count during a test, for
+    `wait_until_recorded`: read once nothing is reserved, then moved on by the
+    answers the test gets.
+
+        ledger = Recorded(worker.url, key)
+        first = chat(worker.url, key, body)
+        ledger.wait_for(1)  # recorded, so its cache fill (if any) has landed
+        second = chat(worker.url, key, body)
+    """
+
+    def __init__(self, url: str, key: str):
+        self.url, self.key = url, key
+        # /v1/usage before the test's requests.
+        self.start = settled_usage(url, key)
+        self.total = requests_recorded(self.start)
+
+    def wait_for(self, answers: int = 1) -> dict:
+        """Wait until the `answers` answered since the last call are recorded;
+        the /v1/usage report then."""
+        self.total += answers
+        return wait_until_recorded(self.url, self.key, self.total)
+
+
+def replayed_usage(mock, record: dict) -> dict:
+    """The usage of the full answer to a request the mock recorded, asked of
+    the mock directly and not streamed (it answers the same body the same
+    way): what a streamed answer the test could not read whole would report."""
+    body = dict(record["body"], stream=False)
+    body.pop("stream_options", None)
+    r = httpx.post(mock.url + record["path"], json=body, headers={"x-api-key": "sk-mock"}, timeout=30)
+    assert r.status_code == 200, r.text
+    return r.json()["usage"]
+
+
+def upstream_calls(mock, marker: str) -> list[dict]:
+    """The mock's records of the requests whose body contains `marker` (a
+    test's unique prompt), oldest first."""
+    return [r for r in mock.requests() if marker in json.dumps(r["body"])]
+
+
+def upstream_end(mock, marker: str, timeout: float = 30.0) -> dict:
+    """The mock's record of the one request naming `marker`, once its
+    response has ended: completed, or cut off by the caller (the Worker)
+    going away."""
     deadline = time.monotonic() + timeout
     while True:
-        report = usage(url, key)
-        if all(tokens == 0 and usd == "0.000000" for tokens, usd in reserved(report)):
-            return report
+        records = upstream_calls(mock, marker)
+        assert len(records) == 1, records
+        if records[0]["completed"] or records[0]["client_aborted"]:
+            return records[0]
         if time.monotonic() > deadline:
-            raise AssertionError(f"a reservation is still held after {timeout}s: {report['budgets']}")
-        time.sleep(0.1)
+            raise AssertionError(
+                f"the upstream response neither completed nor was aborted in {timeout:.0f}s: {records[0]}"
+            )
+        time.sleep(0.05)
 
 
 def models_called(records: Iterable[dict]) -> list[str | None]:

@@ -8,6 +8,7 @@ Nothing here skips: a missing prerequisite raises `Missing` with what to run.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -32,6 +33,7 @@ WORKER_CONFIG = ROOT / "wrangler.toml"
 WORKER_BUILD = ROOT / "build"
 PASSTHROUGH_CONFIG = ROOT / "tests" / "passthrough" / "wrangler.toml"
 CONFIG_BINDING = "TOLLGATE_CONFIG"
+CACHE_BINDING = "TOLLGATE_CACHE"
 
 # The mock stands in for every provider; each gets its own path prefix so
 # the mock's request log shows which base URL the Worker used.
@@ -351,6 +353,33 @@ class Kv:
 
     def delete(self, key: str) -> None:
         self._run("key", "delete", key)
+
+    def list(self, prefix: str | None = None) -> list[str]:
+        """`wrangler kv key list [--prefix PREFIX]`: every key name, in order."""
+        out = self._run("key", "list", *(["--prefix", prefix] if prefix else []))
+        return [entry["name"] for entry in json.loads(out)]
+
+    def bulk_get(self, keys: Iterable[str]) -> dict[str, str | None]:
+        """`wrangler kv bulk get FILE`, 100 keys per call: each key's stored
+        text, None for a key that is not there."""
+        keys = list(keys)
+        found: dict[str, str | None] = {}
+        for start in range(0, len(keys), 100):
+            with tempfile.NamedTemporaryFile("w", suffix=".json", dir=self.log_dir, delete=False) as f:
+                json.dump(keys[start : start + 100], f)
+            try:
+                # The JSON object, then wrangler's "Success!" line.
+                out, _ = json.JSONDecoder().raw_decode(self._run("bulk", "get", f.name).lstrip())
+            finally:
+                os.unlink(f.name)
+            for key in keys[start : start + 100]:
+                entry = out.get(key)
+                found[key] = entry["value"] if isinstance(entry, dict) else entry
+        return found
+
+    def for_binding(self, binding: str) -> Kv:
+        """The same local state, another KV namespace of the Worker (e.g. CACHE_BINDING)."""
+        return dataclasses.replace(self, binding=binding)
 
 
 def tenant_entries(

@@ -9,7 +9,7 @@ import hosts
 from hosts import ACME_KEY, GLOBEX_KEY
 
 
-def test_mock_control_api(clean_mock):
+def test_the_mock_injects_a_fault_records_requests_and_forgets_them_on_clear(clean_mock):
     body = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]}
     clean_mock.faults("status:503", model="gpt-4o", times=1)
     assert httpx.post(clean_mock.base_url("openai") + "/chat/completions", json=body).status_code == 503
@@ -22,12 +22,12 @@ def test_mock_control_api(clean_mock):
     assert clean_mock.requests() == []
 
 
-def test_worker_health(worker):
+def test_the_worker_answers_healthz(worker):
     r = httpx.get(worker.url + "/healthz")
     assert r.status_code == 200
 
 
-def test_tenants_seeded_before_start(worker):
+def test_tenants_seeded_before_the_worker_starts_are_known_to_it(worker):
     assert worker.kv.get("tenant:acme") is not None
     for key in (ACME_KEY, GLOBEX_KEY):
         r = httpx.get(worker.url + "/v1/models", headers={"authorization": f"Bearer {key}"})
@@ -36,7 +36,7 @@ def test_tenants_seeded_before_start(worker):
     assert r.status_code == 401, r.text
 
 
-def test_tenant_seeded_while_running(worker, seed_tenant):
+def test_a_tenant_seeded_while_the_worker_runs_is_known_on_the_next_request(worker, seed_tenant):
     config = dict(hosts.example("tenant.json"), tenant_id="initech")
     key = "tg-e2e-initech-key"
     before = httpx.get(worker.url + "/v1/models", headers={"authorization": f"Bearer {key}"})

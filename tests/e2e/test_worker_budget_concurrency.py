@@ -11,7 +11,6 @@ ledger's spend is exactly the sum of what the served requests cost.
 from __future__ import annotations
 
 import asyncio
-import math
 import time
 import uuid
 from dataclasses import dataclass
@@ -20,6 +19,7 @@ import httpx
 import pytest
 
 import tenants as registry
+from calls import cost_micros, micros, settled_usage
 
 CONCURRENCY = 200
 MAX_TOKENS = 60
@@ -33,10 +33,8 @@ UPSTREAM_DELAY_MS = 2000
 # A short quiet spell before each burst avoids it.
 PROXY_QUIET_SECONDS = 5.0
 PROXY_ARTIFACT = "Your worker restarted mid-request"
-
-# $ per million tokens (tollgate-core/src/pricing.rs), as micro-dollars per
-# million tokens.
-PRICES = {"gpt-4o": (2_500_000, 10_000_000), "gpt-4o-mini": (150_000, 600_000)}
+# Settling 200 answers takes the ledger a while.
+SETTLE_SECONDS = 60.0
 
 
 @dataclass(frozen=True)
@@ -53,39 +51,6 @@ RACES = {
     "usd": Race(registry.BUDGET_RACE_USD, registry.BUDGET_RACE_USD_KEY, "gpt-4o", "usd"),
     "tokens": Race(registry.BUDGET_RACE_TOKENS, registry.BUDGET_RACE_TOKENS_KEY, "gpt-4o-mini", "tokens"),
 }
-
-
-def micros(usd: str) -> int:
-    """A `format_usd` string ("0.001250") as integer micro-dollars, exactly."""
-    whole, _, frac = usd.partition(".")
-    assert len(frac) == 6, usd
-    return int(whole) * 1_000_000 + int(frac)
-
-
-def cost_micros(model: str, usage: dict) -> int:
-    """What tollgate charges for this usage: list price, rounded up once."""
-    input_price, output_price = PRICES[model]
-    total = usage["prompt_tokens"] * input_price + usage["completion_tokens"] * output_price
-    return math.ceil(total / 1_000_000)
-
-
-def usage_report(url: str, key: str) -> dict:
-    r = httpx.get(url + "/v1/usage", headers={"authorization": f"Bearer {key}"}, timeout=30)
-    assert r.status_code == 200, r.text
-    return r.json()
-
-
-def settled_usage(url: str, key: str, timeout: float = 60.0) -> dict:
-    """/v1/usage once no reservation is outstanding (settlements run after
-    the response, in the Worker's waitUntil)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        report = usage_report(url, key)
-        if all(b["reserved_tokens"] == 0 and micros(b["reserved_usd"]) == 0 for b in report["budgets"]):
-            return report
-        if time.monotonic() > deadline:
-            pytest.fail(f"reservations still outstanding {timeout:.0f}s after the last response: {report}")
-        time.sleep(0.25)
 
 
 async def fire(url: str, key: str, bodies: list[dict]) -> list[httpx.Response]:
@@ -110,7 +75,7 @@ def test_two_hundred_concurrent_requests_never_spend_past_the_limit_and_every_se
 ):
     race = RACES[kind]
     (limit,) = race.config["budgets"]["limits"]
-    before = settled_usage(worker.url, race.key)
+    before = settled_usage(worker.url, race.key, timeout=SETTLE_SECONDS)
     (window_before,) = before["budgets"]
     assert window_before["spent_tokens"] == 0 and micros(window_before["spent_usd"]) == 0, (
         f"tenant {race.config['tenant_id']} must start unspent (it is used by this test only): {before}"
@@ -167,7 +132,7 @@ def test_two_hundred_concurrent_requests_never_spend_past_the_limit_and_every_se
         assert body["model"] == race.model, body
         assert r.headers["x-tollgate-request-id"].startswith("req_")
         header_total += micros(r.headers["x-tollgate-cost-usd"])
-        priced_total += cost_micros(race.model, body["usage"])
+        priced_total += cost_micros(race.model, body["usage"]["prompt_tokens"], body["usage"]["completion_tokens"])
         token_total += body["usage"]["total_tokens"]
     assert header_total == priced_total, "x-tollgate-cost-usd disagrees with the usage in the bodies, priced"
 
@@ -176,7 +141,7 @@ def test_two_hundred_concurrent_requests_never_spend_past_the_limit_and_every_se
     assert len(upstream) == len(served), f"the mock saw {len(upstream)} requests but only {len(served)} were served"
     assert all(rec["body"]["max_tokens"] == MAX_TOKENS for rec in upstream)
 
-    after = settled_usage(worker.url, race.key)
+    after = settled_usage(worker.url, race.key, timeout=SETTLE_SECONDS)
     (window,) = after["budgets"]
     spent_tokens, spent_micros = window["spent_tokens"], micros(window["spent_usd"])
     if race.limit_kind == "usd":

@@ -1,19 +1,24 @@
 """The exact-match response cache in the Worker (Workers KV), as a client
 and the provider see it: what hits, what is replayed how, what is never
-stored or never shared (docs/config.md, `cache`)."""
+stored or never shared (docs/config.md, `cache`).
+
+The Worker fills the cache after the client has its answer, then records
+the request in the tenant's ledger. Every repeat here is sent once the
+earlier answers are recorded (`Recorded.wait_for`), so a fill that was going
+to happen has happened: a repeat that should hit must hit, and one that
+misses shows the answer was never stored, not stored late."""
 
 from __future__ import annotations
 
 import json
-import time
 
 import httpx
 import pytest
 
 import tenants
 from calls import (
-    CACHE_FILL_GRACE,
     EASY_PROMPT,
+    Recorded,
     anthropic_stream_text,
     bearer,
     chat,
@@ -22,7 +27,6 @@ from calls import (
     messages,
     messages_body,
     openai_stream_text,
-    settled_usage,
     spent,
     sse_events,
     unique,
@@ -37,12 +41,6 @@ def deterministic(prompt: str | None = None, **fields) -> dict:
     return chat_body(prompt or unique(EASY_PROMPT), temperature=0, **fields)
 
 
-def repeat(send):
-    """Send again once the previous answer's cache write has landed."""
-    time.sleep(CACHE_FILL_GRACE)
-    return send()
-
-
 def stream(url: str, key: str, body: dict, path: str = "/v1/chat/completions", **headers) -> httpx.Response:
     auth = bearer(key) if path.endswith("completions") else {"x-api-key": key}
     with httpx.stream("POST", url + path, json={**body, "stream": True}, headers={**auth, **headers}, timeout=60) as r:
@@ -52,10 +50,12 @@ def stream(url: str, key: str, body: dict, path: str = "/v1/chat/completions", *
 
 def test_a_repeated_deterministic_request_is_a_hit_and_the_provider_is_not_called_again(worker, clean_mock):
     body = deterministic()
+    ledger = Recorded(worker.url, A)
     first = chat(worker.url, A, body)
     assert first.status_code == 200, first.text
     assert first.headers["x-tollgate-cache"] == "miss"
-    second = repeat(lambda: chat(worker.url, A, body))
+    ledger.wait_for(1)
+    second = chat(worker.url, A, body)
     assert second.status_code == 200, second.text
     assert second.headers["x-tollgate-cache"] == "hit"
     assert second.content == first.content
@@ -64,30 +64,39 @@ def test_a_repeated_deterministic_request_is_a_hit_and_the_provider_is_not_calle
     assert second.headers["x-tollgate-saved-usd"] == first.headers["x-tollgate-cost-usd"]
     assert second.headers["x-tollgate-model"] == first.headers["x-tollgate-model"]
     assert second.headers["x-tollgate-request-id"] != first.headers["x-tollgate-request-id"]
+    ledger.wait_for(1)
 
 
 def test_a_cache_hit_spends_no_budget(worker, clean_mock):
     body = deterministic()
+    ledger = Recorded(worker.url, A)
     assert chat(worker.url, A, body).status_code == 200
-    before = settled_usage(worker.url, A)
-    assert repeat(lambda: chat(worker.url, A, body)).headers["x-tollgate-cache"] == "hit"
-    after = settled_usage(worker.url, A)
+    before = ledger.wait_for(1)
+    assert chat(worker.url, A, body).headers["x-tollgate-cache"] == "hit"
+    # The hit's own outcome record has landed: whatever it was going to
+    # charge would be in this report.
+    after = ledger.wait_for(1)
     assert spent(after) == spent(before)
     assert len(clean_mock.requests()) == 1
 
 
 def test_fields_that_do_not_change_the_answer_share_the_cache_entry(worker, clean_mock):
     prompt = unique(EASY_PROMPT)
+    ledger = Recorded(worker.url, A)
     assert chat(worker.url, A, deterministic(prompt, user="alice")).headers["x-tollgate-cache"] == "miss"
-    other = repeat(lambda: chat(worker.url, A, deterministic(prompt, user="bob", metadata={"run": "2"})))
+    ledger.wait_for(1)
+    other = chat(worker.url, A, deterministic(prompt, user="bob", metadata={"run": "2"}))
     assert other.headers["x-tollgate-cache"] == "hit"
     assert len(clean_mock.requests()) == 1
+    ledger.wait_for(1)
 
 
 def test_a_field_that_changes_the_answer_is_a_different_entry(worker, clean_mock):
     prompt = unique(EASY_PROMPT)
+    ledger = Recorded(worker.url, A)
     assert chat(worker.url, A, deterministic(prompt)).headers["x-tollgate-cache"] == "miss"
-    other = repeat(lambda: chat(worker.url, A, deterministic(prompt, seed=7)))
+    ledger.wait_for(1)
+    other = chat(worker.url, A, deterministic(prompt, seed=7))
     assert other.headers["x-tollgate-cache"] == "miss"
     assert [r["body"].get("seed") for r in clean_mock.requests()] == [None, 7]
 
@@ -95,10 +104,12 @@ def test_a_field_that_changes_the_answer_is_a_different_entry(worker, clean_mock
 @pytest.mark.parametrize("include_usage", [False, True], ids=["plain", "include_usage"])
 def test_a_stream_after_a_cached_json_answer_is_replayed_as_sse(worker, clean_mock, include_usage):
     body = deterministic()
+    ledger = Recorded(worker.url, A)
     first = chat(worker.url, A, body)
     assert first.status_code == 200, first.text
+    ledger.wait_for(1)
     extra = {"stream_options": {"include_usage": True}} if include_usage else {}
-    replay = repeat(lambda: stream(worker.url, A, {**body, **extra}))
+    replay = stream(worker.url, A, {**body, **extra})
     assert replay.status_code == 200, replay.text
     assert replay.headers["x-tollgate-cache"] == "hit"
     assert replay.headers["content-type"].startswith("text/event-stream")
@@ -114,25 +125,31 @@ def test_a_stream_after_a_cached_json_answer_is_replayed_as_sse(worker, clean_mo
     else:
         assert usage_chunks == []
     assert len(clean_mock.requests()) == 1
+    ledger.wait_for(1)
 
 
 def test_a_json_request_after_a_cached_stream_is_served_the_assembled_answer(worker, clean_mock):
     body = deterministic()
+    ledger = Recorded(worker.url, A)
     streamed = stream(worker.url, A, body)
     assert streamed.status_code == 200 and streamed.headers["x-tollgate-cache"] == "miss"
-    replay = repeat(lambda: chat(worker.url, A, body))
+    ledger.wait_for(1)
+    replay = chat(worker.url, A, body)
     assert replay.status_code == 200, replay.text
     assert replay.headers["x-tollgate-cache"] == "hit"
     assert content_of(replay) == openai_stream_text(streamed.text)
     assert replay.json()["choices"][0]["finish_reason"] == "stop"
     assert len(clean_mock.requests()) == 1
+    ledger.wait_for(1)
 
 
 def test_an_anthropic_answer_is_cached_and_replayed_as_json_and_as_sse(worker, clean_mock):
     body = messages_body(unique(EASY_PROMPT), temperature=0)
+    ledger = Recorded(worker.url, A)
     first = messages(worker.url, A, body)
     assert first.status_code == 200 and first.headers["x-tollgate-cache"] == "miss", first.text
-    again = repeat(lambda: messages(worker.url, A, body))
+    ledger.wait_for(1)
+    again = messages(worker.url, A, body)
     assert again.headers["x-tollgate-cache"] == "hit"
     assert again.json() == first.json()
     replay = stream(worker.url, A, body, path="/v1/messages")
@@ -141,29 +158,36 @@ def test_an_anthropic_answer_is_cached_and_replayed_as_json_and_as_sse(worker, c
     assert names[0] == "message_start" and names[-1] == "message_stop", names
     assert anthropic_stream_text(replay.text) == content_of(first)
     assert len(clean_mock.requests()) == 1
+    ledger.wait_for(2)
 
 
 def test_another_tenant_sending_the_same_request_never_gets_the_first_tenants_entry(worker, clean_mock):
     body = deterministic()
+    ledger_a, ledger_b = Recorded(worker.url, A), Recorded(worker.url, B)
     a = chat(worker.url, A, body)
     assert a.headers["x-tollgate-cache"] == "miss"
-    assert repeat(lambda: chat(worker.url, A, body)).headers["x-tollgate-cache"] == "hit"
+    ledger_a.wait_for(1)
+    assert chat(worker.url, A, body).headers["x-tollgate-cache"] == "hit"
+    ledger_a.wait_for(1)
     b = chat(worker.url, B, body)
     assert b.status_code == 200, b.text
     assert b.headers["x-tollgate-cache"] == "miss"
     assert b.headers["x-tollgate-model"] == a.headers["x-tollgate-model"], "same model, so the same key but for the tenant"
     assert len(clean_mock.requests()) == 2, "the provider answered B itself"
     # B's own cache works: its miss above was isolation, not a broken cache.
-    assert repeat(lambda: chat(worker.url, B, body)).headers["x-tollgate-cache"] == "hit"
+    ledger_b.wait_for(1)
+    assert chat(worker.url, B, body).headers["x-tollgate-cache"] == "hit"
     assert len(clean_mock.requests()) == 2
+    ledger_b.wait_for(1)
 
 
 def test_with_the_doorkeeper_an_answer_is_stored_on_the_second_sighting_and_hits_on_the_third(worker, clean_mock):
     body = deterministic()
-    outcomes = [chat(worker.url, DK, body).headers["x-tollgate-cache"]]
-    outcomes.append(repeat(lambda: chat(worker.url, DK, body)).headers["x-tollgate-cache"])
-    outcomes.append(repeat(lambda: chat(worker.url, DK, body)).headers["x-tollgate-cache"])
-    outcomes.append(repeat(lambda: chat(worker.url, DK, body)).headers["x-tollgate-cache"])
+    ledger = Recorded(worker.url, DK)
+    outcomes = []
+    for _ in range(4):
+        outcomes.append(chat(worker.url, DK, body).headers["x-tollgate-cache"])
+        ledger.wait_for(1)
     assert outcomes == ["miss", "miss", "hit", "hit"]
     assert len(clean_mock.requests()) == 2
 
@@ -172,7 +196,10 @@ def test_with_the_doorkeeper_an_answer_is_stored_on_the_second_sighting_and_hits
 def test_a_sampled_request_bypasses_the_cache(worker, clean_mock, temperature):
     prompt = unique(EASY_PROMPT)
     body = chat_body(prompt) if temperature is None else chat_body(prompt, temperature=temperature)
-    answers = [chat(worker.url, A, body), repeat(lambda: chat(worker.url, A, body))]
+    ledger = Recorded(worker.url, A)
+    answers = [chat(worker.url, A, body)]
+    ledger.wait_for(1)
+    answers.append(chat(worker.url, A, body))
     assert [a.headers["x-tollgate-cache"] for a in answers] == ["bypass; reason=sampled"] * 2
     assert len(clean_mock.requests()) == 2
 
@@ -180,37 +207,49 @@ def test_a_sampled_request_bypasses_the_cache(worker, clean_mock, temperature):
 def test_no_store_neither_reads_nor_writes_the_cache(worker, clean_mock):
     body = deterministic()
     no_store = {"cache-control": "no-store"}
+    ledger = Recorded(worker.url, A)
     first = chat(worker.url, A, body, headers=no_store)
     assert first.headers["x-tollgate-cache"] == "bypass; reason=no_store"
-    plain = repeat(lambda: chat(worker.url, A, body))
+    ledger.wait_for(1)
+    plain = chat(worker.url, A, body)
     assert plain.headers["x-tollgate-cache"] == "miss", "the no-store answer was not stored"
-    again = repeat(lambda: chat(worker.url, A, body, headers=no_store))
+    ledger.wait_for(1)
+    again = chat(worker.url, A, body, headers=no_store)
     assert again.headers["x-tollgate-cache"] == "bypass; reason=no_store", "the stored answer is not served"
     assert len(clean_mock.requests()) == 3
 
 
 def test_no_cache_skips_the_read_but_stores_the_fresh_answer(worker, clean_mock):
     body = deterministic()
+    ledger = Recorded(worker.url, A)
     assert chat(worker.url, A, body).headers["x-tollgate-cache"] == "miss"
-    fresh = repeat(lambda: chat(worker.url, A, body, headers={"cache-control": "no-cache"}))
+    ledger.wait_for(1)
+    fresh = chat(worker.url, A, body, headers={"cache-control": "no-cache"})
     assert fresh.status_code == 200
     assert fresh.headers["x-tollgate-cache"] == "bypass; reason=no_cache"
     assert len(clean_mock.requests()) == 2, "no-cache went to the provider although an entry existed"
-    assert repeat(lambda: chat(worker.url, A, body)).headers["x-tollgate-cache"] == "hit"
+    ledger.wait_for(1)
+    assert chat(worker.url, A, body).headers["x-tollgate-cache"] == "hit"
     assert len(clean_mock.requests()) == 2
+    ledger.wait_for(1)
 
 
 def test_no_cache_stores_without_waiting_for_the_doorkeepers_second_sighting(worker, clean_mock):
     body = deterministic()
+    ledger = Recorded(worker.url, DK)
     first = chat(worker.url, DK, body, headers={"cache-control": "max-age=0, no-cache"})
     assert first.headers["x-tollgate-cache"] == "bypass; reason=no_cache"
-    assert repeat(lambda: chat(worker.url, DK, body)).headers["x-tollgate-cache"] == "hit"
+    ledger.wait_for(1)
+    assert chat(worker.url, DK, body).headers["x-tollgate-cache"] == "hit"
     assert len(clean_mock.requests()) == 1
+    ledger.wait_for(1)
 
 
 def test_a_truncated_answer_is_not_stored(worker, clean_mock):
     body = deterministic(max_tokens=3)
+    ledger = Recorded(worker.url, A)
     first = chat(worker.url, A, body)
     assert first.json()["choices"][0]["finish_reason"] == "length"
-    assert repeat(lambda: chat(worker.url, A, body)).headers["x-tollgate-cache"] == "miss"
+    ledger.wait_for(1)
+    assert chat(worker.url, A, body).headers["x-tollgate-cache"] == "miss"
     assert len(clean_mock.requests()) == 2

@@ -14,7 +14,8 @@ is a miss; a missing key store is 503 auth_store_unavailable, never 401.
 
 from __future__ import annotations
 
-import json
+import re
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,6 +24,7 @@ import httpx
 import pytest
 
 import hosts
+from calls import upstream_calls
 from hosts import ROOT, Mock, Missing, Worker
 from tenants import daily_budget, key_for, routed_tenant
 
@@ -82,8 +84,24 @@ def marker() -> str:
     return f"degraded-{uuid.uuid4().hex[:12]}"
 
 
-def upstream_calls(mock: Mock, mark: str) -> list[dict]:
-    return [r for r in mock.requests() if mark in json.dumps(r["body"])]
+def after_answer_work_ended(worker: Worker, tenant_id: str) -> int:
+    """How many answers to `tenant_id` the Worker has finished with, by its
+    log: after an answer it fills the cache, then writes the settlement and
+    outcome to the tenant's ledger, which here never answers; it logs giving
+    up on that write after its retries."""
+    log = re.sub(r"\x1b\[[0-9;]*m", "", worker.log_text())
+    return log.count(f"gave up settling for `{tenant_id}`")
+
+
+def wait_for_after_answer_work(worker: Worker, tenant_id: str, count: int, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while after_answer_work_ended(worker, tenant_id) < count:
+        if time.monotonic() > deadline:
+            raise AssertionError(
+                f"the Worker did not finish with {count} answers to {tenant_id} in {timeout:.0f}s:\n"
+                + hosts.log_tail(worker.dev.log, 30)
+            )
+        time.sleep(0.05)
 
 
 def send(worker: Worker, api: str, key: str, mark: str, *, stream: bool = False) -> httpx.Response:
@@ -162,7 +180,12 @@ def test_usage_and_feedback_answer_503_when_the_ledger_is_unreachable(degraded):
 
 def test_without_the_cache_namespace_repeated_requests_are_served_as_misses(degraded, clean_mock):
     mark = marker()
-    answers = [send(degraded, "openai", UNMETERED_KEY, mark) for _ in range(3)]
+    ended = after_answer_work_ended(degraded, "e2e-degraded-unmetered")
+    answers = []
+    for n in range(1, 4):
+        answers.append(send(degraded, "openai", UNMETERED_KEY, mark))
+        # Done with this answer, cache fill attempt included, before the repeat.
+        wait_for_after_answer_work(degraded, "e2e-degraded-unmetered", ended + n)
     for r in answers:
         assert r.status_code == 200, r.text
         assert r.headers["x-tollgate-cache"] == "miss", dict(r.headers)

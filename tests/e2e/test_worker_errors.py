@@ -144,21 +144,30 @@ def test_a_key_whose_tenant_has_no_config_gets_503_tenant_unavailable(worker, cl
 def test_a_spent_budget_gets_429_budget_exceeded_and_nothing_reaches_the_provider(worker, clean_mock):
     key = tenants.TINY_KEY
     limit = tenants.TINY["budgets"]["limits"][0]
-    # Each request holds about 20 prompt + 120 output tokens of a 400-token
-    # day and spends its prompt plus 13-41 answer words: a few fit, then not.
-    answered = []
+    # Each request holds its prompt plus the 120-token cap of a 400-token day
+    # and spends its prompt plus 13-41 answer words: a few fit, then not.
+    answered: list[tuple[dict, httpx.Response, int]] = []  # (body, answer, tokens spent before it)
+    spent_tokens = 0
     for _ in range(12):
-        r = chat(worker.url, key, chat_body(unique(EASY_PROMPT), max_tokens=120))
+        body = chat_body(unique(EASY_PROMPT), max_tokens=120)
+        r = chat(worker.url, key, body)
         if r.status_code != 200:
             break
-        answered.append(r)
-        settled_usage(worker.url, key)
+        answered.append((body, r, spent_tokens))
+        spent_tokens = settled_usage(worker.url, key)["budgets"][0]["spent_tokens"]
     else:
         pytest.fail(f"a {limit['tokens']}-token day never ran out after 12 requests")
     assert answered, "the first request fits the budget"
     clean_mock.clear_requests()
 
-    refused = chat(worker.url, key, chat_body(unique(EASY_PROMPT), max_tokens=120))
+    # What the last answered request held, as its grant reported it: the
+    # limit, less what was spent before it, less the headroom left after it.
+    last_body, last, spent_before_last = answered[-1]
+    hold = limit["tokens"] - spent_before_last - int(last.headers["x-tollgate-budget-remaining-tokens"])
+    assert hold > 120, f"the hold is the prompt plus the 120-token cap, not {hold}"
+    # Sent again (no temperature, so never from the cache), it asks for that
+    # same hold, which no longer fits.
+    refused = chat(worker.url, key, last_body)
     error = assert_error(refused, 429, "budget_exceeded")
     assert error["type"] == "insufficient_quota"
     assert limit["name"] in error["message"], error["message"]
@@ -170,10 +179,8 @@ def test_a_spent_budget_gets_429_budget_exceeded_and_nothing_reaches_the_provide
     report = settled_usage(worker.url, key)
     [daily] = report["budgets"]
     assert daily["reserved_tokens"] == 0
-    # Refused: what is spent plus this request's hold (a prompt under 40
-    # tokens and the 120-token cap) no longer fits the limit.
-    assert daily["spent_tokens"] + 40 + 120 > limit["tokens"], daily
-    assert daily["spent_tokens"] == sum(a.json()["usage"]["total_tokens"] for a in answered)
+    assert daily["spent_tokens"] == sum(a.json()["usage"]["total_tokens"] for _, a, _ in answered)
+    assert daily["spent_tokens"] + hold > limit["tokens"], (daily, hold)
 
 
 def test_a_request_larger_than_the_whole_budget_gets_400_exceeds_budget_limit(worker, clean_mock):

@@ -11,32 +11,20 @@ doorkeeper. Tests share tenant A, so each compares before/after snapshots.
 
 from __future__ import annotations
 
-import time
 import uuid
 
 import httpx
 import pytest
 
 import tenants as registry
+from calls import Recorded, cost_micros, micros, replayed_usage, upstream_calls, usage
 
 A_KEY = registry.FEEDBACK_A_KEY
 B_KEY = registry.FEEDBACK_B_KEY
 
 
-def micros(usd: str) -> int:
-    whole, _, frac = usd.partition(".")
-    assert len(frac) == 6, usd
-    return int(whole) * 1_000_000 + int(frac)
-
-
 def auth(key: str) -> dict:
     return {"authorization": f"Bearer {key}"}
-
-
-def usage(url: str, key: str) -> dict:
-    r = httpx.get(url + "/v1/usage", headers=auth(key), timeout=30)
-    assert r.status_code == 200, r.text
-    return r.json()
 
 
 def tiers(report: dict) -> dict[str, dict]:
@@ -56,20 +44,6 @@ def tier_row(report: dict, tier: str) -> dict:
         "cost_per_resolution_usd": None,
     }
     return tiers(report).get(tier, zero)
-
-
-def recorded(url: str, key: str, tier: str, requests: int, timeout: float = 20.0) -> dict:
-    """/v1/usage once `tier` counts at least `requests` requests and nothing
-    is reserved (outcomes are recorded after the response, in waitUntil)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        report = usage(url, key)
-        idle = all(b["reserved_tokens"] == 0 for b in report["budgets"])
-        if idle and tier_row(report, tier)["requests"] >= requests:
-            return report
-        if time.monotonic() > deadline:
-            pytest.fail(f"tier `{tier}` never reached {requests} requests: {report}")
-        time.sleep(0.2)
 
 
 def chat(url: str, key: str, tier: str, prompt: str, **extra) -> httpx.Response:
@@ -98,13 +72,15 @@ def assert_openai_error(r: httpx.Response, status: int, code: str) -> dict:
     return err
 
 
-def test_every_routed_response_carries_a_request_id_and_feedback_is_counted_per_tier(worker):
-    before = recorded(worker.url, A_KEY, "cheap", 0)
+def test_every_routed_response_carries_a_request_id_and_feedback_is_counted_per_tier(worker, clean_mock):
+    ledger = Recorded(worker.url, A_KEY)
+    before = ledger.start
     cheap = [chat(worker.url, A_KEY, "cheap", unique("Say hello.")) for _ in range(2)]
     premium = chat(worker.url, A_KEY, "premium", unique("Say hello."))
+    stream_prompt = unique("Hi.")
     streamed = httpx.post(
         worker.url + "/v1/chat/completions",
-        json={"model": "tollgate/premium", "stream": True, "messages": [{"role": "user", "content": unique("Hi.")}]},
+        json={"model": "tollgate/premium", "stream": True, "messages": [{"role": "user", "content": stream_prompt}]},
         headers=auth(A_KEY),
         timeout=60,
     )
@@ -129,10 +105,16 @@ def test_every_routed_response_carries_a_request_id_and_feedback_is_counted_per_
         tier = responses[ids.index(rid)].headers["x-tollgate-tier"]
         assert r.json() == {"object": "feedback", "request_id": rid, "tier": tier, "resolved": resolved}
 
-    after = recorded(worker.url, A_KEY, "cheap", tier_row(before, "cheap")["requests"] + 3)
+    after = ledger.wait_for(len(responses))
     expected = {"cheap": (3, 2, 1), "premium": (2, 2, 0)}  # requests, resolved, unresolved
-    # Non-streamed answers carry their actual cost; a stream's header is the
-    # estimate made before it started, so its cost comes from the ledger.
+    # Non-streamed answers carry their actual cost. A stream's header is the
+    # estimate made before it started; its cost is the usage of the answer
+    # the provider streamed, which the mock gives again for the same body.
+    (stream_record,) = upstream_calls(clean_mock, stream_prompt)
+    assert stream_record["stream"] is True and stream_record["completed"], stream_record
+    stream_usage = replayed_usage(clean_mock, stream_record)
+    stream_cost = cost_micros(stream_record["model"], stream_usage["prompt_tokens"], stream_usage["completion_tokens"])
+    assert streamed.headers["x-tollgate-model"] == f"openai/{stream_record['model']}"
     known_costs = {"cheap": [cheap[0], cheap[1], anthropic], "premium": [premium]}
     for tier, (requests, resolved, unresolved) in expected.items():
         old, new = tier_row(before, tier), tier_row(after, tier)
@@ -140,11 +122,10 @@ def test_every_routed_response_carries_a_request_id_and_feedback_is_counted_per_
         assert new["resolved"] - old["resolved"] == resolved, (tier, old, new)
         assert new["unresolved"] - old["unresolved"] == unresolved, (tier, old, new)
         spent = micros(new["spent_usd"]) - micros(old["spent_usd"])
-        header_costs = sum(micros(r.headers["x-tollgate-cost-usd"]) for r in known_costs[tier])
-        if tier == "cheap":
-            assert spent == header_costs, (tier, spent, header_costs)
-        else:
-            assert spent > header_costs, "the streamed premium answer cost nothing"
+        expected_cost = sum(micros(r.headers["x-tollgate-cost-usd"]) for r in known_costs[tier])
+        if tier == "premium":
+            expected_cost += stream_cost
+        assert spent == expected_cost, (tier, spent, expected_cost)
         # Cost per resolution: the tier's spend over its resolutions.
         assert new["cost_per_resolution_usd"] is not None
         assert micros(new["cost_per_resolution_usd"]) == micros(new["spent_usd"]) // new["resolved"], new
@@ -154,10 +135,10 @@ def test_every_routed_response_carries_a_request_id_and_feedback_is_counted_per_
 
 
 def test_changed_feedback_moves_a_request_between_resolved_and_unresolved(worker):
+    ledger = Recorded(worker.url, A_KEY)
     r = chat(worker.url, A_KEY, "premium", unique("Explain nothing."))
     rid = r.headers["x-tollgate-request-id"]
-    before = recorded(worker.url, A_KEY, "premium", 1)
-    row = tier_row(before, "premium")
+    row = tier_row(ledger.wait_for(1), "premium")
 
     def counts() -> tuple[int, int]:
         now = tier_row(usage(worker.url, A_KEY), "premium")
@@ -199,9 +180,10 @@ def test_malformed_feedback_is_400_invalid_feedback(worker, body):
 
 
 def test_one_tenant_can_neither_give_feedback_on_nor_see_another_tenants_requests(worker):
+    ledger = Recorded(worker.url, A_KEY)
     r = chat(worker.url, A_KEY, "cheap", unique("A's private question."))
     rid = r.headers["x-tollgate-request-id"]
-    a_before = recorded(worker.url, A_KEY, "cheap", 1)
+    a_before = ledger.wait_for(1)
 
     refused = feedback(worker.url, B_KEY, {"request_id": rid, "resolved": False})
     assert_openai_error(refused, 404, "unknown_request_id")
@@ -221,31 +203,25 @@ def test_one_tenant_can_neither_give_feedback_on_nor_see_another_tenants_request
 
 def test_cache_hits_are_counted_per_tier_with_the_dollars_they_saved(worker):
     prompt = unique("What is the capital of France?")
+    ledger = Recorded(worker.url, A_KEY)
     first = chat(worker.url, A_KEY, "cheap", prompt, temperature=0)
     assert first.headers["x-tollgate-cache"] == "miss"
     original_cost = micros(first.headers["x-tollgate-cost-usd"])
     assert original_cost > 0
-    before = recorded(worker.url, A_KEY, "cheap", 1)
+    # Recorded, so the cache fill made before the record has landed.
+    before = ledger.wait_for(1)
 
-    # The cache is filled after the first answer is sent; wait for it.
-    deadline = time.monotonic() + 20
-    misses = 0
-    while True:
-        hit = chat(worker.url, A_KEY, "cheap", prompt, temperature=0)
-        if hit.headers["x-tollgate-cache"] == "hit":
-            break
-        misses += 1
-        assert time.monotonic() < deadline, "the answer was never served from the cache"
-        time.sleep(0.3)
+    hit = chat(worker.url, A_KEY, "cheap", prompt, temperature=0)
+    assert hit.headers["x-tollgate-cache"] == "hit"
     assert hit.json()["choices"] == first.json()["choices"]
     assert micros(hit.headers["x-tollgate-saved-usd"]) == original_cost
     assert micros(hit.headers["x-tollgate-cost-usd"]) == 0
 
-    after = recorded(worker.url, A_KEY, "cheap", tier_row(before, "cheap")["requests"] + misses + 1)
+    after = ledger.wait_for(1)
     old, new = tier_row(before, "cheap"), tier_row(after, "cheap")
     assert new["cache_hits"] - old["cache_hits"] == 1, (old, new)
     assert micros(new["cache_saved_usd"]) - micros(old["cache_saved_usd"]) == original_cost, (old, new)
-    assert new["requests"] - old["requests"] == misses + 1
+    assert new["requests"] - old["requests"] == 1
 
     # A hit is a routed answer like any other: feedback can name it.
     fb = feedback(worker.url, A_KEY, {"request_id": hit.headers["x-tollgate-request-id"], "resolved": True})

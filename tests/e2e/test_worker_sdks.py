@@ -28,7 +28,7 @@ def user(text: str) -> list[dict]:
     return [{"role": "user", "content": text}]
 
 
-def test_openai_sdk_chat_completion(oai, clean_mock):
+def test_the_openai_sdk_parses_a_chat_completion_with_its_usage(oai, clean_mock):
     raw = oai.chat.completions.with_raw_response.create(model="tollgate/auto", messages=user(unique(EASY_PROMPT)))
     completion = raw.parse()
     [record] = clean_mock.requests()
@@ -74,7 +74,7 @@ def test_openai_sdk_stream_with_include_usage_gets_the_usage_chunk(oai, clean_mo
     assert record["body"]["stream_options"] == {"include_usage": True}
 
 
-def test_openai_sdk_lists_models(oai, clean_mock):
+def test_the_openai_sdk_lists_the_tenants_models(oai, clean_mock):
     ids = [m.id for m in oai.models.list()]
     routing = tenants.ACME["routing"]
     assert ids == ["tollgate/auto"] + [f"tollgate/{t['name']}" for t in routing["tiers"]] + [
@@ -112,7 +112,7 @@ def test_openai_sdk_sees_a_spent_budget_as_a_rate_limit_error(worker, clean_mock
     assert len(clean_mock.requests()) == answered
 
 
-def test_anthropic_sdk_message(claude, clean_mock):
+def test_the_anthropic_sdk_parses_a_message_with_its_usage(claude, clean_mock):
     message = claude.messages.create(model="tollgate/auto", max_tokens=256, messages=user(unique(EASY_PROMPT)))
     [record] = clean_mock.requests()
     assert record["path"] == "/anthropic/v1/messages"

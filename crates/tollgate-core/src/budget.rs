@@ -367,12 +367,18 @@ pub fn settle(state: &mut BudgetState, budgets: &Budgets, id: &str, actual: Amou
     }
     state.outstanding.retain(|o| o.id != id);
     state.charge(actual, now);
+    remember_finished(state, id);
+    state.remaining(&budgets.limits)
+}
+
+/// A finished id: a reserve or settle that arrives late for it (a retry, or
+/// a call that timed out at the host but landed) changes nothing.
+fn remember_finished(state: &mut BudgetState, id: &str) {
     state.recently_settled.push(id.to_owned());
     if state.recently_settled.len() > RECENTLY_SETTLED {
         let excess = state.recently_settled.len() - RECENTLY_SETTLED;
         state.recently_settled.drain(..excess);
     }
-    state.remaining(&budgets.limits)
 }
 
 /// Drop a hold without charging (upstream failed before any usage, or the
@@ -380,6 +386,11 @@ pub fn settle(state: &mut BudgetState, budgets: &Budgets, id: &str, actual: Amou
 pub fn release(state: &mut BudgetState, budgets: &Budgets, id: &str, now: u64) -> Remaining {
     state.sync(&budgets.limits, now);
     state.outstanding.retain(|o| o.id != id);
+    // Also for an id never reserved: a host releases after a reserve that
+    // timed out, and that reserve may still arrive; it must then hold nothing.
+    if !state.recently_settled.iter().any(|s| s == id) {
+        remember_finished(state, id);
+    }
     state.remaining(&budgets.limits)
 }
 
@@ -589,6 +600,23 @@ pub fn iso8601(secs: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_reserve_arriving_after_its_release_holds_nothing() {
+        let budgets = crate::config::TenantConfig::example().unwrap().budgets;
+        let mut state = BudgetState::default();
+        let req = ReserveRequest {
+            id: "late".into(),
+            prompt_tokens: 100,
+            output_tokens: 100,
+            price: crate::pricing::ModelPrice { input: 1, cached_input: 1, output: 1 },
+            downgrade_price: None,
+        };
+        release(&mut state, &budgets, "late", 0);
+        let granted = reserve(&mut state, &budgets, &req, 0).unwrap();
+        assert_eq!(granted.amount, Amount::default());
+        assert!(state.outstanding.is_empty());
+    }
     use crate::config::{FailureMode, OnExhausted};
 
     const NOW: u64 = 1_795_000_000; // 2026-11-18T...

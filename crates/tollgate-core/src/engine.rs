@@ -634,9 +634,28 @@ impl Plan {
         self.granted.as_ref().map(|g| Settlement::Release { id: g.id.clone() })
     }
 
-    /// Whether an upstream status is worth trying the next model for.
+    /// Whether an upstream status is worth trying the next model for: 408,
+    /// 429 and 5xx, and also 401/403, which mean *our* credential for that
+    /// provider is wrong or lacks access. Those are never passed to the
+    /// client: it cannot fix them, and a provider's 401 body can echo part
+    /// of the router's key.
     pub fn is_retryable(status: u16) -> bool {
-        status == 408 || status == 429 || (500..=599).contains(&status)
+        matches!(status, 401 | 403 | 408 | 429) || (500..=599).contains(&status)
+    }
+
+    /// Whether a provider answer with this status can be relayed as it is.
+    /// Bodiless statuses (204, 205, 304) and anything outside 200–599 are
+    /// not answers to a chat request; hosts treat them as failures
+    /// ([`Plan::on_upstream_failure`]), which ends in a 502.
+    pub fn can_pass_through(status: u16) -> bool {
+        (200..=599).contains(&status) && !matches!(status, 204 | 205 | 304)
+    }
+
+    /// The client went away before any answer reached it: give the hold
+    /// back. (Once a provider is generating, use [`Plan::finish`] with what
+    /// was seen instead, so the tokens already spent are charged.)
+    pub fn cancel(&mut self) -> Option<Settlement> {
+        self.release()
     }
 
     /// The provider failed before any byte reached the client: `status` is
@@ -692,6 +711,12 @@ impl Plan {
     /// Headers to add to the provider's response.
     pub fn response_headers(&self) -> Vec<(String, String)> {
         self.trace.headers()
+    }
+
+    /// Whether this request was answered from the cache (a hit that was
+    /// then refused by the budget check was not).
+    pub fn served_from_cache(&self) -> bool {
+        self.hit_saved_micros.is_some()
     }
 
     /// What the cost-per-resolution ledger records for this request, once it

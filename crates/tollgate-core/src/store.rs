@@ -10,6 +10,8 @@
 use crate::budget::{self, BudgetState, LedgerOp, LedgerReply};
 use crate::outcomes::{self, OutcomeLedger, OutcomeOp, OutcomeReply};
 
+use crate::config::Budgets;
+use crate::engine::{BudgetCheck, Finish, Plan, ReserveOutcome, Settlement};
 use serde::{Deserialize, Serialize};
 
 /// A budget or an outcome operation. The two enums' `op` names do not
@@ -43,6 +45,40 @@ pub struct Dirty {
     pub outcome_totals: bool,
     /// Indexes of the outcome ring's chunks that changed (see [`OutcomeLedger::chunk`]).
     pub outcome_chunks: Vec<usize>,
+}
+
+/// What a store's answer to a [`LedgerOp::Reserve`] means for the plan.
+/// `None` (no answer, or not the expected one) is an unreachable store.
+pub fn reserve_outcome(reply: Option<TenantReply>) -> ReserveOutcome {
+    match reply {
+        Some(TenantReply::Budget(LedgerReply::Granted { granted })) => ReserveOutcome::Granted(granted),
+        Some(TenantReply::Budget(LedgerReply::Refused { error })) => ReserveOutcome::Refused(error),
+        _ => ReserveOutcome::StoreUnavailable,
+    }
+}
+
+/// What a store's answer to a [`LedgerOp::Check`] means for the plan.
+pub fn budget_check(reply: Option<TenantReply>) -> BudgetCheck {
+    match reply {
+        Some(TenantReply::Budget(LedgerReply::Check { exhausted })) => BudgetCheck::from(exhausted),
+        _ => BudgetCheck::StoreUnavailable,
+    }
+}
+
+/// The ops that close a request in its tenant's store: apply the
+/// settlement (if budget was held) and record the outcome (if the request
+/// was answered: served from cache, or `finish`ed after a provider call).
+pub fn closing_ops(
+    plan: &Plan,
+    budgets: &Budgets,
+    settlement: Option<&Settlement>,
+    finish: Option<&Finish>,
+) -> Vec<TenantOp> {
+    let mut ops: Vec<TenantOp> = settlement.iter().map(|s| TenantOp::Budget(s.to_op(budgets))).collect();
+    if finish.is_some() || plan.served_from_cache() {
+        ops.push(TenantOp::Outcome(OutcomeOp::Record { outcome: plan.outcome(finish) }));
+    }
+    ops
 }
 
 /// Apply `ops` in order at `now`.

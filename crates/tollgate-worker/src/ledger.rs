@@ -17,7 +17,7 @@ use tollgate_core::outcomes::{OutcomeLedger, OutcomeTotals, RECENT_CHUNKS, Recen
 use tollgate_core::store::{self, TenantBatch, TenantOp, TenantReply};
 use worker::{
     Delay, DurableObject, Env, Method, Request, RequestInit, Response, Result, State, console_error, durable_object,
-    wasm_bindgen::JsValue,
+    js_sys, wasm_bindgen::JsValue,
 };
 
 /// The Durable Object binding in `wrangler.toml`.
@@ -96,10 +96,20 @@ impl DurableObject for TenantLedger {
             }
             (replies, writes)
         };
-        // Writes are issued in order; the output gate holds the reply until
-        // they are durable, so no caller acts on a grant that could be lost.
-        for (key, json) in writes {
-            storage.put(&key, json).await?;
+        // One put_multiple: the keys change together or not at all. The
+        // output gate holds the reply until the write is durable, so no
+        // caller acts on a grant that could be lost.
+        if !writes.is_empty() {
+            let object = js_sys::Object::new();
+            for (key, json) in writes {
+                js_sys::Reflect::set(&object, &JsValue::from_str(&key), &JsValue::from_str(&json))?;
+            }
+            if let Err(e) = storage.put_multiple_raw(object).await {
+                // Memory is now ahead of storage: drop it, so the next event
+                // reloads what is durable instead of building on a lost write.
+                self.loaded.replace(None);
+                return Err(e);
+            }
         }
         Response::from_json(&replies)
     }

@@ -131,7 +131,18 @@ async fn feedback(mut req: Request, env: &Env, settings: &Settings) -> Result<Re
         Err(e) => return error_response(&e, &[]),
     };
     let ops = vec![TenantOp::Outcome(OutcomeOp::Feedback { request_id: fb.request_id.clone(), resolved: fb.resolved })];
-    match ledger::call(env, &tenant.id, &ops, settings).await.map(|mut r| r.pop()) {
+    // A request's outcome is recorded just after its answer is handed over,
+    // so feedback sent the moment the answer arrives can beat it: give an
+    // unknown id two short retries before answering 404.
+    let mut reply = ledger::call(env, &tenant.id, &ops, settings).await.map(|mut r| r.pop());
+    for _ in 0..2 {
+        if !matches!(reply, Ok(Some(TenantReply::Outcome(OutcomeReply::UnknownRequest { .. })))) {
+            break;
+        }
+        worker::Delay::from(std::time::Duration::from_millis(250)).await;
+        reply = ledger::call(env, &tenant.id, &ops, settings).await.map(|mut r| r.pop());
+    }
+    match reply {
         Ok(Some(TenantReply::Outcome(OutcomeReply::FeedbackRecorded { request_id, tier, resolved }))) => json_response(
             200,
             &serde_json::json!({"object": "feedback", "request_id": request_id, "tier": tier, "resolved": resolved}),

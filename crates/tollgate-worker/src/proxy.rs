@@ -3,9 +3,12 @@
 //!
 //! Once the request is parsed, everything that touches the budget runs inside
 //! `ctx.wait_until`, and the handler only waits for the response to be handed
-//! over. If the client goes away mid-request, the runtime cancels the handler
-//! but not the `wait_until` task, so a hold is always settled or released,
-//! never left to expire.
+//! over. If the client goes away, the runtime cancels the handler but not the
+//! `wait_until` task, so the hold is settled or released rather than left to
+//! expire. A disconnect is seen at once mid-stream (the client's body is
+//! dropped) and, where the runtime signals it, while waiting for the provider
+//! (the handler's receiver is dropped); workerd does not signal a disconnect
+//! before response headers, and the call then completes and is settled.
 
 use crate::http::{self, error_response, header_pairs, with_headers};
 use crate::settings::{Settings, now_secs, random_bytes};
@@ -16,13 +19,12 @@ use futures_util::{SinkExt, StreamExt};
 use std::cell::RefCell;
 use std::rc::Rc;
 use std::time::Duration;
-use tollgate_core::budget::{LedgerOp, LedgerReply};
+use tollgate_core::budget::LedgerOp;
 use tollgate_core::cache::Doorkeeper;
-use tollgate_core::engine::{BudgetCheck, Finish, Inbound, ReserveOutcome, Upstream, request_id};
+use tollgate_core::engine::{Finish, Inbound, ReserveOutcome, Upstream, request_id};
 use tollgate_core::error::UpstreamError;
-use tollgate_core::outcomes::OutcomeOp;
-use tollgate_core::store::{TenantOp, TenantReply};
-use tollgate_core::trace::CacheOutcome;
+use tollgate_core::response::ResponseSummary;
+use tollgate_core::store::{self, TenantOp};
 use tollgate_core::{ApiError, ApiFormat, Next, Plan, TenantConfig, upstream};
 use worker::wasm_bindgen::JsValue;
 use worker::{
@@ -65,8 +67,7 @@ pub async fn handle(mut req: Request, api: ApiFormat, env: Env, ctx: Context, se
     };
     let client_headers = header_pairs(req.headers());
     let cache_control = client_headers.iter().find(|(n, _)| n == "cache-control").map(|(_, v)| v.as_str());
-    let inbound =
-        Inbound { tenant_id: &tenant.id, api, body: &body, cache_control, now: now_secs(), entropy: random_bytes() };
+    let inbound = Inbound { tenant_id: &tenant.id, api, body: &body, cache_control, now: now_secs(), entropy };
     let plan = match Plan::new(&tenant.config, &inbound) {
         Ok(p) => p,
         Err(refused) => return http::local(refused.response()),
@@ -97,11 +98,7 @@ async fn drive(mut job: Job, mut reply: oneshot::Sender<Response>) {
     loop {
         next = match next {
             Next::Respond(local, settlement) => {
-                let mut ops: Vec<TenantOp> =
-                    settlement.iter().map(|s| TenantOp::Budget(s.to_op(&job.config.budgets))).collect();
-                if job.plan.trace.cache == Some(CacheOutcome::Hit) {
-                    ops.push(TenantOp::Outcome(OutcomeOp::Record { outcome: job.plan.outcome(None) }));
-                }
+                let ops = store::closing_ops(&job.plan, &job.config.budgets, settlement.as_ref(), None);
                 send(reply, http::local(local));
                 if !ops.is_empty() {
                     ledger::call_until_applied(job.env.clone(), job.tenant_id.clone(), ops, job.settings).await;
@@ -118,26 +115,31 @@ async fn drive(mut job: Job, mut reply: oneshot::Sender<Response>) {
             }
             Next::CheckBudget => {
                 let op = TenantOp::Budget(LedgerOp::Check { budgets: job.config.budgets.clone() });
-                let check =
-                    match ledger::call(&job.env, &job.tenant_id, &[op], &job.settings).await.map(|mut r| r.pop()) {
-                        Ok(Some(TenantReply::Budget(LedgerReply::Check { exhausted }))) => BudgetCheck::from(exhausted),
-                        _ => BudgetCheck::StoreUnavailable,
-                    };
-                job.plan.on_budget_check(check)
+                let reply =
+                    ledger::call(&job.env, &job.tenant_id, &[op], &job.settings).await.ok().and_then(|mut r| r.pop());
+                job.plan.on_budget_check(store::budget_check(reply))
             }
             Next::Reserve(request) => {
+                let hold_id = request.id.clone();
                 let op = TenantOp::Budget(LedgerOp::Reserve { budgets: job.config.budgets.clone(), request });
-                let outcome = match ledger::call(&job.env, &job.tenant_id, &[op], &job.settings)
-                    .await
-                    .map(|mut r| r.pop())
-                {
-                    Ok(Some(TenantReply::Budget(LedgerReply::Granted { granted }))) => ReserveOutcome::Granted(granted),
-                    Ok(Some(TenantReply::Budget(LedgerReply::Refused { error }))) => ReserveOutcome::Refused(error),
-                    _ => ReserveOutcome::StoreUnavailable,
-                };
+                let reply =
+                    ledger::call(&job.env, &job.tenant_id, &[op], &job.settings).await.ok().and_then(|mut r| r.pop());
+                let outcome = store::reserve_outcome(reply);
+                if outcome == ReserveOutcome::StoreUnavailable {
+                    // The call may have landed after we stopped waiting; release
+                    // by id so that hold (or the reserve, if it arrives later) holds nothing.
+                    let release =
+                        vec![TenantOp::Budget(LedgerOp::Release { budgets: job.config.budgets.clone(), id: hold_id })];
+                    job.ctx.wait_until(ledger::call_until_applied(
+                        job.env.clone(),
+                        job.tenant_id.clone(),
+                        release,
+                        job.settings,
+                    ));
+                }
                 job.plan.on_reserve(outcome)
             }
-            Next::Forward(up) => match call_provider(&up, &job).await {
+            Next::Forward(up) => match call_provider(&up, &job, &mut reply).await {
                 Ok(CallResult::Answered(resp)) => match answer(&mut job, &up, resp, reply).await {
                     Answered::Done => return,
                     Answered::Failed(back) => {
@@ -147,6 +149,14 @@ async fn drive(mut job: Job, mut reply: oneshot::Sender<Response>) {
                     }
                 },
                 Ok(CallResult::Failed(status)) => job.plan.on_upstream_failure(status),
+                Ok(CallResult::ClientGone) => {
+                    // Nothing was generated for this client yet: give the hold back now.
+                    if let Some(release) = job.plan.cancel() {
+                        let ops = vec![TenantOp::Budget(release.to_op(&job.config.budgets))];
+                        ledger::call_until_applied(job.env.clone(), job.tenant_id.clone(), ops, job.settings).await;
+                    }
+                    return;
+                }
                 Err(err) => job.plan.abandon(&err),
             },
         };
@@ -156,7 +166,10 @@ async fn drive(mut job: Job, mut reply: oneshot::Sender<Response>) {
 fn send(reply: oneshot::Sender<Response>, response: Result<Response>) {
     let response = response.or_else(|e| {
         console_error!("tollgate: could not build the response: {e}");
-        Response::error("tollgate could not build the response", 503)
+        error_response(
+            &ApiError::new(502, "api_error", "upstream_bad_response", "the provider's answer could not be relayed"),
+            &[],
+        )
     });
     if let Ok(r) = response {
         // Err only when the client has gone; the settlement still follows.
@@ -168,10 +181,16 @@ enum CallResult {
     Answered(Response),
     /// A retryable status, or None for a timeout or connection failure.
     Failed(Option<u16>),
+    /// The client disconnected while the provider was being called.
+    ClientGone,
 }
 
 /// Send the rewritten request to the provider and wait for its headers.
-async fn call_provider(up: &Upstream, job: &Job) -> std::result::Result<CallResult, ApiError> {
+async fn call_provider(
+    up: &Upstream,
+    job: &Job,
+    reply: &mut oneshot::Sender<Response>,
+) -> std::result::Result<CallResult, ApiError> {
     let provider = up.target.provider;
     let base = job.env.var(upstream::base_url_name(provider)).map(|v| v.to_string()).unwrap_or_default();
     let key = job.env.var(upstream::secret_name(provider)).map(|v| v.to_string()).unwrap_or_default();
@@ -197,23 +216,31 @@ async fn call_provider(up: &Upstream, job: &Job) -> std::result::Result<CallResu
     let fetch = Fetch::Request(request);
     let sent = Box::pin(fetch.send_with_signal(&signal));
     let timeout = Delay::from(Duration::from_millis(job.settings.upstream_timeout_ms));
-    match select(sent, timeout).await {
-        Either::Left((Ok(resp), _)) => {
+    // The client leaving drops the handler's receiver; stop waiting then,
+    // rather than let the runtime kill this task 30 s later with the hold still out.
+    let gone = reply.cancellation();
+    match select(select(sent, timeout), gone).await {
+        Either::Left((Either::Left((Ok(resp), _)), _)) => {
             let status = resp.status_code();
-            if Plan::is_retryable(status) {
+            if Plan::is_retryable(status) || !Plan::can_pass_through(status) {
                 // Dropping the response cancels its body; nothing of it reaches the client.
+                console_error!("tollgate: {} answered HTTP {status}; trying the next model", up.target);
                 Ok(CallResult::Failed(Some(status)))
             } else {
                 Ok(CallResult::Answered(resp))
             }
         }
-        Either::Left((Err(e), _)) => {
+        Either::Left((Either::Left((Err(e), _)), _)) => {
             console_error!("tollgate: {} unreachable: {e}", up.target);
+            Ok(CallResult::Failed(None))
+        }
+        Either::Left((Either::Right(_), _)) => {
+            controller.abort();
             Ok(CallResult::Failed(None))
         }
         Either::Right(_) => {
             controller.abort();
-            Ok(CallResult::Failed(None))
+            Ok(CallResult::ClientGone)
         }
     }
 }
@@ -225,18 +252,26 @@ enum Answered {
 }
 
 /// Pass the provider's answer to the client, then settle and cache.
-async fn answer(job: &mut Job, up: &Upstream, mut resp: Response, reply: oneshot::Sender<Response>) -> Answered {
+async fn answer(job: &mut Job, up: &Upstream, mut resp: Response, mut reply: oneshot::Sender<Response>) -> Answered {
     let status = resp.status_code();
     let content_type = resp.headers().get("content-type").ok().flatten().unwrap_or_default();
     let streamed = content_type.contains("text/event-stream") && (200..300).contains(&status);
     if streamed {
         return answer_stream(job, up, resp, reply, content_type).await;
     }
-    let read =
-        select(Box::pin(resp.bytes()), Delay::from(Duration::from_millis(job.settings.upstream_timeout_ms))).await;
+    let deadline = Delay::from(Duration::from_millis(job.settings.upstream_timeout_ms));
+    let read = select(select(Box::pin(resp.bytes()), deadline), reply.cancellation()).await;
     let bytes = match read {
-        Either::Left((Ok(b), _)) => b,
-        _ => return Answered::Failed(reply),
+        Either::Left((Either::Left((Ok(b), _)), _)) => b,
+        Either::Left(_) => return Answered::Failed(reply),
+        Either::Right(_) => {
+            // The client left while the provider was writing its answer:
+            // the provider has generated it, so charge the prompt (the
+            // output is unknown) rather than release.
+            let fin = job.plan.finish(status, &ResponseSummary::default(), None, &job.config, now_secs());
+            after_answer(job, fin).await;
+            return Answered::Done;
+        }
     };
     let (summary, assembled) = job.plan.read_json_response(&bytes);
     let fin = job.plan.finish(status, &summary, assembled, &job.config, now_secs());
@@ -271,6 +306,10 @@ async fn answer_stream(
 
     // A small channel: the client's pace throttles how fast the provider is read.
     let (mut tx, rx) = mpsc::channel::<std::result::Result<Vec<u8>, worker::Error>>(8);
+    // Resolves when the runtime drops the client's body (a disconnect), so
+    // an abort is seen at once, not at the next chunk the provider sends.
+    let (gone_guard, mut client_gone_signal) = oneshot::channel::<()>();
+    let rx = ClientBody { chunks: rx, _gone_guard: gone_guard };
     let mut headers =
         vec![("content-type".to_owned(), content_type), ("cache-control".to_owned(), "no-cache".to_owned())];
     headers.extend(job.plan.response_headers());
@@ -279,7 +318,15 @@ async fn answer_stream(
     let mut client_gone = !first_out.is_empty() && tx.send(Ok(first_out)).await.is_err();
     let mut broken = false;
     while !client_gone {
-        match next_chunk(&mut body, job.settings.stream_idle_timeout_ms).await {
+        let next = Box::pin(next_chunk(&mut body, job.settings.stream_idle_timeout_ms));
+        let chunk = match select(next, &mut client_gone_signal).await {
+            Either::Left((chunk, _)) => chunk,
+            Either::Right(_) => {
+                client_gone = true;
+                break;
+            }
+        };
+        match chunk {
             Chunk::Data(chunk) => {
                 let mut out = Vec::new();
                 observer.feed(&chunk, &mut out);
@@ -315,6 +362,24 @@ async fn answer_stream(
     Answered::Done
 }
 
+/// The client's response body: the stream of chunks, plus a guard whose
+/// drop (when the runtime cancels the body) signals the producer.
+struct ClientBody {
+    chunks: mpsc::Receiver<std::result::Result<Vec<u8>, worker::Error>>,
+    _gone_guard: oneshot::Sender<()>,
+}
+
+impl futures_util::Stream for ClientBody {
+    type Item = std::result::Result<Vec<u8>, worker::Error>;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        std::pin::Pin::new(&mut self.chunks).poll_next(cx)
+    }
+}
+
 enum Chunk {
     Data(Vec<u8>),
     End,
@@ -331,11 +396,11 @@ async fn next_chunk(body: &mut ByteStream, timeout_ms: u64) -> Chunk {
 
 /// Settle, record the outcome, and fill the cache.
 async fn after_answer(job: &mut Job, fin: Finish) {
+    // Already inside the request's waitUntil task: await the fill here, and
+    // before the outcome record, so a recorded request's cache entry exists.
     if let Some(fill) = fin.cache_fill.clone() {
-        job.ctx.wait_until(cache_store::fill(job.env.clone(), fill));
+        cache_store::fill(job.env.clone(), fill).await;
     }
-    let mut ops: Vec<TenantOp> =
-        fin.settlement.iter().map(|s| TenantOp::Budget(s.to_op(&job.config.budgets))).collect();
-    ops.push(TenantOp::Outcome(OutcomeOp::Record { outcome: job.plan.outcome(Some(&fin)) }));
+    let ops = store::closing_ops(&job.plan, &job.config.budgets, fin.settlement.as_ref(), Some(&fin));
     ledger::call_until_applied(job.env.clone(), job.tenant_id.clone(), ops, job.settings).await;
 }
