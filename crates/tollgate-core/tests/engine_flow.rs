@@ -354,6 +354,13 @@ fn reject_mode_refuses_even_cache_hits_once_exhausted_but_cache_only_serves_them
         assert_eq!(send(&mut sim, other, &mut { burn }).status, 200);
         let hit = send(&mut sim, q, &mut |_| panic!("no upstream"));
         assert_eq!(hit.status, want, "mode {mode}");
+        // The cost-per-resolution ledger records a served hit, never a refused one.
+        let plan = hit.plan.expect("planned");
+        let ops = tollgate_core::store::closing_ops(&plan, &sim.config.budgets, hit.settlement.as_ref(), None);
+        let recorded = ops.iter().any(|op| {
+            matches!(op, tollgate_core::store::TenantOp::Outcome(tollgate_core::outcomes::OutcomeOp::Record { outcome }) if outcome.cache_hit)
+        });
+        assert_eq!(recorded, want == 200, "mode {mode}: {ops:?}");
     }
 }
 
