@@ -209,7 +209,7 @@ def test_an_unknown_path_gets_404(worker, clean_mock, path):
         ("POST", "/v1/models", "GET"),
         ("POST", "/v1/usage", "GET"),
         ("GET", "/v1/feedback", "POST"),
-        ("POST", "/healthz", "GET"),
+        ("POST", "/healthz", "GET, HEAD"),
     ],
 )
 def test_a_wrong_method_gets_405_with_allow(worker, clean_mock, method, path, allowed):

@@ -3,7 +3,9 @@
 use crate::budget::{self, BudgetState, LimitStatus};
 use crate::config::TenantConfig;
 use crate::engine::AUTO_MODELS;
-use crate::outcomes::TierTotals;
+use crate::error::{ApiError, RequestError};
+use crate::outcomes::{OutcomeOp, OutcomeReply, TierTotals};
+use crate::store::{TenantOp, TenantReply};
 use serde_json::{Value, json};
 
 /// `GET /v1/models`: the tenant's tiers as virtual models plus its pinned models.
@@ -55,4 +57,127 @@ pub fn usage_report_from(
         obj.insert("resolution".to_owned(), crate::outcomes::report(tiers));
     }
     report
+}
+
+/// The router's endpoints, as both hosts serve them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Endpoint {
+    /// `POST /v1/chat/completions` or `POST /v1/messages`.
+    Chat(crate::api::ApiFormat),
+    Models,
+    Usage,
+    Feedback,
+    Health,
+}
+
+/// Which endpoint `method` and `path` name, or the error to send: 404 for
+/// an unknown path, 405 (with the `allow` header) for a known path asked
+/// with the wrong method. `method` is upper-case (`GET`, `POST`, …).
+pub fn resolve(method: &str, path: &str) -> Result<Endpoint, ApiError> {
+    let path = path.split('?').next().unwrap_or(path);
+    // (endpoint, methods allowed, as the `allow` header lists them)
+    let (endpoint, allowed): (Endpoint, &'static str) = if let Some(api) = crate::api::ApiFormat::from_path(path) {
+        (Endpoint::Chat(api), "POST")
+    } else {
+        match path.trim_end_matches('/') {
+            "/healthz" => (Endpoint::Health, "GET, HEAD"),
+            "/v1/models" => (Endpoint::Models, "GET"),
+            "/v1/usage" => (Endpoint::Usage, "GET"),
+            "/v1/feedback" => (Endpoint::Feedback, "POST"),
+            _ => return Err(RequestError::UnknownEndpoint { path: path.to_owned() }.into()),
+        }
+    };
+    if allowed.split(", ").any(|m| m == method) {
+        Ok(endpoint)
+    } else {
+        let mut err =
+            ApiError::new(405, "invalid_request_error", "method_not_allowed", format!("{path} accepts {allowed} only"));
+        err.allow = Some(allowed);
+        Err(err)
+    }
+}
+
+/// `GET /healthz`.
+pub fn health(host: &str) -> Value {
+    json!({"status": "ok", "service": "tollgate", "host": host})
+}
+
+/// The ops a host sends to the tenant's store for `GET /v1/usage`.
+pub fn usage_ops(config: &TenantConfig) -> Vec<TenantOp> {
+    vec![
+        TenantOp::Budget(budget::LedgerOp::Status { budgets: config.budgets.clone() }),
+        TenantOp::Outcome(OutcomeOp::Report),
+    ]
+}
+
+/// `GET /v1/usage` from the store's replies to [`usage_ops`]; None when the
+/// store could not be reached.
+pub fn usage_from_replies(
+    config: &TenantConfig,
+    replies: Option<Vec<TenantReply>>,
+    now: u64,
+) -> Result<Value, ApiError> {
+    let replies = replies.ok_or_else(crate::outcomes::ledger_unavailable)?;
+    let (mut limits, mut tiers) = (None, None);
+    for reply in replies {
+        match reply {
+            TenantReply::Budget(budget::LedgerReply::Status { limits: l }) => limits = Some(l),
+            TenantReply::Outcome(OutcomeReply::Report { tiers: t }) => tiers = Some(t),
+            _ => {}
+        }
+    }
+    let (Some(limits), Some(tiers)) = (limits, tiers) else {
+        return Err(crate::outcomes::ledger_unavailable());
+    };
+    Ok(usage_report_from(config, limits, Some(&tiers), now))
+}
+
+/// `POST /v1/feedback`'s answer from the store's reply to the feedback op.
+/// `Ok(None)`: the id is not (yet) known; the host may retry shortly (the
+/// outcome is recorded just after the answer it names) before calling
+/// [`feedback_unknown`].
+pub fn feedback_from_reply(reply: Option<TenantReply>) -> Result<Option<Value>, ApiError> {
+    match reply {
+        Some(TenantReply::Outcome(OutcomeReply::FeedbackRecorded { request_id, tier, resolved })) => {
+            Ok(Some(json!({"object": "feedback", "request_id": request_id, "tier": tier, "resolved": resolved})))
+        }
+        Some(TenantReply::Outcome(OutcomeReply::UnknownRequest { .. })) => Ok(None),
+        _ => Err(crate::outcomes::ledger_unavailable()),
+    }
+}
+
+/// The 404 for feedback naming a request the tenant's ledger does not know.
+pub fn feedback_unknown(request_id: &str) -> ApiError {
+    crate::outcomes::unknown_request(request_id)
+}
+
+/// Largest `POST /v1/feedback` body read.
+pub const MAX_FEEDBACK_BYTES: usize = 16 * 1024;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::ApiFormat;
+
+    #[test]
+    fn endpoints_resolve_by_path_and_method() {
+        assert_eq!(resolve("POST", "/v1/chat/completions"), Ok(Endpoint::Chat(ApiFormat::OpenAi)));
+        assert_eq!(resolve("POST", "/v1/messages?beta=true"), Ok(Endpoint::Chat(ApiFormat::Anthropic)));
+        assert_eq!(resolve("GET", "/v1/usage/"), Ok(Endpoint::Usage));
+        assert_eq!(resolve("HEAD", "/healthz"), Ok(Endpoint::Health));
+        let wrong = resolve("GET", "/v1/chat/completions").unwrap_err();
+        assert_eq!((wrong.status, wrong.code, wrong.allow), (405, "method_not_allowed", Some("POST")));
+        assert!(wrong.headers().contains(&("allow".to_owned(), "POST".to_owned())));
+        assert_eq!(resolve("GET", "/v2/nothing").unwrap_err().status, 404);
+    }
+
+    #[test]
+    fn usage_needs_both_replies_and_feedback_tells_unknown_from_unreachable() {
+        let cfg = TenantConfig::example().unwrap();
+        assert_eq!(usage_from_replies(&cfg, None, 0).unwrap_err().status, 503);
+        assert_eq!(usage_from_replies(&cfg, Some(vec![]), 0).unwrap_err().status, 503);
+        let unknown = TenantReply::Outcome(OutcomeReply::UnknownRequest { request_id: "r".into() });
+        assert_eq!(feedback_from_reply(Some(unknown)), Ok(None));
+        assert_eq!(feedback_from_reply(None).unwrap_err().status, 503);
+    }
 }

@@ -22,6 +22,8 @@ pub struct ApiError {
     pub param: Option<String>,
     /// Seconds until retrying can succeed (429, 503).
     pub retry_after_secs: Option<u64>,
+    /// The methods a 405's `allow` header lists.
+    pub allow: Option<&'static str>,
 }
 
 #[derive(Serialize)]
@@ -42,7 +44,7 @@ struct ErrorFields<'a> {
 
 impl ApiError {
     pub fn new(status: u16, kind: &'static str, code: &'static str, message: impl Into<String>) -> Self {
-        ApiError { status, kind, code, message: message.into(), param: None, retry_after_secs: None }
+        ApiError { status, kind, code, message: message.into(), param: None, retry_after_secs: None, allow: None }
     }
 
     pub fn with_param(mut self, param: impl Into<String>) -> Self {
@@ -75,6 +77,9 @@ impl ApiError {
         let mut headers = vec![("content-type".to_owned(), "application/json".to_owned())];
         if let Some(secs) = self.retry_after_secs {
             headers.push(("retry-after".to_owned(), secs.to_string()));
+        }
+        if let Some(allow) = self.allow {
+            headers.push(("allow".to_owned(), allow.to_owned()));
         }
         headers
     }

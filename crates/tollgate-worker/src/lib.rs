@@ -21,11 +21,11 @@ pub use ledger::TenantLedger;
 
 use http::{error_response, json_response};
 use settings::Settings;
-use tollgate_core::error::RequestError;
-use tollgate_core::outcomes::{self, OutcomeOp, OutcomeReply};
-use tollgate_core::store::{TenantOp, TenantReply};
-use tollgate_core::{ApiError, ApiFormat, budget, endpoints};
-use worker::{Context, Env, Method, Request, Response, Result, console_error, event};
+use tollgate_core::ApiError;
+use tollgate_core::endpoints::{self, Endpoint};
+use tollgate_core::outcomes::{self, OutcomeOp};
+use tollgate_core::store::TenantOp;
+use worker::{Context, Env, Request, Response, Result, console_error, event};
 
 #[event(fetch)]
 async fn fetch(req: Request, env: Env, ctx: Context) -> Result<Response> {
@@ -51,39 +51,23 @@ async fn fetch(req: Request, env: Env, ctx: Context) -> Result<Response> {
 }
 
 async fn route(req: Request, env: Env, ctx: Context, settings: Settings) -> Result<Response> {
-    let path = req.path();
-    let method = req.method();
-    if let Some(api) = ApiFormat::from_path(&path) {
-        if method != Method::Post {
-            return method_not_allowed(&path, "POST");
-        }
-        return proxy::handle(req, api, env, ctx, settings).await;
-    }
-    match (method, path.trim_end_matches('/')) {
-        (Method::Get | Method::Head, "/healthz") => json_response(
-            200,
-            &serde_json::json!({"status": "ok", "service": "tollgate", "host": "cloudflare-worker"}),
-            &[],
-        ),
-        (Method::Get, "/v1/models") => {
+    let endpoint = match endpoints::resolve(req.method().as_ref(), &req.path()) {
+        Ok(e) => e,
+        Err(e) => return error_response(&e, &[]),
+    };
+    match endpoint {
+        Endpoint::Chat(api) => proxy::handle(req, api, env, ctx, settings).await,
+        Endpoint::Health => json_response(200, &endpoints::health("cloudflare-worker"), &[]),
+        Endpoint::Models => {
             let tenant = match tenants::authenticate(&req, &env, &settings).await {
                 Ok(t) => t,
                 Err(e) => return error_response(&e, &[]),
             };
             json_response(200, &endpoints::models_list(&tenant.config), &[])
         }
-        (Method::Get, "/v1/usage") => usage(&req, &env, &settings).await,
-        (Method::Post, "/v1/feedback") => feedback(req, &env, &settings).await,
-        (_, p @ ("/healthz" | "/v1/models" | "/v1/usage")) => method_not_allowed(p, "GET"),
-        (_, "/v1/feedback") => method_not_allowed("/v1/feedback", "POST"),
-        _ => error_response(&RequestError::UnknownEndpoint { path }.into(), &[]),
+        Endpoint::Usage => usage(&req, &env, &settings).await,
+        Endpoint::Feedback => feedback(req, &env, &settings).await,
     }
-}
-
-fn method_not_allowed(path: &str, allowed: &str) -> Result<Response> {
-    let err =
-        ApiError::new(405, "invalid_request_error", "method_not_allowed", format!("{path} accepts {allowed} only"));
-    error_response(&err, &[("allow".to_owned(), allowed.to_owned())])
 }
 
 /// `GET /v1/usage`: the calling tenant's budgets and cost per resolution,
@@ -94,25 +78,11 @@ async fn usage(req: &Request, env: &Env, settings: &Settings) -> Result<Response
         Ok(t) => t,
         Err(e) => return error_response(&e, &[]),
     };
-    let ops = vec![
-        TenantOp::Budget(budget::LedgerOp::Status { budgets: tenant.config.budgets.clone() }),
-        TenantOp::Outcome(OutcomeOp::Report),
-    ];
-    let replies = match ledger::call(env, &tenant.id, &ops, settings).await {
-        Ok(r) => r,
-        Err(()) => return error_response(&outcomes::ledger_unavailable(), &[]),
-    };
-    let mut limits = Vec::new();
-    let mut tiers = Vec::new();
-    for reply in replies {
-        match reply {
-            TenantReply::Budget(budget::LedgerReply::Status { limits: l }) => limits = l,
-            TenantReply::Outcome(OutcomeReply::Report { tiers: t }) => tiers = t,
-            _ => {}
-        }
+    let replies = ledger::call(env, &tenant.id, &endpoints::usage_ops(&tenant.config), settings).await.ok();
+    match endpoints::usage_from_replies(&tenant.config, replies, settings::now_secs()) {
+        Ok(report) => json_response(200, &report, &[]),
+        Err(e) => error_response(&e, &[]),
     }
-    let now = settings::now_secs();
-    json_response(200, &endpoints::usage_report_from(&tenant.config, limits, Some(&tiers), now), &[])
 }
 
 /// `POST /v1/feedback {request_id, resolved}`: marks one of the calling
@@ -122,7 +92,7 @@ async fn feedback(mut req: Request, env: &Env, settings: &Settings) -> Result<Re
         Ok(t) => t,
         Err(e) => return error_response(&e, &[]),
     };
-    let body = match http::read_body(&mut req, 16 * 1024).await {
+    let body = match http::read_body(&mut req, endpoints::MAX_FEEDBACK_BYTES).await {
         Ok(b) => b,
         Err(e) => return error_response(&e, &[]),
     };
@@ -134,23 +104,14 @@ async fn feedback(mut req: Request, env: &Env, settings: &Settings) -> Result<Re
     // A request's outcome is recorded just after its answer is handed over,
     // so feedback sent the moment the answer arrives can beat it: give an
     // unknown id two short retries before answering 404.
-    let mut reply = ledger::call(env, &tenant.id, &ops, settings).await.map(|mut r| r.pop());
-    for _ in 0..2 {
-        if !matches!(reply, Ok(Some(TenantReply::Outcome(OutcomeReply::UnknownRequest { .. })))) {
-            break;
+    for attempt in 0..3 {
+        let reply = ledger::call(env, &tenant.id, &ops, settings).await.ok().and_then(|mut r| r.pop());
+        match endpoints::feedback_from_reply(reply) {
+            Ok(Some(answer)) => return json_response(200, &answer, &[]),
+            Ok(None) if attempt < 2 => worker::Delay::from(std::time::Duration::from_millis(250)).await,
+            Ok(None) => break,
+            Err(e) => return error_response(&e, &[]),
         }
-        worker::Delay::from(std::time::Duration::from_millis(250)).await;
-        reply = ledger::call(env, &tenant.id, &ops, settings).await.map(|mut r| r.pop());
     }
-    match reply {
-        Ok(Some(TenantReply::Outcome(OutcomeReply::FeedbackRecorded { request_id, tier, resolved }))) => json_response(
-            200,
-            &serde_json::json!({"object": "feedback", "request_id": request_id, "tier": tier, "resolved": resolved}),
-            &[],
-        ),
-        Ok(Some(TenantReply::Outcome(OutcomeReply::UnknownRequest { request_id }))) => {
-            error_response(&outcomes::unknown_request(&request_id), &[])
-        }
-        _ => error_response(&outcomes::ledger_unavailable(), &[]),
-    }
+    error_response(&endpoints::feedback_unknown(&fb.request_id), &[])
 }
