@@ -86,7 +86,9 @@ def slow_worker(mock: Mock, run_dir: Path) -> Iterator[Worker]:
         w.stop()
 
 
-@pytest.mark.parametrize("status", [429, 500, 503, 408])
+# 401/403 too: they are about the router's key for that provider, which the
+# client can neither see nor fix, so they count as a failed attempt.
+@pytest.mark.parametrize("status", [429, 500, 503, 408, 401, 403])
 def test_a_retryable_error_from_the_first_model_falls_back_to_the_next(worker, clean_mock, status):
     clean_mock.faults(f"status:{status}", model=FIRST)
     before = settled_usage(worker.url, KEY)
@@ -140,26 +142,6 @@ def test_when_every_model_fails_the_client_gets_502_and_the_hold_is_released(wor
     assert calls(clean_mock) == [(FIRST, 500), (SECOND, 500)]
     after = settled_usage(worker.url, KEY)
     assert spent(after) == spent(before)
-
-
-@pytest.mark.parametrize("status", [401, 403])
-def test_a_provider_refusing_the_routers_credential_is_a_failed_attempt_and_the_next_model_answers(
-    worker, clean_mock, status
-):
-    """401/403 from a provider is about the router's key for it, which the
-    client can neither see nor fix: try the next model, as for a 5xx."""
-    clean_mock.faults(f"status:{status}", model=FIRST)
-    before = settled_usage(worker.url, KEY)
-    r = chat(worker.url, KEY, cheap())
-    assert r.status_code == 200, r.text
-    assert r.headers["x-tollgate-fallbacks"] == "1"
-    assert r.headers["x-tollgate-model"] == f"openai/{SECOND}"
-    assert content_of(r).startswith(f"[mock:{SECOND}]")
-    assert calls(clean_mock) == [(FIRST, status), (SECOND, 200)]
-    after = settled_usage(worker.url, KEY)
-    assert after["budgets"][0]["spent_tokens"] - before["budgets"][0]["spent_tokens"] == r.json()["usage"][
-        "total_tokens"
-    ], "charged once, for the answer that came back"
 
 
 @pytest.mark.parametrize("api", ["openai", "anthropic"])
