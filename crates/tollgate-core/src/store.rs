@@ -8,7 +8,7 @@
 //! that changes either, in both hosts.
 
 use crate::budget::{self, BudgetState, LedgerOp, LedgerReply};
-use crate::outcomes::{self, OutcomeLedger, OutcomeOp, OutcomeReply};
+use crate::outcomes::{self, OutcomeLedger, OutcomeOp, OutcomeReply, OutcomeTotals, RECENT_CHUNKS, RecentChunk};
 
 use crate::config::Budgets;
 use crate::engine::{BudgetCheck, Finish, Plan, ReserveOutcome, Settlement};
@@ -81,6 +81,86 @@ pub fn closing_ops(
     ops
 }
 
+/// Where a tenant's state is stored, as key → JSON value: the budget under
+/// one key, the outcome totals under another, and the outcome ring in
+/// [`RECENT_CHUNKS`] chunk keys, so a batch rewrites only what it changed.
+pub const BUDGET_KEY: &str = "budget";
+pub const OUTCOME_TOTALS_KEY: &str = "outcomes:totals";
+
+pub fn outcome_chunk_key(index: usize) -> String {
+    format!("outcomes:recent:{index}")
+}
+
+/// One key and its new JSON value.
+pub type StoredWrite = (String, String);
+
+/// A tenant's budget state and outcome ledger, as a host holds them between
+/// batches, with the key/value layout it persists them in.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct TenantState {
+    pub budget: BudgetState,
+    pub outcomes: OutcomeLedger,
+}
+
+impl TenantState {
+    /// Every key to read when loading.
+    pub fn stored_keys() -> Vec<String> {
+        let mut keys = vec![BUDGET_KEY.to_owned(), OUTCOME_TOTALS_KEY.to_owned()];
+        keys.extend((0..RECENT_CHUNKS).map(outcome_chunk_key));
+        keys
+    }
+
+    /// Rebuild from what was read for [`TenantState::stored_keys`] (`None`
+    /// for an absent key). A value that does not parse starts empty: only
+    /// the host writes these keys, so that means a format change without a
+    /// migration, and serving the tenant matters more than its history. The
+    /// keys that did not parse are returned for the host to log.
+    pub fn from_stored(read: impl Fn(&str) -> Option<String>) -> (TenantState, Vec<String>) {
+        let mut unreadable = Vec::new();
+        fn value<T: serde::de::DeserializeOwned + Default>(
+            read: &dyn Fn(&str) -> Option<String>,
+            key: &str,
+            unreadable: &mut Vec<String>,
+        ) -> T {
+            match read(key).map(|text| serde_json::from_str::<T>(&text)) {
+                Some(Ok(v)) => v,
+                Some(Err(_)) => {
+                    unreadable.push(key.to_owned());
+                    T::default()
+                }
+                None => T::default(),
+            }
+        }
+        let budget = value::<BudgetState>(&read, BUDGET_KEY, &mut unreadable);
+        let totals = value::<OutcomeTotals>(&read, OUTCOME_TOTALS_KEY, &mut unreadable);
+        let chunks = (0..RECENT_CHUNKS)
+            .map(|c| Some(value::<RecentChunk>(&read, &outcome_chunk_key(c), &mut unreadable)))
+            .collect();
+        (TenantState { budget, outcomes: OutcomeLedger::from_parts(totals, chunks) }, unreadable)
+    }
+
+    /// Apply a batch at `now`: the replies, and the (key, JSON) writes that
+    /// persist what changed, to be written together before replying.
+    pub fn apply(
+        &mut self,
+        ops: &[TenantOp],
+        now: u64,
+    ) -> Result<(Vec<TenantReply>, Vec<StoredWrite>), serde_json::Error> {
+        let (replies, dirty) = apply(&mut self.budget, &mut self.outcomes, ops, now);
+        let mut writes = Vec::new();
+        if dirty.budget {
+            writes.push((BUDGET_KEY.to_owned(), serde_json::to_string(&self.budget)?));
+        }
+        if dirty.outcome_totals {
+            writes.push((OUTCOME_TOTALS_KEY.to_owned(), serde_json::to_string(&self.outcomes.totals)?));
+        }
+        for c in dirty.outcome_chunks {
+            writes.push((outcome_chunk_key(c), serde_json::to_string(&self.outcomes.chunk(c))?));
+        }
+        Ok((replies, writes))
+    }
+}
+
 /// Apply `ops` in order at `now`.
 pub fn apply(
     budget_state: &mut BudgetState,
@@ -93,9 +173,14 @@ pub fn apply(
         .iter()
         .map(|op| match op {
             TenantOp::Budget(op) => {
-                // Even reads sync windows and age out holds, which is a change.
-                dirty.budget = true;
-                TenantReply::Budget(budget::apply(budget_state, op, now))
+                // Reads (check, status) can still change the state (a new
+                // window, an expired hold) but usually do not: persist only
+                // when they did, so `/v1/usage` is not a write.
+                let before =
+                    matches!(op, LedgerOp::Check { .. } | LedgerOp::Status { .. }).then(|| budget_state.clone());
+                let reply = budget::apply(budget_state, op, now);
+                dirty.budget |= before.is_none_or(|b| b != *budget_state);
+                TenantReply::Budget(reply)
             }
             TenantOp::Outcome(op) => {
                 let (reply, touched) = outcomes::apply(outcome_ledger, op, now);
@@ -115,6 +200,26 @@ mod tests {
     use super::*;
     use crate::config::TenantConfig;
     use crate::outcomes::RequestOutcome;
+
+    #[test]
+    fn state_round_trips_through_its_stored_writes_and_reads_write_nothing() {
+        let budgets = TenantConfig::example().unwrap().budgets;
+        let mut state = TenantState::default();
+        let record = TenantOp::Outcome(OutcomeOp::Record {
+            outcome: RequestOutcome { request_id: "r1".into(), tier: "cheap".into(), ..Default::default() },
+        });
+        let (_, first) =
+            state.apply(&[TenantOp::Budget(LedgerOp::Status { budgets: budgets.clone() }), record], 100).unwrap();
+        let stored: std::collections::HashMap<String, String> = first.into_iter().collect();
+        let (loaded, unreadable) = TenantState::from_stored(|k| stored.get(k).cloned());
+        assert!(unreadable.is_empty());
+        assert_eq!(loaded, state);
+        // The same read again changes nothing, so nothing is written.
+        let (_, again) = state.apply(&[TenantOp::Budget(LedgerOp::Status { budgets })], 100).unwrap();
+        assert!(again.is_empty(), "{again:?}");
+        let (empty, unreadable) = TenantState::from_stored(|k| (k == BUDGET_KEY).then(|| "{broken".to_owned()));
+        assert_eq!((empty, unreadable), (TenantState::default(), vec![BUDGET_KEY.to_owned()]));
+    }
 
     #[test]
     fn batches_round_trip_through_json_and_apply_in_order() {

@@ -12,9 +12,7 @@
 use crate::settings::{Settings, now_secs};
 use futures_util::future::{Either, select};
 use std::cell::RefCell;
-use tollgate_core::budget::BudgetState;
-use tollgate_core::outcomes::{OutcomeLedger, OutcomeTotals, RECENT_CHUNKS, RecentChunk};
-use tollgate_core::store::{self, TenantBatch, TenantOp, TenantReply};
+use tollgate_core::store::{TenantBatch, TenantOp, TenantReply, TenantState};
 use worker::{
     Delay, DurableObject, Env, Method, Request, RequestInit, Response, Result, State, console_error, durable_object,
     js_sys, wasm_bindgen::JsValue,
@@ -23,24 +21,10 @@ use worker::{
 /// The Durable Object binding in `wrangler.toml`.
 pub const LEDGER_BINDING: &str = "TENANT_LEDGER";
 
-const BUDGET_KEY: &str = "budget";
-const OUTCOME_TOTALS_KEY: &str = "outcomes:totals";
-
-/// The outcome ring is stored in chunks, so recording a request rewrites a
-/// few KB rather than the tenant's whole recent history.
-fn outcome_chunk_key(index: usize) -> String {
-    format!("outcomes:recent:{index}")
-}
-
-struct Loaded {
-    budget: BudgetState,
-    outcomes: OutcomeLedger,
-}
-
 #[durable_object]
 pub struct TenantLedger {
     state: State,
-    loaded: RefCell<Option<Loaded>>,
+    loaded: RefCell<Option<TenantState>>,
 }
 
 impl std::fmt::Debug for TenantLedger {
@@ -63,38 +47,28 @@ impl DurableObject for TenantLedger {
         if self.loaded.borrow().is_none() {
             // Storage reads close the input gate, so no other event runs
             // between this read and the state being installed.
-            let budget = parse_or_default::<BudgetState>(storage.get::<String>(BUDGET_KEY).await?, BUDGET_KEY);
-            let totals =
-                parse_or_default::<OutcomeTotals>(storage.get::<String>(OUTCOME_TOTALS_KEY).await?, OUTCOME_TOTALS_KEY);
-            let mut chunks = Vec::with_capacity(RECENT_CHUNKS);
-            for c in 0..RECENT_CHUNKS {
-                let key = outcome_chunk_key(c);
-                chunks.push(Some(parse_or_default::<RecentChunk>(storage.get::<String>(&key).await?, &key)));
+            let mut stored = std::collections::HashMap::new();
+            for key in TenantState::stored_keys() {
+                if let Some(value) = storage.get::<String>(&key).await? {
+                    stored.insert(key, value);
+                }
             }
-            let outcomes = OutcomeLedger::from_parts(totals, chunks);
+            let (state, unreadable) = TenantState::from_stored(|k| stored.get(k).cloned());
+            if !unreadable.is_empty() {
+                console_error!("tollgate: stored ledger keys unreadable, started empty: {unreadable:?}");
+            }
             let mut slot = self.loaded.borrow_mut();
             if slot.is_none() {
-                *slot = Some(Loaded { budget, outcomes });
+                *slot = Some(state);
             }
         }
         // Apply and serialise with no await in between: this is the atomic step.
         let (replies, writes) = {
             let mut slot = self.loaded.borrow_mut();
-            let Some(loaded) = slot.as_mut() else {
+            let Some(state) = slot.as_mut() else {
                 return Response::error("ledger state missing", 500);
             };
-            let (replies, dirty) = store::apply(&mut loaded.budget, &mut loaded.outcomes, &batch.ops, now_secs());
-            let mut writes: Vec<(String, String)> = Vec::new();
-            if dirty.budget {
-                writes.push((BUDGET_KEY.to_owned(), serde_json::to_string(&loaded.budget)?));
-            }
-            if dirty.outcome_totals {
-                writes.push((OUTCOME_TOTALS_KEY.to_owned(), serde_json::to_string(&loaded.outcomes.totals)?));
-            }
-            for c in dirty.outcome_chunks {
-                writes.push((outcome_chunk_key(c), serde_json::to_string(&loaded.outcomes.chunk(c))?));
-            }
-            (replies, writes)
+            state.apply(&batch.ops, now_secs())?
         };
         // One put_multiple: the keys change together or not at all. The
         // output gate holds the reply until the write is durable, so no
@@ -112,20 +86,6 @@ impl DurableObject for TenantLedger {
             }
         }
         Response::from_json(&replies)
-    }
-}
-
-fn parse_or_default<T: serde::de::DeserializeOwned + Default>(stored: Option<String>, what: &str) -> T {
-    match stored.map(|s| serde_json::from_str::<T>(&s)) {
-        Some(Ok(v)) => v,
-        Some(Err(e)) => {
-            // Only this object writes the key, with the same types; a parse
-            // failure means a schema change without a migration. Starting
-            // empty loses history but keeps the tenant served.
-            console_error!("tollgate: stored ledger `{what}` unreadable, starting empty: {e}");
-            T::default()
-        }
-        None => T::default(),
     }
 }
 
