@@ -17,6 +17,7 @@ pub mod endpoints;
 pub mod engine;
 pub mod error;
 pub mod outcomes;
+pub mod plugin;
 pub mod pricing;
 pub mod request;
 pub mod response;

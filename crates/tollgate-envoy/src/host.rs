@@ -1,0 +1,85 @@
+//! The host calls the filter makes, wrapped so that an unexpected status is
+//! a value, never a panic (the SDK's trait methods unwrap).
+
+use crate::local_state::{SetError, SharedData};
+use proxy_wasm::hostcalls;
+use proxy_wasm::types::{BufferType, MapType, MetricType, Status};
+use std::cell::RefCell;
+use std::collections::HashMap;
+
+/// Envoy's shared data for this `vm_id`.
+#[derive(Debug, Default)]
+pub struct EnvoyShared;
+
+impl SharedData for EnvoyShared {
+    fn get(&self, key: &str) -> (Option<Vec<u8>>, Option<u32>) {
+        hostcalls::get_shared_data(key).unwrap_or((None, None))
+    }
+
+    fn set(&self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), SetError> {
+        match hostcalls::set_shared_data(key, Some(value), cas) {
+            Ok(()) => Ok(()),
+            Err(Status::CasMismatch) => Err(SetError::CasMismatch),
+            Err(_) => Err(SetError::Failed),
+        }
+    }
+}
+
+pub fn header(map: MapType, name: &str) -> Option<String> {
+    hostcalls::get_map_value(map, name).ok().flatten()
+}
+
+pub fn headers(map: MapType) -> Vec<(String, String)> {
+    hostcalls::get_map(map).unwrap_or_default()
+}
+
+pub fn buffer(kind: BufferType, size: usize) -> Vec<u8> {
+    hostcalls::get_buffer(kind, 0, size).ok().flatten().unwrap_or_default()
+}
+
+pub fn now_secs() -> u64 {
+    hostcalls::get_current_time()
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_secs())
+}
+
+/// Random bytes from WASI `random_get` (Envoy: BoringSSL's RAND_bytes).
+pub fn random_bytes<const N: usize>() -> [u8; N] {
+    let mut bytes = [0u8; N];
+    if getrandom::fill(&mut bytes).is_err() {
+        // Only a request id or a Bloom filter seed: a clock-derived fallback
+        // is weaker but never wrong. Envoy always provides random_get.
+        let nanos = hostcalls::get_current_time()
+            .ok()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map_or(0, |d| d.as_nanos());
+        for (i, b) in bytes.iter_mut().enumerate() {
+            *b = (nanos >> ((i % 16) * 8)) as u8 ^ (i as u8).wrapping_mul(151);
+        }
+    }
+    bytes
+}
+
+/// Counters by full name, defined on first use. Names are bounded by the
+/// configuration (see `metrics`), so the map is too.
+#[derive(Debug, Default)]
+pub struct Counters {
+    ids: RefCell<HashMap<String, u32>>,
+}
+
+impl Counters {
+    pub fn add(&self, name: &str, by: u64) {
+        if by == 0 {
+            return;
+        }
+        let id = match self.ids.borrow().get(name).copied() {
+            Some(id) => Some(id),
+            None => hostcalls::define_metric(MetricType::Counter, name).ok(),
+        };
+        if let Some(id) = id {
+            self.ids.borrow_mut().insert(name.to_owned(), id);
+            let _ = hostcalls::increment_metric(id, i64::try_from(by).unwrap_or(i64::MAX));
+        }
+    }
+}

@@ -1,0 +1,342 @@
+//! Node-local state in proxy-wasm shared data: budgets, the outcome ledger
+//! and the response cache, shared by every worker thread's VM of one Envoy
+//! (shared data is keyed by `vm_id`).
+//!
+//! Worker threads run concurrently, so every read-modify-write is a
+//! compare-and-swap loop: read a key with its CAS token, let the core apply
+//! the ops, write back with the token, and start over on a mismatch. The
+//! host calls sit behind [`SharedData`] so all of this runs natively in tests
+//! against a fake with Envoy's semantics.
+
+use tollgate_core::budget::{self, BudgetState, LedgerOp, LedgerReply};
+use tollgate_core::cache::{CacheEntry, CacheKey};
+use tollgate_core::outcomes::{
+    self, OutcomeLedger, OutcomeOp, OutcomeReply, OutcomeTotals, RECENT_CHUNK, RECENT_CHUNKS,
+};
+use tollgate_core::store;
+use tollgate_core::{ApiFormat, engine::CacheFill};
+
+/// CAS attempts before giving up (the store then counts as unavailable).
+/// Each attempt is a few microseconds; losing this many in a row means
+/// something is wrong, not busy.
+pub const CAS_ATTEMPTS: usize = 64;
+
+/// Why a shared-data write failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SetError {
+    /// Someone wrote the key since it was read.
+    CasMismatch,
+    /// Any other host status.
+    Failed,
+}
+
+/// The shared-data calls this module makes: Envoy's `proxy_get_shared_data`
+/// and `proxy_set_shared_data`. A CAS token of `None` means "absent" on
+/// read and "unconditional" on write (Envoy ignores the token for a key it
+/// does not have yet, which is why [`seed`] creates keys up front).
+pub trait SharedData {
+    fn get(&self, key: &str) -> (Option<Vec<u8>>, Option<u32>);
+    fn set(&self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), SetError>;
+}
+
+pub fn budget_key(tenant: &str) -> String {
+    format!("tollgate:budget:{tenant}")
+}
+
+fn outcome_key(tenant: &str, stored: &str) -> String {
+    format!("tollgate:outcomes:{tenant}:{stored}")
+}
+
+pub fn cache_slot_key(slot: usize) -> String {
+    format!("tollgate:cache:{slot}")
+}
+
+/// Create a tenant's keys if absent, so that every later write is a real
+/// compare-and-swap (a write to an absent key ignores its token, and two
+/// threads racing on a first write could both win). Called from
+/// `on_configure`, before the VM serves traffic.
+pub fn seed(shared: &dyn SharedData, tenant: &str) {
+    seed_keys(shared, [budget_key(tenant)]);
+    seed_outcomes(shared, tenant);
+}
+
+/// [`seed`] for the outcome ledger only (budgets in Redis).
+pub fn seed_outcomes(shared: &dyn SharedData, tenant: &str) {
+    let mut keys = vec![outcome_key(tenant, store::OUTCOME_TOTALS_KEY)];
+    keys.extend((0..RECENT_CHUNKS).map(|c| outcome_key(tenant, &store::outcome_chunk_key(c))));
+    seed_keys(shared, keys);
+}
+
+fn seed_keys(shared: &dyn SharedData, keys: impl IntoIterator<Item = String>) {
+    for key in keys {
+        if shared.get(&key).0.is_none() {
+            let _ = shared.set(&key, b"", None);
+        }
+    }
+}
+
+/// Empty means absent: proxy-wasm ABI 0.2.1 cannot delete a key.
+fn parse_or_default<T: serde::de::DeserializeOwned + Default>(bytes: Option<Vec<u8>>) -> T {
+    bytes.filter(|b| !b.is_empty()).and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_default()
+}
+
+/// Apply budget ops to a tenant's budget, atomically with respect to every
+/// other worker thread. `None` when the store could not be updated.
+pub fn apply_budget(shared: &dyn SharedData, tenant: &str, ops: &[LedgerOp], now: u64) -> Option<Vec<LedgerReply>> {
+    let key = budget_key(tenant);
+    for _ in 0..CAS_ATTEMPTS {
+        let (bytes, cas) = shared.get(&key);
+        let mut state: BudgetState = parse_or_default(bytes);
+        let before = state.clone();
+        let replies: Vec<LedgerReply> = ops.iter().map(|op| budget::apply(&mut state, op, now)).collect();
+        if state == before {
+            // A read that changed nothing (a check, a status) writes nothing.
+            return Some(replies);
+        }
+        let json = serde_json::to_vec(&state).ok()?;
+        match shared.set(&key, &json, cas) {
+            Ok(()) => return Some(replies),
+            Err(SetError::CasMismatch) => continue,
+            Err(SetError::Failed) => return None,
+        }
+    }
+    None
+}
+
+/// Apply one outcome op (record, feedback, report) to a tenant's ledger.
+/// Reads only what the op needs: a record touches the totals and the chunk
+/// its slot falls in; feedback searches the whole ring. Chunks are written
+/// before the totals, and every write is conditional, so a lost race starts
+/// over from fresh reads (a repeated record is counted once by the core).
+pub fn apply_outcome(shared: &dyn SharedData, tenant: &str, op: &OutcomeOp, now: u64) -> Option<OutcomeReply> {
+    let totals_key = outcome_key(tenant, store::OUTCOME_TOTALS_KEY);
+    'attempt: for _ in 0..CAS_ATTEMPTS {
+        let (totals_bytes, totals_cas) = shared.get(&totals_key);
+        let totals: OutcomeTotals = parse_or_default(totals_bytes);
+        let wanted: Vec<usize> = match op {
+            OutcomeOp::Record { .. } => vec![(totals.next_slot % (RECENT_CHUNK * RECENT_CHUNKS)) / RECENT_CHUNK],
+            OutcomeOp::Feedback { .. } => (0..RECENT_CHUNKS).collect(),
+            OutcomeOp::Report => Vec::new(),
+        };
+        let mut chunks = vec![None; RECENT_CHUNKS];
+        let mut chunk_cas = [None; RECENT_CHUNKS];
+        for &c in &wanted {
+            let (bytes, cas) = shared.get(&outcome_key(tenant, &store::outcome_chunk_key(c)));
+            chunks[c] = Some(parse_or_default(bytes));
+            chunk_cas[c] = cas;
+        }
+        let mut ledger = OutcomeLedger::from_parts(totals, chunks);
+        let (reply, touched) = outcomes::apply(&mut ledger, op, now);
+        if let Some(c) = touched.chunk {
+            let json = serde_json::to_vec(&ledger.chunk(c)).ok()?;
+            match shared.set(&outcome_key(tenant, &store::outcome_chunk_key(c)), &json, chunk_cas[c]) {
+                Ok(()) => {}
+                Err(SetError::CasMismatch) => continue 'attempt,
+                Err(SetError::Failed) => return None,
+            }
+        }
+        if touched.totals {
+            let json = serde_json::to_vec(&ledger.totals).ok()?;
+            match shared.set(&totals_key, &json, totals_cas) {
+                Ok(()) => {}
+                Err(SetError::CasMismatch) => continue 'attempt,
+                Err(SetError::Failed) => return None,
+            }
+        }
+        return Some(reply);
+    }
+    None
+}
+
+/// The node-local cache: a fixed number of slots, each one shared-data key
+/// holding one entry, chosen by the cache key's hash. A new entry evicts
+/// whatever held its slot, so memory is bounded by slots × the largest
+/// entry a tenant admits, and the set of keys never grows past `slots`.
+#[derive(Clone, Copy, Debug)]
+pub struct LocalCache {
+    pub slots: usize,
+}
+
+impl LocalCache {
+    fn slot(&self, key: &CacheKey) -> usize {
+        // The key is already a SHA-256 hex digest; its first 12 hex digits
+        // are uniform enough to pick a slot.
+        let prefix = key.as_str().rsplit(':').next().unwrap_or("");
+        let n = u64::from_str_radix(prefix.get(..12).unwrap_or("0"), 16).unwrap_or_else(|_| fnv(key.as_str()));
+        usize::try_from(n % self.slots.max(1) as u64).unwrap_or(0)
+    }
+
+    pub fn lookup(&self, shared: &dyn SharedData, key: &CacheKey, api: ApiFormat, now: u64) -> Option<CacheEntry> {
+        let (bytes, _) = shared.get(&cache_slot_key(self.slot(key)));
+        let bytes = bytes?;
+        let split = bytes.iter().position(|b| *b == b'\n')?;
+        if &bytes[..split] != key.as_str().as_bytes() {
+            return None;
+        }
+        CacheEntry::from_bytes(&bytes[split + 1..], api, now)
+    }
+
+    /// The doorkeeper, shared by every worker thread: whether `key` was
+    /// looked up before (then its answer is worth caching), remembering it
+    /// for next time. A direct-mapped table of `slots` keys beside the
+    /// cache; a colliding key makes it forget, which only delays a fill.
+    pub fn seen_before(&self, shared: &dyn SharedData, key: &CacheKey) -> bool {
+        let slot_key = format!("tollgate:seen:{}", self.slot(key));
+        let (bytes, _) = shared.get(&slot_key);
+        if bytes.as_deref() == Some(key.as_str().as_bytes()) {
+            return true;
+        }
+        let _ = shared.set(&slot_key, key.as_str().as_bytes(), None);
+        false
+    }
+
+    pub fn fill(&self, shared: &dyn SharedData, fill: &CacheFill) -> bool {
+        let mut value = Vec::with_capacity(fill.key.as_str().len() + 1 + fill.value.len());
+        value.extend_from_slice(fill.key.as_str().as_bytes());
+        value.push(b'\n');
+        value.extend_from_slice(&fill.value);
+        shared.set(&cache_slot_key(self.slot(&fill.key)), &value, None).is_ok()
+    }
+}
+
+fn fnv(s: &str) -> u64 {
+    s.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3))
+}
+
+#[cfg(test)]
+pub mod fake {
+    //! Shared data with Envoy's semantics: a global CAS counter, a write to
+    //! an absent key ignores the token.
+    use super::{SetError, SharedData};
+    use std::collections::HashMap;
+    use std::sync::Mutex;
+
+    /// The last CAS token handed out, and each key's value and token.
+    type Store = (u32, HashMap<String, (Vec<u8>, u32)>);
+
+    #[derive(Debug, Default)]
+    pub struct FakeShared {
+        inner: Mutex<Store>,
+    }
+
+    impl SharedData for FakeShared {
+        fn get(&self, key: &str) -> (Option<Vec<u8>>, Option<u32>) {
+            let g = self.inner.lock().unwrap();
+            match g.1.get(key) {
+                Some((v, cas)) => (Some(v.clone()), Some(*cas)),
+                None => (None, None),
+            }
+        }
+
+        fn set(&self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), SetError> {
+            let mut g = self.inner.lock().unwrap();
+            if let (Some(expected), Some((_, current))) = (cas, g.1.get(key))
+                && expected != *current
+            {
+                return Err(SetError::CasMismatch);
+            }
+            g.0 += 1;
+            let next = g.0;
+            g.1.insert(key.to_owned(), (value.to_vec(), next));
+            Ok(())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fake::FakeShared;
+    use super::*;
+    use std::sync::Arc;
+    use tollgate_core::TenantConfig;
+    use tollgate_core::budget::ReserveRequest;
+    use tollgate_core::outcomes::RequestOutcome;
+    use tollgate_core::pricing::ModelPrice;
+
+    fn budgets() -> tollgate_core::config::Budgets {
+        let mut cfg: serde_json::Value = serde_json::from_str(tollgate_core::config::EXAMPLE_TENANT_JSON).unwrap();
+        cfg["budgets"] = serde_json::json!({"limits": [{"window": "day", "tokens": 100}], "on_exhausted": "reject"});
+        TenantConfig::from_json(cfg.to_string().as_bytes()).unwrap().budgets
+    }
+
+    fn reserve(id: &str, prompt_tokens: u64) -> LedgerOp {
+        let price = ModelPrice { input: 0, cached_input: 0, output: 0 };
+        LedgerOp::Reserve {
+            budgets: budgets(),
+            request: ReserveRequest { id: id.into(), prompt_tokens, output_tokens: 0, price, downgrade_price: None },
+        }
+    }
+
+    #[test]
+    fn threads_racing_to_reserve_never_hold_more_than_the_limit() {
+        let shared = Arc::new(FakeShared::default());
+        seed(shared.as_ref(), "t");
+        let handles: Vec<_> = (0..8)
+            .map(|t| {
+                let shared = shared.clone();
+                std::thread::spawn(move || {
+                    (0..50)
+                        .filter(|i| {
+                            let ops = [reserve(&format!("r{t}-{i}"), 10)];
+                            matches!(
+                                apply_budget(shared.as_ref(), "t", &ops, 100).as_deref(),
+                                Some([LedgerReply::Granted { .. }])
+                            )
+                        })
+                        .count()
+                })
+            })
+            .collect();
+        let granted: usize = handles.into_iter().map(|h| h.join().unwrap()).sum();
+        // 100 tokens a day at 10 each: exactly ten holds fit, whatever the interleaving.
+        assert_eq!(granted, 10);
+    }
+
+    #[test]
+    fn a_record_then_feedback_counts_one_resolution_and_a_repeat_record_counts_once() {
+        let shared = FakeShared::default();
+        seed(&shared, "t");
+        let record = OutcomeOp::Record {
+            outcome: RequestOutcome { request_id: "r1".into(), tier: "cheap".into(), ..Default::default() },
+        };
+        assert_eq!(apply_outcome(&shared, "t", &record, 10), Some(OutcomeReply::Recorded));
+        assert_eq!(apply_outcome(&shared, "t", &record, 10), Some(OutcomeReply::Recorded));
+        let fb = OutcomeOp::Feedback { request_id: "r1".into(), resolved: true };
+        assert!(matches!(apply_outcome(&shared, "t", &fb, 11), Some(OutcomeReply::FeedbackRecorded { .. })));
+        let Some(OutcomeReply::Report { tiers }) = apply_outcome(&shared, "t", &OutcomeOp::Report, 12) else {
+            panic!("no report")
+        };
+        assert_eq!((tiers[0].requests, tiers[0].resolved), (1, 1));
+    }
+
+    #[test]
+    fn the_cache_holds_one_entry_per_slot_and_a_colliding_key_evicts_it() {
+        let shared = FakeShared::default();
+        let cache = LocalCache { slots: 1 };
+        let entry = |model: &str| CacheEntry {
+            api: ApiFormat::OpenAi,
+            model: model.into(),
+            stored_at: 0,
+            expires_at: 100,
+            usage: None,
+            cost_micros: 5,
+            body: serde_json::json!({"id": model}),
+        };
+        let (a, b) = (CacheKey("tg:a:00aa".into()), CacheKey("tg:b:00bb".into()));
+        assert!(cache.fill(&shared, &CacheFill { key: a.clone(), value: entry("m1").to_bytes(), ttl_seconds: 100 }));
+        assert_eq!(cache.lookup(&shared, &a, ApiFormat::OpenAi, 50).map(|e| e.model), Some("m1".into()));
+        assert!(cache.lookup(&shared, &a, ApiFormat::OpenAi, 150).is_none(), "expired entries are misses");
+        assert!(cache.fill(&shared, &CacheFill { key: b.clone(), value: entry("m2").to_bytes(), ttl_seconds: 100 }));
+        assert!(cache.lookup(&shared, &a, ApiFormat::OpenAi, 50).is_none());
+        assert_eq!(cache.lookup(&shared, &b, ApiFormat::OpenAi, 50).map(|e| e.model), Some("m2".into()));
+    }
+
+    #[test]
+    fn the_doorkeeper_admits_a_key_on_its_second_sighting_from_any_thread() {
+        let shared = FakeShared::default();
+        let cache = LocalCache { slots: 64 };
+        let key = CacheKey("0123456789abcdef".into());
+        assert!(!cache.seen_before(&shared, &key));
+        assert!(cache.seen_before(&shared, &key));
+    }
+}

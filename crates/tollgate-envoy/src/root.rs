@@ -1,0 +1,229 @@
+//! The root context: parses the plugin configuration once per VM, owns what
+//! every request of this VM shares, and sends Redis writes that must outlive
+//! the request that caused them.
+//!
+//! Why the root sends settlements: Envoy cancels a stream context's pending
+//! `dispatch_http_call`s when the stream is destroyed, and a settlement is
+//! made as the stream ends. The root context lives as long as the VM, so a
+//! request hands its Redis settle/release/cache write to the root's queue,
+//! and the root's tick sends and retries them.
+
+use crate::host::{self, Counters, EnvoyShared};
+use crate::local_state::{self, LocalCache};
+use crate::redis::{self, BudgetCas, CasStep, Memo};
+use crate::stream::Stream;
+use log::{error, info, warn};
+use proxy_wasm::traits::{Context, HttpContext, RootContext};
+use proxy_wasm::types::{BufferType, ContextType, MapType};
+use std::cell::RefCell;
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::rc::Rc;
+use std::time::Duration;
+use tollgate_core::budget::LedgerOp;
+use tollgate_core::config::Provider;
+use tollgate_core::engine::CacheFill;
+use tollgate_core::plugin::{BudgetBackend, CacheBackend, PluginConfig};
+
+/// How often the root sends queued Redis writes.
+const TICK: Duration = Duration::from_millis(20);
+/// Attempts for a queued write before it is dropped with an error log (a
+/// dropped settle leaves its hold to expire, see docs/config.md).
+const JOB_ATTEMPTS: u32 = 50;
+
+/// Everything a VM's requests share.
+#[derive(Debug)]
+pub struct Runtime {
+    pub config: PluginConfig,
+    /// Provider API keys read from the VM's environment at configure time.
+    pub provider_keys: BTreeMap<Provider, String>,
+    pub shared: EnvoyShared,
+    pub cache: LocalCache,
+    pub counters: Counters,
+    pub memo: RefCell<Memo>,
+    pub jobs: RefCell<VecDeque<Job>>,
+}
+
+impl Runtime {
+    pub fn redis_budgets(&self) -> bool {
+        self.config.budgets == BudgetBackend::Redis
+    }
+
+    /// A webdis call's headers.
+    pub fn webdis_headers(&self) -> Vec<(&str, &str)> {
+        vec![
+            (":method", "POST"),
+            (":path", "/"),
+            (":authority", self.config.redis.authority.as_str()),
+            ("content-type", "text/plain"),
+        ]
+    }
+
+    /// Queue budget ops for the root to apply in Redis.
+    pub fn queue_budget(&self, tenant: &str, ops: Vec<LedgerOp>, now: u64) {
+        if !ops.is_empty() {
+            self.jobs.borrow_mut().push_back(Job { work: Work::Budget(BudgetCas::new(tenant, ops, now)), attempts: 0 });
+        }
+    }
+
+    pub fn queue_cache_fill(&self, fill: CacheFill) {
+        self.jobs.borrow_mut().push_back(Job { work: Work::CacheFill(fill), attempts: 0 });
+    }
+}
+
+/// A write the root owns until it lands.
+#[derive(Debug)]
+pub struct Job {
+    work: Work,
+    attempts: u32,
+}
+
+#[derive(Debug)]
+enum Work {
+    Budget(BudgetCas),
+    CacheFill(CacheFill),
+}
+
+#[derive(Default)]
+pub struct Root {
+    runtime: Option<Rc<Runtime>>,
+    in_flight: HashMap<u32, Job>,
+}
+
+impl Context for Root {
+    fn on_http_call_response(&mut self, token: u32, num_headers: usize, body_size: usize, _trailers: usize) {
+        let Some(mut job) = self.in_flight.remove(&token) else { return };
+        let Some(rt) = self.runtime.clone() else { return };
+        let ok = num_headers > 0 && host::header(MapType::HttpCallResponseHeaders, ":status").as_deref() == Some("200");
+        let body = ok.then(|| host::buffer(BufferType::HttpCallResponseBody, body_size));
+        match &mut job.work {
+            Work::Budget(cas) => {
+                let step = cas.on_reply(&rt.config.redis.key_prefix, body.as_deref(), &mut rt.memo.borrow_mut());
+                match step {
+                    CasStep::Done(_) => {}
+                    CasStep::Send(next) => self.send(&rt, job, next),
+                    CasStep::Failed => self.retry_later(&rt, job),
+                }
+            }
+            Work::CacheFill(_) => {
+                if body.as_deref().and_then(|b| redis::reply_value("SET", b)).is_none() {
+                    self.retry_later(&rt, job);
+                }
+            }
+        }
+    }
+}
+
+impl Root {
+    fn send(&mut self, rt: &Runtime, job: Job, body: Vec<u8>) {
+        let timeout = Duration::from_millis(rt.config.redis.timeout_ms);
+        match self.dispatch_http_call(&rt.config.redis.cluster, rt.webdis_headers(), Some(&body), vec![], timeout) {
+            Ok(token) => {
+                self.in_flight.insert(token, job);
+            }
+            Err(status) => {
+                warn!("tollgate: could not call webdis cluster `{}`: {status:?}", rt.config.redis.cluster);
+                self.retry_later(rt, job);
+            }
+        }
+    }
+
+    fn retry_later(&mut self, rt: &Runtime, mut job: Job) {
+        job.attempts += 1;
+        if job.attempts >= JOB_ATTEMPTS {
+            error!("tollgate: gave up on a Redis write after {} attempts: {:?}", job.attempts, job.work);
+            return;
+        }
+        // A fresh CAS round next time, from whatever the memo holds then.
+        if let Work::Budget(cas) = &job.work {
+            job.work = Work::Budget(BudgetCas::new(&cas.tenant, cas.ops.clone(), cas.now));
+        }
+        rt.jobs.borrow_mut().push_back(job);
+    }
+}
+
+impl RootContext for Root {
+    fn on_configure(&mut self, _size: usize) -> bool {
+        let bytes = proxy_wasm::hostcalls::get_buffer(BufferType::PluginConfiguration, 0, usize::MAX)
+            .ok()
+            .flatten()
+            .unwrap_or_default();
+        let config = match PluginConfig::from_json(&bytes) {
+            Ok(c) => c,
+            Err(errors) => {
+                // Returning false makes Envoy refuse the filter config (and
+                // `envoy --mode validate` exit 1): better than serving with a
+                // half-read config.
+                error!("tollgate: plugin configuration refused: {errors}");
+                return false;
+            }
+        };
+        let mut provider_keys = BTreeMap::new();
+        for provider in Provider::ALL {
+            let env = config.route(provider).api_key_env;
+            if let Ok(key) = std::env::var(&env)
+                && !key.is_empty()
+            {
+                provider_keys.insert(provider, key);
+            }
+        }
+        let shared = EnvoyShared;
+        if config.budgets == BudgetBackend::Local {
+            for tenant in config.tenants.keys() {
+                local_state::seed(&shared, tenant);
+            }
+        } else {
+            for tenant in config.tenants.keys() {
+                local_state::seed_outcomes(&shared, tenant);
+            }
+        }
+        if (config.budgets == BudgetBackend::Redis || config.cache == CacheBackend::Redis)
+            && let Err(status) = proxy_wasm::hostcalls::set_tick_period(TICK)
+        {
+            error!("tollgate: could not start the tick that sends Redis writes: {status:?}");
+            return false;
+        }
+        info!(
+            "tollgate: configured {} tenant(s), {} API key(s), budgets in {:?}, cache {:?}, provider keys for {:?}",
+            config.tenants.len(),
+            config.api_keys.len(),
+            config.budgets,
+            config.cache,
+            provider_keys.keys().map(|p| p.as_str()).collect::<Vec<_>>()
+        );
+        let cache = LocalCache { slots: config.local_cache_slots };
+        self.runtime = Some(Rc::new(Runtime {
+            config,
+            provider_keys,
+            shared,
+            cache,
+            counters: Counters::default(),
+            memo: RefCell::new(Memo::new()),
+            jobs: RefCell::new(VecDeque::new()),
+        }));
+        true
+    }
+
+    fn on_tick(&mut self) {
+        let Some(rt) = self.runtime.clone() else { return };
+        let pending: Vec<Job> = rt.jobs.borrow_mut().drain(..).collect();
+        for mut job in pending {
+            let body = match &mut job.work {
+                Work::Budget(cas) => cas.start(&rt.config.redis.key_prefix, &rt.memo.borrow()),
+                Work::CacheFill(fill) => {
+                    let key = redis::cache_key(&rt.config.redis.key_prefix, fill.key.as_str());
+                    let ttl = fill.ttl_seconds.max(1).to_string();
+                    redis::command("SET", &[key.as_bytes(), &fill.value, b"EX", ttl.as_bytes()])
+                }
+            };
+            self.send(&rt, job, body);
+        }
+    }
+
+    fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
+        Some(Box::new(Stream::new(context_id, self.runtime.clone())))
+    }
+
+    fn get_type(&self) -> Option<ContextType> {
+        Some(ContextType::HttpContext)
+    }
+}
