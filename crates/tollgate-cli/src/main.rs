@@ -150,8 +150,14 @@ enum Command {
 
 #[derive(Subcommand)]
 enum ConfigCommand {
-    /// Validate a tenant config: exit 0, or print every error with its JSON path.
-    Validate { file: PathBuf },
+    /// Validate a tenant config (or, with --envoy, the Envoy filter's plugin
+    /// configuration): exit 0, or print every error with its JSON path.
+    Validate {
+        file: PathBuf,
+        /// The file is the Envoy filter's plugin configuration (envoy/README.md).
+        #[arg(long)]
+        envoy: bool,
+    },
     /// Print the tenant config JSON Schema.
     Schema,
 }
@@ -257,7 +263,30 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
             print_json(&v)?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Config { command: ConfigCommand::Validate { file } } => {
+        Command::Config { command: ConfigCommand::Validate { file, envoy: true } } => {
+            let bytes = read_file(&file)?;
+            match tollgate_core::plugin::PluginConfig::from_json(&bytes) {
+                Ok(cfg) => {
+                    println!(
+                        "{}: valid Envoy plugin configuration ({} tenants, {} API keys, budgets {:?}, cache {:?})",
+                        file.display(),
+                        cfg.tenants.len(),
+                        cfg.api_keys.len(),
+                        cfg.budgets,
+                        cfg.cache
+                    );
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(errors) => {
+                    for e in &errors.0 {
+                        let path = if e.path.is_empty() { "(root)" } else { &e.path };
+                        eprintln!("{}: {path}: {}", file.display(), e.message);
+                    }
+                    Ok(ExitCode::FAILURE)
+                }
+            }
+        }
+        Command::Config { command: ConfigCommand::Validate { file, envoy: false } } => {
             let bytes = read_file(&file)?;
             match TenantConfig::from_json(&bytes) {
                 Ok(cfg) => {

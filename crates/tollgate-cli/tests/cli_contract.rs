@@ -266,3 +266,33 @@ fn price_jsonl_prices_each_line_with_its_tenants_config_and_rounds_up() {
     assert!(got[3]["error"].as_str().unwrap().contains("no price for `no-such-model`"), "{}", got[3]);
     assert!(got[4]["error"].as_str().unwrap().contains("no --config for tenant `initech`"), "{}", got[4]);
 }
+
+#[test]
+fn config_validate_envoy_checks_a_plugin_configuration_and_every_tenant_in_it() {
+    let tenant: Value =
+        serde_json::from_str(&std::fs::read_to_string(root().join("examples/tenant.json")).unwrap()).unwrap();
+    let key_hash = tollgate_core::auth::hash_api_key("tg-live-acme");
+    let good = serde_json::json!({
+        "tenants": {"acme": tenant},
+        "api_keys": {key_hash: {"tenant_id": "acme"}},
+        "state": {"budgets": "redis", "cache": "local"}
+    });
+    let dir = std::env::temp_dir().join(format!("tollgate-cli-envoy-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("plugin.json");
+    std::fs::write(&file, good.to_string()).unwrap();
+    let out = tollgate(&["config", "validate", "--envoy", file.to_str().unwrap()], None);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("1 tenants, 1 API keys, budgets Redis"));
+
+    let mut bad = good.clone();
+    bad["tenants"]["acme"]["cache"]["ttl_seconds"] = serde_json::json!(1);
+    bad["api_keys"] = serde_json::json!({"tg-live-acme": {"tenant_id": "acme"}});
+    std::fs::write(&file, bad.to_string()).unwrap();
+    let out = tollgate(&["config", "validate", "--envoy", file.to_str().unwrap()], None);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(err.contains("tenants.acme.cache.ttl_seconds"), "{err}");
+    assert!(err.contains("api_keys.tg-live-acme: must be the lower-case sha256 hex"), "{err}");
+    std::fs::remove_dir_all(&dir).ok();
+}
