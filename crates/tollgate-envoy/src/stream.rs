@@ -446,6 +446,13 @@ impl Stream {
             ("content-length", length.as_str()),
         ];
         set.extend(provider_headers.iter().map(|(n, v)| (n.as_str(), v.as_str())));
+        // A JSON answer gets the configured deadline, as a fallback call
+        // does; a stream is bounded by the route's timeouts instead (a
+        // whole-response deadline would cut long answers off).
+        let deadline = rt.config.upstream_timeout_ms.to_string();
+        if !self.plan.as_ref().is_some_and(|p| p.request().stream) {
+            set.push(("x-envoy-upstream-rq-timeout-ms", deadline.as_str()));
+        }
         // Everything else the client sent stays behind: above all its
         // tollgate key (the provider gets the provider's key), cookies and
         // any x-tollgate-provider it tried to set. Pseudo-headers and
