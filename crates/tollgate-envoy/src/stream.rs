@@ -830,11 +830,15 @@ impl HttpContext for Stream {
     }
 
     fn on_http_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        if self.local_reply {
+            // Our own reply (it may pass through this filter's encoder side).
+            return Action::Continue;
+        }
         if self.replacing {
-            // The failed answer's body: never relayed (a local reply replaces it).
+            // The failed answer's body, held until the reply replacing it is sent.
             return Action::Pause;
         }
-        if self.local_reply || self.finished {
+        if self.finished {
             return Action::Continue;
         }
         let Some(relay) = self.relay.as_mut() else { return Action::Continue };
