@@ -37,7 +37,7 @@ use tollgate_core::store::{self, TenantOp, TenantReply};
 use tollgate_core::trace::CacheOutcome;
 use tollgate_core::{ApiError, ApiFormat, Next, Plan, TenantConfig, upstream};
 
-/// Largest JSON answer copied for usage and the cache; beyond it usage is
+/// Largest JSON answer read for usage and the cache; beyond it usage is
 /// estimated and nothing is cached (the answer itself passes untouched).
 const MAX_COPIED_RESPONSE: usize = 16 * 1024 * 1024;
 
@@ -665,6 +665,13 @@ impl Stream {
     }
 }
 
+/// The decision headers on the (held) response.
+fn set_response_headers(plan: &Plan) {
+    for (name, value) in plan.response_headers() {
+        let _ = hostcalls::set_map_value(MapType::HttpResponseHeaders, &name, Some(&value));
+    }
+}
+
 fn first_budget_reply(replies: Option<Vec<LedgerReply>>) -> Option<TenantReply> {
     replies.and_then(|r| r.into_iter().next()).map(TenantReply::Budget)
 }
@@ -815,18 +822,30 @@ impl HttpContext for Stream {
             (Some(up), true) => Some(plan.stream_observer(up)),
             _ => None,
         };
-        for (name, value) in plan.response_headers() {
-            let _ = hostcalls::set_map_value(MapType::HttpResponseHeaders, &name, Some(&value));
-        }
         if streamed {
+            // A stream's headers go out now, with the estimate; its cost is
+            // known only at its end (as on the Worker).
+            set_response_headers(plan);
             // The observer may drop the usage chunk the router asked for.
             let _ = hostcalls::remove_map_value(MapType::HttpResponseHeaders, "content-length");
         }
         self.relay = Some(Relay { status, observer, ended: None, json: Vec::new(), overflow: false });
+        if streamed {
+            if end_of_stream {
+                self.finish_relay();
+            }
+            return Action::Continue;
+        }
         if end_of_stream {
             self.finish_relay();
+            if let Some(plan) = &self.plan {
+                set_response_headers(plan);
+            }
+            return Action::Continue;
         }
-        Action::Continue
+        // A JSON answer is held to its end (the client waits for all of it
+        // anyway) so that its headers carry the real cost, not the estimate.
+        Action::Pause
     }
 
     fn on_http_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
@@ -856,12 +875,19 @@ impl HttpContext for Stream {
                 }
             }
             None => {
-                if relay.json.len() + chunk.len() > MAX_COPIED_RESPONSE {
-                    relay.overflow = true;
-                    relay.json = Vec::new();
-                } else if !relay.overflow {
-                    relay.json.extend_from_slice(&chunk);
+                if !end_of_stream {
+                    // Buffered by Envoy: the next call sees everything so far.
+                    return Action::Pause;
                 }
+                relay.overflow = chunk.len() > MAX_COPIED_RESPONSE;
+                if !relay.overflow {
+                    relay.json = chunk;
+                }
+                self.finish_relay();
+                if let Some(plan) = &self.plan {
+                    set_response_headers(plan);
+                }
+                return Action::Continue;
             }
         }
         if end_of_stream {
