@@ -60,8 +60,8 @@ pub fn seed(shared: &dyn SharedData, tenant: &str) {
     seed_outcomes(shared, tenant);
 }
 
-/// [`seed`] for the outcome ledger only (budgets in Redis).
-pub fn seed_outcomes(shared: &dyn SharedData, tenant: &str) {
+/// [`seed`] for the outcome ledger.
+fn seed_outcomes(shared: &dyn SharedData, tenant: &str) {
     let mut keys = vec![outcome_key(tenant, store::OUTCOME_TOTALS_KEY)];
     keys.extend((0..RECENT_CHUNKS).map(|c| outcome_key(tenant, &store::outcome_chunk_key(c))));
     seed_keys(shared, keys);

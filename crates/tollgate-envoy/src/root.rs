@@ -10,7 +10,7 @@
 
 use crate::host::{self, Counters, EnvoyShared};
 use crate::local_state::{self, LocalCache};
-use crate::redis::{self, BudgetCas, CasStep, Memo};
+use crate::redis::{self, BudgetCas, CasStep, Memo, OutcomeCas, OutcomeStep};
 use crate::stream::Stream;
 use log::{error, info, warn};
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
@@ -22,6 +22,7 @@ use std::time::Duration;
 use tollgate_core::budget::LedgerOp;
 use tollgate_core::config::Provider;
 use tollgate_core::engine::CacheFill;
+use tollgate_core::outcomes::OutcomeOp;
 use tollgate_core::plugin::{BudgetBackend, CacheBackend, PluginConfig};
 
 /// How often the root sends queued Redis writes.
@@ -65,6 +66,11 @@ impl Runtime {
         }
     }
 
+    /// Queue an outcome record for the root to apply in Redis.
+    pub fn queue_outcome(&self, tenant: &str, op: OutcomeOp, now: u64) {
+        self.jobs.borrow_mut().push_back(Job { work: Work::Outcome(OutcomeCas::new(tenant, op, now)), attempts: 0 });
+    }
+
     pub fn queue_cache_fill(&self, fill: CacheFill) {
         self.jobs.borrow_mut().push_back(Job { work: Work::CacheFill(fill), attempts: 0 });
     }
@@ -80,6 +86,7 @@ pub struct Job {
 #[derive(Debug)]
 enum Work {
     Budget(BudgetCas),
+    Outcome(OutcomeCas),
     CacheFill(CacheFill),
 }
 
@@ -104,6 +111,11 @@ impl Context for Root {
                     CasStep::Failed => self.retry_later(&rt, job),
                 }
             }
+            Work::Outcome(cas) => match cas.on_reply(&rt.config.redis.key_prefix, body.as_deref()) {
+                OutcomeStep::Done(_) => {}
+                OutcomeStep::Send(next) => self.send(&rt, job, next),
+                OutcomeStep::Failed => self.retry_later(&rt, job),
+            },
             Work::CacheFill(_) => {
                 if body.as_deref().and_then(|b| redis::reply_value("SET", b)).is_none() {
                     self.retry_later(&rt, job);
@@ -134,8 +146,10 @@ impl Root {
             return;
         }
         // A fresh CAS round next time, from whatever the memo holds then.
-        if let Work::Budget(cas) = &job.work {
-            job.work = Work::Budget(BudgetCas::new(&cas.tenant, cas.ops.clone(), cas.now));
+        match &job.work {
+            Work::Budget(cas) => job.work = Work::Budget(BudgetCas::new(&cas.tenant, cas.ops.clone(), cas.now)),
+            Work::Outcome(cas) => job.work = Work::Outcome(OutcomeCas::new(&cas.tenant, cas.op.clone(), cas.now)),
+            Work::CacheFill(_) => {}
         }
         rt.jobs.borrow_mut().push_back(job);
     }
@@ -171,10 +185,6 @@ impl RootContext for Root {
             for tenant in config.tenants.keys() {
                 local_state::seed(&shared, tenant);
             }
-        } else {
-            for tenant in config.tenants.keys() {
-                local_state::seed_outcomes(&shared, tenant);
-            }
         }
         if (config.budgets == BudgetBackend::Redis || config.cache == CacheBackend::Redis)
             && let Err(status) = proxy_wasm::hostcalls::set_tick_period(TICK)
@@ -209,6 +219,7 @@ impl RootContext for Root {
         for mut job in pending {
             let body = match &mut job.work {
                 Work::Budget(cas) => cas.start(&rt.config.redis.key_prefix, &rt.memo.borrow()),
+                Work::Outcome(cas) => cas.start(&rt.config.redis.key_prefix),
                 Work::CacheFill(fill) => {
                     let key = redis::cache_key(&rt.config.redis.key_prefix, fill.key.as_str());
                     let ttl = fill.ttl_seconds.max(1).to_string();

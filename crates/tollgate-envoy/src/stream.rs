@@ -16,7 +16,7 @@
 use crate::host;
 use crate::local_state;
 use crate::metrics;
-use crate::redis::{self, BudgetCas, CasStep};
+use crate::redis::{self, BudgetCas, CasStep, OutcomeCas, OutcomeStep};
 use crate::root::Runtime;
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext};
@@ -54,10 +54,25 @@ enum Flow {
 /// What an outstanding callout is for.
 enum Pending {
     CacheLookup,
-    Budget { cas: BudgetCas, reserve_id: Option<String> },
+    Budget {
+        cas: BudgetCas,
+        reserve_id: Option<String>,
+    },
     Fallback(Upstream),
+    /// `/v1/usage` in Redis mode: the budget status first, then the report.
     Usage(BudgetCas),
+    UsageReport(Option<TenantReply>, OutcomeCas),
+    /// `/v1/feedback` in Redis mode, with the retries left for an unknown id.
+    Feedback(OutcomeCas, u8),
+    /// A short wait before asking again about an unknown id.
+    FeedbackWait(OutcomeCas, u8),
 }
+
+/// Retries for feedback naming an id Redis does not know yet (its record
+/// is sent just after the answer it names), and the wait before each, as
+/// on the Worker.
+const FEEDBACK_RETRIES: u8 = 2;
+const FEEDBACK_RETRY_WAIT: &[u8] = b"0.25";
 
 /// The answer being relayed from the router.
 struct Relay {
@@ -89,6 +104,8 @@ pub struct Stream {
     reserve_in_flight: Option<String>,
     /// The tenant id as a metric label, when the operator asked for it.
     metric_tenant: Option<String>,
+    /// The next webdis request of an outcome op in progress.
+    next_round: Option<Vec<u8>>,
 }
 
 fn count(rt: Option<&Runtime>, tenant: Option<&str>, metric: &str, labels: &[(&str, &str)], by: u64) {
@@ -122,6 +139,7 @@ impl Stream {
             finished: false,
             reserve_in_flight: None,
             metric_tenant: None,
+            next_round: None,
         }
     }
 
@@ -243,7 +261,7 @@ impl Stream {
                         let body = redis::command("GET", &[k.as_bytes()]);
                         match self.call_webdis(rt, &body, Pending::CacheLookup) {
                             Ok(()) => return Flow::Waiting,
-                            Err(p) => match self.on_webdis_answer(rt, p, None) {
+                            Err(p) => match self.on_webdis_answer(rt, *p, None) {
                                 Some(n) => n,
                                 None => return Flow::Waiting,
                             },
@@ -333,7 +351,7 @@ impl Stream {
 
     /// Send `body` to webdis; `Err` gives `pending` back when the call
     /// could not even be made.
-    fn call_webdis(&mut self, rt: &Runtime, body: &[u8], pending: Pending) -> Result<(), Pending> {
+    fn call_webdis(&mut self, rt: &Runtime, body: &[u8], pending: Pending) -> Result<(), Box<Pending>> {
         let timeout = Duration::from_millis(rt.config.redis.timeout_ms);
         match self.dispatch_http_call(&rt.config.redis.cluster, rt.webdis_headers(), Some(body), vec![], timeout) {
             Ok(token) => {
@@ -342,7 +360,7 @@ impl Stream {
             }
             Err(status) => {
                 log::warn!("tollgate: could not call webdis cluster `{}`: {status:?}", rt.config.redis.cluster);
-                Err(pending)
+                Err(Box::new(pending))
             }
         }
     }
@@ -355,7 +373,7 @@ impl Stream {
         }
         match self.call_webdis(rt, &body, Pending::Budget { cas, reserve_id }) {
             Ok(()) => None,
-            Err(p) => self.on_webdis_answer(rt, p, None),
+            Err(p) => self.on_webdis_answer(rt, *p, None),
         }
     }
 
@@ -382,10 +400,10 @@ impl Stream {
                         CasStep::Send(next_body) => {
                             match self.call_webdis(rt, &next_body, Pending::Budget { cas, reserve_id }) {
                                 Ok(()) => return None,
-                                Err(Pending::Budget { cas: c, reserve_id: r }) => {
-                                    (cas, reserve_id, body) = (c, r, None);
-                                }
-                                Err(_) => return Some(internal()),
+                                Err(p) => match *p {
+                                    Pending::Budget { cas: c, reserve_id: r } => (cas, reserve_id, body) = (c, r, None),
+                                    _ => return Some(internal()),
+                                },
                             }
                         }
                         CasStep::Done(replies) => break first_budget_reply(Some(replies)),
@@ -419,17 +437,97 @@ impl Stream {
                     match step {
                         CasStep::Send(next_body) => match self.call_webdis(rt, &next_body, Pending::Usage(cas)) {
                             Ok(()) => return None,
-                            Err(Pending::Usage(c)) => (cas, body) = (c, None),
-                            Err(_) => break self.answer_usage(rt, None),
+                            Err(p) => match *p {
+                                Pending::Usage(c) => (cas, body) = (c, None),
+                                _ => break self.answer_usage(None, None),
+                            },
                         },
-                        CasStep::Done(replies) => break self.answer_usage(rt, first_budget_reply(Some(replies))),
-                        CasStep::Failed => break self.answer_usage(rt, None),
+                        CasStep::Done(replies) => break self.usage_report(rt, first_budget_reply(Some(replies))),
+                        CasStep::Failed => break self.answer_usage(None, None),
                     }
+                }
+                None
+            }
+            Pending::UsageReport(budget, mut cas) => {
+                match self.outcome_round(rt, &mut cas, body) {
+                    Ok(Some(step)) => match step {
+                        OutcomeStep::Done(report) => self.answer_usage(budget, Some(report)),
+                        _ => self.answer_usage(None, None),
+                    },
+                    Ok(None) => {
+                        if self.call_webdis_again(rt, &mut cas, |cas| Pending::UsageReport(budget, cas)).is_err() {
+                            self.answer_usage(None, None);
+                        }
+                    }
+                    Err(()) => self.answer_usage(None, None),
+                }
+                None
+            }
+            Pending::Feedback(mut cas, retries) => {
+                match self.outcome_round(rt, &mut cas, body) {
+                    Ok(Some(OutcomeStep::Done(reply))) => {
+                        let unknown = matches!(reply, outcomes::OutcomeReply::UnknownRequest { .. });
+                        if unknown && retries > 0 {
+                            let wait = redis::command("BLPOP", &[b"tollgate:feedback-wait", FEEDBACK_RETRY_WAIT]);
+                            let fresh = OutcomeCas::new(&cas.tenant, cas.op.clone(), cas.now);
+                            if self.call_webdis(rt, &wait, Pending::FeedbackWait(fresh, retries - 1)).is_ok() {
+                                return None;
+                            }
+                        }
+                        self.answer_feedback(Some(TenantReply::Outcome(reply)), &cas.op);
+                    }
+                    Ok(Some(_)) | Err(()) => self.answer_feedback(None, &cas.op),
+                    Ok(None) => {
+                        let op = cas.op.clone();
+                        if self.call_webdis_again(rt, &mut cas, |cas| Pending::Feedback(cas, retries)).is_err() {
+                            self.answer_feedback(None, &op);
+                        }
+                    }
+                }
+                None
+            }
+            Pending::FeedbackWait(mut cas, retries) => {
+                // Whatever the wait answered, ask again.
+                let first = cas.start(&prefix);
+                let op = cas.op.clone();
+                if self.call_webdis(rt, &first, Pending::Feedback(cas, retries)).is_err() {
+                    self.answer_feedback(None, &op);
                 }
                 None
             }
             Pending::Fallback(_) => Some(internal()),
         }
+    }
+
+    /// Feed webdis's answer to an outcome op. `Ok(Some(Done))`: finished;
+    /// `Ok(None)`: the op sent another round's request (in `cas`), to be
+    /// dispatched by the caller; `Err`: failed.
+    fn outcome_round(
+        &mut self,
+        rt: &Runtime,
+        cas: &mut OutcomeCas,
+        body: Option<Vec<u8>>,
+    ) -> Result<Option<OutcomeStep>, ()> {
+        match cas.on_reply(&rt.config.redis.key_prefix, body.as_deref()) {
+            OutcomeStep::Done(reply) => Ok(Some(OutcomeStep::Done(reply))),
+            OutcomeStep::Send(next) => {
+                self.next_round = Some(next);
+                Ok(None)
+            }
+            OutcomeStep::Failed => Err(()),
+        }
+    }
+
+    /// Dispatch the round `outcome_round` prepared.
+    fn call_webdis_again(
+        &mut self,
+        rt: &Runtime,
+        cas: &mut OutcomeCas,
+        pending: impl FnOnce(OutcomeCas) -> Pending,
+    ) -> Result<(), Box<Pending>> {
+        let body = self.next_round.take().unwrap_or_default();
+        let cas = std::mem::replace(cas, OutcomeCas::new("", OutcomeOp::Report, 0));
+        self.call_webdis(rt, &body, pending(cas))
     }
 
     /// Set the provider's headers and the rewritten body on the paused
@@ -557,6 +655,7 @@ impl Stream {
                         log::error!("tollgate: could not settle a hold for tenant `{tenant}` in shared data");
                     }
                 }
+                TenantOp::Outcome(op) if rt.redis_budgets() => rt.queue_outcome(tenant, op, now),
                 TenantOp::Outcome(op) => {
                     let _ = local_state::apply_outcome(&rt.shared, tenant, &op, now);
                 }
@@ -603,18 +702,29 @@ impl Stream {
             let mut cas = BudgetCas::new(&tenant, vec![status], host::now_secs());
             let body = cas.start(&rt.config.redis.key_prefix, &rt.memo.borrow());
             if let Err(p) = self.call_webdis(rt, &body, Pending::Usage(cas)) {
-                self.on_webdis_answer(rt, p, None);
+                self.on_webdis_answer(rt, *p, None);
             }
             return;
         }
-        let reply = local_state::apply_budget(&rt.shared, &tenant, &[status], host::now_secs());
-        self.answer_usage(rt, first_budget_reply(reply));
+        let now = host::now_secs();
+        let budget = first_budget_reply(local_state::apply_budget(&rt.shared, &tenant, &[status], now));
+        let report = local_state::apply_outcome(&rt.shared, &tenant, &OutcomeOp::Report, now);
+        self.answer_usage(budget, report);
     }
 
-    fn answer_usage(&mut self, rt: &Runtime, budget: Option<TenantReply>) {
-        let Some((tenant, config)) = self.tenant.clone() else { return };
+    /// Redis mode: the budget status is in; now the outcome report.
+    fn usage_report(&mut self, rt: &Runtime, budget: Option<TenantReply>) {
+        let Some((tenant, _)) = self.tenant.clone() else { return };
+        let mut cas = OutcomeCas::new(&tenant, OutcomeOp::Report, host::now_secs());
+        let first = cas.start(&rt.config.redis.key_prefix);
+        if self.call_webdis(rt, &first, Pending::UsageReport(budget, cas)).is_err() {
+            self.answer_usage(None, None);
+        }
+    }
+
+    fn answer_usage(&mut self, budget: Option<TenantReply>, report: Option<outcomes::OutcomeReply>) {
+        let Some((_, config)) = self.tenant.clone() else { return };
         let now = host::now_secs();
-        let report = local_state::apply_outcome(&rt.shared, &tenant, &OutcomeOp::Report, now);
         let replies = match (budget, report) {
             (Some(b), Some(r)) => Some(vec![b, TenantReply::Outcome(r)]),
             _ => None,
@@ -632,12 +742,28 @@ impl Stream {
             Err(e) => return self.send_error(&e),
         };
         let op = OutcomeOp::Feedback { request_id: fb.request_id.clone(), resolved: fb.resolved };
-        // The outcome is recorded before the answer's last byte is passed
-        // on, so an unknown id is unknown (no retry, unlike the Worker).
+        if rt.redis_budgets() {
+            let mut cas = OutcomeCas::new(&tenant, op.clone(), host::now_secs());
+            let first = cas.start(&rt.config.redis.key_prefix);
+            if self.call_webdis(rt, &first, Pending::Feedback(cas, FEEDBACK_RETRIES)).is_err() {
+                self.answer_feedback(None, &op);
+            }
+            return;
+        }
+        // Node-local: the outcome is recorded before the answer's last byte
+        // is passed on, so an unknown id is unknown (no retry needed).
         let reply = local_state::apply_outcome(&rt.shared, &tenant, &op, host::now_secs()).map(TenantReply::Outcome);
+        self.answer_feedback(reply, &op);
+    }
+
+    fn answer_feedback(&mut self, reply: Option<TenantReply>, op: &OutcomeOp) {
+        let request_id = match op {
+            OutcomeOp::Feedback { request_id, .. } => request_id.clone(),
+            _ => String::new(),
+        };
         match endpoints::feedback_from_reply(reply) {
             Ok(Some(answer)) => self.send_json(200, &answer),
-            Ok(None) => self.send_error(&endpoints::feedback_unknown(&fb.request_id)),
+            Ok(None) => self.send_error(&endpoints::feedback_unknown(&request_id)),
             Err(e) => self.send_error(&e),
         }
     }
