@@ -1,23 +1,31 @@
-"""Session fixtures for the end-to-end tests: the mock upstream and the
-tollgate Worker under `wrangler dev --local`.
+"""Session fixtures for the end-to-end tests: the mock upstream, the
+tollgate Worker under `wrangler dev --local`, and the Envoy filter in real
+Envoy (node-local state, and two Envoys sharing Redis through webdis).
+
+Tests that hold for both hosts take `router` (parametrised over "worker"
+and "envoy": `.url`, `.name`, `.host`); Worker-only ones take `worker`,
+Envoy-only ones `envoy` or `redis_envoys`.
 
 scripts/test builds what these start (`cargo build -p tollgate-mock`,
-scripts/build-worker, `npm ci`); a missing piece fails the session with the
+scripts/build-worker, scripts/build-envoy, `npm ci`, the .venv with Envoy,
+apt's redis-server and webdis); a missing piece fails the session with the
 command to run, it never skips.
 
 Environment:
 - TOLLGATE_MOCK_BIN: the mock binary (default target/debug/tollgate-mock)
 - TOLLGATE_E2E_TMP: where per-run state and logs go (default: the system tmp)
 - TOLLGATE_E2E_KEEP=1: keep that directory (logs, KV/DO state) after the run
-- TOLLGATE_ALLOW_STALE_BUILD=1: accept a build/ older than the Rust sources
+- TOLLGATE_ALLOW_STALE_BUILD=1: accept a build/ (or filter .wasm) older than the Rust sources
+- TOLLGATE_ENVOY_BIN: the Envoy binary (default .venv/bin/envoy)
 """
 
 from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 
@@ -25,11 +33,25 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import hosts  # noqa: E402
 import tenants  # noqa: E402
-from hosts import ACME_KEY, GLOBEX_KEY, ROOT, Missing, Mock, Worker  # noqa: E402, F401
+from hosts import HOSTS, ACME_KEY, GLOBEX_KEY, ROOT, Envoy, Missing, Mock, Redis, RedisEnvoys, Router, Webdis, Worker  # noqa: E402, F401
+
+T = TypeVar("T")
 
 
 def _fail_missing(problem: str) -> None:
     pytest.fail(f"end-to-end prerequisite missing: {problem}", pytrace=False)
+
+
+def started(start: Callable[[], T]) -> T:
+    """`start()`, turning a missing prerequisite into a failed (never skipped)
+    session with the command to run."""
+    problem = None
+    try:
+        return start()
+    except Missing as e:
+        problem = str(e)
+    _fail_missing(problem)
+    raise AssertionError("unreachable")
 
 
 @pytest.fixture(scope="session")
@@ -96,12 +118,98 @@ def seed_tenant(worker: Worker):
     return worker.seed_tenant
 
 
+# ---------------------------------------------------------------- Envoy
+
+
+@pytest.fixture(scope="session")
+def envoy(mock: Mock, run_dir: Path) -> Iterator[Envoy]:
+    """Envoy (--concurrency 2) with the filter, node-local state (budgets and
+    cache in proxy-wasm shared data), every tenant and key of tenants.py in
+    its plugin config, every provider pointed at the mock."""
+    e = started(
+        lambda: hosts.start_envoy(
+            mock, run_dir / "envoy", name="envoy", tenants=tenants.TENANTS, extra_entries=tenants.EXTRA_ENTRIES
+        )
+    )
+    try:
+        yield e
+    finally:
+        e.stop()
+
+
+REDIS_STATE = {
+    "budgets": "redis",
+    "cache": "redis",
+    "redis": {"cluster": "webdis", "authority": "webdis", "timeout_ms": 1000, "key_prefix": "tollgate:"},
+}
+
+
+@pytest.fixture(scope="session")
+def redis_envoys(mock: Mock, run_dir: Path) -> Iterator[RedisEnvoys]:
+    """Redis, webdis in front of it, and two Envoys (A and B) with
+    `state.budgets` and `state.cache` "redis" sharing it: what a mesh with
+    many Envoys runs. Same tenants as `envoy`."""
+    work = run_dir / "redis-envoys"
+    redis = started(lambda: Redis.start(work))
+    stack: list = [redis]
+    try:
+        webdis = started(lambda: Webdis.start(redis, work))
+        stack.append(webdis)
+        pair = []
+        for name in ("envoy-a", "envoy-b"):
+            e = started(
+                lambda name=name: hosts.start_envoy(
+                    mock, work, name=name, tenants=tenants.TENANTS, extra_entries=tenants.EXTRA_ENTRIES,
+                    state=REDIS_STATE, webdis=webdis,
+                )
+            )
+            stack.append(e)
+            pair.append(e)
+        yield RedisEnvoys(redis=redis, webdis=webdis, envoys=(pair[0], pair[1]))
+    finally:
+        for proc in reversed(stack):
+            proc.stop()
+
+
+# ---------------------------------------------------------------- both hosts
+
+
+
+
+@pytest.fixture(scope="session", params=HOSTS)
+def router(request) -> Router:
+    """The Worker, then the Envoy filter: for tests whose promise holds on
+    both hosts. Where a behaviour legitimately differs, the test branches on
+    `router.name` and names the envoy/README.md section that says so."""
+    return Router(name=request.param, host=request.getfixturevalue(request.param))
+
+
+def _log_sections(item) -> list[tuple[str, str]]:
+    funcargs = getattr(item, "funcargs", {}) or {}
+    sections = []
+    seen = set()
+    for value in funcargs.values():
+        if isinstance(value, Router):
+            value = value.host
+        hosts_here = list(value.envoys) if isinstance(value, RedisEnvoys) else [value]
+        for h in hosts_here:
+            if id(h) in seen:
+                continue
+            seen.add(id(h))
+            if isinstance(h, Worker):
+                sections.append(("wrangler dev log (tail)", hosts.log_tail(h.dev.log, 60)))
+            elif isinstance(h, Envoy):
+                sections.append((f"{h.name} log (tail)", hosts.log_tail(h.log, 60)))
+                sections.append((f"{h.name} access log (tail)", hosts.log_tail(h.access_log, 20)))
+    return sections
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item, call):
-    """On a failure, attach the tail of the Worker's wrangler log."""
+    """On a failure, attach the tail of the host's log (wrangler dev's, or
+    Envoy's log and access log)."""
     outcome = yield
     report = outcome.get_result()
     if report.when == "call" and report.failed:
-        w = item.funcargs.get("worker") if hasattr(item, "funcargs") else None
-        if isinstance(w, Worker):
-            report.sections.append(("wrangler dev log (tail)", hosts.log_tail(w.dev.log, 60)))
+        for name, text in _log_sections(item):
+            report.sections.append((name, text))

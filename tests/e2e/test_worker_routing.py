@@ -1,6 +1,7 @@
-"""Routing through the Worker: which model a request reaches, as the client
-sees it (decision headers, the answer) and as the provider sees it (the
-mock's request log), plus the router's own endpoints."""
+"""Routing, on both hosts (the Worker and the Envoy filter): which model a
+request reaches, as the client sees it (decision headers, the answer) and
+as the provider sees it (the mock's request log), plus the router's own
+endpoints."""
 
 from __future__ import annotations
 
@@ -53,8 +54,8 @@ def assert_served_by(response: httpx.Response, records: list[dict], tier: str | 
 @pytest.mark.parametrize(
     ("prompt", "tier"), [(EASY_PROMPT, "cheap"), (HARD_PROMPT, "premium")], ids=["easy", "hard"]
 )
-def test_an_openai_prompt_goes_to_the_first_model_of_the_tier_its_score_picks(worker, clean_mock, prompt, tier):
-    r = chat(worker.url, ACME_KEY, chat_body(unique(prompt)))
+def test_an_openai_prompt_goes_to_the_first_model_of_the_tier_its_score_picks(router, clean_mock, prompt, tier):
+    r = chat(router.url, ACME_KEY, chat_body(unique(prompt)))
     model = tier_models(tenants.ACME, tier, "openai")[0]
     assert_served_by(r, clean_mock.requests(), tier, model, "/openai/v1/chat/completions")
     assert r.headers["x-tollgate-route"] == "auto"
@@ -66,16 +67,16 @@ def test_an_openai_prompt_goes_to_the_first_model_of_the_tier_its_score_picks(wo
 @pytest.mark.parametrize(
     ("prompt", "tier"), [(EASY_PROMPT, "cheap"), (HARD_PROMPT, "premium")], ids=["easy", "hard"]
 )
-def test_an_anthropic_prompt_goes_to_the_tiers_first_anthropic_model(worker, clean_mock, prompt, tier):
-    r = messages(worker.url, ACME_KEY, messages_body(unique(prompt)))
+def test_an_anthropic_prompt_goes_to_the_tiers_first_anthropic_model(router, clean_mock, prompt, tier):
+    r = messages(router.url, ACME_KEY, messages_body(unique(prompt)))
     model = tier_models(tenants.ACME, tier, "anthropic")[0]
     assert_served_by(r, clean_mock.requests(), tier, model, "/anthropic/v1/messages")
     assert r.json()["type"] == "message"
 
 
-def test_an_easy_and_a_hard_prompt_are_served_by_different_models(worker, clean_mock):
-    easy = chat(worker.url, ACME_KEY, chat_body(unique(EASY_PROMPT)))
-    hard = chat(worker.url, ACME_KEY, chat_body(unique(HARD_PROMPT)))
+def test_an_easy_and_a_hard_prompt_are_served_by_different_models(router, clean_mock):
+    easy = chat(router.url, ACME_KEY, chat_body(unique(EASY_PROMPT)))
+    hard = chat(router.url, ACME_KEY, chat_body(unique(HARD_PROMPT)))
     assert easy.status_code == hard.status_code == 200
     assert float(easy.headers["x-tollgate-score"]) < float(hard.headers["x-tollgate-score"])
     assert easy.headers["x-tollgate-model"] != hard.headers["x-tollgate-model"]
@@ -86,23 +87,23 @@ def test_an_easy_and_a_hard_prompt_are_served_by_different_models(worker, clean_
 
 
 @pytest.mark.parametrize(("tier", "prompt"), [("premium", EASY_PROMPT), ("cheap", HARD_PROMPT)])
-def test_a_tollgate_tier_model_name_picks_that_tier_whatever_the_score(worker, clean_mock, tier, prompt):
-    r = chat(worker.url, ACME_KEY, chat_body(unique(prompt), model=f"tollgate/{tier}"))
+def test_a_tollgate_tier_model_name_picks_that_tier_whatever_the_score(router, clean_mock, tier, prompt):
+    r = chat(router.url, ACME_KEY, chat_body(unique(prompt), model=f"tollgate/{tier}"))
     model = tier_models(tenants.ACME, tier, "openai")[0]
     assert_served_by(r, clean_mock.requests(), tier, model, "/openai/v1/chat/completions")
     assert r.headers["x-tollgate-route"] == "tier"
 
 
-def test_a_pinned_model_passes_through_unrouted(worker, clean_mock):
+def test_a_pinned_model_passes_through_unrouted(router, clean_mock):
     pinned = tenants.ACME["routing"]["pinned_models"][0]  # openai/gpt-4o-2024-08-06
-    r = chat(worker.url, ACME_KEY, chat_body(unique(HARD_PROMPT), model=bare(pinned)))
+    r = chat(router.url, ACME_KEY, chat_body(unique(HARD_PROMPT), model=bare(pinned)))
     assert_served_by(r, clean_mock.requests(), None, pinned, "/openai/v1/chat/completions")
     assert r.headers["x-tollgate-route"] == "pinned"
 
 
-def test_an_allowed_model_name_is_routed_like_auto(worker, clean_mock):
+def test_an_allowed_model_name_is_routed_like_auto(router, clean_mock):
     # acme allows gpt-4.1*: a client asking for gpt-4.1 with an easy prompt gets the cheap tier.
-    r = chat(worker.url, ACME_KEY, chat_body(unique(EASY_PROMPT), model="gpt-4.1"))
+    r = chat(router.url, ACME_KEY, chat_body(unique(EASY_PROMPT), model="gpt-4.1"))
     model = tier_models(tenants.ACME, "cheap", "openai")[0]
     assert bare(model) != "gpt-4.1"
     assert_served_by(r, clean_mock.requests(), "cheap", model, "/openai/v1/chat/completions")
@@ -110,18 +111,18 @@ def test_an_allowed_model_name_is_routed_like_auto(worker, clean_mock):
 
 
 @pytest.mark.parametrize("model", ["gpt-3.5-turbo", "gemini-2.5-pro", "tollgate/ultra", "openai/gpt-4o"])
-def test_a_model_the_tenant_does_not_allow_is_refused_and_nothing_is_sent(worker, clean_mock, model):
-    r = chat(worker.url, ACME_KEY, chat_body(unique(EASY_PROMPT), model=model))
+def test_a_model_the_tenant_does_not_allow_is_refused_and_nothing_is_sent(router, clean_mock, model):
+    r = chat(router.url, ACME_KEY, chat_body(unique(EASY_PROMPT), model=model))
     error = assert_error(r, 400, "model_not_allowed", param="model")
     assert model in error["message"]
     assert REQUEST_ID.match(r.headers.get("x-tollgate-request-id", "")), dict(r.headers)
     assert clean_mock.requests() == []
 
 
-def test_an_anthropic_request_uses_the_nearest_tier_that_has_an_anthropic_model(worker, clean_mock):
+def test_an_anthropic_request_uses_the_nearest_tier_that_has_an_anthropic_model(router, clean_mock):
     # e2e-providers' cheap tier has only OpenAI-compatible models (google,
     # mistral); an easy Anthropic request goes one tier up.
-    r = messages(worker.url, tenants.PROVIDERS_KEY, messages_body(unique(EASY_PROMPT)))
+    r = messages(router.url, tenants.PROVIDERS_KEY, messages_body(unique(EASY_PROMPT)))
     model = tier_models(tenants.PROVIDERS, "premium", "anthropic")[0]
     assert_served_by(r, clean_mock.requests(), "premium", model, "/anthropic/v1/messages")
     assert float(r.headers["x-tollgate-score"]) <= tenants.PROVIDERS["routing"]["tiers"][0]["up_to_score"]
@@ -131,8 +132,8 @@ def test_an_anthropic_request_uses_the_nearest_tier_that_has_an_anthropic_model(
     ("model_name", "provider"),
     [("tollgate/cheap", "google"), ("tollgate/premium", "mistral")],
 )
-def test_openai_compatible_providers_get_their_own_base_url_and_key(worker, clean_mock, model_name, provider):
-    r = chat(worker.url, tenants.PROVIDERS_KEY, chat_body(unique(EASY_PROMPT), model=model_name))
+def test_openai_compatible_providers_get_their_own_base_url_and_key(router, clean_mock, model_name, provider):
+    r = chat(router.url, tenants.PROVIDERS_KEY, chat_body(unique(EASY_PROMPT), model=model_name))
     tier = model_name.split("/")[1]
     model = tier_models(tenants.PROVIDERS, tier, "openai")[0]
     assert model.startswith(f"{provider}/")
@@ -141,13 +142,13 @@ def test_openai_compatible_providers_get_their_own_base_url_and_key(worker, clea
     assert record["headers"]["authorization"] == f"Bearer sk-mock-{provider}"
 
 
-def test_the_provider_gets_the_provider_key_and_never_the_tenant_key(worker, clean_mock):
+def test_the_provider_gets_the_provider_key_and_never_the_tenant_key(router, clean_mock):
     extra = {"cookie": "session=tenant-cookie", "x-tollgate-tenant": "globex"}
-    chat(worker.url, ACME_KEY, chat_body(unique(EASY_PROMPT)), headers=extra).raise_for_status()
-    messages(worker.url, ACME_KEY, messages_body(unique(EASY_PROMPT)), headers=extra).raise_for_status()
+    chat(router.url, ACME_KEY, chat_body(unique(EASY_PROMPT)), headers=extra).raise_for_status()
+    messages(router.url, ACME_KEY, messages_body(unique(EASY_PROMPT)), headers=extra).raise_for_status()
     with httpx.stream(
         "POST",
-        worker.url + "/v1/chat/completions",
+        router.url + "/v1/chat/completions",
         json=chat_body(unique(HARD_PROMPT), stream=True),
         headers={**bearer(ACME_KEY), **extra},
         timeout=60,
@@ -166,16 +167,16 @@ def test_the_provider_gets_the_provider_key_and_never_the_tenant_key(worker, cle
     assert all("x-tollgate-tenant" not in r["headers"] for r in records)
 
 
-def test_a_clients_anthropic_version_header_is_forwarded(worker, clean_mock):
-    r = messages(worker.url, ACME_KEY, messages_body(unique(EASY_PROMPT)), headers={"anthropic-version": "2023-01-01"})
+def test_a_clients_anthropic_version_header_is_forwarded(router, clean_mock):
+    r = messages(router.url, ACME_KEY, messages_body(unique(EASY_PROMPT)), headers={"anthropic-version": "2023-01-01"})
     assert r.status_code == 200, r.text
     [record] = clean_mock.requests()
     assert record["headers"]["anthropic-version"] == "2023-01-01"
 
 
-def test_the_forwarded_body_changes_only_the_model_and_the_output_cap(worker, clean_mock):
+def test_the_forwarded_body_changes_only_the_model_and_the_output_cap(router, clean_mock):
     body = chat_body(unique(EASY_PROMPT), temperature=0.3, user="u-42", seed=7, metadata={"k": "v"})
-    chat(worker.url, ACME_KEY, body).raise_for_status()
+    chat(router.url, ACME_KEY, body).raise_for_status()
     [record] = clean_mock.requests()
     sent = record["body"]
     # acme has budgets and no client cap: the default reservation becomes the cap.
@@ -184,20 +185,20 @@ def test_the_forwarded_body_changes_only_the_model_and_the_output_cap(worker, cl
     assert list(sent)[: len(body)] == list(body), "client field order is kept"
 
 
-def test_every_routed_answer_carries_the_decision_headers(worker, clean_mock):
+def test_every_routed_answer_carries_the_decision_headers(router, clean_mock):
     prompt = unique(EASY_PROMPT)
-    cached = Recorded(worker.url, tenants.CACHE_A_KEY)
+    cached = Recorded(router.url, tenants.CACHE_A_KEY)
     answers = [
-        chat(worker.url, ACME_KEY, chat_body(prompt)),
-        chat(worker.url, ACME_KEY, chat_body(prompt, stream=True)),
-        messages(worker.url, ACME_KEY, messages_body(prompt)),
-        chat(worker.url, tenants.CACHE_A_KEY, chat_body(prompt, temperature=0)),
+        chat(router.url, ACME_KEY, chat_body(prompt)),
+        chat(router.url, ACME_KEY, chat_body(prompt, stream=True)),
+        messages(router.url, ACME_KEY, messages_body(prompt)),
+        chat(router.url, tenants.CACHE_A_KEY, chat_body(prompt, temperature=0)),
     ]
     cached.wait_for(1)  # the miss above is recorded, so its cache entry is in place
     answers += [
-        chat(worker.url, tenants.CACHE_A_KEY, chat_body(prompt, temperature=0)),  # a hit
-        chat(worker.url, ACME_KEY, chat_body(prompt, model="gpt-3.5-turbo")),  # refused after parsing
-        chat(worker.url, ACME_KEY, b'{"model":"tollgate/auto","messages":[]}'),  # refused while parsing
+        chat(router.url, tenants.CACHE_A_KEY, chat_body(prompt, temperature=0)),  # a hit
+        chat(router.url, ACME_KEY, chat_body(prompt, model="gpt-3.5-turbo")),  # refused after parsing
+        chat(router.url, ACME_KEY, b'{"model":"tollgate/auto","messages":[]}'),  # refused while parsing
     ]
     cached.wait_for(1)
     assert [a.status_code for a in answers] == [200, 200, 200, 200, 200, 400, 400]
@@ -216,10 +217,10 @@ def test_every_routed_answer_carries_the_decision_headers(worker, clean_mock):
     assert openai_stream_text(answers[1].text).startswith("[mock:")
 
 
-def test_every_chat_answer_carries_a_request_id_even_when_refused_before_routing(worker, clean_mock):
+def test_every_chat_answer_carries_a_request_id_even_when_refused_before_routing(router, clean_mock):
     """README: "Every response carries the decision"; a request id is what a
     client quotes to the operator, and refusals are what they ask about."""
-    url = worker.url + "/v1/chat/completions"
+    url = router.url + "/v1/chat/completions"
     answers = {
         "no key": httpx.post(url, json=chat_body("hi"), timeout=30),
         "unknown key": httpx.post(url, json=chat_body("hi"), headers=bearer("tg-e2e-nobody"), timeout=30),
@@ -234,8 +235,8 @@ def test_every_chat_answer_carries_a_request_id_even_when_refused_before_routing
 
 
 @pytest.mark.parametrize(("key", "config"), [(ACME_KEY, tenants.ACME), (GLOBEX_KEY, tenants.GLOBEX)])
-def test_models_lists_the_tenants_tiers_as_tollgate_models_plus_its_pinned_models(worker, clean_mock, key, config):
-    r = httpx.get(worker.url + "/v1/models", headers=bearer(key), timeout=30)
+def test_models_lists_the_tenants_tiers_as_tollgate_models_plus_its_pinned_models(router, clean_mock, key, config):
+    r = httpx.get(router.url + "/v1/models", headers=bearer(key), timeout=30)
     assert r.status_code == 200, r.text
     body = r.json()
     assert body["object"] == "list"
@@ -249,13 +250,13 @@ def test_models_lists_the_tenants_tiers_as_tollgate_models_plus_its_pinned_model
     assert clean_mock.requests() == []
 
 
-def test_models_needs_a_key(worker):
-    assert_error(httpx.get(worker.url + "/v1/models", timeout=30), 401, "invalid_api_key")
+def test_models_needs_a_key(router):
+    assert_error(httpx.get(router.url + "/v1/models", timeout=30), 401, "invalid_api_key")
 
 
-def test_healthz_answers_without_a_key(worker, clean_mock):
-    r = httpx.get(worker.url + "/healthz", timeout=30)
+def test_healthz_answers_without_a_key(router, clean_mock):
+    r = httpx.get(router.url + "/healthz", timeout=30)
     assert r.status_code == 200
     assert r.json()["status"] == "ok"
-    assert httpx.head(worker.url + "/healthz", timeout=30).status_code == 200
+    assert httpx.head(router.url + "/healthz", timeout=30).status_code == 200
     assert clean_mock.requests() == []

@@ -1,4 +1,4 @@
-"""The official OpenAI and Anthropic Python SDKs, pointed at the Worker the
+"""The official OpenAI and Anthropic Python SDKs, pointed at each host the
 way the README tells users to: plain and streamed answers, model lists and
 errors all parse."""
 
@@ -14,14 +14,14 @@ from hosts import ACME_KEY
 
 
 @pytest.fixture
-def oai(worker) -> openai.OpenAI:
+def oai(router) -> openai.OpenAI:
     # No retries: a retried request would reach the mock twice.
-    return openai.OpenAI(base_url=f"{worker.url}/v1", api_key=ACME_KEY, max_retries=0)
+    return openai.OpenAI(base_url=f"{router.url}/v1", api_key=ACME_KEY, max_retries=0)
 
 
 @pytest.fixture
-def claude(worker) -> anthropic.Anthropic:
-    return anthropic.Anthropic(base_url=worker.url, api_key=ACME_KEY, max_retries=0)
+def claude(router) -> anthropic.Anthropic:
+    return anthropic.Anthropic(base_url=router.url, api_key=ACME_KEY, max_retries=0)
 
 
 def user(text: str) -> list[dict]:
@@ -83,27 +83,27 @@ def test_the_openai_sdk_lists_the_tenants_models(oai, clean_mock):
     assert clean_mock.requests() == []
 
 
-def test_openai_sdk_raises_typed_errors(worker, oai, clean_mock):
+def test_openai_sdk_raises_typed_errors(router, oai, clean_mock):
     with pytest.raises(openai.BadRequestError) as bad:
         oai.chat.completions.create(model="gpt-3.5-turbo", messages=user("hi"))
     assert bad.value.code == "model_not_allowed"
     assert bad.value.param == "model"
-    stranger = openai.OpenAI(base_url=f"{worker.url}/v1", api_key="tg-e2e-nobody", max_retries=0)
+    stranger = openai.OpenAI(base_url=f"{router.url}/v1", api_key="tg-e2e-nobody", max_retries=0)
     with pytest.raises(openai.AuthenticationError) as denied:
         stranger.chat.completions.create(model="tollgate/auto", messages=user("hi"))
     assert denied.value.code == "invalid_api_key"
     assert clean_mock.requests() == []
 
 
-def test_openai_sdk_sees_a_spent_budget_as_a_rate_limit_error(worker, clean_mock):
+def test_openai_sdk_sees_a_spent_budget_as_a_rate_limit_error(router, clean_mock):
     # e2e-tiny-sdk has 400 tokens a day; each request holds ~170 and spends ~60.
-    client = openai.OpenAI(base_url=f"{worker.url}/v1", api_key=tenants.TINY_SDK_KEY, max_retries=0)
+    client = openai.OpenAI(base_url=f"{router.url}/v1", api_key=tenants.TINY_SDK_KEY, max_retries=0)
     answered = 0
     with pytest.raises(openai.APIStatusError) as refused:
         for _ in range(12):
             client.chat.completions.create(model="tollgate/auto", messages=user(unique(EASY_PROMPT)), max_tokens=150)
             answered += 1
-            settled_usage(worker.url, tenants.TINY_SDK_KEY)
+            settled_usage(router.url, tenants.TINY_SDK_KEY)
     assert answered > 0
     assert isinstance(refused.value, openai.RateLimitError), refused.value
     assert refused.value.code == "budget_exceeded"
@@ -137,11 +137,11 @@ def test_anthropic_sdk_stream_final_message_matches_the_plain_answer(claude, cle
     assert [r["stream"] for r in clean_mock.requests()] == [False, True]
 
 
-def test_anthropic_sdk_raises_typed_errors(worker, claude, clean_mock):
+def test_anthropic_sdk_raises_typed_errors(router, claude, clean_mock):
     with pytest.raises(anthropic.BadRequestError) as bad:
         claude.messages.create(model="gpt-3.5-turbo", max_tokens=16, messages=user("hi"))
     assert bad.value.body["error"]["code"] == "model_not_allowed"
-    stranger = anthropic.Anthropic(base_url=worker.url, api_key="tg-e2e-nobody", max_retries=0)
+    stranger = anthropic.Anthropic(base_url=router.url, api_key="tg-e2e-nobody", max_retries=0)
     with pytest.raises(anthropic.AuthenticationError):
         stranger.messages.create(model="tollgate/auto", max_tokens=16, messages=user("hi"))
     assert clean_mock.requests() == []

@@ -1,4 +1,4 @@
-"""Streamed answers through the Worker: what is charged, what the client
+"""Streamed answers, on both hosts: what is charged, what the client
 sees, and what happens when the client hangs up.
 
 Each test uses its own single-tier tenant (tenants.py: OpenAI requests go
@@ -90,13 +90,13 @@ def content_of(openai_chunks: list[dict]) -> str:
 # ---------------------------------------------------------------- OpenAI
 
 
-def test_an_openai_stream_is_charged_its_real_usage_without_showing_the_injected_usage_chunk(worker, clean_mock):
+def test_an_openai_stream_is_charged_its_real_usage_without_showing_the_injected_usage_chunk(router, clean_mock):
     key = registry.STREAM_OPENAI_KEY
-    spent_before, tokens_before = settled(worker.url, key)
+    spent_before, tokens_before = settled(router.url, key)
     marker = f"stream-plain-{uuid.uuid4().hex[:10]}"
     with httpx.Client(timeout=60) as client:
         r = client.post(
-            worker.url + "/v1/chat/completions",
+            router.url + "/v1/chat/completions",
             json=openai_stream_body(marker),
             headers={"authorization": f"Bearer {key}"},
         )
@@ -118,20 +118,20 @@ def test_an_openai_stream_is_charged_its_real_usage_without_showing_the_injected
     assert record["completed"] and not record["client_aborted"]
 
     usage = replayed_usage(clean_mock, record)
-    spent, tokens = settled(worker.url, key)
+    spent, tokens = settled(router.url, key)
     assert spent - spent_before == cost_micros("gpt-4o", usage["prompt_tokens"], usage["completion_tokens"])
     assert tokens - tokens_before == usage["prompt_tokens"] + usage["completion_tokens"]
 
 
 def test_an_openai_client_that_asks_for_usage_gets_the_usage_chunk_and_is_charged_exactly_that(
-    worker, clean_mock
+    router, clean_mock
 ):
     key = registry.STREAM_OPENAI_KEY
-    spent_before, tokens_before = settled(worker.url, key)
+    spent_before, tokens_before = settled(router.url, key)
     marker = f"stream-usage-{uuid.uuid4().hex[:10]}"
     body = openai_stream_body(marker, stream_options={"include_usage": True}, max_tokens=20)
     r = httpx.post(
-        worker.url + "/v1/chat/completions", json=body, headers={"authorization": f"Bearer {key}"}, timeout=60
+        router.url + "/v1/chat/completions", json=body, headers={"authorization": f"Bearer {key}"}, timeout=60
     )
     assert r.status_code == 200, r.text
     data = [d for _, d in parse_sse(r.text)]
@@ -145,12 +145,12 @@ def test_an_openai_client_that_asks_for_usage_gets_the_usage_chunk_and_is_charge
 
     (record,) = upstream_calls(clean_mock, marker)
     assert record["body"]["stream_options"]["include_usage"] is True
-    spent, tokens = settled(worker.url, key)
+    spent, tokens = settled(router.url, key)
     assert spent - spent_before == cost_micros("gpt-4o", usage["prompt_tokens"], usage["completion_tokens"])
     assert tokens - tokens_before == usage["total_tokens"]
 
 
-def test_streamed_chunks_reach_the_client_as_the_provider_sends_them(worker, clean_mock):
+def test_streamed_chunks_reach_the_client_as_the_provider_sends_them(router, clean_mock):
     delay_ms = 200
     key = registry.STREAM_PACE_KEY
     marker = f"stream-pace-{uuid.uuid4().hex[:10]}"
@@ -159,7 +159,7 @@ def test_streamed_chunks_reach_the_client_as_the_provider_sends_them(worker, cle
     with httpx.Client(timeout=60) as client:
         started = time.monotonic()
         with client.stream(
-            "POST", worker.url + "/v1/chat/completions", json=body, headers={"authorization": f"Bearer {key}"}
+            "POST", router.url + "/v1/chat/completions", json=body, headers={"authorization": f"Bearer {key}"}
         ) as r:
             assert r.status_code == 200, r.read()
             stream = TimedStream(r, started)
@@ -184,12 +184,12 @@ def test_streamed_chunks_reach_the_client_as_the_provider_sends_them(worker, cle
 # ---------------------------------------------------------------- Anthropic
 
 
-def test_an_anthropic_stream_is_charged_the_usage_of_message_start_and_message_delta(worker, clean_mock):
+def test_an_anthropic_stream_is_charged_the_usage_of_message_start_and_message_delta(router, clean_mock):
     key = registry.STREAM_ANTHROPIC_KEY
-    spent_before, tokens_before = settled(worker.url, key)
+    spent_before, tokens_before = settled(router.url, key)
     marker = f"stream-anthropic-{uuid.uuid4().hex[:10]}"
     r = httpx.post(
-        worker.url + "/v1/messages", json=anthropic_stream_body(marker), headers=anthropic_headers(key), timeout=60
+        router.url + "/v1/messages", json=anthropic_stream_body(marker), headers=anthropic_headers(key), timeout=60
     )
     assert r.status_code == 200, r.text
     assert r.headers["x-tollgate-model"] == "anthropic/claude-sonnet-4-5"
@@ -206,7 +206,7 @@ def test_an_anthropic_stream_is_charged_the_usage_of_message_start_and_message_d
     (record,) = upstream_calls(clean_mock, marker)
     assert record["path"] == "/anthropic/v1/messages" and record["completed"]
     assert "stream_options" not in record["body"], "stream_options is OpenAI's; Anthropic would refuse it"
-    spent, tokens = settled(worker.url, key)
+    spent, tokens = settled(router.url, key)
     assert spent - spent_before == cost_micros("claude-sonnet-4-5", input_tokens, output_tokens)
     assert tokens - tokens_before == input_tokens + output_tokens
 
@@ -219,7 +219,7 @@ def long_answer_marker(mock, prefix: str, path: str, body_for, min_words: int = 
     words (it picks 12 to 40 from a hash of the prompt), asked of the mock
     directly, whose log is then cleared.
 
-    The Worker charges a stream cut short for the output it saw, estimated
+    The router charges a stream cut short for the output it saw, estimated
     with a tokenizer, while the mock counts one token per word: its
     `[mock:<model>]` tag alone is a dozen tokens to the estimate. Against a
     12-word answer, a cut after a few words can then be charged more than
@@ -253,17 +253,17 @@ def hang_up_after(url: str, path: str, body: dict, headers: dict, events: int) -
 
 
 def test_a_client_that_hangs_up_mid_stream_is_charged_only_for_what_was_used_and_the_upstream_is_cancelled(
-    worker, clean_mock
+    router, clean_mock
 ):
     delay_ms = 300
     key = registry.STREAM_ABORT_KEY
-    spent_before, _ = settled(worker.url, key)
+    spent_before, _ = settled(router.url, key)
     marker = long_answer_marker(
         clean_mock, "stream-abort", "/openai/v1/chat/completions", lambda m: openai_stream_body(m, model="gpt-4o")
     )
     clean_mock.faults(f"chunk_delay:{delay_ms}", model="gpt-4o", times=1)
     seen, hung_up_at = hang_up_after(
-        worker.url,
+        router.url,
         "/v1/chat/completions",
         openai_stream_body(marker),
         {"authorization": f"Bearer {key}"},
@@ -275,14 +275,14 @@ def test_a_client_that_hangs_up_mid_stream_is_charged_only_for_what_was_used_and
     record = upstream_end(clean_mock, marker)
     full = replayed_usage(clean_mock, record)
     full_cost = cost_micros("gpt-4o", full["prompt_tokens"], full["completion_tokens"])
-    # The Worker stopped reading and cancelled the provider's response: the
+    # The router stopped reading and cancelled the provider's response: the
     # answer was far from done when the client left.
     assert full["completion_tokens"] > 30, full
     assert record["client_aborted"] is True and record["completed"] is False, (
-        f"the Worker kept reading the provider's stream after its client hung up at {hung_up_at:.1f}s: {record}"
+        f"the {router.name} kept reading the provider's stream after its client hung up at {hung_up_at:.1f}s: {record}"
     )
 
-    spent, _ = settled(worker.url, key)
+    spent, _ = settled(router.url, key)
     charged = spent - spent_before
     assert charged > 0, "an aborted stream must still be charged for the prompt and the output sent"
     assert charged < full_cost, f"charged {charged} micro-dollars, as much as the full answer ({full_cost})"
@@ -291,11 +291,11 @@ def test_a_client_that_hangs_up_mid_stream_is_charged_only_for_what_was_used_and
 
 
 def test_an_anthropic_client_that_hangs_up_mid_stream_is_charged_at_least_for_the_output_it_received(
-    worker, clean_mock
+    router, clean_mock
 ):
     delay_ms = 300
     key = registry.STREAM_ABORT_ANTHROPIC_KEY
-    spent_before, _ = settled(worker.url, key)
+    spent_before, _ = settled(router.url, key)
     marker = long_answer_marker(
         clean_mock, "stream-abort-anthropic", "/anthropic/v1/messages",
         lambda m: anthropic_stream_body(m, model="claude-sonnet-4-5"),
@@ -303,7 +303,7 @@ def test_an_anthropic_client_that_hangs_up_mid_stream_is_charged_at_least_for_th
     clean_mock.faults(f"chunk_delay:{delay_ms}", model="claude-sonnet-4-5", times=1)
     # message_start, content_block_start, ping, then 5 words.
     seen, hung_up_at = hang_up_after(
-        worker.url, "/v1/messages", anthropic_stream_body(marker), anthropic_headers(key), events=8
+        router.url, "/v1/messages", anthropic_stream_body(marker), anthropic_headers(key), events=8
     )
     start = json.loads(next(d for _, n, d in seen if n == "message_start"))["message"]["usage"]
     words_seen = "".join(json.loads(d)["delta"]["text"] for _, n, d in seen if n == "content_block_delta").split()
@@ -311,13 +311,13 @@ def test_an_anthropic_client_that_hangs_up_mid_stream_is_charged_at_least_for_th
 
     record = upstream_end(clean_mock, marker)
     assert record["client_aborted"] is True and record["completed"] is False, (
-        f"the Worker kept reading the provider's stream after its client hung up at {hung_up_at:.1f}s: {record}"
+        f"the {router.name} kept reading the provider's stream after its client hung up at {hung_up_at:.1f}s: {record}"
     )
     full = replayed_usage(clean_mock, record)
     full_cost = cost_micros("claude-sonnet-4-5", full["input_tokens"], full["output_tokens"])
     assert full["output_tokens"] > 30, full
 
-    spent, _ = settled(worker.url, key)
+    spent, _ = settled(router.url, key)
     charged = spent - spent_before
     assert charged < full_cost, f"charged {charged} micro-dollars, as much as the full answer ({full_cost})"
     # The prompt plus at least every word the client received (message_start's

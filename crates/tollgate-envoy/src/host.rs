@@ -25,12 +25,26 @@ impl SharedData for EnvoyShared {
     }
 }
 
+/// One header's value. Envoy passes header values through as bytes (obs-text
+/// such as `0xE9` is legal HTTP), and the SDK's `String` getters unwrap the
+/// UTF-8 conversion, so a client could trap the filter with one byte: read
+/// bytes, and let a value that is not UTF-8 arrive lossily (it then fails
+/// whatever check it is for, e.g. authentication, instead of trapping).
 pub fn header(map: MapType, name: &str) -> Option<String> {
-    hostcalls::get_map_value(map, name).ok().flatten()
+    let bytes = hostcalls::get_map_value_bytes(map, name).ok().flatten()?;
+    Some(String::from_utf8(bytes).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned()))
 }
 
+/// All headers whose values are UTF-8 (see [`header`]). Header names are
+/// HTTP tokens, ASCII by Envoy's own validation. A header whose value is not
+/// UTF-8 is left out: these lists feed re-issued requests (fallbacks, Redis),
+/// where passing it on mangled would be worse than not passing it on.
 pub fn headers(map: MapType) -> Vec<(String, String)> {
-    hostcalls::get_map(map).unwrap_or_default()
+    hostcalls::get_map_bytes(map)
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|(name, value)| String::from_utf8(value).ok().map(|value| (name, value)))
+        .collect()
 }
 
 pub fn buffer(kind: BufferType, size: usize) -> Vec<u8> {

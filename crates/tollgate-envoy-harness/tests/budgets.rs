@@ -1,0 +1,194 @@
+//! Budgets in shared data: holds while a request is in flight, usage
+//! settled from the provider's answer (streamed or not), refusals once a
+//! limit is spent, and one budget for every worker of the node.
+
+// Helpers outside #[test] fns fail the test by panicking too.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use common::*;
+use serde_json::{Value, json};
+use tollgate_envoy_harness::{Action, Host, Stream};
+
+/// A daily limit of 400 tokens, refused (not clamped) once spent; no cache.
+fn tiny(tenant_id: &str) -> Value {
+    routed_tenant(
+        tenant_id,
+        json!({
+            "budgets": {"limits": [{"name": "daily", "window": "day", "tokens": 400}],
+                        "on_exhausted": "reject", "clamp_max_tokens": false},
+            "cache": {"enabled": false}
+        }),
+    )
+}
+
+/// One tier of gpt-4o, $50 a day, no cache (like tests/e2e STREAM_OPENAI).
+fn streaming(tenant_id: &str) -> Value {
+    json!({
+        "version": 1,
+        "tenant_id": tenant_id,
+        "routing": {"tiers": [{"name": "only", "models": ["openai/gpt-4o", "anthropic/claude-sonnet-4-5"]}]},
+        "budgets": {"limits": [{"name": "daily", "window": "day", "usd": 50.0}], "on_exhausted": "reject"},
+        "cache": {"enabled": false}
+    })
+}
+
+fn budget(host: &Host, tenant: &str) -> Value {
+    let raw = host.shared_data_str(&format!("tollgate:budget:{tenant}")).unwrap_or_default();
+    if raw.is_empty() { json!({}) } else { serde_json::from_str(&raw).unwrap_or_else(|e| panic!("{e}: {raw}")) }
+}
+
+fn spent_tokens(host: &Host, tenant: &str) -> u64 {
+    let b = budget(host, tenant);
+    b["windows"]
+        .as_array()
+        .map_or(0, |w| w.iter().map(|w| w["spent"]["tokens"].as_u64().unwrap_or(0)).max().unwrap_or(0))
+}
+
+fn holds(host: &Host, tenant: &str) -> usize {
+    budget(host, tenant)["outstanding"].as_array().map_or(0, Vec::len)
+}
+
+fn chat(host: &Host, worker: usize, tenant: &str, body: &Value) -> Stream {
+    let mut s = host.stream_on(worker);
+    send_chat(&mut s, &key_for(tenant), body);
+    s
+}
+
+fn capped(content: &str, max_tokens: u64) -> Value {
+    json!({"model": "tollgate/auto", "max_tokens": max_tokens, "messages": [{"role": "user", "content": content}]})
+}
+
+#[test]
+fn a_request_holds_budget_while_in_flight_and_settles_the_reported_usage() {
+    let host = host_for(&[tiny("tiny")]);
+    let mut s = chat(&host, 0, "tiny", &capped("Say hi", 50));
+    assert!(s.upstream_request().is_some(), "{:?}", s.local_reply());
+    assert_eq!(holds(&host, "tiny"), 1, "no hold while in flight: {}", budget(&host, "tiny"));
+    answer_json(&mut s, &openai_completion("gpt-4o-mini", "Hi", 30, 20));
+    s.finish();
+    assert_eq!(holds(&host, "tiny"), 0, "the hold outlived its request: {}", budget(&host, "tiny"));
+    assert_eq!(spent_tokens(&host, "tiny"), 50, "{}", budget(&host, "tiny"));
+}
+
+#[test]
+fn an_exhausted_budget_is_refused_locally_and_counted_in_budget_refusals() {
+    let host = host_for(&[tiny("tiny")]);
+    let mut s = chat(&host, 0, "tiny", &capped("Say hi", 50));
+    assert!(s.upstream_request().is_some(), "{:?}", s.local_reply());
+    answer_json(&mut s, &openai_completion("gpt-4o-mini", "Hi", 100, 300));
+    s.finish();
+    assert_eq!(spent_tokens(&host, "tiny"), 400);
+
+    let mut s = chat(&host, 0, "tiny", &capped("Say hi again", 50));
+    let reply = s.local_reply().expect("a spent budget is refused locally");
+    assert!(reply.status == 429 || reply.status == 402, "status {}: {}", reply.status, reply.body_str());
+    let body = reply_json(&reply);
+    let code = body["error"]["code"].as_str().unwrap_or_default().to_owned();
+    assert!(code.starts_with("budget"), "{body}");
+    assert!(body["error"]["message"].as_str().unwrap_or_default().contains("daily"), "names the budget: {body}");
+    assert!(s.upstream_request().is_none());
+    s.finish();
+    assert_eq!(host.metric(&format!("tollgate.budget_refusals.code.{code}")), Some(1), "{:?}", host.metrics());
+    assert_eq!(spent_tokens(&host, "tiny"), 400, "a refusal spends nothing");
+    assert_eq!(holds(&host, "tiny"), 0);
+}
+
+#[test]
+fn every_worker_of_the_node_shares_one_budget() {
+    let mut host = host_for(&[tiny("tiny")]);
+    let other = host.add_worker();
+    let mut s = chat(&host, 0, "tiny", &capped("Say hi", 50));
+    answer_json(&mut s, &openai_completion("gpt-4o-mini", "Hi", 100, 300));
+    s.finish();
+    let mut s = chat(&host, other, "tiny", &capped("Say hi", 50));
+    let reply = s.local_reply().expect("worker 1 must see what worker 0 spent");
+    assert!(reply.status == 429 || reply.status == 402, "{}", reply.body_str());
+    s.finish();
+}
+
+#[test]
+fn concurrent_holds_on_two_workers_cannot_overspend() {
+    // 400 tokens; each request holds its prompt plus 150 output tokens, so
+    // two fit and the third does not, whichever worker it lands on.
+    let mut host = host_for(&[tiny("tiny")]);
+    let other = host.add_worker();
+    let a = chat(&host, 0, "tiny", &capped("one", 150));
+    let b = chat(&host, other, "tiny", &capped("two", 150));
+    assert!(
+        a.upstream_request().is_some() && b.upstream_request().is_some(),
+        "{:?} {:?}",
+        a.local_reply(),
+        b.local_reply()
+    );
+    assert_eq!(holds(&host, "tiny"), 2);
+    let mut c = chat(&host, 0, "tiny", &capped("three", 150));
+    let reply = c.local_reply().expect("the third hold does not fit");
+    assert_eq!(reply.status, 429, "{}", reply.body_str());
+    c.finish();
+    for mut s in [a, b] {
+        s.finish();
+    }
+    assert_eq!(holds(&host, "tiny"), 0, "{}", budget(&host, "tiny"));
+    assert_eq!(spent_tokens(&host, "tiny"), 0, "unanswered requests are released, not charged");
+}
+
+#[test]
+fn a_streamed_answer_is_parsed_chunk_by_chunk_and_its_usage_settled() {
+    let host = host_for(&[streaming("stream")]);
+    let mut s = host.stream();
+    let body =
+        json!({"model": "tollgate/auto", "stream": true, "messages": [{"role": "user", "content": "Count to three"}]});
+    assert_eq!(send_chat(&mut s, &key_for("stream"), &body), Action::Continue, "{:?}", s.local_reply());
+    let sent = forwarded_json(&s);
+    assert_eq!(sent["stream_options"]["include_usage"], json!(true), "usage must be asked for: {sent}");
+    assert_eq!(holds(&host, "stream"), 1);
+
+    let events = openai_sse("gpt-4o", &["One", ", two", ", three."], 21, 4);
+    let wire: Vec<u8> = events.concat();
+    // Chunk boundaries fall anywhere, mid-line and mid-JSON.
+    assert_eq!(
+        s.response_headers(&[(":status", "200"), ("content-type", "text/event-stream")], false),
+        Action::Continue
+    );
+    let pieces: Vec<&[u8]> = wire.chunks(13).collect();
+    for (i, piece) in pieces.iter().enumerate() {
+        let last = i + 1 == pieces.len();
+        assert_eq!(s.response_body(piece, last), Action::Continue, "SSE must stream, not buffer (chunk {i})");
+    }
+    let down = s.downstream_response().expect("streamed to the client");
+    let text = down.body_str();
+    assert!(text.contains("One") && text.contains(", three."), "{text}");
+    assert!(text.trim_end().ends_with("data: [DONE]"), "{text}");
+    assert!(!text.contains("\"prompt_tokens\""), "the client did not ask for the usage chunk: {text}");
+    assert_eq!(down.header("content-length"), None, "a rewritten stream cannot keep a content-length");
+    s.finish();
+
+    assert_eq!(holds(&host, "stream"), 0, "{}", budget(&host, "stream"));
+    assert_eq!(spent_tokens(&host, "stream"), 25, "{}", budget(&host, "stream"));
+    let micros: u64 = budget(&host, "stream")["windows"][0]["spent"]["micros"].as_u64().unwrap_or(0);
+    // gpt-4o list price: $2.50 in, $10 out per million tokens, so 52.5 + 40
+    // micro-dollars, rounded up.
+    assert_eq!(micros, 93, "{}", budget(&host, "stream"));
+    assert_eq!(host.metric("tollgate.input_tokens.tier.only.model.gpt-4o"), Some(21), "{:?}", host.metrics());
+    assert_eq!(host.metric("tollgate.output_tokens.tier.only.model.gpt-4o"), Some(4), "{:?}", host.metrics());
+}
+
+#[test]
+fn a_stream_cut_off_by_the_client_is_charged_for_what_was_sent() {
+    let host = host_for(&[streaming("stream")]);
+    let mut s = host.stream();
+    let body = json!({"model": "tollgate/auto", "stream": true, "max_tokens": 100,
+                      "messages": [{"role": "user", "content": "Count to three"}]});
+    send_chat(&mut s, &key_for("stream"), &body);
+    s.response_headers(&[(":status", "200"), ("content-type", "text/event-stream")], false);
+    let events = openai_sse("gpt-4o", &["One", ", two", ", three."], 21, 4);
+    for e in &events[..2] {
+        s.response_body(e, false);
+    }
+    s.finish();
+    assert_eq!(holds(&host, "stream"), 0, "{}", budget(&host, "stream"));
+    let spent = spent_tokens(&host, "stream");
+    assert!(spent > 0 && spent < 21 + 100, "charged {spent}: the prompt and the output seen, not the whole hold");
+}
