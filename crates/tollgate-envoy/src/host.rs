@@ -31,7 +31,7 @@ impl SharedData for EnvoyShared {
 /// bytes, and let a value that is not UTF-8 arrive lossily (it then fails
 /// whatever check it is for, e.g. authentication, instead of trapping).
 pub fn header(map: MapType, name: &str) -> Option<String> {
-    let bytes = hostcalls::get_map_value_bytes(map, name).ok().flatten()?;
+    let bytes = raw::header_value(map as u32, name)?;
     Some(String::from_utf8(bytes).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned()))
 }
 
@@ -40,15 +40,164 @@ pub fn header(map: MapType, name: &str) -> Option<String> {
 /// UTF-8 is left out: these lists feed re-issued requests (fallbacks, Redis),
 /// where passing it on mangled would be worse than not passing it on.
 pub fn headers(map: MapType) -> Vec<(String, String)> {
-    hostcalls::get_map_bytes(map)
-        .unwrap_or_default()
+    let Some(serialized) = raw::header_pairs(map as u32) else {
+        return Vec::new();
+    };
+    raw::deserialize_pairs(&serialized)
         .into_iter()
-        .filter_map(|(name, value)| String::from_utf8(value).ok().map(|value| (name, value)))
+        .filter_map(|(name, value)| Some((String::from_utf8(name).ok()?, String::from_utf8(value).ok()?)))
         .collect()
 }
 
+/// Whether the response passing the filter now is Envoy's own reply to an
+/// upstream failure (route timeout, reset, refused connection, no healthy
+/// host, no route) rather than the provider's: Envoy records why it made a
+/// response in `response.code_details`, and "via_upstream" means the
+/// provider sent it. A provider's own 504 is a provider status; Envoy's is
+/// a timeout.
+pub fn response_made_by_envoy() -> bool {
+    let path = b"response\0code_details";
+    let Some(details) = raw::property(path) else {
+        return false;
+    };
+    // The router's names for them (`response_timeout` is the route timeout).
+    details.starts_with(b"upstream_")
+        || matches!(
+            &details[..],
+            b"response_timeout"
+                | b"no_healthy_upstream"
+                | b"cluster_not_found"
+                | b"route_not_found"
+                | b"maintenance_mode"
+        )
+}
+
+/// The same for the answer to a `dispatch_http_call`, which has no
+/// `response.code_details`: Envoy's async client answers a timeout or a
+/// failed connection with a short plain-text body of its own.
+pub fn callout_made_by_envoy(status: u16, content_type: &str, body: &[u8]) -> bool {
+    const ENVOY_TEXTS: [&[u8]; 3] = [b"upstream request timeout", b"upstream connect error", b"no healthy upstream"];
+    matches!(status, 503 | 504)
+        && content_type.starts_with("text/plain")
+        && ENVOY_TEXTS.iter().any(|text| body.starts_with(text))
+}
+
 pub fn buffer(kind: BufferType, size: usize) -> Vec<u8> {
-    hostcalls::get_buffer(kind, 0, size).ok().flatten().unwrap_or_default()
+    raw::buffer(kind as u32, size).unwrap_or_default()
+}
+
+/// The reads whose status depends on where Envoy is in a stream (a failed
+/// callout has no response headers or body; a property may be missing),
+/// made directly: the SDK's wrappers panic on any status they do not
+/// expect, such as `BadArgument` for the headers of a callout that got no
+/// answer, and a panic traps the VM. Here every failure is `None`.
+///
+/// The only unsafe code in the filter: four host imports with the SDK's own
+/// signatures, and taking back the bytes the host allocated.
+#[allow(unsafe_code)]
+mod raw {
+    /// `Status::Ok` in the proxy-wasm ABI.
+    const OK: u32 = 0;
+
+    #[cfg(target_arch = "wasm32")]
+    #[link(wasm_import_module = "env")]
+    unsafe extern "C" {
+        pub fn proxy_get_header_map_value(
+            map: u32,
+            key: *const u8,
+            key_size: usize,
+            data: *mut *mut u8,
+            size: *mut usize,
+        ) -> u32;
+        fn proxy_get_header_map_pairs(map: u32, data: *mut *mut u8, size: *mut usize) -> u32;
+        fn proxy_get_property(path: *const u8, path_size: usize, data: *mut *mut u8, size: *mut usize) -> u32;
+        fn proxy_get_buffer_bytes(kind: u32, start: usize, max: usize, data: *mut *mut u8, size: *mut usize) -> u32;
+    }
+
+    // Native builds (unit tests) have no host: every read finds nothing.
+    #[cfg(not(target_arch = "wasm32"))]
+    mod native {
+        pub unsafe fn proxy_get_header_map_value(
+            _: u32,
+            _: *const u8,
+            _: usize,
+            _: *mut *mut u8,
+            _: *mut usize,
+        ) -> u32 {
+            1
+        }
+        pub unsafe fn proxy_get_header_map_pairs(_: u32, _: *mut *mut u8, _: *mut usize) -> u32 {
+            1
+        }
+        pub unsafe fn proxy_get_property(_: *const u8, _: usize, _: *mut *mut u8, _: *mut usize) -> u32 {
+            1
+        }
+        pub unsafe fn proxy_get_buffer_bytes(_: u32, _: usize, _: usize, _: *mut *mut u8, _: *mut usize) -> u32 {
+            1
+        }
+    }
+    #[cfg(not(target_arch = "wasm32"))]
+    pub use native::*;
+
+    pub fn header_value(map: u32, name: &str) -> Option<Vec<u8>> {
+        // SAFETY: `name` outlives the call; the host writes the out-pointers.
+        get(|data, size| unsafe { proxy_get_header_map_value(map, name.as_ptr(), name.len(), data, size) })
+    }
+
+    pub fn header_pairs(map: u32) -> Option<Vec<u8>> {
+        // SAFETY: the host writes the out-pointers.
+        get(|data, size| unsafe { proxy_get_header_map_pairs(map, data, size) })
+    }
+
+    /// `path`: the segments joined by NUL, as the ABI takes them.
+    pub fn property(path: &[u8]) -> Option<Vec<u8>> {
+        // SAFETY: `path` outlives the call; the host writes the out-pointers.
+        get(|data, size| unsafe { proxy_get_property(path.as_ptr(), path.len(), data, size) })
+    }
+
+    pub fn buffer(kind: u32, max: usize) -> Option<Vec<u8>> {
+        // SAFETY: the host writes the out-pointers.
+        get(|data, size| unsafe { proxy_get_buffer_bytes(kind, 0, max, data, size) })
+    }
+
+    /// Run one read; the bytes the host returned, if it returned any. The
+    /// host allocates them with the module's `proxy_on_memory_allocate`
+    /// (the SDK's, a `Vec` allocation), so they are taken back as a `Vec`.
+    fn get(call: impl FnOnce(*mut *mut u8, *mut usize) -> u32) -> Option<Vec<u8>> {
+        let mut data: *mut u8 = std::ptr::null_mut();
+        let mut size: usize = 0;
+        if call(&mut data, &mut size) != OK {
+            return None;
+        }
+        if data.is_null() {
+            return Some(Vec::new());
+        }
+        // SAFETY: on Ok the host handed over `size` bytes it allocated
+        // through proxy_on_memory_allocate, which is Vec::with_capacity(size).
+        Some(unsafe { Vec::from_raw_parts(data, size, size) })
+    }
+
+    /// The ABI's map encoding: a u32 count, then a (name length, value
+    /// length) u32 pair per entry, then each name and value followed by a
+    /// NUL. Anything out of bounds ends the list instead of panicking.
+    pub fn deserialize_pairs(bytes: &[u8]) -> Vec<(Vec<u8>, Vec<u8>)> {
+        let u32_at = |at: usize| -> Option<usize> {
+            let b = bytes.get(at..at.checked_add(4)?)?;
+            Some(u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize)
+        };
+        let Some(count) = u32_at(0) else { return Vec::new() };
+        let mut out = Vec::new();
+        let Some(mut at) = count.checked_mul(8).and_then(|n| n.checked_add(4)) else { return out };
+        for i in 0..count {
+            let (Some(name_len), Some(value_len)) = (u32_at(4 + i * 8), u32_at(8 + i * 8)) else { break };
+            let Some(name) = bytes.get(at..at.saturating_add(name_len)) else { break };
+            at = at.saturating_add(name_len).saturating_add(1);
+            let Some(value) = bytes.get(at..at.saturating_add(value_len)) else { break };
+            at = at.saturating_add(value_len).saturating_add(1);
+            out.push((name.to_vec(), value.to_vec()));
+        }
+        out
+    }
 }
 
 pub fn now_secs() -> u64 {
@@ -95,5 +244,42 @@ impl Counters {
             self.ids.borrow_mut().insert(name.to_owned(), id);
             let _ = hostcalls::increment_metric(id, i64::try_from(by).unwrap_or(i64::MAX));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::callout_made_by_envoy;
+    use super::raw::deserialize_pairs;
+
+    #[test]
+    fn header_pairs_decode_and_a_truncated_map_ends_the_list_without_a_panic() {
+        let mut map = Vec::new();
+        map.extend(2u32.to_le_bytes());
+        for (n, v) in [(5u32, 2u32), (1, 3)] {
+            map.extend(n.to_le_bytes());
+            map.extend(v.to_le_bytes());
+        }
+        map.extend(b":path\0/x\0a\0\xe9bc\0");
+        assert_eq!(
+            deserialize_pairs(&map),
+            vec![(b":path".to_vec(), b"/x".to_vec()), (b"a".to_vec(), b"\xe9bc".to_vec())]
+        );
+        for cut in 0..map.len() {
+            assert!(deserialize_pairs(&map[..cut]).len() <= 2);
+        }
+        assert!(deserialize_pairs(&[0xff, 0xff, 0xff, 0xff]).is_empty());
+    }
+
+    #[test]
+    fn envoys_own_timeout_reply_to_a_callout_is_told_apart_from_a_providers_504() {
+        assert!(callout_made_by_envoy(504, "text/plain", b"upstream request timeout"));
+        assert!(callout_made_by_envoy(503, "text/plain", b"upstream connect error or disconnect/reset before headers"));
+        assert!(!callout_made_by_envoy(
+            504,
+            "application/json",
+            br#"{"error":{"message":"upstream request timeout"}}"#
+        ));
+        assert!(!callout_made_by_envoy(500, "text/plain", b"upstream request timeout"));
     }
 }

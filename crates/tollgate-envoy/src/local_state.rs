@@ -11,7 +11,7 @@
 use tollgate_core::budget::{self, BudgetState, LedgerOp, LedgerReply};
 use tollgate_core::cache::{CacheEntry, CacheKey};
 use tollgate_core::outcomes::{
-    self, OutcomeLedger, OutcomeOp, OutcomeReply, OutcomeTotals, RECENT_CHUNK, RECENT_CHUNKS,
+    self, OutcomeLedger, OutcomeOp, OutcomeReply, OutcomeTotals, RECENT_CHUNK, RECENT_CHUNKS, RecentChunk, TierTotals,
 };
 use tollgate_core::store;
 use tollgate_core::{ApiFormat, engine::CacheFill};
@@ -105,12 +105,24 @@ pub fn apply_budget(shared: &dyn SharedData, tenant: &str, ops: &[LedgerOp], now
 
 /// Apply one outcome op (record, feedback, report) to a tenant's ledger.
 /// Reads only what the op needs: a record touches the totals and the chunk
-/// its slot falls in; feedback searches the whole ring. Chunks are written
-/// before the totals, and every write is conditional, so a lost race starts
-/// over from fresh reads (a repeated record is counted once by the core).
+/// its slot falls in; feedback searches the whole ring.
+///
+/// Two keys cannot be written atomically, so each op has one commit point,
+/// a compare-and-swap that decides it, and then lands the rest as a merge
+/// that cannot undo anyone else's write:
+/// - a record commits on the totals (counting it and claiming the next
+///   ring slot), then writes only its own slot into the chunk, re-reading
+///   the chunk when another thread wrote it meanwhile;
+/// - feedback commits on the chunk (the slot's verdict changes from what it
+///   read to what it says), then adds its change to the totals as a delta.
+///
+/// Writing a whole chunk and then the totals, both conditionally, is not
+/// enough: between the two writes another thread can read the new chunk
+/// with the old totals, put its record in the same slot, and the first
+/// thread's retry then finds its id gone or the slot taken.
 pub fn apply_outcome(shared: &dyn SharedData, tenant: &str, op: &OutcomeOp, now: u64) -> Option<OutcomeReply> {
     let totals_key = outcome_key(tenant, store::OUTCOME_TOTALS_KEY);
-    'attempt: for _ in 0..CAS_ATTEMPTS {
+    for _ in 0..CAS_ATTEMPTS {
         let (totals_bytes, totals_cas) = shared.get(&totals_key);
         let totals: OutcomeTotals = parse_or_default(totals_bytes);
         let wanted: Vec<usize> = match op {
@@ -118,34 +130,136 @@ pub fn apply_outcome(shared: &dyn SharedData, tenant: &str, op: &OutcomeOp, now:
             OutcomeOp::Feedback { .. } => (0..RECENT_CHUNKS).collect(),
             OutcomeOp::Report => Vec::new(),
         };
-        let mut chunks = vec![None; RECENT_CHUNKS];
+        let mut chunks: Vec<Option<RecentChunk>> = vec![None; RECENT_CHUNKS];
         let mut chunk_cas = [None; RECENT_CHUNKS];
         for &c in &wanted {
             let (bytes, cas) = shared.get(&outcome_key(tenant, &store::outcome_chunk_key(c)));
-            chunks[c] = Some(parse_or_default(bytes));
+            chunks[c] = Some(padded(parse_or_default(bytes)));
             chunk_cas[c] = cas;
         }
-        let mut ledger = OutcomeLedger::from_parts(totals, chunks);
+        let read_totals = totals.clone();
+        let mut ledger = OutcomeLedger::from_parts(totals, chunks.clone());
         let (reply, touched) = outcomes::apply(&mut ledger, op, now);
-        if let Some(c) = touched.chunk {
-            let json = serde_json::to_vec(&ledger.chunk(c)).ok()?;
-            match shared.set(&outcome_key(tenant, &store::outcome_chunk_key(c)), &json, chunk_cas[c]) {
-                Ok(()) => {}
-                Err(SetError::CasMismatch) => continue 'attempt,
-                Err(SetError::Failed) => return None,
+        let chunk_change = touched.chunk.map(|c| {
+            let key = outcome_key(tenant, &store::outcome_chunk_key(c));
+            (key, chunks[c].clone().unwrap_or_default(), ledger.chunk(c), chunk_cas[c])
+        });
+        match op {
+            OutcomeOp::Record { .. } => {
+                if touched.totals {
+                    let json = serde_json::to_vec(&ledger.totals).ok()?;
+                    match shared.set(&totals_key, &json, totals_cas) {
+                        Ok(()) => {}
+                        Err(SetError::CasMismatch) => continue,
+                        Err(SetError::Failed) => return None,
+                    }
+                }
+                if let Some((key, read, wrote, cas)) = chunk_change
+                    && !merge_chunk(shared, &key, &read, wrote, cas)
+                {
+                    // Counted, but feedback will not find this request.
+                    log::warn!("tollgate: a recent-request slot for tenant `{tenant}` could not be written");
+                }
             }
-        }
-        if touched.totals {
-            let json = serde_json::to_vec(&ledger.totals).ok()?;
-            match shared.set(&totals_key, &json, totals_cas) {
-                Ok(()) => {}
-                Err(SetError::CasMismatch) => continue 'attempt,
-                Err(SetError::Failed) => return None,
+            OutcomeOp::Feedback { .. } => {
+                if let Some((key, _, wrote, cas)) = chunk_change {
+                    let json = serde_json::to_vec(&wrote).ok()?;
+                    match shared.set(&key, &json, cas) {
+                        Ok(()) => {}
+                        Err(SetError::CasMismatch) => continue,
+                        Err(SetError::Failed) => return None,
+                    }
+                }
+                if touched.totals && !merge_totals(shared, &totals_key, &read_totals, &ledger.totals, totals_cas) {
+                    return None;
+                }
             }
+            OutcomeOp::Report => {}
         }
         return Some(reply);
     }
     None
+}
+
+/// A stored chunk (empty when never written) as exactly [`RECENT_CHUNK`] slots.
+fn padded(mut chunk: RecentChunk) -> RecentChunk {
+    chunk.resize(RECENT_CHUNK, None);
+    chunk
+}
+
+/// Write the slots that differ between `read` and `wrote`; when another
+/// thread wrote the chunk meanwhile, put just those slots into its version.
+fn merge_chunk(shared: &dyn SharedData, key: &str, read: &RecentChunk, wrote: RecentChunk, cas: Option<u32>) -> bool {
+    let changed: Vec<usize> = (0..wrote.len()).filter(|&i| read.get(i) != wrote.get(i)).collect();
+    let (mut value, mut cas) = (wrote.clone(), cas);
+    for _ in 0..CAS_ATTEMPTS {
+        let Ok(json) = serde_json::to_vec(&value) else { return false };
+        match shared.set(key, &json, cas) {
+            Ok(()) => return true,
+            Err(SetError::Failed) => return false,
+            Err(SetError::CasMismatch) => {
+                let (bytes, fresh_cas) = shared.get(key);
+                let mut fresh = padded(parse_or_default(bytes));
+                for &i in &changed {
+                    fresh[i].clone_from(&wrote[i]);
+                }
+                (value, cas) = (fresh, fresh_cas);
+            }
+        }
+    }
+    false
+}
+
+/// Add what changed between `read` and `wrote` to the stored totals,
+/// re-reading them when another thread wrote them meanwhile.
+fn merge_totals(
+    shared: &dyn SharedData,
+    key: &str,
+    read: &OutcomeTotals,
+    wrote: &OutcomeTotals,
+    cas: Option<u32>,
+) -> bool {
+    let (mut value, mut cas) = (wrote.clone(), cas);
+    for _ in 0..CAS_ATTEMPTS {
+        let Ok(json) = serde_json::to_vec(&value) else { return false };
+        match shared.set(key, &json, cas) {
+            Ok(()) => return true,
+            Err(SetError::Failed) => return false,
+            Err(SetError::CasMismatch) => {
+                let (bytes, fresh_cas) = shared.get(key);
+                let mut fresh: OutcomeTotals = parse_or_default(bytes);
+                for after in &wrote.tiers {
+                    let before = read.tiers.iter().find(|t| t.tier == after.tier).cloned().unwrap_or_default();
+                    let at = match fresh.tiers.iter().position(|t| t.tier == after.tier) {
+                        Some(at) => at,
+                        None => {
+                            fresh.tiers.push(TierTotals { tier: after.tier.clone(), ..TierTotals::default() });
+                            fresh.tiers.len() - 1
+                        }
+                    };
+                    shift(&mut fresh.tiers[at], &before, after);
+                }
+                (value, cas) = (fresh, fresh_cas);
+            }
+        }
+    }
+    false
+}
+
+/// `into += after - before`, field by field.
+fn shift(into: &mut TierTotals, before: &TierTotals, after: &TierTotals) {
+    fn by(into: &mut u64, before: u64, after: u64) {
+        *into = into.saturating_add(after.saturating_sub(before)).saturating_sub(before.saturating_sub(after));
+    }
+    by(&mut into.requests, before.requests, after.requests);
+    by(&mut into.resolved, before.resolved, after.resolved);
+    by(&mut into.unresolved, before.unresolved, after.unresolved);
+    by(&mut into.tokens, before.tokens, after.tokens);
+    by(&mut into.micros, before.micros, after.micros);
+    by(&mut into.escalations, before.escalations, after.escalations);
+    by(&mut into.fallbacks, before.fallbacks, after.fallbacks);
+    by(&mut into.cache_hits, before.cache_hits, after.cache_hits);
+    by(&mut into.cache_saved_micros, before.cache_saved_micros, after.cache_saved_micros);
 }
 
 /// The node-local cache: a fixed number of slots, each one shared-data key
@@ -307,6 +421,38 @@ mod tests {
             panic!("no report")
         };
         assert_eq!((tiers[0].requests, tiers[0].resolved), (1, 1));
+    }
+
+    #[test]
+    fn threads_recording_and_giving_feedback_at_once_lose_no_request_and_no_verdict() {
+        let shared = Arc::new(FakeShared::default());
+        seed(shared.as_ref(), "t");
+        let record = |id: String| OutcomeOp::Record {
+            outcome: RequestOutcome { request_id: id, tier: "cheap".into(), tokens: 3, ..Default::default() },
+        };
+        let handles: Vec<_> = (0..8)
+            .map(|t| {
+                let shared = shared.clone();
+                std::thread::spawn(move || {
+                    for i in 0..40 {
+                        let id = format!("r{t}-{i}");
+                        assert!(apply_outcome(shared.as_ref(), "t", &record(id.clone()), 10).is_some());
+                        let fb = OutcomeOp::Feedback { request_id: id, resolved: i % 2 == 0 };
+                        let reply = apply_outcome(shared.as_ref(), "t", &fb, 10);
+                        assert!(matches!(reply, Some(OutcomeReply::FeedbackRecorded { .. })), "{reply:?}");
+                    }
+                })
+            })
+            .collect();
+        for h in handles {
+            h.join().unwrap();
+        }
+        let Some(OutcomeReply::Report { tiers }) = apply_outcome(shared.as_ref(), "t", &OutcomeOp::Report, 12) else {
+            panic!("no report")
+        };
+        let cheap = &tiers[0];
+        assert_eq!((cheap.requests, cheap.tokens), (320, 960));
+        assert_eq!((cheap.resolved, cheap.unresolved), (160, 160));
     }
 
     #[test]

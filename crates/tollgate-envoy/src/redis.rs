@@ -36,7 +36,7 @@ return {1, tostring(nv)}";
 
 /// Round trips before a budget op counts as failed (the store is then
 /// unavailable, and the tenant's `store_failure` decides).
-pub const CAS_ROUNDS: usize = 16;
+pub const CAS_ROUNDS: usize = 32;
 
 /// Percent-encode every byte but unreserved letters and digits: webdis
 /// splits arguments on `/`, decodes `+` to a space, and reads a trailing
@@ -86,6 +86,87 @@ pub fn cache_key(prefix: &str, key: &str) -> String {
 /// What a VM last saw of each tenant's budget: version and state.
 pub type Memo = HashMap<String, (String, BudgetState)>;
 
+/// The most ops of other requests one compare-and-set carries.
+pub const CARRY_LIMIT: usize = 64;
+
+/// One VM's view of its tenants' budgets in Redis: the memoised state, and
+/// the ops of this VM's requests that are waiting on a compare-and-set.
+///
+/// Why the waiting ops are shared: every request's update is a
+/// compare-and-set of the whole state, so N requests of one tenant racing
+/// each other land one per round and the last waits N rounds (200
+/// concurrent requests across two Envoys exhausted any sane round limit).
+/// Instead every attempt a VM sends carries the ops of all its requests
+/// that are still waiting for that tenant; whichever lands applies them all,
+/// and the others find their replies here when their own attempt loses.
+/// An op applied twice (once carried, once by its own request on a newer
+/// version) changes nothing the second time: the core's reserve, settle
+/// and release are idempotent per id.
+#[derive(Debug, Default)]
+pub struct BudgetBoard {
+    pub memo: Memo,
+    next_ticket: u64,
+    waiting: HashMap<String, Vec<(u64, Vec<LedgerOp>)>>,
+    done: HashMap<u64, Vec<LedgerReply>>,
+}
+
+impl BudgetBoard {
+    fn join(&mut self, tenant: &str, ops: &[LedgerOp]) -> u64 {
+        self.next_ticket += 1;
+        let ticket = self.next_ticket;
+        self.waiting.entry(tenant.to_owned()).or_default().push((ticket, ops.to_vec()));
+        ticket
+    }
+
+    /// Other requests' waiting ops for `tenant`, oldest first, bounded.
+    fn others(&self, tenant: &str, ticket: u64) -> Vec<(u64, Vec<LedgerOp>)> {
+        let Some(list) = self.waiting.get(tenant) else { return Vec::new() };
+        list.iter().filter(|(t, _)| *t != ticket).take(CARRY_LIMIT).cloned().collect()
+    }
+
+    /// Replies for carried ops that landed: their requests pick them up.
+    fn publish(&mut self, tenant: &str, landed: Vec<(u64, Vec<LedgerReply>)>) {
+        for (ticket, replies) in landed {
+            if self.is_waiting(tenant, ticket) {
+                self.remove_waiting(tenant, ticket);
+                self.done.insert(ticket, replies);
+            }
+        }
+    }
+
+    fn is_waiting(&self, tenant: &str, ticket: u64) -> bool {
+        self.waiting.get(tenant).is_some_and(|l| l.iter().any(|(t, _)| *t == ticket))
+    }
+
+    fn remove_waiting(&mut self, tenant: &str, ticket: u64) {
+        if let Some(list) = self.waiting.get_mut(tenant) {
+            list.retain(|(t, _)| *t != ticket);
+            if list.is_empty() {
+                self.waiting.remove(tenant);
+            }
+        }
+    }
+
+    fn take_done(&mut self, ticket: u64) -> Option<Vec<LedgerReply>> {
+        self.done.remove(&ticket)
+    }
+
+    /// A request that stops waiting (answered, failed, or gone) leaves.
+    pub fn leave(&mut self, tenant: &str, ticket: u64) {
+        self.remove_waiting(tenant, ticket);
+        self.done.remove(&ticket);
+    }
+
+    #[cfg(test)]
+    fn waiting_count(&self) -> usize {
+        self.waiting.values().map(Vec::len).sum::<usize>() + self.done.len()
+    }
+}
+
+/// What the last attempt sent: the state it wrote, its own replies, and the
+/// carried ops' replies by ticket.
+type Sent = (BudgetState, Vec<LedgerReply>, Vec<(u64, Vec<LedgerReply>)>);
+
 /// One budget update in flight: ops to apply, and what the last attempt sent.
 #[derive(Clone, Debug)]
 pub struct BudgetCas {
@@ -93,7 +174,8 @@ pub struct BudgetCas {
     pub ops: Vec<LedgerOp>,
     pub now: u64,
     rounds: usize,
-    sent: Option<(BudgetState, Vec<LedgerReply>)>,
+    ticket: Option<u64>,
+    sent: Option<Sent>,
 }
 
 /// What to do after a webdis answer.
@@ -109,44 +191,86 @@ pub enum CasStep {
 
 impl BudgetCas {
     pub fn new(tenant: &str, ops: Vec<LedgerOp>, now: u64) -> Self {
-        BudgetCas { tenant: tenant.to_owned(), ops, now, rounds: 0, sent: None }
+        BudgetCas { tenant: tenant.to_owned(), ops, now, rounds: 0, ticket: None, sent: None }
     }
 
-    /// The first request, computed from the memoised state.
-    pub fn start(&mut self, prefix: &str, memo: &Memo) -> Vec<u8> {
+    /// The first request, computed from the memoised state; joins the
+    /// board so other requests' attempts can carry this one's ops.
+    pub fn start(&mut self, prefix: &str, board: &mut BudgetBoard) -> Vec<u8> {
+        if let Some(ticket) = self.ticket.take() {
+            board.leave(&self.tenant, ticket);
+        }
+        self.rounds = 0;
+        self.ticket = Some(board.join(&self.tenant, &self.ops));
         let (version, state) =
-            memo.get(&self.tenant).cloned().unwrap_or_else(|| ("0".to_owned(), BudgetState::default()));
-        self.attempt(prefix, version, state)
+            board.memo.get(&self.tenant).cloned().unwrap_or_else(|| ("0".to_owned(), BudgetState::default()));
+        self.attempt(prefix, version, state, board)
     }
 
-    fn attempt(&mut self, prefix: &str, version: String, mut state: BudgetState) -> Vec<u8> {
+    /// Stop waiting (the request went away, or gives up).
+    pub fn leave(&mut self, board: &mut BudgetBoard) {
+        if let Some(ticket) = self.ticket.take() {
+            board.leave(&self.tenant, ticket);
+        }
+    }
+
+    fn attempt(&mut self, prefix: &str, version: String, mut state: BudgetState, board: &BudgetBoard) -> Vec<u8> {
         self.rounds += 1;
         let replies: Vec<LedgerReply> = self.ops.iter().map(|op| budget::apply(&mut state, op, self.now)).collect();
+        let carried: Vec<(u64, Vec<LedgerReply>)> = self
+            .ticket
+            .map(|ticket| board.others(&self.tenant, ticket))
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(ticket, ops)| (ticket, ops.iter().map(|op| budget::apply(&mut state, op, self.now)).collect()))
+            .collect();
         let data = serde_json::to_vec(&state).unwrap_or_default();
-        self.sent = Some((state, replies));
+        self.sent = Some((state, replies, carried));
         let key = budget_key(prefix, &self.tenant);
         command("EVAL", &[CAS_SCRIPT.as_bytes(), b"1", key.as_bytes(), version.as_bytes(), &data])
     }
 
     /// Read webdis's answer (`None` for a failed call).
-    pub fn on_reply(&mut self, prefix: &str, body: Option<&[u8]>, memo: &mut Memo) -> CasStep {
-        let Some(value) = body.and_then(|b| reply_value("EVAL", b)) else { return CasStep::Failed };
-        let Some(items) = value.as_array() else { return CasStep::Failed };
+    pub fn on_reply(&mut self, prefix: &str, body: Option<&[u8]>, board: &mut BudgetBoard) -> CasStep {
+        let step = self.read_reply(prefix, body, board);
+        if let CasStep::Done(_) = step {
+            self.leave(board);
+        }
+        step
+    }
+
+    fn read_reply(&mut self, prefix: &str, body: Option<&[u8]>, board: &mut BudgetBoard) -> CasStep {
+        let items = body.and_then(|b| reply_value("EVAL", b)).and_then(|v| v.as_array().cloned()).unwrap_or_default();
         match (items.first().and_then(serde_json::Value::as_i64), items.get(1).and_then(|v| v.as_str())) {
             (Some(1), Some(version)) => {
-                let Some((state, replies)) = self.sent.take() else { return CasStep::Failed };
-                memo.insert(self.tenant.clone(), (version.to_owned(), state));
-                CasStep::Done(replies)
+                let Some((state, replies, carried)) = self.sent.take() else { return CasStep::Failed };
+                board.memo.insert(self.tenant.clone(), (version.to_owned(), state));
+                board.publish(&self.tenant, carried);
+                return CasStep::Done(replies);
             }
-            (Some(0), Some(version)) if self.rounds < CAS_ROUNDS => {
+            (Some(0), Some(version)) => {
                 let data = items.get(2).and_then(|v| v.as_str()).unwrap_or("");
                 // Empty (or unreadable, after a format change) starts empty,
                 // as the Durable Object does.
                 let state: BudgetState = serde_json::from_str(data).unwrap_or_default();
-                memo.insert(self.tenant.clone(), (version.to_owned(), state.clone()));
-                CasStep::Send(self.attempt(prefix, version.to_owned(), state))
+                board.memo.insert(self.tenant.clone(), (version.to_owned(), state.clone()));
+                // Another request of this VM may have carried our ops.
+                if let Some(replies) = self.ticket.and_then(|t| board.take_done(t)) {
+                    return CasStep::Done(replies);
+                }
+                if self.rounds < CAS_ROUNDS {
+                    return CasStep::Send(self.attempt(prefix, version.to_owned(), state, board));
+                }
             }
-            _ => CasStep::Failed,
+            _ => {}
+        }
+        // Failed, but ours may have landed with another request's attempt.
+        match self.ticket.and_then(|t| board.take_done(t)) {
+            Some(replies) => CasStep::Done(replies),
+            None => {
+                self.leave(board);
+                CasStep::Failed
+            }
         }
     }
 }
@@ -176,18 +300,91 @@ mod tests {
 
     #[test]
     fn a_lost_race_retries_on_the_state_redis_returned_and_a_win_updates_the_memo() {
-        let mut memo = Memo::new();
+        let mut board = BudgetBoard::default();
         let mut cas = BudgetCas::new("acme", vec![status_op()], 100);
-        let first = String::from_utf8(cas.start("tg:", &memo)).unwrap();
+        let first = String::from_utf8(cas.start("tg:", &mut board)).unwrap();
         assert!(first.starts_with("EVAL/") && first.contains("/1/tg%3Abudget%3Aacme/0/"), "{first}");
         let theirs = serde_json::to_string(&BudgetState::default()).unwrap();
         let lost = serde_json::json!({"EVAL": [0, "7", theirs]}).to_string();
-        let CasStep::Send(second) = cas.on_reply("tg:", Some(lost.as_bytes()), &mut memo) else { panic!("no retry") };
+        let CasStep::Send(second) = cas.on_reply("tg:", Some(lost.as_bytes()), &mut board) else { panic!("no retry") };
         assert!(String::from_utf8(second).unwrap().contains("/tg%3Abudget%3Aacme/7/"));
         let won = br#"{"EVAL":[1,"8"]}"#;
-        assert!(matches!(cas.on_reply("tg:", Some(won), &mut memo), CasStep::Done(r) if r.len() == 1));
-        assert_eq!(memo["acme"].0, "8");
-        assert_eq!(cas.on_reply("tg:", None, &mut memo), CasStep::Failed);
+        assert!(matches!(cas.on_reply("tg:", Some(won), &mut board), CasStep::Done(r) if r.len() == 1));
+        assert_eq!(board.memo["acme"].0, "8");
+        assert_eq!(board.waiting_count(), 0, "a finished request leaves the board");
+        assert_eq!(cas.on_reply("tg:", None, &mut board), CasStep::Failed);
+    }
+
+    fn reserve_op(id: &str) -> LedgerOp {
+        let budgets = tollgate_core::TenantConfig::example().unwrap().budgets;
+        let request = budget::ReserveRequest {
+            id: id.to_owned(),
+            prompt_tokens: 10,
+            output_tokens: 10,
+            price: tollgate_core::pricing::ModelPrice { input: 1_000_000, cached_input: 500_000, output: 1_000_000 },
+            downgrade_price: None,
+        };
+        LedgerOp::Reserve { budgets, request }
+    }
+
+    fn held_ids(body: &[u8]) -> Vec<String> {
+        // The state is the last argument of `EVAL/<script>/1/<key>/<version>/<data>`.
+        let text = String::from_utf8(body.to_vec()).unwrap();
+        let data = text.rsplit('/').next().unwrap();
+        let mut bytes = Vec::new();
+        let mut i = 0;
+        let raw = data.as_bytes();
+        while i < raw.len() {
+            if raw[i] == b'%' {
+                bytes.push(u8::from_str_radix(&data[i + 1..i + 3], 16).unwrap());
+                i += 3;
+            } else {
+                bytes.push(raw[i]);
+                i += 1;
+            }
+        }
+        let state: BudgetState = serde_json::from_slice(&bytes).unwrap();
+        state.outstanding.iter().map(|o| o.id.clone()).collect()
+    }
+
+    #[test]
+    fn an_attempt_that_lands_carries_every_waiting_op_of_the_tenant_and_the_others_pick_up_their_replies() {
+        let mut board = BudgetBoard::default();
+        let mut a = BudgetCas::new("acme", vec![reserve_op("req_a")], 100);
+        let mut b = BudgetCas::new("acme", vec![reserve_op("req_b")], 100);
+        let mut other_tenant = BudgetCas::new("zeta", vec![reserve_op("req_z")], 100);
+        let _ = a.start("tg:", &mut board);
+        let _ = other_tenant.start("tg:", &mut board);
+        // b starts after a: its attempt carries a's reserve as well as its own.
+        let b_body = b.start("tg:", &mut board);
+        assert_eq!(held_ids(&b_body), ["req_b", "req_a"], "b carries a, and nothing of another tenant");
+        assert!(matches!(b.on_reply("tg:", Some(br#"{"EVAL":[1,"1"]}"#), &mut board), CasStep::Done(_)));
+        // a's own attempt (from version 0) lost; its reserve landed with b's.
+        let theirs = serde_json::to_string(&board.memo["acme"].1).unwrap();
+        let lost = serde_json::json!({"EVAL": [0, "1", theirs]}).to_string();
+        let CasStep::Done(replies) = a.on_reply("tg:", Some(lost.as_bytes()), &mut board) else {
+            panic!("a's carried reply was not picked up")
+        };
+        assert!(
+            matches!(replies.as_slice(), [LedgerReply::Granted { granted }] if granted.id == "req_a"),
+            "{replies:?}"
+        );
+        // The other tenant's request still waits for its own answer.
+        assert_eq!(board.waiting_count(), 1);
+        other_tenant.leave(&mut board);
+        assert_eq!(board.waiting_count(), 0);
+    }
+
+    #[test]
+    fn a_failed_call_still_answers_an_op_that_landed_with_another_request() {
+        let mut board = BudgetBoard::default();
+        let mut a = BudgetCas::new("acme", vec![reserve_op("req_a")], 100);
+        let mut b = BudgetCas::new("acme", vec![reserve_op("req_b")], 100);
+        let _ = a.start("tg:", &mut board);
+        let _ = b.start("tg:", &mut board);
+        assert!(matches!(b.on_reply("tg:", Some(br#"{"EVAL":[1,"1"]}"#), &mut board), CasStep::Done(_)));
+        assert!(matches!(a.on_reply("tg:", None, &mut board), CasStep::Done(r) if r.len() == 1));
+        assert_eq!(board.waiting_count(), 0);
     }
 }
 

@@ -10,7 +10,7 @@
 
 use crate::host::{self, Counters, EnvoyShared};
 use crate::local_state::{self, LocalCache};
-use crate::redis::{self, BudgetCas, CasStep, Memo, OutcomeCas, OutcomeStep};
+use crate::redis::{self, BudgetBoard, BudgetCas, CasStep, OutcomeCas, OutcomeStep};
 use crate::stream::Stream;
 use log::{error, info, warn};
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
@@ -40,7 +40,7 @@ pub struct Runtime {
     pub shared: EnvoyShared,
     pub cache: LocalCache,
     pub counters: Counters,
-    pub memo: RefCell<Memo>,
+    pub board: RefCell<BudgetBoard>,
     pub jobs: RefCell<VecDeque<Job>>,
 }
 
@@ -104,7 +104,7 @@ impl Context for Root {
         let body = ok.then(|| host::buffer(BufferType::HttpCallResponseBody, body_size));
         match &mut job.work {
             Work::Budget(cas) => {
-                let step = cas.on_reply(&rt.config.redis.key_prefix, body.as_deref(), &mut rt.memo.borrow_mut());
+                let step = cas.on_reply(&rt.config.redis.key_prefix, body.as_deref(), &mut rt.board.borrow_mut());
                 match step {
                     CasStep::Done(_) => {}
                     CasStep::Send(next) => self.send(&rt, job, next),
@@ -142,12 +142,18 @@ impl Root {
     fn retry_later(&mut self, rt: &Runtime, mut job: Job) {
         job.attempts += 1;
         if job.attempts >= JOB_ATTEMPTS {
+            if let Work::Budget(cas) = &mut job.work {
+                cas.leave(&mut rt.board.borrow_mut());
+            }
             error!("tollgate: gave up on a Redis write after {} attempts: {:?}", job.attempts, job.work);
             return;
         }
         // A fresh CAS round next time, from whatever the memo holds then.
-        match &job.work {
-            Work::Budget(cas) => job.work = Work::Budget(BudgetCas::new(&cas.tenant, cas.ops.clone(), cas.now)),
+        match &mut job.work {
+            Work::Budget(cas) => {
+                cas.leave(&mut rt.board.borrow_mut());
+                job.work = Work::Budget(BudgetCas::new(&cas.tenant, cas.ops.clone(), cas.now));
+            }
             Work::Outcome(cas) => job.work = Work::Outcome(OutcomeCas::new(&cas.tenant, cas.op.clone(), cas.now)),
             Work::CacheFill(_) => {}
         }
@@ -207,7 +213,7 @@ impl RootContext for Root {
             shared,
             cache,
             counters: Counters::default(),
-            memo: RefCell::new(Memo::new()),
+            board: RefCell::new(BudgetBoard::default()),
             jobs: RefCell::new(VecDeque::new()),
         }));
         true
@@ -218,7 +224,7 @@ impl RootContext for Root {
         let pending: Vec<Job> = rt.jobs.borrow_mut().drain(..).collect();
         for mut job in pending {
             let body = match &mut job.work {
-                Work::Budget(cas) => cas.start(&rt.config.redis.key_prefix, &rt.memo.borrow()),
+                Work::Budget(cas) => cas.start(&rt.config.redis.key_prefix, &mut rt.board.borrow_mut()),
                 Work::Outcome(cas) => cas.start(&rt.config.redis.key_prefix),
                 Work::CacheFill(fill) => {
                     let key = redis::cache_key(&rt.config.redis.key_prefix, fill.key.as_str());

@@ -248,9 +248,8 @@ impl Stream {
             let Some((tenant_id, config)) = self.tenant.clone() else { return Flow::Responded };
             next = match next {
                 Next::Respond(local, settlement) => {
-                    if self.plan.as_ref().is_some_and(Plan::served_from_cache) {
-                        self.count_routed(None);
-                    }
+                    // A cache hit counts in `tollgate.cache_hits`, not in
+                    // `tollgate.requests` (requests sent to a model).
                     self.close(rt, settlement.as_ref(), None);
                     self.send_local(&local);
                     return Flow::Responded;
@@ -367,7 +366,7 @@ impl Stream {
 
     /// The first round of a Redis budget update. None: waiting on webdis.
     fn start_budget_call(&mut self, rt: &Rc<Runtime>, mut cas: BudgetCas, reserve_id: Option<String>) -> Option<Next> {
-        let body = cas.start(&rt.config.redis.key_prefix, &rt.memo.borrow());
+        let body = cas.start(&rt.config.redis.key_prefix, &mut rt.board.borrow_mut());
         if reserve_id.is_some() {
             self.reserve_in_flight.clone_from(&reserve_id);
         }
@@ -395,7 +394,7 @@ impl Stream {
             Pending::Budget { mut cas, mut reserve_id } => {
                 let mut body = body;
                 let reply = loop {
-                    let step = cas.on_reply(&prefix, body.as_deref(), &mut rt.memo.borrow_mut());
+                    let step = cas.on_reply(&prefix, body.as_deref(), &mut rt.board.borrow_mut());
                     match step {
                         CasStep::Send(next_body) => {
                             match self.call_webdis(rt, &next_body, Pending::Budget { cas, reserve_id }) {
@@ -433,7 +432,7 @@ impl Stream {
             Pending::Usage(mut cas) => {
                 let mut body = body;
                 loop {
-                    let step = cas.on_reply(&prefix, body.as_deref(), &mut rt.memo.borrow_mut());
+                    let step = cas.on_reply(&prefix, body.as_deref(), &mut rt.board.borrow_mut());
                     match step {
                         CasStep::Send(next_body) => match self.call_webdis(rt, &next_body, Pending::Usage(cas)) {
                             Ok(()) => return None,
@@ -604,6 +603,11 @@ impl Stream {
             .then(|| host::header(MapType::HttpCallResponseHeaders, ":status"))
             .flatten()
             .and_then(|s| s.parse::<u16>().ok());
+        let body = host::buffer(BufferType::HttpCallResponseBody, body_size);
+        let content_type = host::header(MapType::HttpCallResponseHeaders, "content-type").unwrap_or_default();
+        // A callout that timed out (or could not connect) is a failure
+        // without a provider status, whatever status Envoy gave it.
+        let status = status.filter(|&s| !host::callout_made_by_envoy(s, &content_type, &body));
         let status = match status {
             Some(s) if !Plan::is_retryable(s) && Plan::can_pass_through(s) => s,
             other => {
@@ -612,8 +616,6 @@ impl Stream {
                 return self.drive(rt, next);
             }
         };
-        let body = host::buffer(BufferType::HttpCallResponseBody, body_size);
-        let content_type = host::header(MapType::HttpCallResponseHeaders, "content-type").unwrap_or_default();
         let Some((_, config)) = self.tenant.clone() else { return Flow::Responded };
         let Some(plan) = self.plan.as_mut() else { return Flow::Responded };
         let streamed = content_type.contains("text/event-stream") && (200..300).contains(&status);
@@ -657,7 +659,9 @@ impl Stream {
                 }
                 TenantOp::Outcome(op) if rt.redis_budgets() => rt.queue_outcome(tenant, op, now),
                 TenantOp::Outcome(op) => {
-                    let _ = local_state::apply_outcome(&rt.shared, tenant, &op, now);
+                    if local_state::apply_outcome(&rt.shared, tenant, &op, now).is_none() {
+                        log::error!("tollgate: could not record an outcome for tenant `{tenant}` in shared data");
+                    }
                 }
             }
         }
@@ -665,7 +669,7 @@ impl Stream {
 
     /// Metrics, cache fill and closing ops for an answered request.
     fn after_answer(&mut self, rt: &Runtime, fin: &Finish) {
-        self.count_routed(Some(fin));
+        self.count_routed(fin);
         if let Some(fill) = fin.cache_fill.clone() {
             match rt.config.cache {
                 CacheBackend::Local => {
@@ -678,19 +682,19 @@ impl Stream {
         self.close(rt, fin.settlement.as_ref(), Some(fin));
     }
 
-    fn count_routed(&self, fin: Option<&Finish>) {
+    /// `tollgate.requests` and its tokens and cost: one answered request
+    /// sent to a model (a cache hit is not one).
+    fn count_routed(&self, fin: &Finish) {
         let Some(plan) = self.plan.as_ref() else { return };
         let tier = plan.tier.clone().unwrap_or_else(|| "pinned".to_owned());
         let model = plan.current_target().map_or_else(|| "none".to_owned(), |t| t.model.clone());
         let labels = [("tier", tier.as_str()), ("model", model.as_str())];
         self.count(metrics::REQUESTS, &labels, 1);
-        if let Some(fin) = fin {
-            if let Some(usage) = fin.usage {
-                self.count(metrics::INPUT_TOKENS, &labels, usage.input_tokens);
-                self.count(metrics::OUTPUT_TOKENS, &labels, usage.output_tokens);
-            }
-            self.count(metrics::COST_MICROS, &labels, fin.cost_micros);
+        if let Some(usage) = fin.usage {
+            self.count(metrics::INPUT_TOKENS, &labels, usage.input_tokens);
+            self.count(metrics::OUTPUT_TOKENS, &labels, usage.output_tokens);
         }
+        self.count(metrics::COST_MICROS, &labels, fin.cost_micros);
     }
 
     // ---- other endpoints --------------------------------------------------
@@ -700,7 +704,7 @@ impl Stream {
         let status = LedgerOp::Status { budgets: config.budgets.clone() };
         if rt.redis_budgets() {
             let mut cas = BudgetCas::new(&tenant, vec![status], host::now_secs());
-            let body = cas.start(&rt.config.redis.key_prefix, &rt.memo.borrow());
+            let body = cas.start(&rt.config.redis.key_prefix, &mut rt.board.borrow_mut());
             if let Err(p) = self.call_webdis(rt, &body, Pending::Usage(cas)) {
                 self.on_webdis_answer(rt, *p, None);
             }
@@ -924,14 +928,20 @@ impl HttpContext for Stream {
     }
 
     fn on_http_response_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
-        if self.local_reply || self.forwarded.is_none() || self.relay.is_some() {
+        if self.local_reply || self.forwarded.is_none() {
             return Action::Continue;
         }
         let Some(rt) = self.rt.clone() else { return Action::Continue };
+        if self.relay.is_some() {
+            return Action::Continue;
+        }
         let status = host::header(MapType::HttpResponseHeaders, ":status").and_then(|s| s.parse::<u16>().ok());
         let status = match status {
-            Some(s) if !Plan::is_retryable(s) && Plan::can_pass_through(s) => s,
+            Some(s) if !host::response_made_by_envoy() && !Plan::is_retryable(s) && Plan::can_pass_through(s) => s,
             failed => {
+                // Envoy's own reply (a route timeout, a reset or refused
+                // connection) is a failure without a provider status.
+                let failed = if host::response_made_by_envoy() { None } else { failed };
                 // Nothing has reached the client: hold this answer back and
                 // try the next model (or answer with the plan's error).
                 log::warn!("tollgate: the provider answered {failed:?}; trying the next model");
@@ -956,18 +966,24 @@ impl HttpContext for Stream {
             let _ = hostcalls::remove_map_value(MapType::HttpResponseHeaders, "content-length");
         }
         self.relay = Some(Relay { status, observer, ended: None, json: Vec::new(), overflow: false });
-        if streamed {
-            if end_of_stream {
-                self.finish_relay();
-            }
-            return Action::Continue;
-        }
         if end_of_stream {
             self.finish_relay();
-            if let Some(plan) = &self.plan {
+            if !streamed && let Some(plan) = &self.plan {
                 set_response_headers(plan);
             }
             return Action::Continue;
+        }
+        if streamed {
+            // A stream's headers wait for its first bytes, so a provider that
+            // breaks off before them costs the client a clean 502 (which
+            // SDKs retry) rather than a 200 with an empty, broken stream.
+            // It cannot fall back here: once an upstream answer's headers
+            // reached this filter, Envoy sends its own reply for a broken
+            // upstream straight to the client, past the filters
+            // (envoy/README.md, "Differences from the Worker"). Needs
+            // `allow_on_headers_stop_iteration`, so the body still reaches
+            // this filter while the headers wait.
+            return Action::Pause;
         }
         // A JSON answer is held to its end (the client waits for all of it
         // anyway) so that its headers carry the real cost, not the estimate.
@@ -990,6 +1006,7 @@ impl HttpContext for Stream {
         let chunk = host::buffer(BufferType::HttpResponseBody, body_size);
         match relay.observer.as_mut() {
             Some(observer) => {
+                // Continuing from here sends the held headers with these bytes.
                 let mut out = Vec::with_capacity(chunk.len());
                 observer.feed(&chunk, &mut out);
                 if end_of_stream {
@@ -1025,6 +1042,10 @@ impl HttpContext for Stream {
     fn on_log(&mut self) {
         // The stream is over, whatever happened: nothing may stay held.
         let Some(rt) = self.rt.clone() else { return };
+        if let Some((_, Pending::Budget { cas, .. } | Pending::Usage(cas))) = self.pending.as_mut() {
+            // Nobody will pick up its reply: other requests stop carrying it.
+            cas.leave(&mut rt.board.borrow_mut());
+        }
         if let (Some(id), Some((tenant, config))) = (self.reserve_in_flight.take(), &self.tenant) {
             // The client left while a Redis reserve was out: release by id,
             // so whichever lands first, nothing stays held.
