@@ -23,9 +23,8 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import TypeVar
 
 import pytest
 
@@ -35,23 +34,7 @@ import hosts  # noqa: E402
 import tenants  # noqa: E402
 from hosts import HOSTS, ACME_KEY, GLOBEX_KEY, ROOT, Envoy, Missing, Mock, Redis, RedisEnvoys, Router, Webdis, Worker  # noqa: E402, F401
 
-T = TypeVar("T")
-
-
-def _fail_missing(problem: str) -> None:
-    pytest.fail(f"end-to-end prerequisite missing: {problem}", pytrace=False)
-
-
-def started(start: Callable[[], T]) -> T:
-    """`start()`, turning a missing prerequisite into a failed (never skipped)
-    session with the command to run."""
-    problem = None
-    try:
-        return start()
-    except Missing as e:
-        problem = str(e)
-    _fail_missing(problem)
-    raise AssertionError("unreachable")
+from prereq import running, started  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -68,17 +51,8 @@ def run_dir() -> Iterator[Path]:
 @pytest.fixture(scope="session")
 def mock(run_dir: Path) -> Iterator[Mock]:
     binary = Path(os.environ.get("TOLLGATE_MOCK_BIN") or ROOT / "target" / "debug" / "tollgate-mock")
-    problem = None
-    try:
-        m = Mock.start(binary, run_dir / "mock.log")
-    except Missing as e:
-        problem = str(e)
-    if problem:
-        _fail_missing(problem)
-    try:
+    with running(lambda: Mock.start(binary, run_dir / "mock.log")) as m:
         yield m
-    finally:
-        m.stop()
 
 
 @pytest.fixture
@@ -98,17 +72,9 @@ def worker(mock: Mock, run_dir: Path) -> Iterator[Worker]:
 
     `worker.seed_tenant(config, keys)` adds tenants while it runs: the next
     request sees them. It costs seconds; add tenants to tenants.py instead."""
-    problem = None
-    try:
-        w = hosts.start_worker(mock, run_dir / "worker", tenants=tenants.TENANTS, extra_entries=tenants.EXTRA_ENTRIES)
-    except Missing as e:
-        problem = str(e)
-    if problem:
-        _fail_missing(problem)
-    try:
+    with running(lambda: hosts.start_worker(mock, run_dir / "worker", tenants=tenants.TENANTS,
+                                            extra_entries=tenants.EXTRA_ENTRIES)) as w:
         yield w
-    finally:
-        w.stop()
 
 
 @pytest.fixture(scope="session")

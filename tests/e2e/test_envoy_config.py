@@ -21,6 +21,7 @@ import hosts
 import tenants
 from calls import EASY_PROMPT, assert_error, bearer, chat, chat_body, unique
 from hosts import ACME_KEY, ROOT, Envoy, Mock
+from prereq import running
 
 
 def bootstrap_for(mock: Mock, plugin: dict) -> dict:
@@ -103,17 +104,8 @@ def test_the_local_example_config_holds_the_example_tenants_unchanged():
 @pytest.fixture
 def bare_envoy(mock: Mock, run_dir: Path) -> Iterator[Envoy]:
     """The same bootstrap with the filter left out."""
-    problem = None
-    try:
-        e = hosts.start_envoy(mock, run_dir / "envoy-bare", name="envoy-bare", with_filter=False)
-    except hosts.Missing as exc:
-        problem = str(exc)
-    if problem:
-        pytest.fail(f"end-to-end prerequisite missing: {problem}", pytrace=False)
-    try:
+    with running(lambda: hosts.start_envoy(mock, run_dir / "envoy-bare", name="envoy-bare", with_filter=False)) as e:
         yield e
-    finally:
-        e.stop()
 
 
 def test_without_the_filter_a_request_reaches_no_provider(bare_envoy, clean_mock):

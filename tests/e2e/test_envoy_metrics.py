@@ -23,6 +23,7 @@ import pytest
 import hosts
 from calls import EASY_PROMPT, HARD_PROMPT, chat, chat_body, cost_micros, unique
 from hosts import Envoy, Mock
+from prereq import started
 from tenants import daily_budget, key_for, routed_tenant
 
 KEY = key_for("e2e-metrics")
@@ -69,12 +70,7 @@ def segment(value: str) -> str:
 
 
 def start(mock: Mock, run_dir: Path, name: str, **kw) -> Envoy:
-    problem = None
-    try:
-        return hosts.start_envoy(mock, run_dir / name, name=name, tenants=TENANTS, **kw)
-    except hosts.Missing as e:
-        problem = str(e)
-    pytest.fail(f"end-to-end prerequisite missing: {problem}", pytrace=False)
+    return started(lambda: hosts.start_envoy(mock, run_dir / name, name=name, tenants=TENANTS, **kw))
 
 
 @dataclass

@@ -40,6 +40,7 @@ from calls import (
     usage,
 )
 from hosts import Envoy, Mock, RedisEnvoys
+from prereq import running
 from tenants import key_for, single_tier_tenant, strict_daily
 
 CACHE_KEY = registry.CACHE_A_KEY  # doorkeeper off, metered
@@ -231,21 +232,10 @@ RACE_LIMIT_USD = 0.044
 
 @pytest.fixture
 def race_envoy(mock: Mock, run_dir: Path) -> Iterator[Envoy]:
-    problem = None
-    try:
-        e = hosts.start_envoy(
-            mock, run_dir / "envoy-race", name="envoy-race",
-            tenants=[(single_tier_tenant("e2e-envoy-race", [f"openai/{RACE_MODEL}"],
-                                         budgets=strict_daily(usd=RACE_LIMIT_USD)), [RACE_KEY])],
-        )
-    except hosts.Missing as exc:
-        problem = str(exc)
-    if problem:
-        pytest.fail(f"end-to-end prerequisite missing: {problem}", pytrace=False)
-    try:
+    tenant = single_tier_tenant("e2e-envoy-race", [f"openai/{RACE_MODEL}"], budgets=strict_daily(usd=RACE_LIMIT_USD))
+    with running(lambda: hosts.start_envoy(mock, run_dir / "envoy-race", name="envoy-race",
+                                           tenants=[(tenant, [RACE_KEY])])) as e:
         yield e
-    finally:
-        e.stop()
 
 
 def test_both_worker_threads_racing_for_one_budget_never_spend_past_the_limit(race_envoy, clean_mock):

@@ -25,7 +25,8 @@ import pytest
 
 import hosts
 from calls import upstream_calls
-from hosts import ROOT, Mock, Missing, Worker
+from hosts import ROOT, Mock, Worker
+from prereq import started
 from tenants import daily_budget, key_for, routed_tenant
 
 WRANGLER_DIR = ROOT / "tests" / "e2e" / "wrangler"
@@ -52,12 +53,7 @@ DEGRADED_TENANTS = [
 
 
 def start(mock: Mock, work_dir: Path, config: str, tenants: list) -> Worker:
-    problem = None
-    try:
-        return hosts.start_worker(mock, work_dir, tenants=tenants, config=WRANGLER_DIR / config)
-    except Missing as e:
-        problem = str(e)
-    pytest.fail(f"end-to-end prerequisite missing: {problem}", pytrace=False)
+    return started(lambda: hosts.start_worker(mock, work_dir, tenants=tenants, config=WRANGLER_DIR / config))
 
 
 @pytest.fixture(scope="module")

@@ -44,6 +44,7 @@ from calls import (
 )
 from hosts import HOSTS, Router
 from hosts import Mock
+from prereq import running
 
 KEY = tenants.FAULTS_KEY
 FIRST, SECOND = (m.split("/", 1)[1] for m in tenants.CHEAP_OPENAI)  # gpt-4o-mini, gpt-4.1-nano
@@ -71,32 +72,25 @@ def stream(url: str, body: dict) -> httpx.Response:
 def slow_router(request, mock: Mock, run_dir: Path) -> Iterator[Router]:
     """A second host of the same kind as `router`, with a 1 s upstream
     timeout and only the faults tenant."""
-    problem = None
-    try:
+    def start():
         if request.param == "worker":
-            host = hosts.start_worker(
+            return hosts.start_worker(
                 mock,
                 run_dir / "worker-upstream-timeout",
                 tenants=[(tenants.FAULTS, [KEY])],
                 first_one_by_one=False,
                 variables={"UPSTREAM_TIMEOUT_MS": str(UPSTREAM_TIMEOUT_MS)},
             )
-        else:
-            host = hosts.start_envoy(
-                mock,
-                run_dir / "envoy-upstream-timeout",
-                name="envoy-upstream-timeout",
-                tenants=[(tenants.FAULTS, [KEY])],
-                upstream_timeout_ms=UPSTREAM_TIMEOUT_MS,
-            )
-    except hosts.Missing as e:
-        problem = str(e)
-    if problem:
-        pytest.fail(f"end-to-end prerequisite missing: {problem}", pytrace=False)
-    try:
+        return hosts.start_envoy(
+            mock,
+            run_dir / "envoy-upstream-timeout",
+            name="envoy-upstream-timeout",
+            tenants=[(tenants.FAULTS, [KEY])],
+            upstream_timeout_ms=UPSTREAM_TIMEOUT_MS,
+        )
+
+    with running(start) as host:
         yield Router(name=request.param, host=host)
-    finally:
-        host.stop()
 
 
 # 401/403 too: they are about the router's key for that provider, which the

@@ -191,23 +191,13 @@ fn padded(mut chunk: RecentChunk) -> RecentChunk {
 /// thread wrote the chunk meanwhile, put just those slots into its version.
 fn merge_chunk(shared: &dyn SharedData, key: &str, read: &RecentChunk, wrote: RecentChunk, cas: Option<u32>) -> bool {
     let changed: Vec<usize> = (0..wrote.len()).filter(|&i| read.get(i) != wrote.get(i)).collect();
-    let (mut value, mut cas) = (wrote.clone(), cas);
-    for _ in 0..CAS_ATTEMPTS {
-        let Ok(json) = serde_json::to_vec(&value) else { return false };
-        match shared.set(key, &json, cas) {
-            Ok(()) => return true,
-            Err(SetError::Failed) => return false,
-            Err(SetError::CasMismatch) => {
-                let (bytes, fresh_cas) = shared.get(key);
-                let mut fresh = padded(parse_or_default(bytes));
-                for &i in &changed {
-                    fresh[i].clone_from(&wrote[i]);
-                }
-                (value, cas) = (fresh, fresh_cas);
-            }
+    write_merging(shared, key, wrote.clone(), cas, |bytes| {
+        let mut fresh = padded(parse_or_default(bytes));
+        for &i in &changed {
+            fresh[i].clone_from(&wrote[i]);
         }
-    }
-    false
+        fresh
+    })
 }
 
 /// Add what changed between `read` and `wrote` to the stored totals,
@@ -219,7 +209,32 @@ fn merge_totals(
     wrote: &OutcomeTotals,
     cas: Option<u32>,
 ) -> bool {
-    let (mut value, mut cas) = (wrote.clone(), cas);
+    write_merging(shared, key, wrote.clone(), cas, |bytes| {
+        let mut fresh: OutcomeTotals = parse_or_default(bytes);
+        for after in &wrote.tiers {
+            let before = read.tiers.iter().find(|t| t.tier == after.tier).cloned().unwrap_or_default();
+            let at = match fresh.tiers.iter().position(|t| t.tier == after.tier) {
+                Some(at) => at,
+                None => {
+                    fresh.tiers.push(TierTotals { tier: after.tier.clone(), ..TierTotals::default() });
+                    fresh.tiers.len() - 1
+                }
+            };
+            shift(&mut fresh.tiers[at], &before, after);
+        }
+        fresh
+    })
+}
+
+/// Write `value` with `cas`; on a mismatch, rebuild it from the key's
+/// current bytes with `remerge` and try again.
+fn write_merging<T: serde::Serialize>(
+    shared: &dyn SharedData,
+    key: &str,
+    mut value: T,
+    mut cas: Option<u32>,
+    remerge: impl Fn(Option<Vec<u8>>) -> T,
+) -> bool {
     for _ in 0..CAS_ATTEMPTS {
         let Ok(json) = serde_json::to_vec(&value) else { return false };
         match shared.set(key, &json, cas) {
@@ -227,19 +242,7 @@ fn merge_totals(
             Err(SetError::Failed) => return false,
             Err(SetError::CasMismatch) => {
                 let (bytes, fresh_cas) = shared.get(key);
-                let mut fresh: OutcomeTotals = parse_or_default(bytes);
-                for after in &wrote.tiers {
-                    let before = read.tiers.iter().find(|t| t.tier == after.tier).cloned().unwrap_or_default();
-                    let at = match fresh.tiers.iter().position(|t| t.tier == after.tier) {
-                        Some(at) => at,
-                        None => {
-                            fresh.tiers.push(TierTotals { tier: after.tier.clone(), ..TierTotals::default() });
-                            fresh.tiers.len() - 1
-                        }
-                    };
-                    shift(&mut fresh.tiers[at], &before, after);
-                }
-                (value, cas) = (fresh, fresh_cas);
+                (value, cas) = (remerge(bytes), fresh_cas);
             }
         }
     }
