@@ -9,7 +9,9 @@ cd "$ROOT"
 # clone has no ../shared; checks that need it say so and skip.
 export TOLLGATE_SHARED_DIR="${TOLLGATE_SHARED_DIR:-$ROOT/../shared}"
 
-step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
+# Each step header carries the minutes and seconds since the script began
+# (bash's SECONDS), so a slow CI run shows where its time went.
+step() { printf '\n\033[1m== %s\033[0m  [%dm%02ds]\n' "$*" $((SECONDS / 60)) $((SECONDS % 60)); }
 note() { printf '   %s\n' "$*"; }
 die() { printf 'error: %s\n' "$*" >&2; exit 1; }
 
