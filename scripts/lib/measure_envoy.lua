@@ -6,6 +6,12 @@
 --   TG_BODY     file holding the JSON body, with @@ID@@ where a per-request
 --               id goes (thread number and request counter)
 --   TG_HEADERS  file of "name: value" lines
+--   TG_DELAY_MS optional: mean pause (ms) before each request on a
+--               connection, drawn uniformly from 0.5x..1.5x so connections do
+--               not fire in step; paces the load to about
+--               connections * 1000 / TG_DELAY_MS requests per second. wrk
+--               starts a request's clock after its pause, so the pause is not
+--               in the latency.
 --
 -- The result line is
 --   TGRESULT requests duration_us p50_us p90_us p99_us p999_us max_us mean_us
@@ -15,6 +21,7 @@
 local path = os.getenv("TG_PATH")
 local body_file = os.getenv("TG_BODY")
 local headers_file = os.getenv("TG_HEADERS")
+local delay_ms = tonumber(os.getenv("TG_DELAY_MS") or "0") or 0
 
 local threads = 0
 
@@ -27,6 +34,7 @@ local prefix, suffix, headers
 local counter = 0
 
 function init(args)
+  math.randomseed(os.time() + thread_no * 7919)
   local f = assert(io.open(body_file, "rb"))
   local template = f:read("*a")
   f:close()
@@ -44,6 +52,13 @@ end
 function request()
   counter = counter + 1
   return wrk.format("POST", path, headers, prefix .. thread_no .. "-" .. counter .. suffix)
+end
+
+if delay_ms > 0 then
+  -- Defined only when pacing: wrk checks whether the script has delay().
+  function delay()
+    return math.floor(delay_ms * (0.5 + math.random()) + 0.5)
+  end
 end
 
 function done(summary, latency, requests)
