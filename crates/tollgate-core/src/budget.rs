@@ -124,8 +124,37 @@ pub struct BudgetState {
     pub windows: Vec<WindowSpend>,
     #[serde(default)]
     pub outstanding: Vec<Outstanding>,
-    #[serde(default)]
-    pub recently_settled: Vec<String>,
+    /// Fingerprints ([`settled_fingerprint`]) of the last finished ids.
+    /// Numbers, not the ids: this list is most of the state's size, and
+    /// hosts read and write the whole state on every reserve and settle
+    /// (Envoy's shared data, Redis), so 512 ids as strings cost about 20 KB
+    /// of JSON each way. Older states holding ids are read too.
+    #[serde(default, deserialize_with = "settled_from_ids_or_fingerprints")]
+    pub recently_settled: Vec<u64>,
+}
+
+/// A finished request id as remembered: 64 bits of FNV-1a. A new id
+/// matching one of the last 512 by chance (a 2^-55 event per reserve)
+/// would make that reserve hold nothing.
+pub fn settled_fingerprint(id: &str) -> u64 {
+    id.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3))
+}
+
+fn settled_from_ids_or_fingerprints<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<u64>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Settled {
+        Fingerprint(u64),
+        Id(String),
+    }
+    let items: Vec<Settled> = Vec::deserialize(d)?;
+    Ok(items
+        .into_iter()
+        .map(|s| match s {
+            Settled::Fingerprint(f) => f,
+            Settled::Id(id) => settled_fingerprint(&id),
+        })
+        .collect())
 }
 
 /// What a request asks to hold.
@@ -284,7 +313,7 @@ pub fn reserve(
             remaining: state.remaining(&budgets.limits),
         });
     }
-    if state.recently_settled.contains(&req.id) {
+    if state.recently_settled.contains(&settled_fingerprint(&req.id)) {
         // A reserve retried after its request already settled holds nothing.
         return Ok(Granted {
             id: req.id.clone(),
@@ -362,7 +391,7 @@ pub fn reserve(
 /// unknown hold still charges the actual spend, which really happened.
 pub fn settle(state: &mut BudgetState, budgets: &Budgets, id: &str, actual: Amount, now: u64) -> Remaining {
     state.sync(&budgets.limits, now);
-    if state.recently_settled.iter().any(|s| s == id) {
+    if state.recently_settled.contains(&settled_fingerprint(id)) {
         return state.remaining(&budgets.limits);
     }
     state.outstanding.retain(|o| o.id != id);
@@ -374,7 +403,7 @@ pub fn settle(state: &mut BudgetState, budgets: &Budgets, id: &str, actual: Amou
 /// A finished id: a reserve or settle that arrives late for it (a retry, or
 /// a call that timed out at the host but landed) changes nothing.
 fn remember_finished(state: &mut BudgetState, id: &str) {
-    state.recently_settled.push(id.to_owned());
+    state.recently_settled.push(settled_fingerprint(id));
     if state.recently_settled.len() > RECENTLY_SETTLED {
         let excess = state.recently_settled.len() - RECENTLY_SETTLED;
         state.recently_settled.drain(..excess);
@@ -388,7 +417,7 @@ pub fn release(state: &mut BudgetState, budgets: &Budgets, id: &str, now: u64) -
     state.outstanding.retain(|o| o.id != id);
     // Also for an id never reserved: a host releases after a reserve that
     // timed out, and that reserve may still arrive; it must then hold nothing.
-    if !state.recently_settled.iter().any(|s| s == id) {
+    if !state.recently_settled.contains(&settled_fingerprint(id)) {
         remember_finished(state, id);
     }
     state.remaining(&budgets.limits)
@@ -616,6 +645,17 @@ mod tests {
         let granted = reserve(&mut state, &budgets, &req, 0).unwrap();
         assert_eq!(granted.amount, Amount::default());
         assert!(state.outstanding.is_empty());
+    }
+
+    #[test]
+    fn a_state_stored_with_settled_ids_still_knows_them_and_is_written_back_as_fingerprints() {
+        let old = r#"{"windows":[],"outstanding":[],"recently_settled":["req_a","req_b"]}"#;
+        let state: BudgetState = serde_json::from_str(old).unwrap();
+        assert!(state.recently_settled.contains(&settled_fingerprint("req_b")));
+        assert!(!state.recently_settled.contains(&settled_fingerprint("req_c")));
+        let written = serde_json::to_string(&state).unwrap();
+        assert!(!written.contains("req_a"), "{written}");
+        assert_eq!(serde_json::from_str::<BudgetState>(&written).unwrap(), state);
     }
     use crate::config::{FailureMode, OnExhausted};
 
