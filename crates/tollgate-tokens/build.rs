@@ -174,8 +174,45 @@ fn ordinary_tokens(bpe: &tiktoken_rs::CoreBPE) -> BoxResult<Vec<(u32, Vec<u8>)>>
     Ok(tokens)
 }
 
+/// Checks what the linear merge of long pieces (`src/bpe.rs`,
+/// `merge_large`) relies on: encoding a token's bytes alone, the last merge
+/// joins two parts of lower rank than the token. (Parts that merge into a
+/// token anywhere are exactly that last merge, so no merge can create a
+/// pair of lower or equal rank than the one being merged.) Tokens the
+/// byte-pair merge cannot reach are skipped: they never appear as a merge.
+fn check_merges_rise(name: &str, tokens: &[(u32, Vec<u8>)]) -> BoxResult<()> {
+    let ranks: HashMap<&[u8], u32> = tokens.iter().map(|(r, b)| (b.as_slice(), *r)).collect();
+    let mut parts: Vec<(usize, usize)> = Vec::new();
+    for (rank, bytes) in tokens.iter().filter(|(_, b)| b.len() >= 2) {
+        parts.clear();
+        parts.extend((0..bytes.len()).map(|i| (i, i + 1)));
+        let mut last = None;
+        loop {
+            // tiktoken's rule: the adjacent pair of lowest rank, leftmost.
+            let best = (0..parts.len().saturating_sub(1))
+                .filter_map(|k| ranks.get(&bytes[parts[k].0..parts[k + 1].1]).map(|&r| (r, k)))
+                .min();
+            let Some((_, k)) = best else { break };
+            let (a, b) = (parts[k], parts[k + 1]);
+            last = Some((ranks[&bytes[a.0..a.1]], ranks[&bytes[b.0..b.1]]));
+            parts[k] = (a.0, b.1);
+            parts.remove(k + 1);
+        }
+        if parts.len() != 1 {
+            continue;
+        }
+        if let Some((a, b)) = last
+            && (a >= *rank || b >= *rank)
+        {
+            return Err(format!("{name}: token {rank} is last merged from {a} and {b}, not both of lower rank").into());
+        }
+    }
+    Ok(())
+}
+
 fn write_vocab(out: &Path, name: &str, bpe: &tiktoken_rs::CoreBPE) -> BoxResult<()> {
     let tokens = ordinary_tokens(bpe)?;
+    check_merges_rise(name, &tokens)?;
     let hashes: Vec<u64> = tokens.iter().map(|(_, bytes)| shared::hash_bytes(bytes)).collect();
     // About 95% full; a little emptier if the placement does not succeed.
     let mut count = (tokens.len() * 20).div_ceil(shared::ENTRIES_PER_BUCKET * 19);

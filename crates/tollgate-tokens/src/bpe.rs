@@ -7,16 +7,17 @@
 //! perform exactly this sequence of merges.)
 //!
 //! Pieces up to 64 bytes, nearly all of them, use the rescanning loop over
-//! stack arrays and a bitmask of part starts. Longer ones use a min-heap keyed
-//! by (rank, position) over a linked list of parts, with stale entries
-//! skipped when popped: `O(n log n)`, and the same merges in the same order
-//! (the global minimum of (rank, position) every time). There the ranks of
-//! new pairs are remembered by the ranks of their halves, which turns the
-//! vocabulary look-ups of repetitive input into single loads.
+//! stack arrays and a bitmask of part starts. Longer ones take the pending
+//! pairs rank by rank over a linked list of parts, with stale entries
+//! skipped: linear in the piece's length (plus a map keyed by the distinct
+//! ranks pending), and the same merges in the same order (the global
+//! minimum of (rank, position) every time; `merge_large` says why). There
+//! the ranks of new pairs are remembered by the ranks of their halves,
+//! which turns the vocabulary look-ups of repetitive input into single
+//! loads.
 
 use crate::vocab::Vocab;
-use std::cmp::Reverse;
-use std::collections::BinaryHeap;
+use std::collections::BTreeMap;
 
 /// Pieces up to this many bytes use the quadratic loop on the stack.
 const SMALL: usize = 64;
@@ -125,7 +126,23 @@ impl PairMemo {
     }
 }
 
-/// The heap merge, for pieces longer than `SMALL`.
+/// The merge for pieces longer than `SMALL`, in linear time.
+///
+/// The pending pairs are grouped by rank (a map from rank to the starts of
+/// the parts whose pair has that rank) and taken rank by rank, lowest
+/// first, each group's starts left to right. That is tiktoken's order (the
+/// global minimum of (rank, position) every time) because a merge never
+/// creates a pair of lower or equal rank: if parts `a` and `b` are adjacent
+/// and their bytes together are token `u`, the merges inside `u`'s span so
+/// far are exactly those of encoding `u`'s bytes alone (a merge across the
+/// span's edge would have consumed part of it), so `(a, b)` is the last
+/// merge of that encoding, and `u` was learned after both halves: its rank
+/// is higher. A group is therefore complete when its turn comes. A pair
+/// recorded under a rank that is no longer its current one is stale and
+/// skipped (a part's pair only grows to the right, so its rank never
+/// returns to an earlier value). Each merge costs O(1) plus a map update
+/// keyed by the few distinct ranks pending, instead of a heap operation
+/// over all pending pairs.
 fn merge_large(vocab: &Vocab, piece: &[u8]) -> usize {
     let n = piece.len();
     // Parts are identified by their start; `next[i]` is the start of the
@@ -147,53 +164,89 @@ fn merge_large(vocab: &Vocab, piece: &[u8]) -> usize {
     }
     let mut pair: Vec<u32> = vec![NONE; n];
     let mut memo = PairMemo::new();
-    let key = |r: u32, i: usize| Reverse((u64::from(r) << 32) | i as u64);
-    let mut initial = Vec::with_capacity(n);
+    let mut pending = Pending::default();
     for (i, slot) in pair.iter_mut().enumerate().take(n - 1) {
         let r = rank(vocab, piece, i, i + 2);
         if r != NONE {
             *slot = r;
-            initial.push(key(r, i));
+            pending.push(r, i as u32);
         }
     }
-    // Heapify in linear time rather than pushing one by one.
-    let mut heap = BinaryHeap::from(initial);
     let mut parts = n;
-    while let Some(Reverse(k)) = heap.pop() {
-        let r = (k >> 32) as u32;
-        let i = (k & 0xFFFF_FFFF) as usize;
-        // A part's pair only ever grows to the right, so its rank never
-        // returns to an earlier value: an entry is current iff it matches.
-        if pair[i] != r {
-            continue;
+    while let Some((r, mut starts)) = pending.pop_lowest() {
+        // Pushed in ascending order unless a later merge reached back to
+        // the left; sorting is then needed for the leftmost-first rule.
+        if !starts.is_sorted() {
+            starts.sort_unstable();
         }
-        let right = next[i] as usize;
-        let end = next[right] as usize;
-        pair[right] = NONE;
-        next[i] = end as u32;
-        token[i] = r;
-        if end < n {
-            prev[end] = i as u32;
-        }
-        parts -= 1;
-        pair[i] = NONE;
-        if end < n {
-            let r = memo.rank(vocab, piece, (r, token[end]), (i, next[end] as usize));
-            if r != NONE {
-                pair[i] = r;
-                heap.push(key(r, i));
+        for &start in &starts {
+            let i = start as usize;
+            if pair[i] != r {
+                continue;
+            }
+            let right = next[i] as usize;
+            let end = next[right] as usize;
+            pair[right] = NONE;
+            next[i] = end as u32;
+            token[i] = r;
+            if end < n {
+                prev[end] = i as u32;
+            }
+            parts -= 1;
+            pair[i] = NONE;
+            if end < n {
+                let after = memo.rank(vocab, piece, (r, token[end]), (i, next[end] as usize));
+                if after != NONE {
+                    pair[i] = after;
+                    pending.push_above(r, after, i as u32);
+                }
+            }
+            if i > 0 {
+                let before = prev[i] as usize;
+                let merged = memo.rank(vocab, piece, (token[before], r), (before, end));
+                pair[before] = merged;
+                if merged != NONE {
+                    pending.push_above(r, merged, before as u32);
+                }
             }
         }
-        if i > 0 {
-            let before = prev[i] as usize;
-            let r = memo.rank(vocab, piece, (token[before], r), (before, end));
-            pair[before] = r;
-            if r != NONE {
-                heap.push(key(r, before));
-            }
-        }
+        pending.recycle(starts);
     }
     parts
+}
+
+/// Starts of parts by the rank of their pair, lowest rank first.
+#[derive(Default)]
+struct Pending {
+    by_rank: BTreeMap<u32, Vec<u32>>,
+    /// Emptied vectors, reused so that a long piece allocates few.
+    spare: Vec<Vec<u32>>,
+}
+
+impl Pending {
+    #[inline]
+    fn push(&mut self, rank: u32, start: u32) {
+        let spare = &mut self.spare;
+        self.by_rank.entry(rank).or_insert_with(|| spare.pop().unwrap_or_default()).push(start);
+    }
+
+    /// A pair created while merging rank `current`. Its rank is higher (see
+    /// `merge_large`; the build script checks the property it rests on for
+    /// every token of the compiled vocabularies and fails otherwise).
+    #[inline]
+    fn push_above(&mut self, current: u32, rank: u32, start: u32) {
+        debug_assert!(rank > current, "a merge created a pair of rank {rank}, not above {current}");
+        self.push(rank, start);
+    }
+
+    fn pop_lowest(&mut self) -> Option<(u32, Vec<u32>)> {
+        self.by_rank.pop_first()
+    }
+
+    fn recycle(&mut self, mut starts: Vec<u32>) {
+        starts.clear();
+        self.spare.push(starts);
+    }
 }
 
 #[cfg(test)]
