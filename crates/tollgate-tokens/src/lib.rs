@@ -117,6 +117,40 @@ static CL100K: vocab::Vocab = vocab::Vocab::new(
     include_bytes!(concat!(env!("OUT_DIR"), "/cl100k.pairs")),
 );
 
+/// The compiled vocabulary tables and their look-up, for the comparison of
+/// table layouts (`examples/layouts.rs`). Not part of the API.
+#[doc(hidden)]
+pub mod probe {
+    use crate::Encoding;
+
+    /// The static tables of `encoding` (name, bytes), if it is compiled in.
+    pub fn tables(encoding: Encoding) -> Option<[(&'static str, &'static [u8]); 3]> {
+        match encoding {
+            #[cfg(feature = "o200k")]
+            Encoding::O200kBase => Some(crate::O200K.tables()),
+            #[cfg(feature = "cl100k")]
+            Encoding::Cl100kBase => Some(crate::CL100K.tables()),
+            #[allow(unreachable_patterns)]
+            _ => None,
+        }
+    }
+
+    /// The rank of the token whose bytes are `key`, by the compiled tables.
+    pub fn rank(encoding: Encoding, key: &[u8]) -> Option<u32> {
+        match encoding {
+            #[cfg(feature = "o200k")]
+            Encoding::O200kBase => crate::O200K.rank(key),
+            #[cfg(feature = "cl100k")]
+            Encoding::Cl100kBase => crate::CL100K.rank(key),
+            #[allow(unreachable_patterns)]
+            _ => {
+                let _ = key;
+                None
+            }
+        }
+    }
+}
+
 /// Number of tokens `text` encodes to, as ordinary text. `None` only when
 /// the encoding's vocabulary was not compiled in (its feature is off).
 pub fn count(encoding: Encoding, text: &str) -> Option<usize> {

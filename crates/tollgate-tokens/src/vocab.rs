@@ -127,6 +127,11 @@ impl Vocab {
         self.buckets.get(start..start + BUCKET_BYTES)?.try_into().ok()
     }
 
+    /// The three static tables, by name (for `probe::tables`).
+    pub(crate) fn tables(&self) -> [(&'static str, &'static [u8]); 3] {
+        [("buckets", self.buckets), ("blob", self.blob), ("pairs", self.pairs)]
+    }
+
     /// Rank of the token whose bytes are `key`, if there is one.
     #[inline]
     pub(crate) fn rank(&self, key: &[u8]) -> Option<u32> {

@@ -234,3 +234,53 @@ pub fn generated_texts() -> Vec<String> {
     out.push(multilingual(8192, 3));
     out
 }
+
+/// The kinds of adversarial text, in `adversarial_text`'s order.
+pub const ADVERSARIAL: [&str; 6] =
+    ["one repeated character (a)", "digits", "spaces", "newlines and spaces", "random Unicode", "one emoji repeated"];
+
+/// The `k`th adversarial text, `len` bytes long.
+pub fn adversarial_text(k: usize, len: usize) -> String {
+    match k {
+        0 => "a".repeat(len),
+        1 => "1234567890".repeat(len / 10),
+        2 => " ".repeat(len),
+        3 => " \n".repeat(len / 2),
+        4 => {
+            let mut state = 0x9E37_79B9_7F4A_7C15u64;
+            let mut random = String::new();
+            while random.len() < len {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                if let Some(c) = char::from_u32((state % 0x11_0000) as u32) {
+                    random.push(c);
+                }
+            }
+            cut(random, len)
+        }
+        _ => "\u{1F600}".repeat(len / 4),
+    }
+}
+
+/// A 4 KB text of each common kind: prose, code, multilingual.
+pub fn typical_texts() -> [String; 3] {
+    [prose(4096, 1), code(4096, 2), multilingual(4096, 3)]
+}
+
+/// Natively, the process's peak resident set (`VmHWM`). In wasm, the size
+/// of the instance's linear memory, which never shrinks: its data segments
+/// (the tables), stack and heap.
+pub fn peak_memory_mib() -> Option<f64> {
+    #[cfg(target_arch = "wasm32")]
+    {
+        Some((core::arch::wasm32::memory_size(0) * 65536) as f64 / (1 << 20) as f64)
+    }
+    #[cfg(not(target_arch = "wasm32"))]
+    {
+        let status = std::fs::read_to_string("/proc/self/status").ok()?;
+        let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+        let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+        Some(kib / 1024.0)
+    }
+}
