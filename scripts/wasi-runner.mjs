@@ -17,6 +17,4 @@ const wasi = new WASI({
 const module = await WebAssembly.compile(await readFile(wasmPath));
 const instance = await WebAssembly.instantiate(module, wasi.getImportObject());
 const code = wasi.start(instance);
-// exitCode rather than process.exit(): exiting from inside the call can crash
-// node 20 (a segfault after a large module such as tiktoken-rs has run).
-process.exitCode = code ?? 0;
+process.exit(code ?? 0);

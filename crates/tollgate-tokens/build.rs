@@ -251,7 +251,7 @@ fn write_vocab(out: &Path, name: &str, bpe: &tiktoken_rs::CoreBPE) -> BoxResult<
         }
     }
     fs::write(out.join(format!("{name}.buckets")), &table)?;
-    fs::write(out.join(format!("{name}.pairs")), pair_table(&tokens))?;
+    fs::write(out.join(format!("{name}.pairs")), pair_table(&tokens)?)?;
     fs::write(out.join(format!("{name}.blob")), &blob)?;
     Ok(())
 }
@@ -259,8 +259,15 @@ fn write_vocab(out: &Path, name: &str, bpe: &tiktoken_rs::CoreBPE) -> BoxResult<
 /// The two-byte tokens, for direct look-up: a bitmap over all 65536 byte
 /// pairs (little-endian `u64` words), the number of set bits before each
 /// word (little-endian `u16`s), and the ranks of the set bits in order
-/// (little-endian `u32`s).
-fn pair_table(tokens: &[(u32, Vec<u8>)]) -> Vec<u8> {
+/// (little-endian `u32`s); then the rank of each single byte (256
+/// little-endian `u32`s, the last 1024 bytes of the table).
+fn pair_table(tokens: &[(u32, Vec<u8>)]) -> BoxResult<Vec<u8>> {
+    let mut byte_ranks = [None; 256];
+    for (rank, bytes) in tokens {
+        if let &[b] = bytes.as_slice() {
+            byte_ranks[usize::from(b)] = Some(*rank);
+        }
+    }
     let mut ranks = vec![None; 1 << 16];
     for (rank, bytes) in tokens {
         if let &[a, b] = bytes.as_slice() {
@@ -286,7 +293,11 @@ fn pair_table(tokens: &[(u32, Vec<u8>)]) -> Vec<u8> {
     let mut table = bitmap;
     table.extend_from_slice(&counts);
     table.extend_from_slice(&values);
-    table
+    for (b, rank) in byte_ranks.iter().enumerate() {
+        let rank = rank.ok_or_else(|| format!("byte {b} is not a token"))?;
+        table.extend_from_slice(&rank.to_le_bytes());
+    }
+    Ok(table)
 }
 
 /// Places every key in one of its two buckets (cuckoo hashing: a key that

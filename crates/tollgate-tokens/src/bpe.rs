@@ -26,11 +26,11 @@ const NONE: u32 = u32::MAX;
 
 /// Number of tokens `piece` encodes to.
 #[inline]
-pub(crate) fn piece_tokens(vocab: &Vocab, piece: &[u8]) -> usize {
+pub(crate) fn piece_tokens(vocab: &Vocab, piece: &[u8], memo: &mut PairMemo) -> usize {
     if piece.len() <= 1 || vocab.rank(piece).is_some() {
         return piece.len().min(1);
     }
-    if piece.len() <= SMALL { merge_small(vocab, piece) } else { merge_large(vocab, piece) }
+    if piece.len() <= SMALL { merge_small(vocab, piece, memo) } else { merge_large(vocab, piece, memo) }
 }
 
 #[inline(always)]
@@ -45,12 +45,19 @@ fn rank(vocab: &Vocab, piece: &[u8], start: usize, end: usize) -> u32 {
 /// merged with the next one (`NONE` when that is no token, or when no part
 /// starts at `i`). Each step scans `ranks` for the minimum (leftmost on
 /// ties, as `<` keeps the first) and finds neighbours with bit operations,
-/// so nothing is ever shifted.
-fn merge_small(vocab: &Vocab, piece: &[u8]) -> usize {
+/// so nothing is ever shifted. `tokens[i]` is the rank of the part at `i`,
+/// the key of the pair memo: the pairs that merges create (three bytes or
+/// more) recur across the pieces of a text, and a memo hit is one load
+/// where the vocabulary costs a hash and two cache lines.
+fn merge_small(vocab: &Vocab, piece: &[u8], memo: &mut PairMemo) -> usize {
     let n = piece.len();
     let mut ranks = [NONE; SMALL];
     for (i, r) in ranks.iter_mut().enumerate().take(n - 1) {
         *r = rank(vocab, piece, i, i + 2);
+    }
+    let mut tokens = [NONE; SMALL];
+    for (t, &b) in tokens.iter_mut().zip(piece) {
+        *t = vocab.byte_rank(b);
     }
     let mut starts: u64 = if n >= 64 { u64::MAX } else { (1u64 << n) - 1 };
     // Start of the first part after byte `i`, or `n`.
@@ -75,13 +82,14 @@ fn merge_small(vocab: &Vocab, piece: &[u8]) -> usize {
         let right = next(starts, at);
         starts &= !(1u64 << right);
         ranks[right] = NONE;
+        tokens[at] = best;
         parts -= 1;
         let end = next(starts, at);
-        ranks[at] = if end < n { rank(vocab, piece, at, next(starts, end)) } else { NONE };
+        ranks[at] = if end < n { memo.rank(vocab, piece, (best, tokens[end]), (at, next(starts, end))) } else { NONE };
         let below = starts & ((1u64 << at) - 1);
         if below != 0 {
             let before = 63 - below.leading_zeros() as usize;
-            ranks[before] = rank(vocab, piece, before, end);
+            ranks[before] = memo.rank(vocab, piece, (tokens[before], best), (before, end));
         }
     }
 }
@@ -93,26 +101,32 @@ fn merge_small(vocab: &Vocab, piece: &[u8]) -> usize {
 /// key and is exact. Long pieces are where the same pairs recur (a run of
 /// one character repeats a handful of pairs thousands of times), and there
 /// this replaces most vocabulary look-ups with one load.
-struct PairMemo {
+pub(crate) struct PairMemo {
     slots: Vec<u64>,
+    /// 64 minus log2 of the number of slots.
+    shift: u32,
 }
 
 /// Ranks are below 2^18: the key (two ranks) takes 36 bits, the value 19
 /// (`VALUE_NONE` for "no token").
 const VALUE_BITS: u32 = 19;
 const VALUE_NONE: u64 = (1 << VALUE_BITS) - 1;
+/// At most 2^12 slots (32 KiB); a text gets about one slot per byte, so a
+/// short text does not pay for filling the largest memo.
 const MEMO_BITS: u32 = 12;
 
 impl PairMemo {
-    fn new() -> PairMemo {
-        PairMemo { slots: vec![u64::MAX; 1 << MEMO_BITS] }
+    /// A memo for counting a text of `text_len` bytes.
+    pub(crate) fn new(text_len: usize) -> PairMemo {
+        let bits = text_len.next_power_of_two().trailing_zeros().clamp(6, MEMO_BITS);
+        PairMemo { slots: vec![u64::MAX; 1 << bits], shift: 64 - bits }
     }
 
     /// Rank of `piece[start..end]`, the concatenation of tokens `a` and `b`.
     #[inline]
     fn rank(&mut self, vocab: &Vocab, piece: &[u8], (a, b): (u32, u32), (start, end): (usize, usize)) -> u32 {
         let key = (u64::from(a) << 18) | u64::from(b);
-        let slot = (key.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> (64 - MEMO_BITS)) as usize;
+        let slot = (key.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> self.shift) as usize;
         if let Some(entry) = self.slots.get_mut(slot) {
             if *entry >> VALUE_BITS == key {
                 let value = *entry & VALUE_NONE;
@@ -143,7 +157,7 @@ impl PairMemo {
 /// returns to an earlier value). Each merge costs O(1) plus a map update
 /// keyed by the few distinct ranks pending, instead of a heap operation
 /// over all pending pairs.
-fn merge_large(vocab: &Vocab, piece: &[u8]) -> usize {
+fn merge_large(vocab: &Vocab, piece: &[u8], memo: &mut PairMemo) -> usize {
     let n = piece.len();
     // Parts are identified by their start; `next[i]` is the start of the
     // following part (n at the end), `prev[i]` that of the preceding one,
@@ -152,18 +166,8 @@ fn merge_large(vocab: &Vocab, piece: &[u8]) -> usize {
     // part.
     let mut next: Vec<u32> = (1..=n as u32).collect();
     let mut prev: Vec<u32> = (0..n as u32).map(|i| i.wrapping_sub(1)).collect();
-    // Every byte is a token; look each byte value up once.
-    let mut byte_ranks = [NONE; 256];
-    let mut token: Vec<u32> = Vec::with_capacity(n);
-    for (i, &byte) in piece.iter().enumerate() {
-        let slot = &mut byte_ranks[usize::from(byte)];
-        if *slot == NONE {
-            *slot = rank(vocab, piece, i, i + 1);
-        }
-        token.push(*slot);
-    }
+    let mut token: Vec<u32> = piece.iter().map(|&b| vocab.byte_rank(b)).collect();
     let mut pair: Vec<u32> = vec![NONE; n];
-    let mut memo = PairMemo::new();
     let mut pending = Pending::default();
     for (i, slot) in pair.iter_mut().enumerate().take(n - 1) {
         let r = rank(vocab, piece, i, i + 2);
@@ -258,7 +262,9 @@ mod tests {
         let s = text.as_bytes();
         for end in 2..=s.len().min(SMALL) {
             let piece = &s[..end];
-            assert_eq!(merge_small(vocab, piece), merge_large(vocab, piece), "{:?}", String::from_utf8_lossy(piece));
+            let (small, large) =
+                (merge_small(vocab, piece, &mut PairMemo::new(64)), merge_large(vocab, piece, &mut PairMemo::new(64)));
+            assert_eq!(small, large, "{:?}", String::from_utf8_lossy(piece));
         }
     }
 

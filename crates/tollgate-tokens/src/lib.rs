@@ -173,10 +173,12 @@ fn count_with(vocab: &vocab::Vocab, text: &str, next: impl Fn(&[u8], usize) -> u
     let s = text.as_bytes();
     let mut total = 0;
     let mut p = 0;
+    // Ranks of merged pairs, shared by all pieces of the text.
+    let mut memo = bpe::PairMemo::new(s.len());
     while p < s.len() {
         let e = next(s, p);
         debug_assert!(e > p && e <= s.len());
-        total += bpe::piece_tokens(vocab, s.get(p..e).unwrap_or_default());
+        total += bpe::piece_tokens(vocab, s.get(p..e).unwrap_or_default(), &mut memo);
         p = e;
     }
     total

@@ -34,6 +34,7 @@ pub(crate) struct Vocab {
 /// Layout of the two-byte table: a bitmap over all byte pairs (1024
 /// little-endian `u64` words), the number of set bits before each word
 /// (1024 little-endian `u16`s), then the ranks of the set bits, in order
+/// (little-endian `u32`s), and last the ranks of the 256 single bytes
 /// (little-endian `u32`s). Two-byte keys are a third or more of the
 /// look-ups made while merging (every adjacent byte pair at the start).
 const PAIR_COUNTS_AT: usize = 8192;
@@ -125,6 +126,12 @@ impl Vocab {
     fn bucket(&self, b: usize) -> Option<&'static Bucket> {
         let start = b * BUCKET_BYTES;
         self.buckets.get(start..start + BUCKET_BYTES)?.try_into().ok()
+    }
+
+    /// Rank of the single byte `b` (every byte is a token).
+    #[inline(always)]
+    pub(crate) fn byte_rank(&self, b: u8) -> u32 {
+        le_u32(self.pairs, self.pairs.len().saturating_sub(1024) + 4 * usize::from(b))
     }
 
     /// The three static tables, by name (for `probe::tables`).
