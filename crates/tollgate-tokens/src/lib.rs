@@ -27,10 +27,12 @@
 //!   version is the same. ASCII takes one table load per byte.
 //! * **Linear merging.** tiktoken's byte-pair merge is quadratic on long
 //!   pieces (openai/tiktoken#195). Short pieces (up to 64 bytes) use a
-//!   quadratic loop on the stack, fastest at that size; longer ones a
-//!   min-heap keyed by (rank, position) with lazy invalidation, which
-//!   performs the same merges in the same order in `O(n log n)`. Only the
-//!   number of parts is kept.
+//!   quadratic loop on the stack, fastest at that size; longer ones take
+//!   the pending pairs rank by rank, which performs the same merges in the
+//!   same order in linear time, because no merge creates a pair of lower
+//!   rank than its own (the build script checks the property this rests on
+//!   for every token). Ranks of merged pairs are remembered per text by the
+//!   ranks of their halves. Only the number of parts is kept.
 //! * **Exactness** is argued in the comments of the scanners and checked by
 //!   the tests: piece boundaries against the real regexes (fancy-regex, as
 //!   tiktoken-rs runs them) for every character and random texts, the tables
