@@ -4,6 +4,7 @@
 //! offline answer (`classify`, `route`, `replay`) is the answer production
 //! gives for the same config and request.
 
+mod eval;
 mod price;
 mod replay;
 
@@ -97,6 +98,27 @@ enum Command {
     Key {
         #[command(subcommand)]
         command: KeyCommand,
+    },
+    /// Routing quality on labelled prompts (RouteLLM's APGR, CPT(50%),
+    /// CPT(80%), cost saved at 95% of strong quality), overall and per source.
+    ///
+    /// LABELS is JSONL of {"id","source","prompt","weak","strong"}, the scores a
+    /// weak and a strong model got on each prompt. Prices come from the
+    /// config's cheapest and most premium tier.
+    Eval {
+        labels: PathBuf,
+        /// Tenant config whose classifier and tiers to use (default: the example tenant).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Also evaluate a prompt-length router, a random router and the oracle.
+        #[arg(long)]
+        baselines: bool,
+        /// Write an SVG chart of quality against strong-call share here.
+        #[arg(long)]
+        chart: Option<PathBuf>,
+        /// Print JSON instead of tables.
+        #[arg(long)]
+        json: bool,
     },
     /// Price token counts at a tenant's prices, as the hosts charge them.
     ///
@@ -213,6 +235,11 @@ fn print_json(v: &Value) -> Result<(), String> {
 
 fn run(cli: Cli) -> Result<ExitCode, String> {
     match cli.command {
+        Command::Eval { labels, config, baselines, chart, json } => {
+            let config = load_config(config.as_deref())?;
+            eval::run(&config, &labels, baselines, chart.as_deref(), json)?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Classify { text, jsonl, config } => {
             let config = load_config(config.as_deref())?;
             if jsonl {

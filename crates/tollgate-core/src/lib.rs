@@ -16,6 +16,7 @@ pub mod count;
 pub mod endpoints;
 pub mod engine;
 pub mod error;
+pub mod eval;
 pub mod outcomes;
 pub mod plugin;
 pub mod pricing;
