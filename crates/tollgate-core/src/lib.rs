@@ -17,6 +17,7 @@ pub mod endpoints;
 pub mod engine;
 pub mod error;
 pub mod eval;
+pub mod learned;
 pub mod outcomes;
 pub mod plugin;
 pub mod pricing;
