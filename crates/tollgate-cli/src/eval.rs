@@ -6,17 +6,33 @@ use serde_json::{Value, json};
 use std::path::Path;
 use tollgate_core::api::ApiFormat;
 use tollgate_core::config::TenantConfig;
+use tollgate_core::count;
+use tollgate_core::engine;
 use tollgate_core::eval::{self, QualityReport, ScoredRow};
+use tollgate_core::learned::{self, Example, LinearRouter, TrainOptions};
+use tollgate_core::request::ChatRequest;
 
-/// One labelled prompt: `{id, source, prompt, weak, strong}`.
+/// One labelled prompt: `{id, source, prompt, weak, strong}`, with the
+/// heuristic classifier's score and raw feature values.
 struct Labelled {
     source: String,
     prompt: String,
     weak: f64,
     strong: f64,
+    heuristic_score: f64,
+    features: Vec<f64>,
 }
 
-fn read_labels(path: &Path) -> Result<Vec<Labelled>, String> {
+/// The heuristic classifier on a prompt: its score and raw feature values.
+fn heuristics(config: &TenantConfig, prompt: &str) -> Result<(f64, Vec<f64>), String> {
+    let body = crate::chat_body_for_prompt(prompt);
+    let req = ChatRequest::parse(ApiFormat::OpenAi, &body, usize::MAX).map_err(|e| e.to_string())?;
+    let tokens = count::prompt_tokens(&req, &req.model).tokens;
+    let c = engine::classify_request(&req, tokens, config);
+    Ok((c.score, c.features.iter().map(|f| f.value).collect()))
+}
+
+fn read_labels(config: &TenantConfig, path: &Path) -> Result<Vec<Labelled>, String> {
     let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
     let mut rows = Vec::new();
     // JSON lines end at '\n' only: prompts may hold other line separators.
@@ -30,7 +46,8 @@ fn read_labels(path: &Path) -> Result<Vec<Labelled>, String> {
         let prompt =
             v.get("prompt").and_then(Value::as_str).ok_or_else(|| format!("{}: needs a string `prompt`", at()))?;
         let source = v.get("source").and_then(Value::as_str).unwrap_or("unknown").to_owned();
-        rows.push(Labelled { source, prompt: prompt.to_owned(), weak, strong });
+        let (heuristic_score, features) = heuristics(config, prompt)?;
+        rows.push(Labelled { source, prompt: prompt.to_owned(), weak, strong, heuristic_score, features });
     }
     if rows.is_empty() {
         return Err(format!("{}: no labelled prompts", path.display()));
@@ -75,14 +92,17 @@ fn report_json(r: &QualityReport) -> Value {
     })
 }
 
-/// The routers compared: the tenant's classifier, then the baselines.
+/// The routers compared: the tenant's classifier, the learned ones asked
+/// for, then the baselines.
 fn routers(
     rows: &[ScoredRow],
     lengths: &[ScoredRow],
+    extra: &[(&'static str, Vec<ScoredRow>)],
     cost_ratio: f64,
     baselines: bool,
 ) -> Vec<(&'static str, QualityReport)> {
     let mut out = vec![("tollgate classifier", eval::evaluate(rows, cost_ratio))];
+    out.extend(extra.iter().map(|(name, rows)| (*name, eval::evaluate(rows, cost_ratio))));
     if baselines {
         out.push(("prompt length", eval::evaluate(lengths, cost_ratio)));
         out.push(("random", eval::random_router(rows, cost_ratio)));
@@ -91,31 +111,54 @@ fn routers(
     out
 }
 
-pub fn run(
-    config: &TenantConfig,
-    labels: &Path,
-    baselines: bool,
-    chart: Option<&Path>,
-    as_json: bool,
-) -> Result<(), String> {
-    let labelled = read_labels(labels)?;
+/// What `tollgate eval` compares besides the tenant's classifier.
+pub struct EvalOptions<'a> {
+    pub baselines: bool,
+    pub chart: Option<&'a Path>,
+    pub as_json: bool,
+    /// A trained model to evaluate as it is.
+    pub model: Option<&'a Path>,
+    /// Also train and evaluate the learned router leave-one-source-out.
+    pub cross_validate: bool,
+}
+
+pub fn run(config: &TenantConfig, labels: &Path, options: &EvalOptions<'_>) -> Result<(), String> {
+    let EvalOptions { baselines, chart, as_json, model, cross_validate } = *options;
+    let labelled = read_labels(config, labels)?;
     let (weak_model, strong_model, cost_ratio) = models_and_cost_ratio(config)?;
-    let mut scored = Vec::with_capacity(labelled.len());
-    let mut lengths = Vec::with_capacity(labelled.len());
-    for l in &labelled {
-        let v = crate::classify_value(config, &crate::chat_body_for_prompt(&l.prompt), ApiFormat::OpenAi)?;
-        let score = v.get("score").and_then(Value::as_f64).ok_or("the classifier gave no score")?;
-        let row = |score: f64| ScoredRow { source: l.source.clone(), score, weak: l.weak, strong: l.strong };
-        scored.push(row(score));
-        lengths.push(row(l.prompt.chars().count() as f64));
+    let row = |l: &Labelled, score: f64| ScoredRow { source: l.source.clone(), score, weak: l.weak, strong: l.strong };
+    let scored: Vec<ScoredRow> = labelled.iter().map(|l| row(l, l.heuristic_score)).collect();
+    let lengths: Vec<ScoredRow> = labelled.iter().map(|l| row(l, l.prompt.chars().count() as f64)).collect();
+    let mut extra: Vec<(&'static str, Vec<ScoredRow>)> = Vec::new();
+    if let Some(path) = model {
+        let m = load_model(path)?;
+        extra.push((
+            "learned model (as given)",
+            labelled.iter().map(|l| row(l, m.score(&l.prompt, &l.features))).collect(),
+        ));
     }
-    let overall = routers(&scored, &lengths, cost_ratio, baselines);
+    if cross_validate {
+        let sources: Vec<String> = labelled.iter().map(|l| l.source.clone()).collect();
+        extra.push(("learned, leave-one-source-out", cross_validated(&labelled, &sources)));
+        // Folds by position after a fixed shuffle: every source is in
+        // every fold, as when a tenant trains on its own traffic.
+        let folds: Vec<String> =
+            (0..labelled.len()).map(|i| format!("fold {}", (i.wrapping_mul(0x9E37_79B9) >> 7) % 5)).collect();
+        extra.push(("learned, 5-fold", cross_validated(&labelled, &folds)));
+    }
+    let overall = routers(&scored, &lengths, &extra, cost_ratio, baselines);
     let length_groups = eval::by_source(&lengths);
+    let extra_groups: Vec<(&'static str, std::collections::BTreeMap<&str, Vec<ScoredRow>>)> =
+        extra.iter().map(|(name, rows)| (*name, eval::by_source(rows))).collect();
     let per_source: Vec<(String, Vec<(&'static str, QualityReport)>)> = eval::by_source(&scored)
         .into_iter()
         .map(|(source, rows)| {
             let lengths = length_groups.get(source).map(Vec::as_slice).unwrap_or_default();
-            (source.to_owned(), routers(&rows, lengths, cost_ratio, baselines))
+            let extra: Vec<(&'static str, Vec<ScoredRow>)> = extra_groups
+                .iter()
+                .map(|(name, groups)| (*name, groups.get(source).cloned().unwrap_or_default()))
+                .collect();
+            (source.to_owned(), routers(&rows, lengths, &extra, cost_ratio, baselines))
         })
         .collect();
 
@@ -179,5 +222,76 @@ pub fn run(
     if let Some(path) = chart {
         println!("\nchart: {}", path.display());
     }
+    Ok(())
+}
+
+fn load_model(path: &Path) -> Result<LinearRouter, String> {
+    let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let model: LinearRouter = serde_json::from_slice(&bytes).map_err(|e| format!("{}: {e}", path.display()))?;
+    model.validate().map_err(|e| format!("{}: {e}", path.display()))?;
+    Ok(model)
+}
+
+fn training_examples<'a>(rows: impl Iterator<Item = &'a Labelled>) -> Vec<Example<'a>> {
+    rows.map(|l| Example { text: &l.prompt, features: l.features.clone(), needs_strong: l.strong > l.weak }).collect()
+}
+
+/// Each group's prompts scored by a model trained on all other groups.
+/// Grouped by source, that is what the learned router does on a kind of
+/// prompt it has never seen.
+fn cross_validated(labelled: &[Labelled], groups: &[String]) -> Vec<ScoredRow> {
+    let mut names: Vec<&String> = groups.iter().collect();
+    names.sort_unstable();
+    names.dedup();
+    let mut scores = vec![0.0; labelled.len()];
+    for held_out in names {
+        let training = labelled.iter().zip(groups).filter(|(_, g)| *g != held_out).map(|(l, _)| l);
+        let model = learned::train(&training_examples(training), &TrainOptions::default());
+        for ((l, g), score) in labelled.iter().zip(groups).zip(scores.iter_mut()) {
+            if g == held_out {
+                *score = model.score(&l.prompt, &l.features);
+            }
+        }
+    }
+    labelled
+        .iter()
+        .zip(scores)
+        .map(|(l, score)| ScoredRow { source: l.source.clone(), score, weak: l.weak, strong: l.strong })
+        .collect()
+}
+
+/// `tollgate train`: fits the learned router on every labelled prompt and
+/// writes the model file.
+pub fn train(config: &TenantConfig, labels: &Path, output: &Path, epochs: u32) -> Result<(), String> {
+    let labelled = read_labels(config, labels)?;
+    let examples = training_examples(labelled.iter());
+    let positives = examples.iter().filter(|e| e.needs_strong).count();
+    let model = learned::train(&examples, &TrainOptions { epochs, ..TrainOptions::default() });
+    model.validate().map_err(|e| e.to_string())?;
+    let json = serde_json::to_vec(&model).map_err(|e| e.to_string())?;
+    std::fs::write(output, &json).map_err(|e| format!("{}: {e}", output.display()))?;
+    let rows: Vec<ScoredRow> = labelled
+        .iter()
+        .map(|l| ScoredRow {
+            source: l.source.clone(),
+            score: model.score(&l.prompt, &l.features),
+            weak: l.weak,
+            strong: l.strong,
+        })
+        .collect();
+    let (_, _, cost_ratio) = models_and_cost_ratio(config)?;
+    let in_sample = eval::evaluate(&rows, cost_ratio);
+    println!(
+        "{}: {} prompts, {positives} where the strong model did better; {} weights ({} KiB as f32), {} KiB of JSON",
+        output.display(),
+        examples.len(),
+        model.ngram_weights.len() + model.feature_weights.len() + 1,
+        (model.ngram_weights.len() + model.feature_weights.len() + 1) * 4 / 1024,
+        json.len() / 1024
+    );
+    println!(
+        "in-sample APGR {} (optimistic: measured on the prompts it was trained on; `tollgate eval --cv` gives held-out figures)",
+        num(in_sample.apgr)
+    );
     Ok(())
 }

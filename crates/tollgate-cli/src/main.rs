@@ -119,6 +119,27 @@ enum Command {
         /// Print JSON instead of tables.
         #[arg(long)]
         json: bool,
+        /// Also evaluate this trained model (from `tollgate train`).
+        #[arg(long)]
+        model: Option<PathBuf>,
+        /// Also train and evaluate the learned router leave-one-source-out:
+        /// each source scored by a model that never saw it.
+        #[arg(long)]
+        cv: bool,
+    },
+    /// Train the learned router on labelled prompts (as for `eval`) and write
+    /// the model file: logistic regression over hashed word n-grams and the
+    /// heuristic features.
+    Train {
+        labels: PathBuf,
+        /// Where to write the model (JSON).
+        #[arg(long, short)]
+        output: PathBuf,
+        /// Tenant config whose classifier supplies the heuristic features (default: the example tenant).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        #[arg(long, default_value_t = 8)]
+        epochs: u32,
     },
     /// Price token counts at a tenant's prices, as the hosts charge them.
     ///
@@ -235,9 +256,21 @@ fn print_json(v: &Value) -> Result<(), String> {
 
 fn run(cli: Cli) -> Result<ExitCode, String> {
     match cli.command {
-        Command::Eval { labels, config, baselines, chart, json } => {
+        Command::Eval { labels, config, baselines, chart, json, model, cv } => {
             let config = load_config(config.as_deref())?;
-            eval::run(&config, &labels, baselines, chart.as_deref(), json)?;
+            let options = eval::EvalOptions {
+                baselines,
+                chart: chart.as_deref(),
+                as_json: json,
+                model: model.as_deref(),
+                cross_validate: cv,
+            };
+            eval::run(&config, &labels, &options)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Train { labels, output, config, epochs } => {
+            let config = load_config(config.as_deref())?;
+            eval::train(&config, &labels, &output, epochs)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Classify { text, jsonl, config } => {

@@ -372,3 +372,40 @@ fn eval_on_the_shared_routing_prompts_beats_a_random_router() {
     assert!(ours["apgr"].as_f64().unwrap() > 0.55, "{ours}");
     assert_eq!(v["by_source"].as_object().unwrap().len(), 29);
 }
+
+#[test]
+fn train_writes_a_model_that_eval_scores_and_cross_validation_holds_out() {
+    let (labels, model) = (temp_path("train-labels.jsonl"), temp_path("model.json"));
+    std::fs::write(&labels, labels_where_hard_prompts_need_the_strong_model()).unwrap();
+    let out = tollgate(&["train", labels.to_str().unwrap(), "-o", model.to_str().unwrap()], None);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let m: Value = serde_json::from_slice(&std::fs::read(&model).unwrap()).unwrap();
+    assert_eq!(m["kind"], "tollgate-linear-router");
+    assert_eq!(m["ngram_weights"].as_array().unwrap().len(), 1 << 15);
+
+    let out = tollgate(&["eval", labels.to_str().unwrap(), "--model", model.to_str().unwrap(), "--cv", "--json"], None);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    // Scored on the prompts it learned from, the model ranks every hard
+    // prompt first.
+    let given = v["overall"]["learned model (as given)"]["apgr"].as_f64().unwrap();
+    assert!(given > 0.7, "{v}");
+    for router in ["learned, leave-one-source-out", "learned, 5-fold"] {
+        assert_eq!(v["overall"][router]["prompts"], 8, "{v}");
+    }
+
+    // A model file that is not one is refused with its path.
+    std::fs::write(
+        &model,
+        "{\"kind\":\"something else\",\"hash_bits\":15,\"bias\":0,\"feature_weights\":[],\"ngram_weights\":[]}",
+    )
+    .unwrap();
+    let out = tollgate(&["eval", labels.to_str().unwrap(), "--model", model.to_str().unwrap()], None);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("not a tollgate model"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let _ = (std::fs::remove_file(labels), std::fs::remove_file(model));
+}
