@@ -24,7 +24,7 @@ def run(host, example, *args, stdin=None):
     if host == "native":
         cmd = [str(NATIVE / example), *args]
     else:
-        cmd = ["node", "--no-warnings", str(ROOT / "scripts/wasi-runner.mjs"), str(WASM / f"{example}.wasm"), *args]
+        cmd = ["node", "--no-warnings", str(ROOT / "scripts/lib/wasi-run-module.mjs"), str(WASM / f"{example}.wasm"), *args]
     done = subprocess.run(cmd, capture_output=True, text=True, input=stdin)
     rows = [json.loads(line) for line in done.stdout.split("\n") if line.startswith("{")]
     # node 20 segfaults as the wasm build of these examples exits once
