@@ -82,12 +82,18 @@ impl LinearRouter {
         for (w, v) in self.feature_weights.iter().zip(features) {
             z += f64::from(*w) * v;
         }
+        // Every n-gram has the same value, 1 / sqrt(count): add the weights
+        // first and scale once.
         let mask = (1u64 << self.hash_bits) - 1;
-        for_each_ngram(text, |hash, value| {
+        let mut sum = 0f32;
+        let count = for_each_ngram(text, |hash| {
             if let Some(w) = self.ngram_weights.get((hash & mask) as usize) {
-                z += f64::from(*w) * value;
+                sum += *w;
             }
         });
+        if count > 0 {
+            z += f64::from(sum) / (count as f64).sqrt();
+        }
         sigmoid(z)
     }
 }
@@ -99,42 +105,61 @@ fn sigmoid(z: f64) -> f64 {
 const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
 const FNV_PRIME: u64 = 0x0000_0100_0000_01b3;
 
-/// Calls `f(hash, value)` for each lower-cased word and each pair of
-/// adjacent words of `text`, every value `1 / sqrt(number of n-grams)` so
-/// that long and short prompts weigh alike.
-fn for_each_ngram(text: &str, mut f: impl FnMut(u64, f64)) {
-    let mut hashes: Vec<u64> = Vec::new();
+/// Calls `f(hash)` for each lower-cased word and each pair of adjacent
+/// words of `text` and returns how many there were (each counts
+/// `1 / sqrt(that number)`, so long and short prompts weigh alike). ASCII
+/// is hashed byte by byte; other characters are decoded, tested with
+/// Unicode's alphanumeric property and lower-cased.
+fn for_each_ngram(text: &str, mut f: impl FnMut(u64)) -> usize {
+    let mut count = 0usize;
+    let mut previous: Option<u64> = None;
     let mut h = FNV_OFFSET;
     let mut in_word = false;
-    for c in text.chars() {
-        if c.is_alphanumeric() {
-            for lower in c.to_lowercase() {
-                let mut buf = [0u8; 4];
-                for &b in lower.encode_utf8(&mut buf).as_bytes() {
-                    h = (h ^ u64::from(b)).wrapping_mul(FNV_PRIME);
+    let mut end_word = |h: u64, count: &mut usize, previous: &mut Option<u64>| {
+        f(mix(h));
+        *count += 1;
+        if let Some(p) = *previous {
+            f(mix(p.rotate_left(17) ^ h.wrapping_mul(0x9E37_79B9_7F4A_7C15)));
+            *count += 1;
+        }
+        *previous = Some(h);
+    };
+    let bytes = text.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        let b = bytes[i];
+        let (alnum, len) = if b < 0x80 {
+            let alnum = b.is_ascii_alphanumeric();
+            if alnum {
+                h = (h ^ u64::from(b.to_ascii_lowercase())).wrapping_mul(FNV_PRIME);
+            }
+            (alnum, 1)
+        } else {
+            let c = text.get(i..).and_then(|rest| rest.chars().next()).unwrap_or('\u{fffd}');
+            let alnum = c.is_alphanumeric();
+            if alnum {
+                for lower in c.to_lowercase() {
+                    let mut buf = [0u8; 4];
+                    for &x in lower.encode_utf8(&mut buf).as_bytes() {
+                        h = (h ^ u64::from(x)).wrapping_mul(FNV_PRIME);
+                    }
                 }
             }
+            (alnum, c.len_utf8())
+        };
+        if alnum {
             in_word = true;
         } else if in_word {
-            hashes.push(h);
+            end_word(h, &mut count, &mut previous);
             h = FNV_OFFSET;
             in_word = false;
         }
+        i += len;
     }
     if in_word {
-        hashes.push(h);
+        end_word(h, &mut count, &mut previous);
     }
-    let count = hashes.len() + hashes.len().saturating_sub(1);
-    if count == 0 {
-        return;
-    }
-    let value = 1.0 / (count as f64).sqrt();
-    for &w in &hashes {
-        f(mix(w), value);
-    }
-    for pair in hashes.windows(2) {
-        f(mix(pair[0].rotate_left(17) ^ pair[1].wrapping_mul(0x9E37_79B9_7F4A_7C15)), value);
-    }
+    count
 }
 
 fn mix(mut x: u64) -> u64 {
@@ -185,9 +210,10 @@ pub fn train(examples: &[Example<'_>], options: &TrainOptions) -> LinearRouter {
     let sparse: Vec<Vec<(usize, f64)>> = examples
         .iter()
         .map(|e| {
-            let mut v = Vec::new();
-            for_each_ngram(e.text, |h, x| v.push(((h & mask) as usize, x)));
-            v
+            let mut indices = Vec::new();
+            let count = for_each_ngram(e.text, |h| indices.push((h & mask) as usize));
+            let value = if count > 0 { 1.0 / (count as f64).sqrt() } else { 0.0 };
+            indices.into_iter().map(|j| (j, value)).collect::<Vec<(usize, f64)>>()
         })
         .collect();
     let mut order: Vec<usize> = (0..examples.len()).collect();
