@@ -10,6 +10,7 @@
 use crate::api::ApiFormat;
 use crate::budget::Window;
 use crate::classify::{ClassifierConfig, RawClassifierConfig};
+use crate::escalation::{EscalationSettings, RawEscalation};
 use crate::pricing::{ModelPrice, builtin_price, usd_to_micros};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -41,6 +42,9 @@ pub struct RawTenantConfig {
     pub classifier: Option<RawClassifierConfig>,
     #[serde(default)]
     pub limits: Option<RawLimits>,
+    /// Retry an unresolved cheaper-tier answer on the next tier (off by default).
+    #[serde(default)]
+    pub escalation: Option<RawEscalation>,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -370,6 +374,7 @@ pub struct TenantConfig {
     pub price_overrides: BTreeMap<String, ModelPrice>,
     pub classifier: ClassifierConfig,
     pub limits: Limits,
+    pub escalation: EscalationSettings,
 }
 
 /// Defaults, documented in docs/config.md.
@@ -506,10 +511,18 @@ impl TryFrom<RawTenantConfig> for TenantConfig {
             }
         };
 
+        let escalation = match EscalationSettings::from_raw(raw.escalation.unwrap_or_default()) {
+            Ok(e) => e,
+            Err((path, message)) => {
+                p.add(format!("escalation.{path}"), message);
+                EscalationSettings::default()
+            }
+        };
+
         if !p.0.is_empty() {
             return Err(ConfigErrors(p.0));
         }
-        Ok(TenantConfig { tenant_id, routing, budgets, cache, price_overrides, classifier, limits })
+        Ok(TenantConfig { tenant_id, routing, budgets, cache, price_overrides, classifier, limits, escalation })
     }
 }
 

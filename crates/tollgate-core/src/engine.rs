@@ -17,6 +17,14 @@
 //!                                     ▼
 //!                                  finish ─► Settlement + optional cache fill
 //! ```
+//!
+//! Escalation (off unless the tenant turns it on) adds one loop: a complete
+//! JSON answer from a cheaper tier goes through [`Plan::review`] before
+//! `finish`, and a tier whose every model failed goes through
+//! `on_upstream_failure`; either may return [`Next::Escalate`], after which
+//! the host applies the settlement and calls [`Plan::escalate`], which
+//! reserves for and forwards to the next tier. The unresolved answer is kept
+//! in the plan, so if the next tier fails too the client still gets it.
 
 use crate::api::ApiFormat;
 use crate::budget::{Amount, Granted, ReserveRequest};
@@ -25,6 +33,7 @@ use crate::classify::{self, Classification, PromptView, Turn, TurnRole};
 use crate::config::{FailureMode, ModelRef, OnExhausted, TenantConfig};
 use crate::count::{self, PromptCount};
 use crate::error::{ApiError, BudgetError, RequestError, TenantError, UpstreamError};
+use crate::escalation::{self, EscalationSettings, Signal};
 use crate::pricing::ModelPrice;
 use crate::request::{ChatRequest, Rewrite, Role};
 use crate::response::{self, ResponseSummary, Usage};
@@ -121,6 +130,11 @@ pub enum Next {
     Reserve(ReserveRequest),
     /// Send this request to the provider.
     Forward(Upstream),
+    /// The answer (or the whole tier) looked unresolved and the request
+    /// climbs to the next tier: apply the settlement of the attempt that
+    /// ended (a charge for an answer, a release for a failed tier), then
+    /// call [`Plan::escalate`]. Nothing has reached the client yet.
+    Escalate(Option<Settlement>),
 }
 
 /// What the budget store said to a [`Next::CheckBudget`].
@@ -238,6 +252,45 @@ pub struct Plan {
     /// What the cached answer served to this request originally cost.
     #[serde(skip)]
     hit_saved_micros: Option<u64>,
+    #[serde(skip)]
+    escalation: EscalationSettings,
+    /// The tiers above the routed one, cheapest first, with their chains for
+    /// this API (empty chain: the tier has no model for it) and prices.
+    #[serde(skip)]
+    ladder: Vec<Rung>,
+    /// Escalations made so far.
+    #[serde(skip)]
+    escalations: u32,
+    /// Tokens and dollars of the attempts before the current one, already
+    /// charged to their own holds; the logical request's totals include them.
+    #[serde(skip)]
+    prior: Amount,
+    /// The best unresolved answer so far, returned if the climb fails.
+    #[serde(skip)]
+    held: Option<HeldAnswer>,
+    /// The client got the held answer rather than the last attempt's.
+    #[serde(skip)]
+    served_held: bool,
+    #[serde(skip)]
+    wants_json: bool,
+}
+
+/// A tier a request can escalate to.
+#[derive(Clone, Debug)]
+struct Rung {
+    name: String,
+    chain: Vec<ModelRef>,
+    price: Option<ModelPrice>,
+}
+
+/// An answer kept back while a stronger tier is asked.
+#[derive(Clone, Debug)]
+struct HeldAnswer {
+    status: u16,
+    body: Vec<u8>,
+    signal: Signal,
+    tier: Option<String>,
+    model: String,
 }
 
 /// A request refused before planning finished.
@@ -374,6 +427,20 @@ impl Plan {
             (route, Some(i), chain)
         };
         let tier = tier_index.and_then(|i| routing.tiers.get(i)).map(|t| t.name.clone());
+        // Only the classifier's choices are second-guessed: a client that
+        // named a tier or a model gets what it asked for.
+        let ladder: Vec<Rung> = match (route, tier_index) {
+            (RouteKind::Auto, Some(i)) if config.escalation.enabled => routing
+                .tiers
+                .iter()
+                .skip(i + 1)
+                .map(|t| {
+                    let chain: Vec<ModelRef> = t.chain(request.api).cloned().collect();
+                    Rung { name: t.name.clone(), price: chain_price(config, &chain), chain }
+                })
+                .collect(),
+            _ => Vec::new(),
+        };
         let downgrade_chain: Vec<ModelRef> = match (route, tier_index) {
             (RouteKind::Pinned, _) | (_, Some(0)) | (_, None) => Vec::new(),
             _ => routing
@@ -396,6 +463,7 @@ impl Plan {
             .unwrap_or(config.budgets.default_output_reservation)
             .saturating_mul(request.choices);
 
+        let wants_json = escalation::wants_json(&request);
         let cc = ClientCacheControl::parse(inbound.cache_control);
         let cache_plan = match cache::bypass_reason(&config.cache, &request, cc) {
             Some(b) => CachePlan { key: None, serve: false, bypass: Some(bypass_name(b)), seen_before: false },
@@ -457,6 +525,13 @@ impl Plan {
             only_timeouts: true,
             max_entry_bytes: config.cache.max_entry_bytes,
             hit_saved_micros: None,
+            escalation: config.escalation.clone(),
+            ladder,
+            escalations: 0,
+            prior: Amount::default(),
+            held: None,
+            served_held: false,
+            wants_json,
         })
     }
 
@@ -580,6 +655,13 @@ impl Plan {
                     None => self.forward(0),
                 }
             }
+            ReserveOutcome::Refused(err) if self.held.is_some() => {
+                let why = ApiError::from(err).message;
+                self.respond_held(&format!("escalation refused by the budget ({why})"), None)
+            }
+            ReserveOutcome::StoreUnavailable if self.held.is_some() && self.store_failure == FailureMode::Closed => {
+                self.respond_held("escalation not metered: budget store unreachable", None)
+            }
             ReserveOutcome::Refused(err) => {
                 let mut api: ApiError = err.into();
                 if self.on_exhausted == OnExhausted::CacheOnly && api.code == "budget_exceeded" {
@@ -674,6 +756,13 @@ impl Plan {
         if status.is_none_or(Plan::is_retryable) && self.attempt + 1 < self.active_chain.len() {
             return self.forward(self.attempt + 1);
         }
+        if self.held.is_some() {
+            return self.respond_held(&format!("escalated tier failed ({last})"), self.release());
+        }
+        if self.can_escalate(Signal::UpstreamError) {
+            self.note_escalation(Signal::UpstreamError);
+            return Next::Escalate(self.release());
+        }
         let tier = self.tier.clone().unwrap_or_else(|| "pinned".into());
         let err: ApiError = if self.only_timeouts {
             UpstreamError::Timeout { tier }.into()
@@ -719,38 +808,131 @@ impl Plan {
         self.hit_saved_micros.is_some()
     }
 
-    /// What the cost-per-resolution ledger records for this request, once it
-    /// has ended: after [`Plan::finish`] (pass its result) or after serving a
-    /// cache hit (pass None). Requests refused before routing record nothing.
-    pub fn outcome(&self, finish: Option<&Finish>) -> crate::outcomes::RequestOutcome {
-        let (tokens, micros) = finish
-            .and_then(|f| f.usage.map(|u| (u.input_tokens.saturating_add(u.output_tokens), f.cost_micros)))
-            .unwrap_or((0, 0));
-        crate::outcomes::RequestOutcome {
-            request_id: self.request_id.clone(),
-            tier: self.tier.clone().unwrap_or_else(|| "pinned".to_owned()),
-            tokens,
-            micros,
-            cache_hit: self.hit_saved_micros.is_some(),
-            saved_micros: self.hit_saved_micros.unwrap_or(0),
-            escalated: false,
-            fallbacks: self.trace.fallbacks,
-        }
+    /// Whether the request ended with an answer that is not a `finish`ed
+    /// provider response: a cache hit, or an unresolved answer held back
+    /// during an escalation. Its outcome is recorded all the same.
+    pub fn answered_without_finish(&self) -> bool {
+        self.served_from_cache() || self.served_held
     }
 
-    /// The provider's response has ended (completely, or cut short by an
-    /// abort or error). `summary` is what the response observer saw;
-    /// `assembled` the cacheable non-streamed body, when there is one.
-    pub fn finish(
+    /// Look at a complete, non-streamed provider answer before it is
+    /// relayed: None to go on with [`Plan::finish`] and relay it; otherwise
+    /// the step to take instead ([`Next::Escalate`], or [`Next::Respond`]
+    /// with an earlier, better answer). Streamed answers are not reviewed:
+    /// their first bytes are already with the client.
+    pub fn review(
         &mut self,
         status: u16,
         summary: &ResponseSummary,
-        assembled: Option<serde_json::Value>,
+        body: &[u8],
         config: &TenantConfig,
-        now: u64,
-    ) -> Finish {
-        let target = self.current_target().cloned();
-        let price = target.as_ref().and_then(|t| config.price(&t.model));
+    ) -> Option<Next> {
+        if !(200..300).contains(&status) || !summary.complete || !self.escalation.enabled {
+            return None;
+        }
+        let signal = escalation::judge_json(self.api, body, summary, self.wants_json, &self.escalation);
+        let keep_held = self.held.as_ref().is_some_and(|h| escalation::worse(signal, Some(h.signal)));
+        let can_climb = signal.is_some_and(|s| self.can_escalate(s));
+        if !keep_held && !can_climb {
+            return None;
+        }
+        // This answer is not relayed: charge what it cost to its own hold.
+        let (usage, cost_micros) = self.attempt_cost(status, summary, config);
+        let amount =
+            Amount { tokens: usage.map_or(0, |u| u.input_tokens.saturating_add(u.output_tokens)), micros: cost_micros };
+        self.prior = Amount {
+            tokens: self.prior.tokens.saturating_add(amount.tokens),
+            micros: self.prior.micros.saturating_add(amount.micros),
+        };
+        let settlement = self.granted.as_ref().map(|g| Settlement::Charge { id: g.id.clone(), amount });
+        if keep_held {
+            let what = signal.map_or("unresolved", Signal::as_str);
+            return Some(self.respond_held(&format!("escalated answer was worse ({what})"), settlement));
+        }
+        let signal = signal?;
+        if !self.held.as_ref().is_some_and(|h| escalation::worse(Some(signal), Some(h.signal))) {
+            self.held = Some(HeldAnswer {
+                status,
+                body: body.to_vec(),
+                signal,
+                tier: self.trace.tier.clone(),
+                model: self.trace.model.clone().unwrap_or_default(),
+            });
+        }
+        self.note_escalation(signal);
+        Some(Next::Escalate(settlement))
+    }
+
+    /// After [`Next::Escalate`]'s settlement is applied: reserve for (or
+    /// forward to) the next tier.
+    pub fn escalate(&mut self) -> Next {
+        self.granted = None;
+        self.attempt = 0;
+        self.only_timeouts = true;
+        let Some(rung) = (!self.ladder.is_empty()).then(|| self.ladder.remove(0)) else {
+            return self.respond_held("no tier left to escalate to", None);
+        };
+        self.active_chain = rung.chain;
+        self.trace.tier = Some(rung.name);
+        self.trace.model = self.active_chain.first().map(ToString::to_string);
+        self.trace.fallbacks = 0;
+        let reserve = rung.price.map(|price| ReserveRequest {
+            id: format!("{}.e{}", self.request_id, self.escalations),
+            prompt_tokens: self.prompt.tokens,
+            output_tokens: self.output_cap,
+            price,
+            downgrade_price: None,
+        });
+        match (reserve, self.budgets_enforced) {
+            (Some(r), true) => {
+                self.reserve_request = Some(r.clone());
+                Next::Reserve(r)
+            }
+            _ => self.forward(0),
+        }
+    }
+
+    /// Whether this request may climb a tier for `signal` now.
+    fn can_escalate(&self, signal: Signal) -> bool {
+        self.escalation.triggers(signal)
+            && self.escalations < self.escalation.max_attempts
+            && !self.trace.downgraded
+            && self.ladder.iter().any(|r| !r.chain.is_empty())
+    }
+
+    fn note_escalation(&mut self, signal: Signal) {
+        // Tiers without a model for this API are skipped.
+        while self.ladder.first().is_some_and(|r| r.chain.is_empty()) {
+            self.ladder.remove(0);
+        }
+        self.escalations += 1;
+        let from = self.trace.tier.clone().unwrap_or_default();
+        let to = self.ladder.first().map(|r| r.name.clone()).unwrap_or_default();
+        self.trace.escalations.push(format!("{from}->{to}; reason={}", signal.as_str()));
+    }
+
+    /// Answer with the held answer, applying `settlement` for the attempt
+    /// that did not make it.
+    fn respond_held(&mut self, why: &str, settlement: Option<Settlement>) -> Next {
+        let Some(held) = self.held.clone() else {
+            let tier = self.tier.clone().unwrap_or_default();
+            let err = UpstreamError::Exhausted { tier, last: why.to_owned() };
+            return Next::Respond(LocalResponse::error(&err.into(), Some(&self.trace)), settlement);
+        };
+        self.served_held = true;
+        self.trace.tier = held.tier;
+        self.trace.model = Some(held.model);
+        self.trace.cost_micros = Some(self.prior.micros);
+        self.trace.cost_is_estimate = false;
+        self.trace.reasons.push(format!("{why}: returned the {} answer", held.signal.as_str()));
+        let mut headers = vec![("content-type".to_owned(), "application/json".to_owned())];
+        headers.extend(self.trace.headers());
+        Next::Respond(LocalResponse { status: held.status, headers, body: held.body }, settlement)
+    }
+
+    /// The usage and cost of the current attempt's answer.
+    fn attempt_cost(&self, status: u16, summary: &ResponseSummary, config: &TenantConfig) -> (Option<Usage>, u64) {
+        let price = self.current_target().and_then(|t| config.price(&t.model));
         let usage = summary.usage.map(|u| {
             // A stream cut short reports usage only as far as it got:
             // Anthropic's `message_start` carries a placeholder output count
@@ -774,7 +956,44 @@ impl Plan {
             (Some(p), Some(u)) => p.cost_micros(&u),
             _ => 0,
         };
-        self.trace.cost_micros = Some(cost_micros);
+        (usage, cost_micros)
+    }
+
+    /// What the cost-per-resolution ledger records for this request, once it
+    /// has ended: after [`Plan::finish`] (pass its result) or after serving a
+    /// cache hit (pass None). Requests refused before routing record nothing.
+    pub fn outcome(&self, finish: Option<&Finish>) -> crate::outcomes::RequestOutcome {
+        let (tokens, micros) = finish
+            .and_then(|f| f.usage.map(|u| (u.input_tokens.saturating_add(u.output_tokens), f.cost_micros)))
+            .unwrap_or((0, 0));
+        // An escalated request is one logical request: every attempt's cost.
+        let (tokens, micros) = (tokens.saturating_add(self.prior.tokens), micros.saturating_add(self.prior.micros));
+        crate::outcomes::RequestOutcome {
+            request_id: self.request_id.clone(),
+            tier: self.tier.clone().unwrap_or_else(|| "pinned".to_owned()),
+            tokens,
+            micros,
+            cache_hit: self.hit_saved_micros.is_some(),
+            saved_micros: self.hit_saved_micros.unwrap_or(0),
+            escalated: self.escalations > 0,
+            fallbacks: self.trace.fallbacks,
+        }
+    }
+
+    /// The provider's response has ended (completely, or cut short by an
+    /// abort or error). `summary` is what the response observer saw;
+    /// `assembled` the cacheable non-streamed body, when there is one.
+    pub fn finish(
+        &mut self,
+        status: u16,
+        summary: &ResponseSummary,
+        assembled: Option<serde_json::Value>,
+        config: &TenantConfig,
+        now: u64,
+    ) -> Finish {
+        let target = self.current_target().cloned();
+        let (usage, cost_micros) = self.attempt_cost(status, summary, config);
+        self.trace.cost_micros = Some(cost_micros.saturating_add(self.prior.micros));
         self.trace.cost_is_estimate = false;
         let settlement = self.granted.as_ref().map(|g| match usage {
             Some(u) => Settlement::Charge {
@@ -805,7 +1024,8 @@ impl Plan {
                         stored_at: now,
                         expires_at: now + self.cache_ttl,
                         usage,
-                        cost_micros,
+                        // What a hit avoids: every attempt this answer took.
+                        cost_micros: cost_micros.saturating_add(self.prior.micros),
                         body,
                     };
                     cache_fill =

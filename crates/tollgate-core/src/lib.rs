@@ -16,6 +16,7 @@ pub mod count;
 pub mod endpoints;
 pub mod engine;
 pub mod error;
+pub mod escalation;
 pub mod eval;
 pub mod learned;
 pub mod outcomes;

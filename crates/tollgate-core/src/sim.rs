@@ -125,6 +125,12 @@ impl Simulator {
                     };
                     plan.on_reserve(outcome)
                 }
+                Next::Escalate(settlement) => {
+                    if let Some(s) = &settlement {
+                        self.settle(s, now);
+                    }
+                    plan.escalate()
+                }
                 Next::Forward(up) => {
                     let reply = upstream(&up);
                     let observer = plan.stream_observer(&up);
@@ -134,6 +140,13 @@ impl Simulator {
                         Some(r) if Plan::is_retryable(r.status) => plan.on_upstream_failure(Some(r.status)),
                         Some(r) => {
                             let (summary, assembled, body) = observe(&plan, observer, &r);
+                            // Streams are relayed as they come: only JSON answers are reviewed.
+                            let review =
+                                if r.stream { None } else { plan.review(r.status, &summary, &body, &self.config) };
+                            if let Some(step) = review {
+                                next = step;
+                                continue;
+                            }
                             let fin = plan.finish(r.status, &summary, assembled, &self.config, now);
                             if let Some(s) = &fin.settlement {
                                 self.settle(s, now);

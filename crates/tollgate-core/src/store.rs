@@ -75,7 +75,7 @@ pub fn closing_ops(
     finish: Option<&Finish>,
 ) -> Vec<TenantOp> {
     let mut ops: Vec<TenantOp> = settlement.iter().map(|s| TenantOp::Budget(s.to_op(budgets))).collect();
-    if finish.is_some() || plan.served_from_cache() {
+    if finish.is_some() || plan.answered_without_finish() {
         ops.push(TenantOp::Outcome(OutcomeOp::Record { outcome: plan.outcome(finish) }));
     }
     ops

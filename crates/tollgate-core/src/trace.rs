@@ -44,6 +44,8 @@ pub struct DecisionTrace {
     pub budget_remaining_tokens: Option<u64>,
     pub downgraded: bool,
     pub fallbacks: u32,
+    /// Each tier climbed: `from->to; reason=signal`.
+    pub escalations: Vec<String>,
     pub reasons: Vec<String>,
 }
 
@@ -62,6 +64,7 @@ impl DecisionTrace {
             budget_remaining_tokens: None,
             downgraded: false,
             fallbacks: 0,
+            escalations: Vec::new(),
             reasons: Vec::new(),
         }
     }
@@ -100,6 +103,9 @@ impl DecisionTrace {
         }
         if self.fallbacks > 0 {
             put("x-tollgate-fallbacks", self.fallbacks.to_string());
+        }
+        if !self.escalations.is_empty() {
+            put("x-tollgate-escalated", self.escalations.join(", "));
         }
         if !self.reasons.is_empty() {
             put("x-tollgate-reasons", self.reasons.join("; "));

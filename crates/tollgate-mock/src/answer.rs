@@ -84,6 +84,22 @@ impl Answer {
         self.words.iter().enumerate().map(|(i, word)| if i == 0 { word.clone() } else { format!(" {word}") }).collect()
     }
 
+    /// The answer as an `answer:<kind>` fault spoils it.
+    pub fn spoiled(mut self, fault: crate::faults::AnswerFault) -> Answer {
+        use crate::faults::AnswerFault;
+        let words: &[&str] = match fault {
+            AnswerFault::Length => {
+                self.words.truncate(3);
+                self.truncated = true;
+                return self;
+            }
+            AnswerFault::Empty => &[],
+            AnswerFault::Refusal => &["I'm", "sorry,", "but", "I", "can't", "help", "with", "that."],
+            AnswerFault::BadJson => &["{\"answer\":", "\"unfinished"],
+        };
+        Answer { words: words.iter().map(|w| (*w).to_owned()).collect(), truncated: false }
+    }
+
     pub fn output_tokens(&self) -> u64 {
         u64::try_from(self.words.len()).unwrap_or(u64::MAX)
     }

@@ -200,6 +200,10 @@ pub async fn handle(api: Api, state: Arc<MockState>, request: Request<Incoming>)
             Ok(body) => match api.parse_prompt(body) {
                 Ok(prompt) => {
                     let answer = Answer::for_prompt(&prompt);
+                    let answer = match plan.answer {
+                        Some(fault) => answer.spoiled(fault),
+                        None => answer,
+                    };
                     Outcome::Success { prompt, answer }
                 }
                 Err(error) => Outcome::Failure { error, retry_after: None },

@@ -27,6 +27,32 @@ pub enum Fault {
     DropAfter(usize),
     /// Value of the `retry-after` header (seconds) sent with a status fault.
     RetryAfter(u64),
+    /// A successful answer that looks unresolved (for escalation tests).
+    Answer(AnswerFault),
+}
+
+/// How `answer:<kind>` spoils a successful answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AnswerFault {
+    /// Cut at three words with finish_reason `length` / stop_reason `max_tokens`.
+    Length,
+    /// No content at all.
+    Empty,
+    /// A short refusal.
+    Refusal,
+    /// Text that is not JSON, whatever the request asked for.
+    BadJson,
+}
+
+impl AnswerFault {
+    fn name(self) -> &'static str {
+        match self {
+            AnswerFault::Length => "length",
+            AnswerFault::Empty => "empty",
+            AnswerFault::Refusal => "refusal",
+            AnswerFault::BadJson => "bad_json",
+        }
+    }
 }
 
 impl fmt::Display for Fault {
@@ -37,6 +63,7 @@ impl fmt::Display for Fault {
             Fault::ChunkDelay(delay) => write!(f, "chunk_delay:{}", delay.as_millis()),
             Fault::DropAfter(n) => write!(f, "drop_after:{n}"),
             Fault::RetryAfter(seconds) => write!(f, "retry_after:{seconds}"),
+            Fault::Answer(kind) => write!(f, "answer:{}", kind.name()),
         }
     }
 }
@@ -66,7 +93,16 @@ fn parse_fault(text: &str) -> Result<Fault, String> {
         "chunk_delay" => Ok(Fault::ChunkDelay(Duration::from_millis(number("milliseconds")?))),
         "drop_after" => Ok(Fault::DropAfter(usize::try_from(number("count")?).unwrap_or(usize::MAX))),
         "retry_after" => Ok(Fault::RetryAfter(number("seconds")?)),
-        other => Err(format!("unknown fault {other:?} (known: status, slow, chunk_delay, drop_after, retry_after)")),
+        "answer" => match argument.trim() {
+            "length" => Ok(Fault::Answer(AnswerFault::Length)),
+            "empty" => Ok(Fault::Answer(AnswerFault::Empty)),
+            "refusal" => Ok(Fault::Answer(AnswerFault::Refusal)),
+            "bad_json" => Ok(Fault::Answer(AnswerFault::BadJson)),
+            _ => Err(format!("fault {text:?}: answer must be length, empty, refusal or bad_json")),
+        },
+        other => {
+            Err(format!("unknown fault {other:?} (known: status, slow, chunk_delay, drop_after, retry_after, answer)"))
+        }
     }
 }
 
@@ -78,6 +114,7 @@ pub struct FaultPlan {
     pub chunk_delay: Option<Duration>,
     pub drop_after: Option<usize>,
     pub retry_after: Option<u64>,
+    pub answer: Option<AnswerFault>,
     /// Every fault that took effect, as text, for the request record.
     pub applied: Vec<String>,
 }
@@ -93,6 +130,7 @@ impl FaultPlan {
             Fault::ChunkDelay(delay) => fill(&mut self.chunk_delay, delay),
             Fault::DropAfter(n) => fill(&mut self.drop_after, n),
             Fault::RetryAfter(seconds) => fill(&mut self.retry_after, seconds),
+            Fault::Answer(kind) => fill(&mut self.answer, kind),
         };
         if added {
             self.applied.push(fault.to_string());

@@ -139,6 +139,15 @@ async fn drive(mut job: Job, mut reply: oneshot::Sender<Response>) {
                 }
                 job.plan.on_reserve(outcome)
             }
+            Next::Escalate(settlement) => {
+                // Settle the attempt that ended before reserving for the next
+                // tier, so that reservation sees what the first one cost.
+                if let Some(s) = settlement {
+                    let ops = vec![TenantOp::Budget(s.to_op(&job.config.budgets))];
+                    ledger::call_until_applied(job.env.clone(), job.tenant_id.clone(), ops, job.settings).await;
+                }
+                job.plan.escalate()
+            }
             Next::Forward(up) => match call_provider(&up, &job, &mut reply).await {
                 Ok(CallResult::Answered(resp)) => match answer(&mut job, &up, resp, reply).await {
                     Answered::Done => return,
@@ -146,6 +155,11 @@ async fn drive(mut job: Job, mut reply: oneshot::Sender<Response>) {
                         // Nothing reached the client yet: try the next model.
                         reply = back;
                         job.plan.on_upstream_failure(None)
+                    }
+                    Answered::Reviewed(back, step) => {
+                        // The answer was held back (escalation): nothing reached the client.
+                        reply = back;
+                        step
                     }
                 },
                 Ok(CallResult::Failed(status)) => job.plan.on_upstream_failure(status),
@@ -249,6 +263,8 @@ enum Answered {
     Done,
     /// A streamed answer failed before its first byte reached the client.
     Failed(oneshot::Sender<Response>),
+    /// The core held a complete answer back (to escalate it): the next step.
+    Reviewed(oneshot::Sender<Response>, Next),
 }
 
 /// Pass the provider's answer to the client, then settle and cache.
@@ -274,6 +290,9 @@ async fn answer(job: &mut Job, up: &Upstream, mut resp: Response, mut reply: one
         }
     };
     let (summary, assembled) = job.plan.read_json_response(&bytes);
+    if let Some(step) = job.plan.review(status, &summary, &bytes, &job.config) {
+        return Answered::Reviewed(reply, step);
+    }
     let fin = job.plan.finish(status, &summary, assembled, &job.config, now_secs());
     let mut headers = vec![(
         "content-type".to_owned(),
