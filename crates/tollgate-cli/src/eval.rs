@@ -162,6 +162,11 @@ pub fn run(config: &TenantConfig, labels: &Path, options: &EvalOptions<'_>) -> R
         })
         .collect();
 
+    // Per router (in `overall`'s order), its median APGR within a source.
+    let medians: Vec<Option<f64>> = (0..overall.len())
+        .map(|k| eval::median_apgr(per_source.iter().filter_map(|(_, rs)| rs.get(k).map(|(_, r)| r))))
+        .collect();
+
     if let Some(path) = chart {
         let curves: Vec<(&str, &QualityReport)> = overall.iter().map(|(n, r)| (*n, r)).collect();
         let name =
@@ -173,11 +178,17 @@ pub fn run(config: &TenantConfig, labels: &Path, options: &EvalOptions<'_>) -> R
         let routers_json = |rs: &[(&str, QualityReport)]| -> Value {
             rs.iter().map(|(n, r)| ((*n).to_owned(), report_json(r))).collect::<serde_json::Map<_, _>>().into()
         };
+        let mut overall_json = routers_json(&overall);
+        for ((name, _), median) in overall.iter().zip(&medians) {
+            if let Some(obj) = overall_json.get_mut(*name).and_then(Value::as_object_mut) {
+                obj.insert("median_source_apgr".to_owned(), json!(median));
+            }
+        }
         let sources: serde_json::Map<String, Value> =
             per_source.iter().map(|(s, rs)| (s.clone(), routers_json(rs))).collect();
         let out = json!({
             "labels": labels.display().to_string(), "weak_model": weak_model, "strong_model": strong_model,
-            "cost_ratio": cost_ratio, "overall": routers_json(&overall), "by_source": sources,
+            "cost_ratio": cost_ratio, "overall": overall_json, "by_source": sources,
         });
         println!("{}", serde_json::to_string_pretty(&out).map_err(|e| e.to_string())?);
         return Ok(());
@@ -195,16 +206,19 @@ pub fn run(config: &TenantConfig, labels: &Path, options: &EvalOptions<'_>) -> R
         "prices: weak = {weak_model}, strong = {strong_model}; a weak call costs {:.1}% of a strong one (equal input and output tokens)\n",
         cost_ratio * 100.0
     );
-    println!("| router | APGR | CPT(50%) | CPT(80%) | strong calls at 95% of strong quality | cost saved there |");
-    println!("|---|---|---|---|---|---|");
-    for (name, r) in &overall {
+    println!(
+        "| router | APGR | CPT(50%) | CPT(80%) | strong calls at 95% of strong quality | cost saved there | median APGR within a source |"
+    );
+    println!("|---|---|---|---|---|---|---|");
+    for ((name, r), median) in overall.iter().zip(&medians) {
         println!(
-            "| {name} | {} | {} | {} | {} | {} |",
+            "| {name} | {} | {} | {} | {} | {} | {} |",
             num(r.apgr),
             pct(r.cpt50),
             pct(r.cpt80),
             pct(r.share_at_95),
-            pct(r.saving_at_95)
+            pct(r.saving_at_95),
+            num(*median)
         );
     }
     println!();

@@ -5,8 +5,10 @@
 //! gives for the same config and request.
 
 mod eval;
+mod feedback;
 mod price;
 mod replay;
+mod simulate;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use serde_json::{Value, json};
@@ -174,6 +176,35 @@ enum Command {
         #[arg(long, conflicts_with_all = ["model", "tier"])]
         jsonl: bool,
     },
+    /// Replay a request log offline through the core and report what routing
+    /// and caching would have cost: before (always premium, and as logged),
+    /// after, the saving, the tier mix and the cache hit rate.
+    ///
+    /// Each line: {"at", "tenant"?, "api"?, "request", "cache_control"?,
+    /// "request_id"?, "source"?, "logged"?: {"model", "usage":
+    /// {"input_tokens", "output_tokens"}} or {"cost_usd"}} (README).
+    Simulate {
+        /// The request log (JSONL).
+        #[arg(long)]
+        log: PathBuf,
+        /// Tenant config; repeat for a log of several tenants (each line names its `tenant`).
+        #[arg(long, required = true)]
+        config: Vec<PathBuf>,
+        /// Write an SVG chart of cumulative cost (as logged, always premium, routed) here.
+        #[arg(long)]
+        chart: Option<PathBuf>,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+        /// Also print one row per request.
+        #[arg(long, short)]
+        verbose: bool,
+    },
+    /// Feedback the router collected, for training.
+    Feedback {
+        #[command(subcommand)]
+        command: FeedbackCommand,
+    },
     /// Replay a workload through the core against a simulated provider and
     /// report decisions, cache hits and cost against always-premium.
     Replay {
@@ -203,6 +234,33 @@ enum ConfigCommand {
     },
     /// Print the tenant config JSON Schema.
     Schema,
+}
+
+#[derive(Subcommand)]
+enum FeedbackCommand {
+    /// Join your request log (with the `request_id` of each response) and
+    /// `GET /v1/feedback/export`'s lines into labelled prompts
+    /// {"id","source","prompt","weak","strong"} for `tollgate train`.
+    ///
+    /// Cheapest tier resolved: weak 1, strong 1; cheapest tier unresolved:
+    /// weak 0, strong 1; escalated and resolved: weak 0, strong 1; escalated
+    /// from the tier below the premium one and still unresolved: weak 0,
+    /// strong 0; anything else (served above the cheapest tier) is skipped,
+    /// because the weak model's score is unknown, and counted.
+    Labels {
+        /// The request log (as for `simulate`), lines carrying `request_id`.
+        #[arg(long)]
+        log: PathBuf,
+        /// What `GET /v1/feedback/export` returned (NDJSON).
+        #[arg(long)]
+        feedback: PathBuf,
+        /// Tenant config whose tiers the export names (default: the example tenant).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Where to write the labels (JSONL).
+        #[arg(long, short)]
+        output: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -394,6 +452,19 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
                 &price::Item { model: model.as_deref(), tier: tier.as_deref(), api: api.into(), usage },
             )
         }
+        Command::Simulate { log, config, chart, json, verbose } => {
+            simulate::run(
+                &log,
+                &config,
+                &simulate::SimulateOptions { chart: chart.as_deref(), as_json: json, verbose },
+            )?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Feedback { command: FeedbackCommand::Labels { log, feedback, config, output } } => {
+            let config = load_config(config.as_deref())?;
+            feedback::labels(&log, &feedback, &config, &output)?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Replay { workload, tenants, quiet, out } => replay::run(&workload, &tenants, quiet, out.as_deref()),
     }
 }
@@ -491,6 +562,8 @@ fn route_offline(config: &TenantConfig, api: ApiFormat, body: &[u8], state: &mut
                     Err(e) => ReserveOutcome::Refused(e),
                 })
             }
+            // Escalation follows a provider's answer, which this never gets to.
+            Next::Escalate(_) => break json!({"outcome": "escalate"}),
             Next::Forward(up) => {
                 let body: Value = serde_json::from_slice(&up.body).unwrap_or(Value::Null);
                 break json!({"outcome": "forward", "provider": up.target.provider, "model": up.target.model, "path": up.path, "strip_usage_chunk": up.strip_usage_chunk, "body": body});

@@ -22,7 +22,7 @@ use tollgate_core::sim::{Simulator, UpstreamReply};
 
 /// Output length the simulated provider gives a conversation: stable per
 /// conversation (whatever the model or `max_tokens`), capped by `max_tokens`.
-fn simulated_output_tokens(req: &ChatRequest) -> u64 {
+pub(crate) fn simulated_output_tokens(req: &ChatRequest) -> u64 {
     let cap = req.max_output_tokens;
     let conversation = req.raw_field("messages").unwrap_or_default();
     let h = conversation
@@ -34,11 +34,21 @@ fn simulated_output_tokens(req: &ChatRequest) -> u64 {
 }
 
 fn simulated_reply(up: &Upstream, now: u64) -> UpstreamReply {
+    simulated_reply_of_length(up, now, None)
+}
+
+/// The simulated provider's answer, `output` tokens long when given (a
+/// logged answer's length), else of the length derived from the prompt;
+/// either way capped by the request's `max_tokens`.
+pub(crate) fn simulated_reply_of_length(up: &Upstream, now: u64, output: Option<u64>) -> UpstreamReply {
     let Ok(req) = ChatRequest::parse(up.api, &up.body, usize::MAX) else {
         return UpstreamReply { status: 400, body: br#"{"error":{"message":"bad request"}}"#.to_vec(), stream: false };
     };
     let prompt = count::prompt_tokens(&req, &up.target.model).tokens;
-    let output = simulated_output_tokens(&req);
+    let output = match output {
+        Some(n) => req.max_output_tokens.map_or(n, |cap| n.min(cap)),
+        None => simulated_output_tokens(&req),
+    };
     let text = format!("[{}] simulated answer of {output} tokens", up.target.model);
     let body = match up.api {
         ApiFormat::OpenAi => json!({

@@ -409,3 +409,284 @@ fn train_writes_a_model_that_eval_scores_and_cross_validation_holds_out() {
     );
     let _ = (std::fs::remove_file(labels), std::fs::remove_file(model));
 }
+
+#[test]
+fn eval_prints_each_routers_median_apgr_within_a_source_next_to_the_overall_one() {
+    // Two sources, each mixing prompts only the strong model solves with
+    // prompts both solve, so every source has a gap to recover.
+    let mut text = String::new();
+    for (i, line) in labels_where_hard_prompts_need_the_strong_model().lines().enumerate() {
+        let mut v: Value = serde_json::from_str(line).unwrap();
+        v["source"] = json!(format!("s{}", i % 2));
+        text += &format!("{v}\n");
+    }
+    let labels = temp_path("median-labels.jsonl");
+    std::fs::write(&labels, text).unwrap();
+    let out = tollgate(&["eval", labels.to_str().unwrap(), "--baselines", "--json"], None);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    for router in ["tollgate classifier", "prompt length", "random", "oracle"] {
+        let mut apgrs: Vec<f64> =
+            ["s0", "s1"].iter().map(|s| v["by_source"][s][router]["apgr"].as_f64().unwrap()).collect();
+        apgrs.sort_by(f64::total_cmp);
+        let median = v["overall"][router]["median_source_apgr"].as_f64().unwrap();
+        assert!((median - (apgrs[0] + apgrs[1]) / 2.0).abs() < 1e-9, "{router}: {v}");
+    }
+    assert!((v["overall"]["random"]["median_source_apgr"].as_f64().unwrap() - 0.5).abs() < 1e-9);
+    // Within each source the oracle sends both unsolved prompts first: the gap is recovered at 50%.
+    assert!((v["overall"]["oracle"]["median_source_apgr"].as_f64().unwrap() - 0.75).abs() < 1e-9, "{v}");
+
+    let out = tollgate(&["eval", labels.to_str().unwrap(), "--baselines"], None);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let table = String::from_utf8(out.stdout).unwrap();
+    assert!(table.contains("| APGR |") && table.contains("| median APGR within a source |"), "{table}");
+    let random = table.lines().find(|l| l.starts_with("| random |")).unwrap();
+    assert!(random.trim_end().ends_with("| 0.500 | 0.500 |") || random.contains("| 0.500 |"), "{random}");
+    assert_eq!(random.split('|').filter(|c| !c.trim().is_empty()).count(), 7, "{random}");
+    let _ = std::fs::remove_file(labels);
+}
+
+/// The published list prices (micro-dollars per million tokens) of the
+/// models the example log says it used, to price it without the core.
+fn list_price(model: &str) -> (u64, u64) {
+    match model {
+        "openai/gpt-4o" => (2_500_000, 10_000_000),
+        "anthropic/claude-sonnet-4-5" => (3_000_000, 15_000_000),
+        other => panic!("no list price for {other}"),
+    }
+}
+
+#[test]
+fn simulate_prices_the_example_log_before_and_after_and_charts_all_three_series() {
+    let chart = temp_path("simulate.svg");
+    let out = tollgate(
+        &[
+            "simulate",
+            "--log",
+            "examples/requests.jsonl",
+            "--config",
+            "examples/tenant.json",
+            "--json",
+            "--chart",
+            chart.to_str().unwrap(),
+        ],
+        None,
+    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+
+    // As logged, priced here from the file at list prices (rounded up per request).
+    let log = std::fs::read_to_string(root().join("examples/requests.jsonl")).unwrap();
+    let lines: Vec<Value> =
+        log.lines().filter(|l| !l.trim().is_empty()).map(|l| serde_json::from_str(l).unwrap()).collect();
+    let mut as_logged = 0u64;
+    for line in &lines {
+        let logged = &line["logged"];
+        as_logged += match logged["cost_usd"].as_f64() {
+            Some(usd) => (usd * 1e6).round() as u64,
+            None => {
+                let (input, output) = list_price(logged["model"].as_str().unwrap());
+                let usage = &logged["usage"];
+                let total =
+                    usage["input_tokens"].as_u64().unwrap() * input + usage["output_tokens"].as_u64().unwrap() * output;
+                total.div_ceil(1_000_000)
+            }
+        };
+    }
+    let cost = &v["cost_micros"];
+    assert_eq!(cost["as_logged"].as_u64(), Some(as_logged), "{v}");
+    let (premium, routed) = (cost["always_premium"].as_u64().unwrap(), cost["routed"].as_u64().unwrap());
+    // The log already went to the premium models, with the same answer lengths:
+    // always-premium differs from it only by how the prompt tokens were counted.
+    assert!(premium.abs_diff(as_logged) * 20 < as_logged, "premium {premium} vs as logged {as_logged}");
+    assert!(routed * 10 < premium * 9, "routing and caching save over 10%: {routed} vs {premium}");
+    assert!(v["saved_pct"]["vs_always_premium"].as_f64().unwrap() > 10.0, "{v}");
+
+    let requests = v["requests"].as_u64().unwrap();
+    assert_eq!(requests, lines.len() as u64);
+    let tiers = v["tiers"].as_object().unwrap();
+    assert_eq!(tiers.values().map(|n| n.as_u64().unwrap()).sum::<u64>(), requests, "{v}");
+    assert!(tiers["cheap"].as_u64().unwrap() > 0 && tiers["premium"].as_u64().unwrap() > 0, "{v}");
+    assert_eq!(tiers.get("cache").and_then(Value::as_u64).unwrap_or(0), v["cache_hits"].as_u64().unwrap());
+    assert!(v["cache_hits"].as_u64().unwrap() > 0, "the log repeats questions: {v}");
+    let rate = v["cache_hit_rate"].as_f64().unwrap();
+    assert!((rate - v["cache_hits"].as_f64().unwrap() / requests as f64).abs() < 1e-12);
+
+    let svg = std::fs::read_to_string(&chart).unwrap();
+    assert!(svg.starts_with("<svg xmlns=\"http://www.w3.org/2000/svg\"") && svg.trim_end().ends_with("</svg>"));
+    assert_eq!(svg.matches("<polyline").count(), 3, "{svg}");
+    for (series, usd) in
+        [("as logged", "as_logged"), ("always premium", "always_premium"), ("routed and cached", "routed")]
+    {
+        assert!(svg.contains(&format!("data-series=\"{series}\"")), "{series}");
+        // The legend shows each line's end: the total printed in the JSON.
+        assert!(svg.contains(&format!(">{series} ${}<", v["cost_usd"][usd].as_str().unwrap())), "{series}: {svg}");
+    }
+    // Each polyline has a point per request plus the origin.
+    let points = svg.split("points=\"").nth(1).unwrap().split('"').next().unwrap().split(' ').count();
+    assert_eq!(points as u64, requests + 1);
+    let _ = std::fs::remove_file(chart);
+
+    // The text output says the same.
+    let out = tollgate(&["simulate", "--log", "examples/requests.jsonl", "--config", "examples/tenant.json"], None);
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    for want in [
+        "cost before, always premium:",
+        "cost before, as logged:",
+        "cost after, routed and cached:",
+        "saving:",
+        "tier mix:",
+        "cache hits:",
+    ] {
+        assert!(text.contains(want), "{want}: {text}");
+    }
+}
+
+#[test]
+fn simulate_accepts_the_workload_format_and_agrees_with_replay() {
+    let out = tollgate(
+        &[
+            "simulate",
+            "--log",
+            "examples/workload.jsonl",
+            "--config",
+            "examples/tenant.json",
+            "--config",
+            "examples/tenant-globex.json",
+            "--json",
+        ],
+        None,
+    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["cost_micros"]["as_logged"], Value::Null, "workload lines carry no `logged`");
+    let replay = tollgate(&["replay", "--workload", "examples/workload.jsonl", "--quiet"], None);
+    let text = String::from_utf8(replay.stdout).unwrap();
+    let cost = text.lines().find(|l| l.starts_with("cost: $")).unwrap();
+    let routed = format!("${} routed", v["cost_usd"]["routed"].as_str().unwrap());
+    let premium = format!("${} always-premium", v["cost_usd"]["always_premium"].as_str().unwrap());
+    assert!(cost.contains(&routed) && cost.contains(&premium), "{cost} vs {v}");
+}
+
+#[test]
+fn simulate_refuses_bad_input_with_exit_code_2_and_a_message() {
+    let bad = temp_path("bad-log.jsonl");
+    let good = r#"{"at":0,"request":{"model":"gpt-4o","messages":[{"role":"user","content":"hi"}]}}"#;
+    let cases: [(&str, &str); 5] = [
+        ("{\"at\":0,\"request\":", ":2: bad JSON"),
+        (r#"{"at":1,"api":"gemini","request":{}}"#, ":2: `api` must be"),
+        (r#"{"at":1}"#, ":2: needs `request`"),
+        (r#"{"at":1,"tenant":"initech","request":{"model":"gpt-4o","messages":[]}}"#, ":2: unknown tenant `initech`"),
+        (
+            r#"{"at":1,"request":{"model":"gpt-4o","messages":[]},"logged":{"model":"x/unknown-model","usage":{"input_tokens":1,"output_tokens":1}}}"#,
+            ":2: no price for the logged model",
+        ),
+    ];
+    for (second, want) in cases {
+        std::fs::write(&bad, format!("{good}\n{second}\n")).unwrap();
+        let out = tollgate(&["simulate", "--log", bad.to_str().unwrap(), "--config", "examples/tenant.json"], None);
+        assert_eq!(out.status.code(), Some(2), "{second}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.starts_with("tollgate: ") && err.contains(want), "{want}: {err}");
+        assert!(!err.contains("panicked"), "{err}");
+    }
+    let out = tollgate(&["simulate", "--log", "no/such/log.jsonl", "--config", "examples/tenant.json"], None);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read no/such/log.jsonl"));
+    let out = tollgate(&["simulate", "--log", "examples/requests.jsonl", "--config", "no/such/tenant.json"], None);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no/such/tenant.json"));
+    let _ = std::fs::remove_file(bad);
+}
+
+#[test]
+fn feedback_labels_join_the_log_with_the_export_and_feed_train() {
+    let (export, labels, model) =
+        (temp_path("export.ndjson"), temp_path("fb-labels.jsonl"), temp_path("fb-model.json"));
+    let log = std::fs::read_to_string(root().join("examples/requests.jsonl")).unwrap();
+    let logged: Vec<Value> = log.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    // What the router exported for all but the last request, plus one the log does not have.
+    let mut lines = Vec::new();
+    for (i, line) in logged.iter().enumerate().take(logged.len() - 1) {
+        let (tier, escalated, resolved) = match i % 4 {
+            0 => ("cheap", false, true),
+            1 => ("cheap", false, false),
+            // Escalated from the tier the router chose.
+            2 => ("cheap", true, true),
+            _ => ("premium", false, true),
+        };
+        lines.push(json!({"request_id": line["request_id"], "tier": tier, "escalated": escalated, "resolved": resolved, "at": 1_795_000_000 + i}));
+    }
+    lines.push(json!({"request_id": "req_ffffffffffffffffffffffffffffffff", "tier": "cheap", "escalated": false, "resolved": true, "at": 1}));
+    std::fs::write(&export, lines.iter().map(|l| format!("{l}\n")).collect::<String>()).unwrap();
+
+    let out = tollgate(
+        &[
+            "feedback",
+            "labels",
+            "--log",
+            "examples/requests.jsonl",
+            "--feedback",
+            export.to_str().unwrap(),
+            "--config",
+            "examples/tenant.json",
+            "-o",
+            labels.to_str().unwrap(),
+        ],
+        None,
+    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let report = String::from_utf8(out.stdout).unwrap();
+    let rows: Vec<Value> =
+        std::fs::read_to_string(&labels).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let exported = logged.len() - 1;
+    let premium_only = (0..exported).filter(|i| i % 4 == 3).count();
+    assert_eq!(rows.len(), exported - premium_only, "{report}");
+    assert!(report.contains(&format!("skipped {premium_only}: served above the cheapest tier")), "{report}");
+    assert!(report.contains("skipped 1: no feedback exported for the request"), "{report}");
+    assert!(report.contains("skipped 1: exported feedback for a request not in the log"), "{report}");
+    for row in &rows {
+        let keys: Vec<&str> = row.as_object().unwrap().keys().map(String::as_str).collect();
+        assert_eq!(keys, ["id", "source", "prompt", "weak", "strong"]);
+        let i = logged.iter().position(|l| l["request_id"] == row["id"]).unwrap();
+        assert_eq!(row["source"], logged[i]["source"]);
+        assert_eq!(row["prompt"], logged[i]["request"]["messages"][0]["content"]);
+        let want = match i % 4 {
+            0 => (1.0, 1.0),
+            _ => (0.0, 1.0),
+        };
+        assert_eq!((row["weak"].as_f64().unwrap(), row["strong"].as_f64().unwrap()), want, "{row}");
+    }
+
+    // The rows are what `tollgate train` and `tollgate eval` read.
+    let out = tollgate(&["train", labels.to_str().unwrap(), "-o", model.to_str().unwrap()], None);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = tollgate(&["eval", labels.to_str().unwrap(), "--model", model.to_str().unwrap(), "--json"], None);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["overall"]["learned model (as given)"]["prompts"], rows.len());
+
+    // An export line that is not one is refused with its line number.
+    std::fs::write(&export, "{\"request_id\":\"req_1\",\"tier\":\"cheap\",\"resolved\":\"yes\"}\n").unwrap();
+    let out = tollgate(
+        &[
+            "feedback",
+            "labels",
+            "--log",
+            "examples/requests.jsonl",
+            "--feedback",
+            export.to_str().unwrap(),
+            "-o",
+            labels.to_str().unwrap(),
+        ],
+        None,
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains(":1: `resolved` must be"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let _ = (std::fs::remove_file(export), std::fs::remove_file(labels), std::fs::remove_file(model));
+}

@@ -67,6 +67,8 @@ pub enum Endpoint {
     Models,
     Usage,
     Feedback,
+    /// `GET /v1/feedback/export`: the tenant's recent requests with feedback, as NDJSON.
+    FeedbackExport,
     Health,
 }
 
@@ -84,6 +86,7 @@ pub fn resolve(method: &str, path: &str) -> Result<Endpoint, ApiError> {
             "/v1/models" => (Endpoint::Models, "GET"),
             "/v1/usage" => (Endpoint::Usage, "GET"),
             "/v1/feedback" => (Endpoint::Feedback, "POST"),
+            "/v1/feedback/export" => (Endpoint::FeedbackExport, "GET"),
             _ => return Err(RequestError::UnknownEndpoint { path: path.to_owned() }.into()),
         }
     };
@@ -151,6 +154,24 @@ pub fn feedback_unknown(request_id: &str) -> ApiError {
     crate::outcomes::unknown_request(request_id)
 }
 
+/// The content type of `GET /v1/feedback/export`.
+pub const NDJSON: &str = "application/x-ndjson";
+
+/// The op a host sends to the tenant's store for `GET /v1/feedback/export`.
+pub fn feedback_export_ops() -> Vec<TenantOp> {
+    vec![TenantOp::Outcome(OutcomeOp::Export)]
+}
+
+/// `GET /v1/feedback/export`'s body (NDJSON, one line per request with
+/// feedback: `{request_id, tier, escalated, resolved, at}`) from the
+/// store's reply; None when the store could not be reached.
+pub fn feedback_export_from_reply(reply: Option<TenantReply>) -> Result<String, ApiError> {
+    match reply {
+        Some(TenantReply::Outcome(OutcomeReply::Export { requests })) => Ok(crate::outcomes::export_ndjson(&requests)),
+        _ => Err(crate::outcomes::ledger_unavailable()),
+    }
+}
+
 /// Largest `POST /v1/feedback` body read.
 pub const MAX_FEEDBACK_BYTES: usize = 16 * 1024;
 
@@ -165,6 +186,8 @@ mod tests {
         assert_eq!(resolve("POST", "/v1/messages?beta=true"), Ok(Endpoint::Chat(ApiFormat::Anthropic)));
         assert_eq!(resolve("GET", "/v1/usage/"), Ok(Endpoint::Usage));
         assert_eq!(resolve("HEAD", "/healthz"), Ok(Endpoint::Health));
+        assert_eq!(resolve("GET", "/v1/feedback/export"), Ok(Endpoint::FeedbackExport));
+        assert_eq!(resolve("POST", "/v1/feedback/export").unwrap_err().allow, Some("GET"));
         let wrong = resolve("GET", "/v1/chat/completions").unwrap_err();
         assert_eq!((wrong.status, wrong.code, wrong.allow), (405, "method_not_allowed", Some("POST")));
         assert!(wrong.headers().contains(&("allow".to_owned(), "POST".to_owned())));
@@ -179,5 +202,8 @@ mod tests {
         let unknown = TenantReply::Outcome(OutcomeReply::UnknownRequest { request_id: "r".into() });
         assert_eq!(feedback_from_reply(Some(unknown)), Ok(None));
         assert_eq!(feedback_from_reply(None).unwrap_err().status, 503);
+        assert_eq!(feedback_export_from_reply(None).unwrap_err().status, 503);
+        let export = TenantReply::Outcome(OutcomeReply::Export { requests: vec![] });
+        assert_eq!(feedback_export_from_reply(Some(export)), Ok(String::new()));
     }
 }

@@ -136,6 +136,20 @@ pub fn by_source(rows: &[ScoredRow]) -> BTreeMap<&str, Vec<ScoredRow>> {
     groups
 }
 
+/// The median APGR over per-source reports: how well a router ranks
+/// prompts within a source, where the overall figure also rewards telling
+/// sources apart. Sources without a gap (no APGR) are left out; `None`
+/// when none has one. With an even count, the mean of the middle two.
+pub fn median_apgr<'a>(reports: impl IntoIterator<Item = &'a QualityReport>) -> Option<f64> {
+    let mut apgrs: Vec<f64> = reports.into_iter().filter_map(|r| r.apgr).collect();
+    if apgrs.is_empty() {
+        return None;
+    }
+    apgrs.sort_by(f64::total_cmp);
+    let mid = apgrs.len() / 2;
+    Some(if apgrs.len() % 2 == 1 { apgrs[mid] } else { (apgrs[mid - 1] + apgrs[mid]) / 2.0 })
+}
+
 /// An SVG chart of quality against strong-call share, one line per named
 /// curve, with the weak and strong models' quality as horizontal guides.
 pub fn chart_svg(title: &str, curves: &[(&str, &QualityReport)]) -> String {
@@ -302,6 +316,18 @@ mod tests {
     #[test]
     fn no_rows_is_an_empty_report() {
         assert_eq!(evaluate(&[], 0.1).rows, 0);
+    }
+
+    #[test]
+    fn the_median_apgr_skips_sources_without_a_gap_and_averages_the_middle_pair() {
+        let good = evaluate(&rows([0.1, 0.2, 0.9, 0.8]), 0.1);
+        let bad = evaluate(&rows([0.9, 0.8, 0.1, 0.2]), 0.1);
+        let flat = random_router(&rows([0.0; 4]), 0.1);
+        let no_gap = evaluate(&[row(0.5, 1.0, 1.0)], 0.1);
+        assert_eq!(median_apgr([&good, &bad, &flat, &no_gap]), flat.apgr);
+        let (g, b) = (good.apgr.unwrap_or(0.0), bad.apgr.unwrap_or(0.0));
+        assert!(close(median_apgr([&good, &bad]), (g + b) / 2.0));
+        assert_eq!(median_apgr([&no_gap]), None);
     }
 
     #[test]

@@ -13,6 +13,12 @@
 //! [`RECENT_CAPACITY`] requests (and none older than [`FEEDBACK_WINDOW_SECS`])
 //! for matching feedback, in a ring persisted as small chunks; the per-tier
 //! totals are a fixed handful of numbers.
+//!
+//! [`OutcomeOp::Export`] hands the recent requests that got feedback back to
+//! the tenant (`GET /v1/feedback/export`): id, tier, escalated, resolved and
+//! time, never prompt text, which the router does not keep. Joined with the
+//! tenant's own request log by [`training_label`], they become labelled
+//! prompts for `tollgate train`.
 
 use crate::error::ApiError;
 use crate::pricing::format_usd;
@@ -75,6 +81,11 @@ pub struct RecentRequest {
     /// The feedback given so far, if any (it can be changed).
     #[serde(default)]
     pub resolved: Option<bool>,
+    /// The answer of the tier the router chose (`tier`) was judged
+    /// unresolved and the next tier was asked. Written only when set, so
+    /// the chunks stay small and older ones read back as `false`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub escalated: bool,
 }
 
 /// The small, often-written part of the ledger: per-tier totals and where
@@ -117,9 +128,16 @@ pub struct Touched {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum OutcomeOp {
-    Record { outcome: RequestOutcome },
-    Feedback { request_id: String, resolved: bool },
+    Record {
+        outcome: RequestOutcome,
+    },
+    Feedback {
+        request_id: String,
+        resolved: bool,
+    },
     Report,
+    /// The recent requests that have feedback, oldest first.
+    Export,
 }
 
 /// The answer to an [`OutcomeOp`]. Tag values differ from
@@ -131,6 +149,7 @@ pub enum OutcomeReply {
     FeedbackRecorded { request_id: String, tier: String, resolved: bool },
     UnknownRequest { request_id: String },
     Report { tiers: Vec<TierTotals> },
+    Export { requests: Vec<RecentRequest> },
 }
 
 impl OutcomeLedger {
@@ -168,6 +187,20 @@ impl OutcomeLedger {
         &mut tiers[at]
     }
 
+    /// The recent requests with feedback still inside the feedback window,
+    /// oldest first (the ring read from the slot written next).
+    pub fn exported(&self, now: u64) -> Vec<RecentRequest> {
+        let start = self.totals.next_slot % RECENT_CAPACITY;
+        let (newer, older) = self.recent.split_at(start);
+        older
+            .iter()
+            .chain(newer)
+            .flatten()
+            .filter(|r| r.resolved.is_some() && r.at.saturating_add(FEEDBACK_WINDOW_SECS) >= now)
+            .cloned()
+            .collect()
+    }
+
     fn find(&self, id: &str, now: u64) -> Option<usize> {
         self.recent
             .iter()
@@ -200,6 +233,7 @@ pub fn apply(ledger: &mut OutcomeLedger, op: &OutcomeOp, now: u64) -> (OutcomeRe
                 tier: outcome.tier.clone(),
                 at: now,
                 resolved: None,
+                escalated: outcome.escalated,
             });
             ledger.totals.next_slot = (slot + 1) % RECENT_CAPACITY;
             (OutcomeReply::Recorded, Touched { totals: true, chunk: Some(slot / RECENT_CHUNK) })
@@ -229,6 +263,71 @@ pub fn apply(ledger: &mut OutcomeLedger, op: &OutcomeOp, now: u64) -> (OutcomeRe
             (reply, Touched { totals: true, chunk: Some(slot / RECENT_CHUNK) })
         }
         OutcomeOp::Report => (OutcomeReply::Report { tiers: ledger.totals.tiers.clone() }, Touched::default()),
+        OutcomeOp::Export => (OutcomeReply::Export { requests: ledger.exported(now) }, Touched::default()),
+    }
+}
+
+/// One line of `GET /v1/feedback/export` (served as `application/x-ndjson`).
+pub fn export_line(r: &RecentRequest) -> Value {
+    json!({"request_id": r.id, "tier": r.tier, "escalated": r.escalated, "resolved": r.resolved, "at": r.at})
+}
+
+/// The whole `GET /v1/feedback/export` body: one JSON object per line.
+pub fn export_ndjson(requests: &[RecentRequest]) -> String {
+    requests.iter().map(|r| format!("{}\n", export_line(r))).collect()
+}
+
+/// What one exported request says about a weak and a strong model, as a
+/// row of `tollgate train`'s labels (`weak`, `strong` in `{0, 1}`), or why
+/// it says nothing. `tiers` are the tenant's tier names, cheapest first;
+/// `tier` is the one the router chose (an escalated request is recorded
+/// there, with `escalated` set).
+///
+/// - not escalated, on the cheapest tier: resolved → weak 1, strong 1;
+///   unresolved → weak 0, strong 1 (the strong model is assumed to manage);
+/// - escalated (the chosen tier's answer was judged unresolved): resolved
+///   → weak 0, strong 1; unresolved after escalating to the premium tier
+///   (the chosen tier is the one below it) → weak 0, strong 0;
+/// - anything else is skipped: above the cheapest tier without escalating,
+///   the weak model's score is unknown.
+pub fn training_label(tier: &str, escalated: bool, resolved: bool, tiers: &[String]) -> Result<(f64, f64), SkipReason> {
+    if tier == "pinned" {
+        return Err(SkipReason::Pinned);
+    }
+    let index = tiers.iter().position(|t| t == tier).ok_or(SkipReason::UnknownTier)?;
+    let below_premium = index + 2 == tiers.len();
+    match (escalated, resolved) {
+        (true, true) => Ok((0.0, 1.0)),
+        (true, false) if below_premium => Ok((0.0, 0.0)),
+        (true, false) => Err(SkipReason::EscalatedUnresolvedBelowPremium),
+        (false, _) if index == 0 => Ok(if resolved { (1.0, 1.0) } else { (0.0, 1.0) }),
+        (false, _) => Err(SkipReason::NotOnTheCheapestTier),
+    }
+}
+
+/// Why an exported request gives no training label.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum SkipReason {
+    /// Served above the cheapest tier without escalating: the weak model's score is unknown.
+    NotOnTheCheapestTier,
+    /// Escalated, still unresolved, but not known to have reached the premium tier.
+    EscalatedUnresolvedBelowPremium,
+    /// A pinned model, not routed.
+    Pinned,
+    /// A tier the tenant's config does not have (renamed since?).
+    UnknownTier,
+}
+
+impl SkipReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SkipReason::NotOnTheCheapestTier => "served above the cheapest tier (the weak model's score is unknown)",
+            SkipReason::EscalatedUnresolvedBelowPremium => {
+                "escalated and unresolved, not from the tier below the premium one (the strong model's score is unknown)"
+            }
+            SkipReason::Pinned => "a pinned model (not routed)",
+            SkipReason::UnknownTier => "a tier the tenant's config does not have",
+        }
     }
 }
 
@@ -423,6 +522,89 @@ mod tests {
             apply_(&mut partial, &OutcomeOp::Feedback { request_id: "r1".into(), resolved: true }, 6),
             OutcomeReply::UnknownRequest { .. }
         ));
+    }
+
+    #[test]
+    fn export_returns_requests_with_feedback_oldest_first_with_tier_and_escalation() {
+        let mut l = OutcomeLedger::default();
+        // Wrap the ring so the oldest slot is not slot 0.
+        for i in 0..(RECENT_CAPACITY - 1) {
+            apply_(&mut l, &OutcomeOp::Record { outcome: outcome(&format!("f{i}"), "cheap", 1) }, 0);
+        }
+        let escalated = RequestOutcome { escalated: true, ..outcome("b", "premium", 9) };
+        apply_(&mut l, &OutcomeOp::Record { outcome: outcome("a", "cheap", 1) }, 100);
+        apply_(&mut l, &OutcomeOp::Record { outcome: escalated }, 101);
+        apply_(&mut l, &OutcomeOp::Record { outcome: outcome("c", "premium", 5) }, 102);
+        apply_(&mut l, &OutcomeOp::Record { outcome: outcome("no-feedback", "cheap", 1) }, 103);
+        for (id, resolved) in [("c", true), ("b", true), ("a", false), ("a", true)] {
+            apply_(&mut l, &OutcomeOp::Feedback { request_id: id.into(), resolved }, 110);
+        }
+        let (reply, touched) = apply(&mut l, &OutcomeOp::Export, 120);
+        assert_eq!(touched, Touched::default(), "an export writes nothing");
+        let OutcomeReply::Export { requests } = reply else { panic!("{reply:?}") };
+        let got: Vec<(&str, &str, bool, Option<bool>, u64)> =
+            requests.iter().map(|r| (r.id.as_str(), r.tier.as_str(), r.escalated, r.resolved, r.at)).collect();
+        assert_eq!(
+            got,
+            [
+                ("a", "cheap", false, Some(true), 100),
+                ("b", "premium", true, Some(true), 101),
+                ("c", "premium", false, Some(true), 102)
+            ]
+        );
+        let ndjson = export_ndjson(&requests);
+        assert_eq!(ndjson.lines().count(), 3);
+        assert_eq!(
+            ndjson.lines().nth(1),
+            Some(r#"{"request_id":"b","tier":"premium","escalated":true,"resolved":true,"at":101}"#)
+        );
+        // Past the feedback window nothing is exported.
+        let (late, _) = apply(&mut l, &OutcomeOp::Export, 102 + FEEDBACK_WINDOW_SECS + 1);
+        assert_eq!(late, OutcomeReply::Export { requests: vec![] });
+    }
+
+    #[test]
+    fn the_escalated_flag_round_trips_through_a_chunk_and_older_chunks_read_as_not_escalated() {
+        let mut l = OutcomeLedger::default();
+        apply_(
+            &mut l,
+            &OutcomeOp::Record { outcome: RequestOutcome { escalated: true, ..outcome("e", "premium", 1) } },
+            0,
+        );
+        apply_(&mut l, &OutcomeOp::Record { outcome: outcome("n", "cheap", 1) }, 0);
+        let json = serde_json::to_string(&l.chunk(0)).unwrap_or_default();
+        assert_eq!(json.matches("escalated").count(), 1, "{json}");
+        let old: RecentChunk = serde_json::from_str(r#"[{"id":"x","tier":"cheap","at":1}]"#).unwrap_or_default();
+        assert_eq!(old[0].as_ref().map(|r| r.escalated), Some(false));
+        let back = OutcomeLedger::from_parts(l.totals.clone(), vec![Some(l.chunk(0))]);
+        assert_eq!(back, l);
+    }
+
+    #[test]
+    fn export_ops_and_replies_keep_their_wire_names() {
+        assert_eq!(serde_json::to_string(&OutcomeOp::Export).unwrap_or_default(), r#"{"op":"export"}"#);
+        let reply: OutcomeReply =
+            serde_json::from_str(r#"{"result":"export","requests":[]}"#).unwrap_or(OutcomeReply::Recorded);
+        assert_eq!(reply, OutcomeReply::Export { requests: vec![] });
+    }
+
+    #[test]
+    fn training_labels_follow_the_documented_rule() {
+        let two: Vec<String> = vec!["cheap".into(), "premium".into()];
+        let label = |tier: &str, escalated: bool, resolved: bool| training_label(tier, escalated, resolved, &two);
+        assert_eq!(label("cheap", false, true), Ok((1.0, 1.0)));
+        assert_eq!(label("cheap", false, false), Ok((0.0, 1.0)));
+        assert_eq!(label("cheap", true, true), Ok((0.0, 1.0)));
+        assert_eq!(label("cheap", true, false), Ok((0.0, 0.0)));
+        assert_eq!(label("premium", false, true), Err(SkipReason::NotOnTheCheapestTier));
+        assert_eq!(label("pinned", false, true), Err(SkipReason::Pinned));
+        assert_eq!(label("gone", false, true), Err(SkipReason::UnknownTier));
+        let three: Vec<String> = vec!["cheap".into(), "balanced".into(), "premium".into()];
+        let label = |tier: &str, escalated: bool, resolved: bool| training_label(tier, escalated, resolved, &three);
+        assert_eq!(label("cheap", true, false), Err(SkipReason::EscalatedUnresolvedBelowPremium));
+        assert_eq!(label("balanced", true, false), Ok((0.0, 0.0)));
+        assert_eq!(label("balanced", true, true), Ok((0.0, 1.0)));
+        assert_eq!(label("balanced", false, false), Err(SkipReason::NotOnTheCheapestTier));
     }
 
     #[test]

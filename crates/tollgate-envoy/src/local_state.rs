@@ -129,6 +129,7 @@ pub fn apply_outcome(shared: &dyn SharedData, tenant: &str, op: &OutcomeOp, now:
             OutcomeOp::Record { .. } => vec![(totals.next_slot % (RECENT_CHUNK * RECENT_CHUNKS)) / RECENT_CHUNK],
             OutcomeOp::Feedback { .. } => (0..RECENT_CHUNKS).collect(),
             OutcomeOp::Report => Vec::new(),
+            OutcomeOp::Export => (0..RECENT_CHUNKS).collect(),
         };
         let mut chunks: Vec<Option<RecentChunk>> = vec![None; RECENT_CHUNKS];
         let mut chunk_cas = [None; RECENT_CHUNKS];
@@ -174,7 +175,7 @@ pub fn apply_outcome(shared: &dyn SharedData, tenant: &str, op: &OutcomeOp, now:
                     return None;
                 }
             }
-            OutcomeOp::Report => {}
+            OutcomeOp::Report | OutcomeOp::Export => {}
         }
         return Some(reply);
     }

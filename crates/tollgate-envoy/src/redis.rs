@@ -443,6 +443,7 @@ impl OutcomeCas {
             OutcomeOp::Record { .. } => OutcomeStage::Totals,
             OutcomeOp::Feedback { .. } => OutcomeStage::Fields((0..RECENT_CHUNKS).collect()),
             OutcomeOp::Report => OutcomeStage::Fields(Vec::new()),
+            OutcomeOp::Export => OutcomeStage::Fields((0..RECENT_CHUNKS).collect()),
         };
         OutcomeCas { tenant: tenant.to_owned(), op, now, rounds: 0, stage }
     }

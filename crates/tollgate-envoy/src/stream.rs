@@ -66,6 +66,8 @@ enum Pending {
     Feedback(OutcomeCas, u8),
     /// A short wait before asking again about an unknown id.
     FeedbackWait(OutcomeCas, u8),
+    /// `/v1/feedback/export` in Redis mode.
+    FeedbackExport(OutcomeCas),
 }
 
 /// Retries for feedback naming an id Redis does not know yet (its record
@@ -494,6 +496,18 @@ impl Stream {
                 }
                 None
             }
+            Pending::FeedbackExport(mut cas) => {
+                match self.outcome_round(rt, &mut cas, body) {
+                    Ok(Some(OutcomeStep::Done(reply))) => self.answer_export(Some(TenantReply::Outcome(reply))),
+                    Ok(Some(_)) | Err(()) => self.answer_export(None),
+                    Ok(None) => {
+                        if self.call_webdis_again(rt, &mut cas, Pending::FeedbackExport).is_err() {
+                            self.answer_export(None);
+                        }
+                    }
+                }
+                None
+            }
             Pending::Fallback(_) => Some(internal()),
         }
     }
@@ -760,6 +774,34 @@ impl Stream {
         self.answer_feedback(reply, &op);
     }
 
+    /// `GET /v1/feedback/export`: the tenant's recent requests with feedback, as NDJSON.
+    fn on_feedback_export(&mut self, rt: &Rc<Runtime>) {
+        let Some((tenant, _)) = self.tenant.clone() else { return };
+        if rt.redis_budgets() {
+            let mut cas = OutcomeCas::new(&tenant, OutcomeOp::Export, host::now_secs());
+            let first = cas.start(&rt.config.redis.key_prefix);
+            if self.call_webdis(rt, &first, Pending::FeedbackExport(cas)).is_err() {
+                self.answer_export(None);
+            }
+            return;
+        }
+        let reply = local_state::apply_outcome(&rt.shared, &tenant, &OutcomeOp::Export, host::now_secs());
+        self.answer_export(reply.map(TenantReply::Outcome));
+    }
+
+    fn answer_export(&mut self, reply: Option<TenantReply>) {
+        match endpoints::feedback_export_from_reply(reply) {
+            Ok(body) => {
+                let headers = vec![
+                    ("content-type".to_owned(), endpoints::NDJSON.to_owned()),
+                    ("cache-control".to_owned(), "no-store".to_owned()),
+                ];
+                self.send(200, &headers, body.as_bytes());
+            }
+            Err(e) => self.send_error(&e),
+        }
+    }
+
     fn answer_feedback(&mut self, reply: Option<TenantReply>, op: &OutcomeOp) {
         let request_id = match op {
             OutcomeOp::Feedback { request_id, .. } => request_id.clone(),
@@ -874,6 +916,10 @@ impl HttpContext for Stream {
             }
             Endpoint::Usage => {
                 self.on_usage(&rt);
+                Action::Pause
+            }
+            Endpoint::FeedbackExport => {
+                self.on_feedback_export(&rt);
                 Action::Pause
             }
             Endpoint::Chat(_) | Endpoint::Feedback | Endpoint::Health => {

@@ -67,6 +67,31 @@ async fn route(req: Request, env: Env, ctx: Context, settings: Settings) -> Resu
         }
         Endpoint::Usage => usage(&req, &env, &settings).await,
         Endpoint::Feedback => feedback(req, &env, &settings).await,
+        Endpoint::FeedbackExport => feedback_export(&req, &env, &settings).await,
+    }
+}
+
+/// `GET /v1/feedback/export`: the calling tenant's recent requests that got
+/// feedback, one JSON object per line (`{request_id, tier, escalated,
+/// resolved, at}`), from its own ledger. No prompt text: the router keeps
+/// none. `tollgate feedback labels` joins it with the tenant's request log.
+async fn feedback_export(req: &Request, env: &Env, settings: &Settings) -> Result<Response> {
+    let tenant = match tenants::authenticate(req, env, settings).await {
+        Ok(t) => t,
+        Err(e) => return error_response(&e, &[]),
+    };
+    let reply =
+        ledger::call(env, &tenant.id, &endpoints::feedback_export_ops(), settings).await.ok().and_then(|mut r| r.pop());
+    match endpoints::feedback_export_from_reply(reply) {
+        Ok(body) => http::local(tollgate_core::engine::LocalResponse {
+            status: 200,
+            headers: vec![
+                ("content-type".to_owned(), endpoints::NDJSON.to_owned()),
+                ("cache-control".to_owned(), "no-store".to_owned()),
+            ],
+            body: body.into_bytes(),
+        }),
+        Err(e) => error_response(&e, &[]),
     }
 }
 
