@@ -705,6 +705,10 @@ def plugin_config(
     for name, value in (extra_entries or {}).items():
         if name.startswith("apikey:") and value.get("tenant_id") in config["tenants"]:
             config["api_keys"][name.removeprefix("apikey:")] = value
+        elif name.startswith("model:"):
+            # A learned router a tenant's classifier.model_key names: a KV
+            # record for the Worker, a `models` entry for the filter.
+            config.setdefault("models", {})[name] = value
     if state is not None:
         config["state"] = dict(state)
     if metrics is not None:

@@ -83,6 +83,7 @@ def routed_tenant(
     cache: dict | None = None,
     limits: dict | None = None,
     pricing: dict | None = None,
+    escalation: dict | None = None,
 ) -> dict:
     """A two-tier tenant (cheap up to `up_to_score`, then premium), each tier
     with OpenAI and Anthropic fallback chains. Sections left None are omitted,
@@ -99,7 +100,14 @@ def routed_tenant(
             "allowed_models": allowed or [],
         },
     }
-    for name, section in (("budgets", budgets), ("cache", cache), ("limits", limits), ("pricing", pricing)):
+    sections = (
+        ("budgets", budgets),
+        ("cache", cache),
+        ("limits", limits),
+        ("pricing", pricing),
+        ("escalation", escalation),
+    )
+    for name, section in sections:
         if section is not None:
             config[name] = section
     return config
@@ -189,6 +197,39 @@ EXTRA_ENTRIES[f"apikey:{hosts.sha256_hex(ORPHAN_KEY)}"] = {
 FAULTS = register(
     routed_tenant("e2e-faults", budgets=daily_budget(usd=50.0), cache={"doorkeeper": False}),
     [FAULTS_KEY],
+)
+
+
+# Escalation (test_escalation.py): metered, cache without the doorkeeper, every signal on.
+ESCALATION_KEY = key_for("e2e-escalation")
+ESCALATION = register(
+    routed_tenant(
+        "e2e-escalation",
+        budgets=daily_budget(usd=50.0),
+        cache={"doorkeeper": False},
+        escalation={"enabled": True, "max_attempts": 1},
+    ),
+    [ESCALATION_KEY],
+)
+
+
+# The learned router (test_learned_routing.py): one tenant on the
+# compiled-in model, one on its own model stored under a key (in KV for the
+# Worker, under `models` in the filter's plugin config): the shipped model
+# with its bias moved, so its scores differ from the compiled-in one's.
+DEFAULT_ROUTER_MODEL = json.loads((hosts.ROOT / "crates" / "tollgate-core" / "models" / "default-router.json").read_text())
+OWN_ROUTER_MODEL = {**DEFAULT_ROUTER_MODEL, "bias": DEFAULT_ROUTER_MODEL["bias"] + 2.0}
+OWN_MODEL_KEY = "model:e2e-learned-own"
+EXTRA_ENTRIES[OWN_MODEL_KEY] = OWN_ROUTER_MODEL
+LEARNED_BUILTIN_KEY = key_for("e2e-learned-builtin")
+LEARNED_BUILTIN = register(
+    {**routed_tenant("e2e-learned-builtin"), "classifier": {"router": "learned"}},
+    [LEARNED_BUILTIN_KEY],
+)
+LEARNED_OWN_KEY = key_for("e2e-learned-own")
+LEARNED_OWN = register(
+    {**routed_tenant("e2e-learned-own"), "classifier": {"router": "learned", "model_key": OWN_MODEL_KEY}},
+    [LEARNED_OWN_KEY],
 )
 
 

@@ -276,11 +276,14 @@ fn cross_validated(labelled: &[Labelled], groups: &[String]) -> Vec<ScoredRow> {
 
 /// `tollgate train`: fits the learned router on every labelled prompt and
 /// writes the model file.
-pub fn train(config: &TenantConfig, labels: &Path, output: &Path, epochs: u32) -> Result<(), String> {
+pub fn train(config: &TenantConfig, labels: &Path, output: &Path, epochs: u32, hash_bits: u32) -> Result<(), String> {
+    if !(8..=learned::MAX_HASH_BITS).contains(&hash_bits) {
+        return Err(format!("--hash-bits must be 8..={}", learned::MAX_HASH_BITS));
+    }
     let labelled = read_labels(config, labels)?;
     let examples = training_examples(labelled.iter());
     let positives = examples.iter().filter(|e| e.needs_strong).count();
-    let model = learned::train(&examples, &TrainOptions { epochs, ..TrainOptions::default() });
+    let model = learned::train(&examples, &TrainOptions { epochs, hash_bits, ..TrainOptions::default() });
     model.validate().map_err(|e| e.to_string())?;
     let json = serde_json::to_vec(&model).map_err(|e| e.to_string())?;
     std::fs::write(output, &json).map_err(|e| format!("{}: {e}", output.display()))?;

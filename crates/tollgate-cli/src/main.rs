@@ -142,6 +142,9 @@ enum Command {
         config: Option<PathBuf>,
         #[arg(long, default_value_t = 8)]
         epochs: u32,
+        /// log2 of the number of n-gram weights (8-16): 15 is 128 KiB of weights, 12 is 16 KiB.
+        #[arg(long, default_value_t = tollgate_core::learned::DEFAULT_HASH_BITS)]
+        hash_bits: u32,
     },
     /// Price token counts at a tenant's prices, as the hosts charge them.
     ///
@@ -285,10 +288,27 @@ fn read_file(path: &Path) -> Result<Vec<u8>, String> {
 }
 
 fn load_config(path: Option<&Path>) -> Result<TenantConfig, String> {
-    match path {
-        Some(p) => TenantConfig::from_json(&read_file(p)?).map_err(|e| format!("{}: {e}", p.display())),
-        None => TenantConfig::example().map_err(|e| format!("built-in example config: {e}")),
+    let Some(p) = path else {
+        return TenantConfig::example().map_err(|e| format!("built-in example config: {e}"));
+    };
+    let mut config = TenantConfig::from_json(&read_file(p)?).map_err(|e| format!("{}: {e}", p.display()))?;
+    if let Some(key) = config.classifier.model_key().map(str::to_owned) {
+        // Offline, a model key is a file: next to the config, or a path as
+        // written. The hosts read the same model from KV / the plugin
+        // config, so the scores printed here are the ones they route by.
+        let beside = p.parent().map(|d| d.join(&key)).filter(|f| f.is_file());
+        let file = beside.unwrap_or_else(|| std::path::PathBuf::from(&key));
+        let bytes = std::fs::read(&file).map_err(|e| {
+            format!(
+                "{}: classifier.model_key `{key}`: {e} (offline, the model is read from a file of that name next to the config)",
+                p.display()
+            )
+        })?;
+        let model =
+            tollgate_core::learned::LinearRouter::from_json(&bytes).map_err(|e| format!("{}: {e}", file.display()))?;
+        config.classifier.attach_model(std::sync::Arc::new(model));
     }
+    Ok(config)
 }
 
 fn now_secs() -> u64 {
@@ -326,9 +346,9 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
             eval::run(&config, &labels, &options)?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Train { labels, output, config, epochs } => {
+        Command::Train { labels, output, config, epochs, hash_bits } => {
             let config = load_config(config.as_deref())?;
-            eval::train(&config, &labels, &output, epochs)?;
+            eval::train(&config, &labels, &output, epochs, hash_bits)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Classify { text, jsonl, config } => {

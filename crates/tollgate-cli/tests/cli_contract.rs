@@ -381,7 +381,7 @@ fn train_writes_a_model_that_eval_scores_and_cross_validation_holds_out() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let m: Value = serde_json::from_slice(&std::fs::read(&model).unwrap()).unwrap();
     assert_eq!(m["kind"], "tollgate-linear-router");
-    assert_eq!(m["ngram_weights"].as_array().unwrap().len(), 1 << 15);
+    assert_eq!(m["ngram_weights"].as_array().unwrap().len(), 1 << 12, "the default: 12 hash bits");
 
     let out = tollgate(&["eval", labels.to_str().unwrap(), "--model", model.to_str().unwrap(), "--cv", "--json"], None);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));

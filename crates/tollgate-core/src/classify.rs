@@ -244,20 +244,79 @@ pub const MAX_ABS_PARAMETER: f64 = 50.0;
 // Configuration
 // ---------------------------------------------------------------------------
 
+/// Which model turns a prompt into its routing score.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+pub enum RouterKind {
+    /// The weighted heuristic features (`bias`, `weights`).
+    #[default]
+    Heuristic,
+    /// The learned linear router (`crate::learned`): the compiled-in model,
+    /// or the one stored under `model_key`.
+    Learned,
+}
+
 /// Validated classifier settings. [`Default`] gives the tuned defaults.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ClassifierConfig {
     bias: f64,
     weights: [f64; Feature::COUNT],
+    router: RouterKind,
+    model_key: Option<String>,
+    /// The tenant's own learned model, attached by the host once it has
+    /// loaded `model_key` (see [`ClassifierConfig::attach_model`]).
+    model: Option<std::sync::Arc<crate::learned::LinearRouter>>,
 }
 
 impl Default for ClassifierConfig {
     fn default() -> Self {
-        ClassifierConfig { bias: DEFAULT_BIAS, weights: Feature::ALL.map(Feature::default_weight) }
+        ClassifierConfig {
+            bias: DEFAULT_BIAS,
+            weights: Feature::ALL.map(Feature::default_weight),
+            router: RouterKind::Heuristic,
+            model_key: None,
+            model: None,
+        }
     }
 }
 
 impl ClassifierConfig {
+    /// Which router scores prompts.
+    pub fn router(&self) -> RouterKind {
+        self.router
+    }
+
+    /// Where the host finds the tenant's learned model (a KV key on the
+    /// Worker, a name under `models` in the Envoy plugin config); None: the
+    /// compiled-in model.
+    pub fn model_key(&self) -> Option<&str> {
+        self.model_key.as_deref()
+    }
+
+    /// The learned model that scores this tenant's prompts: its own once
+    /// attached, else the compiled-in one. None for the heuristic router,
+    /// and for a `model_key` whose model the host has not attached (the
+    /// host refuses such a tenant rather than route it differently).
+    pub fn learned_model(&self) -> Option<&crate::learned::LinearRouter> {
+        match (self.router, &self.model_key, &self.model) {
+            (RouterKind::Heuristic, _, _) => None,
+            (RouterKind::Learned, _, Some(m)) => Some(m),
+            (RouterKind::Learned, None, None) => crate::learned::builtin(),
+            (RouterKind::Learned, Some(_), None) => None,
+        }
+    }
+
+    /// Whether the host still has to load and attach `model_key`'s model.
+    pub fn needs_model(&self) -> bool {
+        self.router == RouterKind::Learned && self.model_key.is_some() && self.model.is_none()
+    }
+
+    /// Attach the model the host loaded for `model_key`.
+    pub fn attach_model(&mut self, model: std::sync::Arc<crate::learned::LinearRouter>) {
+        self.model = Some(model);
+    }
+
     /// The bias (logit of the score when no feature fires).
     pub fn bias(&self) -> f64 {
         self.bias
@@ -298,6 +357,14 @@ pub struct RawClassifierConfig {
     /// strong model, 0 turns a feature off.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub weights: BTreeMap<String, f64>,
+    /// `heuristic` (default) or `learned`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub router: Option<RouterKind>,
+    /// For `learned`: where the tenant's model (`tollgate train`'s output)
+    /// is stored: a Workers KV key, or a name under `models` in the Envoy
+    /// plugin config. Omit for the compiled-in model.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model_key: Option<String>,
 }
 
 /// An invalid classifier setting. `path` is the JSON path below the
@@ -346,6 +413,22 @@ impl TryFrom<RawClassifierConfig> for ClassifierConfig {
             };
             config = config.with_weight(feature, weight)?;
         }
+        config.router = raw.router.unwrap_or_default();
+        if let Some(key) = raw.model_key {
+            if config.router != RouterKind::Learned {
+                return Err(ClassifierConfigError {
+                    path: "model_key".to_owned(),
+                    message: "only the learned router loads a model; set router to \"learned\"".to_owned(),
+                });
+            }
+            if key.is_empty() || key.len() > 512 {
+                return Err(ClassifierConfigError {
+                    path: "model_key".to_owned(),
+                    message: "must be 1-512 characters".to_owned(),
+                });
+            }
+            config.model_key = Some(key);
+        }
         Ok(config)
     }
 }
@@ -356,6 +439,8 @@ impl From<&ClassifierConfig> for RawClassifierConfig {
         RawClassifierConfig {
             bias: Some(config.bias),
             weights: Feature::ALL.iter().map(|f| (f.name().to_owned(), config.weight(*f))).collect(),
+            router: Some(config.router),
+            model_key: config.model_key.clone(),
         }
     }
 }
@@ -2433,7 +2518,7 @@ mod tests {
         assert_eq!(ClassifierConfig::try_from(bias).unwrap_err().path, "bias");
         let mut weights = BTreeMap::new();
         weights.insert("math".to_owned(), f64::INFINITY);
-        let weight = RawClassifierConfig { bias: None, weights };
+        let weight = RawClassifierConfig { bias: None, weights, ..RawClassifierConfig::default() };
         let err = ClassifierConfig::try_from(weight).unwrap_err();
         assert_eq!(
             err,
@@ -2441,7 +2526,7 @@ mod tests {
         );
         let mut weights = BTreeMap::new();
         weights.insert("tools".to_owned(), 1e6);
-        let huge = RawClassifierConfig { bias: None, weights };
+        let huge = RawClassifierConfig { bias: None, weights, ..RawClassifierConfig::default() };
         assert_eq!(ClassifierConfig::try_from(huge).unwrap_err().path, "weights.tools");
         assert!(ClassifierConfig::default().with_weight(Feature::Code, f64::NEG_INFINITY).is_err());
     }

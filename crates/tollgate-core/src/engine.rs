@@ -344,7 +344,26 @@ pub fn classify_request(request: &ChatRequest, tokens: u64, config: &TenantConfi
         tool_count: request.tool_count,
         tokens: u32::try_from(tokens).unwrap_or(u32::MAX),
     };
-    classify::classify(&view, &config.classifier)
+    let heuristic = classify::classify(&view, &config.classifier);
+    match config.classifier.learned_model() {
+        Some(model) => {
+            // The learned router reads what its training prompts were: the
+            // user's text. Its features are the heuristic ones, unweighted.
+            let text = turn_parts
+                .iter()
+                .filter(|(role, _)| *role == TurnRole::User)
+                .map(|(_, t)| *t)
+                .collect::<Vec<_>>()
+                .join("\n");
+            let values: Vec<f64> = heuristic.features.iter().map(|f| f.value).collect();
+            let score = model.score(&text, &values);
+            let mut reasons = vec![format!("learned router ({score:.3})")];
+            reasons.extend(heuristic.reasons);
+            reasons.truncate(classify::MAX_REASONS);
+            Classification { score, reasons, features: heuristic.features }
+        }
+        None => heuristic,
+    }
 }
 
 fn chain_price(config: &TenantConfig, chain: &[ModelRef]) -> Option<ModelPrice> {

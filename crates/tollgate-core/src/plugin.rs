@@ -26,6 +26,10 @@ pub struct RawPluginConfig {
     #[serde(default)]
     pub metrics: RawMetrics,
     pub upstream_timeout_ms: Option<u64>,
+    /// Learned routers (`tollgate train`'s output) by name, for tenants whose
+    /// `classifier.model_key` names one. Parsed and checked once, here.
+    #[serde(default)]
+    pub models: BTreeMap<String, crate::learned::LinearRouter>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -175,13 +179,32 @@ impl TryFrom<RawPluginConfig> for PluginConfig {
     fn try_from(raw: RawPluginConfig) -> Result<Self, ConfigErrors> {
         let mut problems: Vec<ConfigError> = Vec::new();
 
+        let mut models = BTreeMap::new();
+        for (name, model) in raw.models {
+            match model.validate() {
+                Ok(()) => {
+                    models.insert(name, Arc::new(model));
+                }
+                Err(e) => add(&mut problems, format!("models.{name}"), &e.to_string()),
+            }
+        }
         let mut tenants = BTreeMap::new();
         for (id, raw_tenant) in raw.tenants {
             match TenantConfig::try_from(raw_tenant) {
                 Ok(t) if t.tenant_id != id => {
                     add(&mut problems, format!("tenants.{id}.tenant_id"), "must equal the key it is under")
                 }
-                Ok(t) => {
+                Ok(mut t) => {
+                    if let Some(key) = t.classifier.model_key().map(str::to_owned) {
+                        match models.get(&key) {
+                            Some(model) => t.classifier.attach_model(Arc::clone(model)),
+                            None => add(
+                                &mut problems,
+                                format!("tenants.{id}.classifier.model_key"),
+                                &format!("names no model under `models` (`{key}`)"),
+                            ),
+                        }
+                    }
                     tenants.insert(id, Arc::new(t));
                 }
                 Err(errors) => {

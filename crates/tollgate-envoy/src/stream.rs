@@ -304,6 +304,12 @@ impl Stream {
                         self.with_plan(|p| p.on_reserve(outcome))
                     }
                 }
+                Next::Escalate(settlement) => {
+                    if let Some(settlement) = settlement {
+                        self.settle_attempt(rt, &tenant_id, &config, &settlement);
+                    }
+                    self.with_plan(Plan::escalate)
+                }
                 Next::Forward(up) => match rt.provider_keys.get(&up.target.provider).cloned() {
                     None => {
                         let err: ApiError =
@@ -643,6 +649,9 @@ impl Stream {
             (out, outcome.summary, outcome.assembled)
         } else {
             let (summary, assembled) = plan.read_json_response(&body);
+            if let Some(step) = plan.review(status, &summary, &body, &config) {
+                return self.drive(rt, step);
+            }
             (body, summary, assembled)
         };
         let fin = plan.finish(status, &summary, assembled, &config, host::now_secs());
@@ -655,6 +664,30 @@ impl Stream {
         self.after_answer(rt, &fin);
         self.send(status, &headers, &out);
         Flow::Responded
+    }
+
+    /// Settle an attempt that ended without closing the request (an answer
+    /// held back for escalation, or a failed tier). With Redis the
+    /// settlement is queued like any other; the next tier's reservation may
+    /// reach Redis first and then sees the earlier hold still out, which
+    /// errs on the side of refusing the escalation.
+    fn settle_attempt(&self, rt: &Runtime, tenant: &str, config: &TenantConfig, settlement: &Settlement) {
+        let now = host::now_secs();
+        let op = settlement.to_op(&config.budgets);
+        if rt.redis_budgets() {
+            rt.queue_budget(tenant, vec![op], now);
+        } else if local_state::apply_budget(&rt.shared, tenant, &[op], now).is_none() {
+            log::error!("tollgate: could not settle an escalated attempt for tenant `{tenant}` in shared data");
+        }
+    }
+
+    /// Escalation: whether the core holds a complete JSON answer back (to
+    /// ask the next tier, or to answer with an earlier one), and its step.
+    fn review_json(&mut self, status: u16, body: &[u8]) -> Option<Next> {
+        let (_, config) = self.tenant.clone()?;
+        let plan = self.plan.as_mut()?;
+        let (summary, _) = plan.read_json_response(body);
+        plan.review(status, &summary, body, &config)
     }
 
     /// Apply what closes the request: the settlement (budget store) and the
@@ -1069,8 +1102,20 @@ impl HttpContext for Stream {
                     return Action::Pause;
                 }
                 relay.overflow = chunk.len() > MAX_COPIED_RESPONSE;
+                let status = relay.status;
                 if !relay.overflow {
-                    relay.json = chunk;
+                    // Held to its end already (headers included), so it can
+                    // still be replaced: escalation asks the next tier with
+                    // `dispatch_http_call` and sends that answer instead.
+                    if let (Some(step), Some(rt)) = (self.review_json(status, &chunk), self.rt.clone()) {
+                        self.relay = None;
+                        self.replacing = true;
+                        self.drive(&rt, step);
+                        return Action::Pause;
+                    }
+                    if let Some(relay) = self.relay.as_mut() {
+                        relay.json = chunk;
+                    }
                 }
                 self.finish_relay();
                 if let Some(plan) = &self.plan {

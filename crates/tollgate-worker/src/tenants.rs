@@ -17,8 +17,10 @@ use crate::settings::{Settings, now_ms};
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::Rc;
+use std::sync::Arc;
 use tollgate_core::auth::{self, ApiKeyRecord};
 use tollgate_core::error::{AuthError, TenantError};
+use tollgate_core::learned::LinearRouter;
 use tollgate_core::{ApiError, TenantConfig};
 use worker::{Env, Request, console_error};
 
@@ -100,10 +102,16 @@ pub async fn authenticate(req: &Request, env: &Env, settings: &Settings) -> Resu
                 .await
                 .map_err(|e| config_down(&record.tenant_id, e))?
                 .ok_or(TenantError::Unavailable)?;
-            let config = TenantConfig::from_json(&bytes).map_err(|e| {
+            let mut config = TenantConfig::from_json(&bytes).map_err(|e| {
                 console_error!("tollgate: tenant `{}` config is invalid: {e}", record.tenant_id);
                 TenantError::InvalidConfig(e.to_string())
             })?;
+            if let Some(key) = config.classifier.model_key().map(str::to_owned) {
+                // Memoised with the config, so a model is fetched and parsed
+                // once per isolate per CONFIG_CACHE_SECONDS, not per request.
+                let model = load_model(&kv, &record.tenant_id, &key).await?;
+                config.classifier.attach_model(Arc::new(model));
+            }
             let config = Rc::new(config);
             if ttl > 0.0 {
                 MEMO.with(|m| {
@@ -119,6 +127,20 @@ pub async fn authenticate(req: &Request, env: &Env, settings: &Settings) -> Resu
         return Err(TenantError::InvalidConfig("the config's tenant_id does not match its key".into()).into());
     }
     Ok(Tenant { id: record.tenant_id, config })
+}
+
+/// The tenant's learned router, stored in KV under its `model_key`. A
+/// missing or broken model makes the tenant unavailable (503) rather than
+/// routed by something it did not ask for.
+async fn load_model(kv: &worker::kv::KvStore, tenant: &str, key: &str) -> Result<LinearRouter, ApiError> {
+    let bytes = kv.get(key).bytes().await.map_err(|e| config_down(tenant, e))?.ok_or_else(|| {
+        console_error!("tollgate: tenant `{tenant}` names model `{key}`, which is not in KV");
+        ApiError::from(TenantError::InvalidConfig(format!("classifier.model_key `{key}` is not stored")))
+    })?;
+    LinearRouter::from_json(&bytes).map_err(|e| {
+        console_error!("tollgate: tenant `{tenant}` model `{key}` is unusable: {e}");
+        TenantError::InvalidConfig(format!("classifier.model_key `{key}`: {e}")).into()
+    })
 }
 
 fn store_down(what: &str, err: impl std::fmt::Display) -> ApiError {
