@@ -5,7 +5,7 @@
 //!
 //! Edge-cheap by construction: a decision hashes each word once or twice
 //! and adds that many weights, with no allocation beyond the word buffer;
-//! the weights are `2^hash_bits` floats (128 KiB at the default 15 bits).
+//! the weights are `2^hash_bits` floats (16 KiB at the default 12 bits).
 //!
 //! Pure: training takes its examples and a seed, and returns the model.
 
