@@ -1,7 +1,7 @@
 //! `tollgate simulate`: an operator's own request log, replayed offline
 //! through the core, to see what routing and caching would have saved.
 //!
-//! Each log line is `{"at", "tenant"?, "api"?, "request", "cache_control"?,
+//! Each log line is `{"at", "tenant"?, "api"?, "request" | "prompt", "cache_control"?,
 //! "request_id"?, "source"?, "logged"?}` (README, "Simulating a request
 //! log"); `examples/workload.jsonl` is one too. Every request goes through a
 //! [`Simulator`] (the hosts' plan, cache and budget, in memory) against the
@@ -86,9 +86,19 @@ fn parse_line(path: &Path, line: usize, text: &str) -> Result<LogLine, String> {
         Some("anthropic") => ApiFormat::Anthropic,
         Some(other) => return Err(format!("{}: `api` must be \"openai\" or \"anthropic\", not `{other}`", at())),
     };
-    let body = match v.get("request") {
-        Some(r @ Value::Object(_)) => r.to_string(),
-        _ => return Err(format!("{}: needs `request`, the client's request body (a JSON object)", at())),
+    let body = match (v.get("request"), v.get("prompt")) {
+        (Some(r @ Value::Object(_)), _) => r.to_string(),
+        // A labelled prompt (`tollgate eval`'s format): a one-message
+        // `tollgate/auto` request, so a labelled set replays as traffic.
+        (None, Some(Value::String(prompt))) if api == ApiFormat::OpenAi => {
+            String::from_utf8_lossy(&crate::chat_body_for_prompt(prompt)).into_owned()
+        }
+        _ => {
+            return Err(format!(
+                "{}: needs `request`, the client's request body (a JSON object), or a string `prompt`",
+                at()
+            ));
+        }
     };
     let when = match v.get("at") {
         None | Some(Value::Null) => None,

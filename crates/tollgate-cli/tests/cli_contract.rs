@@ -544,6 +544,32 @@ fn simulate_prices_the_example_log_before_and_after_and_charts_all_three_series(
 }
 
 #[test]
+fn simulate_replays_the_shared_labelled_prompts_as_traffic() {
+    let Some(path) = shared_dev_jsonl() else { return };
+    let out =
+        tollgate(&["simulate", "--log", path.to_str().unwrap(), "--config", "examples/tenant.json", "--json"], None);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let tiers: u64 = v["tiers"].as_object().unwrap().values().map(|n| n.as_u64().unwrap()).sum();
+    assert_eq!(tiers, 7689, "{v}");
+    let (routed, premium) =
+        (v["cost_micros"]["routed"].as_u64().unwrap(), v["cost_micros"]["always_premium"].as_u64().unwrap());
+    assert!(routed < premium, "{v}");
+}
+
+#[test]
+fn simulate_takes_labelled_prompts_as_one_message_auto_requests() {
+    let log = temp_path("prompts-log.jsonl");
+    std::fs::write(&log, "{\"id\":\"a\",\"prompt\":\"What is 2+2?\"}\n{\"id\":\"b\",\"prompt\":\"Prove that there are infinitely many primes, step by step.\"}\n").unwrap();
+    let out =
+        tollgate(&["simulate", "--log", log.to_str().unwrap(), "--config", "examples/tenant.json", "--json"], None);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["tiers"], serde_json::json!({"cheap": 1, "premium": 1}), "{v}");
+    let _ = std::fs::remove_file(log);
+}
+
+#[test]
 fn simulate_accepts_the_workload_format_and_agrees_with_replay() {
     let out = tollgate(
         &[
