@@ -20,6 +20,7 @@ use serde_json::{Value, json};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use tollgate_core::api::ApiFormat;
+use tollgate_core::chart::{LineChart, Series};
 use tollgate_core::config::TenantConfig;
 use tollgate_core::count;
 use tollgate_core::engine::Inbound;
@@ -450,67 +451,40 @@ pub fn run(log: &Path, config_paths: &[PathBuf], options: &SimulateOptions<'_>) 
 /// An SVG line chart of cumulative cost (micro-dollars) against the
 /// request's position in the log, one line per series.
 fn cost_chart_svg(title: &str, series: &[(&str, Vec<u64>)]) -> String {
-    const W: f64 = 640.0;
-    const H: f64 = 400.0;
-    const LEFT: f64 = 80.0;
-    const RIGHT: f64 = 20.0;
-    const TOP: f64 = 40.0;
-    const BOTTOM: f64 = 50.0;
-    const COLOURS: [&str; 3] = ["#7f7f7f", "#d62728", "#1f77b4"];
     let n = series.iter().map(|(_, v)| v.len()).max().unwrap_or(0).max(1);
-    let top = series.iter().filter_map(|(_, v)| v.last().copied()).max().unwrap_or(0).max(1) as f64;
-    let x = |i: usize| LEFT + i as f64 / n as f64 * (W - LEFT - RIGHT);
-    let y = |m: u64| TOP + (1.0 - m as f64 / top) * (H - TOP - BOTTOM);
-    let esc = |s: &str| s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;");
-    let mut svg = format!(
-        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{W}\" height=\"{H}\" viewBox=\"0 0 {W} {H}\" font-family=\"sans-serif\" font-size=\"12\">\n\
-         <rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n\
-         <text x=\"{LEFT}\" y=\"22\" font-size=\"14\">{}</text>\n",
-        esc(title)
-    );
-    let (x0, x1, y0, y1) = (x(0), x(n), y(0), y(top as u64));
-    svg +=
-        &format!("<path d=\"M{x0:.1},{y1:.1} L{x0:.1},{y0:.1} L{x1:.1},{y0:.1}\" stroke=\"black\" fill=\"none\"/>\n");
-    for k in 0..=4u32 {
-        let m = (top * f64::from(k) / 4.0) as u64;
-        svg += &format!(
-            "<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"end\">${}</text>\n",
-            x0 - 6.0,
-            y(m) + 4.0,
-            format_usd(m)
-        );
-        let i = (n as f64 * f64::from(k) / 4.0) as usize;
-        svg += &format!("<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"middle\">{i}</text>\n", x(i), y0 + 16.0);
+    let top = series.iter().filter_map(|(_, v)| v.last().copied()).max().unwrap_or(0).max(1);
+    let quarters = (0..=4u32).map(|k| f64::from(k) / 4.0);
+    LineChart {
+        title: title.to_owned(),
+        x_label: "requests, in log order".to_owned(),
+        y_label: None,
+        x_range: (0.0, n as f64),
+        y_range: (0.0, top as f64),
+        x_ticks: quarters
+            .clone()
+            .map(|f| {
+                let i = (n as f64 * f) as usize;
+                (i as f64, i.to_string())
+            })
+            .collect(),
+        y_ticks: quarters
+            .map(|f| {
+                let m = (top as f64 * f) as u64;
+                (m as f64, format!("${}", format_usd(m)))
+            })
+            .collect(),
+        guides: Vec::new(),
+        series: series
+            .iter()
+            .map(|(name, values)| Series {
+                name: (*name).to_owned(),
+                legend: format!("{name} ${}", format_usd(values.last().copied().unwrap_or(0))),
+                points: std::iter::once((0.0, 0.0))
+                    .chain(values.iter().enumerate().map(|(i, m)| ((i + 1) as f64, *m as f64)))
+                    .collect(),
+            })
+            .collect(),
+        right_margin: 20.0,
     }
-    svg += &format!(
-        "<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"middle\">requests, in log order</text>\n",
-        (x0 + x1) / 2.0,
-        H - 12.0
-    );
-    for (k, (name, values)) in series.iter().enumerate() {
-        let colour = COLOURS[k % COLOURS.len()];
-        let points: Vec<String> = std::iter::once((0, 0))
-            .chain(values.iter().enumerate().map(|(i, m)| (i + 1, *m)))
-            .map(|(i, m)| format!("{:.1},{:.1}", x(i), y(m)))
-            .collect();
-        svg += &format!(
-            "<polyline data-series=\"{}\" points=\"{}\" fill=\"none\" stroke=\"{colour}\" stroke-width=\"2\"/>\n",
-            esc(name),
-            points.join(" ")
-        );
-        let total = values.last().copied().unwrap_or(0);
-        let ly = TOP + 14.0 + 18.0 * k as f64;
-        svg += &format!(
-            "<line x1=\"{0:.1}\" x2=\"{1:.1}\" y1=\"{ly:.1}\" y2=\"{ly:.1}\" stroke=\"{colour}\" stroke-width=\"2\"/>\n\
-             <text x=\"{2:.1}\" y=\"{3:.1}\">{4} ${5}</text>\n",
-            x0 + 10.0,
-            x0 + 30.0,
-            x0 + 36.0,
-            ly + 4.0,
-            esc(name),
-            format_usd(total)
-        );
-    }
-    svg += "</svg>\n";
-    svg
+    .to_svg()
 }

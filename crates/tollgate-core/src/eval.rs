@@ -17,6 +17,7 @@
 //!
 //! Pure: the caller supplies the rows and writes the report.
 
+use crate::chart::{Guide, LineChart, Series};
 use std::collections::BTreeMap;
 
 /// One labelled prompt with the score a router gave it.
@@ -153,13 +154,6 @@ pub fn median_apgr<'a>(reports: impl IntoIterator<Item = &'a QualityReport>) -> 
 /// An SVG chart of quality against strong-call share, one line per named
 /// curve, with the weak and strong models' quality as horizontal guides.
 pub fn chart_svg(title: &str, curves: &[(&str, &QualityReport)]) -> String {
-    const W: f64 = 640.0;
-    const H: f64 = 420.0;
-    const LEFT: f64 = 60.0;
-    const RIGHT: f64 = 170.0;
-    const TOP: f64 = 40.0;
-    const BOTTOM: f64 = 50.0;
-    const COLOURS: [&str; 6] = ["#1f77b4", "#d62728", "#7f7f7f", "#2ca02c", "#9467bd", "#ff7f0e"];
     let Some((_, first)) = curves.first() else { return String::new() };
     let (weak, strong) = (first.weak_quality, first.strong_quality);
     let mut low = weak.min(strong);
@@ -172,68 +166,35 @@ pub fn chart_svg(title: &str, curves: &[(&str, &QualityReport)]) -> String {
     }
     let pad = ((high - low) * 0.05).max(0.01);
     let (low, high) = (low - pad, high + pad);
-    let x = |share: f64| LEFT + share * (W - LEFT - RIGHT);
-    let y = |q: f64| TOP + (high - q) / (high - low) * (H - TOP - BOTTOM);
-    let mut svg = format!(
-        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{W}\" height=\"{H}\" viewBox=\"0 0 {W} {H}\" font-family=\"sans-serif\" font-size=\"12\">\n\
-         <rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n\
-         <text x=\"{LEFT}\" y=\"22\" font-size=\"14\">{}</text>\n",
-        escape(title)
-    );
-    // Axes and ticks.
-    let (x0, x1, y0, y1) = (x(0.0), x(1.0), y(low), y(high));
-    svg +=
-        &format!("<path d=\"M{x0:.1},{y1:.1} L{x0:.1},{y0:.1} L{x1:.1},{y0:.1}\" stroke=\"black\" fill=\"none\"/>\n");
-    for k in 0..=5 {
-        let share = f64::from(k) / 5.0;
-        svg += &format!(
-            "<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"middle\">{:.0}%</text>\n",
-            x(share),
-            y0 + 16.0,
-            share * 100.0
-        );
-        let q = low + (high - low) * f64::from(k) / 5.0;
-        svg += &format!("<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"end\">{q:.2}</text>\n", x0 - 6.0, y(q) + 4.0);
-    }
-    svg += &format!(
-        "<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"middle\">share of calls to the strong model</text>\n",
-        (x0 + x1) / 2.0,
-        H - 12.0
-    );
-    svg += &format!(
-        "<text transform=\"translate(16,{:.1}) rotate(-90)\" text-anchor=\"middle\">mean quality</text>\n",
-        (y0 + y1) / 2.0
-    );
-    for (label, q) in [("strong model", strong), ("weak model", weak)] {
-        svg += &format!(
-            "<line x1=\"{x0:.1}\" x2=\"{x1:.1}\" y1=\"{0:.1}\" y2=\"{0:.1}\" stroke=\"#bbb\" stroke-dasharray=\"4 3\"/>\n\
-             <text x=\"{1:.1}\" y=\"{2:.1}\" fill=\"#888\">{label} {q:.3}</text>\n",
-            y(q),
-            x1 + 6.0,
-            y(q) + 4.0
-        );
-    }
-    for (k, (name, report)) in curves.iter().enumerate() {
-        let colour = COLOURS[k % COLOURS.len()];
-        let points: Vec<String> = thinned(&report.curve).map(|(s, q)| format!("{:.1},{:.1}", x(s), y(q))).collect();
-        svg += &format!(
-            "<polyline points=\"{}\" fill=\"none\" stroke=\"{colour}\" stroke-width=\"2\"/>\n",
-            points.join(" ")
-        );
-        let apgr = report.apgr.map_or(String::new(), |a| format!(" (APGR {a:.3})"));
-        let ly = TOP + 20.0 + 18.0 * k as f64;
-        svg += &format!(
-            "<line x1=\"{0:.1}\" x2=\"{1:.1}\" y1=\"{ly:.1}\" y2=\"{ly:.1}\" stroke=\"{colour}\" stroke-width=\"2\"/>\n\
-             <text x=\"{2:.1}\" y=\"{3:.1}\">{4}</text>\n",
-            x0 + 10.0,
-            x0 + 30.0,
-            x0 + 36.0,
-            ly + 4.0,
-            escape(&format!("{name}{apgr}"))
-        );
-    }
-    svg += "</svg>\n";
-    svg
+    let fifths = (0..=5).map(|k| f64::from(k) / 5.0);
+    let chart = LineChart {
+        title: title.to_owned(),
+        x_label: "share of calls to the strong model".to_owned(),
+        y_label: Some("mean quality".to_owned()),
+        x_range: (0.0, 1.0),
+        y_range: (low, high),
+        x_ticks: fifths.clone().map(|share| (share, format!("{:.0}%", share * 100.0))).collect(),
+        y_ticks: fifths
+            .map(|f| {
+                let q = low + (high - low) * f;
+                (q, format!("{q:.2}"))
+            })
+            .collect(),
+        guides: vec![
+            Guide { y: strong, label: format!("strong model {strong:.3}") },
+            Guide { y: weak, label: format!("weak model {weak:.3}") },
+        ],
+        series: curves
+            .iter()
+            .map(|(name, report)| Series {
+                name: (*name).to_owned(),
+                legend: format!("{name}{}", report.apgr.map_or(String::new(), |a| format!(" (APGR {a:.3})"))),
+                points: thinned(&report.curve).collect(),
+            })
+            .collect(),
+        right_margin: 170.0,
+    };
+    chart.to_svg()
 }
 
 /// At most about `CHART_POINTS` points of a curve (a point per distinct
@@ -244,10 +205,6 @@ fn thinned(curve: &[(f64, f64)]) -> impl Iterator<Item = (f64, f64)> + '_ {
     let step = curve.len().div_ceil(CHART_POINTS).max(1);
     let last = curve.len().saturating_sub(1);
     curve.iter().enumerate().filter(move |(i, _)| i % step == 0 || *i == last).map(|(_, &p)| p)
-}
-
-fn escape(s: &str) -> String {
-    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
 }
 
 #[cfg(test)]

@@ -10,6 +10,7 @@ pub mod api;
 pub mod auth;
 pub mod budget;
 pub mod cache;
+pub mod chart;
 pub mod classify;
 pub mod config;
 pub mod count;
