@@ -292,6 +292,14 @@ STREAM_ABORT_ANTHROPIC = register(
     single_tier_tenant("e2e-stream-abort-anthropic", STREAM_MODELS, budgets=strict_daily(usd=50.0)),
     [STREAM_ABORT_ANTHROPIC_KEY],
 )
+# 100 concurrent streams, half of whose clients hang up mid-stream
+# (test_stream_disconnects.py): its own tenant, so nothing else's holds or
+# spend mix in.
+STREAM_DISCONNECT_KEY = key_for("e2e-stream-disconnect")
+STREAM_DISCONNECT = register(
+    single_tier_tenant("e2e-stream-disconnect", STREAM_MODELS, budgets=strict_daily(usd=50.0)),
+    [STREAM_DISCONNECT_KEY],
+)
 
 # Feedback and cost per resolution: two tiers, metered, cache without the
 # doorkeeper (the second identical request hits). Two tenants of the same
@@ -317,4 +325,24 @@ FEEDBACK_B = register(
         cache={"doorkeeper": False},
     ),
     [FEEDBACK_B_KEY],
+)
+
+
+# Cooldowns (test_cooldown.py): one tier whose OpenAI chain and Anthropic
+# chain are two models each; a model failing 3 times in a row is passed over
+# for 4 s. No budgets, no cache: every request reaches a provider.
+COOLDOWN_KEY = key_for("e2e-cooldown")
+COOLDOWN_OPENAI = ["openai/gpt-4.1-mini", "openai/gpt-4.1-nano"]
+COOLDOWN_ANTHROPIC = ["anthropic/claude-3-5-haiku-latest", "anthropic/claude-3-haiku-20240307"]
+COOLDOWN = register(
+    {
+        "version": 1,
+        "tenant_id": "e2e-cooldown",
+        "routing": {
+            "tiers": [{"name": "only", "models": COOLDOWN_OPENAI + COOLDOWN_ANTHROPIC}],
+            "cooldown": {"failures": 3, "seconds": 4},
+        },
+        "cache": {"enabled": False},
+    },
+    [COOLDOWN_KEY],
 )

@@ -14,7 +14,7 @@ use futures_util::future::{Either, select};
 use std::cell::RefCell;
 use tollgate_core::store::{TenantBatch, TenantOp, TenantReply, TenantState};
 use worker::{
-    Delay, DurableObject, Env, Method, Request, RequestInit, Response, Result, State, console_error, durable_object,
+    DurableObject, Env, Method, Request, RequestInit, Response, Result, State, console_error, durable_object,
     js_sys, wasm_bindgen::JsValue,
 };
 
@@ -114,7 +114,7 @@ pub async fn call(
         }
         resp.json::<Vec<TenantReply>>().await
     };
-    let timeout = Delay::from(std::time::Duration::from_millis(settings.ledger_timeout_ms));
+    let timeout = crate::timer::Timer::after_ms(settings.ledger_timeout_ms);
     match select(Box::pin(request), timeout).await {
         Either::Left((Ok(replies), _)) if replies.len() == ops.len() => Ok(replies),
         Either::Left((Ok(_), _)) => {
@@ -141,7 +141,7 @@ pub async fn call_until_applied(env: Env, tenant_id: String, ops: Vec<TenantOp>,
         if call(&env, &tenant_id, &ops, &settings).await.is_ok() {
             return;
         }
-        Delay::from(std::time::Duration::from_millis(100 * (attempt + 1))).await;
+        crate::timer::Timer::after_ms(100 * (attempt + 1)).await;
     }
     // The hold, if any, expires by itself (holds carry an expiry), so the
     // budget is not leaked for longer than that.

@@ -11,11 +11,13 @@
 //!   chunk by chunk ([`proxy`]).
 
 mod cache_store;
+mod client_stream;
 mod http;
 mod ledger;
 mod proxy;
 mod settings;
 mod tenants;
+mod timer;
 
 pub use ledger::TenantLedger;
 
@@ -133,7 +135,7 @@ async fn feedback(mut req: Request, env: &Env, settings: &Settings) -> Result<Re
         let reply = ledger::call(env, &tenant.id, &ops, settings).await.ok().and_then(|mut r| r.pop());
         match endpoints::feedback_from_reply(reply) {
             Ok(Some(answer)) => return json_response(200, &answer, &[]),
-            Ok(None) if attempt < 2 => worker::Delay::from(std::time::Duration::from_millis(250)).await,
+            Ok(None) if attempt < 2 => timer::Timer::after_ms(250).await,
             Ok(None) => break,
             Err(e) => return error_response(&e, &[]),
         }

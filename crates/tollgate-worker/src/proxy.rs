@@ -3,32 +3,35 @@
 //!
 //! Once the request is parsed, everything that touches the budget runs inside
 //! `ctx.wait_until`, and the handler only waits for the response to be handed
-//! over. If the client goes away, the runtime cancels the handler but not the
-//! `wait_until` task, so the hold is settled or released rather than left to
-//! expire. A disconnect is seen at once mid-stream (the client's body is
-//! dropped) and, where the runtime signals it, while waiting for the provider
-//! (the handler's receiver is dropped); workerd does not signal a disconnect
-//! before response headers, and the call then completes and is settled.
+//! over. If the client goes away, the runtime stops reading the response but
+//! the `wait_until` task goes on, so the hold is settled or released rather
+//! than left to expire. Mid-stream, a disconnect cancels the client's body,
+//! which sets a flag the driver reads within `timer::WATCH_TICK_MS`;
+//! workerd does not signal a disconnect before response headers, and the call
+//! then completes and is settled.
+//!
+//! The driver is only ever woken by its own I/O and timers, never directly
+//! by a runtime callback: see `timer` for why (a task polled from another
+//! request's context, or from none, does its I/O there, and panics or hangs).
 
 use crate::http::{self, error_response, header_pairs, with_headers};
 use crate::settings::{Settings, now_secs, random_bytes};
-use crate::{cache_store, ledger, tenants};
-use futures_channel::{mpsc, oneshot};
+use crate::timer::{Timer, watch};
+use crate::{cache_store, client_stream, ledger, tenants};
+use futures_channel::oneshot;
+use futures_util::StreamExt;
 use futures_util::future::{Either, select};
-use futures_util::{SinkExt, StreamExt};
 use std::cell::RefCell;
 use std::rc::Rc;
-use std::time::Duration;
 use tollgate_core::budget::LedgerOp;
 use tollgate_core::cache::Doorkeeper;
 use tollgate_core::engine::{Finish, Inbound, ReserveOutcome, Upstream, request_id};
 use tollgate_core::error::UpstreamError;
-use tollgate_core::response::ResponseSummary;
 use tollgate_core::store::{self, TenantOp};
 use tollgate_core::{ApiError, ApiFormat, Next, Plan, TenantConfig, upstream};
 use worker::wasm_bindgen::JsValue;
 use worker::{
-    AbortController, ByteStream, Context, Delay, Env, Fetch, Headers, Method, Request, RequestInit, Response, Result,
+    AbortController, ByteStream, Context, Env, Fetch, Headers, Method, Request, RequestInit, Response, Result,
     console_error, js_sys,
 };
 
@@ -148,7 +151,7 @@ async fn drive(mut job: Job, mut reply: oneshot::Sender<Response>) {
                 }
                 job.plan.escalate()
             }
-            Next::Forward(up) => match call_provider(&up, &job, &mut reply).await {
+            Next::Forward(up) => match call_provider(&up, &job).await {
                 Ok(CallResult::Answered(resp)) => match answer(&mut job, &up, resp, reply).await {
                     Answered::Done => return,
                     Answered::Failed(back) => {
@@ -163,14 +166,6 @@ async fn drive(mut job: Job, mut reply: oneshot::Sender<Response>) {
                     }
                 },
                 Ok(CallResult::Failed(status)) => job.plan.on_upstream_failure(status),
-                Ok(CallResult::ClientGone) => {
-                    // Nothing was generated for this client yet: give the hold back now.
-                    if let Some(release) = job.plan.cancel() {
-                        let ops = vec![TenantOp::Budget(release.to_op(&job.config.budgets))];
-                        ledger::call_until_applied(job.env.clone(), job.tenant_id.clone(), ops, job.settings).await;
-                    }
-                    return;
-                }
                 Err(err) => job.plan.abandon(&err),
             },
         };
@@ -195,16 +190,10 @@ enum CallResult {
     Answered(Response),
     /// A retryable status, or None for a timeout or connection failure.
     Failed(Option<u16>),
-    /// The client disconnected while the provider was being called.
-    ClientGone,
 }
 
 /// Send the rewritten request to the provider and wait for its headers.
-async fn call_provider(
-    up: &Upstream,
-    job: &Job,
-    reply: &mut oneshot::Sender<Response>,
-) -> std::result::Result<CallResult, ApiError> {
+async fn call_provider(up: &Upstream, job: &Job) -> std::result::Result<CallResult, ApiError> {
     let provider = up.target.provider;
     let base = job.env.var(upstream::base_url_name(provider)).map(|v| v.to_string()).unwrap_or_default();
     let key = job.env.var(upstream::secret_name(provider)).map(|v| v.to_string()).unwrap_or_default();
@@ -229,12 +218,9 @@ async fn call_provider(
     let signal = controller.signal();
     let fetch = Fetch::Request(request);
     let sent = Box::pin(fetch.send_with_signal(&signal));
-    let timeout = Delay::from(Duration::from_millis(job.settings.upstream_timeout_ms));
-    // The client leaving drops the handler's receiver; stop waiting then,
-    // rather than let the runtime kill this task 30 s later with the hold still out.
-    let gone = reply.cancellation();
-    match select(select(sent, timeout), gone).await {
-        Either::Left((Either::Left((Ok(resp), _)), _)) => {
+    let timeout = Timer::after_ms(job.settings.upstream_timeout_ms);
+    match select(sent, timeout).await {
+        Either::Left((Ok(resp), _)) => {
             let status = resp.status_code();
             if Plan::is_retryable(status) || !Plan::can_pass_through(status) {
                 // Dropping the response cancels its body; nothing of it reaches the client.
@@ -244,17 +230,13 @@ async fn call_provider(
                 Ok(CallResult::Answered(resp))
             }
         }
-        Either::Left((Either::Left((Err(e), _)), _)) => {
+        Either::Left((Err(e), _)) => {
             console_error!("tollgate: {} unreachable: {e}", up.target);
-            Ok(CallResult::Failed(None))
-        }
-        Either::Left((Either::Right(_), _)) => {
-            controller.abort();
             Ok(CallResult::Failed(None))
         }
         Either::Right(_) => {
             controller.abort();
-            Ok(CallResult::ClientGone)
+            Ok(CallResult::Failed(None))
         }
     }
 }
@@ -268,26 +250,19 @@ enum Answered {
 }
 
 /// Pass the provider's answer to the client, then settle and cache.
-async fn answer(job: &mut Job, up: &Upstream, mut resp: Response, mut reply: oneshot::Sender<Response>) -> Answered {
+async fn answer(job: &mut Job, up: &Upstream, mut resp: Response, reply: oneshot::Sender<Response>) -> Answered {
     let status = resp.status_code();
     let content_type = resp.headers().get("content-type").ok().flatten().unwrap_or_default();
     let streamed = content_type.contains("text/event-stream") && (200..300).contains(&status);
     if streamed {
         return answer_stream(job, up, resp, reply, content_type).await;
     }
-    let deadline = Delay::from(Duration::from_millis(job.settings.upstream_timeout_ms));
-    let read = select(select(Box::pin(resp.bytes()), deadline), reply.cancellation()).await;
-    let bytes = match read {
-        Either::Left((Either::Left((Ok(b), _)), _)) => b,
-        Either::Left(_) => return Answered::Failed(reply),
-        Either::Right(_) => {
-            // The client left while the provider was writing its answer:
-            // the provider has generated it, so charge the prompt (the
-            // output is unknown) rather than release.
-            let fin = job.plan.finish(status, &ResponseSummary::default(), None, &job.config, now_secs());
-            after_answer(job, fin).await;
-            return Answered::Done;
-        }
+    // The handler is still waiting for this answer, so no client has gone
+    // yet as far as this task can tell: the read is bounded by the deadline.
+    let deadline = Timer::after_ms(job.settings.upstream_timeout_ms);
+    let bytes = match select(Box::pin(resp.bytes()), deadline).await {
+        Either::Left((Ok(b), _)) => b,
+        Either::Left((Err(_), _)) | Either::Right(_) => return Answered::Failed(reply),
     };
     let (summary, assembled) = job.plan.read_json_response(&bytes);
     if let Some(step) = job.plan.review(status, &summary, &bytes, &job.config) {
@@ -323,33 +298,30 @@ async fn answer_stream(
     let mut first_out = Vec::new();
     observer.feed(&first, &mut first_out);
 
-    // A small channel: the client's pace throttles how fast the provider is read.
-    let (mut tx, rx) = mpsc::channel::<std::result::Result<Vec<u8>, worker::Error>>(8);
-    // Resolves when the runtime drops the client's body (a disconnect), so
-    // an abort is seen at once, not at the next chunk the provider sends.
-    let (gone_guard, mut client_gone_signal) = oneshot::channel::<()>();
-    let rx = ClientBody { chunks: rx, _gone_guard: gone_guard };
+    let (client, client_body) = client_stream::channel();
     let mut headers =
         vec![("content-type".to_owned(), content_type), ("cache-control".to_owned(), "no-cache".to_owned())];
     headers.extend(job.plan.response_headers());
-    send(reply, Response::from_stream(rx).map(|r| r.with_status(status)).and_then(|r| with_headers(r, &headers)));
+    send(
+        reply,
+        Response::from_stream(client_body).map(|r| r.with_status(status)).and_then(|r| with_headers(r, &headers)),
+    );
 
-    let mut client_gone = !first_out.is_empty() && tx.send(Ok(first_out)).await.is_err();
+    let mut client_gone = !first_out.is_empty() && !client.send(Ok(first_out)).await;
     let mut broken = false;
     while !client_gone {
-        let next = Box::pin(next_chunk(&mut body, job.settings.stream_idle_timeout_ms));
-        let chunk = match select(next, &mut client_gone_signal).await {
-            Either::Left((chunk, _)) => chunk,
-            Either::Right(_) => {
-                client_gone = true;
-                break;
-            }
+        // `watch` gives up once the client has gone, read at each provider
+        // chunk and at least every WATCH_TICK_MS, so a silent provider does
+        // not keep a departed client's hold out until the idle timeout.
+        let Some(chunk) = watch(next_chunk(&mut body, job.settings.stream_idle_timeout_ms), client.gone()).await else {
+            client_gone = true;
+            break;
         };
         match chunk {
             Chunk::Data(chunk) => {
                 let mut out = Vec::new();
                 observer.feed(&chunk, &mut out);
-                client_gone = !out.is_empty() && tx.send(Ok(out)).await.is_err();
+                client_gone = !out.is_empty() && !client.send(Ok(out)).await;
             }
             Chunk::End => break,
             Chunk::Broken => {
@@ -369,34 +341,16 @@ async fn answer_stream(
             // proxy in front (wrangler's, say) may turn the latter into a
             // clean end, and a client must never take a cut answer for a whole one.
             let message = format!("the provider's stream broke off ({}); the answer is incomplete", up.target);
-            let _ = tx.send(Ok(observer.broken_stream_event(&message))).await;
-            let _ = tx.send(Err(worker::Error::RustError("the provider's stream broke".into()))).await;
+            client.send(Ok(observer.broken_stream_event(&message))).await;
+            client.send(Err(worker::Error::RustError("the provider's stream broke".into()))).await;
         } else if !tail.is_empty() {
-            let _ = tx.send(Ok(tail)).await;
+            client.send(Ok(tail)).await;
         }
     }
-    drop(tx);
+    drop(client);
     let fin = job.plan.finish(status, &outcome.summary, outcome.assembled, &job.config, now_secs());
     after_answer(job, fin).await;
     Answered::Done
-}
-
-/// The client's response body: the stream of chunks, plus a guard whose
-/// drop (when the runtime cancels the body) signals the producer.
-struct ClientBody {
-    chunks: mpsc::Receiver<std::result::Result<Vec<u8>, worker::Error>>,
-    _gone_guard: oneshot::Sender<()>,
-}
-
-impl futures_util::Stream for ClientBody {
-    type Item = std::result::Result<Vec<u8>, worker::Error>;
-
-    fn poll_next(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Self::Item>> {
-        std::pin::Pin::new(&mut self.chunks).poll_next(cx)
-    }
 }
 
 enum Chunk {
@@ -406,7 +360,7 @@ enum Chunk {
 }
 
 async fn next_chunk(body: &mut ByteStream, timeout_ms: u64) -> Chunk {
-    match select(body.next(), Delay::from(Duration::from_millis(timeout_ms))).await {
+    match select(body.next(), Timer::after_ms(timeout_ms)).await {
         Either::Left((Some(Ok(c)), _)) => Chunk::Data(c),
         Either::Left((None, _)) => Chunk::End,
         Either::Left((Some(Err(_)), _)) | Either::Right(_) => Chunk::Broken,
