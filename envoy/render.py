@@ -13,10 +13,15 @@ through scripts/lib/envoy.sh `validate_envoy_configs`).
 - istio/wasmplugin.yaml: the Wasm filter Istio generates from a WasmPlugin
   (pluginConfig serialised to JSON as the plugin configuration, vmConfig.env
   as environment variables, failStrategy as the failure policy).
+- istio/local-replies.yaml: its NETWORK_FILTER patch (Envoy's own errors as
+  JSON) merged into the gateway's HTTP connection manager in both Istio
+  renderings above.
 
 It also checks that the Istio files agree: every cluster a plugin
 configuration names (providers.*.cluster, state.redis.cluster) is one
-providers.yaml defines or names as a Service.
+providers.yaml defines or names as a Service; and that envoy.yaml,
+envoy-local.yaml and istio/local-replies.yaml carry the same
+`local_reply_config` (tests/e2e reads envoy-local.yaml's).
 
 Writes one JSON file per config into --out and prints `name<TAB>path` lines.
 Run with the project's .venv (PyYAML): .venv/bin/python envoy/render.py --wasm X --out DIR
@@ -138,9 +143,15 @@ def istio_routes(providers: list[dict]) -> list[dict]:
     routes = []
     for http in vs["spec"]["http"]:
         if "directResponse" in http:
-            routes.append({"match": {"prefix": "/"}, "direct_response": {
+            route = {"match": {"prefix": "/"}, "direct_response": {
                 "status": http["directResponse"]["status"],
-                "body": {"inline_string": http["directResponse"]["body"]["string"]}}})
+                "body": {"inline_string": http["directResponse"]["body"]["string"]}}}
+            response_set = http.get("headers", {}).get("response", {}).get("set", {})
+            if response_set:
+                route["response_headers_to_add"] = [
+                    {"header": {"key": k, "value": v}, "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"}
+                    for k, v in response_set.items()]
+            routes.append(route)
             continue
         (match,) = http["match"]
         headers = [{"name": name, "string_match": dict(m)} for name, m in match["headers"].items()]
@@ -193,6 +204,62 @@ def gateway_bootstrap(wasm_filter: dict, providers: list[dict], plugin: dict) ->
     }
 
 
+HCM_FILTER = "envoy.filters.network.http_connection_manager"
+LOCAL_REPLIES = HERE / "istio" / "local-replies.yaml"
+
+
+def apply_network_filter_patch(bootstrap: dict, p: dict, path: Path) -> dict:
+    """An EnvoyFilter NETWORK_FILTER MERGE into the HTTP connection manager."""
+    if p["patch"]["operation"] != "MERGE" or p["match"]["listener"]["filterChain"]["filter"]["name"] != HCM_FILTER:
+        raise Problem(f"{path}: render.py only knows NETWORK_FILTER MERGE patches of {HCM_FILTER}")
+    typed = p["patch"]["value"]["typed_config"]
+    if typed.get("@type") != HCM_TYPE:
+        raise Problem(f"{path}: the NETWORK_FILTER patch's typed_config must be an {HCM_TYPE}")
+    listener = bootstrap["static_resources"]["listeners"][0]
+    (chain,) = listener["filter_chains"]
+    chain["filters"] = [merge(f, {"typed_config": typed}) if f["name"] == HCM_FILTER else f for f in chain["filters"]]
+    return bootstrap
+
+
+def apply_local_replies(bootstrap: dict) -> dict:
+    """istio/local-replies.yaml's patches, which go with either Istio way of loading the filter."""
+    ef = one(load_all(LOCAL_REPLIES), "EnvoyFilter", LOCAL_REPLIES)
+    for p in ef["spec"]["configPatches"]:
+        if p["applyTo"] != "NETWORK_FILTER":
+            raise Problem(f"{LOCAL_REPLIES}: expected only NETWORK_FILTER patches, found {p['applyTo']}")
+        bootstrap = apply_network_filter_patch(bootstrap, p, LOCAL_REPLIES)
+    return bootstrap
+
+
+def local_reply_config_of(path: Path) -> dict:
+    """The `local_reply_config` a shipped file gives the HTTP connection manager."""
+    docs = load_all(path)
+    found = []
+    for d in docs:
+        if d.get("kind") == "EnvoyFilter":
+            for p in d["spec"]["configPatches"]:
+                if p["applyTo"] == "NETWORK_FILTER":
+                    found.append(p["patch"]["value"]["typed_config"].get("local_reply_config"))
+        elif "static_resources" in d:
+            for listener in d["static_resources"]["listeners"]:
+                for chain in listener["filter_chains"]:
+                    found += [f["typed_config"].get("local_reply_config") for f in chain["filters"]
+                              if f["name"] == HCM_FILTER]
+    found = [c for c in found if c is not None]
+    if len(found) != 1:
+        raise Problem(f"{path}: expected one local_reply_config on the HTTP connection manager, found {len(found)}")
+    return found[0]
+
+
+def check_local_replies_agree() -> None:
+    """Every shipped config answers Envoy's own errors the same way."""
+    files = [HERE / "envoy-local.yaml", HERE / "envoy.yaml", LOCAL_REPLIES]
+    want = local_reply_config_of(files[0])
+    for path in files[1:]:
+        if local_reply_config_of(path) != want:
+            raise Problem(f"{path.relative_to(HERE.parent)}: its local_reply_config differs from envoy/envoy-local.yaml's; keep them identical")
+
+
 def render_envoyfilter(path: Path, providers: list[dict], wasm: Path) -> dict:
     ef = one(load_all(path), "EnvoyFilter", path)
     patches = ef["spec"]["configPatches"]
@@ -212,11 +279,13 @@ def render_envoyfilter(path: Path, providers: list[dict], wasm: Path) -> dict:
             bootstrap["static_resources"]["listeners"][0] = merge(listener, p["patch"]["value"])
         elif p["applyTo"] == "BOOTSTRAP":
             bootstrap = merge(bootstrap, p["patch"]["value"])
+        elif p["applyTo"] == "NETWORK_FILTER":
+            bootstrap = apply_network_filter_patch(bootstrap, p, path)
         elif p["applyTo"] != "HTTP_FILTER":
             raise Problem(f"{path}: render.py does not know how to apply a {p['applyTo']} patch")
     if set_wasm_path(bootstrap, wasm) != 1:
         raise Problem(f"{path}: expected one vm_config.code.local.filename")
-    return bootstrap
+    return apply_local_replies(bootstrap)
 
 
 def render_wasmplugin(path: Path, providers: list[dict], wasm: Path) -> dict:
@@ -258,7 +327,7 @@ def render_wasmplugin(path: Path, providers: list[dict], wasm: Path) -> dict:
             },
         },
     }
-    return gateway_bootstrap(wasm_filter, providers, plugin)
+    return apply_local_replies(gateway_bootstrap(wasm_filter, providers, plugin))
 
 
 # ---------------------------------------------------------------- main
@@ -283,17 +352,22 @@ def main() -> int:
     rendered = {
         "envoy/envoy.yaml": lambda: render_plain(HERE / "envoy.yaml", wasm),
         "envoy/envoy-local.yaml": lambda: render_plain(HERE / "envoy-local.yaml", wasm),
-        "envoy/istio/envoyfilter.yaml (+ providers.yaml)": lambda: render_envoyfilter(
+        "envoy/istio/envoyfilter.yaml (+ providers.yaml, local-replies.yaml)": lambda: render_envoyfilter(
             HERE / "istio" / "envoyfilter.yaml", providers, wasm),
-        "envoy/istio/wasmplugin.yaml (+ providers.yaml)": lambda: render_wasmplugin(
+        "envoy/istio/wasmplugin.yaml (+ providers.yaml, local-replies.yaml)": lambda: render_wasmplugin(
             HERE / "istio" / "wasmplugin.yaml", providers, wasm),
     }
     shipped = sorted(str(p.relative_to(HERE.parent)) for p in HERE.rglob("*.yaml"))
     covered = {"envoy/envoy.yaml", "envoy/envoy-local.yaml", "envoy/istio/envoyfilter.yaml",
-               "envoy/istio/wasmplugin.yaml", "envoy/istio/providers.yaml"}
+               "envoy/istio/wasmplugin.yaml", "envoy/istio/providers.yaml", "envoy/istio/local-replies.yaml"}
     unknown = [p for p in shipped if p not in covered]
     if unknown:
         print(f"render.py: no rendering for {', '.join(unknown)}: add it here", file=sys.stderr)
+        return 1
+    try:
+        check_local_replies_agree()
+    except (Problem, KeyError) as e:
+        print(f"render.py: {type(e).__name__}: {e}", file=sys.stderr)
         return 1
     for name, render in rendered.items():
         try:

@@ -609,8 +609,34 @@ FILTER_UNAVAILABLE = {
 }
 
 # Listener buffer: above every tenant's max_body_bytes, so the filter's own
-# 413 request_too_large bites before Envoy's plain-text one.
+# 413 request_too_large bites before Envoy's own one (JSON too: local_reply_config).
 ENVOY_BUFFER_LIMIT = 16 * 1024 * 1024
+
+
+# The shipped config whose shape envoy_bootstrap renders; its HTTP
+# connection manager's `local_reply_config` (Envoy's own errors as
+# OpenAI-shaped JSON, envoy/README.md "Envoy's own errors") is read from
+# it rather than written a second time here.
+ENVOY_LOCAL_CONFIG = ROOT / "envoy" / "envoy-local.yaml"
+HCM_TYPE = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
+
+
+def shipped_local_reply_config(config: Path = ENVOY_LOCAL_CONFIG) -> dict:
+    """The `local_reply_config` of the (one) HTTP connection manager in a
+    shipped Envoy config, as a fresh dict."""
+    import yaml  # PyYAML, in tests/requirements.txt; only the Envoy host needs it
+
+    bootstrap = yaml.safe_load(config.read_text())
+    found = [
+        f["typed_config"]["local_reply_config"]
+        for listener in bootstrap["static_resources"]["listeners"]
+        for chain in listener["filter_chains"]
+        for f in chain["filters"]
+        if f.get("typed_config", {}).get("@type") == HCM_TYPE and "local_reply_config" in f["typed_config"]
+    ]
+    if len(found) != 1:
+        raise ValueError(f"{config}: expected one HTTP connection manager with a local_reply_config, found {len(found)}")
+    return copy.deepcopy(found[0])
 
 
 def envoy_binary() -> Path:
@@ -769,13 +795,17 @@ def envoy_bootstrap(
     env: Mapping[str, str] | None = None,
     webdis_url: str | None = None,
     access_log: Path | None = None,
+    local_replies: bool = True,
 ) -> dict:
     """An Envoy bootstrap (JSON) shaped like envoy/envoy-local.yaml: one
     listener on 127.0.0.1:`port` with the tollgate filter before the router,
     one route and cluster per provider (all the mock) picked by
     `x-tollgate-provider`, a 503 for anything unrouted, the webdis cluster
-    when `webdis_url` is given, admin on 127.0.0.1:`admin_port` and the
-    metric tags. `plugin=None` leaves the filter out (a bare proxy)."""
+    when `webdis_url` is given, admin on 127.0.0.1:`admin_port`, the
+    metric tags, and envoy-local.yaml's own `local_reply_config` (Envoy's
+    errors as JSON; `local_replies=False` leaves it out, to compare
+    against Envoy's defaults). `plugin=None` leaves the filter out (a bare
+    proxy)."""
     mock_host, mock_port = host_port(mock.url)
     routes: list[dict] = [
         {
@@ -801,7 +831,7 @@ def envoy_bootstrap(
          "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}
     )
     hcm: dict = {
-        "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+        "@type": HCM_TYPE,
         "stat_prefix": "ingress_http",
         "route_config": {
             "name": "providers",
@@ -811,6 +841,8 @@ def envoy_bootstrap(
         },
         "http_filters": http_filters,
     }
+    if local_replies:
+        hcm["local_reply_config"] = shipped_local_reply_config()
     if access_log is not None:
         hcm["access_log"] = [
             {
