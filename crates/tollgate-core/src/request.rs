@@ -110,6 +110,82 @@ impl<'de> serde::Deserialize<'de> for RawFields {
     }
 }
 
+/// How deep arrays and objects may nest inside one top-level field: what
+/// serde_json's recursion limit (128, counting the level that fails) lets a
+/// field parsed into a [`Value`] hold, and so what every field is held to.
+const MAX_NESTING: usize = 127;
+
+/// A JSON value checked by exactly the rules a field parsed into a [`Value`]
+/// gets, without building it: serde_json's `deserialize_any` drives the same
+/// number parsing (out-of-range numbers such as `1e400` are refused), the same
+/// string decoding (lone surrogate escapes are refused) and the same bounded
+/// recursion (so a hostile body cannot deepen the call stack past
+/// [`MAX_NESTING`]). `IgnoredAny` would not do: serde_json skips it like a
+/// `RawValue`, checking syntax only.
+struct Checked;
+
+impl<'de> serde::Deserialize<'de> for Checked {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(CheckedVisitor)
+    }
+}
+
+struct CheckedVisitor;
+
+impl<'de> Visitor<'de> for CheckedVisitor {
+    type Value = Checked;
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("any JSON value")
+    }
+    fn visit_bool<E: de::Error>(self, _: bool) -> Result<Checked, E> {
+        Ok(Checked)
+    }
+    fn visit_i64<E: de::Error>(self, _: i64) -> Result<Checked, E> {
+        Ok(Checked)
+    }
+    fn visit_u64<E: de::Error>(self, _: u64) -> Result<Checked, E> {
+        Ok(Checked)
+    }
+    fn visit_f64<E: de::Error>(self, _: f64) -> Result<Checked, E> {
+        Ok(Checked)
+    }
+    fn visit_str<E: de::Error>(self, _: &str) -> Result<Checked, E> {
+        Ok(Checked)
+    }
+    fn visit_unit<E: de::Error>(self) -> Result<Checked, E> {
+        Ok(Checked)
+    }
+    fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<Checked, A::Error> {
+        while seq.next_element::<Checked>()?.is_some() {}
+        Ok(Checked)
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Checked, A::Error> {
+        while map.next_key::<Checked>()?.is_some() {
+            map.next_value::<Checked>()?;
+        }
+        Ok(Checked)
+    }
+}
+
+/// One `invalid_json` error for a field whose value breaks the JSON rules,
+/// worded the same whether or not the router reads the field. serde_json's
+/// position is within the field's value, not the body, so it is left out.
+fn field_json_error(field: &str, e: &serde_json::Error) -> RequestError {
+    let text = e.to_string();
+    let what = text.strip_suffix(&format!(" at line {} column {}", e.line(), e.column())).unwrap_or(&text);
+    let hint = if what == "recursion limit exceeded" {
+        format!(" (arrays and objects nest at most {MAX_NESTING} deep)")
+    } else {
+        String::new()
+    };
+    // The client chose the key: name it, but not at any length.
+    let field = match field.char_indices().nth(64) {
+        Some((cut, _)) => format!("{}…", &field[..cut]),
+        None => field.to_owned(),
+    };
+    RequestError::MalformedJson { detail: format!("{what} in `{field}`{hint}") }
+}
+
 /// Chat bodies have a few dozen top-level fields at most.
 const MAX_TOP_LEVEL_FIELDS: usize = 256;
 
@@ -196,12 +272,17 @@ impl ChatRequest {
         }
         let raw: RawFields =
             serde_json::from_str(text).map_err(|e| RequestError::MalformedJson { detail: e.to_string() })?;
+        // Every field is held to the same JSON rules, read or not: the
+        // top-level scan above (RawValue) checks syntax only, with no nesting
+        // limit and no number range, and a provider must never be sent what
+        // the router itself would refuse to parse.
         let mut parsed = Map::new();
         for (key, value) in &raw.0 {
             if ROUTER_READS.contains(&key.as_str()) {
-                let v: Value = serde_json::from_str(value.get())
-                    .map_err(|e| RequestError::MalformedJson { detail: e.to_string() })?;
+                let v: Value = serde_json::from_str(value.get()).map_err(|e| field_json_error(key, &e))?;
                 parsed.insert(key.clone(), v);
+            } else {
+                serde_json::from_str::<Checked>(value.get()).map_err(|e| field_json_error(key, &e))?;
             }
         }
         let mut request = match api {
@@ -299,7 +380,7 @@ impl ChatRequest {
                 Some(v) => encode_canonical(v, &mut out),
                 None => match serde_json::from_str::<Value>(raw.get()) {
                     Ok(v) => encode_canonical(&v, &mut out),
-                    // Validated as JSON when parsed, so never reached.
+                    // Every field was checked by these rules in `parse`, so never reached.
                     Err(_) => put_str(raw.get(), &mut out),
                 },
             }
@@ -830,6 +911,144 @@ mod tests {
             r#"{"model":"m","messages":[ {"role":"user","content":"caf\u00e9  x"} ],"metadata":{"b" : 1.50, "a":"\/"}}"#
         );
     }
+
+    const CHAT: &str = r#""model":"tollgate/auto","messages":[{"role":"user","content":"x"}]"#;
+    const MESSAGES: &str = r#""model":"tollgate/auto","max_tokens":5,"messages":[{"role":"user","content":"x"}]"#;
+
+    fn nested(depth: usize) -> String {
+        format!("{}{}", "[".repeat(depth), "]".repeat(depth))
+    }
+
+    fn malformed_detail(result: Result<ChatRequest, RequestError>) -> String {
+        match result {
+            Err(RequestError::MalformedJson { detail }) => detail,
+            other => panic!("wanted MalformedJson, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn deep_nesting_in_a_field_the_router_does_not_read_is_refused_for_both_apis() {
+        let deep = nested(100_000);
+        let chat = format!(r#"{{{CHAT},"metadata":{{"tags":{deep}}}}}"#);
+        let detail = malformed_detail(openai(&chat));
+        assert!(detail.starts_with("recursion limit exceeded in `metadata`"), "{detail}");
+        let messages = format!(r#"{{{MESSAGES},"metadata":{deep}}}"#);
+        let detail = malformed_detail(anthropic(&messages));
+        assert!(detail.starts_with("recursion limit exceeded in `metadata`"), "{detail}");
+        // One client-facing error, OpenAI-shaped, naming the field and the limit.
+        let api = crate::error::ApiError::from(RequestError::MalformedJson { detail });
+        assert_eq!((api.status, api.code, api.param.as_deref()), (400, "invalid_json", None));
+        assert_eq!(
+            api.message,
+            "request body is not valid JSON: recursion limit exceeded in `metadata` \
+             (arrays and objects nest at most 127 deep)"
+        );
+
+        // A million levels: the top-level scan is iterative and the check
+        // stops at the limit, so neither deepens the call stack.
+        let body = format!(r#"{{{CHAT},"metadata":{}}}"#, nested(1_000_000));
+        assert!(matches!(
+            ChatRequest::parse(ApiFormat::OpenAi, body.as_bytes(), 4 << 20),
+            Err(RequestError::MalformedJson { .. })
+        ));
+    }
+
+    #[test]
+    fn an_unread_field_nests_exactly_as_deep_as_a_parsed_one() {
+        // `stream_options` is parsed into a Value (only `include_usage` is
+        // looked at); `metadata` is never parsed. The same value must get the
+        // same answer in both.
+        for depth in [MAX_NESTING - 1, MAX_NESTING, MAX_NESTING + 1, MAX_NESTING + 2] {
+            let arrays = format!(r#"{{"a":{}}}"#, nested(depth - 1));
+            let objects = format!("{}1{}", r#"{"a":"#.repeat(depth), "}".repeat(depth));
+            for value in [nested(depth), arrays, objects] {
+                let read = openai(&format!(r#"{{{CHAT},"stream_options":{value}}}"#));
+                let unread = openai(&format!(r#"{{{CHAT},"metadata":{value}}}"#));
+                if depth <= MAX_NESTING {
+                    assert!(unread.is_ok(), "depth {depth}: {:?}", unread.err());
+                    // An array at the top of `stream_options` is a type error, not a JSON one.
+                    assert!(!matches!(read, Err(RequestError::MalformedJson { .. })), "depth {depth}: {read:?}");
+                } else {
+                    let read = malformed_detail(read);
+                    let unread = malformed_detail(unread);
+                    assert_eq!(read.replace("`stream_options`", "`metadata`"), unread, "depth {depth}");
+                    assert!(unread.starts_with("recursion limit exceeded in `metadata`"), "{unread}");
+                }
+            }
+        }
+        // The limit is serde_json's own, as the parsed fields get it.
+        assert!(serde_json::from_str::<Value>(&nested(MAX_NESTING)).is_ok());
+        assert!(serde_json::from_str::<Value>(&nested(MAX_NESTING + 1)).is_err());
+    }
+
+    #[test]
+    fn numbers_and_strings_in_unread_fields_follow_the_parsed_fields_rules() {
+        let f64_max_digits = format!("{:.0}", f64::MAX);
+        let too_many_digits = format!("{f64_max_digits}0");
+        let cases: &[(&str, bool)] = &[
+            ("1e400", false),
+            ("-1e400", false),
+            ("1E+400", false),
+            ("1e999999999999999999999", false),
+            ("-0.5e99999", false),
+            ("1.7976931348623159e308", false),
+            (&too_many_digits, false),
+            (r#""\ud800""#, false),
+            (r#""\udc00 x""#, false),
+            // Finite as f64, or rounding to zero: serde_json takes these.
+            ("1e-400", true),
+            ("0e999999", true),
+            ("1.7976931348623157e308", true),
+            (&f64_max_digits, true),
+            ("123456789012345678901234567890", true),
+            ("-123456789012345678901234567890.5e-3", true),
+            (r#""\ud83d\ude00""#, true),
+        ];
+        for (item, ok) in cases {
+            for value in [item.to_string(), format!(r#"{{"w":[{item}]}}"#)] {
+                let read = openai(&format!(r#"{{{CHAT},"stream_options":{{"v":{value}}}}}"#));
+                let unread = openai(&format!(r#"{{{CHAT},"metadata":{{"v":{value}}}}}"#));
+                let unread_anthropic = anthropic(&format!(r#"{{{MESSAGES},"metadata":{{"v":{value}}}}}"#));
+                if *ok {
+                    assert!(read.is_ok() && unread.is_ok() && unread_anthropic.is_ok(), "{value}: {unread:?}");
+                } else {
+                    let read = malformed_detail(read);
+                    let unread = malformed_detail(unread);
+                    assert_eq!(read.replace("`stream_options`", "`metadata`"), unread, "{value}");
+                    assert_eq!(malformed_detail(unread_anthropic), unread, "{value}");
+                }
+            }
+        }
+        let detail = malformed_detail(openai(&format!(r#"{{{CHAT},"metadata":{{"v":1e400}}}}"#)));
+        assert_eq!(detail, "number out of range in `metadata`");
+        let detail = malformed_detail(openai(&format!(r#"{{"temperature":-1e400,{CHAT}}}"#)));
+        assert_eq!(detail, "number out of range in `temperature`");
+        // The first bad field in the body's order is the one named.
+        let detail = malformed_detail(openai(&format!(r#"{{"user":{},{CHAT},"seed":1e400}}"#, nested(200))));
+        assert!(detail.starts_with("recursion limit exceeded in `user`"), "{detail}");
+        let long_key = "k".repeat(10_000);
+        let detail = malformed_detail(openai(&format!(r#"{{{CHAT},"{long_key}":1e400}}"#)));
+        assert_eq!(detail, format!("number out of range in `{}…`", &long_key[..64]));
+    }
+
+    #[test]
+    fn valid_unread_fields_still_pass_through_byte_for_byte() {
+        let metadata = format!(r#"{{"a" : {} , "b":1.50}}"#, nested(MAX_NESTING - 1));
+        let extra = r#"[1e-400, -0.0, 1E3, 123456789012345678901234567890, "\ud83d\ude00\u00e9\/"]"#;
+        let original = format!(r#"{{"model":"tollgate/auto","metadata": {metadata} ,{CHAT_TAIL},"x":{extra}}}"#);
+        let r = openai(&original).unwrap();
+        let out = r.rewritten_body(&Rewrite {
+            provider: Provider::OpenAi,
+            model: "m",
+            clamp_output_tokens: None,
+            include_usage: false,
+        });
+        let want = format!(r#"{{"model":"m","metadata":{metadata},{CHAT_TAIL},"x":{extra}}}"#);
+        assert_eq!(String::from_utf8(out).unwrap(), want);
+        assert_eq!(r.raw_field("metadata"), Some(metadata.as_str()));
+    }
+
+    const CHAT_TAIL: &str = r#""messages":[{"role":"user","content":"x"}]"#;
 
     #[test]
     fn duplicate_top_level_keys_are_refused() {
