@@ -36,15 +36,18 @@ struct Queue {
 
 /// A streamed answer's body: the driver's [`ClientWriter`] and the
 /// [`ClientBody`] to hand to `Response::from_stream`.
-pub fn channel() -> (ClientWriter, ClientBody) {
+///
+/// A client whose queue stays full for `stall_timeout_ms` counts as gone.
+pub fn channel(stall_timeout_ms: u64) -> (ClientWriter, ClientBody) {
     let queue = Rc::new(RefCell::new(Queue::default()));
     let gone = Gone::default();
-    (ClientWriter { queue: queue.clone(), gone: gone.clone() }, ClientBody { queue, gone })
+    (ClientWriter { queue: queue.clone(), gone: gone.clone(), stall_timeout_ms }, ClientBody { queue, gone })
 }
 
 pub struct ClientWriter {
     queue: Rc<RefCell<Queue>>,
     gone: Gone,
+    stall_timeout_ms: u64,
 }
 
 impl ClientWriter {
@@ -54,9 +57,12 @@ impl ClientWriter {
     }
 
     /// Queue `item` for the client, waiting while the queue is full. False
-    /// once the client has gone (nothing more will be read).
+    /// once the client has gone (nothing more will be read), or has taken
+    /// nothing for the stall timeout (it then counts as gone).
     pub async fn send(&self, item: Item) -> bool {
         let mut item = Some(item);
+        // Timers fire late under load, never early: the real wait is at least this.
+        let mut waited_ms = 0u64;
         loop {
             if self.gone.get() {
                 return false;
@@ -73,12 +79,18 @@ impl ClientWriter {
                     return true;
                 }
             }
+            if waited_ms >= self.stall_timeout_ms {
+                worker::console_warn!("tollgate: the client took nothing for {waited_ms} ms; treating it as gone");
+                self.gone.set();
+                return false;
+            }
             let mut wait = Timer::after_ms(FULL_QUEUE_RETRY_MS);
             (&mut wait).await;
             if wait.was_refused() {
                 // No timer to wait on: stop rather than spin.
                 return false;
             }
+            waited_ms += FULL_QUEUE_RETRY_MS;
         }
     }
 }

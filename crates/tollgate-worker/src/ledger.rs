@@ -14,8 +14,8 @@ use futures_util::future::{Either, select};
 use std::cell::RefCell;
 use tollgate_core::store::{TenantBatch, TenantOp, TenantReply, TenantState};
 use worker::{
-    DurableObject, Env, Method, Request, RequestInit, Response, Result, State, console_error, durable_object,
-    js_sys, wasm_bindgen::JsValue,
+    DurableObject, Env, Method, Request, RequestInit, Response, Result, State, console_error, durable_object, js_sys,
+    wasm_bindgen::JsValue,
 };
 
 /// The Durable Object binding in `wrangler.toml`.

@@ -25,6 +25,7 @@ use std::cell::RefCell;
 use std::rc::Rc;
 use tollgate_core::budget::LedgerOp;
 use tollgate_core::cache::Doorkeeper;
+use tollgate_core::cooldown::Cooldowns;
 use tollgate_core::engine::{Finish, Inbound, ReserveOutcome, Upstream, request_id};
 use tollgate_core::error::UpstreamError;
 use tollgate_core::store::{self, TenantOp};
@@ -42,6 +43,15 @@ thread_local! {
     // Admission filter: an answer is cached the second time its key is seen.
     // Per isolate; a new isolate starts empty and admits from the second sighting it sees.
     static DOORKEEPER: RefCell<Option<Doorkeeper>> = RefCell::new(Doorkeeper::new(DOORKEEPER_CAPACITY, random_bytes()));
+    // Models that keep failing, per isolate: the core decides, from what
+    // each attempt ended with, which to pass over for a while.
+    static COOLDOWNS: RefCell<Cooldowns> = RefCell::new(Cooldowns::default());
+}
+
+/// Tell the isolate's cooldown table how an attempt on `up` ended.
+fn attempt_ended(plan: &Plan, up: &Upstream, status: Option<u16>, retry_after: Option<&str>) {
+    let update = plan.attempt_ended(up, status, retry_after, now_secs());
+    COOLDOWNS.with(|c| c.borrow_mut().apply(&update));
 }
 
 /// Everything the request's `wait_until` task owns.
@@ -70,11 +80,13 @@ pub async fn handle(mut req: Request, api: ApiFormat, env: Env, ctx: Context, se
     };
     let client_headers = header_pairs(req.headers());
     let cache_control = client_headers.iter().find(|(n, _)| n == "cache-control").map(|(_, v)| v.as_str());
-    let inbound = Inbound { tenant_id: &tenant.id, api, body: &body, cache_control, now: now_secs(), entropy };
-    let plan = match Plan::new(&tenant.config, &inbound) {
+    let now = now_secs();
+    let inbound = Inbound { tenant_id: &tenant.id, api, body: &body, cache_control, now, entropy };
+    let mut plan = match Plan::new(&tenant.config, &inbound) {
         Ok(p) => p,
         Err(refused) => return http::local(refused.response()),
     };
+    COOLDOWNS.with(|c| plan.consult_cooldowns(&c.borrow(), now));
     drop(body);
 
     let (reply_tx, reply_rx) = oneshot::channel::<Response>();
@@ -152,20 +164,31 @@ async fn drive(mut job: Job, mut reply: oneshot::Sender<Response>) {
                 job.plan.escalate()
             }
             Next::Forward(up) => match call_provider(&up, &job).await {
-                Ok(CallResult::Answered(resp)) => match answer(&mut job, &up, resp, reply).await {
-                    Answered::Done => return,
-                    Answered::Failed(back) => {
-                        // Nothing reached the client yet: try the next model.
-                        reply = back;
-                        job.plan.on_upstream_failure(None)
+                Ok(CallResult::Answered(resp)) => {
+                    let status = resp.status_code();
+                    match answer(&mut job, &up, resp, reply).await {
+                        Answered::Done => {
+                            attempt_ended(&job.plan, &up, Some(status), None);
+                            return;
+                        }
+                        Answered::Failed(back) => {
+                            // Nothing reached the client yet: try the next model.
+                            attempt_ended(&job.plan, &up, None, None);
+                            reply = back;
+                            job.plan.on_upstream_failure(None)
+                        }
+                        Answered::Reviewed(back, step) => {
+                            // The answer was held back (escalation): nothing reached the client.
+                            attempt_ended(&job.plan, &up, Some(status), None);
+                            reply = back;
+                            step
+                        }
                     }
-                    Answered::Reviewed(back, step) => {
-                        // The answer was held back (escalation): nothing reached the client.
-                        reply = back;
-                        step
-                    }
-                },
-                Ok(CallResult::Failed(status)) => job.plan.on_upstream_failure(status),
+                }
+                Ok(CallResult::Failed(status, retry_after)) => {
+                    attempt_ended(&job.plan, &up, status, retry_after.as_deref());
+                    job.plan.on_upstream_failure(status)
+                }
                 Err(err) => job.plan.abandon(&err),
             },
         };
@@ -189,7 +212,8 @@ fn send(reply: oneshot::Sender<Response>, response: Result<Response>) {
 enum CallResult {
     Answered(Response),
     /// A retryable status, or None for a timeout or connection failure.
-    Failed(Option<u16>),
+    /// With the provider's `retry-after`, if it sent one.
+    Failed(Option<u16>, Option<String>),
 }
 
 /// Send the rewritten request to the provider and wait for its headers.
@@ -225,18 +249,19 @@ async fn call_provider(up: &Upstream, job: &Job) -> std::result::Result<CallResu
             if Plan::is_retryable(status) || !Plan::can_pass_through(status) {
                 // Dropping the response cancels its body; nothing of it reaches the client.
                 console_error!("tollgate: {} answered HTTP {status}; trying the next model", up.target);
-                Ok(CallResult::Failed(Some(status)))
+                let retry_after = resp.headers().get("retry-after").ok().flatten();
+                Ok(CallResult::Failed(Some(status), retry_after))
             } else {
                 Ok(CallResult::Answered(resp))
             }
         }
         Either::Left((Err(e), _)) => {
             console_error!("tollgate: {} unreachable: {e}", up.target);
-            Ok(CallResult::Failed(None))
+            Ok(CallResult::Failed(None, None))
         }
         Either::Right(_) => {
             controller.abort();
-            Ok(CallResult::Failed(None))
+            Ok(CallResult::Failed(None, None))
         }
     }
 }
@@ -298,7 +323,7 @@ async fn answer_stream(
     let mut first_out = Vec::new();
     observer.feed(&first, &mut first_out);
 
-    let (client, client_body) = client_stream::channel();
+    let (client, client_body) = client_stream::channel(job.settings.client_stall_timeout_ms);
     let mut headers =
         vec![("content-type".to_owned(), content_type), ("cache-control".to_owned(), "no-cache".to_owned())];
     headers.extend(job.plan.response_headers());

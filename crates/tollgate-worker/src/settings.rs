@@ -18,6 +18,14 @@ pub struct Settings {
     pub stream_idle_timeout_ms: u64,
     /// Time allowed for one call to the tenant's Durable Object.
     pub ledger_timeout_ms: u64,
+    /// How long a streamed answer waits on a client that takes nothing more
+    /// (the runtime stopped pulling its body, so its queue stays full) before
+    /// treating it as gone: the provider call is cancelled and the output seen
+    /// so far is charged. The runtime's own buffers sit in front of that
+    /// queue, so a client still reading never gets near it; one that went away
+    /// behind a proxy that does not pass the disconnect on (wrangler dev's own
+    /// proxy, under load) would otherwise hold its budget until the proxy gives up.
+    pub client_stall_timeout_ms: u64,
 }
 
 impl Settings {
@@ -30,6 +38,7 @@ impl Settings {
             upstream_timeout_ms: num("UPSTREAM_TIMEOUT_MS", 60_000).max(1),
             stream_idle_timeout_ms: num("STREAM_IDLE_TIMEOUT_MS", 120_000).max(1),
             ledger_timeout_ms: num("LEDGER_TIMEOUT_MS", 5_000).max(1),
+            client_stall_timeout_ms: num("CLIENT_STALL_TIMEOUT_MS", 2_000).max(1),
         }
     }
 }
