@@ -10,6 +10,7 @@
 use crate::api::ApiFormat;
 use crate::budget::Window;
 use crate::classify::{ClassifierConfig, RawClassifierConfig};
+use crate::cooldown::{CooldownSettings, RawCooldown};
 use crate::escalation::{EscalationSettings, RawEscalation};
 use crate::pricing::{ModelPrice, builtin_price, usd_to_micros};
 use serde::{Deserialize, Serialize};
@@ -62,6 +63,10 @@ pub struct RawRouting {
     /// Exact names or a prefix ending in `*`, e.g. `"gpt-4o*"`.
     #[serde(default)]
     pub allowed_models: Vec<String>,
+    /// Pass over a model that keeps failing, for a while, in every chain
+    /// (off unless present).
+    #[serde(default)]
+    pub cooldown: Option<RawCooldown>,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -296,6 +301,8 @@ pub struct Routing {
     pub tiers: Vec<Tier>,
     pub pinned: Vec<ModelRef>,
     pub allowed: Vec<String>,
+    /// None: cooldowns are off for this tenant.
+    pub cooldown: Option<CooldownSettings>,
 }
 
 impl Routing {
@@ -610,7 +617,14 @@ fn validate_routing(raw: RawRouting, p: &mut Problems, is_priced: &dyn Fn(&str) 
             allowed.push(pattern);
         }
     }
-    Routing { tiers, pinned, allowed }
+    let cooldown = match raw.cooldown.map(CooldownSettings::from_raw).transpose() {
+        Ok(c) => c,
+        Err((path, message)) => {
+            p.add(format!("routing.cooldown.{path}"), message);
+            None
+        }
+    };
+    Routing { tiers, pinned, allowed, cooldown }
 }
 
 fn validate_budgets(raw: Option<RawBudgets>, p: &mut Problems) -> Budgets {
@@ -734,6 +748,19 @@ mod tests {
         assert_eq!(cfg.budgets.on_exhausted, OnExhausted::Reject);
         assert_eq!(cfg.budgets.store_failure, FailureMode::Closed);
         assert_eq!(cfg.routing.tiers[0].up_to_score, 1.0);
+        assert_eq!(cfg.routing.cooldown, None, "cooldowns are off unless asked for");
+    }
+
+    #[test]
+    fn cooldown_settings_get_defaults_and_are_validated() {
+        let on = parse(&MINIMAL.replace(r#""tiers""#, r#""cooldown":{},"tiers""#)).unwrap();
+        assert_eq!(on.routing.cooldown, Some(CooldownSettings { failures: 3, seconds: 30 }));
+        let set = parse(&MINIMAL.replace(r#""tiers""#, r#""cooldown":{"failures":1,"seconds":4},"tiers""#)).unwrap();
+        assert_eq!(set.routing.cooldown, Some(CooldownSettings { failures: 1, seconds: 4 }));
+        let err = parse(&MINIMAL.replace(r#""tiers""#, r#""cooldown":{"seconds":0},"tiers""#)).unwrap_err();
+        assert_eq!(err.0[0].path, "routing.cooldown.seconds");
+        let err = parse(&MINIMAL.replace(r#""tiers""#, r#""cooldown":{"failure":2},"tiers""#)).unwrap_err();
+        assert_eq!(err.0[0].path, "routing.cooldown.failure");
     }
 
     #[test]

@@ -31,6 +31,7 @@ use crate::budget::{Amount, Granted, ReserveRequest};
 use crate::cache::{self, CacheEntry, CacheKey, ClientCacheControl, Doorkeeper, NotAdmitted};
 use crate::classify::{self, Classification, PromptView, Turn, TurnRole};
 use crate::config::{FailureMode, ModelRef, OnExhausted, TenantConfig};
+use crate::cooldown::{CooldownSettings, CooldownUpdate, Cooldowns};
 use crate::count::{self, PromptCount};
 use crate::error::{ApiError, BudgetError, RequestError, TenantError, UpstreamError};
 use crate::escalation::{self, EscalationSettings, Signal};
@@ -273,6 +274,21 @@ pub struct Plan {
     served_held: bool,
     #[serde(skip)]
     wants_json: bool,
+    /// The tenant's `routing.cooldown` (None: off).
+    #[serde(skip)]
+    cooldown: Option<CooldownSettings>,
+    /// Models of this request's chains that were cooling down when the plan
+    /// consulted the host's table ([`Plan::consult_cooldowns`]).
+    #[serde(skip)]
+    cooling: Vec<ModelRef>,
+    /// The order in which `active_chain` is tried (indexes into it): the
+    /// chain's order, with cooling models moved behind the others. Set when
+    /// a chain's first attempt is forwarded.
+    #[serde(skip)]
+    order: Vec<usize>,
+    /// Cooling models passed over so far, in every chain this request tried.
+    #[serde(skip)]
+    skipped: Vec<ModelRef>,
 }
 
 /// A tier a request can escalate to.
@@ -551,7 +567,57 @@ impl Plan {
             held: None,
             served_held: false,
             wants_json,
+            cooldown: config.routing.cooldown,
+            cooling: Vec::new(),
+            order: Vec::new(),
+            skipped: Vec::new(),
         })
+    }
+
+    /// Before [`Plan::start`]: note which models of this request's chains are
+    /// cooling down in the host's `table` at `now`, for this tenant's
+    /// `routing.cooldown`. While another model of a chain can be tried, they
+    /// are passed over (tried last, after every other model failed); when
+    /// every model of a chain is cooling down it is tried in its own order,
+    /// so a chain never goes dark. Nothing happens for a tenant without
+    /// cooldowns.
+    pub fn consult_cooldowns(&mut self, table: &Cooldowns, now: u64) {
+        let Some(settings) = self.cooldown else { return };
+        if table.is_empty() {
+            return;
+        }
+        let chains = std::iter::once(&self.active_chain)
+            .chain(std::iter::once(&self.downgrade_chain))
+            .chain(self.ladder.iter().map(|r| &r.chain));
+        let mut cooling: Vec<ModelRef> = Vec::new();
+        for model in chains.flatten() {
+            if !cooling.contains(model) && table.cooling_until(model, now, &settings).is_some() {
+                cooling.push(model.clone());
+            }
+        }
+        self.cooling = cooling;
+    }
+
+    /// After an attempt at `upstream` ended: what the host's [`Cooldowns`]
+    /// should learn from it, for [`Cooldowns::apply`]. `status` is the
+    /// provider's HTTP status (None: a timeout or a connection failure),
+    /// `retry_after` its `retry-after` header, `now` the host's clock.
+    /// Failed means what [`Plan::on_upstream_failure`] falls back on; any
+    /// other status is an answer. Call it once per attempt, before or after
+    /// telling the plan; it changes nothing in the plan.
+    pub fn attempt_ended(
+        &self,
+        upstream: &Upstream,
+        status: Option<u16>,
+        retry_after: Option<&str>,
+        now: u64,
+    ) -> CooldownUpdate {
+        CooldownUpdate::for_attempt(self.cooldown, &upstream.target, status, retry_after, now)
+    }
+
+    /// The cooling models this request passed over (for metrics).
+    pub fn cooldown_skips(&self) -> &[ModelRef] {
+        &self.skipped
     }
 
     /// The parsed request.
@@ -658,6 +724,7 @@ impl Plan {
                 let mut relookup = None;
                 if granted.downgraded && !self.downgrade_chain.is_empty() {
                     self.active_chain = self.downgrade_chain.clone();
+                    self.order.clear();
                     self.trace.downgraded = true;
                     self.trace.model = self.active_chain.first().map(ToString::to_string);
                     // The cheaper model has its own cache entries: look there
@@ -700,15 +767,51 @@ impl Plan {
         }
     }
 
+    /// The order to try `active_chain` in: cooling models behind the
+    /// others, unless every model is cooling (then the chain's own order).
+    fn order_chain(&mut self) {
+        let (mut order, demoted): (Vec<usize>, Vec<usize>) = (0..self.active_chain.len())
+            .partition(|&i| self.active_chain.get(i).is_some_and(|m| !self.cooling.contains(m)));
+        if order.is_empty() {
+            self.order = demoted;
+        } else {
+            order.extend(demoted);
+            self.order = order;
+        }
+    }
+
+    /// The position in `active_chain` of attempt `attempt`.
+    fn chain_index(&self, attempt: usize) -> usize {
+        self.order.get(attempt).copied().unwrap_or(attempt)
+    }
+
     fn forward(&mut self, attempt: usize) -> Next {
-        let Some(target) = self.active_chain.get(attempt).cloned() else {
+        if attempt == 0 {
+            self.order_chain();
+        }
+        let current = self.chain_index(attempt);
+        let Some(target) = self.active_chain.get(current).cloned() else {
             let err =
                 UpstreamError::Exhausted { tier: self.tier.clone().unwrap_or_default(), last: "no model left".into() };
             return Next::Respond(LocalResponse::error(&err.into(), Some(&self.trace)), self.release());
         };
         self.attempt = attempt;
         self.trace.model = Some(target.to_string());
-        self.trace.fallbacks = u32::try_from(attempt).unwrap_or(u32::MAX);
+        // Cooling models ahead of this one in the chain, not tried yet: passed over.
+        let passed_over: Vec<ModelRef> = (attempt + 1..self.order.len())
+            .map(|k| self.chain_index(k))
+            .filter(|&i| i < current)
+            .filter_map(|i| self.active_chain.get(i).cloned())
+            .collect();
+        // The models before this one: the attempts that failed and those passed over.
+        self.trace.fallbacks = u32::try_from(attempt + passed_over.len()).unwrap_or(u32::MAX);
+        for model in passed_over {
+            let reason = format!("cooldown:{model}");
+            if !self.trace.reasons.contains(&reason) {
+                self.trace.reasons.push(reason);
+                self.skipped.push(model);
+            }
+        }
         let strip_usage_chunk =
             self.api == ApiFormat::OpenAi && self.request.stream && !self.request.client_wants_usage;
         // The cap written upstream is per choice. A clamped hold is shared by
@@ -813,7 +916,7 @@ impl Plan {
 
     /// The model currently being called.
     pub fn current_target(&self) -> Option<&ModelRef> {
-        self.active_chain.get(self.attempt)
+        self.active_chain.get(self.chain_index(self.attempt))
     }
 
     /// Headers to add to the provider's response.
@@ -892,6 +995,7 @@ impl Plan {
             return self.respond_held("no tier left to escalate to", None);
         };
         self.active_chain = rung.chain;
+        self.order.clear();
         self.trace.tier = Some(rung.name);
         self.trace.model = self.active_chain.first().map(ToString::to_string);
         self.trace.fallbacks = 0;
@@ -1029,9 +1133,10 @@ impl Plan {
             let admitted = match cache::admit(status, summary, body_len, &config.cache) {
                 Ok(()) if assembled.is_none() => Err(NotAdmitted::Incomplete),
                 Ok(()) if !self.cache.seen_before => Err(NotAdmitted::FirstSighting),
-                // A fallback model's answer would go under a key that lookups
+                // A fallback model's answer (or one reached by passing over a
+                // cooling first model) would go under a key that lookups
                 // (made for the chain's first model) never read: a wasted write.
-                Ok(()) if self.attempt > 0 => Err(NotAdmitted::Fallback),
+                Ok(()) if self.chain_index(self.attempt) > 0 => Err(NotAdmitted::Fallback),
                 other => other,
             };
             let fill_key = key.clone();

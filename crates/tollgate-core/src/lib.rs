@@ -13,6 +13,7 @@ pub mod cache;
 pub mod chart;
 pub mod classify;
 pub mod config;
+pub mod cooldown;
 pub mod count;
 pub mod endpoints;
 pub mod engine;

@@ -9,6 +9,7 @@
 use crate::budget::{self, Amount, BudgetState, LedgerOp, LedgerReply};
 use crate::cache::{CacheEntry, Doorkeeper};
 use crate::config::TenantConfig;
+use crate::cooldown::Cooldowns;
 use crate::engine::{BudgetCheck, Finish, Inbound, LocalResponse, Next, Plan, ReserveOutcome, Settlement, Upstream};
 use crate::response::{ResponseSummary, StreamObserver};
 use std::collections::BTreeMap;
@@ -51,6 +52,8 @@ pub struct Simulator {
     pub doorkeeper: Option<Doorkeeper>,
     /// Pretend the budget store is down (to exercise fail-open/closed).
     pub budget_store_down: bool,
+    /// The host instance's cooldown table, kept across requests.
+    pub cooldowns: Cooldowns,
 }
 
 impl Simulator {
@@ -62,6 +65,7 @@ impl Simulator {
             budget: BudgetState::default(),
             doorkeeper,
             budget_store_down: false,
+            cooldowns: Cooldowns::default(),
         }
     }
 
@@ -87,6 +91,7 @@ impl Simulator {
             Ok(p) => p,
             Err(refused) => return finished(refused.response(), None, Vec::new(), None, None),
         };
+        plan.consult_cooldowns(&self.cooldowns, now);
         let mut calls = Vec::new();
         let mut next = plan.start();
         loop {
@@ -133,6 +138,7 @@ impl Simulator {
                 }
                 Next::Forward(up) => {
                     let reply = upstream(&up);
+                    self.cooldowns.apply(&plan.attempt_ended(&up, reply.as_ref().map(|r| r.status), None, now));
                     let observer = plan.stream_observer(&up);
                     calls.push(up);
                     match reply {

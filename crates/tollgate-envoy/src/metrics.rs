@@ -17,6 +17,10 @@ pub const COST_MICROS: &str = "tollgate.cost_micros";
 pub const BUDGET_REFUSALS: &str = "tollgate.budget_refusals";
 pub const FALLBACKS: &str = "tollgate.fallbacks";
 pub const ERRORS: &str = "tollgate.errors";
+/// A cooling model passed over (`routing.cooldown`), by model.
+pub const COOLDOWN_SKIPS: &str = "tollgate.cooldown_skips";
+/// A model starting a cooldown on this VM, by model.
+pub const COOLDOWNS_STARTED: &str = "tollgate.cooldowns_started";
 
 /// A label value as a single stat-name segment: `.` separates segments and
 /// tag regexes stop at it, so anything outside `[A-Za-z0-9_-]` becomes `_`.

@@ -21,6 +21,7 @@ use std::rc::Rc;
 use std::time::Duration;
 use tollgate_core::budget::LedgerOp;
 use tollgate_core::config::Provider;
+use tollgate_core::cooldown::Cooldowns;
 use tollgate_core::engine::CacheFill;
 use tollgate_core::outcomes::OutcomeOp;
 use tollgate_core::plugin::{BudgetBackend, CacheBackend, PluginConfig};
@@ -42,6 +43,9 @@ pub struct Runtime {
     pub counters: Counters,
     pub board: RefCell<BudgetBoard>,
     pub jobs: RefCell<VecDeque<Job>>,
+    /// Models failing on this VM (`routing.cooldown`). Per VM, like the
+    /// Worker's per isolate: each worker thread learns on its own.
+    pub cooldowns: RefCell<Cooldowns>,
 }
 
 impl Runtime {
@@ -215,6 +219,7 @@ impl RootContext for Root {
             counters: Counters::default(),
             board: RefCell::new(BudgetBoard::default()),
             jobs: RefCell::new(VecDeque::new()),
+            cooldowns: RefCell::new(Cooldowns::default()),
         }));
         true
     }

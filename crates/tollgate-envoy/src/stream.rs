@@ -227,8 +227,8 @@ impl Stream {
     fn on_chat_body(&mut self, rt: &Rc<Runtime>, api: ApiFormat, body: &[u8]) -> Action {
         let Some((tenant_id, config)) = self.tenant.clone() else { return Action::Pause };
         let cache_control = self.client_headers.iter().find(|(n, _)| n == "cache-control").map(|(_, v)| v.as_str());
-        let inbound =
-            Inbound { tenant_id: &tenant_id, api, body, cache_control, now: host::now_secs(), entropy: self.entropy };
+        let now = host::now_secs();
+        let inbound = Inbound { tenant_id: &tenant_id, api, body, cache_control, now, entropy: self.entropy };
         let mut plan = match Plan::new(&config, &inbound) {
             Ok(p) => p,
             Err(refused) => {
@@ -236,6 +236,7 @@ impl Stream {
                 return Action::Pause;
             }
         };
+        plan.consult_cooldowns(&rt.cooldowns.borrow(), now);
         let next = plan.start();
         self.plan = Some(plan);
         match self.drive(rt, next) {
@@ -613,6 +614,7 @@ impl Stream {
             }
             Err(status) => {
                 log::warn!("tollgate: could not call cluster `{}` for {}: {status:?}", route.cluster, up.target);
+                self.note_attempt(rt, &up, None, None);
                 Some(self.with_plan(|p| p.on_upstream_failure(None)))
             }
         }
@@ -628,6 +630,8 @@ impl Stream {
         // A callout that timed out (or could not connect) is a failure
         // without a provider status, whatever status Envoy gave it.
         let status = status.filter(|&s| !host::callout_made_by_envoy(s, &content_type, &body));
+        let retry_after = host::header(MapType::HttpCallResponseHeaders, "retry-after");
+        self.note_attempt(rt, &up, status, retry_after.as_deref());
         let status = match status {
             Some(s) if !Plan::is_retryable(s) && Plan::can_pass_through(s) => s,
             other => {
@@ -690,10 +694,25 @@ impl Stream {
         plan.review(status, &summary, body, &config)
     }
 
+    /// Tell the VM's cooldown table how the attempt at `up` ended (`status`
+    /// None: timeout or connection failure).
+    fn note_attempt(&self, rt: &Runtime, up: &Upstream, status: Option<u16>, retry_after: Option<&str>) {
+        let Some(plan) = self.plan.as_ref() else { return };
+        let update = plan.attempt_ended(up, status, retry_after, host::now_secs());
+        if rt.cooldowns.borrow_mut().apply(&update) {
+            self.count(metrics::COOLDOWNS_STARTED, &[("model", &up.target.model)], 1);
+        }
+    }
+
     /// Apply what closes the request: the settlement (budget store) and the
     /// outcome record (node-local ledger).
     fn close(&mut self, rt: &Runtime, settlement: Option<&Settlement>, finish: Option<&Finish>) {
         let (Some(plan), Some((tenant, config))) = (self.plan.as_ref(), self.tenant.as_ref()) else { return };
+        if !self.finished {
+            for skipped in plan.cooldown_skips() {
+                self.count(metrics::COOLDOWN_SKIPS, &[("model", &skipped.model)], 1);
+            }
+        }
         self.finished = true;
         let now = host::now_secs();
         for op in store::closing_ops(plan, &config.budgets, settlement, finish) {
@@ -1015,6 +1034,11 @@ impl HttpContext for Stream {
             return Action::Continue;
         }
         let status = host::header(MapType::HttpResponseHeaders, ":status").and_then(|s| s.parse::<u16>().ok());
+        if let Some(up) = &self.forwarded {
+            let provider_status = if host::response_made_by_envoy() { None } else { status };
+            let retry_after = host::header(MapType::HttpResponseHeaders, "retry-after");
+            self.note_attempt(&rt, up, provider_status, retry_after.as_deref());
+        }
         let status = match status {
             Some(s) if !host::response_made_by_envoy() && !Plan::is_retryable(s) && Plan::can_pass_through(s) => s,
             failed => {
