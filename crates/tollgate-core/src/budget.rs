@@ -224,7 +224,7 @@ impl BudgetState {
                 Window::RollingHour => {
                     let minute = now / 60;
                     // Buckets stamped a little ahead (a host with a fast clock) are kept.
-                    w.buckets.retain(|b| b.minute + 60 > minute);
+                    w.buckets.retain(|b| b.minute.saturating_add(60) > minute);
                     w.spent = w.buckets.iter().fold(Amount::default(), |acc, b| acc.add(b.spent));
                 }
                 calendar => {
@@ -268,7 +268,7 @@ impl BudgetState {
                 .iter()
                 .find(|w| w.name == limit.name)
                 .and_then(|w| w.buckets.iter().map(|b| b.minute).min())
-                .map_or(now + 60, |oldest| (oldest + 60) * 60),
+                .map_or(now + 60, |oldest| oldest.saturating_add(60).saturating_mul(60)),
             calendar => calendar.next_reset(now),
         }
     }

@@ -217,13 +217,13 @@ pub fn apply(ledger: &mut OutcomeLedger, op: &OutcomeOp, now: u64) -> (OutcomeRe
                 return (OutcomeReply::Recorded, Touched::default());
             }
             let t = ledger.tier_totals(&outcome.tier);
-            t.requests += 1;
+            t.requests = t.requests.saturating_add(1);
             t.tokens = t.tokens.saturating_add(outcome.tokens);
             t.micros = t.micros.saturating_add(outcome.micros);
-            t.escalations += u64::from(outcome.escalated);
-            t.fallbacks += u64::from(outcome.fallbacks);
+            t.escalations = t.escalations.saturating_add(u64::from(outcome.escalated));
+            t.fallbacks = t.fallbacks.saturating_add(u64::from(outcome.fallbacks));
             if outcome.cache_hit {
-                t.cache_hits += 1;
+                t.cache_hits = t.cache_hits.saturating_add(1);
                 t.cache_saved_micros = t.cache_saved_micros.saturating_add(outcome.saved_micros);
             }
             // The ring overwrites the oldest slot.
@@ -255,9 +255,9 @@ pub fn apply(ledger: &mut OutcomeLedger, op: &OutcomeOp, now: u64) -> (OutcomeRe
                 None => {}
             }
             if *resolved {
-                t.resolved += 1;
+                t.resolved = t.resolved.saturating_add(1);
             } else {
-                t.unresolved += 1;
+                t.unresolved = t.unresolved.saturating_add(1);
             }
             let reply = OutcomeReply::FeedbackRecorded { request_id: request_id.clone(), tier, resolved: *resolved };
             (reply, Touched { totals: true, chunk: Some(slot / RECENT_CHUNK) })
