@@ -25,7 +25,7 @@
 //! Nothing here reads a clock: every time is passed in, in Unix seconds.
 
 use crate::config::ModelRef;
-use crate::engine::Plan;
+use crate::upstream;
 use serde::{Deserialize, Serialize};
 
 /// Default consecutive failures that start a cooldown.
@@ -88,7 +88,7 @@ impl CooldownSettings {
 }
 
 /// What one attempt tells a host's [`Cooldowns`]: made by
-/// [`Plan::attempt_ended`], applied with [`Cooldowns::apply`].
+/// [`crate::engine::Plan::attempt_ended`], applied with [`Cooldowns::apply`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum CooldownUpdate {
     /// The tenant does not use cooldowns: nothing to record.
@@ -112,7 +112,7 @@ impl CooldownUpdate {
         now: u64,
     ) -> CooldownUpdate {
         let Some(settings) = settings else { return CooldownUpdate::Nothing };
-        let failed = status.is_none_or(|s| Plan::is_retryable(s) || !Plan::can_pass_through(s));
+        let failed = status.is_none_or(|s| upstream::is_retryable(s) || !upstream::can_pass_through(s));
         if failed {
             let retry_after =
                 retry_after.and_then(|v| parse_retry_after(v, now)).map(|s| s.min(MAX_RETRY_AFTER_SECONDS));

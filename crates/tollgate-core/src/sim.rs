@@ -143,7 +143,7 @@ impl Simulator {
                     calls.push(up);
                     match reply {
                         None => plan.on_upstream_failure(None),
-                        Some(r) if Plan::is_retryable(r.status) => plan.on_upstream_failure(Some(r.status)),
+                        Some(r) if crate::upstream::is_retryable(r.status) => plan.on_upstream_failure(Some(r.status)),
                         Some(r) => {
                             let (summary, assembled, body) = observe(&plan, observer, &r);
                             // Streams are relayed as they come: only JSON answers are reviewed.

@@ -1,4 +1,5 @@
-//! How a provider is called: its URL and headers. Both hosts build the
+//! How a provider is called: its URL and headers, and which of its
+//! statuses are answers and which are failures. Both hosts build the
 //! provider request from this, so they send identical requests.
 
 use crate::api::ApiFormat;
@@ -67,6 +68,23 @@ pub fn base_url_name(provider: Provider) -> &'static str {
         Provider::Mistral => "MISTRAL_BASE_URL",
         Provider::WorkersAi => "WORKERS_AI_BASE_URL",
     }
+}
+
+/// Whether an upstream status is worth trying the next model for: 408,
+/// 429 and 5xx, and also 401/403, which mean *our* credential for that
+/// provider is wrong or lacks access. Those are never passed to the
+/// client: it cannot fix them, and a provider's 401 body can echo part
+/// of the router's key.
+pub fn is_retryable(status: u16) -> bool {
+    matches!(status, 401 | 403 | 408 | 429) || (500..=599).contains(&status)
+}
+
+/// Whether a provider answer with this status can be relayed as it is.
+/// Bodiless statuses (204, 205, 304) and anything outside 200–599 are
+/// not answers to a chat request; hosts treat them as failures
+/// ([`crate::engine::Plan::on_upstream_failure`]), which ends in a 502.
+pub fn can_pass_through(status: u16) -> bool {
+    (200..=599).contains(&status) && !matches!(status, 204 | 205 | 304)
 }
 
 #[cfg(test)]

@@ -1,0 +1,315 @@
+//! Building a plan: parse, count, classify, and choose the tier and its
+//! chain (with the escalation ladder, the downgrade chain and the cache plan).
+
+use super::{Inbound, LocalResponse, Plan, Rung};
+use crate::budget::{Amount, ReserveRequest};
+use crate::cache::{self, CacheKey, ClientCacheControl};
+use crate::classify::{self, Classification, PromptView, Turn, TurnRole};
+use crate::config::{ModelRef, TenantConfig};
+use crate::count::{self, PromptCount};
+use crate::error::{ApiError, RequestError, TenantError};
+use crate::escalation;
+use crate::pricing::ModelPrice;
+use crate::request::{ChatRequest, Role};
+use crate::trace::{CacheOutcome, DecisionTrace};
+use serde::Serialize;
+
+/// How the request's model was chosen.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RouteKind {
+    /// `tollgate/auto` or an allowed model: the classifier picks the tier.
+    Auto,
+    /// `tollgate/<tier>`: the client picked the tier.
+    Tier,
+    /// A pinned model: passed through unrouted.
+    Pinned,
+}
+
+/// The cache's part in this request.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct CachePlan {
+    /// Where a hit would be found and a fill written; None when bypassed.
+    pub key: Option<CacheKey>,
+    /// False under `Cache-Control: no-cache`: store, but do not serve.
+    pub serve: bool,
+    pub bypass: Option<String>,
+    /// The doorkeeper has seen this key before (fills are admitted).
+    pub seen_before: bool,
+}
+
+/// A request refused before planning finished.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Refused {
+    pub error: ApiError,
+    pub trace: DecisionTrace,
+}
+
+impl Refused {
+    pub fn response(&self) -> LocalResponse {
+        LocalResponse::error(&self.error, Some(&self.trace))
+    }
+}
+
+/// `req_` and 32 hex digits.
+pub fn request_id(entropy: [u8; 16]) -> String {
+    format!("req_{}", cache::hex(&entropy))
+}
+
+/// Virtual model names that mean "let the router choose".
+pub const AUTO_MODELS: &[&str] = &["tollgate/auto", "tollgate", "auto"];
+
+/// Build the text view the classifier reads.
+pub fn prompt_view_parts(request: &ChatRequest) -> (String, Vec<(TurnRole, &str)>) {
+    let mut system = request.system.clone();
+    let mut turns = Vec::with_capacity(request.messages.len());
+    for m in &request.messages {
+        match m.role {
+            Role::System | Role::Developer => {
+                if !system.is_empty() {
+                    system.push('\n');
+                }
+                system.push_str(&m.text);
+            }
+            Role::User => turns.push((TurnRole::User, m.text.as_str())),
+            Role::Assistant => turns.push((TurnRole::Assistant, m.text.as_str())),
+            Role::Tool | Role::Function => turns.push((TurnRole::Tool, m.text.as_str())),
+        }
+    }
+    (system, turns)
+}
+
+/// Classify a parsed request.
+pub fn classify_request(request: &ChatRequest, tokens: u64, config: &TenantConfig) -> Classification {
+    let (system, turn_parts) = prompt_view_parts(request);
+    let turns: Vec<Turn<'_>> = turn_parts.iter().map(|&(role, text)| Turn { role, text }).collect();
+    let view = PromptView {
+        system: &system,
+        turns: &turns,
+        tool_count: request.tool_count,
+        tokens: u32::try_from(tokens).unwrap_or(u32::MAX),
+    };
+    let heuristic = classify::classify(&view, &config.classifier);
+    match config.classifier.learned_model() {
+        Some(model) => {
+            // The learned router reads what its training prompts were: the
+            // user's text. Its features are the heuristic ones, unweighted.
+            let text = turn_parts
+                .iter()
+                .filter(|(role, _)| *role == TurnRole::User)
+                .map(|(_, t)| *t)
+                .collect::<Vec<_>>()
+                .join("\n");
+            let values: Vec<f64> = heuristic.features.iter().map(|f| f.value).collect();
+            let score = model.score(&text, &values);
+            let mut reasons = vec![format!("learned router ({score:.3})")];
+            reasons.extend(heuristic.reasons);
+            reasons.truncate(classify::MAX_REASONS);
+            Classification { score, reasons, features: heuristic.features }
+        }
+        None => heuristic,
+    }
+}
+
+impl Plan {
+    /// Parse, count, classify and route one request for `config`'s tenant.
+    pub fn new(config: &TenantConfig, inbound: &Inbound<'_>) -> Result<Plan, Box<Refused>> {
+        let mut trace = DecisionTrace::new(request_id(inbound.entropy));
+        let refuse = |error: ApiError, trace: &DecisionTrace| Box::new(Refused { error, trace: trace.clone() });
+        if config.tenant_id != inbound.tenant_id {
+            let err = TenantError::InvalidConfig("it names another tenant".into());
+            return Err(refuse(err.into(), &trace));
+        }
+        let request = ChatRequest::parse(inbound.api, inbound.body, config.limits.max_body_bytes)
+            .map_err(|e| refuse(e.into(), &trace))?;
+
+        let first_count = count::prompt_tokens(&request, &request.model);
+        if let Some(limit) = config.limits.max_prompt_tokens
+            && first_count.tokens > limit
+        {
+            return Err(refuse(RequestError::PromptTooLong { tokens: first_count.tokens, limit }.into(), &trace));
+        }
+        let classification = classify_request(&request, first_count.tokens, config);
+        trace.score = Some(classification.score);
+        trace.reasons = classification.reasons.clone();
+
+        let routing = &config.routing;
+        let model = request.model.as_str();
+        let (route, tier_index, chain) = if let Some(pinned) = routing.pinned(model) {
+            if pinned.provider.api() != request.api {
+                return Err(refuse(
+                    RequestError::Invalid {
+                        field: "model".into(),
+                        message: format!("pinned model `{pinned}` does not speak the {} API", request.api.as_str()),
+                    }
+                    .into(),
+                    &trace,
+                ));
+            }
+            (RouteKind::Pinned, None, vec![pinned.clone()])
+        } else {
+            let (route, wanted) = if AUTO_MODELS.contains(&model) || routing.is_allowed(model) {
+                (RouteKind::Auto, routing.tier_for_score(classification.score))
+            } else if let Some(i) = model.strip_prefix("tollgate/").and_then(|t| routing.tier_index(t)) {
+                (RouteKind::Tier, i)
+            } else {
+                let example_tier = routing.tiers.first().map(|t| t.name.clone()).unwrap_or_default();
+                return Err(refuse(
+                    RequestError::ModelNotAllowed { model: model.to_owned(), example_tier }.into(),
+                    &trace,
+                ));
+            };
+            let found = routing
+                .serving_tier(wanted, request.api)
+                .and_then(|i| routing.tiers.get(i).map(|t| (i, t.chain(request.api).cloned().collect::<Vec<_>>())));
+            let Some((i, chain)) = found else {
+                return Err(refuse(
+                    RequestError::Invalid {
+                        field: "model".into(),
+                        message: format!("this tenant has no models for the {} API", request.api.as_str()),
+                    }
+                    .into(),
+                    &trace,
+                ));
+            };
+            (route, Some(i), chain)
+        };
+        let tier = tier_index.and_then(|i| routing.tiers.get(i)).map(|t| t.name.clone());
+        // Only the classifier's choices are second-guessed: a client that
+        // named a tier or a model gets what it asked for.
+        let ladder: Vec<Rung> = match (route, tier_index) {
+            (RouteKind::Auto, Some(i)) if config.escalation.enabled => routing
+                .tiers
+                .iter()
+                .skip(i + 1)
+                .map(|t| {
+                    let chain: Vec<ModelRef> = t.chain(request.api).cloned().collect();
+                    Rung { name: t.name.clone(), price: chain_price(config, &chain), chain }
+                })
+                .collect(),
+            _ => Vec::new(),
+        };
+        let downgrade_chain: Vec<ModelRef> = match (route, tier_index) {
+            (RouteKind::Pinned, _) | (_, Some(0)) | (_, None) => Vec::new(),
+            _ => routing
+                .tiers
+                .iter()
+                .map(|t| t.chain(request.api).cloned().collect::<Vec<_>>())
+                .find(|c| !c.is_empty())
+                .unwrap_or_default(),
+        };
+
+        // Recount only if the routed model counts differently from the one asked for.
+        let primary = chain.first().map(|m| m.model.clone()).unwrap_or_default();
+        let prompt = if count::same_counting(count::method_for(request.api, &primary), first_count.method) {
+            PromptCount { method: count::method_for(request.api, &primary), ..first_count }
+        } else {
+            count::prompt_tokens(&request, &primary)
+        };
+        let output_cap = request
+            .max_output_tokens
+            .unwrap_or(config.budgets.default_output_reservation)
+            .saturating_mul(request.choices);
+
+        let wants_json = escalation::wants_json(&request);
+        let cc = ClientCacheControl::parse(inbound.cache_control);
+        let cache_plan = match cache::bypass_reason(&config.cache, &request, cc) {
+            Some(b) => CachePlan { key: None, serve: false, bypass: Some(bypass_name(b)), seen_before: false },
+            None => {
+                let target = chain.first();
+                let key = target.map(|t| CacheKey::derive(&config.tenant_id, t.provider, &t.model, &request));
+                let bypass = cc.no_cache.then(|| "no_cache".to_owned());
+                // `no-cache` asks for a fresh answer; storing it needs no second sighting.
+                CachePlan { key, serve: !cc.no_cache, bypass, seen_before: !config.cache.doorkeeper || cc.no_cache }
+            }
+        };
+        trace.route = match route {
+            RouteKind::Auto => "auto",
+            RouteKind::Tier => "tier",
+            RouteKind::Pinned => "pinned",
+        };
+        trace.tier = tier.clone();
+        trace.model = chain.first().map(ToString::to_string);
+        trace.cache = cache_plan.bypass.clone().map(CacheOutcome::Bypass);
+
+        let price = chain_price(config, &chain);
+        let downgrade_price = chain_price(config, &downgrade_chain);
+        let reserve_request = price.map(|price| ReserveRequest {
+            id: trace.request_id.clone(),
+            prompt_tokens: prompt.tokens,
+            output_tokens: output_cap,
+            price,
+            downgrade_price,
+        });
+        if let Some(r) = &reserve_request {
+            trace.cost_micros = Some(r.price.estimate_micros(r.prompt_tokens, r.output_tokens));
+        }
+
+        Ok(Plan {
+            request_id: trace.request_id.clone(),
+            tenant_id: config.tenant_id.clone(),
+            api: request.api,
+            requested_model: request.model.clone(),
+            route,
+            tier,
+            score: classification.score,
+            reasons: classification.reasons,
+            prompt,
+            output_cap,
+            active_chain: chain.clone(),
+            chain,
+            downgrade_chain,
+            cache: cache_plan,
+            trace,
+            on_exhausted: config.budgets.on_exhausted,
+            budgets_enforced: !config.budgets.limits.is_empty(),
+            store_failure: config.budgets.store_failure,
+            cache_ttl: config.cache.ttl_seconds,
+            request,
+            pending_hit: None,
+            granted: None,
+            attempt: 0,
+            reserve_request,
+            only_timeouts: true,
+            max_entry_bytes: config.cache.max_entry_bytes,
+            hit_saved_micros: None,
+            escalation: config.escalation.clone(),
+            ladder,
+            escalations: 0,
+            prior: Amount::default(),
+            held: None,
+            served_held: false,
+            wants_json,
+            cooldown: config.routing.cooldown,
+            cooling: Vec::new(),
+            order: Vec::new(),
+            skipped: Vec::new(),
+        })
+    }
+}
+
+fn chain_price(config: &TenantConfig, chain: &[ModelRef]) -> Option<ModelPrice> {
+    let mut best: Option<ModelPrice> = None;
+    for m in chain {
+        let p = config.price(&m.model)?;
+        best = Some(match best {
+            None => p,
+            Some(b) => ModelPrice {
+                input: b.input.max(p.input),
+                cached_input: b.cached_input.max(p.cached_input),
+                output: b.output.max(p.output),
+            },
+        });
+    }
+    best
+}
+
+fn bypass_name(b: cache::Bypass) -> String {
+    match b {
+        cache::Bypass::Disabled => "disabled",
+        cache::Bypass::Sampled => "sampled",
+        cache::Bypass::NoStore => "no_store",
+        cache::Bypass::MultipleChoices => "multiple_choices",
+    }
+    .to_owned()
+}
