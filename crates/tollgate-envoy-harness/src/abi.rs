@@ -8,8 +8,8 @@
 use wasmtime::{Caller, Extern, Linker, Memory, Module, Result, Store, bail, format_err};
 
 use crate::state::{
-    CallResponse, ForeignCall, HeaderMap, HttpCall, LocalReply, LogLevel, Metric, MetricType, ROOT_CONTEXT_ID, Side,
-    StreamType, VmState, status,
+    CallResponse, ForeignCall, HeaderMap, HttpCall, LocalReply, LogLevel, Metric, MetricType, Side, StreamType,
+    VmState, status,
 };
 
 type C<'a> = Caller<'a, VmState>;
@@ -645,7 +645,7 @@ fn link_proxy(l: &mut Linker<VmState>) -> Result<()> {
     l.func_wrap("env", "proxy_set_effective_context", |mut c: C<'_>, id: i32| -> Result<i32> {
         let id = id as u32;
         let st = c.data_mut();
-        if id == ROOT_CONTEXT_ID || st.streams.contains_key(&id) {
+        if st.roots.contains(&id) || st.streams.contains_key(&id) {
             st.effective_context = id;
             Ok(status::OK)
         } else {
@@ -675,7 +675,21 @@ fn link_proxy(l: &mut Linker<VmState>) -> Result<()> {
         },
     )?;
     l.func_wrap("env", "proxy_done", |mut c: C<'_>| -> Result<i32> {
-        match c.data_mut().stream() {
+        let st = c.data_mut();
+        let id = st.effective_context;
+        if st.roots.contains(&id) {
+            // Envoy: only a root context whose on_done said "not yet" may
+            // say it is done now; any other is NotFound.
+            let draining = st.shared.borrow().draining_roots.contains(&(st.worker, id));
+            if !draining {
+                return Ok(status::NOT_FOUND);
+            }
+            if !st.roots_done.contains(&id) {
+                st.roots_done.push(id);
+            }
+            return Ok(status::OK);
+        }
+        match st.stream() {
             Some(stream) => {
                 stream.done_called = true;
                 Ok(status::OK)

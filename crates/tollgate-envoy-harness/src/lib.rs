@@ -183,6 +183,8 @@ struct Vm {
     store: Store<VmState>,
     instance: Instance,
     next_context_id: u32,
+    /// The root context of the current configuration: new streams' parent.
+    root: u32,
     /// Set once the VM trapped: Envoy then fails every stream on it.
     failed: Option<String>,
 }
@@ -222,6 +224,27 @@ impl Vm {
     fn callback<P: WasmParams, R: WasmResults>(&mut self, context_id: u32, name: &str, params: P) -> Result<R, String> {
         self.store.data_mut().effective_context = context_id;
         self.call(name, params)
+    }
+
+    /// Deletes the root contexts that called `proxy_done` in the callback
+    /// that just returned (Envoy defers their `on_delete` to then).
+    fn delete_done_roots(&mut self) -> Result<(), String> {
+        let done = std::mem::take(&mut self.store.data_mut().roots_done);
+        for id in done {
+            self.delete_root(id)?;
+        }
+        Ok(())
+    }
+
+    /// `on_delete` of a root context; Envoy cancels its pending callouts.
+    fn delete_root(&mut self, id: u32) -> Result<(), String> {
+        let r = self.callback::<i32, ()>(id, "proxy_on_delete", id as i32);
+        let worker = self.store.data().worker;
+        self.store.data_mut().roots.retain(|r| *r != id);
+        let mut shared = self.store.data().shared.borrow_mut();
+        shared.draining_roots.retain(|d| *d != (worker, id));
+        shared.http_calls.retain(|c| !(c.worker == worker && c.context_id == id));
+        r
     }
 }
 
@@ -291,6 +314,8 @@ impl Host {
             in_configure: false,
             status: (0, String::new()),
             exit_code: None,
+            roots: vec![ROOT_CONTEXT_ID],
+            roots_done: Vec::new(),
         };
         let mut store = Store::new(&self.engine, state);
         let mut linker = Linker::new(&self.engine);
@@ -300,7 +325,7 @@ impl Host {
         let instance = linker
             .instantiate(&mut store, &self.module)
             .unwrap_or_else(|e| fail(&self.shared, worker, &format!("instantiation failed: {e:?}")));
-        let mut vm = Vm { store, instance, next_context_id: ROOT_CONTEXT_ID + 1, failed: None };
+        let mut vm = Vm { store, instance, next_context_id: ROOT_CONTEXT_ID + 1, root: ROOT_CONTEXT_ID, failed: None };
         if let Err(e) = vm.call::<(), ()>("_initialize", ()) {
             fail(&self.shared, worker, &e);
         }
@@ -323,8 +348,9 @@ impl Host {
     fn configure_vm(&self, worker: usize) -> bool {
         let mut vm = self.workers[worker].borrow_mut();
         let len = self.shared.borrow().plugin_config.len() as i32;
+        let root = vm.root;
         vm.store.data_mut().in_configure = true;
-        let result = vm.callback::<(i32, i32), i32>(ROOT_CONTEXT_ID, "proxy_on_configure", (1, len));
+        let result = vm.callback::<(i32, i32), i32>(root, "proxy_on_configure", (root as i32, len));
         vm.store.data_mut().in_configure = false;
         match result {
             Ok(ok) => ok != 0,
@@ -349,6 +375,76 @@ impl Host {
     /// Replaces the plugin configuration (call [`Host::configure`] after).
     pub fn set_plugin_config(&self, plugin_config: &str) {
         self.shared.borrow_mut().plugin_config = plugin_config.as_bytes().to_vec();
+    }
+
+    /// A configuration change as Envoy makes it for a listener or ECDS
+    /// update of the plugin configuration (same VM configuration and code):
+    /// every VM stays, and gets a new root context (`on_context_create`,
+    /// `on_vm_start`, `on_configure`) for `plugin_config`; new streams are
+    /// its. The old root context stays alive until [`Host::retire_root`]
+    /// (Envoy: once the last stream of the old configuration has ended).
+    /// True if every worker accepted the configuration.
+    pub fn reconfigure(&mut self, plugin_config: &str) -> bool {
+        self.set_plugin_config(plugin_config);
+        let mut ok = true;
+        for worker in 0..self.workers.len() {
+            let mut vm = self.workers[worker].borrow_mut();
+            let id = vm.next_context_id;
+            vm.next_context_id += 1;
+            vm.store.data_mut().roots.push(id);
+            let vm_config_len = self.shared.borrow().vm_config.len() as i32;
+            vm.store.data_mut().in_configure = true;
+            let started = vm
+                .callback::<(i32, i32), ()>(id, "proxy_on_context_create", (id as i32, 0))
+                .and_then(|()| vm.callback::<(i32, i32), i32>(id, "proxy_on_vm_start", (id as i32, vm_config_len)));
+            vm.store.data_mut().in_configure = false;
+            match started {
+                Ok(0) => ok = false,
+                Ok(_) => {}
+                Err(e) => {
+                    drop(vm);
+                    fail(&self.shared, worker, &e)
+                }
+            }
+            vm.root = id;
+            drop(vm);
+            ok &= self.configure_vm(worker);
+        }
+        self.configured = Some(ok);
+        ok
+    }
+
+    /// The root contexts alive on a worker, oldest first (the last one is
+    /// the current configuration's).
+    pub fn root_contexts(&self, worker: usize) -> Vec<u32> {
+        self.workers[worker].borrow().store.data().roots.clone()
+    }
+
+    /// Envoy is done with root context `root` of `worker` (the last stream
+    /// of its configuration ended): `on_done`; if the filter says it is
+    /// done, `on_delete` at once (its pending callouts are cancelled) and
+    /// true; otherwise the root context stays, keeps its ticks and callout
+    /// answers, and is deleted once it calls `proxy_done`.
+    pub fn retire_root(&self, worker: usize, root: u32) -> bool {
+        let mut vm = self.workers[worker].borrow_mut();
+        assert!(vm.store.data().roots.contains(&root), "no root context {root} on worker {worker}");
+        assert_ne!(vm.root, root, "the current configuration's root context is not retired");
+        let done = match vm.callback::<i32, i32>(root, "proxy_on_done", root as i32) {
+            Ok(done) => done != 0,
+            Err(e) => {
+                drop(vm);
+                fail(&self.shared, worker, &e)
+            }
+        };
+        if done {
+            if let Err(e) = vm.delete_root(root) {
+                drop(vm);
+                fail(&self.shared, worker, &e);
+            }
+        } else {
+            self.shared.borrow_mut().draining_roots.push((worker, root));
+        }
+        done
     }
 
     /// Starts another VM on the same node (another Envoy worker thread:
@@ -379,7 +475,8 @@ impl Host {
             let id = vm.next_context_id;
             vm.next_context_id += 1;
             vm.store.data_mut().streams.insert(id, StreamState::default());
-            if let Err(e) = vm.callback::<(i32, i32), ()>(id, "proxy_on_context_create", (id as i32, 1)) {
+            let root = vm.root;
+            if let Err(e) = vm.callback::<(i32, i32), ()>(id, "proxy_on_context_create", (id as i32, root as i32)) {
                 drop(vm);
                 fail(&self.shared, worker, &e);
             }
@@ -388,11 +485,19 @@ impl Host {
         Stream { vm: vm_rc, shared: self.shared.clone(), worker, id, finished: false }
     }
 
-    /// `proxy_on_tick` on every worker's root context.
+    /// `proxy_on_tick` on every root context of every worker (a replaced
+    /// one that is not done yet too: Envoy keeps its timer).
     pub fn tick(&self) {
         for (worker, vm) in self.workers.iter().enumerate() {
-            if let Err(e) = vm.borrow_mut().callback::<i32, ()>(ROOT_CONTEXT_ID, "proxy_on_tick", 1) {
-                fail(&self.shared, worker, &e);
+            let roots = vm.borrow().store.data().roots.clone();
+            for root in roots {
+                let mut vm = vm.borrow_mut();
+                if let Err(e) =
+                    vm.callback::<i32, ()>(root, "proxy_on_tick", root as i32).and_then(|()| vm.delete_done_roots())
+                {
+                    drop(vm);
+                    fail(&self.shared, worker, &e);
+                }
             }
         }
     }
@@ -546,7 +651,7 @@ impl Host {
             st.call_response = None;
             st.status = (0, String::new());
         }
-        if let Err(e) = result {
+        if let Err(e) = result.and_then(|()| vm.delete_done_roots()) {
             drop(vm);
             fail(&self.shared, call.worker, &e);
         }

@@ -177,6 +177,9 @@ pub(crate) struct Shared {
     pub properties: HashMap<Vec<u8>, Vec<u8>>,
     pub queues: Vec<(String, VecDeque<Vec<u8>>)>,
     pub tick_period_ms: u32,
+    /// (worker, root context id) of root contexts whose `on_done` said
+    /// "not yet": they may call `proxy_done`.
+    pub draining_roots: Vec<(usize, u32)>,
     pub env: Vec<(String, String)>,
     pub plugin_config: Vec<u8>,
     pub vm_config: Vec<u8>,
@@ -206,6 +209,7 @@ impl Shared {
             properties,
             queues: Vec::new(),
             tick_period_ms: 0,
+            draining_roots: Vec::new(),
             env,
             plugin_config,
             vm_config: Vec::new(),
@@ -382,6 +386,13 @@ pub(crate) struct VmState {
     /// What `proxy_get_status` reports (a failed callout: BrokenConnection).
     pub status: (u32, String),
     pub exit_code: Option<i32>,
+    /// Root contexts alive in this VM, oldest first: the first one, then
+    /// one per configuration change (Envoy keeps the VM and adds a root
+    /// context; the old one lives until it is done).
+    pub roots: Vec<u32>,
+    /// Root contexts that called `proxy_done` during the current callback:
+    /// the host deletes them once it returns (as Envoy defers it).
+    pub roots_done: Vec<u32>,
 }
 
 impl VmState {

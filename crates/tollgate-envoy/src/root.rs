@@ -7,6 +7,16 @@
 //! made as the stream ends. The root context lives as long as the VM, so a
 //! request hands its Redis settle/release/cache write to the root's queue,
 //! and the root's tick sends and retries them.
+//!
+//! A configuration change (a listener or ECDS update) keeps the VM: Envoy
+//! creates a new root context in it for the new configuration, and once the
+//! last request of the old one has ended (its settlement and outcome record
+//! just queued here) calls the old root context's `on_done`. If it said yes
+//! at once, Envoy would delete it with that queue unsent and cancel its
+//! webdis calls in flight: holds left reserved, spend and outcome records
+//! lost. So a root context with Redis writes left says "not yet", keeps
+//! ticking until every write has landed (or given up), then calls
+//! `proxy_done` and is deleted.
 
 use crate::host::{self, Counters, EnvoyShared};
 use crate::local_state::{self, LocalCache};
@@ -98,9 +108,25 @@ enum Work {
 pub struct Root {
     runtime: Option<Rc<Runtime>>,
     in_flight: HashMap<u32, Job>,
+    /// Envoy is done with this root context (`on_done` said "not yet"): it
+    /// sends what is left, then calls `proxy_done`.
+    draining: bool,
 }
 
 impl Context for Root {
+    fn on_done(&mut self) -> bool {
+        let queued = self.runtime.as_ref().map_or(0, |rt| rt.jobs.borrow().len());
+        if queued == 0 && self.in_flight.is_empty() {
+            return true;
+        }
+        info!(
+            "tollgate: configuration replaced; sending the last {queued} queued and {} in-flight Redis write(s) first",
+            self.in_flight.len()
+        );
+        self.draining = true;
+        false
+    }
+
     fn on_http_call_response(&mut self, token: u32, num_headers: usize, body_size: usize, _trailers: usize) {
         let Some(mut job) = self.in_flight.remove(&token) else { return };
         let Some(rt) = self.runtime.clone() else { return };
@@ -126,10 +152,23 @@ impl Context for Root {
                 }
             }
         }
+        self.done_if_drained(&rt);
     }
 }
 
 impl Root {
+    /// A draining root context with nothing left to send or wait for tells
+    /// Envoy it is done (Envoy then deletes it, after this callback).
+    fn done_if_drained(&mut self, rt: &Runtime) {
+        if self.draining && self.in_flight.is_empty() && rt.jobs.borrow().is_empty() {
+            self.draining = false;
+            info!("tollgate: the replaced configuration's Redis writes are done");
+            if let Err(status) = proxy_wasm::hostcalls::done() {
+                error!("tollgate: could not tell Envoy a replaced root context is done: {status:?}");
+            }
+        }
+    }
+
     fn send(&mut self, rt: &Runtime, job: Job, body: Vec<u8>) {
         let timeout = Duration::from_millis(rt.config.redis.timeout_ms);
         match self.dispatch_http_call(&rt.config.redis.cluster, rt.webdis_headers(), Some(&body), vec![], timeout) {
@@ -239,6 +278,7 @@ impl RootContext for Root {
             };
             self.send(&rt, job, body);
         }
+        self.done_if_drained(&rt);
     }
 
     fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
