@@ -72,6 +72,54 @@ pub struct TierTotals {
     pub cache_saved_micros: u64,
 }
 
+impl TierTotals {
+    /// Every counter, listed once, here: a store that merges totals field by
+    /// field goes through this, so a counter added to the struct reaches every
+    /// store as soon as it is added to this list (a test fails until it is).
+    fn counters_mut(&mut self) -> [&mut u64; 9] {
+        [
+            &mut self.requests,
+            &mut self.resolved,
+            &mut self.unresolved,
+            &mut self.tokens,
+            &mut self.micros,
+            &mut self.escalations,
+            &mut self.fallbacks,
+            &mut self.cache_hits,
+            &mut self.cache_saved_micros,
+        ]
+    }
+
+    /// `self += after - before`, counter by counter (saturating): how a store
+    /// that lost a compare-and-swap race carries one writer's change over to
+    /// totals another writer changed meanwhile.
+    pub fn add_difference(&mut self, before: &TierTotals, after: &TierTotals) {
+        let (mut before, mut after) = (before.clone(), after.clone());
+        for ((into, was), now) in self.counters_mut().into_iter().zip(before.counters_mut()).zip(after.counters_mut()) {
+            *into = into.saturating_add(now.saturating_sub(*was)).saturating_sub(was.saturating_sub(*now));
+        }
+    }
+}
+
+impl OutcomeTotals {
+    /// The chunk of the ring the next recorded request goes into.
+    pub fn next_chunk(&self) -> usize {
+        (self.next_slot % RECENT_CAPACITY) / RECENT_CHUNK
+    }
+}
+
+impl OutcomeOp {
+    /// The chunks of the ring `self` reads, given the current totals: the
+    /// layout a store follows to read no more than an op needs.
+    pub fn chunks_read(&self, totals: &OutcomeTotals) -> Vec<usize> {
+        match self {
+            OutcomeOp::Record { .. } => vec![totals.next_chunk()],
+            OutcomeOp::Feedback { .. } | OutcomeOp::Export => (0..RECENT_CHUNKS).collect(),
+            OutcomeOp::Report => Vec::new(),
+        }
+    }
+}
+
 /// A recent request feedback can still name.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RecentRequest {
@@ -426,6 +474,39 @@ pub fn report(tiers: &[TierTotals]) -> Value {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn every_counter_of_tier_totals_is_merged_by_add_difference() {
+        // Give every numeric field a distinct value through serde, so a field
+        // added to the struct but not to `counters_mut` is caught here.
+        let serialized = serde_json::to_value(TierTotals::default()).unwrap();
+        let fields: Vec<String> =
+            serialized.as_object().unwrap().iter().filter(|(_, v)| v.is_u64()).map(|(k, _)| k.clone()).collect();
+        let with = |base: u64| -> TierTotals {
+            let mut map = serialized.as_object().unwrap().clone();
+            for (i, name) in fields.iter().enumerate() {
+                map.insert(name.clone(), serde_json::json!(base + i as u64));
+            }
+            serde_json::from_value(serde_json::Value::Object(map)).unwrap()
+        };
+        let (before, after, mut into) = (with(10), with(15), with(100));
+        into.add_difference(&before, &after);
+        assert_eq!(into, with(105), "a counter is not merged: add it to TierTotals::counters_mut");
+        assert_eq!(TierTotals::default().counters_mut().len(), fields.len());
+    }
+
+    #[test]
+    fn a_record_reads_the_chunk_of_the_next_slot_and_feedback_reads_them_all() {
+        let totals = OutcomeTotals { tiers: Vec::new(), next_slot: RECENT_CHUNK * 3 + 5 };
+        let record = OutcomeOp::Record { outcome: RequestOutcome::default() };
+        assert_eq!(record.chunks_read(&totals), vec![3]);
+        let wrapped = OutcomeTotals { tiers: Vec::new(), next_slot: RECENT_CAPACITY + 1 };
+        assert_eq!(record.chunks_read(&wrapped), vec![0]);
+        let feedback = OutcomeOp::Feedback { request_id: "x".into(), resolved: true };
+        assert_eq!(feedback.chunks_read(&totals).len(), RECENT_CHUNKS);
+        assert!(OutcomeOp::Report.chunks_read(&totals).is_empty());
+    }
+
     use super::*;
 
     fn apply_(l: &mut OutcomeLedger, op: &OutcomeOp, now: u64) -> OutcomeReply {

@@ -125,12 +125,7 @@ pub fn apply_outcome(shared: &dyn SharedData, tenant: &str, op: &OutcomeOp, now:
     for _ in 0..CAS_ATTEMPTS {
         let (totals_bytes, totals_cas) = shared.get(&totals_key);
         let totals: OutcomeTotals = parse_or_default(totals_bytes);
-        let wanted: Vec<usize> = match op {
-            OutcomeOp::Record { .. } => vec![(totals.next_slot % (RECENT_CHUNK * RECENT_CHUNKS)) / RECENT_CHUNK],
-            OutcomeOp::Feedback { .. } => (0..RECENT_CHUNKS).collect(),
-            OutcomeOp::Report => Vec::new(),
-            OutcomeOp::Export => (0..RECENT_CHUNKS).collect(),
-        };
+        let wanted = op.chunks_read(&totals);
         let mut chunks: Vec<Option<RecentChunk>> = vec![None; RECENT_CHUNKS];
         let mut chunk_cas = [None; RECENT_CHUNKS];
         for &c in &wanted {
@@ -221,7 +216,7 @@ fn merge_totals(
                     fresh.tiers.len() - 1
                 }
             };
-            shift(&mut fresh.tiers[at], &before, after);
+            fresh.tiers[at].add_difference(&before, after);
         }
         fresh
     })
@@ -248,22 +243,6 @@ fn write_merging<T: serde::Serialize>(
         }
     }
     false
-}
-
-/// `into += after - before`, field by field.
-fn shift(into: &mut TierTotals, before: &TierTotals, after: &TierTotals) {
-    fn by(into: &mut u64, before: u64, after: u64) {
-        *into = into.saturating_add(after.saturating_sub(before)).saturating_sub(before.saturating_sub(after));
-    }
-    by(&mut into.requests, before.requests, after.requests);
-    by(&mut into.resolved, before.resolved, after.resolved);
-    by(&mut into.unresolved, before.unresolved, after.unresolved);
-    by(&mut into.tokens, before.tokens, after.tokens);
-    by(&mut into.micros, before.micros, after.micros);
-    by(&mut into.escalations, before.escalations, after.escalations);
-    by(&mut into.fallbacks, before.fallbacks, after.fallbacks);
-    by(&mut into.cache_hits, before.cache_hits, after.cache_hits);
-    by(&mut into.cache_saved_micros, before.cache_saved_micros, after.cache_saved_micros);
 }
 
 /// The node-local cache: a fixed number of slots, each one shared-data key

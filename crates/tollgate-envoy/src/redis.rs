@@ -21,7 +21,7 @@
 use std::collections::HashMap;
 use tollgate_core::budget::{self, BudgetState, LedgerOp, LedgerReply};
 use tollgate_core::outcomes::{
-    self, OutcomeLedger, OutcomeOp, OutcomeReply, OutcomeTotals, RECENT_CHUNK, RECENT_CHUNKS, RecentChunk,
+    self, OutcomeLedger, OutcomeOp, OutcomeReply, OutcomeTotals, RECENT_CHUNKS, RecentChunk,
 };
 
 /// Compare-and-set of a versioned document. KEYS[1] the hash; ARGV[1] the
@@ -440,10 +440,9 @@ pub enum OutcomeStep {
 impl OutcomeCas {
     pub fn new(tenant: &str, op: OutcomeOp, now: u64) -> Self {
         let stage = match &op {
+            // A record's chunk depends on the totals: read those first.
             OutcomeOp::Record { .. } => OutcomeStage::Totals,
-            OutcomeOp::Feedback { .. } => OutcomeStage::Fields((0..RECENT_CHUNKS).collect()),
-            OutcomeOp::Report => OutcomeStage::Fields(Vec::new()),
-            OutcomeOp::Export => OutcomeStage::Fields((0..RECENT_CHUNKS).collect()),
+            other => OutcomeStage::Fields(other.chunks_read(&OutcomeTotals::default())),
         };
         OutcomeCas { tenant: tenant.to_owned(), op, now, rounds: 0, stage }
     }
@@ -483,8 +482,7 @@ impl OutcomeCas {
             OutcomeStage::Totals => {
                 let Some(values) = hmget_values(body) else { return OutcomeStep::Failed };
                 let totals: OutcomeTotals = parse_field(values.get(1));
-                let chunk = (totals.next_slot % (RECENT_CHUNK * RECENT_CHUNKS)) / RECENT_CHUNK;
-                self.stage = OutcomeStage::Fields(vec![chunk]);
+                self.stage = OutcomeStage::Fields(self.op.chunks_read(&totals));
                 OutcomeStep::Send(self.read(prefix))
             }
             OutcomeStage::Fields(wanted) => {
@@ -493,9 +491,9 @@ impl OutcomeCas {
                 let totals: OutcomeTotals = parse_field(values.get(1));
                 if let OutcomeOp::Record { .. } = self.op {
                     // The ring moved on since the totals were read: read the right chunk.
-                    let chunk = (totals.next_slot % (RECENT_CHUNK * RECENT_CHUNKS)) / RECENT_CHUNK;
-                    if wanted.first() != Some(&chunk) {
-                        self.stage = OutcomeStage::Fields(vec![chunk]);
+                    let chunks = self.op.chunks_read(&totals);
+                    if *wanted != chunks {
+                        self.stage = OutcomeStage::Fields(chunks);
                         return OutcomeStep::Send(self.read(prefix));
                     }
                 }
