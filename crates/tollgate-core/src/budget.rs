@@ -12,10 +12,15 @@
 //! Holds expire after [`RESERVATION_TTL_SECS`], so a host that dies
 //! mid-request cannot leak budget forever, and settling is idempotent.
 
-use crate::config::{BudgetLimit, Budgets};
 use crate::error::BudgetError;
 use crate::pricing::{ModelPrice, format_usd};
 use serde::{Deserialize, Serialize};
+
+mod config;
+
+pub use self::config::{
+    BudgetLimit, Budgets, DEFAULT_OUTPUT_RESERVATION, FailureMode, OnExhausted, RawBudgetLimit, RawBudgets,
+};
 
 /// How long a reservation may stay open before it is presumed dead.
 pub const RESERVATION_TTL_SECS: u64 = 3600;
@@ -632,7 +637,10 @@ mod tests {
 
     #[test]
     fn a_reserve_arriving_after_its_release_holds_nothing() {
-        let budgets = crate::config::TenantConfig::example().unwrap().budgets;
+        // The example tenant's budgets (examples/tenant.json).
+        let example: serde_json::Value = serde_json::from_str(include_str!("../../../examples/tenant.json")).unwrap();
+        let raw: RawBudgets = serde_json::from_value(example["budgets"].clone()).unwrap();
+        let budgets = Budgets::from_raw(raw, |path, message| panic!("budgets.{path}: {message}"));
         let mut state = BudgetState::default();
         let req = ReserveRequest {
             id: "late".into(),
@@ -657,7 +665,6 @@ mod tests {
         assert!(!written.contains("req_a"), "{written}");
         assert_eq!(serde_json::from_str::<BudgetState>(&written).unwrap(), state);
     }
-    use crate::config::{FailureMode, OnExhausted};
 
     const NOW: u64 = 1_795_000_000; // 2026-11-18T...
 

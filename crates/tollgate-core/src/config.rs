@@ -8,14 +8,21 @@
 //! dollar amounts in integer micro-dollars. Every error names its JSON path.
 
 use crate::api::ApiFormat;
-use crate::budget::Window;
 use crate::classify::{ClassifierConfig, RawClassifierConfig};
 use crate::cooldown::{CooldownSettings, RawCooldown};
 use crate::escalation::{EscalationSettings, RawEscalation};
-use crate::pricing::{ModelPrice, builtin_price, usd_to_micros};
+use crate::pricing::{ModelPrice, builtin_price};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fmt;
+
+// The `budgets` section lives in `budget`, next to the ledger it configures,
+// and `Provider`/`ModelRef` in `provider`, so that neither needs this module;
+// re-exported so the whole tenant config can still be named from here.
+pub use crate::budget::{
+    BudgetLimit, Budgets, DEFAULT_OUTPUT_RESERVATION, FailureMode, OnExhausted, RawBudgetLimit, RawBudgets,
+};
+pub use crate::provider::{ModelRef, Provider};
 
 /// The schema version this build reads.
 pub const CONFIG_VERSION: u32 = 1;
@@ -85,61 +92,6 @@ pub struct RawTier {
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
-pub struct RawBudgets {
-    #[serde(default)]
-    pub limits: Vec<RawBudgetLimit>,
-    /// Above this share (percent) of any limit, route to the cheapest tier.
-    #[serde(default)]
-    pub soft_threshold_pct: Option<f64>,
-    /// What happens once a limit is reached.
-    #[serde(default)]
-    pub on_exhausted: Option<OnExhausted>,
-    /// Lower `max_tokens` to what the remaining budget can pay for instead of refusing.
-    #[serde(default)]
-    pub clamp_max_tokens: Option<bool>,
-    /// Output tokens reserved when a request sets no `max_tokens` (default 4096).
-    #[serde(default)]
-    pub default_output_reservation: Option<u64>,
-    /// When the budget store cannot be reached: `closed` refuses (503), `open` serves unmetered.
-    #[serde(default)]
-    pub store_failure: Option<FailureMode>,
-}
-
-#[derive(Clone, Debug, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
-pub struct RawBudgetLimit {
-    /// A label used in messages and `/v1/usage`; defaults to the window name.
-    #[serde(default)]
-    pub name: Option<String>,
-    pub window: Window,
-    #[serde(default)]
-    pub tokens: Option<u64>,
-    #[serde(default)]
-    pub usd: Option<f64>,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(rename_all = "snake_case")]
-#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
-pub enum OnExhausted {
-    /// 429 for every request until the window resets.
-    Reject,
-    /// Serve cache hits; 429 for anything that would spend.
-    CacheOnly,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(rename_all = "snake_case")]
-#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
-pub enum FailureMode {
-    Closed,
-    Open,
-}
-
-#[derive(Clone, Debug, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct RawCache {
     #[serde(default)]
     pub enabled: Option<bool>,
@@ -190,96 +142,6 @@ pub struct RawLimits {
 }
 
 // ----------------------------------------------------------- validated stage
-
-/// A provider tollgate can forward to. Each speaks one API format.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Provider {
-    #[serde(rename = "openai")]
-    OpenAi,
-    Anthropic,
-    Google,
-    Mistral,
-    WorkersAi,
-}
-
-impl Provider {
-    pub const ALL: [Provider; 5] =
-        [Provider::OpenAi, Provider::Anthropic, Provider::Google, Provider::Mistral, Provider::WorkersAi];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Provider::OpenAi => "openai",
-            Provider::Anthropic => "anthropic",
-            Provider::Google => "google",
-            Provider::Mistral => "mistral",
-            Provider::WorkersAi => "workers_ai",
-        }
-    }
-
-    pub fn from_name(name: &str) -> Option<Self> {
-        Provider::ALL.into_iter().find(|p| p.as_str() == name)
-    }
-
-    /// The wire format the provider's endpoint speaks. Google, Mistral and
-    /// Workers AI are reached through their OpenAI-compatible endpoints.
-    pub fn api(self) -> ApiFormat {
-        match self {
-            Provider::Anthropic => ApiFormat::Anthropic,
-            _ => ApiFormat::OpenAi,
-        }
-    }
-
-    /// The provider a bare model name belongs to.
-    pub fn infer(model: &str) -> Provider {
-        if model.starts_with("claude") {
-            Provider::Anthropic
-        } else if model.starts_with("gemini") {
-            Provider::Google
-        } else if model.starts_with("mistral") || model.starts_with("codestral") || model.starts_with("ministral") {
-            Provider::Mistral
-        } else if model.starts_with("@cf/") {
-            Provider::WorkersAi
-        } else {
-            Provider::OpenAi
-        }
-    }
-}
-
-impl fmt::Display for Provider {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// A concrete model at a provider.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize)]
-pub struct ModelRef {
-    pub provider: Provider,
-    pub model: String,
-}
-
-impl ModelRef {
-    /// `"provider/model"` or a bare model name (provider inferred).
-    pub fn parse(text: &str) -> Option<ModelRef> {
-        let text = text.trim();
-        if text.is_empty() {
-            return None;
-        }
-        if let Some((head, rest)) = text.split_once('/')
-            && let Some(provider) = Provider::from_name(head)
-        {
-            return (!rest.is_empty()).then(|| ModelRef { provider, model: rest.to_owned() });
-        }
-        Some(ModelRef { provider: Provider::infer(text), model: text.to_owned() })
-    }
-}
-
-impl fmt::Display for ModelRef {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.provider, self.model)
-    }
-}
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct Tier {
@@ -335,27 +197,6 @@ impl Routing {
     }
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct BudgetLimit {
-    pub name: String,
-    pub window: Window,
-    pub tokens: Option<u64>,
-    pub usd_micros: Option<u64>,
-}
-
-/// Validated budget settings. Serialisable so a host can send them with a
-/// [`crate::budget::LedgerOp`] to wherever the tenant's state lives.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct Budgets {
-    pub limits: Vec<BudgetLimit>,
-    /// Fraction in (0, 1]; None disables the soft downgrade.
-    pub soft_threshold: Option<f64>,
-    pub on_exhausted: OnExhausted,
-    pub clamp_max_tokens: bool,
-    pub default_output_reservation: u64,
-    pub store_failure: FailureMode,
-}
-
 #[derive(Clone, Debug, PartialEq)]
 pub struct CacheSettings {
     pub enabled: bool,
@@ -388,7 +229,6 @@ pub struct TenantConfig {
 pub const DEFAULT_CACHE_TTL_SECONDS: u64 = 3600;
 pub const DEFAULT_MAX_ENTRY_BYTES: usize = 256 * 1024;
 pub const DEFAULT_MAX_BODY_BYTES: usize = 4 * 1024 * 1024;
-pub const DEFAULT_OUTPUT_RESERVATION: u64 = 4096;
 /// Workers KV refuses an `expirationTtl` below 60 seconds.
 pub const MIN_CACHE_TTL_SECONDS: u64 = 60;
 pub const MAX_CACHE_TTL_SECONDS: u64 = 30 * 24 * 3600;
@@ -628,56 +468,7 @@ fn validate_routing(raw: RawRouting, p: &mut Problems, is_priced: &dyn Fn(&str) 
 }
 
 fn validate_budgets(raw: Option<RawBudgets>, p: &mut Problems) -> Budgets {
-    let raw = raw.unwrap_or(RawBudgets {
-        limits: Vec::new(),
-        soft_threshold_pct: None,
-        on_exhausted: None,
-        clamp_max_tokens: None,
-        default_output_reservation: None,
-        store_failure: None,
-    });
-    let mut limits: Vec<BudgetLimit> = Vec::new();
-    for (i, limit) in raw.limits.into_iter().enumerate() {
-        let base = format!("budgets.limits[{i}]");
-        if limit.tokens.is_none() && limit.usd.is_none() {
-            p.add(base.clone(), "set `tokens`, `usd` or both");
-        }
-        let usd_micros = match limit.usd {
-            Some(usd) => match usd_to_micros(usd) {
-                Some(m) => Some(m),
-                None => {
-                    p.add(format!("{base}.usd"), "must be a finite, non-negative amount of dollars");
-                    None
-                }
-            },
-            None => None,
-        };
-        let name = limit.name.unwrap_or_else(|| limit.window.as_str().to_owned());
-        if limits.iter().any(|l| l.name == name) {
-            p.add(format!("{base}.name"), format!("duplicate budget name `{name}`; give each limit a distinct name"));
-        }
-        limits.push(BudgetLimit { name, window: limit.window, tokens: limit.tokens, usd_micros });
-    }
-    let soft_threshold = match raw.soft_threshold_pct {
-        Some(pct) if !(pct > 0.0 && pct <= 100.0) => {
-            p.add("budgets.soft_threshold_pct", "must be a percentage in (0, 100]");
-            None
-        }
-        Some(pct) => Some(pct / 100.0),
-        None => None,
-    };
-    let default_output_reservation = raw.default_output_reservation.unwrap_or(DEFAULT_OUTPUT_RESERVATION);
-    if default_output_reservation == 0 {
-        p.add("budgets.default_output_reservation", "must be at least 1 token");
-    }
-    Budgets {
-        limits,
-        soft_threshold,
-        on_exhausted: raw.on_exhausted.unwrap_or(OnExhausted::Reject),
-        clamp_max_tokens: raw.clamp_max_tokens.unwrap_or(false),
-        default_output_reservation,
-        store_failure: raw.store_failure.unwrap_or(FailureMode::Closed),
-    }
+    Budgets::from_raw(raw.unwrap_or_default(), |path, message| p.add(format!("budgets.{path}"), message))
 }
 
 fn validate_cache(raw: Option<RawCache>, p: &mut Problems) -> CacheSettings {
@@ -811,16 +602,6 @@ mod tests {
         let cfg = parse(&json).unwrap();
         assert_eq!(cfg.price("gpt-4o-mini").unwrap().input, 1_000_000);
         assert_eq!(cfg.price("my-model").unwrap().cached_input, 500_000);
-    }
-
-    #[test]
-    fn model_refs_parse_with_explicit_or_inferred_providers() {
-        assert_eq!(ModelRef::parse("anthropic/claude-3-5-haiku-latest").unwrap().provider, Provider::Anthropic);
-        assert_eq!(ModelRef::parse("claude-sonnet-4-5").unwrap().provider, Provider::Anthropic);
-        let cf = ModelRef::parse("@cf/meta/llama-3.1-8b-instruct").unwrap();
-        assert_eq!((cf.provider, cf.model.as_str()), (Provider::WorkersAi, "@cf/meta/llama-3.1-8b-instruct"));
-        assert_eq!(ModelRef::parse("gpt-4o").unwrap().provider, Provider::OpenAi);
-        assert!(ModelRef::parse("  ").is_none());
     }
 
     #[test]

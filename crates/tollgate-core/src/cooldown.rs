@@ -24,7 +24,7 @@
 //!
 //! Nothing here reads a clock: every time is passed in, in Unix seconds.
 
-use crate::config::ModelRef;
+use crate::provider::ModelRef;
 use crate::upstream;
 use serde::{Deserialize, Serialize};
 

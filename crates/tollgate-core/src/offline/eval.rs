@@ -17,7 +17,7 @@
 //!
 //! Pure: the caller supplies the rows and writes the report.
 
-use crate::chart::{Guide, LineChart, Series};
+use super::chart::{Guide, LineChart, Series};
 use std::collections::BTreeMap;
 
 /// One labelled prompt with the score a router gave it.

@@ -1,0 +1,147 @@
+//! The `budgets` section of a tenant config, in the config's two stages:
+//! [`RawBudgets`] as written (unknown fields refused) and [`Budgets`]
+//! validated, dollar amounts in integer micro-dollars.
+//!
+//! The tenant config parser ([`crate::TenantConfig`]) calls
+//! [`Budgets::from_raw`] for this section; nothing here depends on it.
+
+use super::Window;
+use crate::pricing::usd_to_micros;
+use serde::{Deserialize, Serialize};
+
+/// Output tokens reserved when a request sets no `max_tokens`, unless the
+/// tenant sets `budgets.default_output_reservation` (docs/config.md).
+pub const DEFAULT_OUTPUT_RESERVATION: u64 = 4096;
+
+// ---------------------------------------------------------------- raw stage
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+pub struct RawBudgets {
+    #[serde(default)]
+    pub limits: Vec<RawBudgetLimit>,
+    /// Above this share (percent) of any limit, route to the cheapest tier.
+    #[serde(default)]
+    pub soft_threshold_pct: Option<f64>,
+    /// What happens once a limit is reached.
+    #[serde(default)]
+    pub on_exhausted: Option<OnExhausted>,
+    /// Lower `max_tokens` to what the remaining budget can pay for instead of refusing.
+    #[serde(default)]
+    pub clamp_max_tokens: Option<bool>,
+    /// Output tokens reserved when a request sets no `max_tokens` (default 4096).
+    #[serde(default)]
+    pub default_output_reservation: Option<u64>,
+    /// When the budget store cannot be reached: `closed` refuses (503), `open` serves unmetered.
+    #[serde(default)]
+    pub store_failure: Option<FailureMode>,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+pub struct RawBudgetLimit {
+    /// A label used in messages and `/v1/usage`; defaults to the window name.
+    #[serde(default)]
+    pub name: Option<String>,
+    pub window: Window,
+    #[serde(default)]
+    pub tokens: Option<u64>,
+    #[serde(default)]
+    pub usd: Option<f64>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+pub enum OnExhausted {
+    /// 429 for every request until the window resets.
+    Reject,
+    /// Serve cache hits; 429 for anything that would spend.
+    CacheOnly,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+pub enum FailureMode {
+    Closed,
+    Open,
+}
+
+// ----------------------------------------------------------- validated stage
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct BudgetLimit {
+    pub name: String,
+    pub window: Window,
+    pub tokens: Option<u64>,
+    pub usd_micros: Option<u64>,
+}
+
+/// Validated budget settings. Serialisable so a host can send them with a
+/// [`super::LedgerOp`] to wherever the tenant's state lives.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Budgets {
+    pub limits: Vec<BudgetLimit>,
+    /// Fraction in (0, 1]; None disables the soft downgrade.
+    pub soft_threshold: Option<f64>,
+    pub on_exhausted: OnExhausted,
+    pub clamp_max_tokens: bool,
+    pub default_output_reservation: u64,
+    pub store_failure: FailureMode,
+}
+
+impl Budgets {
+    /// Stage two for the `budgets` section. Every problem goes to `problem`
+    /// as (path within `budgets`, e.g. `limits[0].usd`, message); the
+    /// settings returned mean something only if there was none.
+    pub fn from_raw(raw: RawBudgets, mut problem: impl FnMut(String, String)) -> Budgets {
+        let mut limits: Vec<BudgetLimit> = Vec::new();
+        for (i, limit) in raw.limits.into_iter().enumerate() {
+            let base = format!("limits[{i}]");
+            if limit.tokens.is_none() && limit.usd.is_none() {
+                problem(base.clone(), "set `tokens`, `usd` or both".to_owned());
+            }
+            let usd_micros = match limit.usd {
+                Some(usd) => match usd_to_micros(usd) {
+                    Some(m) => Some(m),
+                    None => {
+                        problem(format!("{base}.usd"), "must be a finite, non-negative amount of dollars".to_owned());
+                        None
+                    }
+                },
+                None => None,
+            };
+            let name = limit.name.unwrap_or_else(|| limit.window.as_str().to_owned());
+            if limits.iter().any(|l| l.name == name) {
+                problem(
+                    format!("{base}.name"),
+                    format!("duplicate budget name `{name}`; give each limit a distinct name"),
+                );
+            }
+            limits.push(BudgetLimit { name, window: limit.window, tokens: limit.tokens, usd_micros });
+        }
+        let soft_threshold = match raw.soft_threshold_pct {
+            Some(pct) if !(pct > 0.0 && pct <= 100.0) => {
+                problem("soft_threshold_pct".to_owned(), "must be a percentage in (0, 100]".to_owned());
+                None
+            }
+            Some(pct) => Some(pct / 100.0),
+            None => None,
+        };
+        let default_output_reservation = raw.default_output_reservation.unwrap_or(DEFAULT_OUTPUT_RESERVATION);
+        if default_output_reservation == 0 {
+            problem("default_output_reservation".to_owned(), "must be at least 1 token".to_owned());
+        }
+        Budgets {
+            limits,
+            soft_threshold,
+            on_exhausted: raw.on_exhausted.unwrap_or(OnExhausted::Reject),
+            clamp_max_tokens: raw.clamp_max_tokens.unwrap_or(false),
+            default_output_reservation,
+            store_failure: raw.store_failure.unwrap_or(FailureMode::Closed),
+        }
+    }
+}
