@@ -17,7 +17,7 @@ use crate::host;
 use crate::local_state;
 use crate::metrics;
 use crate::redis::{self, BudgetCas, CasStep, OutcomeCas, OutcomeStep};
-use crate::root::Runtime;
+use crate::runtime::Runtime;
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::{Action, BufferType, MapType};
@@ -52,7 +52,7 @@ enum Flow {
 }
 
 /// What an outstanding callout is for.
-enum Pending {
+pub(crate) enum Pending {
     CacheLookup,
     Budget {
         cas: BudgetCas,
@@ -73,7 +73,7 @@ enum Pending {
 /// Retries for feedback naming an id Redis does not know yet (its record
 /// is sent just after the answer it names), and the wait before each, as
 /// on the Worker.
-const FEEDBACK_RETRIES: u8 = 2;
+pub(crate) const FEEDBACK_RETRIES: u8 = 2;
 const FEEDBACK_RETRY_WAIT: &[u8] = b"0.25";
 
 /// The answer being relayed from the router.
@@ -91,7 +91,7 @@ pub struct Stream {
     entropy: [u8; 16],
     request_id: String,
     endpoint: Option<Endpoint>,
-    tenant: Option<(String, Arc<TenantConfig>)>,
+    pub(crate) tenant: Option<(String, Arc<TenantConfig>)>,
     client_headers: Vec<(String, String)>,
     plan: Option<Plan>,
     pending: Option<(u32, Pending)>,
@@ -159,7 +159,7 @@ impl Stream {
 
     // ---- local replies ----------------------------------------------------
 
-    fn send(&mut self, status: u16, headers: &[(String, String)], body: &[u8]) {
+    pub(crate) fn send(&mut self, status: u16, headers: &[(String, String)], body: &[u8]) {
         let pairs: Vec<(&str, &str)> = headers.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
         if let Err(status) = hostcalls::send_http_response(u32::from(status), pairs, Some(body)) {
             log::error!("tollgate: could not send a local reply: {status:?}");
@@ -186,11 +186,11 @@ impl Stream {
     }
 
     /// An error before (or outside) a plan: OpenAI-shaped, with the id.
-    fn send_error(&mut self, err: &ApiError) {
+    pub(crate) fn send_error(&mut self, err: &ApiError) {
         self.send_local(&LocalResponse::error(err, None));
     }
 
-    fn send_json(&mut self, status: u16, value: &serde_json::Value) {
+    pub(crate) fn send_json(&mut self, status: u16, value: &serde_json::Value) {
         let body = serde_json::to_vec(value).unwrap_or_default();
         let headers = vec![("content-type".to_owned(), "application/json".to_owned())];
         self.send(status, &headers, &body);
@@ -359,7 +359,7 @@ impl Stream {
 
     /// Send `body` to webdis; `Err` gives `pending` back when the call
     /// could not even be made.
-    fn call_webdis(&mut self, rt: &Runtime, body: &[u8], pending: Pending) -> Result<(), Box<Pending>> {
+    pub(crate) fn call_webdis(&mut self, rt: &Runtime, body: &[u8], pending: Pending) -> Result<(), Box<Pending>> {
         let timeout = Duration::from_millis(rt.config.redis.timeout_ms);
         match self.dispatch_http_call(&rt.config.redis.cluster, rt.webdis_headers(), Some(body), vec![], timeout) {
             Ok(token) => {
@@ -388,7 +388,12 @@ impl Stream {
     /// The plan's next step after webdis answered `body` (None: the call
     /// failed). Returns None when nothing is left to drive: another round
     /// went out, or the reply was sent.
-    fn on_webdis_answer(&mut self, rt: &Rc<Runtime>, pending: Pending, body: Option<Vec<u8>>) -> Option<Next> {
+    pub(crate) fn on_webdis_answer(
+        &mut self,
+        rt: &Rc<Runtime>,
+        pending: Pending,
+        body: Option<Vec<u8>>,
+    ) -> Option<Next> {
         let prefix = rt.config.redis.key_prefix.clone();
         match pending {
             Pending::CacheLookup => {
@@ -763,109 +768,6 @@ impl Stream {
         self.count(metrics::COST_MICROS, &labels, fin.cost_micros);
     }
 
-    // ---- other endpoints --------------------------------------------------
-
-    fn on_usage(&mut self, rt: &Rc<Runtime>) {
-        let Some((tenant, config)) = self.tenant.clone() else { return };
-        let status = LedgerOp::Status { budgets: config.budgets.clone() };
-        if rt.redis_budgets() {
-            let mut cas = BudgetCas::new(&tenant, vec![status], host::now_secs());
-            let body = cas.start(&rt.config.redis.key_prefix, &mut rt.board.borrow_mut());
-            if let Err(p) = self.call_webdis(rt, &body, Pending::Usage(cas)) {
-                self.on_webdis_answer(rt, *p, None);
-            }
-            return;
-        }
-        let now = host::now_secs();
-        let budget = first_budget_reply(local_state::apply_budget(&rt.shared, &tenant, &[status], now));
-        let report = local_state::apply_outcome(&rt.shared, &tenant, &OutcomeOp::Report, now);
-        self.answer_usage(budget, report);
-    }
-
-    /// Redis mode: the budget status is in; now the outcome report.
-    fn usage_report(&mut self, rt: &Runtime, budget: Option<TenantReply>) {
-        let Some((tenant, _)) = self.tenant.clone() else { return };
-        let mut cas = OutcomeCas::new(&tenant, OutcomeOp::Report, host::now_secs());
-        let first = cas.start(&rt.config.redis.key_prefix);
-        if self.call_webdis(rt, &first, Pending::UsageReport(budget, cas)).is_err() {
-            self.answer_usage(None, None);
-        }
-    }
-
-    fn answer_usage(&mut self, budget: Option<TenantReply>, report: Option<outcomes::OutcomeReply>) {
-        let Some((_, config)) = self.tenant.clone() else { return };
-        let now = host::now_secs();
-        let replies = match (budget, report) {
-            (Some(b), Some(r)) => Some(vec![b, TenantReply::Outcome(r)]),
-            _ => None,
-        };
-        match endpoints::usage_from_replies(&config, replies, now) {
-            Ok(report) => self.send_json(200, &report),
-            Err(e) => self.send_error(&e),
-        }
-    }
-
-    fn on_feedback(&mut self, rt: &Rc<Runtime>, body: &[u8]) {
-        let Some((tenant, _)) = self.tenant.clone() else { return };
-        let fb = match outcomes::parse_feedback(body) {
-            Ok(f) => f,
-            Err(e) => return self.send_error(&e),
-        };
-        let op = OutcomeOp::Feedback { request_id: fb.request_id.clone(), resolved: fb.resolved };
-        if rt.redis_budgets() {
-            let mut cas = OutcomeCas::new(&tenant, op.clone(), host::now_secs());
-            let first = cas.start(&rt.config.redis.key_prefix);
-            if self.call_webdis(rt, &first, Pending::Feedback(cas, FEEDBACK_RETRIES)).is_err() {
-                self.answer_feedback(None, &op);
-            }
-            return;
-        }
-        // Node-local: the outcome is recorded before the answer's last byte
-        // is passed on, so an unknown id is unknown (no retry needed).
-        let reply = local_state::apply_outcome(&rt.shared, &tenant, &op, host::now_secs()).map(TenantReply::Outcome);
-        self.answer_feedback(reply, &op);
-    }
-
-    /// `GET /v1/feedback/export`: the tenant's recent requests with feedback, as NDJSON.
-    fn on_feedback_export(&mut self, rt: &Rc<Runtime>) {
-        let Some((tenant, _)) = self.tenant.clone() else { return };
-        if rt.redis_budgets() {
-            let mut cas = OutcomeCas::new(&tenant, OutcomeOp::Export, host::now_secs());
-            let first = cas.start(&rt.config.redis.key_prefix);
-            if self.call_webdis(rt, &first, Pending::FeedbackExport(cas)).is_err() {
-                self.answer_export(None);
-            }
-            return;
-        }
-        let reply = local_state::apply_outcome(&rt.shared, &tenant, &OutcomeOp::Export, host::now_secs());
-        self.answer_export(reply.map(TenantReply::Outcome));
-    }
-
-    fn answer_export(&mut self, reply: Option<TenantReply>) {
-        match endpoints::feedback_export_from_reply(reply) {
-            Ok(body) => {
-                let headers = vec![
-                    ("content-type".to_owned(), endpoints::NDJSON.to_owned()),
-                    ("cache-control".to_owned(), "no-store".to_owned()),
-                ];
-                self.send(200, &headers, body.as_bytes());
-            }
-            Err(e) => self.send_error(&e),
-        }
-    }
-
-    fn answer_feedback(&mut self, reply: Option<TenantReply>, op: &OutcomeOp) {
-        let request_id = match op {
-            OutcomeOp::Feedback { request_id, .. } => request_id.clone(),
-            _ => String::new(),
-        };
-        match endpoints::feedback_from_reply(reply) {
-            Ok(Some(answer)) => self.send_json(200, &answer),
-            Ok(None) => self.send_error(&endpoints::feedback_unknown(&request_id)),
-            Err(e) => self.send_error(&e),
-        }
-    }
-
     // ---- response side ----------------------------------------------------
 
     fn finish_relay(&mut self) {
@@ -896,7 +798,7 @@ fn set_response_headers(plan: &Plan) {
     }
 }
 
-fn first_budget_reply(replies: Option<Vec<LedgerReply>>) -> Option<TenantReply> {
+pub(crate) fn first_budget_reply(replies: Option<Vec<LedgerReply>>) -> Option<TenantReply> {
     replies.and_then(|r| r.into_iter().next()).map(TenantReply::Budget)
 }
 
