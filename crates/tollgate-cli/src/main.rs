@@ -16,12 +16,13 @@ use std::io::{BufRead, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use tollgate_core::api::ApiFormat;
-use tollgate_core::budget::{self, BudgetState};
+use tollgate_core::budget::{self, BudgetState, LedgerOp, LedgerReply};
 use tollgate_core::config::TenantConfig;
 use tollgate_core::count::{self, Encoding};
-use tollgate_core::engine::{self, Inbound, Next, Plan, ReserveOutcome};
+use tollgate_core::engine::{self, Inbound, Next, Plan};
 use tollgate_core::request::ChatRequest;
 use tollgate_core::response::Usage;
+use tollgate_core::store::{TenantOp, TenantReply};
 
 #[derive(Parser)]
 #[command(name = "tollgate", version, about = "LLM cost router: validate config, classify, count and route offline")]
@@ -554,6 +555,14 @@ fn classify_value(config: &TenantConfig, body: &[u8], api: ApiFormat) -> Result<
     Ok(json!({"score": c.score, "tier": tier, "tokens": tokens, "reasons": c.reasons}))
 }
 
+/// Apply a budget op to the offline ledger, as a store would.
+fn ledger_reply(state: &mut BudgetState, op: TenantOp, now: u64) -> Option<TenantReply> {
+    match op {
+        TenantOp::Budget(op) => Some(TenantReply::Budget(budget::apply(state, &op, now))),
+        TenantOp::Outcome(_) => None,
+    }
+}
+
 fn route_offline(config: &TenantConfig, api: ApiFormat, body: &[u8], state: &mut BudgetState, now: u64) -> Value {
     let inbound = Inbound { tenant_id: &config.tenant_id, api, body, cache_control: None, now, entropy: entropy() };
     let mut plan = match Plan::new(config, &inbound) {
@@ -570,17 +579,22 @@ fn route_offline(config: &TenantConfig, api: ApiFormat, body: &[u8], state: &mut
                 steps.push(json!({"step": "lookup_cache", "key": key.0, "found": false}));
                 plan.on_cache(None, None)
             }
-            Next::CheckBudget => {
+            Next::CheckBudget(op) => {
                 steps.push(json!({"step": "check_budget"}));
-                plan.on_budget_check(budget::exhausted(state, &config.budgets, now).into())
+                let reply = ledger_reply(state, op, now);
+                plan.on_budget_reply(reply)
             }
-            Next::Reserve(req) => {
-                let outcome = budget::reserve(state, &config.budgets, &req, now);
-                steps.push(json!({"step": "reserve", "tokens": req.prompt_tokens.saturating_add(req.output_tokens), "granted": outcome.is_ok()}));
-                plan.on_reserve(match outcome {
-                    Ok(g) => ReserveOutcome::Granted(g),
-                    Err(e) => ReserveOutcome::Refused(e),
-                })
+            Next::Reserve(op) => {
+                let tokens = match &op {
+                    TenantOp::Budget(LedgerOp::Reserve { request, .. }) => {
+                        request.prompt_tokens.saturating_add(request.output_tokens)
+                    }
+                    _ => 0,
+                };
+                let reply = ledger_reply(state, op, now);
+                let granted = matches!(reply, Some(TenantReply::Budget(LedgerReply::Granted { .. })));
+                steps.push(json!({"step": "reserve", "tokens": tokens, "granted": granted}));
+                plan.on_reserve_reply(reply)
             }
             // Escalation follows a provider's answer, which this never gets to.
             Next::Escalate(_) => break json!({"outcome": "escalate"}),

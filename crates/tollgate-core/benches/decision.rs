@@ -12,8 +12,9 @@ use tollgate_core::api::ApiFormat;
 use tollgate_core::budget::{self, BudgetState};
 use tollgate_core::config::TenantConfig;
 use tollgate_core::count::{self, Encoding};
-use tollgate_core::engine::{self, Inbound, Next, Plan, ReserveOutcome};
+use tollgate_core::engine::{self, Inbound, Next, Plan};
 use tollgate_core::request::ChatRequest;
+use tollgate_core::store::{TenantOp, TenantReply};
 
 fn main() {
     divan::main();
@@ -74,11 +75,9 @@ fn full_decision(bencher: Bencher, bytes: usize) {
         loop {
             next = match next {
                 Next::LookupCache(_) => plan.on_cache(None, None),
-                Next::Reserve(r) => {
-                    plan.on_reserve(match budget::reserve(&mut state, &config.budgets, &r, 1_795_000_000) {
-                        Ok(g) => ReserveOutcome::Granted(g),
-                        Err(e) => ReserveOutcome::Refused(e),
-                    })
+                Next::Reserve(TenantOp::Budget(op)) => {
+                    let reply = budget::apply(&mut state, &op, 1_795_000_000);
+                    plan.on_reserve_reply(Some(TenantReply::Budget(reply)))
                 }
                 other => break black_box(other),
             };

@@ -175,6 +175,13 @@ pub fn feedback_export_from_reply(reply: Option<TenantReply>) -> Result<String, 
 /// Largest `POST /v1/feedback` body read.
 pub const MAX_FEEDBACK_BYTES: usize = 16 * 1024;
 
+/// Feedback naming an id the store does not know yet is asked about again
+/// this many times, after [`FEEDBACK_RETRY_WAIT_MS`] each, before the 404:
+/// a request's outcome is recorded just after its answer is handed over,
+/// so feedback sent the moment the answer arrives can beat it. Both hosts.
+pub const FEEDBACK_RETRIES: u8 = 2;
+pub const FEEDBACK_RETRY_WAIT_MS: u64 = 250;
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -102,6 +102,26 @@ impl TierTotals {
 }
 
 impl OutcomeTotals {
+    /// `self += after - before`, tier by tier (a tier new in `after` is
+    /// added): how a store that lost a compare-and-swap race carries one
+    /// writer's change over to totals another writer changed meanwhile.
+    /// Counters only; `next_slot` stays `self`'s.
+    pub fn add_difference(&mut self, before: &OutcomeTotals, after: &OutcomeTotals) {
+        for changed in &after.tiers {
+            let was = before.tiers.iter().find(|t| t.tier == changed.tier).cloned().unwrap_or_default();
+            let at = match self.tiers.iter().position(|t| t.tier == changed.tier) {
+                Some(at) => at,
+                None => {
+                    self.tiers.push(TierTotals { tier: changed.tier.clone(), ..TierTotals::default() });
+                    self.tiers.len() - 1
+                }
+            };
+            if let Some(into) = self.tiers.get_mut(at) {
+                into.add_difference(&was, changed);
+            }
+        }
+    }
+
     /// The chunk of the ring the next recorded request goes into.
     pub fn next_chunk(&self) -> usize {
         (self.next_slot % RECENT_CAPACITY) / RECENT_CHUNK
@@ -493,6 +513,18 @@ mod tests {
         into.add_difference(&before, &after);
         assert_eq!(into, with(105), "a counter is not merged: add it to TierTotals::counters_mut");
         assert_eq!(TierTotals::default().counters_mut().len(), fields.len());
+    }
+
+    #[test]
+    fn totals_merge_tier_by_tier_and_a_tier_new_to_the_store_is_added() {
+        let tier = |name: &str, requests: u64| TierTotals { tier: name.into(), requests, ..TierTotals::default() };
+        let before = OutcomeTotals { tiers: vec![tier("cheap", 2)], next_slot: 2 };
+        let after = OutcomeTotals { tiers: vec![tier("cheap", 3), tier("premium", 1)], next_slot: 4 };
+        // Another writer recorded 5 cheap requests meanwhile.
+        let mut stored = OutcomeTotals { tiers: vec![tier("cheap", 7)], next_slot: 7 };
+        stored.add_difference(&before, &after);
+        assert_eq!(stored.tiers, vec![tier("cheap", 8), tier("premium", 1)]);
+        assert_eq!(stored.next_slot, 7);
     }
 
     #[test]

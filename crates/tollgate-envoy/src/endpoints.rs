@@ -1,97 +1,103 @@
 //! The endpoints besides chat: `GET /v1/usage`, `POST /v1/feedback` and
-//! `GET /v1/feedback/export`, answered locally from shared data or, in
-//! Redis mode, through webdis (the callouts' answers come back through
-//! [`Stream::on_webdis_answer`]).
+//! `GET /v1/feedback/export`, answered from the tenant's store
+//! ([`crate::store`]): at once from shared data, or when webdis answers
+//! (the stream passes that answer back to [`Stream::on_endpoint_answer`]).
 
 use crate::host;
-use crate::local_state;
-use crate::redis::{BudgetCas, OutcomeCas};
-use crate::runtime::Runtime;
-use crate::stream::{FEEDBACK_RETRIES, Pending, Stream, first_budget_reply};
-use std::rc::Rc;
-use tollgate_core::budget::LedgerOp;
+use crate::store::{self, Answer, Applied};
+use crate::stream::{Pending, Stream};
 use tollgate_core::endpoints;
 use tollgate_core::outcomes::{self, OutcomeOp};
-use tollgate_core::store::TenantReply;
+use tollgate_core::store::{TenantOp, TenantReply};
+
+/// What a store call made for an endpoint answers.
+#[derive(Debug)]
+pub(crate) enum Awaiting {
+    Usage,
+    /// `/v1/feedback`, with the retries left for an id the store does not
+    /// know yet (its record lands just after the answer it names).
+    Feedback {
+        request_id: String,
+        op: TenantOp,
+        retries: u8,
+    },
+    /// A short wait before asking about that id again.
+    FeedbackWait {
+        request_id: String,
+        op: TenantOp,
+        retries: u8,
+    },
+    FeedbackExport,
+}
 
 impl Stream {
-    pub(crate) fn on_usage(&mut self, rt: &Rc<Runtime>) {
-        let Some((tenant, config)) = self.tenant.clone() else { return };
-        let status = LedgerOp::Status { budgets: config.budgets.clone() };
-        if rt.redis_budgets() {
-            let mut cas = BudgetCas::new(&tenant, vec![status], host::now_secs());
-            let body = cas.start(&rt.config.redis.key_prefix, &mut rt.board.borrow_mut());
-            if let Err(p) = self.call_webdis(rt, &body, Pending::Usage(cas)) {
-                self.on_webdis_answer(rt, *p, None);
-            }
-            return;
-        }
-        let now = host::now_secs();
-        let budget = first_budget_reply(local_state::apply_budget(&rt.shared, &tenant, &[status], now));
-        let report = local_state::apply_outcome(&rt.shared, &tenant, &OutcomeOp::Report, now);
-        self.answer_usage(budget, report);
-    }
-
-    /// Redis mode: the budget status is in; now the outcome report.
-    pub(crate) fn usage_report(&mut self, rt: &Runtime, budget: Option<TenantReply>) {
-        let Some((tenant, _)) = self.tenant.clone() else { return };
-        let mut cas = OutcomeCas::new(&tenant, OutcomeOp::Report, host::now_secs());
-        let first = cas.start(&rt.config.redis.key_prefix);
-        if self.call_webdis(rt, &first, Pending::UsageReport(budget, cas)).is_err() {
-            self.answer_usage(None, None);
-        }
-    }
-
-    pub(crate) fn answer_usage(&mut self, budget: Option<TenantReply>, report: Option<outcomes::OutcomeReply>) {
+    /// `GET /v1/usage`: the caller's budgets and cost per resolution.
+    pub(crate) fn on_usage(&mut self) {
         let Some((_, config)) = self.tenant.clone() else { return };
-        let now = host::now_secs();
-        let replies = match (budget, report) {
-            (Some(b), Some(r)) => Some(vec![b, TenantReply::Outcome(r)]),
-            _ => None,
-        };
-        match endpoints::usage_from_replies(&config, replies, now) {
-            Ok(report) => self.send_json(200, &report),
-            Err(e) => self.send_error(&e),
-        }
+        self.apply_ops(endpoints::usage_ops(&config), Awaiting::Usage);
     }
 
-    pub(crate) fn on_feedback(&mut self, rt: &Rc<Runtime>, body: &[u8]) {
-        let Some((tenant, _)) = self.tenant.clone() else { return };
+    /// `POST /v1/feedback {request_id, resolved}`.
+    pub(crate) fn on_feedback(&mut self, body: &[u8]) {
         let fb = match outcomes::parse_feedback(body) {
             Ok(f) => f,
             Err(e) => return self.send_error(&e),
         };
-        let op = OutcomeOp::Feedback { request_id: fb.request_id.clone(), resolved: fb.resolved };
-        if rt.redis_budgets() {
-            let mut cas = OutcomeCas::new(&tenant, op.clone(), host::now_secs());
-            let first = cas.start(&rt.config.redis.key_prefix);
-            if self.call_webdis(rt, &first, Pending::Feedback(cas, FEEDBACK_RETRIES)).is_err() {
-                self.answer_feedback(None, &op);
-            }
-            return;
-        }
-        // Node-local: the outcome is recorded before the answer's last byte
-        // is passed on, so an unknown id is unknown (no retry needed).
-        let reply = local_state::apply_outcome(&rt.shared, &tenant, &op, host::now_secs()).map(TenantReply::Outcome);
-        self.answer_feedback(reply, &op);
+        let op = TenantOp::Outcome(OutcomeOp::Feedback { request_id: fb.request_id.clone(), resolved: fb.resolved });
+        let retries = endpoints::FEEDBACK_RETRIES;
+        self.apply_ops(vec![op.clone()], Awaiting::Feedback { request_id: fb.request_id, op, retries });
     }
 
     /// `GET /v1/feedback/export`: the tenant's recent requests with feedback, as NDJSON.
-    pub(crate) fn on_feedback_export(&mut self, rt: &Rc<Runtime>) {
-        let Some((tenant, _)) = self.tenant.clone() else { return };
-        if rt.redis_budgets() {
-            let mut cas = OutcomeCas::new(&tenant, OutcomeOp::Export, host::now_secs());
-            let first = cas.start(&rt.config.redis.key_prefix);
-            if self.call_webdis(rt, &first, Pending::FeedbackExport(cas)).is_err() {
-                self.answer_export(None);
-            }
-            return;
-        }
-        let reply = local_state::apply_outcome(&rt.shared, &tenant, &OutcomeOp::Export, host::now_secs());
-        self.answer_export(reply.map(TenantReply::Outcome));
+    pub(crate) fn on_feedback_export(&mut self) {
+        self.apply_ops(endpoints::feedback_export_ops(), Awaiting::FeedbackExport);
     }
 
-    pub(crate) fn answer_export(&mut self, reply: Option<TenantReply>) {
+    /// Apply `ops` to the caller's store; `awaiting` takes the answer.
+    fn apply_ops(&mut self, ops: Vec<TenantOp>, awaiting: Awaiting) {
+        let (Some(rt), Some((tenant, _))) = (self.rt.clone(), self.tenant.clone()) else { return };
+        match store::apply(&rt, &tenant, ops, host::now_secs()) {
+            Applied::Now(answer) => self.on_endpoint_answer(answer, awaiting),
+            Applied::Later(token, call) => self.pending = Some((token, Pending::Endpoint(call, awaiting))),
+        }
+    }
+
+    /// The store answered a call made for an endpoint.
+    pub(crate) fn on_endpoint_answer(&mut self, answer: Answer, awaiting: Awaiting) {
+        let Some(rt) = self.rt.clone() else { return };
+        match awaiting {
+            Awaiting::Usage => {
+                let Some((_, config)) = self.tenant.clone() else { return };
+                match endpoints::usage_from_replies(&config, answer.replies(), host::now_secs()) {
+                    Ok(report) => self.send_json(200, &report),
+                    Err(e) => self.send_error(&e),
+                }
+            }
+            Awaiting::Feedback { request_id, op, retries } => {
+                match endpoints::feedback_from_reply(answer.first_reply()) {
+                    Ok(Some(answer)) => self.send_json(200, &answer),
+                    Ok(None) => {
+                        let wait = if retries > 0 { store::wait(&rt, endpoints::FEEDBACK_RETRY_WAIT_MS) } else { None };
+                        match wait {
+                            Some((token, call)) => {
+                                let awaiting = Awaiting::FeedbackWait { request_id, op, retries: retries - 1 };
+                                self.pending = Some((token, Pending::Endpoint(call, awaiting)));
+                            }
+                            None => self.send_error(&endpoints::feedback_unknown(&request_id)),
+                        }
+                    }
+                    Err(e) => self.send_error(&e),
+                }
+            }
+            // Whatever the wait answered, ask again.
+            Awaiting::FeedbackWait { request_id, op, retries } => {
+                self.apply_ops(vec![op.clone()], Awaiting::Feedback { request_id, op, retries });
+            }
+            Awaiting::FeedbackExport => self.answer_export(answer.first_reply()),
+        }
+    }
+
+    fn answer_export(&mut self, reply: Option<TenantReply>) {
         match endpoints::feedback_export_from_reply(reply) {
             Ok(body) => {
                 let headers = vec![
@@ -100,18 +106,6 @@ impl Stream {
                 ];
                 self.send(200, &headers, body.as_bytes());
             }
-            Err(e) => self.send_error(&e),
-        }
-    }
-
-    pub(crate) fn answer_feedback(&mut self, reply: Option<TenantReply>, op: &OutcomeOp) {
-        let request_id = match op {
-            OutcomeOp::Feedback { request_id, .. } => request_id.clone(),
-            _ => String::new(),
-        };
-        match endpoints::feedback_from_reply(reply) {
-            Ok(Some(answer)) => self.send_json(200, &answer),
-            Ok(None) => self.send_error(&endpoints::feedback_unknown(&request_id)),
             Err(e) => self.send_error(&e),
         }
     }

@@ -11,9 +11,9 @@
 use tollgate_core::budget::{self, BudgetState, LedgerOp, LedgerReply};
 use tollgate_core::cache::{CacheEntry, CacheKey};
 use tollgate_core::outcomes::{
-    self, OutcomeLedger, OutcomeOp, OutcomeReply, OutcomeTotals, RECENT_CHUNK, RECENT_CHUNKS, RecentChunk, TierTotals,
+    self, OutcomeLedger, OutcomeOp, OutcomeReply, OutcomeTotals, RECENT_CHUNK, RECENT_CHUNKS, RecentChunk,
 };
-use tollgate_core::store;
+use tollgate_core::store::{self, TenantOp, TenantReply};
 use tollgate_core::{ApiFormat, engine::CacheFill};
 
 /// CAS attempts before giving up (the store then counts as unavailable).
@@ -101,6 +101,22 @@ pub fn apply_budget(shared: &dyn SharedData, tenant: &str, ops: &[LedgerOp], now
         }
     }
     None
+}
+
+/// Apply a batch of tenant ops in order: each budget op as [`apply_budget`],
+/// each outcome op as [`apply_outcome`]. `None` when any of them failed.
+pub fn apply_ops(shared: &dyn SharedData, tenant: &str, ops: &[TenantOp], now: u64) -> Option<Vec<TenantReply>> {
+    ops.iter().map(|op| apply_op(shared, tenant, op, now)).collect()
+}
+
+/// One tenant op (see [`apply_ops`]).
+pub fn apply_op(shared: &dyn SharedData, tenant: &str, op: &TenantOp, now: u64) -> Option<TenantReply> {
+    match op {
+        TenantOp::Budget(op) => {
+            apply_budget(shared, tenant, std::slice::from_ref(op), now)?.pop().map(TenantReply::Budget)
+        }
+        TenantOp::Outcome(op) => apply_outcome(shared, tenant, op, now).map(TenantReply::Outcome),
+    }
 }
 
 /// Apply one outcome op (record, feedback, report) to a tenant's ledger.
@@ -207,17 +223,7 @@ fn merge_totals(
 ) -> bool {
     write_merging(shared, key, wrote.clone(), cas, |bytes| {
         let mut fresh: OutcomeTotals = parse_or_default(bytes);
-        for after in &wrote.tiers {
-            let before = read.tiers.iter().find(|t| t.tier == after.tier).cloned().unwrap_or_default();
-            let at = match fresh.tiers.iter().position(|t| t.tier == after.tier) {
-                Some(at) => at,
-                None => {
-                    fresh.tiers.push(TierTotals { tier: after.tier.clone(), ..TierTotals::default() });
-                    fresh.tiers.len() - 1
-                }
-            };
-            fresh.tiers[at].add_difference(&before, after);
-        }
+        fresh.add_difference(read, wrote);
         fresh
     })
 }

@@ -18,14 +18,15 @@
 //! ticking until every write has landed (or given up), then calls
 //! `proxy_done` and is deleted.
 
-use crate::host::{self, Counters, EnvoyShared};
+use crate::host::{Counters, EnvoyShared};
 use crate::local_state::{self, LocalCache};
-use crate::redis::{self, BudgetBoard, BudgetCas, CasStep, OutcomeCas, OutcomeStep};
-use crate::runtime::{Job, Runtime, Work};
+use crate::redis::BudgetBoard;
+use crate::runtime::Runtime;
+use crate::store::{self, Job, JobStep};
 use crate::stream::Stream;
-use log::{error, info, warn};
+use log::{error, info};
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{BufferType, ContextType, MapType};
+use proxy_wasm::types::{BufferType, ContextType};
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::rc::Rc;
@@ -36,9 +37,6 @@ use tollgate_core::plugin::{BudgetBackend, CacheBackend, PluginConfig};
 
 /// How often the root sends queued Redis writes.
 const TICK: Duration = Duration::from_millis(20);
-/// Attempts for a queued write before it is dropped with an error log (a
-/// dropped settle leaves its hold to expire, see docs/config.md).
-const JOB_ATTEMPTS: u32 = 50;
 
 #[derive(Default)]
 pub struct Root {
@@ -66,27 +64,11 @@ impl Context for Root {
     fn on_http_call_response(&mut self, token: u32, num_headers: usize, body_size: usize, _trailers: usize) {
         let Some(mut job) = self.in_flight.remove(&token) else { return };
         let Some(rt) = self.runtime.clone() else { return };
-        let ok = num_headers > 0 && host::header(MapType::HttpCallResponseHeaders, ":status").as_deref() == Some("200");
-        let body = ok.then(|| host::buffer(BufferType::HttpCallResponseBody, body_size));
-        match &mut job.work {
-            Work::Budget(cas) => {
-                let step = cas.on_reply(&rt.config.redis.key_prefix, body.as_deref(), &mut rt.board.borrow_mut());
-                match step {
-                    CasStep::Done(_) => {}
-                    CasStep::Send(next) => self.send(&rt, job, next),
-                    CasStep::Failed => self.retry_later(&rt, job),
-                }
-            }
-            Work::Outcome(cas) => match cas.on_reply(&rt.config.redis.key_prefix, body.as_deref()) {
-                OutcomeStep::Done(_) => {}
-                OutcomeStep::Send(next) => self.send(&rt, job, next),
-                OutcomeStep::Failed => self.retry_later(&rt, job),
-            },
-            Work::CacheFill(_) => {
-                if body.as_deref().and_then(|b| redis::reply_value("SET", b)).is_none() {
-                    self.retry_later(&rt, job);
-                }
-            }
+        let body = store::webdis_body(num_headers, body_size);
+        match job.on_answer(&rt, body.as_deref()) {
+            JobStep::Done => {}
+            JobStep::Send(next) => self.send(&rt, job, &next),
+            JobStep::Failed => retry_later(&rt, job),
         }
         self.done_if_drained(&rt);
     }
@@ -105,37 +87,19 @@ impl Root {
         }
     }
 
-    fn send(&mut self, rt: &Runtime, job: Job, body: Vec<u8>) {
-        let timeout = Duration::from_millis(rt.config.redis.timeout_ms);
-        match self.dispatch_http_call(&rt.config.redis.cluster, rt.webdis_headers(), Some(&body), vec![], timeout) {
-            Ok(token) => {
+    fn send(&mut self, rt: &Runtime, job: Job, body: &[u8]) {
+        match store::dispatch(rt, body) {
+            Some(token) => {
                 self.in_flight.insert(token, job);
             }
-            Err(status) => {
-                warn!("tollgate: could not call webdis cluster `{}`: {status:?}", rt.config.redis.cluster);
-                self.retry_later(rt, job);
-            }
+            None => retry_later(rt, job),
         }
     }
+}
 
-    fn retry_later(&mut self, rt: &Runtime, mut job: Job) {
-        job.attempts += 1;
-        if job.attempts >= JOB_ATTEMPTS {
-            if let Work::Budget(cas) = &mut job.work {
-                cas.leave(&mut rt.board.borrow_mut());
-            }
-            error!("tollgate: gave up on a Redis write after {} attempts: {:?}", job.attempts, job.work);
-            return;
-        }
-        // A fresh CAS round next time, from whatever the memo holds then.
-        match &mut job.work {
-            Work::Budget(cas) => {
-                cas.leave(&mut rt.board.borrow_mut());
-                job.work = Work::Budget(BudgetCas::new(&cas.tenant, cas.ops.clone(), cas.now));
-            }
-            Work::Outcome(cas) => job.work = Work::Outcome(OutcomeCas::new(&cas.tenant, cas.op.clone(), cas.now)),
-            Work::CacheFill(_) => {}
-        }
+/// Queue `job` again for a later tick, unless it has been tried enough.
+fn retry_later(rt: &Runtime, job: Job) {
+    if let Some(job) = job.retry(rt) {
         rt.jobs.borrow_mut().push_back(job);
     }
 }
@@ -203,16 +167,8 @@ impl RootContext for Root {
         let Some(rt) = self.runtime.clone() else { return };
         let pending: Vec<Job> = rt.jobs.borrow_mut().drain(..).collect();
         for mut job in pending {
-            let body = match &mut job.work {
-                Work::Budget(cas) => cas.start(&rt.config.redis.key_prefix, &mut rt.board.borrow_mut()),
-                Work::Outcome(cas) => cas.start(&rt.config.redis.key_prefix),
-                Work::CacheFill(fill) => {
-                    let key = redis::cache_key(&rt.config.redis.key_prefix, fill.key.as_str());
-                    let ttl = fill.ttl_seconds.max(1).to_string();
-                    redis::command("SET", &[key.as_bytes(), &fill.value, b"EX", ttl.as_bytes()])
-                }
-            };
-            self.send(&rt, job, body);
+            let body = job.start(&rt);
+            self.send(&rt, job, &body);
         }
         self.done_if_drained(&rt);
     }

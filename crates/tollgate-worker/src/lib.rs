@@ -14,6 +14,7 @@ mod cache_store;
 mod client_stream;
 mod http;
 mod ledger;
+mod provider;
 mod proxy;
 mod settings;
 mod tenants;
@@ -128,14 +129,15 @@ async fn feedback(mut req: Request, env: &Env, settings: &Settings) -> Result<Re
         Err(e) => return error_response(&e, &[]),
     };
     let ops = vec![TenantOp::Outcome(OutcomeOp::Feedback { request_id: fb.request_id.clone(), resolved: fb.resolved })];
-    // A request's outcome is recorded just after its answer is handed over,
-    // so feedback sent the moment the answer arrives can beat it: give an
-    // unknown id two short retries before answering 404.
-    for attempt in 0..3 {
+    // An unknown id is asked about again a few times (the core's policy:
+    // its outcome may not be recorded yet) before the 404.
+    for attempt in 0..=endpoints::FEEDBACK_RETRIES {
         let reply = ledger::call(env, &tenant.id, &ops, settings).await.ok().and_then(|mut r| r.pop());
         match endpoints::feedback_from_reply(reply) {
             Ok(Some(answer)) => return json_response(200, &answer, &[]),
-            Ok(None) if attempt < 2 => timer::Timer::after_ms(250).await,
+            Ok(None) if attempt < endpoints::FEEDBACK_RETRIES => {
+                timer::Timer::after_ms(endpoints::FEEDBACK_RETRY_WAIT_MS).await;
+            }
             Ok(None) => break,
             Err(e) => return error_response(&e, &[]),
         }

@@ -15,26 +15,20 @@
 //! request's context, or from none, does its I/O there, and panics or hangs).
 
 use crate::http::{self, error_response, header_pairs, with_headers};
+use crate::provider::{self, Chunk};
 use crate::settings::{Settings, now_secs, random_bytes};
 use crate::timer::{Timer, watch};
 use crate::{cache_store, client_stream, ledger, tenants};
 use futures_channel::oneshot;
-use futures_util::StreamExt;
 use futures_util::future::{Either, select};
 use std::cell::RefCell;
 use std::rc::Rc;
-use tollgate_core::budget::LedgerOp;
 use tollgate_core::cache::Doorkeeper;
 use tollgate_core::cooldown::Cooldowns;
-use tollgate_core::engine::{Finish, Inbound, ReserveOutcome, Upstream, request_id};
-use tollgate_core::error::UpstreamError;
-use tollgate_core::store::{self, TenantOp};
-use tollgate_core::{ApiError, ApiFormat, Next, Plan, TenantConfig, upstream};
-use worker::wasm_bindgen::JsValue;
-use worker::{
-    AbortController, ByteStream, Context, Env, Fetch, Headers, Method, Request, RequestInit, Response, Result,
-    console_error, js_sys,
-};
+use tollgate_core::engine::{AnswerStart, Closing, Duty, Inbound, JsonAnswer, Upstream, request_id};
+use tollgate_core::store::TenantOp;
+use tollgate_core::{ApiError, ApiFormat, Next, Plan};
+use worker::{Context, Env, Request, Response, Result, console_error};
 
 /// Keys the doorkeeper remembers per isolate (about 120 KB of bits).
 const DOORKEEPER_CAPACITY: usize = 100_000;
@@ -48,17 +42,10 @@ thread_local! {
     static COOLDOWNS: RefCell<Cooldowns> = RefCell::new(Cooldowns::default());
 }
 
-/// Tell the isolate's cooldown table how an attempt on `up` ended.
-fn attempt_ended(plan: &Plan, up: &Upstream, status: Option<u16>, retry_after: Option<&str>) {
-    let update = plan.attempt_ended(up, status, retry_after, now_secs());
-    COOLDOWNS.with(|c| c.borrow_mut().apply(&update));
-}
-
 /// Everything the request's `wait_until` task owns.
 struct Job {
     plan: Plan,
     tenant_id: String,
-    config: Rc<TenantConfig>,
     env: Env,
     ctx: Rc<Context>,
     settings: Settings,
@@ -91,8 +78,7 @@ pub async fn handle(mut req: Request, api: ApiFormat, env: Env, ctx: Context, se
 
     let (reply_tx, reply_rx) = oneshot::channel::<Response>();
     let ctx = Rc::new(ctx);
-    let job =
-        Job { plan, tenant_id: tenant.id, config: tenant.config, env, ctx: ctx.clone(), settings, client_headers };
+    let job = Job { plan, tenant_id: tenant.id, env, ctx: ctx.clone(), settings, client_headers };
     ctx.wait_until(async move {
         drive(job, reply_tx).await;
     });
@@ -107,91 +93,84 @@ pub async fn handle(mut req: Request, api: ApiFormat, env: Env, ctx: Context, se
 }
 
 /// Walk the plan to its end: reply to the client through `reply`, then
-/// settle, record and fill the cache.
+/// close the request (cache fill, settlement, outcome). Every branch is a
+/// step of the core's; the order is the core's reference driver's
+/// (`tollgate_core::engine::drive`).
 async fn drive(mut job: Job, mut reply: oneshot::Sender<Response>) {
     let mut next = job.plan.start();
     loop {
+        job.do_duties();
         next = match next {
-            Next::Respond(local, settlement) => {
-                let ops = store::closing_ops(&job.plan, &job.config.budgets, settlement.as_ref(), None);
+            Next::Respond(local, closing) => {
                 send(reply, http::local(local));
-                if !ops.is_empty() {
-                    ledger::call_until_applied(job.env.clone(), job.tenant_id.clone(), ops, job.settings).await;
-                }
+                job.close(closing).await;
                 return;
             }
             Next::LookupCache(key) => {
                 let found = cache_store::lookup(&job.env, &key, job.plan.api, now_secs()).await;
-                let use_doorkeeper = job.config.cache.doorkeeper;
-                DOORKEEPER.with(|d| {
-                    let mut d = d.borrow_mut();
-                    job.plan.on_cache(found, if use_doorkeeper { d.as_mut() } else { None })
-                })
+                DOORKEEPER.with(|d| job.plan.on_cache(found, d.borrow_mut().as_mut()))
             }
-            Next::CheckBudget => {
-                let op = TenantOp::Budget(LedgerOp::Check { budgets: job.config.budgets.clone() });
-                let reply =
-                    ledger::call(&job.env, &job.tenant_id, &[op], &job.settings).await.ok().and_then(|mut r| r.pop());
-                job.plan.on_budget_check(store::budget_check(reply))
+            Next::CheckBudget(op) => {
+                let answer = ledger::call(&job.env, &job.tenant_id, &[op], &job.settings).await;
+                job.plan.on_budget_reply(answer.ok().and_then(|mut r| r.pop()))
             }
-            Next::Reserve(request) => {
-                let hold_id = request.id.clone();
-                let op = TenantOp::Budget(LedgerOp::Reserve { budgets: job.config.budgets.clone(), request });
-                let reply =
-                    ledger::call(&job.env, &job.tenant_id, &[op], &job.settings).await.ok().and_then(|mut r| r.pop());
-                let outcome = store::reserve_outcome(reply);
-                if outcome == ReserveOutcome::StoreUnavailable {
-                    // The call may have landed after we stopped waiting; release
-                    // by id so that hold (or the reserve, if it arrives later) holds nothing.
-                    let release =
-                        vec![TenantOp::Budget(LedgerOp::Release { budgets: job.config.budgets.clone(), id: hold_id })];
-                    job.ctx.wait_until(ledger::call_until_applied(
-                        job.env.clone(),
-                        job.tenant_id.clone(),
-                        release,
-                        job.settings,
-                    ));
-                }
-                job.plan.on_reserve(outcome)
+            Next::Reserve(op) => {
+                let answer = ledger::call(&job.env, &job.tenant_id, &[op], &job.settings).await;
+                job.plan.on_reserve_reply(answer.ok().and_then(|mut r| r.pop()))
             }
-            Next::Escalate(settlement) => {
-                // Settle the attempt that ended before reserving for the next
-                // tier, so that reservation sees what the first one cost.
-                if let Some(s) = settlement {
-                    let ops = vec![TenantOp::Budget(s.to_op(&job.config.budgets))];
-                    ledger::call_until_applied(job.env.clone(), job.tenant_id.clone(), ops, job.settings).await;
-                }
+            Next::Escalate(ops) => {
+                // Applied before reserving for the next tier, so that
+                // reservation sees what the first attempt cost.
+                job.apply(ops).await;
                 job.plan.escalate()
             }
-            Next::Forward(up) => match call_provider(&up, &job).await {
-                Ok(CallResult::Answered(resp)) => {
-                    let status = resp.status_code();
-                    match answer(&mut job, &up, resp, reply).await {
-                        Answered::Done => {
-                            attempt_ended(&job.plan, &up, Some(status), None);
-                            return;
-                        }
-                        Answered::Failed(back) => {
-                            // Nothing reached the client yet: try the next model.
-                            attempt_ended(&job.plan, &up, None, None);
-                            reply = back;
-                            job.plan.on_upstream_failure(None)
-                        }
-                        Answered::Reviewed(back, step) => {
-                            // The answer was held back (escalation): nothing reached the client.
-                            attempt_ended(&job.plan, &up, Some(status), None);
-                            reply = back;
-                            step
-                        }
-                    }
-                }
-                Ok(CallResult::Failed(status, retry_after)) => {
-                    attempt_ended(&job.plan, &up, status, retry_after.as_deref());
-                    job.plan.on_upstream_failure(status)
-                }
+            Next::Forward(up) => match provider::call(&up, &job.env, &job.client_headers, &job.settings).await {
                 Err(err) => job.plan.abandon(&err),
+                Ok(None) => provider::head_failed(&mut job.plan, None, None),
+                Ok(Some(resp)) => match answer(&mut job, &up, resp, reply).await {
+                    Answered::Done => return,
+                    Answered::Next(back, step) => {
+                        // Nothing reached the client: the plan's next step.
+                        reply = back;
+                        *step
+                    }
+                },
             },
         };
+    }
+}
+
+impl Job {
+    /// What waits for nothing: a lost reserve's release (in the background)
+    /// and the isolate's cooldown table.
+    fn do_duties(&mut self) {
+        while let Some(duty) = self.plan.poll_duty() {
+            match duty {
+                Duty::Detached(ops) => {
+                    let call = ledger::call_until_applied(self.env.clone(), self.tenant_id.clone(), ops, self.settings);
+                    self.ctx.wait_until(call);
+                }
+                Duty::Cooldown(update) => {
+                    COOLDOWNS.with(|c| c.borrow_mut().apply(&update));
+                }
+            }
+        }
+    }
+
+    async fn apply(&self, ops: Vec<TenantOp>) {
+        if !ops.is_empty() {
+            ledger::call_until_applied(self.env.clone(), self.tenant_id.clone(), ops, self.settings).await;
+        }
+    }
+
+    /// Already inside the request's waitUntil task: await the fill here, and
+    /// before the outcome record, so a recorded request's cache entry exists.
+    async fn close(&mut self, closing: Closing) {
+        self.do_duties();
+        if let Some(fill) = closing.cache_fill {
+            cache_store::fill(self.env.clone(), fill).await;
+        }
+        self.apply(closing.ops).await;
     }
 }
 
@@ -204,104 +183,53 @@ fn send(reply: oneshot::Sender<Response>, response: Result<Response>) {
         )
     });
     if let Ok(r) = response {
-        // Err only when the client has gone; the settlement still follows.
+        // Err only when the client has gone; the closing still follows.
         let _ = reply.send(r);
     }
 }
 
-enum CallResult {
-    Answered(Response),
-    /// A retryable status, or None for a timeout or connection failure.
-    /// With the provider's `retry-after`, if it sent one.
-    Failed(Option<u16>, Option<String>),
-}
-
-/// Send the rewritten request to the provider and wait for its headers.
-async fn call_provider(up: &Upstream, job: &Job) -> std::result::Result<CallResult, ApiError> {
-    let provider = up.target.provider;
-    let base = job.env.var(upstream::base_url_name(provider)).map(|v| v.to_string()).unwrap_or_default();
-    let key = job.env.var(upstream::secret_name(provider)).map(|v| v.to_string()).unwrap_or_default();
-    if base.is_empty() || key.is_empty() {
-        return Err(UpstreamError::NotConfigured { provider: provider.to_string() }.into());
-    }
-    let url = upstream::endpoint_url(&base, up.api);
-    let build = || -> Result<Request> {
-        let headers = Headers::new();
-        for (name, value) in upstream::provider_headers(provider, &key, &job.client_headers) {
-            headers.set(&name, &value)?;
-        }
-        let body = js_sys::Uint8Array::from(up.body.as_slice());
-        let mut init = RequestInit::new();
-        init.with_method(Method::Post).with_headers(headers).with_body(Some(JsValue::from(body)));
-        Request::new_with_init(&url, &init)
-    };
-    let request = build().map_err(|e| {
-        ApiError::from(UpstreamError::BadResponse { detail: format!("could not build the provider request: {e}") })
-    })?;
-    let controller = AbortController::default();
-    let signal = controller.signal();
-    let fetch = Fetch::Request(request);
-    let sent = Box::pin(fetch.send_with_signal(&signal));
-    let timeout = Timer::after_ms(job.settings.upstream_timeout_ms);
-    match select(sent, timeout).await {
-        Either::Left((Ok(resp), _)) => {
-            let status = resp.status_code();
-            if Plan::is_retryable(status) || !Plan::can_pass_through(status) {
-                // Dropping the response cancels its body; nothing of it reaches the client.
-                console_error!("tollgate: {} answered HTTP {status}; trying the next model", up.target);
-                let retry_after = resp.headers().get("retry-after").ok().flatten();
-                Ok(CallResult::Failed(Some(status), retry_after))
-            } else {
-                Ok(CallResult::Answered(resp))
-            }
-        }
-        Either::Left((Err(e), _)) => {
-            console_error!("tollgate: {} unreachable: {e}", up.target);
-            Ok(CallResult::Failed(None, None))
-        }
-        Either::Right(_) => {
-            controller.abort();
-            Ok(CallResult::Failed(None, None))
-        }
-    }
-}
-
 enum Answered {
+    /// The answer went to the client and the request closed.
     Done,
-    /// A streamed answer failed before its first byte reached the client.
-    Failed(oneshot::Sender<Response>),
-    /// The core held a complete answer back (to escalate it): the next step.
-    Reviewed(oneshot::Sender<Response>, Next),
+    /// Nothing reached the client (a failed attempt, or an answer held back
+    /// to escalate): the plan's next step.
+    Next(oneshot::Sender<Response>, Box<Next>),
 }
 
-/// Pass the provider's answer to the client, then settle and cache.
+/// Take the provider's answer as the plan says: drop it, relay it as a
+/// stream, or read it whole and relay (or replace) it.
 async fn answer(job: &mut Job, up: &Upstream, mut resp: Response, reply: oneshot::Sender<Response>) -> Answered {
     let status = resp.status_code();
     let content_type = resp.headers().get("content-type").ok().flatten().unwrap_or_default();
-    let streamed = content_type.contains("text/event-stream") && (200..300).contains(&status);
-    if streamed {
-        return answer_stream(job, up, resp, reply, content_type).await;
+    let retry_after = resp.headers().get("retry-after").ok().flatten();
+    match job.plan.on_answer_head(Some(status), &content_type, retry_after.as_deref(), now_secs()) {
+        AnswerStart::Failed(step) => {
+            // Dropping the response cancels its body; nothing of it reaches the client.
+            console_error!("tollgate: {} answered HTTP {status}; the plan goes on", up.target);
+            Answered::Next(reply, step)
+        }
+        AnswerStart::Stream { status, headers } => answer_stream(job, up, resp, reply, status, headers).await,
+        AnswerStart::ReadBody => {
+            // The handler is still waiting for this answer, so no client has
+            // gone yet as far as this task can tell: the read is bounded by the deadline.
+            let deadline = Timer::after_ms(job.settings.upstream_timeout_ms);
+            let bytes = match select(Box::pin(resp.bytes()), deadline).await {
+                Either::Left((Ok(b), _)) => b,
+                Either::Left((Err(_), _)) | Either::Right(_) => {
+                    return Answered::Next(reply, Box::new(job.plan.on_answer_lost(now_secs())));
+                }
+            };
+            match job.plan.on_json_answer(Some(&bytes), now_secs()) {
+                JsonAnswer::Relay(relay) => {
+                    let response = Response::from_bytes(bytes).map(|r| r.with_status(relay.status));
+                    send(reply, response.and_then(|r| with_headers(r, &relay.headers)));
+                    job.close(relay.closing).await;
+                    Answered::Done
+                }
+                JsonAnswer::Replace(step) => Answered::Next(reply, Box::new(step)),
+            }
+        }
     }
-    // The handler is still waiting for this answer, so no client has gone
-    // yet as far as this task can tell: the read is bounded by the deadline.
-    let deadline = Timer::after_ms(job.settings.upstream_timeout_ms);
-    let bytes = match select(Box::pin(resp.bytes()), deadline).await {
-        Either::Left((Ok(b), _)) => b,
-        Either::Left((Err(_), _)) | Either::Right(_) => return Answered::Failed(reply),
-    };
-    let (summary, assembled) = job.plan.read_json_response(&bytes);
-    if let Some(step) = job.plan.review(status, &summary, &bytes, &job.config) {
-        return Answered::Reviewed(reply, step);
-    }
-    let fin = job.plan.finish(status, &summary, assembled, &job.config, now_secs());
-    let mut headers = vec![(
-        "content-type".to_owned(),
-        if content_type.is_empty() { "application/json".into() } else { content_type },
-    )];
-    headers.extend(job.plan.response_headers());
-    send(reply, Response::from_bytes(bytes).map(|r| r.with_status(status)).and_then(|r| with_headers(r, &headers)));
-    after_answer(job, fin).await;
-    Answered::Done
 }
 
 async fn answer_stream(
@@ -309,24 +237,23 @@ async fn answer_stream(
     up: &Upstream,
     mut resp: Response,
     reply: oneshot::Sender<Response>,
-    content_type: String,
+    status: u16,
+    headers: Vec<(String, String)>,
 ) -> Answered {
-    let status = resp.status_code();
-    let mut observer = job.plan.stream_observer(up);
-    let Ok(mut body) = resp.stream() else { return Answered::Failed(reply) };
+    let Ok(mut body) = resp.stream() else {
+        return Answered::Next(reply, Box::new(job.plan.on_answer_lost(now_secs())));
+    };
     // Hold the response until the first chunk: until a byte reaches the
     // client, a failed stream can still fall back to the next model.
-    let first = match next_chunk(&mut body, job.settings.upstream_timeout_ms).await {
+    let first = match provider::next_chunk(&mut body, job.settings.upstream_timeout_ms).await {
         Chunk::Data(c) => c,
-        Chunk::End | Chunk::Broken => return Answered::Failed(reply),
+        Chunk::End | Chunk::Broken => return Answered::Next(reply, Box::new(job.plan.on_answer_lost(now_secs()))),
     };
     let mut first_out = Vec::new();
-    observer.feed(&first, &mut first_out);
+    job.plan.on_stream_chunk(&first, &mut first_out);
+    job.do_duties();
 
     let (client, client_body) = client_stream::channel(job.settings.client_stall_timeout_ms);
-    let mut headers =
-        vec![("content-type".to_owned(), content_type), ("cache-control".to_owned(), "no-cache".to_owned())];
-    headers.extend(job.plan.response_headers());
     send(
         reply,
         Response::from_stream(client_body).map(|r| r.with_status(status)).and_then(|r| with_headers(r, &headers)),
@@ -338,14 +265,15 @@ async fn answer_stream(
         // `watch` gives up once the client has gone, read at each provider
         // chunk and at least every WATCH_TICK_MS, so a silent provider does
         // not keep a departed client's hold out until the idle timeout.
-        let Some(chunk) = watch(next_chunk(&mut body, job.settings.stream_idle_timeout_ms), client.gone()).await else {
+        let idle_ms = job.settings.stream_idle_timeout_ms;
+        let Some(chunk) = watch(provider::next_chunk(&mut body, idle_ms), client.gone()).await else {
             client_gone = true;
             break;
         };
         match chunk {
             Chunk::Data(chunk) => {
                 let mut out = Vec::new();
-                observer.feed(&chunk, &mut out);
+                job.plan.on_stream_chunk(&chunk, &mut out);
                 client_gone = !out.is_empty() && !client.send(Ok(out)).await;
             }
             Chunk::End => break,
@@ -356,49 +284,23 @@ async fn answer_stream(
         }
     }
     // On a client abort, dropping `body` cancels the provider request, so
-    // generation (and its cost) stops; the settlement charges what was seen.
+    // generation (and its cost) stops; the closing charges what was seen.
     drop(body);
     let mut tail = Vec::new();
-    let outcome = observer.finish(&mut tail);
+    let closing = job.plan.on_stream_end(&mut tail, now_secs());
     if !client_gone {
         if broken {
             // An error event the SDKs raise on, then a transport error: a
             // proxy in front (wrangler's, say) may turn the latter into a
             // clean end, and a client must never take a cut answer for a whole one.
             let message = format!("the provider's stream broke off ({}); the answer is incomplete", up.target);
-            client.send(Ok(observer.broken_stream_event(&message))).await;
+            client.send(Ok(job.plan.broken_stream_event(&message))).await;
             client.send(Err(worker::Error::RustError("the provider's stream broke".into()))).await;
         } else if !tail.is_empty() {
             client.send(Ok(tail)).await;
         }
     }
     drop(client);
-    let fin = job.plan.finish(status, &outcome.summary, outcome.assembled, &job.config, now_secs());
-    after_answer(job, fin).await;
+    job.close(closing).await;
     Answered::Done
-}
-
-enum Chunk {
-    Data(Vec<u8>),
-    End,
-    Broken,
-}
-
-async fn next_chunk(body: &mut ByteStream, timeout_ms: u64) -> Chunk {
-    match select(body.next(), Timer::after_ms(timeout_ms)).await {
-        Either::Left((Some(Ok(c)), _)) => Chunk::Data(c),
-        Either::Left((None, _)) => Chunk::End,
-        Either::Left((Some(Err(_)), _)) | Either::Right(_) => Chunk::Broken,
-    }
-}
-
-/// Settle, record the outcome, and fill the cache.
-async fn after_answer(job: &mut Job, fin: Finish) {
-    // Already inside the request's waitUntil task: await the fill here, and
-    // before the outcome record, so a recorded request's cache entry exists.
-    if let Some(fill) = fin.cache_fill.clone() {
-        cache_store::fill(job.env.clone(), fill).await;
-    }
-    let ops = store::closing_ops(&job.plan, &job.config.budgets, fin.settlement.as_ref(), Some(&fin));
-    ledger::call_until_applied(job.env.clone(), job.tenant_id.clone(), ops, job.settings).await;
 }

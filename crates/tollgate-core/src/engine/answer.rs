@@ -2,40 +2,176 @@
 //! reviewing a complete answer, which may escalate the request to a
 //! stronger tier (or return an answer held back from an earlier one).
 
-use super::{HeldAnswer, LocalResponse, Next, Plan, Settlement, Upstream};
+use super::{
+    AnswerStart, AnswerState, Closing, Duty, HeldAnswer, JsonAnswer, LocalResponse, Next, Plan, Relay, Settlement,
+};
+use crate::api::ApiFormat;
 use crate::budget::{Amount, ReserveRequest};
-use crate::config::TenantConfig;
+use crate::cooldown::CooldownUpdate;
 use crate::error::UpstreamError;
 use crate::escalation::{self, Signal};
 use crate::response::{self, ResponseSummary, Usage};
+use crate::upstream;
 
 impl Plan {
-    /// The observer for a streamed answer from `upstream`: it passes bytes
-    /// through (minus an injected usage chunk), reads usage on the way, and
-    /// assembles a cacheable body no larger than the tenant's entry limit.
-    pub fn stream_observer(&self, upstream: &Upstream) -> response::StreamObserver {
-        response::StreamObserver::new(self.api, upstream.strip_usage_chunk, self.max_entry_bytes)
+    /// The current attempt's answer has started: `status` is the provider's
+    /// HTTP status (None: a timeout or a connection failure, including a
+    /// reply the host's proxy made itself), `content_type` and `retry_after`
+    /// its headers, `now` the host's clock. Says how to take the answer.
+    pub fn on_answer_head(
+        &mut self,
+        status: Option<u16>,
+        content_type: &str,
+        retry_after: Option<&str>,
+        now: u64,
+    ) -> AnswerStart {
+        let update = match self.current_target() {
+            Some(target) => CooldownUpdate::for_attempt(self.cooldown, target, status, retry_after, now),
+            None => CooldownUpdate::Nothing,
+        };
+        let passed = status.filter(|&s| !upstream::is_retryable(s) && upstream::can_pass_through(s));
+        let Some(status) = passed else {
+            self.answer = None;
+            self.push_cooldown(update);
+            return AnswerStart::Failed(Box::new(self.on_upstream_failure(status)));
+        };
+        let streamed = content_type.contains("text/event-stream") && (200..300).contains(&status);
+        let observer = streamed.then(|| {
+            let strip = self.api == ApiFormat::OpenAi && self.request.stream && !self.request.client_wants_usage;
+            response::StreamObserver::new(self.api, strip, self.max_entry_bytes)
+        });
+        self.answer =
+            Some(AnswerState { status, content_type: content_type.to_owned(), observer, cooldown: Some(update) });
+        if !streamed {
+            return AnswerStart::ReadBody;
+        }
+        // A stream's headers go out with its first bytes, carrying the
+        // estimate: its cost is known only at its end.
+        let mut headers = vec![
+            ("content-type".to_owned(), content_type.to_owned()),
+            ("cache-control".to_owned(), "no-cache".to_owned()),
+        ];
+        headers.extend(self.trace.headers());
+        AnswerStart::Stream { status, headers }
+    }
+
+    /// A chunk of the streamed answer: what to relay of it goes to `out`
+    /// (the chunk, minus a usage chunk the router injected).
+    pub fn on_stream_chunk(&mut self, chunk: &[u8], out: &mut Vec<u8>) {
+        let Some(answer) = self.answer.as_mut() else { return };
+        if let Some(observer) = answer.observer.as_mut() {
+            observer.feed(chunk, out);
+        }
+        // The attempt answered: its first bytes are on their way.
+        if let Some(update) = answer.cooldown.take() {
+            self.push_cooldown(update);
+        }
+    }
+
+    /// The streamed answer ended (completely, or cut short by the provider
+    /// or the client): whatever the stream held back goes to `out` (send it
+    /// unless the stream broke), and the request closes.
+    pub fn on_stream_end(&mut self, out: &mut Vec<u8>, now: u64) -> Closing {
+        let Some(mut answer) = self.answer.take() else { return self.cancel() };
+        if let Some(update) = answer.cooldown.take() {
+            self.push_cooldown(update);
+        }
+        let outcome = match answer.observer.as_mut() {
+            Some(observer) => observer.finish(out),
+            None => return self.cancel(),
+        };
+        let fin = self.finish(answer.status, &outcome.summary, outcome.assembled, now);
+        let settlement = fin.settlement.clone();
+        self.closing(settlement, Some(fin))
+    }
+
+    /// An SSE error event for a stream that broke off, in the client's API
+    /// (the SDKs raise on it).
+    pub fn broken_stream_event(&self, message: &str) -> Vec<u8> {
+        response::StreamObserver::new(self.api, false, 0).broken_stream_event(message)
+    }
+
+    /// The whole non-streamed answer (None: too large to read, relayed
+    /// unread): relay it, or, when it looked unresolved, replace it with
+    /// [`Next::Escalate`] (or [`Next::Respond`] with an earlier, better
+    /// answer). A streamed answer is never reviewed: its first bytes are
+    /// already with the client.
+    pub fn on_json_answer(&mut self, body: Option<&[u8]>, now: u64) -> JsonAnswer {
+        let (status, content_type) = match self.answer.as_mut() {
+            Some(answer) => {
+                let update = answer.cooldown.take();
+                let head = (answer.status, std::mem::take(&mut answer.content_type));
+                if let Some(update) = update {
+                    self.push_cooldown(update);
+                }
+                head
+            }
+            None => (502, String::new()),
+        };
+        self.answer = None;
+        let (summary, assembled) = match body {
+            Some(body) => {
+                let (summary, assembled) = self.read_json_response(body);
+                if let Some(step) = self.review(status, &summary, body) {
+                    return JsonAnswer::Replace(step);
+                }
+                (summary, assembled)
+            }
+            None => (ResponseSummary::default(), None),
+        };
+        let fin = self.finish(status, &summary, assembled, now);
+        let content_type = if content_type.is_empty() { "application/json".to_owned() } else { content_type };
+        let mut headers = vec![("content-type".to_owned(), content_type)];
+        headers.extend(self.trace.headers());
+        let settlement = fin.settlement.clone();
+        let closing = self.closing(settlement, Some(fin));
+        JsonAnswer::Relay(Relay { status, headers, closing })
+    }
+
+    /// The request ended early (the client left, or the connection broke),
+    /// wherever it stood: an answer being relayed is charged for the prompt
+    /// and the output seen; otherwise the hold (and any reserve still out)
+    /// is given back. Empty once the request has closed.
+    pub fn on_cut_off(&mut self, now: u64) -> Closing {
+        match self.answer.as_ref().map(|a| a.observer.is_some()) {
+            Some(true) => self.on_stream_end(&mut Vec::new(), now),
+            // Unread: no review, so this is always a relay.
+            Some(false) => match self.on_json_answer(None, now) {
+                JsonAnswer::Relay(relay) => relay.closing,
+                JsonAnswer::Replace(_) => self.cancel(),
+            },
+            None => self.cancel(),
+        }
+    }
+
+    /// The answer was lost before any byte of it reached the client (its
+    /// body could not be read, or a stream broke before its first chunk):
+    /// a failed attempt, like a timeout.
+    pub fn on_answer_lost(&mut self, now: u64) -> Next {
+        self.answer = None;
+        if let Some(target) = self.current_target() {
+            let update = CooldownUpdate::for_attempt(self.cooldown, target, None, None, now);
+            self.push_cooldown(update);
+        }
+        self.on_upstream_failure(None)
+    }
+
+    fn push_cooldown(&mut self, update: CooldownUpdate) {
+        if update != CooldownUpdate::Nothing {
+            self.duties.push(Duty::Cooldown(update));
+        }
     }
 
     /// What a non-streamed answer says: its summary and, for the cache, the body.
-    pub fn read_json_response(&self, body: &[u8]) -> (ResponseSummary, Option<serde_json::Value>) {
+    fn read_json_response(&self, body: &[u8]) -> (ResponseSummary, Option<serde_json::Value>) {
         let summary = response::summarize_json(self.api, body).unwrap_or_default();
         let assembled = if summary.complete { serde_json::from_slice(body).ok() } else { None };
         (summary, assembled)
     }
 
     /// Look at a complete, non-streamed provider answer before it is
-    /// relayed: None to go on with [`Plan::finish`] and relay it; otherwise
-    /// the step to take instead ([`Next::Escalate`], or [`Next::Respond`]
-    /// with an earlier, better answer). Streamed answers are not reviewed:
-    /// their first bytes are already with the client.
-    pub fn review(
-        &mut self,
-        status: u16,
-        summary: &ResponseSummary,
-        body: &[u8],
-        config: &TenantConfig,
-    ) -> Option<Next> {
+    /// relayed: None to relay it; otherwise the step to take instead.
+    fn review(&mut self, status: u16, summary: &ResponseSummary, body: &[u8]) -> Option<Next> {
         if !(200..300).contains(&status) || !summary.complete || !self.escalation.enabled {
             return None;
         }
@@ -46,7 +182,7 @@ impl Plan {
             return None;
         }
         // This answer is not relayed: charge what it cost to its own hold.
-        let (usage, cost_micros) = self.attempt_cost(status, summary, config);
+        let (usage, cost_micros) = self.attempt_cost(status, summary);
         let amount =
             Amount { tokens: usage.map_or(0, |u| u.input_tokens.saturating_add(u.output_tokens)), micros: cost_micros };
         self.prior = Amount {
@@ -69,7 +205,8 @@ impl Plan {
             });
         }
         self.note_escalation(signal);
-        Some(Next::Escalate(settlement))
+        let ops = settlement.iter().map(|s| self.settlement_op(s)).collect();
+        Some(Next::Escalate(ops))
     }
 
     /// After [`Next::Escalate`]'s settlement is applied: reserve for (or
@@ -96,7 +233,7 @@ impl Plan {
         match (reserve, self.budgets_enforced) {
             (Some(r), true) => {
                 self.reserve_request = Some(r.clone());
-                Next::Reserve(r)
+                self.reserve_op(r)
             }
             _ => self.forward(0),
         }
@@ -127,7 +264,7 @@ impl Plan {
         let Some(held) = self.held.clone() else {
             let tier = self.tier.clone().unwrap_or_default();
             let err = UpstreamError::Exhausted { tier, last: why.to_owned() };
-            return Next::Respond(LocalResponse::error(&err.into(), Some(&self.trace)), settlement);
+            return self.respond(LocalResponse::error(&err.into(), Some(&self.trace)), settlement);
         };
         self.served_held = true;
         self.trace.tier = held.tier;
@@ -137,17 +274,12 @@ impl Plan {
         self.trace.reasons.push(format!("{why}: returned the {} answer", held.signal.as_str()));
         let mut headers = vec![("content-type".to_owned(), "application/json".to_owned())];
         headers.extend(self.trace.headers());
-        Next::Respond(LocalResponse { status: held.status, headers, body: held.body }, settlement)
+        self.respond(LocalResponse { status: held.status, headers, body: held.body }, settlement)
     }
 
     /// The usage and cost of the current attempt's answer.
-    pub(super) fn attempt_cost(
-        &self,
-        status: u16,
-        summary: &ResponseSummary,
-        config: &TenantConfig,
-    ) -> (Option<Usage>, u64) {
-        let price = self.current_target().and_then(|t| config.price(&t.model));
+    pub(super) fn attempt_cost(&self, status: u16, summary: &ResponseSummary) -> (Option<Usage>, u64) {
+        let price = self.current_target().and_then(|t| self.price_of(&t.model));
         let usage = summary.usage.map(|u| {
             // A stream cut short reports usage only as far as it got:
             // Anthropic's `message_start` carries a placeholder output count

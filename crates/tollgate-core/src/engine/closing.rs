@@ -2,12 +2,13 @@
 //! settlement), whether it fills the cache, what the outcome ledger
 //! records, and giving the hold back when no answer is charged.
 
-use super::{LocalResponse, Next, Plan};
-use crate::budget::Amount;
+use super::{Closing, Duty, LocalResponse, Next, Plan};
+use crate::budget::{Amount, LedgerOp};
 use crate::cache::{self, CacheEntry, CacheKey, NotAdmitted};
-use crate::config::TenantConfig;
 use crate::error::ApiError;
+use crate::pricing::ModelPrice;
 use crate::response::{ResponseSummary, Usage};
+use crate::store::{self, TenantOp};
 use serde::Serialize;
 
 /// What to do with the budget hold when a request ends.
@@ -55,16 +56,15 @@ impl Plan {
     /// The provider's response has ended (completely, or cut short by an
     /// abort or error). `summary` is what the response observer saw;
     /// `assembled` the cacheable non-streamed body, when there is one.
-    pub fn finish(
+    pub(super) fn finish(
         &mut self,
         status: u16,
         summary: &ResponseSummary,
         assembled: Option<serde_json::Value>,
-        config: &TenantConfig,
         now: u64,
     ) -> Finish {
         let target = self.current_target().cloned();
-        let (usage, cost_micros) = self.attempt_cost(status, summary, config);
+        let (usage, cost_micros) = self.attempt_cost(status, summary);
         self.trace.cost_micros = Some(cost_micros.saturating_add(self.prior.micros));
         self.trace.cost_is_estimate = false;
         let settlement = self.granted.as_ref().map(|g| match usage {
@@ -79,7 +79,7 @@ impl Plan {
         let mut cache_fill = None;
         if let (Some(key), Some(target)) = (&self.cache.key, &target) {
             let body_len = assembled.as_ref().map_or(0, |b| b.to_string().len());
-            let admitted = match cache::admit(status, summary, body_len, &config.cache) {
+            let admitted = match cache::admit(status, summary, body_len, &self.cache_settings) {
                 Ok(()) if assembled.is_none() => Err(NotAdmitted::Incomplete),
                 Ok(()) if !self.cache.seen_before => Err(NotAdmitted::FirstSighting),
                 // A fallback model's answer (or one reached by passing over a
@@ -112,7 +112,7 @@ impl Plan {
     }
 
     /// What the cost-per-resolution ledger records for this request, once it
-    /// has ended: after [`Plan::finish`] (pass its result) or after serving a
+    /// has ended: after `finish` (pass its result) or after serving a
     /// cache hit (pass None). Requests refused before routing record nothing.
     pub fn outcome(&self, finish: Option<&Finish>) -> crate::outcomes::RequestOutcome {
         let (tokens, micros) = finish
@@ -132,20 +132,66 @@ impl Plan {
         }
     }
 
+    /// What closes the request: `settlement` (if budget was held) and the
+    /// outcome record (if it was answered), with `finish`'s cache fill. A
+    /// reserve still out (its answer never came) is released by id too.
+    pub(super) fn closing(&mut self, settlement: Option<Settlement>, finish: Option<Finish>) -> Closing {
+        if self.closed {
+            return Closing::default();
+        }
+        self.closed = true;
+        let mut ops = store::closing_ops(self, &self.budgets, settlement.as_ref(), finish.as_ref());
+        if let Some(id) = self.reserve_out.take() {
+            ops.push(TenantOp::Budget(LedgerOp::Release { budgets: self.budgets.clone(), id }));
+        }
+        let cache_fill = finish.as_ref().and_then(|f| f.cache_fill.clone());
+        Closing { ops, cache_fill, settlement, finish }
+    }
+
+    /// Respond with `local`, closing the request with `settlement`.
+    pub(super) fn respond(&mut self, local: LocalResponse, settlement: Option<Settlement>) -> Next {
+        let closing = self.closing(settlement, None);
+        Next::Respond(local, closing)
+    }
+
+    /// The ledger operation that applies `settlement`.
+    pub(super) fn settlement_op(&self, settlement: &Settlement) -> TenantOp {
+        TenantOp::Budget(settlement.to_op(&self.budgets))
+    }
+
     /// The client went away before any answer reached it: give the hold
-    /// back. (Once a provider is generating, use [`Plan::finish`] with what
-    /// was seen instead, so the tokens already spent are charged.)
-    pub fn cancel(&mut self) -> Option<Settlement> {
-        self.release()
+    /// back (and any reserve still out). Empty once the request has closed.
+    /// (Once a provider is relaying, end it with [`Plan::on_stream_end`] or
+    /// [`Plan::on_json_answer`] instead, so the tokens already spent are charged.)
+    pub fn cancel(&mut self) -> Closing {
+        let release = self.release();
+        self.closing(release, None)
+    }
+
+    /// Whether the request has closed: its [`Closing`] was handed out.
+    pub fn is_closed(&self) -> bool {
+        self.closed
     }
 
     /// The host cannot call the provider at all (say, no base URL or key is
     /// configured for it): answer with `err` and release the hold.
     pub fn abandon(&mut self, err: &ApiError) -> Next {
-        Next::Respond(LocalResponse::error(err, Some(&self.trace)), self.release())
+        let release = self.release();
+        self.respond(LocalResponse::error(err, Some(&self.trace)), release)
+    }
+
+    /// Work for the host that waits for nothing, oldest first: drain it
+    /// after every call into the plan.
+    pub fn poll_duty(&mut self) -> Option<Duty> {
+        (!self.duties.is_empty()).then(|| self.duties.remove(0))
     }
 
     pub(super) fn release(&self) -> Option<Settlement> {
         self.granted.as_ref().map(|g| Settlement::Release { id: g.id.clone() })
+    }
+
+    /// The price of a model of this request's chains.
+    pub(super) fn price_of(&self, model: &str) -> Option<ModelPrice> {
+        self.prices.iter().find(|(name, _)| name == model).and_then(|(_, p)| *p)
     }
 }

@@ -7,52 +7,65 @@
 //! so they make the same decisions; only the I/O differs.
 //!
 //! ```text
-//! Plan::new ─► start ─► LookupCache ─► on_cache ─┬─► Respond (hit)
-//!                  │                              ├─► CheckBudget ─► on_budget_check ─► Respond
-//!                  └──────────────► Reserve ◄─────┘
-//!                                     │ on_reserve
+//! Plan::new ─► start ─► LookupCache ─► on_cache ─┬─► Respond (hit) + Closing
+//!                  │                              ├─► CheckBudget(op) ─► on_budget_reply ─► Respond
+//!                  └──────────────► Reserve(op) ◄─┘
+//!                                     │ on_reserve_reply   (lost: Duty::Detached release)
 //!                                     ▼
-//!                                  Forward ─► on_upstream_failure ─► Forward (fallback) | Respond
-//!                                     │ response complete
-//!                                     ▼
-//!                                  finish ─► Settlement + optional cache fill
+//!                                  Forward ─► on_answer_head ─┬─► Failed(next): fallback | Escalate | Respond
+//!                                                             ├─► Stream: on_stream_chunk … on_stream_end ─► Closing
+//!                                                             └─► ReadBody: on_json_answer ─► Relay + Closing
+//!                                                                                          └─► Escalate(ops) ─► escalate
 //! ```
 //!
+//! A [`Closing`] is what ends a request in the tenant's store: the ledger
+//! operations (settle or release, and the outcome record) and the cache
+//! fill. Work that waits for nothing (a lost reserve's release, cooldown
+//! updates) is drained with [`Plan::poll_duty`] after every call.
+//! [`drive`] is the loop written once: the simulator runs it, and the two
+//! hosts pump the same steps in the same order with their own I/O.
+//!
 //! Escalation (off unless the tenant turns it on) adds one loop: a complete
-//! JSON answer from a cheaper tier goes through [`Plan::review`] before
-//! `finish`, and a tier whose every model failed goes through
-//! `on_upstream_failure`; either may return [`Next::Escalate`], after which
-//! the host applies the settlement and calls [`Plan::escalate`], which
-//! reserves for and forwards to the next tier. The unresolved answer is kept
-//! in the plan, so if the next tier fails too the client still gets it.
+//! JSON answer from a cheaper tier is reviewed in [`Plan::on_json_answer`],
+//! and a tier whose every model failed is seen in `on_answer_head`; either
+//! may return [`Next::Escalate`], after which the host applies its
+//! operations and calls [`Plan::escalate`], which reserves for and forwards
+//! to the next tier. The unresolved answer is kept in the plan, so if the
+//! next tier fails too the client still gets it.
 //!
 //! The code follows that protocol, one file per stretch of it: `routing.rs`
 //! builds the plan ([`Plan::new`]: parse, count, classify, choose the tier
 //! and its chain); `steps.rs` takes the request side (start, cache, budget
 //! check, reservation, forwarding, fallback and cooldown ordering);
-//! `answer.rs` reads the provider's answer (stream observer, JSON reading,
-//! review and escalation); `closing.rs` ends the request (finish,
-//! settlement, outcome, cache fill, release, cancel, abandon).
+//! `answer.rs` takes the provider's answer (its head, the stream, the JSON
+//! body, review and escalation); `closing.rs` ends the request (finish,
+//! settlement, outcome, cache fill, release, cancel, abandon); `drive.rs` is
+//! the reference driver.
 
 mod answer;
 mod closing;
+mod drive;
 mod routing;
 mod steps;
 
 pub use closing::{CacheFill, Finish, Settlement};
+pub use drive::{Driven, ProviderAnswer, StepHost, drive};
 pub use routing::{AUTO_MODELS, CachePlan, Refused, RouteKind, classify_request, prompt_view_parts, request_id};
 pub use steps::{BudgetCheck, ReserveOutcome, Upstream};
 
 use crate::api::ApiFormat;
 use crate::budget::{Amount, Granted, ReserveRequest};
 use crate::cache::{CacheEntry, CacheKey};
-use crate::config::{FailureMode, ModelRef, OnExhausted};
-use crate::cooldown::CooldownSettings;
+use crate::config::{Budgets, CacheSettings, FailureMode, ModelRef, OnExhausted};
+use crate::cooldown::{CooldownSettings, CooldownUpdate};
 use crate::count::PromptCount;
 use crate::error::ApiError;
 use crate::escalation::{EscalationSettings, Signal};
+use crate::pricing::ModelPrice as Price;
 use crate::pricing::ModelPrice;
 use crate::request::ChatRequest;
+use crate::response::StreamObserver;
+use crate::store::TenantOp;
 use crate::trace::DecisionTrace;
 use serde::Serialize;
 
@@ -92,26 +105,113 @@ impl LocalResponse {
 }
 
 /// The host's next step.
+///
+/// Every step that touches the tenant's store carries the ready ledger
+/// operations, and every step that ends the request carries its
+/// [`Closing`], so a host never builds an operation or reads the config
+/// back: it moves bytes. Besides the step, a host drains [`Plan::poll_duty`]
+/// after every call (work that waits for nothing: a lost reserve's release,
+/// a cooldown update).
 #[derive(Clone, Debug, PartialEq)]
 pub enum Next {
-    /// Send this response; with a settlement to apply if budget was held.
-    Respond(LocalResponse, Option<Settlement>),
+    /// Send this response, then apply the [`Closing`].
+    Respond(LocalResponse, Closing),
     /// Get this key from the cache, then call [`Plan::on_cache`].
     LookupCache(CacheKey),
-    /// Apply [`crate::budget::LedgerOp::Check`] where the tenant's budget
-    /// state lives, then pass the answer to [`Plan::on_budget_check`].
-    CheckBudget,
-    /// Apply [`crate::budget::LedgerOp::Reserve`] with this request where the
-    /// tenant's budget state lives, then call [`Plan::on_reserve`]. A
-    /// [`Settlement`] later becomes `LedgerOp::Settle` or `LedgerOp::Release`.
-    Reserve(ReserveRequest),
-    /// Send this request to the provider.
+    /// Apply this [`crate::budget::LedgerOp::Check`] where the tenant's
+    /// budget state lives, then pass the reply to [`Plan::on_budget_reply`].
+    CheckBudget(TenantOp),
+    /// Apply this [`crate::budget::LedgerOp::Reserve`] where the tenant's
+    /// budget state lives, then pass the reply to [`Plan::on_reserve_reply`].
+    Reserve(TenantOp),
+    /// Send this request to the provider, then tell [`Plan::on_answer_head`]
+    /// how its answer starts.
     Forward(Upstream),
     /// The answer (or the whole tier) looked unresolved and the request
-    /// climbs to the next tier: apply the settlement of the attempt that
-    /// ended (a charge for an answer, a release for a failed tier), then
-    /// call [`Plan::escalate`]. Nothing has reached the client yet.
-    Escalate(Option<Settlement>),
+    /// climbs to the next tier: apply these operations (the settlement of
+    /// the attempt that ended) and wait for them, so the next reservation
+    /// sees what the first one cost; then call [`Plan::escalate`]. Nothing
+    /// has reached the client yet.
+    Escalate(Vec<TenantOp>),
+}
+
+impl Next {
+    /// The step's name, for logs and the step-order test.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Next::Respond(..) => "respond",
+            Next::LookupCache(_) => "lookup_cache",
+            Next::CheckBudget(_) => "check_budget",
+            Next::Reserve(_) => "reserve",
+            Next::Forward(_) => "forward",
+            Next::Escalate(_) => "escalate",
+        }
+    }
+}
+
+/// What to do with a whole JSON answer ([`Plan::on_json_answer`]).
+#[derive(Clone, Debug, PartialEq)]
+pub enum JsonAnswer {
+    /// Relay the answer the host holds.
+    Relay(Relay),
+    /// It is not relayed (it looked unresolved: [`Next::Escalate`], or
+    /// [`Next::Respond`] with an earlier, better answer): take this step.
+    Replace(Next),
+}
+
+/// A provider's JSON answer, to be relayed as it is: send the body the
+/// host holds with `status` and these headers, then apply the [`Closing`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct Relay {
+    pub status: u16,
+    /// The content type and the decision headers.
+    pub headers: Vec<(String, String)>,
+    pub closing: Closing,
+}
+
+/// What ends a request in the tenant's store and cache: apply `ops` in one
+/// batch (the settlement and the outcome record), after writing
+/// `cache_fill` (so a recorded request's entry exists).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Closing {
+    pub ops: Vec<TenantOp>,
+    pub cache_fill: Option<CacheFill>,
+    /// The settlement among `ops`, for reports and tests.
+    pub settlement: Option<Settlement>,
+    /// What the provider's answer cost, when one was read (for metrics).
+    pub finish: Option<Finish>,
+}
+
+impl Closing {
+    pub fn is_empty(&self) -> bool {
+        self.ops.is_empty() && self.cache_fill.is_none()
+    }
+}
+
+/// How to take a provider's answer, from its head ([`Plan::on_answer_head`]).
+#[derive(Clone, Debug, PartialEq)]
+pub enum AnswerStart {
+    /// Relay it as a stream: send `status` with these headers (content type,
+    /// `cache-control`, decision headers) along with its first bytes, pass
+    /// every chunk through [`Plan::on_stream_chunk`], and end with
+    /// [`Plan::on_stream_end`].
+    Stream { status: u16, headers: Vec<(String, String)> },
+    /// Read the whole body, then pass it to [`Plan::on_json_answer`].
+    ReadBody,
+    /// The attempt failed and nothing of it may reach the client: drop it
+    /// and take this step (the next model, an escalation, or an error).
+    Failed(Box<Next>),
+}
+
+/// Work that waits for nothing, drained with [`Plan::poll_duty`].
+#[derive(Clone, Debug, PartialEq)]
+pub enum Duty {
+    /// Apply these operations in the background, without waiting (a
+    /// reserve whose answer was lost, released by id whichever lands first).
+    Detached(Vec<TenantOp>),
+    /// Tell the host instance's [`crate::cooldown::Cooldowns`] how an
+    /// attempt ended.
+    Cooldown(CooldownUpdate),
 }
 
 /// One request's routing decision and progress.
@@ -197,6 +297,52 @@ pub struct Plan {
     /// Cooling models passed over so far, in every chain this request tried.
     #[serde(skip)]
     skipped: Vec<ModelRef>,
+    /// The tenant's budgets, for the ledger operations the steps carry.
+    #[serde(skip)]
+    budgets: Budgets,
+    /// The tenant's cache settings, for admitting an answer.
+    #[serde(skip)]
+    cache_settings: CacheSettings,
+    /// The price of every model this request may call (None: unpriced).
+    #[serde(skip)]
+    prices: Vec<(String, Option<Price>)>,
+    /// The reserve sent and not yet answered: released if the request ends first.
+    #[serde(skip)]
+    reserve_out: Option<String>,
+    /// The current attempt's answer, once its head arrived.
+    #[serde(skip)]
+    answer: Option<AnswerState>,
+    /// Work for the host that waits for nothing ([`Plan::poll_duty`]).
+    #[serde(skip)]
+    duties: Vec<Duty>,
+    /// The request has closed (its [`Closing`] was handed out).
+    #[serde(skip)]
+    closed: bool,
+}
+
+/// The answer being relayed.
+#[derive(Debug, Default)]
+struct AnswerState {
+    status: u16,
+    content_type: String,
+    /// For a streamed answer.
+    observer: Option<StreamObserver>,
+    /// The attempt's cooldown update, handed out once the answer is known
+    /// to have started (its first relayed bytes, or its end).
+    cooldown: Option<CooldownUpdate>,
+}
+
+impl Clone for AnswerState {
+    /// A copy of a plan (for a report) does not go on relaying: the stream
+    /// observer stays with the original.
+    fn clone(&self) -> Self {
+        AnswerState {
+            status: self.status,
+            content_type: self.content_type.clone(),
+            observer: None,
+            cooldown: self.cooldown.clone(),
+        }
+    }
 }
 
 /// A tier a request can escalate to.

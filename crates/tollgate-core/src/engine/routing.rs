@@ -245,6 +245,14 @@ impl Plan {
             trace.cost_micros = Some(r.price.estimate_micros(r.prompt_tokens, r.output_tokens));
         }
 
+        let mut prices: Vec<(String, Option<ModelPrice>)> = Vec::new();
+        let models = chain.iter().chain(&downgrade_chain).chain(ladder.iter().flat_map(|r| &r.chain));
+        for m in models {
+            if !prices.iter().any(|(name, _)| *name == m.model) {
+                prices.push((m.model.clone(), config.price(&m.model)));
+            }
+        }
+
         Ok(Plan {
             request_id: trace.request_id.clone(),
             tenant_id: config.tenant_id.clone(),
@@ -284,6 +292,13 @@ impl Plan {
             cooling: Vec::new(),
             order: Vec::new(),
             skipped: Vec::new(),
+            budgets: config.budgets.clone(),
+            cache_settings: config.cache.clone(),
+            prices,
+            reserve_out: None,
+            answer: None,
+            duties: Vec::new(),
+            closed: false,
         })
     }
 }

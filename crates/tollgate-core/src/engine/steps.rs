@@ -2,9 +2,9 @@
 //! budget check and reservation, forwarding, and what happens when a
 //! provider fails (fallback through the chain, cooling models tried last).
 
-use super::{LocalResponse, Next, Plan};
+use super::{Duty, LocalResponse, Next, Plan};
 use crate::api::ApiFormat;
-use crate::budget::Granted;
+use crate::budget::{Granted, LedgerOp, ReserveRequest};
 use crate::cache::{CacheEntry, CacheKey, Doorkeeper};
 use crate::config::{FailureMode, ModelRef, OnExhausted};
 use crate::cooldown::{CooldownUpdate, Cooldowns};
@@ -12,6 +12,7 @@ use crate::error::{ApiError, BudgetError, UpstreamError};
 use crate::escalation::Signal;
 use crate::request::Rewrite;
 use crate::response;
+use crate::store::{self, TenantOp, TenantReply};
 use crate::trace::CacheOutcome;
 use crate::upstream;
 use serde::Serialize;
@@ -115,14 +116,41 @@ impl Plan {
 
     fn reserve_step(&mut self) -> Next {
         match (&self.reserve_request, self.budgets_enforced) {
-            (Some(r), true) => Next::Reserve(r.clone()),
+            (Some(r), true) => self.reserve_op(r.clone()),
             // No limits configured: nothing to hold, go straight upstream.
             _ => self.forward(0),
         }
     }
 
-    /// The cache answered. `doorkeeper` is the host's, when the tenant uses one.
+    /// The reserve step for `request`; the plan remembers it is out, so a
+    /// request that ends before its answer releases it by id.
+    pub(super) fn reserve_op(&mut self, request: ReserveRequest) -> Next {
+        self.reserve_out = Some(request.id.clone());
+        Next::Reserve(TenantOp::Budget(LedgerOp::Reserve { budgets: self.budgets.clone(), request }))
+    }
+
+    /// The store's reply to [`Next::Reserve`] (None: no reply, or the store
+    /// failed): [`Plan::on_reserve`] with what it means.
+    pub fn on_reserve_reply(&mut self, reply: Option<TenantReply>) -> Next {
+        self.on_reserve(store::reserve_outcome(reply))
+    }
+
+    /// The store's reply to [`Next::CheckBudget`] (None: no reply).
+    pub fn on_budget_reply(&mut self, reply: Option<TenantReply>) -> Next {
+        self.on_budget_check(store::budget_check(reply))
+    }
+
+    /// The cache answered. `doorkeeper` is the host's (consulted only for a
+    /// tenant that uses one).
     pub fn on_cache(&mut self, found: Option<CacheEntry>, doorkeeper: Option<&mut Doorkeeper>) -> Next {
+        self.on_cache_lookup(found, |key| doorkeeper.is_some_and(|dk| dk.seen_before(key)))
+    }
+
+    /// [`Plan::on_cache`] for a host whose doorkeeper is not the core's
+    /// [`Doorkeeper`] (Envoy keeps its bits in shared data, across worker
+    /// threads): `seen_before` says whether a key was seen before, and notes
+    /// it. Called only on a miss, for a tenant that uses a doorkeeper.
+    pub fn on_cache_lookup(&mut self, found: Option<CacheEntry>, seen_before: impl FnOnce(&CacheKey) -> bool) -> Next {
         match found {
             // An entry that cannot be replayed the way this client wants
             // (say, a stream of a body with non-text blocks) is a miss.
@@ -131,19 +159,24 @@ impl Plan {
                 if self.granted.is_some() {
                     // A hit after the hold was made (the downgraded lookup): give it back.
                     let release = self.release();
-                    return Next::Respond(self.serve_hit(&entry), release);
+                    let hit = self.serve_hit(&entry);
+                    return self.respond(hit, release);
                 }
                 if self.budgets_enforced && self.on_exhausted == OnExhausted::Reject {
                     self.pending_hit = Some(entry);
-                    Next::CheckBudget
+                    Next::CheckBudget(TenantOp::Budget(LedgerOp::Check { budgets: self.budgets.clone() }))
                 } else {
-                    Next::Respond(self.serve_hit(&entry), None)
+                    let hit = self.serve_hit(&entry);
+                    self.respond(hit, None)
                 }
             }
             _ => {
                 self.trace.cache = Some(CacheOutcome::Miss);
-                if let (Some(key), Some(dk)) = (&self.cache.key, doorkeeper) {
-                    self.cache.seen_before = self.cache.seen_before || dk.seen_before(key);
+                if self.cache_settings.doorkeeper
+                    && !self.cache.seen_before
+                    && let Some(key) = &self.cache.key
+                {
+                    self.cache.seen_before = seen_before(key);
                 }
                 if self.granted.is_some() { self.forward(0) } else { self.reserve_step() }
             }
@@ -162,8 +195,11 @@ impl Plan {
             BudgetCheck::StoreUnavailable => None,
         };
         match (refusal, entry) {
-            (Some(err), _) => Next::Respond(LocalResponse::error(&err, Some(&self.trace)), None),
-            (None, Some(entry)) => Next::Respond(self.serve_hit(&entry), None),
+            (Some(err), _) => self.respond(LocalResponse::error(&err, Some(&self.trace)), None),
+            (None, Some(entry)) => {
+                let hit = self.serve_hit(&entry);
+                self.respond(hit, None)
+            }
             (None, None) => self.reserve_step(),
         }
     }
@@ -196,6 +232,14 @@ impl Plan {
 
     /// The budget store answered the reservation.
     pub fn on_reserve(&mut self, outcome: ReserveOutcome) -> Next {
+        let sent = self.reserve_out.take();
+        if let (ReserveOutcome::StoreUnavailable, Some(id)) = (&outcome, sent) {
+            // The reserve may have landed after the host stopped waiting:
+            // release it by id, so that hold (or the reserve, if it arrives
+            // later) holds nothing.
+            let op = TenantOp::Budget(LedgerOp::Release { budgets: self.budgets.clone(), id });
+            self.duties.push(Duty::Detached(vec![op]));
+        }
         match outcome {
             ReserveOutcome::Granted(granted) => {
                 self.trace.budget_remaining_micros = granted.remaining.micros;
@@ -233,11 +277,11 @@ impl Plan {
                 if self.on_exhausted == OnExhausted::CacheOnly && api.code == "budget_exceeded" {
                     api.message.push_str(" Only cached responses are served until then.");
                 }
-                Next::Respond(LocalResponse::error(&api, Some(&self.trace)), None)
+                self.respond(LocalResponse::error(&api, Some(&self.trace)), None)
             }
             ReserveOutcome::StoreUnavailable => match self.store_failure {
                 FailureMode::Closed => {
-                    Next::Respond(LocalResponse::error(&BudgetError::StoreUnavailable.into(), Some(&self.trace)), None)
+                    self.respond(LocalResponse::error(&BudgetError::StoreUnavailable.into(), Some(&self.trace)), None)
                 }
                 FailureMode::Open => {
                     self.trace.reasons.push("budget store unreachable: served unmetered (fail-open)".to_owned());
@@ -273,7 +317,8 @@ impl Plan {
         let Some(target) = self.active_chain.get(current).cloned() else {
             let err =
                 UpstreamError::Exhausted { tier: self.tier.clone().unwrap_or_default(), last: "no model left".into() };
-            return Next::Respond(LocalResponse::error(&err.into(), Some(&self.trace)), self.release());
+            let release = self.release();
+            return self.respond(LocalResponse::error(&err.into(), Some(&self.trace)), release);
         };
         self.attempt = attempt;
         self.trace.model = Some(target.to_string());
@@ -320,7 +365,7 @@ impl Plan {
     ///
     /// Only for retryable statuses ([`upstream::is_retryable`]) and timeouts: any
     /// other provider answer (a 400 for a too-long context, say) is passed
-    /// through to the client via [`Plan::finish`].
+    /// through to the client (see [`Plan::on_answer_head`]).
     pub fn on_upstream_failure(&mut self, status: Option<u16>) -> Next {
         let last = match status {
             Some(s) => format!("HTTP {s}"),
@@ -331,11 +376,13 @@ impl Plan {
             return self.forward(self.attempt + 1);
         }
         if self.held.is_some() {
-            return self.respond_held(&format!("escalated tier failed ({last})"), self.release());
+            let release = self.release();
+            return self.respond_held(&format!("escalated tier failed ({last})"), release);
         }
         if self.can_escalate(Signal::UpstreamError) {
             self.note_escalation(Signal::UpstreamError);
-            return Next::Escalate(self.release());
+            let ops = self.release().iter().map(|s| self.settlement_op(s)).collect();
+            return Next::Escalate(ops);
         }
         let tier = self.tier.clone().unwrap_or_else(|| "pinned".into());
         let err: ApiError = if self.only_timeouts {
@@ -343,24 +390,7 @@ impl Plan {
         } else {
             UpstreamError::Exhausted { tier, last }.into()
         };
-        Next::Respond(LocalResponse::error(&err, Some(&self.trace)), self.release())
-    }
-
-    /// Whether an upstream status is worth trying the next model for: see
-    /// [`upstream::is_retryable`], where the policy lives. The hosts will
-    /// call that directly with the host-protocol change; until then this
-    /// delegates to it.
-    #[inline]
-    pub fn is_retryable(status: u16) -> bool {
-        upstream::is_retryable(status)
-    }
-
-    /// Whether a provider answer with this status can be relayed as it is:
-    /// see [`upstream::can_pass_through`], where the policy lives. The hosts
-    /// will call that directly with the host-protocol change; until then
-    /// this delegates to it.
-    #[inline]
-    pub fn can_pass_through(status: u16) -> bool {
-        upstream::can_pass_through(status)
+        let release = self.release();
+        self.respond(LocalResponse::error(&err, Some(&self.trace)), release)
     }
 }

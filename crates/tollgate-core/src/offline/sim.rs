@@ -1,17 +1,20 @@
-//! An in-memory host: drives [`Plan`] exactly as the Worker and the Envoy
-//! filter do, with a map for the cache, a [`BudgetState`] for the ledger
+//! An in-memory host: runs the core's reference driver ([`drive`]), the
+//! step order the Worker and the Envoy filter follow, with a map for the
+//! cache, a [`BudgetState`] and an [`OutcomeLedger`] for the tenant's store
 //! and a caller-supplied function for the provider.
 //!
 //! The CLI uses it to route requests and replay workloads offline; tests use
 //! it as the fake host. It does no I/O itself: the clock and the provider
 //! are the caller's.
 
-use crate::budget::{self, Amount, BudgetState, LedgerOp, LedgerReply};
-use crate::cache::{CacheEntry, Doorkeeper};
+use crate::api::ApiFormat;
+use crate::budget::{self, Amount, BudgetState};
+use crate::cache::{CacheEntry, CacheKey, Doorkeeper};
 use crate::config::TenantConfig;
-use crate::cooldown::Cooldowns;
-use crate::engine::{BudgetCheck, Finish, Inbound, LocalResponse, Next, Plan, ReserveOutcome, Settlement, Upstream};
-use crate::response::{ResponseSummary, StreamObserver};
+use crate::cooldown::{CooldownUpdate, Cooldowns};
+use crate::engine::{CacheFill, Finish, Inbound, Plan, ProviderAnswer, Settlement, StepHost, Upstream, drive};
+use crate::outcomes::OutcomeLedger;
+use crate::store::{self, TenantOp, TenantReply};
 use std::collections::BTreeMap;
 
 /// What a provider answered.
@@ -54,6 +57,8 @@ pub struct Simulator {
     pub budget_store_down: bool,
     /// The host instance's cooldown table, kept across requests.
     pub cooldowns: Cooldowns,
+    /// The tenant's outcome ledger.
+    pub outcomes: OutcomeLedger,
 }
 
 impl Simulator {
@@ -66,21 +71,11 @@ impl Simulator {
             doorkeeper,
             budget_store_down: false,
             cooldowns: Cooldowns::default(),
+            outcomes: OutcomeLedger::default(),
         }
     }
 
-    /// Every change to the ledger goes through [`budget::apply`], as the
-    /// real hosts' budget stores do.
-    fn ledger(&mut self, op: LedgerOp, now: u64) -> LedgerReply {
-        budget::apply(&mut self.budget, &op, now)
-    }
-
-    fn settle(&mut self, s: &Settlement, now: u64) {
-        let op = s.to_op(&self.config.budgets);
-        self.ledger(op, now);
-    }
-
-    /// Handle one request end to end.
+    /// Handle one request end to end, with the reference driver.
     pub fn handle(
         &mut self,
         inbound: &Inbound<'_>,
@@ -89,88 +84,29 @@ impl Simulator {
         let now = inbound.now;
         let mut plan = match Plan::new(&self.config, inbound) {
             Ok(p) => p,
-            Err(refused) => return finished(refused.response(), None, Vec::new(), None, None),
+            Err(refused) => {
+                let resp = refused.response();
+                return Outcome {
+                    status: resp.status,
+                    headers: resp.headers,
+                    body: resp.body,
+                    plan: None,
+                    upstream_calls: Vec::new(),
+                    finish: None,
+                    settlement: None,
+                };
+            }
         };
         plan.consult_cooldowns(&self.cooldowns, now);
-        let mut calls = Vec::new();
-        let mut next = plan.start();
-        loop {
-            next = match next {
-                Next::Respond(resp, settlement) => {
-                    if let Some(s) = &settlement {
-                        self.settle(s, now);
-                    }
-                    return finished(resp, Some(plan), calls, None, settlement);
-                }
-                Next::LookupCache(key) => {
-                    let entry = self.cache.get(key.as_str()).and_then(|b| CacheEntry::from_bytes(b, plan.api, now));
-                    plan.on_cache(entry, self.doorkeeper.as_mut())
-                }
-                Next::CheckBudget => {
-                    let check = if self.budget_store_down {
-                        BudgetCheck::StoreUnavailable
-                    } else {
-                        match self.ledger(LedgerOp::Check { budgets: self.config.budgets.clone() }, now) {
-                            LedgerReply::Check { exhausted } => exhausted.into(),
-                            _ => BudgetCheck::StoreUnavailable,
-                        }
-                    };
-                    plan.on_budget_check(check)
-                }
-                Next::Reserve(req) => {
-                    let outcome = if self.budget_store_down {
-                        ReserveOutcome::StoreUnavailable
-                    } else {
-                        match self.ledger(LedgerOp::Reserve { budgets: self.config.budgets.clone(), request: req }, now)
-                        {
-                            LedgerReply::Granted { granted } => ReserveOutcome::Granted(granted),
-                            LedgerReply::Refused { error } => ReserveOutcome::Refused(error),
-                            _ => ReserveOutcome::StoreUnavailable,
-                        }
-                    };
-                    plan.on_reserve(outcome)
-                }
-                Next::Escalate(settlement) => {
-                    if let Some(s) = &settlement {
-                        self.settle(s, now);
-                    }
-                    plan.escalate()
-                }
-                Next::Forward(up) => {
-                    let reply = upstream(&up);
-                    self.cooldowns.apply(&plan.attempt_ended(&up, reply.as_ref().map(|r| r.status), None, now));
-                    let observer = plan.stream_observer(&up);
-                    calls.push(up);
-                    match reply {
-                        None => plan.on_upstream_failure(None),
-                        Some(r) if crate::upstream::is_retryable(r.status) => plan.on_upstream_failure(Some(r.status)),
-                        Some(r) => {
-                            let (summary, assembled, body) = observe(&plan, observer, &r);
-                            // Streams are relayed as they come: only JSON answers are reviewed.
-                            let review =
-                                if r.stream { None } else { plan.review(r.status, &summary, &body, &self.config) };
-                            if let Some(step) = review {
-                                next = step;
-                                continue;
-                            }
-                            let fin = plan.finish(r.status, &summary, assembled, &self.config, now);
-                            if let Some(s) = &fin.settlement {
-                                self.settle(s, now);
-                            }
-                            if let Some(fill) = &fin.cache_fill {
-                                self.cache.insert(fill.key.0.clone(), fill.value.clone());
-                            }
-                            let content_type =
-                                if r.stream { "text/event-stream; charset=utf-8" } else { "application/json" };
-                            let mut headers = vec![("content-type".to_owned(), content_type.to_owned())];
-                            headers.extend(plan.response_headers());
-                            let settlement = fin.settlement.clone();
-                            let resp = LocalResponse { status: r.status, headers, body };
-                            return finished(resp, Some(plan), calls, Some(fin), settlement);
-                        }
-                    }
-                }
-            };
+        let driven = drive(&mut plan, &mut SimHost { sim: self, upstream, now }, now);
+        Outcome {
+            status: driven.response.status,
+            headers: driven.response.headers,
+            body: driven.response.body,
+            plan: Some(plan),
+            upstream_calls: driven.calls,
+            finish: driven.closing.finish,
+            settlement: driven.closing.settlement,
         }
     }
 
@@ -180,36 +116,50 @@ impl Simulator {
     }
 }
 
-fn observe(
-    plan: &Plan,
-    mut observer: StreamObserver,
-    r: &UpstreamReply,
-) -> (ResponseSummary, Option<serde_json::Value>, Vec<u8>) {
-    if r.stream {
-        let mut out = Vec::with_capacity(r.body.len());
-        observer.feed(&r.body, &mut out);
-        let outcome = observer.finish(&mut out);
-        (outcome.summary, outcome.assembled, out)
-    } else {
-        let (summary, assembled) = plan.read_json_response(&r.body);
-        (summary, assembled, r.body.clone())
-    }
+/// The simulator as the reference driver's host.
+struct SimHost<'a, 'u> {
+    sim: &'a mut Simulator,
+    upstream: &'u mut dyn FnMut(&Upstream) -> Option<UpstreamReply>,
+    now: u64,
 }
 
-fn finished(
-    resp: LocalResponse,
-    plan: Option<Plan>,
-    calls: Vec<Upstream>,
-    finish: Option<Finish>,
-    settlement: Option<Settlement>,
-) -> Outcome {
-    Outcome {
-        status: resp.status,
-        headers: resp.headers,
-        body: resp.body,
-        plan,
-        upstream_calls: calls,
-        finish,
-        settlement,
+impl StepHost for SimHost<'_, '_> {
+    fn lookup_cache(&mut self, key: &CacheKey, api: ApiFormat) -> Option<CacheEntry> {
+        self.sim.cache.get(key.as_str()).and_then(|b| CacheEntry::from_bytes(b, api, self.now))
+    }
+
+    fn doorkeeper(&mut self) -> Option<&mut Doorkeeper> {
+        self.sim.doorkeeper.as_mut()
+    }
+
+    fn ask(&mut self, op: TenantOp) -> Option<TenantReply> {
+        // A store that is down answers nothing (settlements still land:
+        // the simulator models a store that is unreachable only for the
+        // request-path calls).
+        if self.sim.budget_store_down {
+            return None;
+        }
+        store::apply(&mut self.sim.budget, &mut self.sim.outcomes, &[op], self.now).0.pop()
+    }
+
+    fn apply(&mut self, ops: Vec<TenantOp>) {
+        store::apply(&mut self.sim.budget, &mut self.sim.outcomes, &ops, self.now);
+    }
+
+    fn cooldown(&mut self, update: &CooldownUpdate) {
+        self.sim.cooldowns.apply(update);
+    }
+
+    fn call(&mut self, upstream: &Upstream) -> Option<ProviderAnswer> {
+        (self.upstream)(upstream).map(|r| ProviderAnswer {
+            status: r.status,
+            content_type: if r.stream { "text/event-stream; charset=utf-8" } else { "application/json" }.to_owned(),
+            retry_after: None,
+            body: r.body,
+        })
+    }
+
+    fn fill_cache(&mut self, fill: &CacheFill) {
+        self.sim.cache.insert(fill.key.0.clone(), fill.value.clone());
     }
 }
