@@ -346,3 +346,50 @@ COOLDOWN = register(
     },
     [COOLDOWN_KEY],
 )
+
+
+# ---------------------------------------------------------------- embeddings (test_embeddings.py)
+# POST /v1/embeddings: `tollgate/auto` goes down `routing.embeddings.models`;
+# an embedding model in `pinned_models` may be named directly.
+
+EMBEDDING_CHAIN = ["openai/text-embedding-3-small", "openai/text-embedding-3-large"]
+
+
+def embeddings_tenant(tenant_id: str, models: list[str] | None, **rest: Any) -> dict:
+    """`routed_tenant` with `routing.embeddings` (left out when `models` is None)."""
+    config = routed_tenant(tenant_id, **rest)
+    if models is not None:
+        config["routing"]["embeddings"] = {"models": list(models)}
+    return config
+
+
+# The chain, ada-002 pinned, metered in dollars and tokens (the token limit
+# makes `x-tollgate-budget-remaining-tokens` show each reservation), the
+# cache on with its doorkeeper (the default): embeddings are stored at once
+# all the same.
+EMBEDDINGS_KEY = key_for("e2e-embeddings")
+EMBEDDINGS = register(
+    embeddings_tenant(
+        "e2e-embeddings",
+        EMBEDDING_CHAIN,
+        pinned=["openai/text-embedding-ada-002"],
+        budgets=daily_budget(usd=50.0, tokens=50_000_000),
+        cache={"enabled": True, "doorkeeper": True},
+    ),
+    [EMBEDDINGS_KEY],
+)
+# No `routing.embeddings`: `tollgate/auto` on /v1/embeddings is refused.
+EMBEDDINGS_NONE_KEY = key_for("e2e-embeddings-none")
+EMBEDDINGS_NONE = register(embeddings_tenant("e2e-embeddings-none", None), [EMBEDDINGS_NONE_KEY])
+# $0.0001 a day, refused once spent: two 2,000-token embeddings at $0.02 per
+# million fit, a third does not. No cache, so every request is charged.
+EMBEDDINGS_TINY_KEY = key_for("e2e-embeddings-tiny")
+EMBEDDINGS_TINY = register(
+    embeddings_tenant(
+        "e2e-embeddings-tiny",
+        ["openai/text-embedding-3-small"],
+        budgets=strict_daily(usd=0.0001),
+        cache={"enabled": False},
+    ),
+    [EMBEDDINGS_TINY_KEY],
+)

@@ -87,7 +87,7 @@ def test_the_vector_file_is_well_formed():
     names = [c["name"] for c in CASES]
     assert len(names) == len(set(names)), "case names are unique"
     for case in CASES:
-        assert case["path"] in ("/v1/chat/completions", "/v1/messages"), case["name"]
+        assert case["path"] in ("/v1/chat/completions", "/v1/messages", "/v1/embeddings"), case["name"]
         assert case.get("auth", "tenant") in ("tenant", "none", "unknown"), case["name"]
         assert {"status", "code"} <= set(case["expect"]), case["name"]
         body = case.get("body")

@@ -62,6 +62,14 @@ pub(crate) fn simulated_reply_of_length(up: &Upstream, now: u64, output: Option<
             "content": [{"type": "text", "text": text}], "stop_reason": "end_turn", "stop_sequence": null,
             "usage": {"input_tokens": prompt, "output_tokens": output}
         }),
+        ApiFormat::Embeddings => {
+            let items = req.embedding_inputs.as_ref().map_or(1, |i| i.items);
+            let data: Vec<serde_json::Value> = (0..items)
+                .map(|index| json!({"object": "embedding", "index": index, "embedding": [0.0, 0.0, 0.0, 0.0]}))
+                .collect();
+            json!({"object": "list", "data": data, "model": up.target.model,
+                   "usage": {"prompt_tokens": prompt, "total_tokens": prompt}})
+        }
     };
     if req.stream {
         let sse = response::replay_as_sse(up.api, &body, true).unwrap_or_default();

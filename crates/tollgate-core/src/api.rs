@@ -5,9 +5,11 @@ use serde::{Deserialize, Serialize};
 /// Which wire format a request and its response use.
 ///
 /// OpenAI-compatible providers (OpenAI, Google's and Mistral's OpenAI
-/// endpoints, Workers AI) all speak [`ApiFormat::OpenAi`]; Anthropic speaks
-/// [`ApiFormat::Anthropic`]. A request is only ever routed to models whose
-/// provider speaks the request's format, so bodies are never translated.
+/// endpoints, Workers AI) all speak [`ApiFormat::OpenAi`] and its
+/// [`ApiFormat::Embeddings`]; Anthropic speaks [`ApiFormat::Anthropic`]. A
+/// request is only ever routed to models whose provider speaks the
+/// request's format (see [`ApiFormat::spoken_by`]), so bodies are never
+/// translated.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub enum ApiFormat {
@@ -17,6 +19,9 @@ pub enum ApiFormat {
     /// `POST /v1/messages`
     #[serde(rename = "anthropic")]
     Anthropic,
+    /// `POST /v1/embeddings` (OpenAI's shape)
+    #[serde(rename = "embeddings")]
+    Embeddings,
 }
 
 impl ApiFormat {
@@ -25,6 +30,15 @@ impl ApiFormat {
         match self {
             ApiFormat::OpenAi => "openai",
             ApiFormat::Anthropic => "anthropic",
+            ApiFormat::Embeddings => "embeddings",
+        }
+    }
+
+    /// Whether `provider` serves this format.
+    pub fn spoken_by(self, provider: crate::provider::Provider) -> bool {
+        match self {
+            ApiFormat::Embeddings => provider.api() == ApiFormat::OpenAi,
+            api => provider.api() == api,
         }
     }
 
@@ -33,6 +47,7 @@ impl ApiFormat {
         match self {
             ApiFormat::OpenAi => "/v1/chat/completions",
             ApiFormat::Anthropic => "/v1/messages",
+            ApiFormat::Embeddings => "/v1/embeddings",
         }
     }
 
@@ -42,6 +57,7 @@ impl ApiFormat {
         match path {
             "/v1/chat/completions" | "/chat/completions" => Some(ApiFormat::OpenAi),
             "/v1/messages" | "/messages" => Some(ApiFormat::Anthropic),
+            "/v1/embeddings" | "/embeddings" => Some(ApiFormat::Embeddings),
             _ => None,
         }
     }

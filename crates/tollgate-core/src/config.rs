@@ -74,6 +74,18 @@ pub struct RawRouting {
     /// (off unless present).
     #[serde(default)]
     pub cooldown: Option<RawCooldown>,
+    /// What `POST /v1/embeddings` with a virtual model name (`tollgate/auto`)
+    /// is sent to (absent: such a request is refused).
+    #[serde(default)]
+    pub embeddings: Option<RawEmbeddingRoute>,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+pub struct RawEmbeddingRoute {
+    /// Ordered fallback chain of embedding models, `"provider/model"`.
+    pub models: Vec<String>,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -165,6 +177,9 @@ pub struct Routing {
     pub allowed: Vec<String>,
     /// None: cooldowns are off for this tenant.
     pub cooldown: Option<CooldownSettings>,
+    /// The chain for embeddings requests that name a virtual model (empty:
+    /// none configured).
+    pub embeddings: Vec<ModelRef>,
 }
 
 impl Routing {
@@ -464,7 +479,26 @@ fn validate_routing(raw: RawRouting, p: &mut Problems, is_priced: &dyn Fn(&str) 
             None
         }
     };
-    Routing { tiers, pinned, allowed, cooldown }
+    let mut embeddings = Vec::new();
+    if let Some(route) = raw.embeddings {
+        if route.models.is_empty() {
+            p.add("routing.embeddings.models", "at least one model is required");
+        }
+        for (j, text) in route.models.iter().enumerate() {
+            let path = format!("routing.embeddings.models[{j}]");
+            match ModelRef::parse(text) {
+                Some(m) if !is_priced(&m.model) => {
+                    p.add(path, format!("no price known for `{}`; add it under pricing.overrides", m.model))
+                }
+                Some(m) if !ApiFormat::Embeddings.spoken_by(m.provider) => {
+                    p.add(path, format!("{} has no OpenAI-compatible embeddings API", m.provider))
+                }
+                Some(m) => embeddings.push(m),
+                None => p.add(path, "must be \"provider/model\" or a model name"),
+            }
+        }
+    }
+    Routing { tiers, pinned, allowed, cooldown, embeddings }
 }
 
 fn validate_budgets(raw: Option<RawBudgets>, p: &mut Problems) -> Budgets {

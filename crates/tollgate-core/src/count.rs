@@ -60,6 +60,14 @@ pub fn method_for(api: ApiFormat, model: &str) -> CountMethod {
         }
         (ApiFormat::Anthropic, _) => CountMethod::Estimate { encoding: Encoding::O200kBase.name(), scale: 1.25 },
         (ApiFormat::OpenAi, None) => CountMethod::Estimate { encoding: Encoding::O200kBase.name(), scale: 1.0 },
+        // OpenAI's embedding models (text-embedding-3-*, ada-002) use cl100k_base.
+        (ApiFormat::Embeddings, _) if cl100k && model.starts_with("text-embedding") => {
+            CountMethod::Exact { encoding: Encoding::Cl100kBase.name() }
+        }
+        (ApiFormat::Embeddings, _) if cl100k => {
+            CountMethod::Estimate { encoding: Encoding::Cl100kBase.name(), scale: 1.0 }
+        }
+        (ApiFormat::Embeddings, _) => CountMethod::Estimate { encoding: Encoding::O200kBase.name(), scale: 1.1 },
     }
 }
 
@@ -121,6 +129,13 @@ pub fn prompt_tokens(request: &ChatRequest, model: &str) -> PromptCount {
             },
         ),
     };
+    if let Some(inputs) = &request.embedding_inputs {
+        // Embeddings have no chat framing: each input's own tokens.
+        // Token ids are already tokens: only text is estimated.
+        let n: u64 = inputs.texts.iter().map(|t| count_text(enc, t)).fold(0, u64::saturating_add);
+        let texts = if scale == 1.0 { n } else { (n as f64 * scale).ceil() as u64 };
+        return PromptCount { tokens: texts.saturating_add(inputs.token_ids), method };
+    }
     let mut n: u64 = request.messages.iter().map(|m| message_tokens(enc, m)).sum();
     if !request.system.is_empty() {
         n += TOKENS_PER_MESSAGE + count_text(enc, &request.system);

@@ -110,6 +110,10 @@ pub enum RequestError {
         "model `{model}` is not allowed for this key; use `tollgate/auto`, a tier such as `tollgate/{example_tier}`, or one of the allowed models"
     )]
     ModelNotAllowed { model: String, example_tier: String },
+    #[error(
+        "model `{model}` is not allowed for embeddings; use `tollgate/auto`, a model of the tenant's embedding chain, or a pinned embedding model"
+    )]
+    EmbeddingModelNotAllowed { model: String },
     #[error("prompt is {tokens} tokens; the limit is {limit}")]
     PromptTooLong { tokens: u64, limit: u64 },
     #[error("unknown endpoint `{path}`")]
@@ -129,7 +133,9 @@ impl From<RequestError> for ApiError {
             RequestError::WrongType { field, .. } => (400, "invalid_type", Some(field.clone())),
             RequestError::Invalid { field, .. } => (400, "invalid_value", Some(field.clone())),
             RequestError::EmptyMessages => (400, "empty_messages", Some("messages".to_owned())),
-            RequestError::ModelNotAllowed { .. } => (400, "model_not_allowed", Some("model".to_owned())),
+            RequestError::ModelNotAllowed { .. } | RequestError::EmbeddingModelNotAllowed { .. } => {
+                (400, "model_not_allowed", Some("model".to_owned()))
+            }
             RequestError::PromptTooLong { .. } => (400, "context_length_exceeded", Some("messages".to_owned())),
             RequestError::UnknownEndpoint { .. } => (404, "unknown_url", None),
         };

@@ -164,7 +164,8 @@ pub fn judge_json(
     wants_json: bool,
     settings: &EscalationSettings,
 ) -> Option<Signal> {
-    if !settings.enabled {
+    // An embedding has no answer to judge.
+    if !settings.enabled || api == ApiFormat::Embeddings {
         return None;
     }
     let body = body.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(body);
@@ -205,6 +206,7 @@ impl Answer {
                 };
                 Answer { text, refused }
             }
+            ApiFormat::Embeddings => Answer { text: String::new(), refused: false },
             ApiFormat::Anthropic => {
                 let text = value
                     .get("content")

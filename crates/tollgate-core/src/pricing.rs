@@ -86,6 +86,10 @@ pub fn format_usd(micros: u64) -> String {
 /// Built-in list prices, $ per 1M tokens: (model id prefix, input, cached input, output).
 /// Longest prefix wins, so `gpt-4o-mini-2024-07-18` prices as `gpt-4o-mini`.
 const TABLE: &[(&str, f64, f64, f64)] = &[
+    // OpenAI embeddings: input only.
+    ("text-embedding-3-small", 0.02, 0.02, 0.0),
+    ("text-embedding-3-large", 0.13, 0.13, 0.0),
+    ("text-embedding-ada-002", 0.10, 0.10, 0.0),
     // OpenAI
     ("gpt-5", 1.25, 0.125, 10.0),
     ("gpt-5-mini", 0.25, 0.025, 2.0),

@@ -202,6 +202,9 @@ const ROUTER_READS: &[&str] = &[
     "functions",
     "messages",
     "system",
+    "input",
+    "encoding_format",
+    "dimensions",
 ];
 
 /// A parsed, validated request.
@@ -223,11 +226,27 @@ pub struct ChatRequest {
     pub messages: Vec<Message>,
     /// JSON text of the declared tools, for counting.
     pub tools_text: String,
+    /// An embeddings request's inputs (None for chat).
+    pub embedding_inputs: Option<EmbeddingInputs>,
     /// Every top-level field as sent.
     raw: RawFields,
     /// The fields in [`ROUTER_READS`] that were present, parsed.
     parsed: Map<String, Value>,
 }
+
+/// What an embeddings request embeds: each input counted on its own.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct EmbeddingInputs {
+    /// The text inputs.
+    pub texts: Vec<String>,
+    /// Tokens sent as token ids (already counted).
+    pub token_ids: u64,
+    /// How many inputs (texts or token-id arrays).
+    pub items: usize,
+}
+
+/// OpenAI's limit on inputs per embeddings request.
+pub const MAX_EMBEDDING_INPUTS: usize = 2048;
 
 /// What a rewrite changes.
 #[derive(Clone, Debug, PartialEq)]
@@ -288,6 +307,7 @@ impl ChatRequest {
         let mut request = match api {
             ApiFormat::OpenAi => parse_openai(parsed)?,
             ApiFormat::Anthropic => parse_anthropic(parsed)?,
+            ApiFormat::Embeddings => parse_embeddings(parsed)?,
         };
         request.raw = raw;
         Ok(request)
@@ -301,7 +321,9 @@ impl ChatRequest {
     /// The body to send upstream: the client's fields in the client's order,
     /// byte for byte, except the ones this rewrite changes.
     pub fn rewritten_body(&self, rw: &Rewrite<'_>) -> Vec<u8> {
-        let clamp_field = rw.clamp_output_tokens.map(|cap| {
+        // An embedding has no output to cap.
+        let clamp = rw.clamp_output_tokens.filter(|_| self.api != ApiFormat::Embeddings);
+        let clamp_field = clamp.map(|cap| {
             let has = |f: &str| self.parsed.contains_key(f);
             let field = match self.api {
                 ApiFormat::Anthropic => "max_tokens",
@@ -309,7 +331,7 @@ impl ChatRequest {
                 ApiFormat::OpenAi if has("max_tokens") => "max_tokens",
                 // o-series models refuse `max_tokens`; other OpenAI-compatible providers know only it.
                 ApiFormat::OpenAi if rw.provider == Provider::OpenAi => "max_completion_tokens",
-                ApiFormat::OpenAi => "max_tokens",
+                ApiFormat::OpenAi | ApiFormat::Embeddings => "max_tokens",
             };
             (field, cap)
         });
@@ -391,7 +413,8 @@ impl ChatRequest {
     /// Whether the client asked for output that may vary between calls.
     /// No temperature means the provider default, which is 1 for both APIs.
     pub fn is_sampled(&self) -> bool {
-        self.temperature.is_none_or(|t| t > 0.0)
+        // Embeddings are deterministic.
+        self.api != ApiFormat::Embeddings && self.temperature.is_none_or(|t| t > 0.0)
     }
 
     /// Every piece of text in the request, for counting a whole prompt roughly.
@@ -592,9 +615,100 @@ fn parse_openai(body: Map<String, Value>) -> Result<ChatRequest, RequestError> {
         system: String::new(),
         messages,
         tools_text,
+        embedding_inputs: None,
         raw: RawFields::default(),
         parsed: body,
     })
+}
+
+/// `POST /v1/embeddings`: `input` is a string, an array of strings, an
+/// array of token ids or an array of token-id arrays, as OpenAI takes it.
+fn parse_embeddings(body: Map<String, Value>) -> Result<ChatRequest, RequestError> {
+    let model = field_str(&body, "model")?;
+    let inputs = embedding_inputs(body.get("input"))?;
+    match body.get("encoding_format") {
+        None | Some(Value::Null) => {}
+        Some(Value::String(s)) if s == "float" || s == "base64" => {}
+        Some(_) => {
+            return Err(RequestError::Invalid {
+                field: "encoding_format".into(),
+                message: "must be \"float\" or \"base64\"".into(),
+            });
+        }
+    }
+    opt_positive_int(&body, "dimensions")?;
+    Ok(ChatRequest {
+        api: ApiFormat::Embeddings,
+        model,
+        stream: false,
+        client_wants_usage: false,
+        max_output_tokens: None,
+        temperature: None,
+        choices: 1,
+        tool_count: 0,
+        system: String::new(),
+        messages: Vec::new(),
+        tools_text: String::new(),
+        embedding_inputs: Some(inputs),
+        raw: RawFields::default(),
+        parsed: body,
+    })
+}
+
+fn embedding_inputs(input: Option<&Value>) -> Result<EmbeddingInputs, RequestError> {
+    let invalid = |message: &str| RequestError::Invalid { field: "input".into(), message: message.to_owned() };
+    let expected = "a string, an array of strings, an array of token ids or an array of token-id arrays";
+    let token_ids = |items: &[Value]| -> Result<u64, RequestError> {
+        if items.is_empty() {
+            return Err(invalid("a token-id array must not be empty"));
+        }
+        if items.iter().all(|v| v.as_u64().is_some()) {
+            Ok(items.len() as u64)
+        } else {
+            Err(RequestError::WrongType { field: "input".into(), expected })
+        }
+    };
+    let mut inputs = EmbeddingInputs::default();
+    match input {
+        None | Some(Value::Null) => return Err(RequestError::MissingField { field: "input".into() }),
+        Some(Value::String(s)) if s.is_empty() => return Err(invalid("must not be empty")),
+        Some(Value::String(s)) => {
+            inputs.texts.push(s.clone());
+            inputs.items = 1;
+        }
+        Some(Value::Array(items)) if items.is_empty() => return Err(invalid("must not be an empty array")),
+        Some(Value::Array(items)) if items.len() > MAX_EMBEDDING_INPUTS => {
+            return Err(invalid(&format!("at most {MAX_EMBEDDING_INPUTS} inputs per request")));
+        }
+        Some(Value::Array(items)) => match items.first() {
+            Some(Value::String(_)) => {
+                for item in items {
+                    match item {
+                        Value::String(s) if s.is_empty() => return Err(invalid("an input string must not be empty")),
+                        Value::String(s) => inputs.texts.push(s.clone()),
+                        _ => return Err(RequestError::WrongType { field: "input".into(), expected }),
+                    }
+                }
+                inputs.items = items.len();
+            }
+            Some(Value::Number(_)) => {
+                inputs.token_ids = token_ids(items)?;
+                inputs.items = 1;
+            }
+            Some(Value::Array(_)) => {
+                for item in items {
+                    match item {
+                        Value::Array(ids) => inputs.token_ids = inputs.token_ids.saturating_add(token_ids(ids)?),
+                        _ => return Err(RequestError::WrongType { field: "input".into(), expected }),
+                    }
+                }
+                inputs.items = items.len();
+            }
+            _ => return Err(RequestError::WrongType { field: "input".into(), expected }),
+        },
+        Some(_) => return Err(RequestError::WrongType { field: "input".into(), expected }),
+    }
+    Ok(inputs)
 }
 
 fn openai_message(i: usize, raw: &Value) -> Result<Message, RequestError> {
@@ -720,6 +834,7 @@ fn parse_anthropic(body: Map<String, Value>) -> Result<ChatRequest, RequestError
         system,
         messages,
         tools_text,
+        embedding_inputs: None,
         raw: RawFields::default(),
         parsed: body,
     })

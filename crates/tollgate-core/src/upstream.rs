@@ -20,6 +20,7 @@ pub fn endpoint_url(base_url: &str, api: ApiFormat) -> String {
     let suffix = match api {
         ApiFormat::OpenAi => "/chat/completions",
         ApiFormat::Anthropic => "/messages",
+        ApiFormat::Embeddings => "/embeddings",
     };
     format!("{}{suffix}", base_url.trim_end_matches('/'))
 }

@@ -122,6 +122,7 @@ fn api_of(case: &Value) -> ApiFormat {
     match case["api"].as_str() {
         Some("openai") => ApiFormat::OpenAi,
         Some("anthropic") => ApiFormat::Anthropic,
+        Some("embeddings") => ApiFormat::Embeddings,
         other => panic!("case {}: api {other:?}", case["name"]),
     }
 }
@@ -131,7 +132,7 @@ fn request_headers(case: &Value, api: ApiFormat) -> BTreeMap<String, String> {
     let mut h = BTreeMap::new();
     if let Some(key) = case["key"].as_str() {
         match api {
-            ApiFormat::OpenAi => h.insert("authorization".to_owned(), format!("Bearer {key}")),
+            ApiFormat::OpenAi | ApiFormat::Embeddings => h.insert("authorization".to_owned(), format!("Bearer {key}")),
             ApiFormat::Anthropic => h.insert("x-api-key".to_owned(), key.to_owned()),
         };
     }
@@ -167,6 +168,11 @@ fn provider(up: &Upstream) -> Option<UpstreamReply> {
             "id": "msg_v", "type": "message", "role": "assistant", "model": model,
             "content": [{"type": "text", "text": "ok"}], "stop_reason": "end_turn", "stop_sequence": null,
             "usage": {"input_tokens": 20, "output_tokens": 2}
+        }),
+        ApiFormat::Embeddings => json!({
+            "object": "list", "model": model,
+            "data": [{"object": "embedding", "index": 0, "embedding": [0.5, -0.5]}],
+            "usage": {"prompt_tokens": 20, "total_tokens": 20}
         }),
     };
     Some(if stream {

@@ -1,5 +1,6 @@
-//! Handling of one API request, common to both providers: read and record
-//! the request, work out faults, wait, then answer in the provider's shape.
+//! Handling of one API request, common to both providers and every endpoint:
+//! read and record the request, work out faults, wait, then answer in the
+//! provider's shape.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -15,7 +16,7 @@ use crate::answer::{self, Answer, Prompt};
 use crate::body::MockBody;
 use crate::faults::{FaultPlan, parse_faults};
 use crate::record::{RequestRecord, ResponseTracker};
-use crate::{MockState, anthropic, openai};
+use crate::{MockState, anthropic, embeddings, openai};
 
 /// Request header carrying faults for this one request.
 pub const FAULT_HEADER: &str = "x-mock-fault";
@@ -27,6 +28,41 @@ const MAX_REQUEST_BODY_BYTES: usize = 32 * 1024 * 1024;
 /// Seconds announced in `retry-after` with a 429 unless `retry_after:<s>` says otherwise.
 const DEFAULT_RETRY_AFTER_SECONDS: u64 = 1;
 
+/// Which endpoint a request is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Endpoint {
+    /// OpenAI `…/chat/completions`.
+    ChatCompletions,
+    /// OpenAI `…/embeddings`.
+    Embeddings,
+    /// Anthropic `…/messages`.
+    Messages,
+}
+
+impl Endpoint {
+    /// The endpoint served at `path`, judged by its ending so that any
+    /// prefix (`/v1`, `/openai/v1`, …) works.
+    pub fn for_path(path: &str) -> Option<Endpoint> {
+        if path.ends_with("/chat/completions") {
+            Some(Endpoint::ChatCompletions)
+        } else if path.ends_with("/embeddings") {
+            Some(Endpoint::Embeddings)
+        } else if path.ends_with("/messages") {
+            Some(Endpoint::Messages)
+        } else {
+            None
+        }
+    }
+
+    /// The provider API the endpoint belongs to (its error shapes, headers).
+    pub fn api(self) -> Api {
+        match self {
+            Endpoint::ChatCompletions | Endpoint::Embeddings => Api::OpenAi,
+            Endpoint::Messages => Api::Anthropic,
+        }
+    }
+}
+
 /// Which provider's API a request is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Api {
@@ -35,18 +71,6 @@ pub enum Api {
 }
 
 impl Api {
-    /// The API served at `path`, judged by its ending so that any prefix
-    /// (`/v1`, `/openai/v1`, …) works.
-    pub fn for_path(path: &str) -> Option<Api> {
-        if path.ends_with("/chat/completions") {
-            Some(Api::OpenAi)
-        } else if path.ends_with("/messages") {
-            Some(Api::Anthropic)
-        } else {
-            None
-        }
-    }
-
     fn name(self) -> &'static str {
         match self {
             Api::OpenAi => "openai",
@@ -143,12 +167,22 @@ impl RequestError {
 
 /// What the mock decided to answer, worked out before any waiting.
 enum Outcome {
-    Failure { error: RequestError, retry_after: Option<u64> },
-    Success { prompt: Prompt, answer: Answer },
+    Failure {
+        error: RequestError,
+        retry_after: Option<u64>,
+    },
+    /// A chat completion or message, JSON or streamed.
+    Success {
+        prompt: Prompt,
+        answer: Answer,
+    },
+    /// An embeddings response, complete (never streamed).
+    Embeddings(Value),
 }
 
 /// Serves one API request.
-pub async fn handle(api: Api, state: Arc<MockState>, request: Request<Incoming>) -> Response<MockBody> {
+pub async fn handle(endpoint: Endpoint, state: Arc<MockState>, request: Request<Incoming>) -> Response<MockBody> {
+    let api = endpoint.api();
     let (parts, body) = request.into_parts();
     let raw_body = match Limited::new(body, MAX_REQUEST_BODY_BYTES).collect().await {
         Ok(collected) => collected.to_bytes(),
@@ -163,8 +197,9 @@ pub async fn handle(api: Api, state: Arc<MockState>, request: Request<Incoming>)
     };
     let parsed_body: Result<Value, serde_json::Error> = serde_json::from_slice(&raw_body);
     let model = parsed_body.as_ref().ok().and_then(|body| body.get("model")).and_then(Value::as_str).map(str::to_owned);
-    let stream =
-        parsed_body.as_ref().ok().and_then(|body| body.get("stream")).and_then(Value::as_bool).unwrap_or(false);
+    // Embeddings never stream, whatever the body says.
+    let stream = endpoint != Endpoint::Embeddings
+        && parsed_body.as_ref().ok().and_then(|body| body.get("stream")).and_then(Value::as_bool).unwrap_or(false);
 
     // Faults: the request's own header first (it wins per kind), then the
     // registered rules for this model.
@@ -197,6 +232,12 @@ pub async fn handle(api: Api, state: Arc<MockState>, request: Request<Incoming>)
                 ),
                 retry_after: None,
             },
+            Ok(body) if endpoint == Endpoint::Embeddings => match embeddings::parse_request(body) {
+                // The answer faults (answer:<kind>) spoil chat text; an
+                // embedding has none, so they change nothing here.
+                Ok(request) => Outcome::Embeddings(embeddings::response(&request)),
+                Err(error) => Outcome::Failure { error, retry_after: None },
+            },
             Ok(body) => match api.parse_prompt(body) {
                 Ok(prompt) => {
                     let answer = Answer::for_prompt(&prompt);
@@ -213,7 +254,7 @@ pub async fn handle(api: Api, state: Arc<MockState>, request: Request<Incoming>)
 
     let status = match &outcome {
         Outcome::Failure { error, .. } => error.status,
-        Outcome::Success { .. } => 200,
+        Outcome::Success { .. } | Outcome::Embeddings(_) => 200,
     };
     let seq = state.recorder.insert(RequestRecord {
         seq: 0,
@@ -262,6 +303,7 @@ pub async fn handle(api: Api, state: Arc<MockState>, request: Request<Incoming>)
                 json_body_response(&api.json_response(&id, &prompt, &answer), plan.drop_after.is_some())
             }
         }
+        Outcome::Embeddings(body) => json_body_response(&body, plan.drop_after.is_some()),
     };
     let headers = response.headers_mut();
     if let Ok(request_id) = HeaderValue::from_str(&format!("req_{hash}")) {

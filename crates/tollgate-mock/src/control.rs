@@ -17,7 +17,7 @@ use hyper::{Method, Request, Response, StatusCode};
 use serde_json::{Value, json};
 
 use crate::MockState;
-use crate::api::{self, Api, RequestError};
+use crate::api::{self, Api, Endpoint, RequestError};
 use crate::body::MockBody;
 use crate::faults::FaultRule;
 
@@ -32,10 +32,12 @@ pub async fn route(state: Arc<MockState>, request: Request<Incoming>) -> Result<
     if let Some(endpoint) = path.strip_prefix(CONTROL_PREFIX) {
         return Ok(control(&state, endpoint, request).await);
     }
-    let Some(api) = Api::for_path(&path) else {
+    let Some(endpoint) = Endpoint::for_path(&path) else {
         let error = RequestError {
             status: 404,
-            message: format!("Unknown path {path}: the mock serves POST …/chat/completions and POST …/messages"),
+            message: format!(
+                "Unknown path {path}: the mock serves POST …/chat/completions, POST …/embeddings and POST …/messages"
+            ),
             param: None,
             code: Some("unknown_url"),
         };
@@ -48,9 +50,9 @@ pub async fn route(state: Arc<MockState>, request: Request<Incoming>) -> Result<
             param: None,
             code: None,
         };
-        return Ok(api.error_response(&error));
+        return Ok(endpoint.api().error_response(&error));
     }
-    Ok(api::handle(api, state, request).await)
+    Ok(api::handle(endpoint, state, request).await)
 }
 
 async fn control(state: &MockState, endpoint: &str, request: Request<Incoming>) -> Response<MockBody> {

@@ -1,10 +1,11 @@
 //! A mock OpenAI- and Anthropic-compatible upstream for tollgate's tests and
 //! benchmarks.
 //!
-//! It answers `POST …/chat/completions` (OpenAI) and `POST …/messages`
-//! (Anthropic) under any path prefix with deterministic, realistically shaped
-//! responses, streams when asked, injects faults on demand, and records every
-//! API request for inspection through the `/__mock/` control API.
+//! It answers `POST …/chat/completions` and `POST …/embeddings` (OpenAI) and
+//! `POST …/messages` (Anthropic) under any path prefix with deterministic,
+//! realistically shaped responses, streams when asked, injects faults on
+//! demand, and records every API request for inspection through the
+//! `/__mock/` control API.
 //!
 //! The binary (`tollgate-mock`) is a thin wrapper over [`serve`]; the tests
 //! run the same server in-process.
@@ -22,6 +23,7 @@ mod anthropic;
 mod api;
 mod body;
 mod control;
+mod embeddings;
 mod faults;
 mod openai;
 mod record;

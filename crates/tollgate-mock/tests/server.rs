@@ -292,6 +292,187 @@ async fn openai_rejects_bad_requests_with_openai_errors() {
 }
 
 // ---------------------------------------------------------------------------
+// OpenAI embeddings
+
+/// The little-endian float32 values of a base64 `embedding`, as the OpenAI
+/// SDKs decode it.
+fn decode_base64_floats(text: &str) -> Vec<f32> {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut bits: u32 = 0;
+    let mut count = 0;
+    let mut bytes = Vec::new();
+    for c in text.bytes().take_while(|c| *c != b'=') {
+        bits = (bits << 6) | ALPHABET.iter().position(|a| *a == c).unwrap() as u32;
+        count += 6;
+        if count >= 8 {
+            count -= 8;
+            bytes.push((bits >> count) as u8);
+        }
+    }
+    assert_eq!(bytes.len() % 4, 0, "{text}");
+    bytes.chunks(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect()
+}
+
+fn float_vector(value: &Value) -> Vec<f32> {
+    value.as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect()
+}
+
+#[tokio::test]
+async fn embeddings_have_the_real_shape_and_are_deterministic() {
+    let address = start().await;
+    let request = json!({"model": "text-embedding-3-small", "input": ["abcd", "efghijkl", "mnopqrstu"]});
+    let reply = post(address, "/openai/v1/embeddings", &request).await;
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.header("content-type"), Some("application/json"));
+    assert!(reply.header("x-request-id").unwrap().starts_with("req_"));
+    let body = reply.json();
+    assert_eq!(body["object"], "list");
+    assert_eq!(body["model"], "text-embedding-3-small");
+    // ceil(chars / 4) per item: 1 + 2 + 3.
+    assert_eq!(body["usage"], json!({"prompt_tokens": 6, "total_tokens": 6}));
+    let data = body["data"].as_array().unwrap();
+    assert_eq!(data.len(), 3);
+    for (index, entry) in data.iter().enumerate() {
+        assert_eq!(entry["object"], "embedding");
+        assert_eq!(entry["index"], index);
+        let vector = float_vector(&entry["embedding"]);
+        assert_eq!(vector.len(), 8, "8 values unless `dimensions` says otherwise");
+        let length: f32 = vector.iter().map(|x| x * x).sum::<f32>().sqrt();
+        assert!((length - 1.0).abs() < 1e-4, "unit length: {length}");
+    }
+    assert_ne!(data[0]["embedding"], data[1]["embedding"]);
+
+    // Same input, same bytes; an item's vector does not depend on its batch.
+    assert_eq!(post(address, "/v1/embeddings", &request).await.body, reply.body);
+    let single =
+        post(address, "/v1/embeddings", &json!({"model": "text-embedding-3-small", "input": "efghijkl"})).await;
+    let single = single.json();
+    assert_eq!(single["data"][0]["embedding"], data[1]["embedding"]);
+    assert_eq!(single["usage"]["prompt_tokens"], 2);
+    // Another model embeds the same text differently.
+    let other = post(address, "/v1/embeddings", &json!({"model": "text-embedding-3-large", "input": "efghijkl"})).await;
+    assert_ne!(other.json()["data"][0]["embedding"], data[1]["embedding"]);
+}
+
+#[tokio::test]
+async fn embeddings_come_as_base64_float32_when_asked_and_in_any_dimension() {
+    let address = start().await;
+    let mut request = json!({"model": "text-embedding-3-small", "input": ["one", "two"]});
+    let floats = post(address, "/v1/embeddings", &request).await.json();
+    request["encoding_format"] = json!("base64");
+    let packed = post(address, "/v1/embeddings", &request).await.json();
+    assert_eq!(packed["usage"], floats["usage"]);
+    for index in 0..2 {
+        let text = packed["data"][index]["embedding"].as_str().unwrap();
+        assert_eq!(decode_base64_floats(text), float_vector(&floats["data"][index]["embedding"]));
+    }
+    request["encoding_format"] = json!("float");
+    request["dimensions"] = json!(3);
+    let short = post(address, "/v1/embeddings", &request).await.json();
+    assert_eq!(short["data"][0]["embedding"].as_array().unwrap().len(), 3);
+    request["dimensions"] = json!(1536);
+    let long = post(address, "/v1/embeddings", &request).await.json();
+    assert_eq!(long["data"][1]["embedding"].as_array().unwrap().len(), 1536);
+}
+
+#[tokio::test]
+async fn embeddings_count_token_id_arrays_by_length() {
+    let address = start().await;
+    let ids = json!({"model": "text-embedding-ada-002", "input": [9906, 1917, 0, 12]});
+    let body = post(address, "/v1/embeddings", &ids).await.json();
+    assert_eq!(body["data"].as_array().unwrap().len(), 1, "one array of ids is one item");
+    assert_eq!(body["usage"]["prompt_tokens"], 4);
+    let nested = json!({"model": "text-embedding-ada-002", "input": [[9906, 1917, 0, 12], [1], [2, 3]]});
+    let body = post(address, "/v1/embeddings", &nested).await.json();
+    assert_eq!(body["data"].as_array().unwrap().len(), 3);
+    assert_eq!(body["usage"], json!({"prompt_tokens": 7, "total_tokens": 7}));
+}
+
+#[tokio::test]
+async fn embeddings_reject_bad_requests_with_openai_errors() {
+    let address = start().await;
+    let reply = send(address, Method::POST, "/v1/embeddings", &[], "{not json").await;
+    assert_eq!(reply.status, 400);
+    assert_eq!(reply.json()["error"]["type"], "invalid_request_error");
+    let cases = [
+        (json!({"model": "text-embedding-3-small"}), "input"),
+        (json!({"input": "x"}), "model"),
+        (json!({"model": "text-embedding-3-small", "input": ""}), "input"),
+        (json!({"model": "text-embedding-3-small", "input": []}), "input"),
+        (json!({"model": "text-embedding-3-small", "input": 42}), "input"),
+        (json!({"model": "text-embedding-3-small", "input": ["a", 1]}), "input"),
+        (json!({"model": "text-embedding-3-small", "input": "x", "encoding_format": "int8"}), "encoding_format"),
+        (json!({"model": "text-embedding-3-small", "input": "x", "dimensions": 0}), "dimensions"),
+    ];
+    let refused = cases.len();
+    for (body, param) in cases {
+        let reply = post(address, "/v1/embeddings", &body).await;
+        assert_eq!(reply.status, 400, "{body}");
+        let error = &reply.json()["error"];
+        assert_eq!(error["type"], "invalid_request_error", "{body}");
+        assert_eq!(error["param"], param, "{body}");
+        assert!(error["message"].is_string());
+    }
+    assert_eq!(send(address, Method::GET, "/v1/embeddings", &[], "").await.status, 405);
+    // Every one of them is recorded, with the status it got.
+    let records = recorded(address).await;
+    assert_eq!(records.len(), 1 + refused, "the 405 is not recorded");
+    assert!(records.iter().all(|r| r["status"] == 400 && r["api"] == "openai" && r["stream"] == false));
+}
+
+#[tokio::test]
+async fn embeddings_take_the_same_faults_as_chat() {
+    let address = start().await;
+    let request = json!({"model": "text-embedding-3-small", "input": ["x", "y"]});
+    let rule = json!({"model": "text-embedding-3-small", "fault": "status:503", "times": 1});
+    assert_eq!(post(address, "/__mock/faults", &rule).await.status, 200);
+    let reply = post(address, "/v1/embeddings", &request).await;
+    assert_eq!(reply.status, 503);
+    assert_eq!(reply.json()["error"]["type"], "server_error");
+    // The rule is used up; another model was never affected.
+    assert_eq!(post(address, "/v1/embeddings", &request).await.status, 200);
+
+    let reply = post_with(address, "/v1/embeddings", &[("x-mock-fault", "status:429")], &request).await;
+    assert_eq!(reply.status, 429);
+    assert_eq!(reply.header("retry-after"), Some("1"));
+    assert_eq!(reply.json()["error"]["code"], "rate_limit_exceeded");
+
+    let started = Instant::now();
+    let reply = post_with(address, "/v1/embeddings", &[("x-mock-fault", "slow:300")], &request).await;
+    assert_eq!(reply.status, 200);
+    assert!(started.elapsed() >= Duration::from_millis(300));
+
+    // drop_after on an embeddings response cuts its JSON body in half.
+    let (mut sender, _driver) = connect(address).await;
+    let response = sender
+        .send_request(build(Method::POST, "/v1/embeddings", &[("x-mock-fault", "drop_after:0")], &request.to_string()))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let mut body = response.into_body();
+    let mut failed = false;
+    while let Some(frame) = body.frame().await {
+        if frame.is_err() {
+            failed = true;
+            break;
+        }
+    }
+    assert!(failed, "the client sees an incomplete body");
+
+    let records = recorded(address).await;
+    let faults: Vec<&Value> = records.iter().map(|r| &r["faults"]).collect();
+    assert_eq!(
+        faults,
+        [&json!(["status:503"]), &json!([]), &json!(["status:429"]), &json!(["slow:300"]), &json!(["drop_after:0"])]
+    );
+    let first = &records[0];
+    assert_eq!(first["path"], "/v1/embeddings");
+    assert_eq!(first["model"], "text-embedding-3-small");
+    assert_eq!(first["body"], request);
+    assert_eq!(first["status"], 503);
+}
+
+// ---------------------------------------------------------------------------
 // Anthropic
 
 #[tokio::test]

@@ -2,6 +2,7 @@
 //! chain (with the escalation ladder, the downgrade chain and the cache plan).
 
 use super::{Inbound, LocalResponse, Plan, Rung};
+use crate::api::ApiFormat;
 use crate::budget::{Amount, ReserveRequest};
 use crate::cache::{self, CacheKey, ClientCacheControl};
 use crate::classify::{self, Classification, PromptView, Turn, TurnRole};
@@ -129,14 +130,33 @@ impl Plan {
         {
             return Err(refuse(RequestError::PromptTooLong { tokens: first_count.tokens, limit }.into(), &trace));
         }
-        let classification = classify_request(&request, first_count.tokens, config);
+        let embeddings = request.api == ApiFormat::Embeddings;
+        // Embeddings are not classified: there is no harder or easier one.
+        let classification = if embeddings {
+            Classification { score: 0.0, reasons: vec!["embeddings".to_owned()], features: Vec::new() }
+        } else {
+            classify_request(&request, first_count.tokens, config)
+        };
         trace.score = Some(classification.score);
         trace.reasons = classification.reasons.clone();
 
         let routing = &config.routing;
         let model = request.model.as_str();
         let (route, tier_index, chain) = if let Some(pinned) = routing.pinned(model) {
-            if pinned.provider.api() != request.api {
+            // Embedding models are the ones priced for input only.
+            let embedding_model = config.price(&pinned.model).is_some_and(|p| p.output == 0);
+            if embeddings != embedding_model {
+                let err = RequestError::Invalid {
+                    field: "model".into(),
+                    message: if embeddings {
+                        format!("pinned model `{pinned}` is not an embedding model")
+                    } else {
+                        format!("pinned model `{pinned}` is an embedding model: send it to /v1/embeddings")
+                    },
+                };
+                return Err(refuse(err.into(), &trace));
+            }
+            if !request.api.spoken_by(pinned.provider) {
                 return Err(refuse(
                     RequestError::Invalid {
                         field: "model".into(),
@@ -147,6 +167,27 @@ impl Plan {
                 ));
             }
             (RouteKind::Pinned, None, vec![pinned.clone()])
+        } else if embeddings {
+            // A virtual name takes the chain; a model of the chain named
+            // directly goes first, the rest of the chain behind it.
+            let named = routing.embeddings.iter().position(|m| m.model == model || m.to_string() == model);
+            if !(AUTO_MODELS.contains(&model) || named.is_some()) {
+                let err = RequestError::EmbeddingModelNotAllowed { model: model.to_owned() };
+                return Err(refuse(err.into(), &trace));
+            }
+            if routing.embeddings.is_empty() {
+                let err = RequestError::Invalid {
+                    field: "model".into(),
+                    message: "this tenant has no embedding models (routing.embeddings)".into(),
+                };
+                return Err(refuse(err.into(), &trace));
+            }
+            let mut chain = routing.embeddings.clone();
+            if let Some(i) = named {
+                let first = chain.remove(i);
+                chain.insert(0, first);
+            }
+            (RouteKind::Auto, None, chain)
         } else {
             let (route, wanted) = if AUTO_MODELS.contains(&model) || routing.is_allowed(model) {
                 (RouteKind::Auto, routing.tier_for_score(classification.score))
@@ -174,7 +215,10 @@ impl Plan {
             };
             (route, Some(i), chain)
         };
-        let tier = tier_index.and_then(|i| routing.tiers.get(i)).map(|t| t.name.clone());
+        let tier = match (embeddings, route) {
+            (true, RouteKind::Auto) => Some("embeddings".to_owned()),
+            _ => tier_index.and_then(|i| routing.tiers.get(i)).map(|t| t.name.clone()),
+        };
         // Only the classifier's choices are second-guessed: a client that
         // named a tier or a model gets what it asked for.
         let ladder: Vec<Rung> = match (route, tier_index) {
@@ -206,10 +250,15 @@ impl Plan {
         } else {
             count::prompt_tokens(&request, &primary)
         };
-        let output_cap = request
-            .max_output_tokens
-            .unwrap_or(config.budgets.default_output_reservation)
-            .saturating_mul(request.choices);
+        // An embedding has no output tokens.
+        let output_cap = if embeddings {
+            0
+        } else {
+            request
+                .max_output_tokens
+                .unwrap_or(config.budgets.default_output_reservation)
+                .saturating_mul(request.choices)
+        };
 
         let wants_json = escalation::wants_json(&request);
         let cc = ClientCacheControl::parse(inbound.cache_control);
@@ -219,8 +268,11 @@ impl Plan {
                 let target = chain.first();
                 let key = target.map(|t| CacheKey::derive(&config.tenant_id, t.provider, &t.model, &request));
                 let bypass = cc.no_cache.then(|| "no_cache".to_owned());
-                // `no-cache` asks for a fresh answer; storing it needs no second sighting.
-                CachePlan { key, serve: !cc.no_cache, bypass, seen_before: !config.cache.doorkeeper || cc.no_cache }
+                // `no-cache` asks for a fresh answer; storing it needs no
+                // second sighting. Nor does an embedding: deterministic, and
+                // re-embedding the same chunks is what it is cached for.
+                let seen_before = !config.cache.doorkeeper || cc.no_cache || embeddings;
+                CachePlan { key, serve: !cc.no_cache, bypass, seen_before }
             }
         };
         trace.route = match route {

@@ -110,7 +110,25 @@ pub fn summarize_json(api: ApiFormat, body: &[u8]) -> Result<ResponseSummary, Re
     Ok(match api {
         ApiFormat::OpenAi => summarize_openai(obj),
         ApiFormat::Anthropic => summarize_anthropic(obj),
+        ApiFormat::Embeddings => summarize_embeddings(obj),
     })
+}
+
+/// An embeddings answer is complete when it carries one embedding per
+/// item; it has no finish reason, so a complete one reads as `"stop"` (it
+/// ended naturally) for the cache's admission rule.
+fn summarize_embeddings(obj: &Map<String, Value>) -> ResponseSummary {
+    let complete = obj.get("data").and_then(Value::as_array).is_some_and(|data| {
+        !data.is_empty() && data.iter().all(|item| item.get("embedding").is_some_and(|e| e.is_array() || e.is_string()))
+    });
+    ResponseSummary {
+        usage: obj.get("usage").and_then(usage::openai_usage),
+        complete,
+        finish_reason: complete.then(|| "stop".to_owned()),
+        has_tool_calls: false,
+        model: string_field(obj, "model"),
+        output_tokens_estimate: 0,
+    }
 }
 
 fn summarize_openai(obj: &Map<String, Value>) -> ResponseSummary {

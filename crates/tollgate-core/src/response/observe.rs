@@ -142,7 +142,10 @@ impl StreamObserver {
         });
         match self.api {
             // openai-python raises APIError on a data object with `error`.
-            ApiFormat::OpenAi => format!("\n\ndata: {}\n\n", serde_json::json!({ "error": error })).into_bytes(),
+            // (Embeddings are never streamed.)
+            ApiFormat::OpenAi | ApiFormat::Embeddings => {
+                format!("\n\ndata: {}\n\n", serde_json::json!({ "error": error })).into_bytes()
+            }
             // anthropic-sdk raises on `event: error`, the event Anthropic itself sends mid-stream.
             ApiFormat::Anthropic => format!(
                 "\n\nevent: error\ndata: {}\n\n",
@@ -296,7 +299,7 @@ impl Watch {
                 generated_bytes: 0,
             },
             format: match api {
-                ApiFormat::OpenAi => Format::OpenAi(OpenAiWatch::default()),
+                ApiFormat::OpenAi | ApiFormat::Embeddings => Format::OpenAi(OpenAiWatch::default()),
                 ApiFormat::Anthropic => Format::Anthropic(AnthropicWatch::default()),
             },
         }

@@ -29,6 +29,7 @@ pub fn replay_as_sse(api: ApiFormat, response: &Value, include_usage: bool) -> R
     match api {
         ApiFormat::OpenAi => replay_openai(obj, include_usage),
         ApiFormat::Anthropic => replay_anthropic(obj),
+        ApiFormat::Embeddings => Err(not_replayable("embeddings are not streamed")),
     }
 }
 
