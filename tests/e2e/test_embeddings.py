@@ -327,3 +327,17 @@ def test_a_spent_budget_refuses_embeddings_with_budget_exceeded(router, clean_mo
     end = ledger_spent(settled_usage(router.url, TINY_KEY))
     assert (end[0] - start[0], end[1] - start[1]) == (4000, 80)
 
+
+
+def test_a_cached_embedding_is_never_served_to_another_tenant(router, clean_mock):
+    body = {"model": "tollgate/auto", "input": [unique("isolated chunk")], "encoding_format": "float"}
+    ledger = Recorded(router.url, KEY)
+    first = embed(router.url, KEY, body)
+    assert (first.status_code, first.headers["x-tollgate-cache"]) == (200, "miss"), first.text
+    ledger.wait_for(1)
+    assert embed(router.url, KEY, body).headers["x-tollgate-cache"] == "hit"
+    # acme (examples/tenant.json: the same first embedding model, its cache
+    # on) sends the same body: its own miss, answered by the provider.
+    other = embed(router.url, tenants.ACME_KEY, body)
+    assert (other.status_code, other.headers["x-tollgate-cache"]) == (200, "miss"), other.text
+    assert len(clean_mock.requests()) == 2

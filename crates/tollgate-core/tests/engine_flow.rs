@@ -585,3 +585,19 @@ fn a_huge_single_character_prompt_is_counted_and_routed_without_trouble() {
     assert_eq!(o.status, 200);
     assert!(o.plan.unwrap().prompt.tokens > 1000);
 }
+
+#[test]
+fn a_tier_with_no_model_for_the_clients_api_is_passed_over_visibly_not_silently() {
+    let cfg = config(json!({"routing": {
+        "tiers": [
+            {"name": "cheap", "up_to_score": 0.5, "models": ["anthropic/claude-3-5-haiku-latest"]},
+            {"name": "premium", "models": ["openai/gpt-4o"]}
+        ]
+    }}));
+    let mut sim = Simulator::new(cfg, [1; 32]);
+    let o = send(&mut sim, ask("What is the capital of France?"), &mut |u| Some(openai_reply(u)));
+    assert_eq!(o.status, 200);
+    assert_eq!(o.header("x-tollgate-tier"), Some("premium"));
+    let reasons = o.header("x-tollgate-reasons").unwrap_or_default();
+    assert!(reasons.contains("tier cheap has no model for the openai API: served by tier premium"), "{reasons}");
+}

@@ -213,6 +213,17 @@ impl Plan {
                     &trace,
                 ));
             };
+            if i != wanted {
+                // Bodies are not translated between APIs (yet): say so, rather
+                // than serve another tier silently.
+                let name = |k: usize| routing.tiers.get(k).map_or("?", |t| t.name.as_str());
+                trace.reasons.push(format!(
+                    "tier {} has no model for the {} API: served by tier {}",
+                    name(wanted),
+                    request.api.as_str(),
+                    name(i)
+                ));
+            }
             (route, Some(i), chain)
         };
         let tier = match (embeddings, route) {
