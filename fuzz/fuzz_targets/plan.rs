@@ -56,6 +56,8 @@ fn answer(up: &Upstream, stream: bool, length: bool) -> Vec<u8> {
              event: message_delta\ndata: {{\"type\":\"message_delta\",\"delta\":{{\"stop_reason\":\"{anthropic_stop}\",\"stop_sequence\":null}},\"usage\":{{\"output_tokens\":2}}}}\n\n\
              event: message_stop\ndata: {{\"type\":\"message_stop\"}}\n\n"
         ),
+        // The plan target sends chat and messages only (`tollgate_fuzz::api`).
+        (ApiFormat::Embeddings | ApiFormat::Responses, _) => String::new(),
     }
     .into_bytes()
 }

@@ -15,7 +15,7 @@ use tollgate_core::config::Provider;
 use tollgate_core::request::{ChatRequest, Rewrite};
 
 fuzz_target!(|data: &[u8]| {
-    for api in [ApiFormat::OpenAi, ApiFormat::Anthropic] {
+    for api in [ApiFormat::OpenAi, ApiFormat::Anthropic, ApiFormat::Embeddings, ApiFormat::Responses] {
         let Ok(request) = ChatRequest::parse(api, data, usize::MAX) else { continue };
         // Everything a plan reads must not panic either.
         let _ = (request.is_sampled(), request.all_text_len(), request.raw_field("model"));
@@ -23,8 +23,8 @@ fuzz_target!(|data: &[u8]| {
         assert_eq!(canonical, request.canonical_for_cache(), "canonical encoding is deterministic");
 
         let provider = match api {
-            ApiFormat::OpenAi => Provider::OpenAi,
             ApiFormat::Anthropic => Provider::Anthropic,
+            ApiFormat::OpenAi | ApiFormat::Embeddings | ApiFormat::Responses => Provider::OpenAi,
         };
         let cap = (data.len() as u64 % 5000) + 1;
         let rewrites = [
@@ -51,7 +51,10 @@ fuzz_target!(|data: &[u8]| {
             assert_eq!(again.stream, request.stream);
             assert_eq!(again.choices, request.choices);
             assert_eq!(again.temperature.map(f64::to_bits), request.temperature.map(f64::to_bits));
+            assert_eq!(again.embedding_inputs, request.embedding_inputs);
             match rw.clamp_output_tokens {
+                // An embedding has no output to cap.
+                Some(_) if api == ApiFormat::Embeddings => assert_eq!(again.max_output_tokens, None),
                 Some(cap) => assert_eq!(again.max_output_tokens, Some(cap)),
                 None => {
                     assert_eq!(again.max_output_tokens, request.max_output_tokens);

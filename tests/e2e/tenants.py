@@ -393,3 +393,37 @@ EMBEDDINGS_TINY = register(
     ),
     [EMBEDDINGS_TINY_KEY],
 )
+
+
+# ---------------------------------------------------------------- the Responses API (test_responses.py)
+# POST /v1/responses goes only to OpenAI's own models: the cheap tier lists
+# an OpenAI-compatible Mistral model first and an Anthropic one last, which
+# chat and messages requests would use but a Responses request must pass
+# over. Metered in dollars, cache without the doorkeeper (a second identical
+# request hits).
+RESPONSES_CHEAP = ["mistral/mistral-small", "openai/gpt-4o-mini", "anthropic/claude-3-5-haiku-latest"]
+RESPONSES_PREMIUM = ["openai/gpt-4o", "anthropic/claude-sonnet-4-5"]
+RESPONSES_KEY = key_for("e2e-responses")
+RESPONSES = register(
+    routed_tenant(
+        "e2e-responses",
+        cheap=RESPONSES_CHEAP,
+        premium=RESPONSES_PREMIUM,
+        budgets=daily_budget(usd=50.0),
+        cache={"doorkeeper": False},
+    ),
+    [RESPONSES_KEY],
+)
+# 3,000 tokens a day with `clamp_max_tokens`: an output cap that does not
+# fit is lowered to what is left rather than refused.
+RESPONSES_CLAMP_KEY = key_for("e2e-responses-clamp")
+RESPONSES_CLAMP = register(
+    routed_tenant(
+        "e2e-responses-clamp",
+        cheap=RESPONSES_CHEAP,
+        premium=RESPONSES_PREMIUM,
+        budgets=daily_budget(usd=None, tokens=3000, clamp_max_tokens=True),
+        cache={"enabled": False},
+    ),
+    [RESPONSES_CLAMP_KEY],
+)

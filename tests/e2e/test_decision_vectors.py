@@ -42,7 +42,9 @@ def request_of(case: dict) -> tuple[str, dict[str, str], bytes]:
     if case["key"] is not None:
         headers.update({"x-api-key": case["key"]} if anthropic else {"authorization": f"Bearer {case['key']}"})
     headers.update(case.get("headers", {}))
-    path = {"anthropic": "/v1/messages", "embeddings": "/v1/embeddings"}.get(case["api"], "/v1/chat/completions")
+    path = {"anthropic": "/v1/messages", "embeddings": "/v1/embeddings", "responses": "/v1/responses"}.get(
+        case["api"], "/v1/chat/completions"
+    )
     return path, headers, body_bytes(case["body"])
 
 

@@ -62,6 +62,13 @@ pub(crate) fn simulated_reply_of_length(up: &Upstream, now: u64, output: Option<
             "content": [{"type": "text", "text": text}], "stop_reason": "end_turn", "stop_sequence": null,
             "usage": {"input_tokens": prompt, "output_tokens": output}
         }),
+        ApiFormat::Responses => json!({
+            "id": format!("resp_sim_{now}"), "object": "response", "created_at": now, "status": "completed",
+            "model": up.target.model,
+            "output": [{"type": "message", "id": format!("msg_sim_{now}"), "status": "completed", "role": "assistant",
+                        "content": [{"type": "output_text", "text": text, "annotations": []}]}],
+            "usage": {"input_tokens": prompt, "output_tokens": output, "total_tokens": prompt + output}
+        }),
         ApiFormat::Embeddings => {
             let items = req.embedding_inputs.as_ref().map_or(1, |i| i.items);
             let data: Vec<serde_json::Value> = (0..items)
@@ -71,7 +78,11 @@ pub(crate) fn simulated_reply_of_length(up: &Upstream, now: u64, output: Option<
                    "usage": {"prompt_tokens": prompt, "total_tokens": prompt}})
         }
     };
-    if req.stream {
+    if req.stream && up.api == ApiFormat::Responses {
+        let sse =
+            format!("event: response.completed\ndata: {}\n\n", json!({"type": "response.completed", "response": body}));
+        UpstreamReply { status: 200, body: sse.into_bytes(), stream: true }
+    } else if req.stream {
         let sse = response::replay_as_sse(up.api, &body, true).unwrap_or_default();
         UpstreamReply { status: 200, body: sse, stream: true }
     } else {

@@ -22,6 +22,9 @@ pub enum ApiFormat {
     /// `POST /v1/embeddings` (OpenAI's shape)
     #[serde(rename = "embeddings")]
     Embeddings,
+    /// `POST /v1/responses` (OpenAI's Responses API)
+    #[serde(rename = "responses")]
+    Responses,
 }
 
 impl ApiFormat {
@@ -31,6 +34,7 @@ impl ApiFormat {
             ApiFormat::OpenAi => "openai",
             ApiFormat::Anthropic => "anthropic",
             ApiFormat::Embeddings => "embeddings",
+            ApiFormat::Responses => "responses",
         }
     }
 
@@ -38,6 +42,8 @@ impl ApiFormat {
     pub fn spoken_by(self, provider: crate::provider::Provider) -> bool {
         match self {
             ApiFormat::Embeddings => provider.api() == ApiFormat::OpenAi,
+            // The Responses API is OpenAI's own.
+            ApiFormat::Responses => provider == crate::provider::Provider::OpenAi,
             api => provider.api() == api,
         }
     }
@@ -48,6 +54,7 @@ impl ApiFormat {
             ApiFormat::OpenAi => "/v1/chat/completions",
             ApiFormat::Anthropic => "/v1/messages",
             ApiFormat::Embeddings => "/v1/embeddings",
+            ApiFormat::Responses => "/v1/responses",
         }
     }
 
@@ -58,6 +65,7 @@ impl ApiFormat {
             "/v1/chat/completions" | "/chat/completions" => Some(ApiFormat::OpenAi),
             "/v1/messages" | "/messages" => Some(ApiFormat::Anthropic),
             "/v1/embeddings" | "/embeddings" => Some(ApiFormat::Embeddings),
+            "/v1/responses" | "/responses" => Some(ApiFormat::Responses),
             _ => None,
         }
     }

@@ -78,6 +78,11 @@ pub struct RawRouting {
     /// is sent to (absent: such a request is refused).
     #[serde(default)]
     pub embeddings: Option<RawEmbeddingRoute>,
+    /// Responses API built-in tools (`web_search`, `file_search`, …) a
+    /// request may declare. Their calls are billed by the provider beyond
+    /// tokens and are not metered, so none is allowed unless listed.
+    #[serde(default)]
+    pub builtin_tools: Vec<String>,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -166,7 +171,7 @@ pub struct Tier {
 impl Tier {
     /// The fallback chain for requests in `api` format.
     pub fn chain(&self, api: ApiFormat) -> impl Iterator<Item = &ModelRef> {
-        self.models.iter().filter(move |m| m.provider.api() == api)
+        self.models.iter().filter(move |m| api.spoken_by(m.provider))
     }
 }
 
@@ -180,6 +185,8 @@ pub struct Routing {
     /// The chain for embeddings requests that name a virtual model (empty:
     /// none configured).
     pub embeddings: Vec<ModelRef>,
+    /// Responses API built-in tools requests may declare.
+    pub builtin_tools: Vec<String>,
 }
 
 impl Routing {
@@ -498,7 +505,7 @@ fn validate_routing(raw: RawRouting, p: &mut Problems, is_priced: &dyn Fn(&str) 
             }
         }
     }
-    Routing { tiers, pinned, allowed, cooldown, embeddings }
+    Routing { tiers, pinned, allowed, cooldown, embeddings, builtin_tools: raw.builtin_tools }
 }
 
 fn validate_budgets(raw: Option<RawBudgets>, p: &mut Problems) -> Budgets {

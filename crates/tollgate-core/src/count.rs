@@ -47,6 +47,8 @@ pub fn openai_encoding(model: &str) -> Option<Encoding> {
 /// an estimate.
 pub fn method_for(api: ApiFormat, model: &str) -> CountMethod {
     let cl100k = Encoding::Cl100kBase.is_available();
+    // The Responses API's models are OpenAI's chat models, counted alike.
+    let api = if api == ApiFormat::Responses { ApiFormat::OpenAi } else { api };
     match (api, openai_encoding(model)) {
         (ApiFormat::OpenAi, Some(enc)) if enc.is_available() => CountMethod::Exact { encoding: enc.name() },
         (ApiFormat::OpenAi, Some(Encoding::O200kBase)) if cl100k => {
@@ -68,6 +70,7 @@ pub fn method_for(api: ApiFormat, model: &str) -> CountMethod {
             CountMethod::Estimate { encoding: Encoding::Cl100kBase.name(), scale: 1.0 }
         }
         (ApiFormat::Embeddings, _) => CountMethod::Estimate { encoding: Encoding::O200kBase.name(), scale: 1.1 },
+        (ApiFormat::Responses, _) => CountMethod::Estimate { encoding: Encoding::O200kBase.name(), scale: 1.0 },
     }
 }
 

@@ -106,6 +106,8 @@ pub enum RequestError {
     Invalid { field: String, message: String },
     #[error("`messages` must contain at least one message")]
     EmptyMessages,
+    #[error("`input` must contain at least one item")]
+    EmptyInput,
     #[error(
         "model `{model}` is not allowed for this key; use `tollgate/auto`, a tier such as `tollgate/{example_tier}`, or one of the allowed models"
     )]
@@ -133,6 +135,7 @@ impl From<RequestError> for ApiError {
             RequestError::WrongType { field, .. } => (400, "invalid_type", Some(field.clone())),
             RequestError::Invalid { field, .. } => (400, "invalid_value", Some(field.clone())),
             RequestError::EmptyMessages => (400, "empty_messages", Some("messages".to_owned())),
+            RequestError::EmptyInput => (400, "invalid_value", Some("input".to_owned())),
             RequestError::ModelNotAllowed { .. } | RequestError::EmbeddingModelNotAllowed { .. } => {
                 (400, "model_not_allowed", Some("model".to_owned()))
             }

@@ -123,13 +123,16 @@ pub fn worse(a: Option<Signal>, b: Option<Signal>) -> bool {
 
 /// Whether the client asked for a JSON answer.
 pub fn wants_json(request: &ChatRequest) -> bool {
-    if request.api != ApiFormat::OpenAi {
-        return false;
-    }
+    // Chat asks with `response_format`, the Responses API with `text.format`.
+    let (field, pointer) = match request.api {
+        ApiFormat::OpenAi => ("response_format", "/type"),
+        ApiFormat::Responses => ("text", "/format/type"),
+        ApiFormat::Anthropic | ApiFormat::Embeddings => return false,
+    };
     request
-        .raw_field("response_format")
+        .raw_field(field)
         .and_then(|raw| serde_json::from_str::<Value>(raw).ok())
-        .and_then(|v| v.get("type").and_then(Value::as_str).map(str::to_owned))
+        .and_then(|v| v.pointer(pointer).and_then(Value::as_str).map(str::to_owned))
         .is_some_and(|t| t == "json_object" || t == "json_schema")
 }
 
@@ -204,6 +207,25 @@ impl Answer {
                     }
                     _ => String::new(),
                 };
+                Answer { text, refused }
+            }
+            ApiFormat::Responses => {
+                let parts: Vec<&Value> = value
+                    .get("output")
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                    .filter(|item| item.get("type").and_then(Value::as_str) == Some("message"))
+                    .filter_map(|item| item.get("content").and_then(Value::as_array))
+                    .flatten()
+                    .collect();
+                let refused = parts.iter().any(|p| p.get("type").and_then(Value::as_str) == Some("refusal"));
+                let text = parts
+                    .iter()
+                    .filter(|p| p.get("type").and_then(Value::as_str) == Some("output_text"))
+                    .filter_map(|p| p.get("text").and_then(Value::as_str))
+                    .collect::<Vec<_>>()
+                    .join("");
                 Answer { text, refused }
             }
             ApiFormat::Embeddings => Answer { text: String::new(), refused: false },

@@ -205,6 +205,8 @@ const ROUTER_READS: &[&str] = &[
     "input",
     "encoding_format",
     "dimensions",
+    "instructions",
+    "max_output_tokens",
 ];
 
 /// A parsed, validated request.
@@ -308,9 +310,25 @@ impl ChatRequest {
             ApiFormat::OpenAi => parse_openai(parsed)?,
             ApiFormat::Anthropic => parse_anthropic(parsed)?,
             ApiFormat::Embeddings => parse_embeddings(parsed)?,
+            ApiFormat::Responses => parse_responses(parsed)?,
         };
         request.raw = raw;
         Ok(request)
+    }
+
+    /// The Responses API's built-in tools this request declares (`tools`
+    /// entries of a type other than `function` or `custom`), by type.
+    pub fn builtin_tools(&self) -> Vec<String> {
+        if self.api != ApiFormat::Responses {
+            return Vec::new();
+        }
+        let Some(Value::Array(tools)) = self.parsed.get("tools") else { return Vec::new() };
+        tools
+            .iter()
+            .filter_map(|t| t.get("type").and_then(Value::as_str))
+            .filter(|t| !matches!(*t, "function" | "custom"))
+            .map(str::to_owned)
+            .collect()
     }
 
     /// A top-level field exactly as the client sent it.
@@ -332,6 +350,7 @@ impl ChatRequest {
                 // o-series models refuse `max_tokens`; other OpenAI-compatible providers know only it.
                 ApiFormat::OpenAi if rw.provider == Provider::OpenAi => "max_completion_tokens",
                 ApiFormat::OpenAi | ApiFormat::Embeddings => "max_tokens",
+                ApiFormat::Responses => "max_output_tokens",
             };
             (field, cap)
         });
@@ -619,6 +638,164 @@ fn parse_openai(body: Map<String, Value>) -> Result<ChatRequest, RequestError> {
         raw: RawFields::default(),
         parsed: body,
     })
+}
+
+/// `POST /v1/responses`: `input` is a string (one user message) or a list
+/// of items (messages with text, image and file parts; function calls and
+/// their outputs; reasoning items, which carry no prompt text); the
+/// top-level `instructions` is the system text; `max_output_tokens` the cap.
+fn parse_responses(body: Map<String, Value>) -> Result<ChatRequest, RequestError> {
+    let model = field_str(&body, "model")?;
+    let stream = opt_bool(&body, "stream")?.unwrap_or(false);
+    let max_output_tokens = opt_positive_int(&body, "max_output_tokens")?;
+    let temperature = opt_number_in(&body, "temperature", 0.0, 2.0)?;
+    let system = match body.get("instructions") {
+        None | Some(Value::Null) => String::new(),
+        Some(Value::String(s)) => s.clone(),
+        Some(_) => return Err(RequestError::WrongType { field: "instructions".into(), expected: "a string" }),
+    };
+    let (tool_count, tools_text) = tools(&body, "tools")?;
+    let messages = match body.get("input") {
+        None | Some(Value::Null) => return Err(RequestError::MissingField { field: "input".into() }),
+        Some(Value::String(s)) if s.is_empty() => {
+            return Err(RequestError::Invalid { field: "input".into(), message: "must not be empty".into() });
+        }
+        Some(Value::String(s)) => vec![Message {
+            role: Role::User,
+            text: s.clone(),
+            name: None,
+            images: Vec::new(),
+            tool_text: String::new(),
+        }],
+        Some(Value::Array(items)) if items.is_empty() => return Err(RequestError::EmptyInput),
+        Some(Value::Array(items)) => {
+            let mut messages = Vec::with_capacity(items.len());
+            for (i, item) in items.iter().enumerate() {
+                if let Some(m) = responses_item(i, item)? {
+                    messages.push(m);
+                }
+            }
+            messages
+        }
+        Some(_) => {
+            return Err(RequestError::WrongType {
+                field: "input".into(),
+                expected: "a string or an array of input items",
+            });
+        }
+    };
+    Ok(ChatRequest {
+        api: ApiFormat::Responses,
+        model,
+        stream,
+        // Responses streams always end with the usage.
+        client_wants_usage: true,
+        max_output_tokens,
+        temperature,
+        choices: 1,
+        tool_count,
+        system,
+        messages,
+        tools_text,
+        embedding_inputs: None,
+        raw: RawFields::default(),
+        parsed: body,
+    })
+}
+
+/// One item of a Responses `input` list, as a message (None: an item with
+/// no prompt text, such as a reasoning item or an item reference).
+fn responses_item(i: usize, item: &Value) -> Result<Option<Message>, RequestError> {
+    let Value::Object(m) = item else {
+        return Err(RequestError::WrongType { field: format!("input[{i}]"), expected: "an object" });
+    };
+    let text_of = |v: Option<&Value>| -> String {
+        match v {
+            Some(Value::String(s)) => s.clone(),
+            Some(other @ (Value::Array(_) | Value::Object(_))) => other.to_string(),
+            _ => String::new(),
+        }
+    };
+    let message = |role: Role, text: String, tool_text: String, images: Vec<ImageDetail>| Message {
+        role,
+        text,
+        name: None,
+        images,
+        tool_text,
+    };
+    match m.get("type").and_then(Value::as_str) {
+        None | Some("message") => {
+            let role = message_role(i, m, ApiFormat::OpenAi, "system, developer, user or assistant")
+                .map_err(|e| rename_field(e, "messages", "input"))?;
+            let mut text = String::new();
+            let mut images = Vec::new();
+            match m.get("content") {
+                Some(Value::String(s)) => text.push_str(s),
+                Some(Value::Array(parts)) => {
+                    for (j, part) in parts.iter().enumerate() {
+                        let Value::Object(p) = part else {
+                            return Err(RequestError::WrongType {
+                                field: format!("input[{i}].content[{j}]"),
+                                expected: "an object",
+                            });
+                        };
+                        match p.get("type").and_then(Value::as_str) {
+                            Some("input_text" | "output_text" | "text") => {
+                                if let Some(Value::String(t)) = p.get("text") {
+                                    push_line(&mut text, t);
+                                }
+                            }
+                            Some("refusal") => {
+                                if let Some(Value::String(t)) = p.get("refusal") {
+                                    push_line(&mut text, t);
+                                }
+                            }
+                            Some("input_image") => {
+                                let low = p.get("detail").and_then(Value::as_str) == Some("low");
+                                images.push(if low { ImageDetail::Low } else { ImageDetail::High });
+                            }
+                            Some(_) => {}
+                            None => {
+                                return Err(RequestError::MissingField {
+                                    field: format!("input[{i}].content[{j}].type"),
+                                });
+                            }
+                        }
+                    }
+                }
+                None | Some(Value::Null) => {
+                    return Err(RequestError::MissingField { field: format!("input[{i}].content") });
+                }
+                Some(_) => {
+                    return Err(RequestError::WrongType {
+                        field: format!("input[{i}].content"),
+                        expected: "a string or an array of content parts",
+                    });
+                }
+            }
+            Ok(Some(message(role, text, String::new(), images)))
+        }
+        Some("function_call") => {
+            let mut tool_text = text_of(m.get("name"));
+            push_line(&mut tool_text, &text_of(m.get("arguments")));
+            Ok(Some(message(Role::Assistant, String::new(), tool_text, Vec::new())))
+        }
+        Some("function_call_output") => {
+            Ok(Some(message(Role::Tool, text_of(m.get("output")), String::new(), Vec::new())))
+        }
+        Some(_) => Ok(None),
+    }
+}
+
+/// An error about `messages[…]` reworded for an API whose list is named otherwise.
+fn rename_field(err: RequestError, from: &str, to: &str) -> RequestError {
+    let rename = |f: String| f.replacen(from, to, 1);
+    match err {
+        RequestError::MissingField { field } => RequestError::MissingField { field: rename(field) },
+        RequestError::WrongType { field, expected } => RequestError::WrongType { field: rename(field), expected },
+        RequestError::Invalid { field, message } => RequestError::Invalid { field: rename(field), message },
+        other => other,
+    }
 }
 
 /// `POST /v1/embeddings`: `input` is a string, an array of strings, an

@@ -21,6 +21,7 @@ pub fn endpoint_url(base_url: &str, api: ApiFormat) -> String {
         ApiFormat::OpenAi => "/chat/completions",
         ApiFormat::Anthropic => "/messages",
         ApiFormat::Embeddings => "/embeddings",
+        ApiFormat::Responses => "/responses",
     };
     format!("{}{suffix}", base_url.trim_end_matches('/'))
 }

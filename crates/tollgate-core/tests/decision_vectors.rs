@@ -123,6 +123,7 @@ fn api_of(case: &Value) -> ApiFormat {
         Some("openai") => ApiFormat::OpenAi,
         Some("anthropic") => ApiFormat::Anthropic,
         Some("embeddings") => ApiFormat::Embeddings,
+        Some("responses") => ApiFormat::Responses,
         other => panic!("case {}: api {other:?}", case["name"]),
     }
 }
@@ -132,7 +133,9 @@ fn request_headers(case: &Value, api: ApiFormat) -> BTreeMap<String, String> {
     let mut h = BTreeMap::new();
     if let Some(key) = case["key"].as_str() {
         match api {
-            ApiFormat::OpenAi | ApiFormat::Embeddings => h.insert("authorization".to_owned(), format!("Bearer {key}")),
+            ApiFormat::OpenAi | ApiFormat::Embeddings | ApiFormat::Responses => {
+                h.insert("authorization".to_owned(), format!("Bearer {key}"))
+            }
             ApiFormat::Anthropic => h.insert("x-api-key".to_owned(), key.to_owned()),
         };
     }
@@ -169,6 +172,12 @@ fn provider(up: &Upstream) -> Option<UpstreamReply> {
             "content": [{"type": "text", "text": "ok"}], "stop_reason": "end_turn", "stop_sequence": null,
             "usage": {"input_tokens": 20, "output_tokens": 2}
         }),
+        ApiFormat::Responses => json!({
+            "id": "resp_v", "object": "response", "created_at": NOW, "status": "completed", "model": model,
+            "output": [{"type": "message", "id": "msg_v", "status": "completed", "role": "assistant",
+                        "content": [{"type": "output_text", "text": "ok", "annotations": []}]}],
+            "usage": {"input_tokens": 20, "output_tokens": 2, "total_tokens": 22}
+        }),
         ApiFormat::Embeddings => json!({
             "object": "list", "model": model,
             "data": [{"object": "embedding", "index": 0, "embedding": [0.5, -0.5]}],
@@ -176,7 +185,17 @@ fn provider(up: &Upstream) -> Option<UpstreamReply> {
         }),
     };
     Some(if stream {
-        UpstreamReply { status: 200, body: response::replay_as_sse(up.api, &answer, true).unwrap(), stream: true }
+        let body = match up.api {
+            // The Responses API's stream ends with the whole response.
+            ApiFormat::Responses => format!(
+                "event: response.output_text.delta\ndata: {}\n\nevent: response.completed\ndata: {}\n\n",
+                json!({"type": "response.output_text.delta", "delta": "ok"}),
+                json!({"type": "response.completed", "response": answer})
+            )
+            .into_bytes(),
+            api => response::replay_as_sse(api, &answer, true).unwrap(),
+        };
+        UpstreamReply { status: 200, body, stream: true }
     } else {
         UpstreamReply { status: 200, body: answer.to_string().into_bytes(), stream: false }
     })

@@ -16,6 +16,7 @@ use crate::answer::{self, Answer, Prompt};
 use crate::body::MockBody;
 use crate::faults::{FaultPlan, parse_faults};
 use crate::record::{RequestRecord, ResponseTracker};
+use crate::responses::{self, Reply, ResponsesRequest};
 use crate::{MockState, anthropic, embeddings, openai};
 
 /// Request header carrying faults for this one request.
@@ -35,6 +36,8 @@ pub enum Endpoint {
     ChatCompletions,
     /// OpenAI `…/embeddings`.
     Embeddings,
+    /// OpenAI `…/responses` (the Responses API).
+    Responses,
     /// Anthropic `…/messages`.
     Messages,
 }
@@ -47,6 +50,8 @@ impl Endpoint {
             Some(Endpoint::ChatCompletions)
         } else if path.ends_with("/embeddings") {
             Some(Endpoint::Embeddings)
+        } else if path.ends_with("/responses") {
+            Some(Endpoint::Responses)
         } else if path.ends_with("/messages") {
             Some(Endpoint::Messages)
         } else {
@@ -57,7 +62,7 @@ impl Endpoint {
     /// The provider API the endpoint belongs to (its error shapes, headers).
     pub fn api(self) -> Api {
         match self {
-            Endpoint::ChatCompletions | Endpoint::Embeddings => Api::OpenAi,
+            Endpoint::ChatCompletions | Endpoint::Embeddings | Endpoint::Responses => Api::OpenAi,
             Endpoint::Messages => Api::Anthropic,
         }
     }
@@ -178,6 +183,11 @@ enum Outcome {
     },
     /// An embeddings response, complete (never streamed).
     Embeddings(Value),
+    /// A Responses API answer, JSON or streamed.
+    Responses {
+        request: ResponsesRequest,
+        reply: Reply,
+    },
 }
 
 /// Serves one API request.
@@ -238,6 +248,13 @@ pub async fn handle(endpoint: Endpoint, state: Arc<MockState>, request: Request<
                 Ok(request) => Outcome::Embeddings(embeddings::response(&request)),
                 Err(error) => Outcome::Failure { error, retry_after: None },
             },
+            Ok(body) if endpoint == Endpoint::Responses => match responses::parse_request(body) {
+                Ok(request) => {
+                    let reply = Reply::for_request(&request, plan.answer);
+                    Outcome::Responses { request, reply }
+                }
+                Err(error) => Outcome::Failure { error, retry_after: None },
+            },
             Ok(body) => match api.parse_prompt(body) {
                 Ok(prompt) => {
                     let answer = Answer::for_prompt(&prompt);
@@ -254,7 +271,7 @@ pub async fn handle(endpoint: Endpoint, state: Arc<MockState>, request: Request<
 
     let status = match &outcome {
         Outcome::Failure { error, .. } => error.status,
-        Outcome::Success { .. } | Outcome::Embeddings(_) => 200,
+        Outcome::Success { .. } | Outcome::Embeddings(_) | Outcome::Responses { .. } => 200,
     };
     let seq = state.recorder.insert(RequestRecord {
         seq: 0,
@@ -293,17 +310,20 @@ pub async fn handle(endpoint: Endpoint, state: Arc<MockState>, request: Request<
         Outcome::Success { prompt, answer } => {
             let id = api.response_id(&hash);
             if prompt.stream {
-                let events = api.stream_events(&id, &prompt, &answer);
-                let mut response = Response::new(MockBody::event_stream(events, plan.chunk_delay, plan.drop_after));
-                let headers = response.headers_mut();
-                headers.insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream; charset=utf-8"));
-                headers.insert(hyper::header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-                response
+                event_stream_response(api.stream_events(&id, &prompt, &answer), &plan)
             } else {
                 json_body_response(&api.json_response(&id, &prompt, &answer), plan.drop_after.is_some())
             }
         }
         Outcome::Embeddings(body) => json_body_response(&body, plan.drop_after.is_some()),
+        Outcome::Responses { request, reply } => {
+            let id = responses::response_id(&hash);
+            if request.prompt.stream {
+                event_stream_response(responses::stream_events(&id, &request, &reply), &plan)
+            } else {
+                json_body_response(&responses::response(&id, &request, &reply), plan.drop_after.is_some())
+            }
+        }
     };
     let headers = response.headers_mut();
     if let Ok(request_id) = HeaderValue::from_str(&format!("req_{hash}")) {
@@ -311,6 +331,16 @@ pub async fn handle(endpoint: Endpoint, state: Arc<MockState>, request: Request<
     }
     headers.insert(HeaderName::from_static("x-mock-seq"), HeaderValue::from(seq));
     response.map(|body| body.with_tracker(tracker))
+}
+
+/// An SSE response sending `events` with the plan's stream faults
+/// (`chunk_delay` between events, `drop_after` events then a cut).
+fn event_stream_response(events: Vec<Bytes>, plan: &FaultPlan) -> Response<MockBody> {
+    let mut response = Response::new(MockBody::event_stream(events, plan.chunk_delay, plan.drop_after));
+    let headers = response.headers_mut();
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream; charset=utf-8"));
+    headers.insert(hyper::header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    response
 }
 
 /// A JSON response; with `truncate` only half of it is sent before the

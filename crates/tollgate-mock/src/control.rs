@@ -36,7 +36,8 @@ pub async fn route(state: Arc<MockState>, request: Request<Incoming>) -> Result<
         let error = RequestError {
             status: 404,
             message: format!(
-                "Unknown path {path}: the mock serves POST …/chat/completions, POST …/embeddings and POST …/messages"
+                "Unknown path {path}: the mock serves POST …/chat/completions, POST …/responses, POST …/embeddings \
+                 and POST …/messages"
             ),
             param: None,
             code: Some("unknown_url"),

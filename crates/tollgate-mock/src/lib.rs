@@ -1,8 +1,9 @@
 //! A mock OpenAI- and Anthropic-compatible upstream for tollgate's tests and
 //! benchmarks.
 //!
-//! It answers `POST …/chat/completions` and `POST …/embeddings` (OpenAI) and
-//! `POST …/messages` (Anthropic) under any path prefix with deterministic,
+//! It answers `POST …/chat/completions`, `POST …/responses` and
+//! `POST …/embeddings` (OpenAI) and `POST …/messages` (Anthropic) under any
+//! path prefix with deterministic,
 //! realistically shaped responses, streams when asked, injects faults on
 //! demand, and records every API request for inspection through the
 //! `/__mock/` control API.
@@ -27,6 +28,7 @@ mod embeddings;
 mod faults;
 mod openai;
 mod record;
+mod responses;
 
 use crate::faults::FaultRules;
 use crate::record::Recorder;

@@ -473,6 +473,286 @@ async fn embeddings_take_the_same_faults_as_chat() {
 }
 
 // ---------------------------------------------------------------------------
+// OpenAI Responses
+
+fn responses_request(model: &str, text: &str) -> Value {
+    json!({"model": model, "instructions": "You are terse.", "input": [
+        {"role": "user", "content": "first question"},
+        {"type": "message", "role": "assistant", "content": [{"type": "output_text", "text": "first answer"}]},
+        {"role": "user", "content": [{"type": "input_text", "text": text}]}
+    ]})
+}
+
+/// The `data` objects of a Responses API stream, checking that each event's
+/// name is its `type` and that `sequence_number` counts from 0.
+fn response_events(body: &str) -> Vec<Value> {
+    let events: Vec<Value> = sse(body)
+        .into_iter()
+        .map(|(name, data)| {
+            let event: Value = serde_json::from_str(&data).unwrap();
+            assert_eq!(name.as_deref(), event["type"].as_str(), "{data}");
+            event
+        })
+        .collect();
+    for (index, event) in events.iter().enumerate() {
+        assert_eq!(event["sequence_number"], index);
+    }
+    events
+}
+
+#[tokio::test]
+async fn responses_have_the_real_shape_and_the_chat_answer_and_usage() {
+    let address = start().await;
+    let request = responses_request("gpt-4o", "What is the capital of France?");
+    let reply = post(address, "/openai/v1/responses", &request).await;
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.header("content-type"), Some("application/json"));
+    assert!(reply.header("x-request-id").unwrap().starts_with("req_"));
+    let body = reply.json();
+    let id = body["id"].as_str().unwrap();
+    assert!(id.starts_with("resp_"), "{id}");
+    assert_eq!(body["object"], "response");
+    assert_eq!(body["status"], "completed");
+    assert_eq!(body["model"], "gpt-4o");
+    assert_eq!(body["instructions"], "You are terse.");
+    assert!(body["created_at"].is_u64() && body["error"].is_null() && body["incomplete_details"].is_null());
+    assert_eq!((body["tools"].clone(), body["tool_choice"].clone()), (json!([]), json!("auto")));
+    let [item] = body["output"].as_array().unwrap().as_slice() else { panic!("one output item: {body}") };
+    assert_eq!(item["type"], "message");
+    assert_eq!(item["role"], "assistant");
+    assert_eq!(item["status"], "completed");
+    assert!(item["id"].as_str().unwrap().starts_with("msg_"));
+    assert_eq!(item["content"][0]["type"], "output_text");
+    assert_eq!(item["content"][0]["annotations"], json!([]));
+    let text = item["content"][0]["text"].as_str().unwrap();
+
+    // The chat endpoint's answer for the same conversation, and its usage.
+    let chat = post(
+        address,
+        "/v1/chat/completions",
+        &json!({"model": "gpt-4o", "messages": [
+            {"role": "system", "content": "You are terse."},
+            {"role": "user", "content": "first question"},
+            {"role": "assistant", "content": "first answer"},
+            {"role": "user", "content": "What is the capital of France?"}
+        ]}),
+    )
+    .await
+    .json();
+    assert_eq!(text, chat["choices"][0]["message"]["content"].as_str().unwrap());
+    let prompt =
+        expected_prompt_tokens(&["You are terse.", "first question", "first answer", "What is the capital of France?"]);
+    assert_eq!(
+        body["usage"],
+        json!({
+            "input_tokens": prompt,
+            "input_tokens_details": {"cached_tokens": 0, "cache_write_tokens": 0},
+            "output_tokens": words(text),
+            "output_tokens_details": {"reasoning_tokens": 0},
+            "total_tokens": prompt + words(text)
+        })
+    );
+    // Deterministic; a string input is one user message.
+    assert_eq!(post(address, "/v1/responses", &request).await.body, reply.body);
+    let plain = post(address, "/v1/responses", &json!({"model": "gpt-4o", "input": "Hi"})).await.json();
+    assert_eq!(plain["usage"]["input_tokens"], expected_prompt_tokens(&["Hi"]));
+
+    let records = recorded(address).await;
+    assert_eq!(records[0]["path"], "/openai/v1/responses");
+    assert_eq!((records[0]["api"].clone(), records[0]["model"].clone()), (json!("openai"), json!("gpt-4o")));
+    assert_eq!(records[0]["stream"], false);
+    assert_eq!(records[0]["body"], request);
+}
+
+#[tokio::test]
+async fn responses_stream_the_named_event_sequence_ending_with_the_whole_response() {
+    let address = start().await;
+    let mut request = responses_request("gpt-4o-mini", "Stream me");
+    let plain = post(address, "/v1/responses", &request).await.json();
+    request["stream"] = json!(true);
+    let reply = post(address, "/v1/responses", &request).await;
+    assert_eq!(reply.status, 200);
+    assert!(reply.header("content-type").unwrap().starts_with("text/event-stream"));
+    assert_eq!(reply.header("transfer-encoding"), Some("chunked"));
+    let text = reply.text();
+    assert!(!text.contains("[DONE]"));
+    let events = response_events(&text);
+    let kinds: Vec<&str> = events.iter().map(|e| e["type"].as_str().unwrap()).collect();
+    let deltas: Vec<&str> = events.iter().filter_map(|e| e["delta"].as_str()).collect();
+    assert!(deltas.len() > 5, "one delta per word");
+    let mut expected =
+        vec!["response.created", "response.in_progress", "response.output_item.added", "response.content_part.added"];
+    expected.extend(std::iter::repeat_n("response.output_text.delta", deltas.len()));
+    expected.extend([
+        "response.output_text.done",
+        "response.content_part.done",
+        "response.output_item.done",
+        "response.completed",
+    ]);
+    assert_eq!(kinds, expected);
+    let content = plain["output"][0]["content"][0]["text"].as_str().unwrap();
+    assert_eq!(deltas.concat(), content);
+    let id = events[0]["response"]["id"].as_str().unwrap();
+    assert!(events.iter().filter_map(|e| e.get("response")).all(|r| r["id"] == id));
+    assert_eq!(events[0]["response"]["status"], "in_progress");
+    assert_eq!(events[0]["response"]["output"], json!([]));
+    let last = &events.last().unwrap()["response"];
+    assert_eq!(last["status"], "completed");
+    assert_eq!(last["usage"], plain["usage"]);
+    assert_eq!(last["output"][0], events[events.len() - 2]["item"]);
+    assert_eq!(events[events.len() - 4]["text"], content);
+    assert_eq!(recorded(address).await[1]["stream"], true);
+}
+
+#[tokio::test]
+async fn responses_call_the_first_function_tool_until_its_output_comes_back() {
+    let address = start().await;
+    let tools = json!([{"type": "function", "name": "get_weather", "parameters": {"type": "object"}, "strict": true}]);
+    let ask = json!({"role": "user", "content": "Weather in Paris?"});
+    let first =
+        post(address, "/v1/responses", &json!({"model": "gpt-4o", "input": [ask], "tools": tools})).await.json();
+    assert_eq!(first["status"], "completed");
+    assert_eq!(first["tools"], tools);
+    let call = &first["output"][0];
+    assert_eq!(call["type"], "function_call");
+    assert_eq!((call["name"].clone(), call["arguments"].clone()), (json!("get_weather"), json!("{}")));
+    assert!(call["id"].as_str().unwrap().starts_with("fc_"));
+    assert!(call["call_id"].as_str().unwrap().starts_with("call_"));
+    // ceil(11 / 4) + ceil(2 / 4)
+    assert_eq!(first["usage"]["output_tokens"], 4);
+
+    let output = json!({"type": "function_call_output", "call_id": call["call_id"], "output": "Sunny, 21 C"});
+    let second = json!({"model": "gpt-4o", "input": [ask, call, output], "tools": tools});
+    let answer = post(address, "/v1/responses", &second).await.json();
+    assert_eq!(answer["output"][0]["type"], "message");
+    assert!(answer["output"][0]["content"][0]["text"].as_str().unwrap().starts_with("[mock:gpt-4o] "));
+
+    let mut streamed = json!({"model": "gpt-4o", "input": [ask], "tools": tools, "stream": true});
+    let events = response_events(&post(address, "/v1/responses", &streamed).await.text());
+    let kinds: Vec<&str> = events.iter().map(|e| e["type"].as_str().unwrap()).collect();
+    assert_eq!(
+        kinds,
+        [
+            "response.created",
+            "response.in_progress",
+            "response.output_item.added",
+            "response.function_call_arguments.delta",
+            "response.function_call_arguments.done",
+            "response.output_item.done",
+            "response.completed"
+        ]
+    );
+    assert_eq!(events[3]["delta"], "{}");
+    assert_eq!(events[6]["response"]["usage"], first["usage"]);
+    streamed["tool_choice"] = json!("none");
+    let events = response_events(&post(address, "/v1/responses", &streamed).await.text());
+    assert_eq!(events[2]["item"]["type"], "message", "tool_choice none answers with text");
+}
+
+#[tokio::test]
+async fn responses_cut_at_max_output_tokens_are_incomplete() {
+    let address = start().await;
+    let mut request = responses_request("gpt-4o", "Tell me a long story");
+    request["max_output_tokens"] = json!(3);
+    let body = post(address, "/v1/responses", &request).await.json();
+    assert_eq!(body["status"], "incomplete");
+    assert_eq!(body["incomplete_details"], json!({"reason": "max_output_tokens"}));
+    assert_eq!(body["max_output_tokens"], 3);
+    assert_eq!(body["output"][0]["status"], "incomplete");
+    assert_eq!(words(body["output"][0]["content"][0]["text"].as_str().unwrap()), 3);
+    assert_eq!(body["usage"]["output_tokens"], 3);
+    request["stream"] = json!(true);
+    let events = response_events(&post(address, "/v1/responses", &request).await.text());
+    let last = events.last().unwrap();
+    assert_eq!(last["type"], "response.incomplete");
+    assert_eq!(last["response"]["incomplete_details"], json!({"reason": "max_output_tokens"}));
+    assert_eq!(last["response"]["usage"], body["usage"]);
+    assert_eq!(events.iter().filter(|e| e["type"] == "response.output_text.delta").count(), 3);
+    // An answer:length fault spoils it the same way.
+    request["stream"] = json!(false);
+    request["max_output_tokens"] = Value::Null;
+    let spoiled = post_with(address, "/v1/responses", &[("x-mock-fault", "answer:length")], &request).await.json();
+    assert_eq!(spoiled["status"], "incomplete");
+}
+
+#[tokio::test]
+async fn responses_reject_bad_requests_with_openai_errors() {
+    let address = start().await;
+    let cases = [
+        (json!({"model": "gpt-4o"}), "input", "missing_required_parameter"),
+        (json!({"input": "x"}), "model", "missing_required_parameter"),
+        (json!({"model": "gpt-4o", "input": 42}), "input", "invalid_type"),
+        (json!({"model": "gpt-4o", "input": []}), "input", "empty_array"),
+    ];
+    for (body, param, code) in cases {
+        let reply = post(address, "/v1/responses", &body).await;
+        assert_eq!(reply.status, 400, "{body}");
+        let error = &reply.json()["error"];
+        assert_eq!(error["type"], "invalid_request_error", "{body}");
+        assert_eq!((error["param"].as_str(), error["code"].as_str()), (Some(param), Some(code)), "{body}");
+    }
+    let reply = post(address, "/v1/responses", &json!({"model": "gpt-4o", "input": [{"role": "user"}]})).await;
+    assert_eq!((reply.status, reply.json()["error"]["param"].clone()), (400, json!("input")));
+    assert_eq!(send(address, Method::GET, "/v1/responses", &[], "").await.status, 405);
+}
+
+#[tokio::test]
+async fn responses_take_the_same_faults_as_chat() {
+    let address = start().await;
+    let request = json!({"model": "gpt-4o", "input": "x"});
+    let rule = json!({"model": "gpt-4o", "fault": "status:503", "times": 1});
+    assert_eq!(post(address, "/__mock/faults", &rule).await.status, 200);
+    let reply = post(address, "/v1/responses", &request).await;
+    assert_eq!(reply.status, 503);
+    assert_eq!(reply.json()["error"]["type"], "server_error");
+    assert_eq!(post(address, "/v1/responses", &request).await.status, 200);
+    let reply = post_with(address, "/v1/responses", &[("x-mock-fault", "status:429")], &request).await;
+    assert_eq!((reply.status, reply.header("retry-after")), (429, Some("1")));
+
+    // drop_after:4 on a stream: created, in_progress, item added, part added, then the cut.
+    let mut streamed = request.clone();
+    streamed["stream"] = json!(true);
+    let body = streamed.to_string();
+    let mut stream = TcpStream::connect(address).await.unwrap();
+    let head = format!(
+        "POST /v1/responses HTTP/1.1\r\nhost: mock\r\ncontent-type: application/json\r\nx-mock-fault: drop_after:4\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let mut received = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut received)).await.unwrap().ok();
+    let received = String::from_utf8(received).unwrap();
+    assert_eq!(received.matches("event: ").count(), 4, "{received}");
+    assert!(received.contains("event: response.content_part.added"));
+    assert!(!received.ends_with("0\r\n\r\n"), "no terminating chunk");
+
+    // chunk_delay spaces the events out.
+    let mut short = streamed.clone();
+    short["max_output_tokens"] = json!(2);
+    let started = Instant::now();
+    let reply = post_with(address, "/v1/responses", &[("x-mock-fault", "chunk_delay:30")], &short).await;
+    // created, in_progress, item added, part added, 2 deltas, text done, part done, item done, incomplete.
+    assert_eq!(response_events(&reply.text()).len(), 10);
+    assert!(started.elapsed() >= Duration::from_millis(9 * 30));
+
+    let records = recorded(address).await;
+    let faults: Vec<&Value> = records.iter().map(|r| &r["faults"]).collect();
+    assert_eq!(
+        faults,
+        [
+            &json!(["status:503"]),
+            &json!([]),
+            &json!(["status:429"]),
+            &json!(["drop_after:4"]),
+            &json!(["chunk_delay:30"])
+        ]
+    );
+    assert_eq!(records[3]["stream"], true);
+    let record = wait_for_record(address, 4, |_| true).await;
+    assert_eq!((record["completed"].clone(), record["client_aborted"].clone()), (json!(false), json!(false)));
+}
+
+// ---------------------------------------------------------------------------
 // Anthropic
 
 #[tokio::test]

@@ -124,6 +124,15 @@ impl Plan {
         let request = ChatRequest::parse(inbound.api, inbound.body, config.limits.max_body_bytes)
             .map_err(|e| refuse(e.into(), &trace))?;
 
+        if let Some(tool) = request.builtin_tools().into_iter().find(|t| !config.routing.builtin_tools.contains(t)) {
+            let err = RequestError::Invalid {
+                field: "tools".into(),
+                message: format!(
+                    "built-in tool `{tool}` is not enabled for this tenant (routing.builtin_tools): its calls are billed beyond tokens and tollgate does not meter them"
+                ),
+            };
+            return Err(refuse(err.into(), &trace));
+        }
         let first_count = count::prompt_tokens(&request, &request.model);
         if let Some(limit) = config.limits.max_prompt_tokens
             && first_count.tokens > limit

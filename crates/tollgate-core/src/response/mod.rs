@@ -111,7 +111,40 @@ pub fn summarize_json(api: ApiFormat, body: &[u8]) -> Result<ResponseSummary, Re
         ApiFormat::OpenAi => summarize_openai(obj),
         ApiFormat::Anthropic => summarize_anthropic(obj),
         ApiFormat::Embeddings => summarize_embeddings(obj),
+        ApiFormat::Responses => summarize_responses(obj),
     })
+}
+
+/// A Responses API `response` object: `status` `completed` reads as the
+/// finish reason `"stop"`, `incomplete` for `max_output_tokens` as
+/// `"length"` (any other reason under its own name); an output item that
+/// calls a tool (`function_call`, or a built-in `*_call`) is a tool call.
+pub(crate) fn summarize_responses(obj: &Map<String, Value>) -> ResponseSummary {
+    let status = obj.get("status").and_then(Value::as_str);
+    let finish_reason = match status {
+        Some("completed") => Some("stop".to_owned()),
+        Some("incomplete") => {
+            Some(match obj.get("incomplete_details").and_then(|d| d.get("reason")).and_then(Value::as_str) {
+                Some("max_output_tokens") | None => "length".to_owned(),
+                Some(other) => other.to_owned(),
+            })
+        }
+        _ => None,
+    };
+    let output = obj.get("output").and_then(Value::as_array);
+    let has_tool_calls = output.is_some_and(|items| {
+        items.iter().any(|item| item.get("type").and_then(Value::as_str).is_some_and(|t| t.ends_with("_call")))
+    });
+    let generated =
+        output.map_or(0, |items| items.iter().fold(0, |sum: u64, i| sum.saturating_add(generated_text_bytes(i))));
+    ResponseSummary {
+        usage: obj.get("usage").and_then(usage::responses_usage),
+        complete: finish_reason.is_some(),
+        finish_reason,
+        has_tool_calls,
+        model: string_field(obj, "model"),
+        output_tokens_estimate: estimate_tokens(generated),
+    }
 }
 
 /// An embeddings answer is complete when it carries one embedding per

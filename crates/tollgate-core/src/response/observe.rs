@@ -147,6 +147,13 @@ impl StreamObserver {
                 format!("\n\ndata: {}\n\n", serde_json::json!({ "error": error })).into_bytes()
             }
             // anthropic-sdk raises on `event: error`, the event Anthropic itself sends mid-stream.
+            // The Responses API's own error event, which its SDK raises on.
+            ApiFormat::Responses => format!(
+                "\n\nevent: error\ndata: {}\n\n",
+                serde_json::json!({"type": "error", "code": "upstream_stream_broken", "message": message,
+                                   "param": null, "sequence_number": 0})
+            )
+            .into_bytes(),
             ApiFormat::Anthropic => format!(
                 "\n\nevent: error\ndata: {}\n\n",
                 serde_json::json!({"type": "error", "error": {"type": "api_error", "message": message}})
@@ -219,6 +226,71 @@ struct Flags {
 enum Format {
     OpenAi(OpenAiWatch),
     Anthropic(AnthropicWatch),
+    Responses(ResponsesWatch),
+}
+
+/// The Responses API's stream: typed events, the last of which
+/// (`response.completed`, `response.incomplete` or `response.failed`)
+/// carries the whole `response` object, usage included.
+#[derive(Debug, Default)]
+struct ResponsesWatch {
+    model: Option<String>,
+    /// The terminal event's `response`.
+    last: Option<Map<String, Value>>,
+}
+
+impl ResponsesWatch {
+    fn on_event(&mut self, flags: &mut Flags, event: &SseEvent) {
+        let Some(obj) = parse_object(event.data.trim()) else {
+            flags.uncacheable = true;
+            return;
+        };
+        let kind = obj.get("type").and_then(Value::as_str).unwrap_or_default();
+        match kind {
+            "error" | "response.failed" => flags.errored = true,
+            "response.output_text.delta" | "response.function_call_arguments.delta" | "response.refusal.delta" => {
+                if let Some(delta) = obj.get("delta") {
+                    flags.saw_generated(delta);
+                }
+            }
+            "response.output_item.added" | "response.output_item.done" => {
+                let item_type = obj.get("item").and_then(|i| i.get("type")).and_then(Value::as_str);
+                if item_type.is_some_and(|t| t.ends_with("_call")) {
+                    flags.has_tool_calls = true;
+                }
+            }
+            _ => {}
+        }
+        if let Some(Value::Object(response)) = obj.get("response") {
+            if let Some(model) = response.get("model").and_then(Value::as_str) {
+                self.model = Some(model.to_owned());
+            }
+            if matches!(kind, "response.completed" | "response.incomplete" | "response.failed") {
+                self.last = Some(response.clone());
+            }
+        }
+    }
+
+    fn summary(&self, flags: &Flags) -> ResponseSummary {
+        match &self.last {
+            Some(response) => {
+                let mut summary = super::summarize_responses(response);
+                summary.complete &= !flags.errored;
+                summary.has_tool_calls |= flags.has_tool_calls;
+                summary.output_tokens_estimate =
+                    summary.output_tokens_estimate.max(estimate_tokens(flags.generated_bytes));
+                summary
+            }
+            None => ResponseSummary {
+                usage: None,
+                complete: false,
+                finish_reason: None,
+                has_tool_calls: flags.has_tool_calls,
+                model: self.model.clone(),
+                output_tokens_estimate: estimate_tokens(flags.generated_bytes),
+            },
+        }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -300,6 +372,7 @@ impl Watch {
             },
             format: match api {
                 ApiFormat::OpenAi | ApiFormat::Embeddings => Format::OpenAi(OpenAiWatch::default()),
+                ApiFormat::Responses => Format::Responses(ResponsesWatch::default()),
                 ApiFormat::Anthropic => Format::Anthropic(AnthropicWatch::default()),
             },
         }
@@ -314,6 +387,10 @@ impl Watch {
         let usage_only = match &mut self.format {
             Format::OpenAi(w) => w.on_event(&mut self.flags, event),
             Format::Anthropic(w) => {
+                w.on_event(&mut self.flags, event);
+                false
+            }
+            Format::Responses(w) => {
                 w.on_event(&mut self.flags, event);
                 false
             }
@@ -338,6 +415,7 @@ impl Watch {
                     output_tokens_estimate: estimate_tokens(flags.generated_bytes),
                 }
             }
+            Format::Responses(w) => w.summary(flags),
             Format::Anthropic(w) => ResponseSummary {
                 usage: w.tokens.to_usage(),
                 complete: w.saw_stop && w.stop_reason.is_some() && !flags.errored,
@@ -357,6 +435,8 @@ impl Watch {
         match &self.format {
             Format::OpenAi(w) => w.assembled(),
             Format::Anthropic(w) => w.assembled(),
+            // The terminal event's `response` is the non-streamed body.
+            Format::Responses(w) => w.last.clone().map(Value::Object),
         }
     }
 }
@@ -375,6 +455,7 @@ impl Format {
                     *text = String::new();
                 }
             }
+            Format::Responses(_) => {}
         }
     }
 }

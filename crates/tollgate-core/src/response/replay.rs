@@ -30,6 +30,8 @@ pub fn replay_as_sse(api: ApiFormat, response: &Value, include_usage: bool) -> R
         ApiFormat::OpenAi => replay_openai(obj, include_usage),
         ApiFormat::Anthropic => replay_anthropic(obj),
         ApiFormat::Embeddings => Err(not_replayable("embeddings are not streamed")),
+        // A cached Responses answer is served to non-streamed requests only.
+        ApiFormat::Responses => Err(not_replayable("a Responses API answer is not replayed as a stream")),
     }
 }
 

@@ -65,6 +65,26 @@ pub(crate) fn openai_usage(value: &Value) -> Option<Usage> {
     })
 }
 
+/// A Responses API `usage` object: `input_tokens` (with
+/// `input_tokens_details.cached_tokens`) and `output_tokens` (reasoning
+/// tokens included, as OpenAI bills them).
+pub(crate) fn responses_usage(value: &Value) -> Option<Usage> {
+    let obj = value.as_object()?;
+    let input = token_count(obj.get("input_tokens"));
+    let output = token_count(obj.get("output_tokens"));
+    if input.is_none() && output.is_none() {
+        return None;
+    }
+    let input_tokens = input.unwrap_or(0);
+    let cached = token_count(obj.get("input_tokens_details").and_then(|d| d.get("cached_tokens"))).unwrap_or(0);
+    Some(Usage {
+        input_tokens,
+        cached_input_tokens: cached.min(input_tokens),
+        cache_write_input_tokens: 0,
+        output_tokens: output.unwrap_or(0),
+    })
+}
+
 /// The four counts of an Anthropic `usage` object, each as reported.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub(crate) struct AnthropicTokens {
