@@ -213,7 +213,7 @@ def test_a_function_tool_round_trip_gets_a_call_then_text_and_the_call_is_never_
     assert len(clean_mock.requests()) == 3
 
 
-def test_the_same_deterministic_request_is_a_cache_hit_but_never_across_previous_response_ids_or_for_a_stream(
+def test_the_same_deterministic_request_is_a_cache_hit_never_across_previous_response_ids_and_a_stream_replays_it(
     router, clean_mock
 ):
     client = sdk(router)
@@ -244,14 +244,19 @@ def test_the_same_deterministic_request_is_a_cache_hit_but_never_across_previous
     records = clean_mock.requests()
     assert [r["body"].get("previous_response_id") for r in records] == [None, previous_a, previous_b]
 
-    # A stream is never served from the cache, even of a stored answer.
+    # A stream of a stored answer is served from it, replayed as the
+    # Responses API's own events, which the SDK parses.
     raw = client.responses.with_raw_response.create(model="tollgate/auto", input=prompt, temperature=0, stream=True)
-    assert raw.headers["x-tollgate-cache"] == "miss"
+    assert raw.headers["x-tollgate-cache"] == "hit"
+    assert raw.headers["content-type"].startswith("text/event-stream")
     events = list(raw.parse())
     ledger.wait_for(1)
     assert events[-1].type == "response.completed"
     assert events[-1].response.output_text == first.parse().output_text
-    assert [r["stream"] for r in clean_mock.requests()] == [False, False, False, True]
+    deltas = "".join(e.delta for e in events if e.type == "response.output_text.delta")
+    assert deltas == first.parse().output_text
+    assert [e.sequence_number for e in events] == list(range(len(events)))
+    assert [r["stream"] for r in clean_mock.requests()] == [False, False, False], "the provider saw no stream"
 
 
 def test_the_clients_max_output_tokens_reaches_the_provider_and_an_incomplete_answer_is_relayed_as_is(

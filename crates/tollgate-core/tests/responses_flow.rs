@@ -249,3 +249,36 @@ fn an_unresolved_cheap_answer_escalates_on_the_responses_api_too() {
     assert_eq!(models, ["gpt-4o-mini", "gpt-4o"], "malformed JSON for text.format climbs a tier");
     assert!(String::from_utf8_lossy(&out.body).contains("capital"));
 }
+
+#[test]
+fn a_stream_of_a_stored_answer_is_replayed_as_the_responses_apis_own_events() {
+    let mut sim = Simulator::new(config(), [1; 32]);
+    let body = json!({"model": "tollgate/auto", "input": "What is the capital of France?", "temperature": 0});
+    send(&mut sim, &body, &mut |up| Some(reply(up, text_output("Paris."), "completed")));
+    let mut streamed = body.clone();
+    streamed["stream"] = json!(true);
+    let out = send(&mut sim, &streamed, &mut |_| panic!("served from the cache"));
+    assert_eq!(out.header("x-tollgate-cache"), Some("hit"));
+    let text = String::from_utf8(out.body.clone()).unwrap();
+    let kinds: Vec<&str> = text.lines().filter_map(|l| l.strip_prefix("event: ")).collect();
+    assert_eq!(
+        kinds,
+        [
+            "response.created",
+            "response.in_progress",
+            "response.output_item.added",
+            "response.content_part.added",
+            "response.output_text.delta",
+            "response.output_text.done",
+            "response.content_part.done",
+            "response.output_item.done",
+            "response.completed"
+        ]
+    );
+    // Read back by the core's own stream observer, it is the stored answer.
+    let mut observer = tollgate_core::response::StreamObserver::new(ApiFormat::Responses, false, 1 << 20);
+    observer.feed(&out.body, &mut Vec::new());
+    let outcome = observer.finish(&mut Vec::new());
+    assert!(outcome.summary.complete);
+    assert_eq!(outcome.assembled.unwrap()["output"][0]["content"][0]["text"], "Paris.");
+}

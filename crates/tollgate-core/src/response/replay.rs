@@ -30,9 +30,98 @@ pub fn replay_as_sse(api: ApiFormat, response: &Value, include_usage: bool) -> R
         ApiFormat::OpenAi => replay_openai(obj, include_usage),
         ApiFormat::Anthropic => replay_anthropic(obj),
         ApiFormat::Embeddings => Err(not_replayable("embeddings are not streamed")),
-        // A cached Responses answer is served to non-streamed requests only.
-        ApiFormat::Responses => Err(not_replayable("a Responses API answer is not replayed as a stream")),
+        ApiFormat::Responses => replay_responses(obj),
     }
+}
+
+/// A completed Responses API answer as the event stream the API sends:
+/// `response.created`, `response.in_progress`, then per message item its
+/// `output_item.added`, per text part `content_part.added`, one
+/// `output_text.delta`, `output_text.done` and `content_part.done`, then
+/// `output_item.done`; last `response.completed` with the whole response.
+/// Every event carries its `type` and a `sequence_number` from 0. Only
+/// message items with `output_text` parts can be replayed.
+fn replay_responses(obj: &Map<String, Value>) -> Result<Vec<u8>, ResponseError> {
+    if obj.get("status").and_then(Value::as_str) != Some("completed") {
+        return Err(not_replayable("a Responses API answer that is not completed"));
+    }
+    let items = obj.get("output").and_then(Value::as_array).ok_or_else(|| shape("output is missing"))?;
+    let mut events: Vec<Value> = Vec::new();
+    let mut pending = obj.clone();
+    pending.insert("status".to_owned(), Value::from("in_progress"));
+    pending.insert("output".to_owned(), Value::Array(Vec::new()));
+    pending.insert("usage".to_owned(), Value::Null);
+    events.push(object([("type", "response.created".into()), ("response", Value::Object(pending.clone()))]));
+    events.push(object([("type", "response.in_progress".into()), ("response", Value::Object(pending))]));
+    for (output_index, item) in items.iter().enumerate() {
+        let item_obj = item.as_object().ok_or_else(|| shape(format!("output[{output_index}] is not an object")))?;
+        if item_obj.get("type").and_then(Value::as_str) != Some("message") {
+            return Err(not_replayable("an output item other than a message"));
+        }
+        let item_id = item_obj.get("id").cloned().unwrap_or(Value::Null);
+        let parts = item_obj.get("content").and_then(Value::as_array).ok_or_else(|| shape("content is missing"))?;
+        let mut started = item_obj.clone();
+        started.insert("status".to_owned(), Value::from("in_progress"));
+        started.insert("content".to_owned(), Value::Array(Vec::new()));
+        events.push(object([
+            ("type", "response.output_item.added".into()),
+            ("output_index", output_index.into()),
+            ("item", Value::Object(started)),
+        ]));
+        for (content_index, part) in parts.iter().enumerate() {
+            if part.get("type").and_then(Value::as_str) != Some("output_text") {
+                return Err(not_replayable("a content part other than output_text"));
+            }
+            let text = part.get("text").and_then(Value::as_str).ok_or_else(|| shape("output_text without text"))?;
+            let at = |kind: &str, extra: [(&str, Value); 2]| {
+                let mut event = object([
+                    ("type", kind.into()),
+                    ("item_id", item_id.clone()),
+                    ("output_index", output_index.into()),
+                    ("content_index", content_index.into()),
+                ]);
+                if let Value::Object(map) = &mut event {
+                    for (key, value) in extra {
+                        map.insert(key.to_owned(), value);
+                    }
+                }
+                event
+            };
+            let empty = object([
+                ("type", "output_text".into()),
+                ("text", "".into()),
+                ("annotations", Value::Array(Vec::new())),
+                ("logprobs", Value::Array(Vec::new())),
+            ]);
+            events.push(at("response.content_part.added", [("part", empty), ("logprobs", Value::Null)]));
+            events.push(at(
+                "response.output_text.delta",
+                [("delta", text.into()), ("logprobs", Value::Array(Vec::new()))],
+            ));
+            events
+                .push(at("response.output_text.done", [("text", text.into()), ("logprobs", Value::Array(Vec::new()))]));
+            events.push(at("response.content_part.done", [("part", part.clone()), ("logprobs", Value::Null)]));
+        }
+        events.push(object([
+            ("type", "response.output_item.done".into()),
+            ("output_index", output_index.into()),
+            ("item", item.clone()),
+        ]));
+    }
+    events.push(object([("type", "response.completed".into()), ("response", Value::Object(obj.clone()))]));
+    let mut out = Vec::new();
+    for (sequence_number, mut event) in events.into_iter().enumerate() {
+        let kind = event.get("type").and_then(Value::as_str).unwrap_or_default().to_owned();
+        if let Value::Object(map) = &mut event {
+            // Parts events carry no logprobs of their own.
+            if map.get("logprobs") == Some(&Value::Null) {
+                map.remove("logprobs");
+            }
+            map.insert("sequence_number".to_owned(), sequence_number.into());
+        }
+        write_event(&mut out, Some(&kind), &event)?;
+    }
+    Ok(out)
 }
 
 fn shape(message: impl Into<String>) -> ResponseError {
