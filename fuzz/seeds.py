@@ -46,6 +46,7 @@ MAX_LEN = {
     "request": 65536,
     "plan": 16384,
     "sse_stream": 8192,
+    "translate": 8192,
     "json_usage": 16384,
     "replay": 16384,
     "tenant_config": 16384,
@@ -127,6 +128,8 @@ def requests() -> list[tuple[str, bytes]]:
 def seed_requests(reqs: list[tuple[str, bytes]]) -> None:
     for i, (api, body) in enumerate(reqs):
         add("request", body)
+        for direction in range(4):
+            add("translate", split_header(direction, body, cuts=0))
         a = 1 if api == "anthropic" else 0
         # Vary the plan switches over the cases (no-store, tenant, fallback,
         # length, twice) so each shows up in the corpus.
@@ -232,6 +235,8 @@ def seed_answers(answers: list[tuple[str, bool, bytes]]) -> None:
         for j, v in enumerate(variants):
             # bit 1: strip the usage chunk (OpenAI); bit 2: small assembly bound.
             add("sse_stream", split_header(a | (2 if (i + j) % 2 else 0) | (4 if (i + j) % 5 == 4 else 0), v))
+            # bit 2: the provider's API; bits 3-4: each client API in turn; bit 5: usage asked.
+            add("translate", split_header((a << 2) | (((i + j) % 3) << 3) | (32 if i % 2 else 0), v))
         if i == 0:
             add("sse_stream", split_header(a, b"\xef\xbb\xbf" + s, cuts=1))
     for api, stream, body in answers:

@@ -119,12 +119,18 @@ def test_a_model_the_tenant_does_not_allow_is_refused_and_nothing_is_sent(router
     assert clean_mock.requests() == []
 
 
-def test_an_anthropic_request_uses_the_nearest_tier_that_has_an_anthropic_model(router, clean_mock):
+def test_an_anthropic_request_to_a_tier_without_an_anthropic_model_is_translated_for_its_model(router, clean_mock):
     # e2e-providers' cheap tier has only OpenAI-compatible models (google,
-    # mistral); an easy Anthropic request goes one tier up.
+    # mistral): an easy Anthropic request stays in that tier, said to its
+    # first model in the chat API and answered in the Messages API.
     r = messages(router.url, tenants.PROVIDERS_KEY, messages_body(unique(EASY_PROMPT)))
-    model = tier_models(tenants.PROVIDERS, "premium", "anthropic")[0]
-    assert_served_by(r, clean_mock.requests(), "premium", model, "/anthropic/v1/messages")
+    model = tier_models(tenants.PROVIDERS, "cheap", "openai")[0]
+    assert_served_by(r, clean_mock.requests(), "cheap", model, "/google/v1/chat/completions")
+    assert r.headers["x-tollgate-translated"] == "anthropic->openai"
+    body = r.json()
+    assert body["type"] == "message" and body["role"] == "assistant"
+    assert body["stop_reason"] == "end_turn"
+    assert body["usage"]["input_tokens"] > 0 and body["usage"]["output_tokens"] > 0
     assert float(r.headers["x-tollgate-score"]) <= tenants.PROVIDERS["routing"]["tiers"][0]["up_to_score"]
 
 

@@ -22,7 +22,11 @@ impl CacheKey {
     /// each length-prefixed so no two inputs share an encoding.
     pub fn derive(tenant_id: &str, provider: Provider, model: &str, request: &ChatRequest) -> CacheKey {
         let mut h = Sha256::new();
-        for part in [KEY_DOMAIN, tenant_id.as_bytes(), provider.as_str().as_bytes(), model.as_bytes()] {
+        // The client's API is part of the key: an entry is stored in the
+        // client's shape, and a chat body and a Messages body can be the
+        // same JSON while asking different APIs (one model, translated).
+        let api = request.api.as_str().as_bytes();
+        for part in [KEY_DOMAIN, tenant_id.as_bytes(), api, provider.as_str().as_bytes(), model.as_bytes()] {
             h.update((part.len() as u64).to_le_bytes());
             h.update(part);
         }

@@ -12,6 +12,7 @@ use crate::classify::{ClassifierConfig, RawClassifierConfig};
 use crate::cooldown::{CooldownSettings, RawCooldown};
 use crate::escalation::{EscalationSettings, RawEscalation};
 use crate::pricing::{ModelPrice, builtin_price};
+use crate::translate::TranslationMode;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fmt;
@@ -83,6 +84,13 @@ pub struct RawRouting {
     /// tokens and are not metered, so none is allowed unless listed.
     #[serde(default)]
     pub builtin_tools: Vec<String>,
+    /// When a tier's models whose provider does not speak the client's API
+    /// are used, their requests and answers translated: `when_needed`
+    /// (default: only when the tier has no model of the client's API),
+    /// `native_first` (after those, as fallbacks), `as_listed` (in the
+    /// tier's order) or `off`.
+    #[serde(default)]
+    pub translation: TranslationMode,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -187,6 +195,7 @@ pub struct Routing {
     pub embeddings: Vec<ModelRef>,
     /// Responses API built-in tools requests may declare.
     pub builtin_tools: Vec<String>,
+    pub translation: TranslationMode,
 }
 
 impl Routing {
@@ -505,7 +514,15 @@ fn validate_routing(raw: RawRouting, p: &mut Problems, is_priced: &dyn Fn(&str) 
             }
         }
     }
-    Routing { tiers, pinned, allowed, cooldown, embeddings, builtin_tools: raw.builtin_tools }
+    Routing {
+        tiers,
+        pinned,
+        allowed,
+        cooldown,
+        embeddings,
+        builtin_tools: raw.builtin_tools,
+        translation: raw.translation,
+    }
 }
 
 fn validate_budgets(raw: Option<RawBudgets>, p: &mut Problems) -> Budgets {

@@ -116,6 +116,10 @@ pub enum RequestError {
         "model `{model}` is not allowed for embeddings; use `tollgate/auto`, a model of the tenant's embedding chain, or a pinned embedding model"
     )]
     EmbeddingModelNotAllowed { model: String },
+    /// No model of the tenant's can take the request as sent (its API is
+    /// spoken by none, or a field cannot be expressed in theirs).
+    #[error("{message}")]
+    NoModelForRequest { message: String },
     #[error("prompt is {tokens} tokens; the limit is {limit}")]
     PromptTooLong { tokens: u64, limit: u64 },
     #[error("unknown endpoint `{path}`")]
@@ -140,6 +144,7 @@ impl From<RequestError> for ApiError {
                 (400, "model_not_allowed", Some("model".to_owned()))
             }
             RequestError::PromptTooLong { .. } => (400, "context_length_exceeded", Some("messages".to_owned())),
+            RequestError::NoModelForRequest { .. } => (400, "no_model_for_request", Some("model".to_owned())),
             RequestError::UnknownEndpoint { .. } => (404, "unknown_url", None),
         };
         let mut api = ApiError::new(status, "invalid_request_error", code, message);

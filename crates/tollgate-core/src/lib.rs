@@ -31,6 +31,7 @@ pub mod request;
 pub mod response;
 pub mod store;
 pub mod trace;
+pub mod translate;
 pub mod upstream;
 
 pub use api::ApiFormat;

@@ -331,6 +331,20 @@ impl ChatRequest {
             .collect()
     }
 
+    /// The whole body as JSON, for translation into another API. Every
+    /// field passed the router's JSON rules in [`ChatRequest::parse`].
+    pub fn body_map(&self) -> Map<String, Value> {
+        let mut body = Map::new();
+        for (key, raw) in &self.raw.0 {
+            let value = match self.parsed.get(key) {
+                Some(v) => v.clone(),
+                None => serde_json::from_str(raw.get()).unwrap_or(Value::Null),
+            };
+            body.insert(key.clone(), value);
+        }
+        body
+    }
+
     /// A top-level field exactly as the client sent it.
     pub fn raw_field(&self, name: &str) -> Option<&str> {
         self.raw.0.iter().find(|(k, _)| k == name).map(|(_, v)| v.get())

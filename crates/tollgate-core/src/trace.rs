@@ -47,6 +47,9 @@ pub struct DecisionTrace {
     /// Each tier climbed: `from->to; reason=signal`.
     pub escalations: Vec<String>,
     pub reasons: Vec<String>,
+    /// `client->provider` when the answering model's provider speaks
+    /// another API than the client's (see `translate`).
+    pub translated: Option<String>,
 }
 
 impl DecisionTrace {
@@ -66,6 +69,7 @@ impl DecisionTrace {
             fallbacks: 0,
             escalations: Vec::new(),
             reasons: Vec::new(),
+            translated: None,
         }
     }
 
@@ -107,6 +111,9 @@ impl DecisionTrace {
         if !self.escalations.is_empty() {
             put("x-tollgate-escalated", self.escalations.join(", "));
         }
+        if let Some(direction) = &self.translated {
+            put("x-tollgate-translated", direction.clone());
+        }
         if !self.reasons.is_empty() {
             put("x-tollgate-reasons", self.reasons.join("; "));
         }
@@ -114,10 +121,11 @@ impl DecisionTrace {
     }
 }
 
-/// Printable ASCII only, at most 256 bytes.
+/// Printable ASCII only, at most 1 KiB (reasons name the models a request
+/// skipped and why).
 fn header_safe(value: &str) -> String {
     let mut out: String = value.chars().map(|c| if (' '..='~').contains(&c) { c } else { '?' }).collect();
-    out.truncate(256);
+    out.truncate(1024);
     out
 }
 

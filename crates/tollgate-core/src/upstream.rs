@@ -34,8 +34,13 @@ pub fn provider_headers(
     api_key: &str,
     client_headers: &[(String, String)],
 ) -> Vec<(String, String)> {
+    // Anthropic's own headers go only to Anthropic (a translated request
+    // from an Anthropic client reaches an OpenAI-compatible provider).
+    let forwarded = |name: &str| {
+        FORWARDED_CLIENT_HEADERS.contains(&name) && (provider == Provider::Anthropic || !name.starts_with("anthropic-"))
+    };
     let mut headers: Vec<(String, String)> =
-        client_headers.iter().filter(|(name, _)| FORWARDED_CLIENT_HEADERS.contains(&name.as_str())).cloned().collect();
+        client_headers.iter().filter(|(name, _)| forwarded(name)).cloned().collect();
     headers.push(("content-type".into(), "application/json".into()));
     match provider {
         Provider::Anthropic => {

@@ -587,8 +587,9 @@ fn a_huge_single_character_prompt_is_counted_and_routed_without_trouble() {
 }
 
 #[test]
-fn a_tier_with_no_model_for_the_clients_api_is_passed_over_visibly_not_silently() {
+fn with_translation_off_a_tier_with_no_model_for_the_clients_api_is_passed_over_visibly_not_silently() {
     let cfg = config(json!({"routing": {
+        "translation": "off",
         "tiers": [
             {"name": "cheap", "up_to_score": 0.5, "models": ["anthropic/claude-3-5-haiku-latest"]},
             {"name": "premium", "models": ["openai/gpt-4o"]}

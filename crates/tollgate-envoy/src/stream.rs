@@ -280,11 +280,7 @@ impl Stream {
     /// An attempt that got no answer at all: a timeout, as the reference
     /// driver takes it.
     fn attempt_lost(&mut self, rt: &Runtime, now: u64) -> Next {
-        match self.with_plan(rt, |p| p.on_answer_head(None, "", None, now)) {
-            Some(AnswerStart::Failed(step)) => *step,
-            Some(_) => self.next_step(rt, |p| p.on_answer_lost(now)),
-            None => internal(),
-        }
+        self.next_step(rt, |p| p.on_no_answer(None, None, now))
     }
 
     /// Ask the tenant's store for `step`: the plan's next step if it
@@ -344,7 +340,7 @@ impl Stream {
             Some(AnswerStart::ReadBody) => match self.with_plan(rt, |p| p.on_json_answer(Some(&body), now)) {
                 Some(JsonAnswer::Relay(relay)) => {
                     self.close(rt, relay.closing);
-                    self.send(relay.status, &relay.headers, &body);
+                    self.send(relay.status, &relay.headers, relay.body.as_deref().unwrap_or(&body));
                     Flow::Responded
                 }
                 Some(JsonAnswer::Replace(next)) => self.drive(rt, next),
@@ -372,6 +368,16 @@ impl Stream {
             Some(JsonAnswer::Relay(relay)) => {
                 self.close(rt, relay.closing);
                 set_response_headers(&relay.headers);
+                if let Some(body) = &relay.body {
+                    // The answer translated into the client's API: the held
+                    // body is replaced, so the provider's length is wrong.
+                    let _ = hostcalls::remove_map_value(MapType::HttpResponseHeaders, "content-length");
+                    let status = relay.status.to_string();
+                    let _ = hostcalls::set_map_value(MapType::HttpResponseHeaders, ":status", Some(&status));
+                    if let Err(status) = hostcalls::set_buffer(BufferType::HttpResponseBody, 0, usize::MAX, body) {
+                        log::error!("tollgate: could not replace the response body: {status:?}");
+                    }
+                }
                 return Action::Continue;
             }
             Some(JsonAnswer::Replace(next)) => next,

@@ -2,13 +2,13 @@
 //! and read a streamed answer chunk by chunk. Host I/O only; what an answer
 //! means is the core's (`Plan::on_answer_head`).
 
-use crate::settings::{Settings, now_secs};
+use crate::settings::Settings;
 use crate::timer::Timer;
 use futures_util::StreamExt;
 use futures_util::future::{Either, select};
-use tollgate_core::engine::{AnswerStart, Upstream};
+use tollgate_core::engine::Upstream;
 use tollgate_core::error::UpstreamError;
-use tollgate_core::{ApiError, Next, Plan, upstream};
+use tollgate_core::{ApiError, upstream};
 use worker::wasm_bindgen::JsValue;
 use worker::{
     AbortController, ByteStream, Env, Fetch, Headers, Method, Request, RequestInit, Response, Result, console_error,
@@ -59,16 +59,6 @@ pub async fn call(
             controller.abort();
             Ok(None)
         }
-    }
-}
-
-/// The plan's step after an attempt that got no answer at all.
-pub fn head_failed(plan: &mut Plan, status: Option<u16>, retry_after: Option<&str>) -> Next {
-    let now = now_secs();
-    match plan.on_answer_head(status, "", retry_after, now) {
-        AnswerStart::Failed(step) => *step,
-        // Not an answer the client can be given: lost, like a timeout.
-        AnswerStart::Stream { .. } | AnswerStart::ReadBody => plan.on_answer_lost(now),
     }
 }
 

@@ -126,7 +126,7 @@ async fn drive(mut job: Job, mut reply: oneshot::Sender<Response>) {
             }
             Next::Forward(up) => match provider::call(&up, &job.env, &job.client_headers, &job.settings).await {
                 Err(err) => job.plan.abandon(&err),
-                Ok(None) => provider::head_failed(&mut job.plan, None, None),
+                Ok(None) => job.plan.on_no_answer(None, None, now_secs()),
                 Ok(Some(resp)) => match answer(&mut job, &up, resp, reply).await {
                     Answered::Done => return,
                     Answered::Next(back, step) => {
@@ -221,7 +221,8 @@ async fn answer(job: &mut Job, up: &Upstream, mut resp: Response, reply: oneshot
             };
             match job.plan.on_json_answer(Some(&bytes), now_secs()) {
                 JsonAnswer::Relay(relay) => {
-                    let response = Response::from_bytes(bytes).map(|r| r.with_status(relay.status));
+                    let response =
+                        Response::from_bytes(relay.body.unwrap_or(bytes)).map(|r| r.with_status(relay.status));
                     send(reply, response.and_then(|r| with_headers(r, &relay.headers)));
                     job.close(relay.closing).await;
                     Answered::Done

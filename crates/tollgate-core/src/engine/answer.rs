@@ -10,7 +10,8 @@ use crate::budget::{Amount, ReserveRequest};
 use crate::cooldown::CooldownUpdate;
 use crate::error::UpstreamError;
 use crate::escalation::{self, Signal};
-use crate::response::{self, ResponseSummary, Usage};
+use crate::response::{self, ResponseSummary, StreamOutcome, Usage};
+use crate::translate::{self, AnswerContext, Finish, StreamTranslator};
 use crate::upstream;
 
 impl Plan {
@@ -36,12 +37,27 @@ impl Plan {
             return AnswerStart::Failed(Box::new(self.on_upstream_failure(status)));
         };
         let streamed = content_type.contains("text/event-stream") && (200..300).contains(&status);
+        let provider_api = self.provider_api();
+        let translating = provider_api != self.api;
         let observer = streamed.then(|| {
-            let strip = self.api == ApiFormat::OpenAi && self.request.stream && !self.request.client_wants_usage;
-            response::StreamObserver::new(self.api, strip, self.max_entry_bytes)
+            let strip = !translating
+                && self.api == ApiFormat::OpenAi
+                && self.request.stream
+                && !self.request.client_wants_usage;
+            response::StreamObserver::new(provider_api, strip, self.max_entry_bytes)
         });
-        self.answer =
-            Some(AnswerState { status, content_type: content_type.to_owned(), observer, cooldown: Some(update) });
+        let translator = if streamed && translating {
+            StreamTranslator::new(provider_api, self.api, self.answer_context(now))
+        } else {
+            None
+        };
+        self.answer = Some(AnswerState {
+            status,
+            content_type: content_type.to_owned(),
+            observer,
+            translator,
+            cooldown: Some(update),
+        });
         if !streamed {
             return AnswerStart::ReadBody;
         }
@@ -60,7 +76,15 @@ impl Plan {
     pub fn on_stream_chunk(&mut self, chunk: &[u8], out: &mut Vec<u8>) {
         let Some(answer) = self.answer.as_mut() else { return };
         if let Some(observer) = answer.observer.as_mut() {
-            observer.feed(chunk, out);
+            match answer.translator.as_mut() {
+                // The observer reads the provider's stream (usage, the body
+                // to cache); the client gets the translation.
+                Some(translator) => {
+                    observer.feed(chunk, &mut Vec::new());
+                    translator.feed(chunk, out);
+                }
+                None => observer.feed(chunk, out),
+            }
         }
         // The attempt answered: its first bytes are on their way.
         if let Some(update) = answer.cooldown.take() {
@@ -76,9 +100,14 @@ impl Plan {
         if let Some(update) = answer.cooldown.take() {
             self.push_cooldown(update);
         }
-        let outcome = match answer.observer.as_mut() {
-            Some(observer) => observer.finish(out),
-            None => return self.cancel(),
+        let outcome = match (answer.observer.as_mut(), answer.translator.as_mut()) {
+            (Some(observer), Some(translator)) => {
+                let outcome = observer.finish(&mut Vec::new());
+                translator.finish(out);
+                self.translated_outcome(outcome, now)
+            }
+            (Some(observer), None) => observer.finish(out),
+            (None, _) => return self.cancel(),
         };
         let fin = self.finish(answer.status, &outcome.summary, outcome.assembled, now);
         let settlement = fin.settlement.clone();
@@ -109,10 +138,16 @@ impl Plan {
             None => (502, String::new()),
         };
         self.answer = None;
-        let (summary, assembled) = match body {
-            Some(body) => {
-                let (summary, assembled) = self.read_json_response(body);
-                if let Some(step) = self.review(status, &summary, body) {
+        let (status, translated) = self.translate_json(status, body, now);
+        let (summary, assembled) = match translated.as_deref().or(body) {
+            Some(client_body) => {
+                let (mut summary, assembled) = self.read_json_response(client_body);
+                if let (Some(_), Some(raw)) = (&translated, body) {
+                    // Usage as the provider reported it (cache writes and all).
+                    let provider = response::summarize_json(self.provider_api(), raw).unwrap_or_default();
+                    summary.usage = provider.usage.or(summary.usage);
+                }
+                if let Some(step) = self.review(status, &summary, client_body) {
                     return JsonAnswer::Replace(step);
                 }
                 (summary, assembled)
@@ -120,12 +155,13 @@ impl Plan {
             None => (ResponseSummary::default(), None),
         };
         let fin = self.finish(status, &summary, assembled, now);
-        let content_type = if content_type.is_empty() { "application/json".to_owned() } else { content_type };
+        let content_type =
+            if content_type.is_empty() || translated.is_some() { "application/json".to_owned() } else { content_type };
         let mut headers = vec![("content-type".to_owned(), content_type)];
         headers.extend(self.trace.headers());
         let settlement = fin.settlement.clone();
         let closing = self.closing(settlement, Some(fin));
-        JsonAnswer::Relay(Relay { status, headers, closing })
+        JsonAnswer::Relay(Relay { status, headers, body: translated, closing })
     }
 
     /// The request ended early (the client left, or the connection broke),
@@ -141,6 +177,16 @@ impl Plan {
                 JsonAnswer::Replace(_) => self.cancel(),
             },
             None => self.cancel(),
+        }
+    }
+
+    /// The attempt got no answer at all (a timeout, a connection failure):
+    /// the step after it. `status` is what the host saw, if anything.
+    pub fn on_no_answer(&mut self, status: Option<u16>, retry_after: Option<&str>, now: u64) -> Next {
+        match self.on_answer_head(status, "", retry_after, now) {
+            AnswerStart::Failed(step) => *step,
+            // Not an answer the client can be given: lost, like a timeout.
+            AnswerStart::Stream { .. } | AnswerStart::ReadBody => self.on_answer_lost(now),
         }
     }
 
@@ -275,6 +321,57 @@ impl Plan {
         let mut headers = vec![("content-type".to_owned(), "application/json".to_owned())];
         headers.extend(self.trace.headers());
         self.respond(LocalResponse { status: held.status, headers, body: held.body }, settlement)
+    }
+
+    /// The API the current attempt's provider speaks.
+    pub(super) fn provider_api(&self) -> ApiFormat {
+        self.current_target().and_then(|t| translate::provider_api(self.api, t.provider)).unwrap_or(self.api)
+    }
+
+    /// Ids and times for an answer translated into the client's API.
+    fn answer_context(&self, now: u64) -> AnswerContext {
+        AnswerContext {
+            id_seed: self.request_id.trim_start_matches("req_").to_owned(),
+            created: now,
+            prompt_tokens: self.prompt.tokens,
+            include_usage: self.request.client_wants_usage,
+            metadata: self.client_metadata.clone(),
+        }
+    }
+
+    /// A JSON answer from a provider of another API, in the client's: the
+    /// status to send and the body (None: no translation, relay as sent).
+    /// A success that is no answer of the provider's API is a 502; an
+    /// answer too large to read cannot be translated, so it is one too.
+    fn translate_json(&self, status: u16, body: Option<&[u8]>, now: u64) -> (u16, Option<Vec<u8>>) {
+        let provider = self.provider_api();
+        if provider == self.api {
+            return (status, None);
+        }
+        let Some(raw) = body else {
+            let why = br#"{"error":{"message":"the provider's answer was too large to translate"}}"#;
+            return (502, Some(translate::translate_error(provider, self.api, 502, why)));
+        };
+        if (200..300).contains(&status) {
+            if let Some(answer) = translate::translate_answer(provider, self.api, raw, &self.answer_context(now)) {
+                return (status, Some(answer));
+            }
+            let why = br#"{"error":{"message":"the provider's answer could not be read"}}"#;
+            return (502, Some(translate::translate_error(provider, self.api, 502, why)));
+        }
+        (status, Some(translate::translate_error(provider, self.api, status, raw)))
+    }
+
+    /// A provider stream's outcome in the client's API: its finish reason
+    /// in the client's words, the body to cache translated.
+    fn translated_outcome(&self, outcome: StreamOutcome, now: u64) -> StreamOutcome {
+        let provider = self.provider_api();
+        let mut summary = outcome.summary;
+        summary.finish_reason = summary.finish_reason.map(|r| Finish::read(provider, &r, None).for_summary(self.api));
+        let ctx = self.answer_context(now);
+        let assembled =
+            outcome.assembled.and_then(|v| translate::answer::translate_answer_value(provider, self.api, &v, &ctx));
+        StreamOutcome { summary, assembled }
     }
 
     /// The usage and cost of the current attempt's answer.

@@ -116,8 +116,11 @@ pub fn drive(plan: &mut Plan, host: &mut impl StepHost, now: u64) -> Driven {
                                 drain_duties(plan, host, &mut steps);
                                 steps.push("relay");
                                 close(host, &relay.closing, &mut steps);
-                                let response =
-                                    LocalResponse { status: relay.status, headers: relay.headers, body: answer.body };
+                                let response = LocalResponse {
+                                    status: relay.status,
+                                    headers: relay.headers,
+                                    body: relay.body.unwrap_or(answer.body),
+                                };
                                 return Driven { response, closing: relay.closing, calls, steps };
                             }
                         }

@@ -166,6 +166,9 @@ pub struct Relay {
     pub status: u16,
     /// The content type and the decision headers.
     pub headers: Vec<(String, String)>,
+    /// The body to send instead of the provider's (its answer translated
+    /// to the client's API); None: relay the provider's body as it is.
+    pub body: Option<Vec<u8>>,
     pub closing: Closing,
 }
 
@@ -318,6 +321,13 @@ pub struct Plan {
     /// The request has closed (its [`Closing`] was handed out).
     #[serde(skip)]
     closed: bool,
+    /// The request said in each other API a model of its chains speaks
+    /// (translated once, in [`Plan::new`]).
+    #[serde(skip)]
+    translations: Vec<(ApiFormat, serde_json::Map<String, serde_json::Value>)>,
+    /// A Responses client's `metadata`, echoed in a translated answer.
+    #[serde(skip)]
+    client_metadata: Option<serde_json::Value>,
 }
 
 /// The answer being relayed.
@@ -327,6 +337,8 @@ struct AnswerState {
     content_type: String,
     /// For a streamed answer.
     observer: Option<StreamObserver>,
+    /// For a streamed answer in another API than the client's.
+    translator: Option<crate::translate::StreamTranslator>,
     /// The attempt's cooldown update, handed out once the answer is known
     /// to have started (its first relayed bytes, or its end).
     cooldown: Option<CooldownUpdate>,
@@ -340,6 +352,7 @@ impl Clone for AnswerState {
             status: self.status,
             content_type: self.content_type.clone(),
             observer: None,
+            translator: None,
             cooldown: self.cooldown.clone(),
         }
     }

@@ -13,7 +13,9 @@ use crate::escalation;
 use crate::pricing::ModelPrice;
 use crate::request::{ChatRequest, Role};
 use crate::trace::{CacheOutcome, DecisionTrace};
+use crate::translate::{self, TranslationMode};
 use serde::Serialize;
+use serde_json::{Map, Value};
 
 /// How the request's model was chosen.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -133,6 +135,7 @@ impl Plan {
             };
             return Err(refuse(err.into(), &trace));
         }
+        let mut reach = Reach::new(&request, config.routing.translation);
         let first_count = count::prompt_tokens(&request, &request.model);
         if let Some(limit) = config.limits.max_prompt_tokens
             && first_count.tokens > limit
@@ -165,15 +168,13 @@ impl Plan {
                 };
                 return Err(refuse(err.into(), &trace));
             }
-            if !request.api.spoken_by(pinned.provider) {
-                return Err(refuse(
-                    RequestError::Invalid {
-                        field: "model".into(),
-                        message: format!("pinned model `{pinned}` does not speak the {} API", request.api.as_str()),
-                    }
-                    .into(),
-                    &trace,
-                ));
+            if let Err(why) = reach.check(pinned) {
+                let message = if reach.mode == TranslationMode::Off || why.is_empty() {
+                    format!("pinned model `{pinned}` does not speak the {} API", request.api.as_str())
+                } else {
+                    format!("pinned model `{pinned}` cannot take this request: {why}")
+                };
+                return Err(refuse(RequestError::NoModelForRequest { message }.into(), &trace));
             }
             (RouteKind::Pinned, None, vec![pinned.clone()])
         } else if embeddings {
@@ -209,29 +210,43 @@ impl Plan {
                     &trace,
                 ));
             };
-            let found = routing
-                .serving_tier(wanted, request.api)
-                .and_then(|i| routing.tiers.get(i).map(|t| (i, t.chain(request.api).cloned().collect::<Vec<_>>())));
-            let Some((i, chain)) = found else {
-                return Err(refuse(
-                    RequestError::Invalid {
-                        field: "model".into(),
-                        message: format!("this tenant has no models for the {} API", request.api.as_str()),
+            // The wanted tier, else the nearest one that can take the
+            // request, preferring more capable ones.
+            let order = (wanted..routing.tiers.len()).chain((0..wanted.min(routing.tiers.len())).rev());
+            let mut skips: Vec<String> = Vec::new();
+            let mut found = None;
+            for i in order {
+                let Some(t) = routing.tiers.get(i) else { continue };
+                let mut tier_skips = Vec::new();
+                let chain = reach.chain(&t.models, &mut tier_skips);
+                for skip in tier_skips {
+                    if !skips.contains(&skip) {
+                        skips.push(skip);
                     }
-                    .into(),
-                    &trace,
-                ));
+                }
+                if !chain.is_empty() {
+                    found = Some((i, chain));
+                    break;
+                }
+            }
+            let Some((i, chain)) = found else {
+                let message = if skips.is_empty() {
+                    format!("this tenant has no models for the {} API", request.api.as_str())
+                } else {
+                    format!("no model of this tenant can take this request: {}", skips.join("; "))
+                };
+                return Err(refuse(RequestError::NoModelForRequest { message }.into(), &trace));
             };
+            trace.reasons.extend(skips.iter().cloned());
             if i != wanted {
-                // Bodies are not translated between APIs (yet): say so, rather
-                // than serve another tier silently.
+                // Say so, rather than serve another tier silently.
                 let name = |k: usize| routing.tiers.get(k).map_or("?", |t| t.name.as_str());
-                trace.reasons.push(format!(
-                    "tier {} has no model for the {} API: served by tier {}",
-                    name(wanted),
-                    request.api.as_str(),
-                    name(i)
-                ));
+                let why = if skips.is_empty() {
+                    format!("has no model for the {} API", request.api.as_str())
+                } else {
+                    "cannot take this request".to_owned()
+                };
+                trace.reasons.push(format!("tier {} {why}: served by tier {}", name(wanted), name(i)));
             }
             (route, Some(i), chain)
         };
@@ -247,7 +262,7 @@ impl Plan {
                 .iter()
                 .skip(i + 1)
                 .map(|t| {
-                    let chain: Vec<ModelRef> = t.chain(request.api).cloned().collect();
+                    let chain = reach.chain(&t.models, &mut Vec::new());
                     Rung { name: t.name.clone(), price: chain_price(config, &chain), chain }
                 })
                 .collect(),
@@ -258,7 +273,7 @@ impl Plan {
             _ => routing
                 .tiers
                 .iter()
-                .map(|t| t.chain(request.api).cloned().collect::<Vec<_>>())
+                .map(|t| reach.chain(&t.models, &mut Vec::new()))
                 .find(|c| !c.is_empty())
                 .unwrap_or_default(),
         };
@@ -325,6 +340,8 @@ impl Plan {
             }
         }
 
+        let client_metadata = reach.body.as_ref().and_then(|b| b.get("metadata")).filter(|m| !m.is_null()).cloned();
+        let translations = reach.into_translations();
         Ok(Plan {
             request_id: trace.request_id.clone(),
             tenant_id: config.tenant_id.clone(),
@@ -371,7 +388,79 @@ impl Plan {
             answer: None,
             duties: Vec::new(),
             closed: false,
+            client_metadata,
+            translations,
         })
+    }
+}
+
+/// Which models can take this request, and in which API: natively, or
+/// translated under the tenant's `routing.translation`. Each other API's
+/// translation is made once, when a model first needs it.
+struct Reach<'a> {
+    request: &'a ChatRequest,
+    mode: TranslationMode,
+    /// The body as JSON (built for the first translation).
+    body: Option<Body>,
+    translated: Vec<(ApiFormat, Result<Body, String>)>,
+}
+
+/// A request body as JSON.
+type Body = Map<String, Value>;
+
+impl<'a> Reach<'a> {
+    fn new(request: &'a ChatRequest, mode: TranslationMode) -> Self {
+        Reach { request, mode, body: None, translated: Vec::new() }
+    }
+
+    /// Ok when `model` can take the request; else why not (empty: its
+    /// provider does not speak the API and translation is off).
+    fn check(&mut self, model: &ModelRef) -> Result<(), String> {
+        let api = self.request.api;
+        let to = match translate::provider_api(api, model.provider) {
+            Some(to) if to == api => return Ok(()),
+            Some(_) if self.mode == TranslationMode::Off => return Err(String::new()),
+            Some(to) => to,
+            None => return Err(String::new()),
+        };
+        if !self.translated.iter().any(|(a, _)| *a == to) {
+            let request = self.request;
+            let body = self.body.get_or_insert_with(|| request.body_map());
+            let result = translate::translate_request(api, to, body);
+            self.translated.push((to, result));
+        }
+        match self.translated.iter().find(|(a, _)| *a == to).map(|(_, r)| r) {
+            Some(Ok(_)) => Ok(()),
+            Some(Err(why)) => Err(why.clone()),
+            None => Err(String::new()),
+        }
+    }
+
+    /// The chain `models` make for this request; each model skipped for
+    /// what it cannot express is noted in `skips`.
+    fn chain(&mut self, models: &[ModelRef], skips: &mut Vec<String>) -> Vec<ModelRef> {
+        let api = self.request.api;
+        let native: Vec<ModelRef> = models.iter().filter(|m| api.spoken_by(m.provider)).cloned().collect();
+        if self.mode == TranslationMode::Off || (self.mode == TranslationMode::WhenNeeded && !native.is_empty()) {
+            return native;
+        }
+        let mut chain = if self.mode == TranslationMode::NativeFirst { native } else { Vec::new() };
+        for model in models {
+            if chain.contains(model) {
+                continue;
+            }
+            match self.check(model) {
+                Ok(()) => chain.push(model.clone()),
+                Err(why) if !why.is_empty() => skips.push(format!("skipped {model}: {why}")),
+                Err(_) => {}
+            }
+        }
+        chain
+    }
+
+    /// The successful translations, for the plan's forwarded bodies.
+    fn into_translations(self) -> Vec<(ApiFormat, Body)> {
+        self.translated.into_iter().filter_map(|(api, r)| r.ok().map(|body| (api, body))).collect()
     }
 }
 

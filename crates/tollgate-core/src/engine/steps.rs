@@ -10,12 +10,15 @@ use crate::config::{FailureMode, ModelRef, OnExhausted};
 use crate::cooldown::{CooldownUpdate, Cooldowns};
 use crate::error::{ApiError, BudgetError, UpstreamError};
 use crate::escalation::Signal;
+use crate::provider::Provider;
 use crate::request::Rewrite;
 use crate::response;
 use crate::store::{self, TenantOp, TenantReply};
 use crate::trace::CacheOutcome;
+use crate::translate;
 use crate::upstream;
 use serde::Serialize;
+use serde_json::Value;
 
 /// A call to a provider.
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -337,8 +340,6 @@ impl Plan {
                 self.skipped.push(model);
             }
         }
-        let strip_usage_chunk =
-            self.api == ApiFormat::OpenAi && self.request.stream && !self.request.client_wants_usage;
         // The cap written upstream is per choice. A clamped hold is shared by
         // `n` choices; a request without a cap gets the one its hold assumed,
         // so a metered request can never spend past what was reserved.
@@ -350,6 +351,15 @@ impl Plan {
             },
             None => None,
         };
+        let api = translate::provider_api(self.api, target.provider).unwrap_or(self.api);
+        if api != self.api {
+            self.trace.translated = Some(translate::direction(self.api, api));
+            let body = self.translated_body(api, &target, cap);
+            return Next::Forward(Upstream { target, api, path: api.path(), body, attempt, strip_usage_chunk: false });
+        }
+        self.trace.translated = None;
+        let strip_usage_chunk =
+            self.api == ApiFormat::OpenAi && self.request.stream && !self.request.client_wants_usage;
         let body = self.request.rewritten_body(&Rewrite {
             provider: target.provider,
             model: &target.model,
@@ -357,6 +367,38 @@ impl Plan {
             include_usage: true,
         });
         Next::Forward(Upstream { target, api: self.api, path: self.api.path(), body, attempt, strip_usage_chunk })
+    }
+
+    /// The request in the provider's `api`, for `target`: the translation
+    /// made when the plan was built, with the fields the router owns set as
+    /// for any forwarded body (the model, the output cap, stream usage).
+    fn translated_body(&self, api: ApiFormat, target: &ModelRef, cap: Option<u64>) -> Vec<u8> {
+        let Some(mut body) = self.translations.iter().find(|(a, _)| *a == api).map(|(_, b)| b.clone()) else {
+            // Every chain model was checked against these translations.
+            return Vec::new();
+        };
+        body.insert("model".into(), Value::String(target.model.clone()));
+        let asked = body.remove("max_tokens").and_then(|v| v.as_u64());
+        let cap = cap.or(asked);
+        match api {
+            ApiFormat::Anthropic => {
+                // Anthropic requires a cap: the one the hold assumed.
+                let cap = cap.unwrap_or(self.output_cap.max(1));
+                body.insert("max_tokens".into(), Value::from(cap));
+            }
+            _ => {
+                if let Some(cap) = cap {
+                    // o-series models refuse `max_tokens`; other OpenAI-compatible providers know only it.
+                    let field =
+                        if target.provider == Provider::OpenAi { "max_completion_tokens" } else { "max_tokens" };
+                    body.insert(field.into(), Value::from(cap));
+                }
+                if self.request.stream {
+                    body.insert("stream_options".into(), serde_json::json!({ "include_usage": true }));
+                }
+            }
+        }
+        serde_json::to_vec(&body).unwrap_or_default()
     }
 
     /// The provider failed before any byte reached the client: `status` is
