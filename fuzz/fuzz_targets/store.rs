@@ -53,6 +53,7 @@ fn default_batch(budgets: &Budgets) -> TenantBatch {
         output_tokens: 500,
         price,
         downgrade_price: Some(price),
+        extra_micros: 0,
     };
     TenantBatch {
         ops: vec![

@@ -50,7 +50,7 @@ fn request() -> Vec<u8> {
 
 fn config(model: &str) -> TenantConfig {
     let config = json!({"version": 1, "tenant_id": "bench",
-        "routing": {"tiers": [{"name": "cheap", "models": [model]}]}});
+        "routing": {"tiers": [{"name": "cheap", "models": [model]}]}, "cache": {"enabled": false}});
     match TenantConfig::from_json(config.to_string().as_bytes()) {
         Ok(config) => config,
         Err(e) => {

@@ -174,6 +174,10 @@ pub struct ReserveRequest {
     pub price: ModelPrice,
     /// Price of the cheapest tier, used when the soft threshold is crossed.
     pub downgrade_price: Option<ModelPrice>,
+    /// Dollars held beyond tokens: the most the request's metered built-in
+    /// tool calls can cost (Responses API), in micro-dollars.
+    #[serde(default)]
+    pub extra_micros: u64,
 }
 
 /// A granted reservation.
@@ -347,13 +351,14 @@ pub fn reserve(
     let mut clamped = None;
     let amount_for = |output: u64| Amount {
         tokens: req.prompt_tokens.saturating_add(output),
-        micros: price.estimate_micros(req.prompt_tokens, output),
+        micros: price.estimate_micros(req.prompt_tokens, output).saturating_add(req.extra_micros),
     };
     let mut amount = amount_for(output);
 
     if let Some(limit) = first_violation(state, &budgets.limits, held, amount) {
         let affordable = if budgets.clamp_max_tokens {
-            affordable_output(state, &budgets.limits, held, req.prompt_tokens, &price)
+            let tools = Amount { tokens: 0, micros: req.extra_micros };
+            affordable_output(state, &budgets.limits, held.add(tools), req.prompt_tokens, &price)
         } else {
             0
         };
@@ -364,9 +369,14 @@ pub fn reserve(
         } else if limit.tokens.is_some_and(|t| amount.tokens > t) || limit.usd_micros.is_some_and(|m| amount.micros > m)
         {
             // Bigger than the whole limit: waiting for a reset will not help.
+            let lower = if req.extra_micros > 0 {
+                "lower max_tokens, or max_tool_calls (its built-in tool calls are held too)"
+            } else {
+                "lower max_tokens"
+            };
             return Err(BudgetError::NeverFits {
                 message: format!(
-                    "This request could need up to {} tokens (${}), more than the whole `{}` budget allows; lower max_tokens.",
+                    "This request could need up to {} tokens (${}), more than the whole `{}` budget allows; {lower}.",
                     amount.tokens,
                     format_usd(amount.micros),
                     limit.name
@@ -648,6 +658,7 @@ mod tests {
             output_tokens: 100,
             price: crate::pricing::ModelPrice { input: 1, cached_input: 1, output: 1 },
             downgrade_price: None,
+            extra_micros: 0,
         };
         release(&mut state, &budgets, "late", 0);
         let granted = reserve(&mut state, &budgets, &req, 0).unwrap();
@@ -695,6 +706,7 @@ mod tests {
             output_tokens: output,
             price: price(),
             downgrade_price: None,
+            extra_micros: 0,
         }
     }
 

@@ -12,6 +12,32 @@ use serde::{Deserialize, Serialize};
 /// The date the built-in table was last checked against the providers' price pages.
 pub const PRICES_AS_OF: &str = "2026-11-01";
 
+/// The published price of one call of a Responses API built-in tool, in
+/// micro-dollars, by the tool's `type` (None: no per-call price is
+/// published, so the tool is not metered: the tenant must allow it by
+/// name in `routing.builtin_tools`). Tokens the tool adds to the prompt
+/// are billed as input tokens and counted from the answer's usage.
+pub fn builtin_tool_price(tool: &str) -> Option<u64> {
+    if tool.starts_with("web_search") {
+        // $10.00 per 1,000 calls.
+        Some(10_000)
+    } else if tool == "file_search" {
+        // $2.50 per 1,000 calls.
+        Some(2_500)
+    } else if tool == "code_interpreter" {
+        // $0.03 per container session: at most one per call.
+        Some(30_000)
+    } else {
+        None
+    }
+}
+
+/// The built-in tool an output item of a Responses answer calls
+/// (`web_search_call` → `web_search`), if it is one.
+pub fn builtin_tool_of_call(item_type: &str) -> Option<&str> {
+    item_type.strip_suffix("_call").filter(|t| !matches!(*t, "function" | "custom_tool"))
+}
+
 /// One model's prices, in micro-dollars per million tokens.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ModelPrice {

@@ -206,19 +206,24 @@ fn malformed_responses_requests_are_refused_before_anything_is_held() {
 }
 
 #[test]
-fn a_built_in_tool_is_refused_by_name_unless_the_tenant_enables_it() {
-    let body = json!({"model": "tollgate/auto", "input": "News today?", "tools": [{"type": "web_search"}]});
+fn a_built_in_tool_without_a_published_price_is_refused_by_name_unless_the_tenant_enables_it() {
+    let body = json!({"model": "tollgate/auto", "input": "Open the page", "tools": [{"type": "computer_use_preview"}]});
     let mut sim = Simulator::new(config(), [1; 32]);
     let out = send(&mut sim, &body, &mut |_| panic!("not forwarded"));
     assert_eq!(out.status, 400);
-    assert!(String::from_utf8_lossy(&out.body).contains("web_search"));
+    assert!(String::from_utf8_lossy(&out.body).contains("computer_use_preview"));
 
     let mut enabled = json!({
         "version": 1, "tenant_id": "t1",
-        "routing": {"tiers": [{"name": "only", "models": ["openai/gpt-4o-mini"]}], "builtin_tools": ["web_search"]}
+        "routing": {"tiers": [{"name": "only", "models": ["openai/gpt-4o-mini"]}], "builtin_tools": ["computer_use_preview"]},
+        "budgets": {"limits": [{"window": "day", "usd": 5.0}]}
     });
     let mut sim = Simulator::new(TenantConfig::from_json(enabled.to_string().as_bytes()).unwrap(), [1; 32]);
-    let out = send(&mut sim, &body, &mut |up| Some(reply(up, text_output("Nothing much."), "completed")));
+    let out = send(&mut sim, &body, &mut |up| {
+        let sent: Value = serde_json::from_slice(&up.body).unwrap();
+        assert!(sent.get("max_tool_calls").is_none(), "an unmetered tool is not capped: {sent}");
+        Some(reply(up, text_output("Nothing much."), "completed"))
+    });
     assert_eq!(out.status, 200);
     enabled["routing"]["builtin_tools"] = json!([]);
     let mut sim = Simulator::new(TenantConfig::from_json(enabled.to_string().as_bytes()).unwrap(), [1; 32]);
@@ -226,6 +231,69 @@ fn a_built_in_tool_is_refused_by_name_unless_the_tenant_enables_it() {
                                "tools": [{"type": "function", "name": "f", "parameters": {"type": "object"}}]});
     let out = send(&mut sim, &function_only, &mut |up| Some(reply(up, text_output("ok"), "completed")));
     assert_eq!(out.status, 200, "function tools need no enabling");
+}
+
+#[test]
+fn built_in_tools_with_a_published_price_are_metered_per_call_held_and_capped() {
+    let one_tier = json!({
+        "version": 1, "tenant_id": "t1",
+        "routing": {"tiers": [{"name": "only", "models": ["openai/gpt-4o-mini"]}]},
+        "budgets": {"limits": [{"window": "day", "usd": 5.0}]}
+    });
+    let config = TenantConfig::from_json(one_tier.to_string().as_bytes()).unwrap();
+    let searched = json!([
+        {"type": "web_search_call", "id": "ws_1", "status": "completed", "action": {"type": "search", "query": "news"}},
+        {"type": "web_search_call", "id": "ws_2", "status": "completed", "action": {"type": "search", "query": "more"}},
+        {"type": "message", "id": "msg_1", "status": "completed", "role": "assistant",
+         "content": [{"type": "output_text", "text": "Here is the news.", "annotations": []}]}
+    ]);
+    let tokens_only = {
+        let price = tollgate_core::pricing::builtin_price("gpt-4o-mini").unwrap();
+        price.cost_micros(&tollgate_core::response::Usage {
+            input_tokens: 1000,
+            output_tokens: 500,
+            ..Default::default()
+        })
+    };
+
+    // Without a cap of its own, the request is capped at the default and held for it.
+    let body = json!({"model": "tollgate/auto", "input": "News today?", "tools": [{"type": "web_search"}]});
+    let mut sim = Simulator::new(config.clone(), [1; 32]);
+    let out = send(&mut sim, &body, &mut |up| {
+        let sent: Value = serde_json::from_slice(&up.body).unwrap();
+        assert_eq!(sent["max_tool_calls"], json!(tollgate_core::engine::DEFAULT_MAX_TOOL_CALLS), "{sent}");
+        Some(reply(up, searched.clone(), "completed"))
+    });
+    assert_eq!(out.status, 200, "{}", String::from_utf8_lossy(&out.body));
+    let plan = out.plan.as_ref().unwrap();
+    let cost = plan.trace.cost_micros.unwrap();
+    assert_eq!(cost, tokens_only + 2 * 10_000, "two searches at $10 per 1,000 calls on top of the tokens");
+    match out.settlement {
+        Some(Settlement::Charge { amount, .. }) => assert_eq!(amount.micros, tokens_only + 20_000),
+        other => panic!("{other:?}"),
+    }
+
+    // A client cap is the one held, and the body is not touched.
+    let capped = json!({"model": "tollgate/auto", "input": "News?", "max_tool_calls": 2, "tools": [{"type": "file_search", "vector_store_ids": ["vs_1"]}]});
+    let mut sim = Simulator::new(config.clone(), [1; 32]);
+    let out = send(&mut sim, &capped, &mut |up| {
+        let sent: Value = serde_json::from_slice(&up.body).unwrap();
+        assert_eq!(sent["max_tool_calls"], json!(2));
+        Some(reply(up, text_output("none found"), "completed"))
+    });
+    assert_eq!(out.status, 200);
+
+    // The hold covers the cap: eight searches ($0.08) do not fit in $0.05.
+    let mut small = one_tier.clone();
+    small["budgets"]["limits"][0]["usd"] = json!(0.05);
+    let mut sim = Simulator::new(TenantConfig::from_json(small.to_string().as_bytes()).unwrap(), [1; 32]);
+    let out = send(&mut sim, &body, &mut |_| panic!("refused before forwarding"));
+    let refusal = String::from_utf8_lossy(&out.body).into_owned();
+    assert_eq!(out.status, 400, "{refusal}");
+    assert!(refusal.contains("exceeds_budget_limit") && refusal.contains("max_tool_calls"), "{refusal}");
+    let plain = json!({"model": "tollgate/auto", "input": "News today?"});
+    let out = send(&mut sim, &plain, &mut |up| Some(reply(up, text_output("ok"), "completed")));
+    assert_eq!(out.status, 200);
 }
 
 #[test]

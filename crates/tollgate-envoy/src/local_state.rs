@@ -366,7 +366,14 @@ mod tests {
         let price = ModelPrice { input: 0, cached_input: 0, output: 0 };
         LedgerOp::Reserve {
             budgets: budgets(),
-            request: ReserveRequest { id: id.into(), prompt_tokens, output_tokens: 0, price, downgrade_price: None },
+            request: ReserveRequest {
+                id: id.into(),
+                prompt_tokens,
+                output_tokens: 0,
+                price,
+                downgrade_price: None,
+                extra_micros: 0,
+            },
         }
     }
 

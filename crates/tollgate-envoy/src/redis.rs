@@ -323,6 +323,7 @@ mod tests {
             output_tokens: 10,
             price: tollgate_core::pricing::ModelPrice { input: 1_000_000, cached_input: 500_000, output: 1_000_000 },
             downgrade_price: None,
+            extra_micros: 0,
         };
         LedgerOp::Reserve { budgets, request }
     }

@@ -275,6 +275,7 @@ impl Plan {
             output_tokens: self.output_cap,
             price,
             downgrade_price: None,
+            extra_micros: self.tool_hold_micros,
         });
         match (reserve, self.budgets_enforced) {
             (Some(r), true) => {
@@ -400,6 +401,10 @@ impl Plan {
             (Some(p), Some(u)) => p.cost_micros(&u),
             _ => 0,
         };
-        (usage, cost_micros)
+        // Built-in tool calls with a published price, per call.
+        let tools = summary.builtin_calls.iter().fold(0u64, |sum, (tool, calls)| {
+            sum.saturating_add(crate::pricing::builtin_tool_price(tool).unwrap_or(0).saturating_mul(*calls))
+        });
+        (usage, cost_micros.saturating_add(tools))
     }
 }

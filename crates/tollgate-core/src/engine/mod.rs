@@ -50,7 +50,9 @@ mod steps;
 
 pub use closing::{CacheFill, Finish, Settlement};
 pub use drive::{Driven, ProviderAnswer, StepHost, drive};
-pub use routing::{AUTO_MODELS, CachePlan, Refused, RouteKind, classify_request, prompt_view_parts, request_id};
+pub use routing::{
+    AUTO_MODELS, CachePlan, DEFAULT_MAX_TOOL_CALLS, Refused, RouteKind, classify_request, prompt_view_parts, request_id,
+};
 pub use steps::{BudgetCheck, ReserveOutcome, Upstream};
 
 use crate::api::ApiFormat;
@@ -328,6 +330,13 @@ pub struct Plan {
     /// A Responses client's `metadata`, echoed in a translated answer.
     #[serde(skip)]
     client_metadata: Option<serde_json::Value>,
+    /// What the request's metered built-in tool calls may cost at most
+    /// (held with its tokens), in micro-dollars.
+    #[serde(skip)]
+    tool_hold_micros: u64,
+    /// `max_tool_calls` to write upstream (the client set none).
+    #[serde(skip)]
+    tool_calls_cap: Option<u64>,
 }
 
 /// The answer being relayed.

@@ -10,7 +10,7 @@ use crate::config::{ModelRef, TenantConfig};
 use crate::count::{self, PromptCount};
 use crate::error::{ApiError, RequestError, TenantError};
 use crate::escalation;
-use crate::pricing::ModelPrice;
+use crate::pricing::{self, ModelPrice};
 use crate::request::{ChatRequest, Role};
 use crate::trace::{CacheOutcome, DecisionTrace};
 use crate::translate::{self, TranslationMode};
@@ -58,6 +58,10 @@ impl Refused {
 pub fn request_id(entropy: [u8; 16]) -> String {
     format!("req_{}", cache::hex(&entropy))
 }
+
+/// The cap on metered built-in tool calls (`max_tool_calls`) when the
+/// client sets none: what the request's hold covers.
+pub const DEFAULT_MAX_TOOL_CALLS: u64 = 8;
 
 /// Virtual model names that mean "let the router choose".
 pub const AUTO_MODELS: &[&str] = &["tollgate/auto", "tollgate", "auto"];
@@ -126,15 +130,29 @@ impl Plan {
         let request = ChatRequest::parse(inbound.api, inbound.body, config.limits.max_body_bytes)
             .map_err(|e| refuse(e.into(), &trace))?;
 
-        if let Some(tool) = request.builtin_tools().into_iter().find(|t| !config.routing.builtin_tools.contains(t)) {
+        // A built-in tool with a published per-call price is metered; any
+        // other must be allowed by name, and is then not metered.
+        let builtin = request.builtin_tools();
+        let allowed = |t: &String| config.routing.builtin_tools.contains(t);
+        if let Some(tool) = builtin.iter().find(|t| pricing::builtin_tool_price(t).is_none() && !allowed(t)) {
             let err = RequestError::Invalid {
                 field: "tools".into(),
                 message: format!(
-                    "built-in tool `{tool}` is not enabled for this tenant (routing.builtin_tools): its calls are billed beyond tokens and tollgate does not meter them"
+                    "built-in tool `{tool}` has no published per-call price and is not enabled for this tenant (routing.builtin_tools): tollgate could not meter its calls"
                 ),
             };
             return Err(refuse(err.into(), &trace));
         }
+        // Metered calls are capped, the cap held at the dearest tool's price
+        // and written into the request (`max_tool_calls`) when the client set
+        // none, so the provider stops where the hold does.
+        let dearest_call = builtin.iter().filter_map(|t| pricing::builtin_tool_price(t)).max();
+        let client_tool_calls = request.raw_field("max_tool_calls").and_then(|v| v.trim().parse::<u64>().ok());
+        let tool_calls_cap = dearest_call.map(|_| client_tool_calls.unwrap_or(DEFAULT_MAX_TOOL_CALLS));
+        let tool_hold_micros = match (dearest_call, tool_calls_cap) {
+            (Some(price), Some(cap)) => price.saturating_mul(cap),
+            _ => 0,
+        };
         let mut reach = Reach::new(&request, config.routing.translation);
         let first_count = count::prompt_tokens(&request, &request.model);
         if let Some(limit) = config.limits.max_prompt_tokens
@@ -327,9 +345,11 @@ impl Plan {
             output_tokens: output_cap,
             price,
             downgrade_price,
+            extra_micros: tool_hold_micros,
         });
         if let Some(r) = &reserve_request {
-            trace.cost_micros = Some(r.price.estimate_micros(r.prompt_tokens, r.output_tokens));
+            trace.cost_micros =
+                Some(r.price.estimate_micros(r.prompt_tokens, r.output_tokens).saturating_add(r.extra_micros));
         }
 
         let mut prices: Vec<(String, Option<ModelPrice>)> = Vec::new();
@@ -390,6 +410,9 @@ impl Plan {
             closed: false,
             client_metadata,
             translations,
+            tool_hold_micros,
+            // Written upstream only when the client set no cap of its own.
+            tool_calls_cap: tool_calls_cap.filter(|_| client_tool_calls.is_none()),
         })
     }
 }

@@ -75,6 +75,9 @@ pub struct ResponseSummary {
     /// provider reported no usage (an aborted stream, a provider that omits
     /// it); prefer `usage` whenever it is there.
     pub output_tokens_estimate: u64,
+    /// Calls of the Responses API's built-in tools, by tool
+    /// (`web_search`, `file_search`, ...), as the answer's output items say.
+    pub builtin_calls: Vec<(String, u64)>,
 }
 
 /// Why a response body could not be read or replayed.
@@ -137,6 +140,15 @@ pub(crate) fn summarize_responses(obj: &Map<String, Value>) -> ResponseSummary {
     });
     let generated =
         output.map_or(0, |items| items.iter().fold(0, |sum: u64, i| sum.saturating_add(generated_text_bytes(i))));
+    let mut builtin_calls: Vec<(String, u64)> = Vec::new();
+    for kind in output.into_iter().flatten().filter_map(|i| i.get("type").and_then(Value::as_str)) {
+        if let Some(tool) = crate::pricing::builtin_tool_of_call(kind) {
+            match builtin_calls.iter_mut().find(|(t, _)| t == tool) {
+                Some((_, n)) => *n = n.saturating_add(1),
+                None => builtin_calls.push((tool.to_owned(), 1)),
+            }
+        }
+    }
     ResponseSummary {
         usage: obj.get("usage").and_then(usage::responses_usage),
         complete: finish_reason.is_some(),
@@ -144,6 +156,7 @@ pub(crate) fn summarize_responses(obj: &Map<String, Value>) -> ResponseSummary {
         has_tool_calls,
         model: string_field(obj, "model"),
         output_tokens_estimate: estimate_tokens(generated),
+        builtin_calls,
     }
 }
 
@@ -161,6 +174,7 @@ fn summarize_embeddings(obj: &Map<String, Value>) -> ResponseSummary {
         has_tool_calls: false,
         model: string_field(obj, "model"),
         output_tokens_estimate: 0,
+        builtin_calls: Vec::new(),
     }
 }
 
@@ -186,6 +200,7 @@ fn summarize_openai(obj: &Map<String, Value>) -> ResponseSummary {
         has_tool_calls,
         model: string_field(obj, "model"),
         output_tokens_estimate: estimate_tokens(generated),
+        builtin_calls: Vec::new(),
     }
 }
 
@@ -202,6 +217,7 @@ fn summarize_anthropic(obj: &Map<String, Value>) -> ResponseSummary {
         has_tool_calls,
         model: string_field(obj, "model"),
         output_tokens_estimate: estimate_tokens(blocks.map_or(0, generated_text_bytes)),
+        builtin_calls: Vec::new(),
     }
 }
 

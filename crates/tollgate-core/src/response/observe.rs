@@ -288,6 +288,7 @@ impl ResponsesWatch {
                 has_tool_calls: flags.has_tool_calls,
                 model: self.model.clone(),
                 output_tokens_estimate: estimate_tokens(flags.generated_bytes),
+                builtin_calls: Vec::new(),
             },
         }
     }
@@ -413,6 +414,7 @@ impl Watch {
                     has_tool_calls: flags.has_tool_calls,
                     model: w.model.clone(),
                     output_tokens_estimate: estimate_tokens(flags.generated_bytes),
+                    builtin_calls: Vec::new(),
                 }
             }
             Format::Responses(w) => w.summary(flags),
@@ -423,6 +425,7 @@ impl Watch {
                 has_tool_calls: flags.has_tool_calls,
                 model: w.model.clone(),
                 output_tokens_estimate: estimate_tokens(flags.generated_bytes),
+                builtin_calls: Vec::new(),
             },
         }
     }
@@ -829,6 +832,7 @@ pub(crate) mod tests {
                 complete: true,
                 model: Some("gpt-4o-mini-2024-07-18".to_owned()),
                 output_tokens_estimate: ("héllo 😀 世界".len() as u64).div_ceil(3),
+                builtin_calls: Vec::new(),
             }
         );
         assert_eq!(
@@ -865,6 +869,7 @@ pub(crate) mod tests {
                 complete: true,
                 model: Some("claude-sonnet-4-5-20250929".to_owned()),
                 output_tokens_estimate: ("héllo 😀 世界".len() as u64).div_ceil(3),
+                builtin_calls: Vec::new(),
             }
         );
         assert_eq!(
