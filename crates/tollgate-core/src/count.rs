@@ -97,6 +97,25 @@ const TOKENS_PER_MESSAGE: u64 = 3;
 const TOKENS_PER_NAME: u64 = 1;
 const REPLY_PRIMING: u64 = 3;
 
+/// Tokens of one page of a file, as the Responses API reads a PDF: its
+/// extracted text and an image of the page.
+const FILE_PAGE_TOKENS: u64 = 1_500;
+/// File bytes per page assumed for a file sent inline.
+const FILE_BYTES_PER_PAGE: u64 = 20_000;
+/// A file sent by id or URL, whose size the router cannot see: ten pages.
+const UNSEEN_FILE_TOKENS: u64 = 10 * FILE_PAGE_TOKENS;
+
+/// An estimate of an `input_file` part's tokens: from its inline
+/// `file_data` (base64, possibly a data URL), a page per 20 KB decoded (at
+/// least one); a file by id or URL counts as ten pages. The answer's usage
+/// settles the real count.
+pub fn file_tokens(file_data: Option<&str>) -> u64 {
+    let Some(data) = file_data else { return UNSEEN_FILE_TOKENS };
+    let base64 = data.split_once(',').map_or(data, |(_, b)| b);
+    let bytes = (base64.len() as u64).saturating_mul(3) / 4;
+    bytes.div_ceil(FILE_BYTES_PER_PAGE).max(1).saturating_mul(FILE_PAGE_TOKENS)
+}
+
 fn image_tokens(images: &[ImageDetail]) -> u64 {
     images.iter().map(|d| if *d == ImageDetail::Low { 85 } else { 765 }).sum()
 }
@@ -109,7 +128,7 @@ fn message_tokens(enc: Encoding, m: &Message) -> u64 {
     if !m.tool_text.is_empty() {
         n += count_text(enc, &m.tool_text);
     }
-    n + image_tokens(&m.images)
+    n + image_tokens(&m.images) + m.file_tokens
 }
 
 /// A prompt's token count and how it was obtained.
@@ -154,6 +173,26 @@ pub fn prompt_tokens(request: &ChatRequest, model: &str) -> PromptCount {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_input_file_counts_a_page_per_20_kb_inline_and_ten_pages_by_id() {
+        assert_eq!(file_tokens(Some("data:application/pdf;base64,AAAA")), FILE_PAGE_TOKENS);
+        // 80,000 base64 characters are 60,000 bytes: three pages.
+        let inline = "A".repeat(80_000);
+        assert_eq!(file_tokens(Some(&inline)), 3 * FILE_PAGE_TOKENS);
+        assert_eq!(file_tokens(None), UNSEEN_FILE_TOKENS);
+        let with_file = |part: &str| {
+            let body = format!(
+                r#"{{"model":"gpt-4o-mini","input":[{{"role":"user","content":[{{"type":"input_text","text":"Summarise"}},{part}]}}]}}"#
+            );
+            let request = ChatRequest::parse(ApiFormat::Responses, body.as_bytes(), 1 << 20).unwrap();
+            prompt_tokens(&request, "gpt-4o-mini").tokens
+        };
+        let text_only = with_file(r#"{"type":"input_text","text":""}"#);
+        let by_id = with_file(r#"{"type":"input_file","file_id":"file-1"}"#);
+        // (The empty text part adds a newline to the text: one token at most.)
+        assert!((by_id - text_only).abs_diff(UNSEEN_FILE_TOKENS) <= 1, "{by_id} - {text_only}");
+    }
 
     #[test]
     fn model_families_map_to_their_documented_encodings() {

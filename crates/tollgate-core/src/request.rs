@@ -72,6 +72,8 @@ pub struct Message {
     pub images: Vec<ImageDetail>,
     /// Tool-call names and arguments, tool-use inputs: text the model reads.
     pub tool_text: String,
+    /// Estimated tokens of attached files (Responses `input_file` parts).
+    pub file_tokens: u64,
 }
 
 /// A body's top-level fields in the client's order, each as the exact JSON
@@ -680,6 +682,7 @@ fn parse_responses(body: Map<String, Value>) -> Result<ChatRequest, RequestError
             name: None,
             images: Vec::new(),
             tool_text: String::new(),
+            file_tokens: 0,
         }],
         Some(Value::Array(items)) if items.is_empty() => return Err(RequestError::EmptyInput),
         Some(Value::Array(items)) => {
@@ -736,6 +739,7 @@ fn responses_item(i: usize, item: &Value) -> Result<Option<Message>, RequestErro
         name: None,
         images,
         tool_text,
+        file_tokens: 0,
     };
     match m.get("type").and_then(Value::as_str) {
         None | Some("message") => {
@@ -743,6 +747,7 @@ fn responses_item(i: usize, item: &Value) -> Result<Option<Message>, RequestErro
                 .map_err(|e| rename_field(e, "messages", "input"))?;
             let mut text = String::new();
             let mut images = Vec::new();
+            let mut file_tokens = 0u64;
             match m.get("content") {
                 Some(Value::String(s)) => text.push_str(s),
                 Some(Value::Array(parts)) => {
@@ -768,6 +773,10 @@ fn responses_item(i: usize, item: &Value) -> Result<Option<Message>, RequestErro
                                 let low = p.get("detail").and_then(Value::as_str) == Some("low");
                                 images.push(if low { ImageDetail::Low } else { ImageDetail::High });
                             }
+                            Some("input_file") => {
+                                let data = p.get("file_data").and_then(Value::as_str);
+                                file_tokens = file_tokens.saturating_add(crate::count::file_tokens(data));
+                            }
                             Some(_) => {}
                             None => {
                                 return Err(RequestError::MissingField {
@@ -787,7 +796,9 @@ fn responses_item(i: usize, item: &Value) -> Result<Option<Message>, RequestErro
                     });
                 }
             }
-            Ok(Some(message(role, text, String::new(), images)))
+            let mut message = message(role, text, String::new(), images);
+            message.file_tokens = file_tokens;
+            Ok(Some(message))
         }
         Some("function_call") => {
             let mut tool_text = text_of(m.get("name"));
@@ -971,7 +982,7 @@ fn openai_message(i: usize, raw: &Value) -> Result<Message, RequestError> {
         push_line(&mut tool_text, f.get("name").and_then(Value::as_str).unwrap_or(""));
         push_line(&mut tool_text, f.get("arguments").and_then(Value::as_str).unwrap_or(""));
     }
-    Ok(Message { role, text, name, images, tool_text })
+    Ok(Message { role, text, name, images, tool_text, file_tokens: 0 })
 }
 
 // ---------------------------------------------------------------- Anthropic
@@ -1088,7 +1099,7 @@ fn anthropic_message(i: usize, raw: &Value) -> Result<Message, RequestError> {
             });
         }
     }
-    Ok(Message { role, text, name: None, images, tool_text })
+    Ok(Message { role, text, name: None, images, tool_text, file_tokens: 0 })
 }
 
 #[cfg(test)]
