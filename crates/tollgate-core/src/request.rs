@@ -751,40 +751,8 @@ fn responses_item(i: usize, item: &Value) -> Result<Option<Message>, RequestErro
             match m.get("content") {
                 Some(Value::String(s)) => text.push_str(s),
                 Some(Value::Array(parts)) => {
-                    for (j, part) in parts.iter().enumerate() {
-                        let Value::Object(p) = part else {
-                            return Err(RequestError::WrongType {
-                                field: format!("input[{i}].content[{j}]"),
-                                expected: "an object",
-                            });
-                        };
-                        match p.get("type").and_then(Value::as_str) {
-                            Some("input_text" | "output_text" | "text") => {
-                                if let Some(Value::String(t)) = p.get("text") {
-                                    push_line(&mut text, t);
-                                }
-                            }
-                            Some("refusal") => {
-                                if let Some(Value::String(t)) = p.get("refusal") {
-                                    push_line(&mut text, t);
-                                }
-                            }
-                            Some("input_image") => {
-                                let low = p.get("detail").and_then(Value::as_str) == Some("low");
-                                images.push(if low { ImageDetail::Low } else { ImageDetail::High });
-                            }
-                            Some("input_file") => {
-                                let data = p.get("file_data").and_then(Value::as_str);
-                                file_tokens = file_tokens.saturating_add(crate::count::file_tokens(data));
-                            }
-                            Some(_) => {}
-                            None => {
-                                return Err(RequestError::MissingField {
-                                    field: format!("input[{i}].content[{j}].type"),
-                                });
-                            }
-                        }
-                    }
+                    let mut read = PartsRead { text: &mut text, images: &mut images, file_tokens: &mut file_tokens };
+                    read_parts(parts, &format!("input[{i}].content"), &mut read)?;
                 }
                 None | Some(Value::Null) => {
                     return Err(RequestError::MissingField { field: format!("input[{i}].content") });
@@ -925,6 +893,7 @@ fn openai_message(i: usize, raw: &Value) -> Result<Message, RequestError> {
     };
     let mut text = String::new();
     let mut images = Vec::new();
+    let mut file_tokens = 0u64;
     let has_tool_calls =
         m.get("tool_calls").is_some_and(|v| !v.is_null()) || m.get("function_call").is_some_and(|v| !v.is_null());
     match m.get("content") {
@@ -932,35 +901,8 @@ fn openai_message(i: usize, raw: &Value) -> Result<Message, RequestError> {
         None | Some(Value::Null) if role == Role::Assistant || has_tool_calls => {}
         None | Some(Value::Null) => return Err(RequestError::MissingField { field: format!("messages[{i}].content") }),
         Some(Value::Array(parts)) => {
-            for (j, part) in parts.iter().enumerate() {
-                let field = format!("messages[{i}].content[{j}]");
-                let Value::Object(p) = part else {
-                    return Err(RequestError::WrongType { field, expected: "an object" });
-                };
-                match p.get("type").and_then(Value::as_str) {
-                    Some("text") | Some("input_text") => match p.get("text") {
-                        Some(Value::String(t)) => push_line(&mut text, t),
-                        _ => {
-                            return Err(RequestError::WrongType {
-                                field: format!("{field}.text"),
-                                expected: "a string",
-                            });
-                        }
-                    },
-                    Some("refusal") => {
-                        if let Some(Value::String(t)) = p.get("refusal") {
-                            push_line(&mut text, t);
-                        }
-                    }
-                    Some("image_url") => {
-                        let low =
-                            p.get("image_url").and_then(|u| u.get("detail")).and_then(Value::as_str) == Some("low");
-                        images.push(if low { ImageDetail::Low } else { ImageDetail::High });
-                    }
-                    Some(_) => {}
-                    None => return Err(RequestError::MissingField { field: format!("{field}.type") }),
-                }
-            }
+            let mut read = PartsRead { text: &mut text, images: &mut images, file_tokens: &mut file_tokens };
+            read_parts(parts, &format!("messages[{i}].content"), &mut read)?;
         }
         Some(_) => {
             return Err(RequestError::WrongType {
@@ -982,7 +924,58 @@ fn openai_message(i: usize, raw: &Value) -> Result<Message, RequestError> {
         push_line(&mut tool_text, f.get("name").and_then(Value::as_str).unwrap_or(""));
         push_line(&mut tool_text, f.get("arguments").and_then(Value::as_str).unwrap_or(""));
     }
-    Ok(Message { role, text, name, images, tool_text, file_tokens: 0 })
+    Ok(Message { role, text, name, images, tool_text, file_tokens })
+}
+
+/// Where the content parts of one message are read to.
+struct PartsRead<'a> {
+    text: &'a mut String,
+    images: &'a mut Vec<ImageDetail>,
+    file_tokens: &'a mut u64,
+}
+
+/// A message's content parts, as chat (`text`, `image_url`, `refusal`) and
+/// the Responses API (`input_text`, `output_text`, `input_image`,
+/// `input_file`, `refusal`) send them; `field` names the list in errors.
+/// Part types the router does not count are left to the provider.
+fn read_parts(parts: &[Value], field: &str, read: &mut PartsRead<'_>) -> Result<(), RequestError> {
+    for (j, part) in parts.iter().enumerate() {
+        let field = format!("{field}[{j}]");
+        let Value::Object(p) = part else {
+            return Err(RequestError::WrongType { field, expected: "an object" });
+        };
+        match p.get("type").and_then(Value::as_str) {
+            Some("text" | "input_text" | "output_text") => match p.get("text") {
+                Some(Value::String(t)) => push_line(read.text, t),
+                _ => return Err(RequestError::WrongType { field: format!("{field}.text"), expected: "a string" }),
+            },
+            Some("refusal") => {
+                if let Some(Value::String(t)) = p.get("refusal") {
+                    push_line(read.text, t);
+                }
+            }
+            Some("image_url") => {
+                let low = p.get("image_url").and_then(|u| u.get("detail")).and_then(Value::as_str) == Some("low");
+                read.images.push(if low { ImageDetail::Low } else { ImageDetail::High });
+            }
+            Some("input_image") => {
+                let low = p.get("detail").and_then(Value::as_str) == Some("low");
+                read.images.push(if low { ImageDetail::Low } else { ImageDetail::High });
+            }
+            Some("input_file") => {
+                let data = p.get("file_data").and_then(Value::as_str);
+                *read.file_tokens = read.file_tokens.saturating_add(crate::count::file_tokens(data));
+            }
+            // Chat's file part: `{"type": "file", "file": {"file_data" | "file_id"}}`.
+            Some("file") => {
+                let data = p.get("file").and_then(|f| f.get("file_data")).and_then(Value::as_str);
+                *read.file_tokens = read.file_tokens.saturating_add(crate::count::file_tokens(data));
+            }
+            Some(_) => {}
+            None => return Err(RequestError::MissingField { field: format!("{field}.type") }),
+        }
+    }
+    Ok(())
 }
 
 // ---------------------------------------------------------------- Anthropic
