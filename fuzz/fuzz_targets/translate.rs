@@ -28,7 +28,7 @@ const DIRECTIONS: [(ApiFormat, ApiFormat); 4] = [
 ];
 
 fn context(flags: u8) -> AnswerContext {
-    AnswerContext { id_seed: "f".into(), created: 1, prompt_tokens: 7, include_usage: flags & 32 != 0, metadata: None }
+    AnswerContext { id_seed: "f".into(), created: 1, prompt_tokens: 7, include_usage: flags & 32 != 0, echo: None }
 }
 
 fn stream_apis(flags: u8) -> (ApiFormat, ApiFormat) {

@@ -427,3 +427,94 @@ RESPONSES_CLAMP = register(
     ),
     [RESPONSES_CLAMP_KEY],
 )
+
+
+# ---------------------------------------------------------------- translation between APIs (test_translation.py)
+# A tier may list models of any provider; a request whose client API the
+# chosen model's provider does not speak is translated (OpenAI chat <->
+# Anthropic Messages, Responses -> either), under `routing.translation`.
+
+TRANSLATE_CLAUDE = "anthropic/claude-3-5-haiku-latest"
+TRANSLATE_GPT = "openai/gpt-4o"
+TRANSLATE_MINI = "openai/gpt-4o-mini"
+TRANSLATE_MISTRAL = "mistral/mistral-small"
+# What an Anthropic request is given as `max_tokens` when the client set no cap.
+TRANSLATE_DEFAULT_OUTPUT = 1000
+
+
+def with_translation(config: dict, mode: str | None) -> dict:
+    """`config` with `routing.translation` set (left out when `mode` is None: the default)."""
+    if mode is not None:
+        config["routing"]["translation"] = mode
+    return config
+
+
+# The default mode (`when_needed`, not written): the cheap tier is Claude
+# only and the premium tier gpt-4o only, so an easy OpenAI-SDK prompt goes
+# to Claude translated and a hard Anthropic-SDK prompt to gpt-4o. Metered in
+# dollars, cache without the doorkeeper (a second identical request hits).
+TRANSLATE_KEY = key_for("e2e-translate")
+TRANSLATE = register(
+    routed_tenant(
+        "e2e-translate",
+        cheap=[TRANSLATE_CLAUDE],
+        premium=[TRANSLATE_GPT],
+        budgets=daily_budget(usd=50.0, default_output_reservation=TRANSLATE_DEFAULT_OUTPUT),
+        cache={"doorkeeper": False},
+    ),
+    [TRANSLATE_KEY],
+)
+# The same tiers, `translation: "off"`: the old behaviour (a tier without a
+# model of the client's API is passed over).
+TRANSLATE_OFF_KEY = key_for("e2e-translate-off")
+TRANSLATE_OFF = register(
+    with_translation(
+        routed_tenant("e2e-translate-off", cheap=[TRANSLATE_CLAUDE], premium=[TRANSLATE_GPT], cache={"enabled": False}),
+        "off",
+    ),
+    [TRANSLATE_OFF_KEY],
+)
+# `native_first`: one tier listing Claude before gpt-4o-mini; each API's
+# own model serves first, the other one, translated, is its fallback.
+TRANSLATE_NATIVE_FIRST_KEY = key_for("e2e-translate-native-first")
+TRANSLATE_NATIVE_FIRST = register(
+    with_translation(
+        single_tier_tenant(
+            "e2e-translate-native-first", [TRANSLATE_CLAUDE, TRANSLATE_MINI], budgets=daily_budget(usd=50.0)
+        ),
+        "native_first",
+    ),
+    [TRANSLATE_NATIVE_FIRST_KEY],
+)
+# `as_listed`: tiers in both orders, and one of an OpenAI-compatible
+# provider only (Mistral: the Responses API reaches it as chat), asked for
+# by name (`tollgate/<tier>`).
+TRANSLATE_AS_LISTED_KEY = key_for("e2e-translate-as-listed")
+TRANSLATE_AS_LISTED = register(
+    with_translation(
+        {
+            "version": 1,
+            "tenant_id": "e2e-translate-as-listed",
+            "routing": {
+                "tiers": [
+                    {"name": "claude_first", "up_to_score": 0.4, "models": [TRANSLATE_CLAUDE, TRANSLATE_MINI]},
+                    {"name": "openai_first", "up_to_score": 0.7, "models": [TRANSLATE_MINI, TRANSLATE_CLAUDE]},
+                    {"name": "mistral", "models": [TRANSLATE_MISTRAL]},
+                ]
+            },
+            "budgets": daily_budget(usd=50.0),
+            "cache": {"enabled": False},
+        },
+        "as_listed",
+    ),
+    [TRANSLATE_AS_LISTED_KEY],
+)
+# Claude only: a request Claude cannot express has no model at all.
+TRANSLATE_CLAUDE_ONLY_KEY = key_for("e2e-translate-claude-only")
+# `web_search` is enabled, so only translation stands in a Responses
+# request's way that declares it.
+TRANSLATE_CLAUDE_ONLY = single_tier_tenant(
+    "e2e-translate-claude-only", [TRANSLATE_CLAUDE], budgets=daily_budget(usd=50.0)
+)
+TRANSLATE_CLAUDE_ONLY["routing"]["builtin_tools"] = ["web_search"]
+register(TRANSLATE_CLAUDE_ONLY, [TRANSLATE_CLAUDE_ONLY_KEY])

@@ -101,7 +101,7 @@ fn main() {
     let translated = best_of(7, iterations, || forward_once(&foreign, &body));
 
     let ctx =
-        AnswerContext { id_seed: "0".repeat(32), created: 1, prompt_tokens: 1000, include_usage: true, metadata: None };
+        AnswerContext { id_seed: "0".repeat(32), created: 1, prompt_tokens: 1000, include_usage: true, echo: None };
     let answer = json!({"id": "msg_1", "type": "message", "role": "assistant", "model": "claude-3-5-haiku-latest",
         "content": [{"type": "text", "text": text(4096)}], "stop_reason": "end_turn",
         "usage": {"input_tokens": 1000, "output_tokens": 900}})

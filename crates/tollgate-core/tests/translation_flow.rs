@@ -300,6 +300,9 @@ fn a_responses_request_to_claude_is_answered_as_a_response_json_and_stream() {
     assert_eq!(answer["output"][0]["content"][0]["text"], "Paris is the capital.");
     assert_eq!(answer["usage"]["input_tokens"], 48);
     assert_eq!(answer["metadata"], json!({"app": "docs"}));
+    // The request's own fields, repeated as the Responses API does.
+    assert_eq!((answer["instructions"].as_str(), answer["max_output_tokens"].as_u64()), (Some("Be brief."), Some(64)));
+    assert_eq!(answer["store"], json!(false));
 
     let mut streamed = body.clone();
     streamed["stream"] = json!(true);

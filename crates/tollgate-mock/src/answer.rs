@@ -47,6 +47,9 @@ pub struct Prompt {
     pub stream: bool,
     /// OpenAI `stream_options.include_usage`: send a final usage chunk.
     pub include_usage: bool,
+    /// The function the model calls instead of answering with text, when
+    /// the request offers tools ([`crate::tools`]).
+    pub call: Option<crate::tools::PlannedCall>,
 }
 
 /// The answer actually sent, after applying the output limit.
@@ -198,6 +201,7 @@ mod tests {
             max_output_tokens: max,
             stream: false,
             include_usage: false,
+            call: None,
         }
     }
 

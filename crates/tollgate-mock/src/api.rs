@@ -12,11 +12,12 @@ use hyper::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue, RETRY_AFTE
 use hyper::{Request, Response, StatusCode};
 use serde_json::Value;
 
-use crate::answer::{self, Answer, Prompt};
+use crate::answer::{self, Prompt};
 use crate::body::MockBody;
 use crate::faults::{FaultPlan, parse_faults};
 use crate::record::{RequestRecord, ResponseTracker};
-use crate::responses::{self, Reply, ResponsesRequest};
+use crate::responses::{self, ResponsesRequest};
+use crate::tools::Reply;
 use crate::{MockState, anthropic, embeddings, openai};
 
 /// Request header carrying faults for this one request.
@@ -119,17 +120,17 @@ impl Api {
         }
     }
 
-    fn json_response(self, id: &str, prompt: &Prompt, answer: &Answer) -> Value {
+    fn json_response(self, id: &str, prompt: &Prompt, reply: &Reply) -> Value {
         match self {
-            Api::OpenAi => openai::completion(id, prompt, answer),
-            Api::Anthropic => anthropic::message(id, prompt, answer),
+            Api::OpenAi => openai::completion(id, prompt, reply),
+            Api::Anthropic => anthropic::message(id, prompt, reply),
         }
     }
 
-    fn stream_events(self, id: &str, prompt: &Prompt, answer: &Answer) -> Vec<Bytes> {
+    fn stream_events(self, id: &str, prompt: &Prompt, reply: &Reply) -> Vec<Bytes> {
         match self {
-            Api::OpenAi => openai::stream_events(id, prompt, answer),
-            Api::Anthropic => anthropic::stream_events(id, prompt, answer),
+            Api::OpenAi => openai::stream_events(id, prompt, reply),
+            Api::Anthropic => anthropic::stream_events(id, prompt, reply),
         }
     }
 
@@ -176,10 +177,10 @@ enum Outcome {
         error: RequestError,
         retry_after: Option<u64>,
     },
-    /// A chat completion or message, JSON or streamed.
+    /// A chat completion or message (text or a tool call), JSON or streamed.
     Success {
         prompt: Prompt,
-        answer: Answer,
+        reply: Reply,
     },
     /// An embeddings response, complete (never streamed).
     Embeddings(Value),
@@ -250,19 +251,15 @@ pub async fn handle(endpoint: Endpoint, state: Arc<MockState>, request: Request<
             },
             Ok(body) if endpoint == Endpoint::Responses => match responses::parse_request(body) {
                 Ok(request) => {
-                    let reply = Reply::for_request(&request, plan.answer);
+                    let reply = Reply::for_prompt(&request.prompt, plan.answer);
                     Outcome::Responses { request, reply }
                 }
                 Err(error) => Outcome::Failure { error, retry_after: None },
             },
             Ok(body) => match api.parse_prompt(body) {
                 Ok(prompt) => {
-                    let answer = Answer::for_prompt(&prompt);
-                    let answer = match plan.answer {
-                        Some(fault) => answer.spoiled(fault),
-                        None => answer,
-                    };
-                    Outcome::Success { prompt, answer }
+                    let reply = Reply::for_prompt(&prompt, plan.answer);
+                    Outcome::Success { prompt, reply }
                 }
                 Err(error) => Outcome::Failure { error, retry_after: None },
             },
@@ -307,12 +304,12 @@ pub async fn handle(endpoint: Endpoint, state: Arc<MockState>, request: Request<
             }
             response
         }
-        Outcome::Success { prompt, answer } => {
+        Outcome::Success { prompt, reply } => {
             let id = api.response_id(&hash);
             if prompt.stream {
-                event_stream_response(api.stream_events(&id, &prompt, &answer), &plan)
+                event_stream_response(api.stream_events(&id, &prompt, &reply), &plan)
             } else {
-                json_body_response(&api.json_response(&id, &prompt, &answer), plan.drop_after.is_some())
+                json_body_response(&api.json_response(&id, &prompt, &reply), plan.drop_after.is_some())
             }
         }
         Outcome::Embeddings(body) => json_body_response(&body, plan.drop_after.is_some()),

@@ -8,6 +8,14 @@
 //! demand, and records every API request for inspection through the
 //! `/__mock/` control API.
 //!
+//! Offered function tools, the chat and messages endpoints call one, as the
+//! real APIs do (`tool_calls` / `tool_use`, JSON and streamed argument
+//! fragments), until the tool's result comes back (`src/tools.rs`). They check
+//! request shapes as strictly as the real APIs (unknown fields, roles,
+//! blocks, tool results that answer no call, Anthropic's required
+//! `max_tokens` …) and answer with the real error shapes, so a request
+//! translated from another API that the provider would refuse fails loudly.
+//!
 //! The binary (`tollgate-mock`) is a thin wrapper over [`serve`]; the tests
 //! run the same server in-process.
 
@@ -29,6 +37,7 @@ mod faults;
 mod openai;
 mod record;
 mod responses;
+mod tools;
 
 use crate::faults::FaultRules;
 use crate::record::Recorder;

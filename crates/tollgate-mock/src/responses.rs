@@ -26,79 +26,24 @@
 use bytes::Bytes;
 use serde_json::{Map, Value, json};
 
-use crate::answer::{self, Answer, CREATED_UNIX_SECONDS, Prompt};
+use crate::answer::{self, CREATED_UNIX_SECONDS, Prompt};
 use crate::api::RequestError;
-use crate::faults::AnswerFault;
+use crate::tools::{self, Choice, PlannedCall, Reply};
 
 /// A Responses request reduced to what decides the answer, plus the
 /// settings the `response` object echoes back.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ResponsesRequest {
-    /// Model, last user text, input estimate, `max_output_tokens`, `stream`.
+    /// Model, last user text, input estimate, `max_output_tokens`, `stream`,
+    /// and the function to call instead of answering with text, if any.
     pub prompt: Prompt,
-    /// The function to call instead of answering with text, if any.
-    pub call: Option<String>,
     /// Request fields echoed in the `response` object.
     echo: Map<String, Value>,
 }
 
-/// What the model "said": text, or a function call.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Reply {
-    Text(Answer),
-    Call {
-        name: String,
-        arguments: String,
-        /// `max_output_tokens` was smaller than the call: it is cut off
-        /// (arguments empty, item and response `incomplete`).
-        truncated: bool,
-        output_tokens: u64,
-    },
-}
-
-/// The arguments every mock function call carries.
+/// The arguments every mock function call of the Responses API carries
+/// (the chat endpoints build theirs from the schema, [`crate::tools`]).
 const CALL_ARGUMENTS: &str = "{}";
-
-impl Reply {
-    /// The reply to `request`; an `answer:<kind>` fault always makes it a
-    /// (spoiled) text answer.
-    pub fn for_request(request: &ResponsesRequest, fault: Option<AnswerFault>) -> Reply {
-        match (&request.call, fault) {
-            (Some(name), None) => {
-                let cost = answer::text_tokens(name) + answer::text_tokens(CALL_ARGUMENTS);
-                let limit = request.prompt.max_output_tokens.unwrap_or(u64::MAX);
-                let truncated = cost > limit;
-                Reply::Call {
-                    name: name.clone(),
-                    arguments: if truncated { String::new() } else { CALL_ARGUMENTS.to_owned() },
-                    truncated,
-                    output_tokens: cost.min(limit),
-                }
-            }
-            (_, fault) => {
-                let answer = Answer::for_prompt(&request.prompt);
-                Reply::Text(match fault {
-                    Some(fault) => answer.spoiled(fault),
-                    None => answer,
-                })
-            }
-        }
-    }
-
-    fn truncated(&self) -> bool {
-        match self {
-            Reply::Text(answer) => answer.truncated,
-            Reply::Call { truncated, .. } => *truncated,
-        }
-    }
-
-    fn output_tokens(&self) -> u64 {
-        match self {
-            Reply::Text(answer) => answer.output_tokens(),
-            Reply::Call { output_tokens, .. } => *output_tokens,
-        }
-    }
-}
 
 /// Reads a Responses request.
 pub fn parse_request(body: &Value) -> Result<ResponsesRequest, RequestError> {
@@ -164,12 +109,13 @@ pub fn parse_request(body: &Value) -> Result<ResponsesRequest, RequestError> {
         max_output_tokens,
         stream: object.get("stream").and_then(Value::as_bool).unwrap_or(false),
         include_usage: false,
+        call: call.map(|name| PlannedCall { name, arguments: CALL_ARGUMENTS.to_owned() }),
     };
     let echo = ECHOED
         .iter()
         .filter_map(|name| object.get(*name).filter(|value| !value.is_null()).map(|v| ((*name).to_owned(), v.clone())))
         .collect();
-    Ok(ResponsesRequest { prompt, call, echo })
+    Ok(ResponsesRequest { prompt, echo })
 }
 
 fn invalid_type(param: &'static str, expected: &str) -> RequestError {
@@ -255,21 +201,21 @@ fn function_to_call(object: &Map<String, Value>) -> Result<Option<String>, Reque
                 .get("name")
                 .and_then(Value::as_str)
                 .ok_or_else(|| RequestError::missing("tools", "Missing required parameter: 'tools[].name'."))?;
-            functions.push(name.to_owned());
+            functions.push((name.to_owned(), tool.get("parameters").cloned().unwrap_or(Value::Null)));
         }
     }
-    match object.get("tool_choice") {
-        Some(Value::String(choice)) if choice == "none" => Ok(None),
+    let choice = match object.get("tool_choice") {
+        Some(Value::String(choice)) if choice == "none" => Choice::Forbidden,
         Some(Value::Object(choice)) if choice.get("type").and_then(Value::as_str) == Some("function") => {
-            match choice.get("name").and_then(Value::as_str) {
-                Some(name) if functions.iter().any(|f| f == name) => Ok(Some(name.to_owned())),
-                _ => Err(RequestError::invalid(
-                    "Invalid 'tool_choice': it names no function in 'tools'.",
-                    Some("tool_choice"),
-                )),
-            }
+            Choice::Named(choice.get("name").and_then(Value::as_str).unwrap_or_default().to_owned())
         }
-        _ => Ok(functions.into_iter().next()),
+        _ => Choice::First,
+    };
+    match tools::plan_call(&functions, &choice) {
+        Ok(call) => Ok(call.map(|call| call.name)),
+        Err(_) => {
+            Err(RequestError::invalid("Invalid 'tool_choice': it names no function in 'tools'.", Some("tool_choice")))
+        }
     }
 }
 
@@ -477,6 +423,11 @@ pub fn stream_events(id: &str, request: &ResponsesRequest, reply: &Reply) -> Vec
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::faults::AnswerFault;
+
+    fn called(request: &ResponsesRequest) -> Option<&str> {
+        request.prompt.call.as_ref().map(|call| call.name.as_str())
+    }
 
     fn parse(body: Value) -> Result<ResponsesRequest, RequestError> {
         parse_request(&body)
@@ -491,7 +442,7 @@ mod tests {
         let plain = parse(json!({"model": "gpt-4o", "input": "hello there"})).unwrap();
         assert_eq!(plain.prompt.last_user_text, "hello there");
         assert_eq!(plain.prompt.prompt_tokens, answer::prompt_tokens(["hello there"]));
-        assert_eq!(plain.call, None);
+        assert_eq!(plain.prompt.call, None);
         let items = parse(json!({
             "model": "gpt-4o",
             "instructions": "Be terse.",
@@ -517,28 +468,28 @@ mod tests {
         let output = json!({"type": "function_call_output", "call_id": "call_1", "output": "sunny"});
         let tools = json!([{"type": "web_search"}, tool("get_weather"), tool("other")]);
         let first = parse(json!({"model": "m", "input": [ask], "tools": tools})).unwrap();
-        assert_eq!(first.call.as_deref(), Some("get_weather"));
+        assert_eq!(called(&first), Some("get_weather"));
         let named = json!({"type": "function", "name": "other"});
         let chosen = parse(json!({"model": "m", "input": [ask], "tools": tools, "tool_choice": named})).unwrap();
-        assert_eq!(chosen.call.as_deref(), Some("other"));
+        assert_eq!(called(&chosen), Some("other"));
         let none = parse(json!({"model": "m", "input": [ask], "tools": tools, "tool_choice": "none"})).unwrap();
-        assert_eq!(none.call, None);
+        assert_eq!(none.prompt.call, None);
         let second = parse(json!({"model": "m", "input": [ask, call, output], "tools": tools})).unwrap();
-        assert_eq!(second.call, None);
+        assert_eq!(second.prompt.call, None);
         assert_eq!(second.prompt.last_user_text, "weather?");
         assert_eq!(second.prompt.prompt_tokens, answer::prompt_tokens(["weather?", "get_weather{}", "sunny"]));
 
-        let reply = Reply::for_request(&first, None);
+        let reply = Reply::for_prompt(&first.prompt, None);
         let cost = answer::text_tokens("get_weather") + answer::text_tokens("{}");
         assert_eq!(
             reply,
             Reply::Call { name: "get_weather".into(), arguments: "{}".into(), truncated: false, output_tokens: cost }
         );
         // An answer fault makes it text all the same.
-        assert!(matches!(Reply::for_request(&first, Some(AnswerFault::Refusal)), Reply::Text(_)));
+        assert!(matches!(Reply::for_prompt(&first.prompt, Some(AnswerFault::Refusal)), Reply::Text(_)));
         let tight = ResponsesRequest { prompt: Prompt { max_output_tokens: Some(1), ..first.prompt.clone() }, ..first };
         assert_eq!(
-            Reply::for_request(&tight, None),
+            Reply::for_prompt(&tight.prompt, None),
             Reply::Call { name: "get_weather".into(), arguments: String::new(), truncated: true, output_tokens: 1 }
         );
     }
@@ -586,7 +537,7 @@ mod tests {
             "previous_response_id": "resp_prev", "store": false, "max_output_tokens": 3
         }))
         .unwrap();
-        let reply = Reply::for_request(&request, None);
+        let reply = Reply::for_prompt(&request.prompt, None);
         let body = response("resp_abc", &request, &reply);
         assert_eq!(body["object"], "response");
         assert_eq!(body["status"], "incomplete");
@@ -624,7 +575,7 @@ mod tests {
     #[test]
     fn a_text_stream_numbers_its_events_and_ends_with_the_whole_response() {
         let request = parse(json!({"model": "m", "input": "stream", "stream": true})).unwrap();
-        let reply = Reply::for_request(&request, None);
+        let reply = Reply::for_prompt(&request.prompt, None);
         let Reply::Text(answer) = &reply else { panic!("text expected") };
         let events = events(&stream_events("resp_1", &request, &reply));
         let kinds: Vec<&str> = events.iter().map(|e| e["type"].as_str().unwrap()).collect();
@@ -662,7 +613,7 @@ mod tests {
     #[test]
     fn a_function_call_stream_carries_the_arguments() {
         let request = parse(json!({"model": "m", "input": "x", "tools": [tool("lookup")], "stream": true})).unwrap();
-        let reply = Reply::for_request(&request, None);
+        let reply = Reply::for_prompt(&request.prompt, None);
         let events = events(&stream_events("resp_2", &request, &reply));
         let kinds: Vec<&str> = events.iter().map(|e| e["type"].as_str().unwrap()).collect();
         assert_eq!(

@@ -849,6 +849,578 @@ async fn anthropic_rejects_bad_requests_with_anthropic_errors() {
 }
 
 // ---------------------------------------------------------------------------
+// Tools, as the real chat and messages APIs play them
+
+const CITY_ARGUMENTS: &str = r#"{"city":"mock"}"#;
+
+fn city_schema() -> Value {
+    json!({"type": "object", "properties": {"city": {"type": "string"}, "unit": {"type": "string"}}, "required": ["city"]})
+}
+
+fn openai_tools() -> Value {
+    json!([
+        {"type": "function", "function": {"name": "get_weather", "description": "Weather.", "parameters": city_schema()}},
+        {"type": "function", "function": {"name": "get_time", "parameters": {"type": "object", "properties": {}}}}
+    ])
+}
+
+fn anthropic_tools() -> Value {
+    json!([
+        {"name": "get_weather", "description": "Weather.", "input_schema": city_schema()},
+        {"name": "get_time", "input_schema": {"type": "object", "properties": {}}}
+    ])
+}
+
+/// What a call costs: ceil(len(name) / 4) + ceil(len(arguments) / 4).
+fn call_tokens(name: &str, arguments: &str) -> u64 {
+    (name.len() as u64).div_ceil(4) + (arguments.len() as u64).div_ceil(4)
+}
+
+#[tokio::test]
+async fn openai_tools_get_a_call_of_the_first_tool_until_its_result_comes_back() {
+    let address = start().await;
+    let ask = json!({"role": "user", "content": "Weather in Paris?"});
+    let request = json!({"model": "gpt-4o", "messages": [ask], "tools": openai_tools()});
+    let body = post(address, "/v1/chat/completions", &request).await.json();
+    let choice = &body["choices"][0];
+    assert_eq!(choice["finish_reason"], "tool_calls");
+    let message = &choice["message"];
+    assert!(message["content"].is_null(), "{message}");
+    let [call] = message["tool_calls"].as_array().unwrap().as_slice() else { panic!("one call: {message}") };
+    let id = call["id"].as_str().unwrap();
+    assert!(id.starts_with("call_"), "{id}");
+    assert_eq!(call["type"], "function");
+    assert_eq!(call["function"], json!({"name": "get_weather", "arguments": CITY_ARGUMENTS}));
+    let prompt = expected_prompt_tokens(&["Weather in Paris?"]);
+    let output = call_tokens("get_weather", CITY_ARGUMENTS);
+    assert_eq!(
+        (body["usage"]["prompt_tokens"].clone(), body["usage"]["completion_tokens"].clone()),
+        (json!(prompt), json!(output))
+    );
+    assert_eq!(body["usage"]["total_tokens"], prompt + output);
+
+    // The tool's result comes back: a text answer, the call counted in the prompt.
+    let result = json!({"role": "tool", "tool_call_id": id, "content": "Sunny, 21 C"});
+    let follow_up = json!({"model": "gpt-4o", "messages": [ask, message, result], "tools": openai_tools()});
+    let reply = post(address, "/v1/chat/completions", &follow_up).await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    let answer = reply.json();
+    assert_eq!(answer["choices"][0]["finish_reason"], "stop");
+    let text = answer["choices"][0]["message"]["content"].as_str().unwrap();
+    assert!(text.starts_with("[mock:gpt-4o] "), "{text}");
+    assert!(answer["choices"][0]["message"].get("tool_calls").is_none());
+    let call_text = format!("get_weather{CITY_ARGUMENTS}");
+    assert_eq!(
+        answer["usage"]["prompt_tokens"],
+        expected_prompt_tokens(&["Weather in Paris?", &call_text, "Sunny, 21 C"])
+    );
+    // Same text as without any tools: the answer follows the last user message.
+    let plain = post(address, "/v1/chat/completions", &json!({"model": "gpt-4o", "messages": [ask]})).await.json();
+    assert_eq!(answer["choices"][0]["message"]["content"], plain["choices"][0]["message"]["content"]);
+
+    // tool_choice: none answers with text, a named tool is the one called,
+    // required calls the first.
+    let with_choice =
+        |choice: Value| json!({"model": "gpt-4o", "messages": [ask], "tools": openai_tools(), "tool_choice": choice});
+    let none = post(address, "/v1/chat/completions", &with_choice(json!("none"))).await.json();
+    assert_eq!(none["choices"][0]["finish_reason"], "stop");
+    assert!(none["choices"][0]["message"]["content"].is_string());
+    let named = with_choice(json!({"type": "function", "function": {"name": "get_time"}}));
+    let named = post(address, "/v1/chat/completions", &named).await.json();
+    assert_eq!(
+        named["choices"][0]["message"]["tool_calls"][0]["function"],
+        json!({"name": "get_time", "arguments": "{}"})
+    );
+    let required = post(address, "/v1/chat/completions", &with_choice(json!("required"))).await.json();
+    assert_eq!(required["choices"][0]["message"]["tool_calls"][0]["function"]["name"], "get_weather");
+    // A cap smaller than the call cuts it off.
+    let mut tight = request.clone();
+    tight["max_completion_tokens"] = json!(2);
+    let cut = post(address, "/v1/chat/completions", &tight).await.json();
+    assert_eq!(cut["choices"][0]["finish_reason"], "length");
+    assert_eq!(cut["choices"][0]["message"]["tool_calls"][0]["function"]["arguments"], "");
+    assert_eq!(cut["usage"]["completion_tokens"], 2);
+    // An answer fault makes it text all the same.
+    let spoiled =
+        post_with(address, "/v1/chat/completions", &[("x-mock-fault", "answer:refusal")], &request).await.json();
+    assert_eq!(spoiled["choices"][0]["finish_reason"], "stop");
+}
+
+#[tokio::test]
+async fn openai_streams_a_tool_call_as_the_real_api_does() {
+    let address = start().await;
+    let mut request = json!({
+        "model": "gpt-4o-mini",
+        "messages": [{"role": "user", "content": "Weather in Paris?"}],
+        "tools": openai_tools()
+    });
+    let plain = post(address, "/v1/chat/completions", &request).await.json();
+    request["stream"] = json!(true);
+    request["stream_options"] = json!({"include_usage": true});
+    let events = sse(&post(address, "/v1/chat/completions", &request).await.text());
+    assert_eq!(events.last().unwrap().1, "[DONE]");
+    let chunks: Vec<Value> =
+        events[..events.len() - 1].iter().map(|(_, data)| serde_json::from_str(data).unwrap()).collect();
+    let (usage_chunk, rest) = chunks.split_last().unwrap();
+    let (finish, calls) = rest.split_last().unwrap();
+    let first = &calls[0]["choices"][0]["delta"];
+    assert_eq!(first["role"], "assistant");
+    assert!(first["content"].is_null());
+    // Ids come from the request's bytes, so the stream's differ from the plain answer's.
+    let stream_id = calls[0]["id"].as_str().unwrap();
+    let call_id = format!("call_{}", stream_id.strip_prefix("chatcmpl-").unwrap());
+    assert_eq!(
+        first["tool_calls"],
+        json!([{"index": 0, "id": call_id, "type": "function", "function": {"name": "get_weather", "arguments": ""}}])
+    );
+    let fragments: Vec<&str> = calls[1..]
+        .iter()
+        .map(|chunk| {
+            let delta = &chunk["choices"][0]["delta"]["tool_calls"][0];
+            assert_eq!(delta["index"], 0);
+            assert!(delta.get("id").is_none() && delta["function"].get("name").is_none(), "{delta}");
+            delta["function"]["arguments"].as_str().unwrap()
+        })
+        .collect();
+    assert!(fragments.len() >= 3, "the arguments come in several fragments: {fragments:?}");
+    assert_eq!(fragments.concat(), CITY_ARGUMENTS);
+    assert_eq!(finish["choices"][0]["finish_reason"], "tool_calls");
+    assert_eq!(finish["choices"][0]["delta"], json!({}));
+    assert_eq!(usage_chunk["choices"], json!([]));
+    assert_eq!(usage_chunk["usage"], plain["usage"]);
+    assert!(chunks.iter().all(|chunk| chunk["id"] == stream_id));
+}
+
+/// Requests the real chat completions API refuses, with the `param` and a
+/// piece of the message it answers with.
+#[tokio::test]
+async fn openai_refuses_malformed_tool_conversations_and_foreign_fields() {
+    let address = start().await;
+    let user = json!({"role": "user", "content": "Weather?"});
+    let assistant_call = json!({"role": "assistant", "content": null, "tool_calls": [
+        {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": CITY_ARGUMENTS}}
+    ]});
+    let result = |id: &str| json!({"role": "tool", "tool_call_id": id, "content": "Sunny"});
+    let with = |messages: Value, extra: Value| {
+        let mut body = json!({"model": "gpt-4o", "messages": messages});
+        for (key, value) in extra.as_object().unwrap() {
+            body[key] = value.clone();
+        }
+        body
+    };
+    let cases = [
+        (with(json!([user, assistant_call, {"role": "tool", "content": "x"}]), json!({})), "messages", "tool_call_id"),
+        (with(json!([user, assistant_call, result("call_2")]), json!({})), "messages", "'call_2' not found"),
+        (with(json!([user, result("call_1")]), json!({})), "messages", "preceeding message with 'tool_calls'"),
+        (with(json!([user, assistant_call, user]), json!({})), "messages", "did not have response messages: call_1"),
+        (with(json!([{"role": "robot", "content": "x"}]), json!({})), "messages", "Invalid value: 'robot'"),
+        (with(json!([{"content": "x"}]), json!({})), "messages", "messages[0].role"),
+        (with(json!([{"role": "user", "content": null}]), json!({})), "messages", "got null"),
+        (
+            with(json!([{"role": "user", "content": [{"type": "image", "source": {}}]}]), json!({})),
+            "messages",
+            "Invalid value: 'image'",
+        ),
+        (
+            with(json!([{"role": "user", "content": [{"type": "tool_result", "tool_use_id": "x"}]}]), json!({})),
+            "messages",
+            "Invalid value: 'tool_result'",
+        ),
+        (
+            with(
+                json!([user, {"role": "assistant", "tool_calls": [
+                    {"id": "call_1", "type": "function", "function": {"name": "f", "arguments": {"city": "x"}}}
+                ]}, result("call_1")]),
+                json!({}),
+            ),
+            "messages",
+            "function.arguments': expected a string, but got an object",
+        ),
+        (with(json!([{"role": "assistant", "content": null}]), json!({})), "messages", "got null"),
+        (
+            with(json!([user]), json!({"tools": [{"type": "function", "function": {"parameters": {}}}]})),
+            "tools",
+            "tools[0].function.name",
+        ),
+        (
+            with(json!([user]), json!({"tools": [{"name": "get_weather", "input_schema": city_schema()}]})),
+            "tools",
+            "tools[0].type",
+        ),
+        (with(json!([user]), json!({"tools": []})), "tools", "empty array"),
+        (with(json!([user]), json!({"tool_choice": "auto"})), "tool_choice", "only allowed when 'tools'"),
+        (with(json!([user]), json!({"parallel_tool_calls": false})), "parallel_tool_calls", "only allowed"),
+        (
+            with(json!([user]), json!({"tools": openai_tools(), "tool_choice": {"type": "tool", "name": "x"}})),
+            "tool_choice",
+            "tool_choice",
+        ),
+        (
+            with(
+                json!([user]),
+                json!({"tools": openai_tools(), "tool_choice": {"type": "function", "function": {"name": "nope"}}}),
+            ),
+            "tool_choice",
+            "nope",
+        ),
+        (with(json!([user]), json!({"top_k": 5})), "", "Unrecognized request argument supplied: top_k"),
+        (with(json!([user]), json!({"system": "Be terse."})), "", "Unrecognized request argument supplied: system"),
+        (with(json!([user]), json!({"stop_sequences": ["x"]})), "", "stop_sequences"),
+        (with(json!([user]), json!({"stream_options": {"include_usage": true}})), "stream_options", "'stream'"),
+        (with(json!([user]), json!({"temperature": 2.5})), "temperature", "Expected a value <= 2"),
+    ];
+    for (body, param, message) in cases {
+        let reply = post(address, "/v1/chat/completions", &body).await;
+        assert_eq!(reply.status, 400, "{body}: {}", reply.text());
+        let error = &reply.json()["error"];
+        assert_eq!(error["type"], "invalid_request_error", "{body}");
+        let expected_param = if param.is_empty() { Value::Null } else { json!(param) };
+        assert_eq!(error["param"], expected_param, "{body}: {error}");
+        assert!(error["message"].as_str().unwrap().contains(message), "{body}: {error}");
+    }
+    // The same conversation, well formed, is answered: several calls
+    // answered by their tool messages in any order, then the user again.
+    let two_calls = json!({"role": "assistant", "content": "Checking.", "tool_calls": [
+        {"id": "call_a", "type": "function", "function": {"name": "get_weather", "arguments": "{}"}},
+        {"id": "call_b", "type": "function", "function": {"name": "get_time", "arguments": "{}"}}
+    ]});
+    let fine = with(
+        json!([
+            {"role": "developer", "content": [{"type": "text", "text": "Be terse."}]},
+            user, two_calls, result("call_b"), result("call_a"),
+            {"role": "user", "content": [{"type": "text", "text": "Thanks"}, {"type": "image_url", "image_url": {"url": "https://x/y.png"}}]}
+        ]),
+        json!({"tools": openai_tools(), "tool_choice": "auto", "parallel_tool_calls": true, "temperature": 0,
+               "stream": true, "stream_options": {"include_usage": true}, "metadata": {"k": "v"}}),
+    );
+    let reply = post(address, "/v1/chat/completions", &fine).await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+}
+
+#[tokio::test]
+async fn anthropic_tools_get_a_tool_use_until_its_result_comes_back() {
+    let address = start().await;
+    let ask = json!({"role": "user", "content": "Weather in Paris?"});
+    let request =
+        json!({"model": "claude-3-5-haiku-latest", "max_tokens": 256, "messages": [ask], "tools": anthropic_tools()});
+    let reply = post(address, "/v1/messages", &request).await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    let body = reply.json();
+    assert_eq!(body["stop_reason"], "tool_use");
+    let [block] = body["content"].as_array().unwrap().as_slice() else { panic!("one block: {body}") };
+    assert_eq!(block["type"], "tool_use");
+    let id = block["id"].as_str().unwrap();
+    assert!(id.starts_with("toolu_"), "{id}");
+    assert_eq!((block["name"].clone(), block["input"].clone()), (json!("get_weather"), json!({"city": "mock"})));
+    let prompt = expected_prompt_tokens(&["Weather in Paris?"]);
+    assert_eq!(body["usage"]["input_tokens"], prompt);
+    assert_eq!(body["usage"]["output_tokens"], call_tokens("get_weather", CITY_ARGUMENTS));
+
+    // The result comes back (with a remark after it): text, the call and
+    // the result counted in the input as the chat endpoint counts them.
+    let assistant = json!({"role": "assistant", "content": body["content"]});
+    let result = json!({"role": "user", "content": [
+        {"type": "tool_result", "tool_use_id": id, "content": "Sunny, 21 C"}
+    ]});
+    let follow_up = json!({"model": "claude-3-5-haiku-latest", "max_tokens": 256, "messages": [ask, assistant, result],
+                           "tools": anthropic_tools()});
+    let reply = post(address, "/v1/messages", &follow_up).await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    let answer = reply.json();
+    assert_eq!(answer["stop_reason"], "end_turn");
+    assert_eq!(answer["content"][0]["type"], "text");
+    assert!(answer["content"][0]["text"].as_str().unwrap().starts_with("[mock:claude-3-5-haiku-latest] "));
+    let call_text = format!("get_weather{CITY_ARGUMENTS}");
+    assert_eq!(
+        answer["usage"]["input_tokens"],
+        expected_prompt_tokens(&["Weather in Paris?", &call_text, "Sunny, 21 C"])
+    );
+    // The same conversation in chat's shape counts the same.
+    let chat = json!({"model": "m", "messages": [
+        ask,
+        {"role": "assistant", "content": null, "tool_calls": [
+            {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": CITY_ARGUMENTS}}
+        ]},
+        {"role": "tool", "tool_call_id": "call_1", "content": "Sunny, 21 C"}
+    ]});
+    let chat = post(address, "/v1/chat/completions", &chat).await.json();
+    assert_eq!(chat["usage"]["prompt_tokens"], answer["usage"]["input_tokens"]);
+
+    let with_choice = |choice: Value| json!({"model": "c", "max_tokens": 256, "messages": [ask], "tools": anthropic_tools(), "tool_choice": choice});
+    let none = post(address, "/v1/messages", &with_choice(json!({"type": "none"}))).await.json();
+    assert_eq!((none["stop_reason"].clone(), none["content"][0]["type"].clone()), (json!("end_turn"), json!("text")));
+    let named = post(address, "/v1/messages", &with_choice(json!({"type": "tool", "name": "get_time"}))).await.json();
+    assert_eq!(
+        (named["content"][0]["name"].clone(), named["content"][0]["input"].clone()),
+        (json!("get_time"), json!({}))
+    );
+    let any = with_choice(json!({"type": "any", "disable_parallel_tool_use": true}));
+    assert_eq!(post(address, "/v1/messages", &any).await.json()["content"][0]["name"], "get_weather");
+    let mut tight = request.clone();
+    tight["max_tokens"] = json!(2);
+    let cut = post(address, "/v1/messages", &tight).await.json();
+    assert_eq!((cut["stop_reason"].clone(), cut["usage"]["output_tokens"].clone()), (json!("max_tokens"), json!(2)));
+    assert_eq!(cut["content"][0]["input"], json!({}));
+}
+
+#[tokio::test]
+async fn anthropic_streams_a_tool_use_as_the_real_api_does() {
+    let address = start().await;
+    let mut request = json!({"model": "claude-sonnet-4-5", "max_tokens": 256, "system": "Be terse.",
+        "messages": [{"role": "user", "content": "Weather in Paris?"}], "tools": anthropic_tools()});
+    let plain = post(address, "/v1/messages", &request).await.json();
+    request["stream"] = json!(true);
+    let events = sse(&post(address, "/v1/messages", &request).await.text());
+    let names: Vec<&str> = events.iter().map(|(name, _)| name.as_deref().unwrap()).collect();
+    let data: Vec<Value> = events.iter().map(|(_, data)| serde_json::from_str(data).unwrap()).collect();
+    let deltas = names.iter().filter(|name| **name == "content_block_delta").count();
+    let mut expected = vec!["message_start", "content_block_start", "ping"];
+    expected.extend(std::iter::repeat_n("content_block_delta", deltas));
+    expected.extend(["content_block_stop", "message_delta", "message_stop"]);
+    assert_eq!(names, expected);
+    assert_eq!(data[0]["message"]["content"], json!([]));
+    let message_id = data[0]["message"]["id"].as_str().unwrap();
+    let tool_use_id = format!("toolu_{}", message_id.strip_prefix("msg_").unwrap());
+    assert_eq!(
+        data[1]["content_block"],
+        json!({"type": "tool_use", "id": tool_use_id, "name": "get_weather", "input": {}})
+    );
+    let partial: Vec<&str> = data[3..3 + deltas]
+        .iter()
+        .map(|event| {
+            assert_eq!(event["delta"]["type"], "input_json_delta");
+            event["delta"]["partial_json"].as_str().unwrap()
+        })
+        .collect();
+    assert_eq!(partial[0], "", "the real API opens with an empty fragment");
+    assert!(partial.len() >= 4, "{partial:?}");
+    assert_eq!(partial.concat(), CITY_ARGUMENTS);
+    let message_delta = &data[data.len() - 2];
+    assert_eq!(message_delta["delta"]["stop_reason"], "tool_use");
+    assert_eq!(message_delta["usage"]["output_tokens"], plain["usage"]["output_tokens"]);
+}
+
+/// Requests the real Messages API refuses, with a piece of its message.
+#[tokio::test]
+async fn anthropic_refuses_what_the_real_api_refuses() {
+    let address = start().await;
+    let user = json!({"role": "user", "content": "Weather?"});
+    let tool_use = json!({"role": "assistant", "content": [
+        {"type": "tool_use", "id": "toolu_1", "name": "get_weather", "input": {"city": "x"}}
+    ]});
+    let result =
+        |id: &str| json!({"role": "user", "content": [{"type": "tool_result", "tool_use_id": id, "content": "Sunny"}]});
+    let with = |messages: Value, extra: Value| {
+        let mut body = json!({"model": "claude", "max_tokens": 100, "messages": messages});
+        for (key, value) in extra.as_object().unwrap() {
+            if value.is_null() {
+                body.as_object_mut().unwrap().remove(key);
+            } else {
+                body[key] = value.clone();
+            }
+        }
+        body
+    };
+    let cases = [
+        (with(json!([user]), json!({"max_tokens": null})), "max_tokens: Field required"),
+        (with(json!([user]), json!({"max_tokens": "100"})), "max_tokens: Input should be a valid integer"),
+        (with(json!([user]), json!({"max_tokens": 0})), "greater than or equal to 1"),
+        (with(json!([{"role": "system", "content": "Be terse."}, user]), json!({})), "Unexpected role \"system\""),
+        (with(json!([{"role": "tool", "content": "x"}]), json!({})), "messages.0.role"),
+        (with(json!([user]), json!({"stream_options": {"include_usage": true}})), "stream_options: Extra inputs"),
+        (with(json!([user]), json!({"n": 2})), "n: Extra inputs are not permitted"),
+        (with(json!([user]), json!({"response_format": {"type": "json_object"}})), "response_format: Extra inputs"),
+        (with(json!([user]), json!({"temperature": 1.5})), "temperature: Input should be less than or equal to 1"),
+        (with(json!([user]), json!({"top_p": -0.1})), "top_p"),
+        (with(json!([user]), json!({"top_k": 1.5})), "top_k"),
+        (with(json!([user]), json!({"system": 5})), "system: Input should be a valid string"),
+        (with(json!([user]), json!({"system": [{"type": "image"}]})), "system.0.type"),
+        (with(json!([user]), json!({"metadata": {"k": "v"}})), "metadata.k: Extra inputs"),
+        (with(json!([user]), json!({"stop_sequences": "END"})), "stop_sequences"),
+        (
+            with(json!([{"role": "user", "content": ""}, {"role": "assistant", "content": "x"}]), json!({})),
+            "non-empty content",
+        ),
+        (with(json!([{"role": "user", "content": []}]), json!({})), "non-empty content"),
+        (
+            with(json!([{"role": "user", "content": [{"type": "text", "text": ""}]}]), json!({})),
+            "text content blocks must be non-empty",
+        ),
+        (with(json!([{"role": "user", "content": [{"type": "text", "text": " "}]}]), json!({})), "non-whitespace"),
+        (
+            with(
+                json!([{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "https://x"}}]}]),
+                json!({}),
+            ),
+            "Input tag 'image_url'",
+        ),
+        (
+            with(json!([{"role": "user", "content": [{"type": "image", "source": {"type": "base64"}}]}]), json!({})),
+            "image.source",
+        ),
+        (with(json!([{"role": "user", "content": [{"type": "image"}]}]), json!({})), "image.source: Field required"),
+        (
+            with(json!([{"role": "user", "content": [{"type": "text", "text": "x", "annotations": []}]}]), json!({})),
+            "text.annotations: Extra",
+        ),
+        (with(json!([{"role": "user", "content": 5}]), json!({})), "messages.0.content"),
+        (with(json!([{"role": "user", "content": "x", "name": "bob"}]), json!({})), "messages.0.name: Extra"),
+        (
+            with(json!([user, tool_use, result("toolu_2")]), json!({})),
+            "unexpected `tool_use_id` found in `tool_result` blocks: toolu_2",
+        ),
+        (with(json!([user, result("toolu_1")]), json!({})), "unexpected `tool_use_id`"),
+        (
+            with(json!([user, tool_use, user]), json!({})),
+            "`tool_use` ids were found without `tool_result` blocks immediately after: toolu_1",
+        ),
+        (
+            with(
+                json!([user, tool_use, {"role": "user", "content": [
+                    {"type": "text", "text": "Here:"}, {"type": "tool_result", "tool_use_id": "toolu_1"}
+                ]}]),
+                json!({}),
+            ),
+            "tool_result blocks must come first",
+        ),
+        (
+            with(
+                json!([user, {"role": "assistant", "content": [{"type": "tool_use", "id": "toolu_1", "name": "f", "input": "{}"}]}, result("toolu_1")]),
+                json!({}),
+            ),
+            "tool_use.input: Input should be a valid dictionary",
+        ),
+        (
+            with(
+                json!([user, {"role": "assistant", "content": [{"type": "tool_use", "id": "call.1", "name": "f", "input": {}}]}]),
+                json!({}),
+            ),
+            "tool_use.id: String should match pattern",
+        ),
+        (
+            with(
+                json!([{"role": "user", "content": [{"type": "tool_use", "id": "toolu_1", "name": "f", "input": {}}]}]),
+                json!({}),
+            ),
+            "Input tag 'tool_use'",
+        ),
+        (
+            with(
+                json!([user, {"role": "assistant", "content": [{"type": "tool_result", "tool_use_id": "x"}]}]),
+                json!({}),
+            ),
+            "Input tag 'tool_result'",
+        ),
+        (
+            with(
+                json!([user]),
+                json!({"tools": [{"type": "function", "function": {"name": "f", "parameters": city_schema()}}]}),
+            ),
+            "tools.0",
+        ),
+        (with(json!([user]), json!({"tools": [{"name": "f"}]})), "tools.0.custom.input_schema: Field required"),
+        (
+            with(json!([user]), json!({"tools": [{"name": "f", "input_schema": {"type": "string"}}]})),
+            "input_schema.type",
+        ),
+        (
+            with(
+                json!([user]),
+                json!({"tools": [{"name": "f", "parameters": city_schema(), "input_schema": city_schema()}]}),
+            ),
+            "tools.0.custom.parameters: Extra",
+        ),
+        (with(json!([user]), json!({"tools": [{"input_schema": city_schema()}]})), "tools.0.custom.name"),
+        (
+            with(
+                json!([user]),
+                json!({"tools": [{"name": "f", "input_schema": city_schema()}, {"name": "f", "input_schema": city_schema()}]}),
+            ),
+            "unique",
+        ),
+        (
+            with(json!([user]), json!({"tools": anthropic_tools(), "tool_choice": "auto"})),
+            "tool_choice: Input should be a valid dictionary",
+        ),
+        (
+            with(json!([user]), json!({"tools": anthropic_tools(), "tool_choice": {"type": "required"}})),
+            "tool_choice: Input tag 'required'",
+        ),
+        (
+            with(json!([user]), json!({"tools": anthropic_tools(), "tool_choice": {"type": "tool"}})),
+            "tool_choice.tool.name",
+        ),
+        (
+            with(json!([user]), json!({"tools": anthropic_tools(), "tool_choice": {"type": "tool", "name": "nope"}})),
+            "Tool 'nope' not found",
+        ),
+        (
+            with(
+                json!([user]),
+                json!({"tools": anthropic_tools(), "tool_choice": {"type": "none", "disable_parallel_tool_use": true}}),
+            ),
+            "Extra inputs",
+        ),
+        (
+            with(json!([user]), json!({"thinking": {"type": "enabled", "budget_tokens": 100}})),
+            "greater than or equal to 1024",
+        ),
+        (
+            with(json!([user]), json!({"thinking": {"type": "enabled", "budget_tokens": 2048}})),
+            "`max_tokens` must be greater than `thinking.budget_tokens`",
+        ),
+        (with(json!([user]), json!({"thinking": {"type": "low"}})), "thinking"),
+    ];
+    for (body, message) in cases {
+        let reply = post(address, "/v1/messages", &body).await;
+        assert_eq!(reply.status, 400, "{body}: {}", reply.text());
+        let error = reply.json();
+        assert_eq!(error["type"], "error", "{body}");
+        assert_eq!(error["error"]["type"], "invalid_request_error", "{body}");
+        assert!(error["error"]["message"].as_str().unwrap().contains(message), "{body}: {error}");
+    }
+
+    // What the real API takes: system blocks, images, documents, thinking,
+    // tool results (several, one with blocks, one an error) before any text,
+    // consecutive user messages (one turn), a final assistant prefill,
+    // server tools, every documented field.
+    let fine = with(
+        json!([
+            {"role": "user", "content": [
+                {"type": "text", "text": "Look:", "cache_control": {"type": "ephemeral"}},
+                {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "iVBORw0KGgo="}},
+                {"type": "image", "source": {"type": "url", "url": "https://x/y.png"}},
+                {"type": "document", "source": {"type": "text", "media_type": "text/plain", "data": "notes"}, "title": "n"}
+            ]},
+            {"role": "assistant", "content": [
+                {"type": "thinking", "thinking": "Need both.", "signature": "sig"},
+                {"type": "text", "text": "Checking."},
+                {"type": "tool_use", "id": "toolu_a", "name": "get_weather", "input": {"city": "x"}},
+                {"type": "tool_use", "id": "toolu_b", "name": "get_time", "input": {}}
+            ]},
+            {"role": "user", "content": [
+                {"type": "tool_result", "tool_use_id": "toolu_b", "content": [{"type": "text", "text": "noon"}]},
+                {"type": "tool_result", "tool_use_id": "toolu_a", "content": "boom", "is_error": true},
+                {"type": "text", "text": "Thanks."}
+            ]},
+            {"role": "user", "content": "And tomorrow?"},
+            {"role": "assistant", "content": ""}
+        ]),
+        json!({
+            "max_tokens": 4096, "system": [{"type": "text", "text": "Be terse."}], "metadata": {"user_id": "u-1"},
+            "stop_sequences": ["END"], "temperature": 1, "top_p": 0.9, "top_k": 40, "stream": false,
+            "tools": [anthropic_tools()[0], anthropic_tools()[1], {"type": "web_search_20250305", "name": "web_search"}],
+            "tool_choice": {"type": "auto", "disable_parallel_tool_use": false},
+            "thinking": {"type": "enabled", "budget_tokens": 1024}
+        }),
+    );
+    let reply = post(address, "/v1/messages", &fine).await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    // The conversation ends with an assistant prefill, not a tool result: a call.
+    assert_eq!(reply.json()["stop_reason"], "tool_use");
+}
+
+// ---------------------------------------------------------------------------
 // Faults
 
 #[tokio::test]

@@ -100,6 +100,11 @@ impl Plan {
         if let Some(update) = answer.cooldown.take() {
             self.push_cooldown(update);
         }
+        self.next_sequence = match (&answer.observer, &answer.translator) {
+            (_, Some(translator)) => translator.next_sequence(),
+            (Some(observer), None) => observer.next_sequence(),
+            (None, None) => 0,
+        };
         let outcome = match (answer.observer.as_mut(), answer.translator.as_mut()) {
             (Some(observer), Some(translator)) => {
                 let outcome = observer.finish(&mut Vec::new());
@@ -117,7 +122,7 @@ impl Plan {
     /// An SSE error event for a stream that broke off, in the client's API
     /// (the SDKs raise on it).
     pub fn broken_stream_event(&self, message: &str) -> Vec<u8> {
-        response::StreamObserver::new(self.api, false, 0).broken_stream_event(message)
+        response::StreamObserver::new(self.api, false, 0).broken_stream_event_at(message, self.next_sequence)
     }
 
     /// The whole non-streamed answer (None: too large to read, relayed
@@ -336,7 +341,7 @@ impl Plan {
             created: now,
             prompt_tokens: self.prompt.tokens,
             include_usage: self.request.client_wants_usage,
-            metadata: self.client_metadata.clone(),
+            echo: self.client_echo.clone(),
         }
     }
 

@@ -327,13 +327,17 @@ pub struct Plan {
     /// (translated once, in [`Plan::new`]).
     #[serde(skip)]
     translations: Vec<(ApiFormat, serde_json::Map<String, serde_json::Value>)>,
-    /// A Responses client's `metadata`, echoed in a translated answer.
+    /// A Responses client's fields a translated answer repeats.
     #[serde(skip)]
-    client_metadata: Option<serde_json::Value>,
+    client_echo: Option<serde_json::Map<String, serde_json::Value>>,
     /// What the request's metered built-in tool calls may cost at most
     /// (held with its tokens), in micro-dollars.
     #[serde(skip)]
     tool_hold_micros: u64,
+    /// A Responses stream's next `sequence_number` when it ended (for the
+    /// error event of one that broke).
+    #[serde(skip)]
+    next_sequence: u64,
     /// `max_tool_calls` to write upstream (the client set none).
     #[serde(skip)]
     tool_calls_cap: Option<u64>,

@@ -360,7 +360,12 @@ impl Plan {
             }
         }
 
-        let client_metadata = reach.body.as_ref().and_then(|b| b.get("metadata")).filter(|m| !m.is_null()).cloned();
+        let client_echo = reach.body.as_ref().filter(|_| request.api == ApiFormat::Responses).map(|b| {
+            b.iter()
+                .filter(|(k, v)| translate::RESPONSES_ECHO.contains(&k.as_str()) && !v.is_null())
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect()
+        });
         let translations = reach.into_translations();
         Ok(Plan {
             request_id: trace.request_id.clone(),
@@ -408,9 +413,10 @@ impl Plan {
             answer: None,
             duties: Vec::new(),
             closed: false,
-            client_metadata,
+            client_echo,
             translations,
             tool_hold_micros,
+            next_sequence: 0,
             // Written upstream only when the client set no cap of its own.
             tool_calls_cap: tool_calls_cap.filter(|_| client_tool_calls.is_none()),
         })

@@ -137,6 +137,20 @@ impl StreamObserver {
     /// it into a clean end). It starts with a blank line, which completes or
     /// discards any event the client holds half-received.
     pub fn broken_stream_event(&self, message: &str) -> Vec<u8> {
+        self.broken_stream_event_at(message, self.next_sequence())
+    }
+
+    /// A Responses stream's next `sequence_number` (0 for other APIs).
+    pub fn next_sequence(&self) -> u64 {
+        match &self.watch.format {
+            Format::Responses(w) => w.next_sequence,
+            _ => 0,
+        }
+    }
+
+    /// [`StreamObserver::broken_stream_event`] for a stream whose events the
+    /// client got numbered up to `next_sequence` (a translated one).
+    pub fn broken_stream_event_at(&self, message: &str, next_sequence: u64) -> Vec<u8> {
         let error = serde_json::json!({
             "message": message, "type": "api_error", "param": null, "code": "upstream_stream_broken"
         });
@@ -151,7 +165,7 @@ impl StreamObserver {
             ApiFormat::Responses => format!(
                 "\n\nevent: error\ndata: {}\n\n",
                 serde_json::json!({"type": "error", "code": "upstream_stream_broken", "message": message,
-                                   "param": null, "sequence_number": 0})
+                                   "param": null, "sequence_number": next_sequence})
             )
             .into_bytes(),
             ApiFormat::Anthropic => format!(
@@ -237,6 +251,9 @@ struct ResponsesWatch {
     model: Option<String>,
     /// The terminal event's `response`.
     last: Option<Map<String, Value>>,
+    /// One past the highest `sequence_number` seen: an event the router
+    /// adds (a broken stream's error) goes on from there.
+    next_sequence: u64,
 }
 
 impl ResponsesWatch {
@@ -245,6 +262,9 @@ impl ResponsesWatch {
             flags.uncacheable = true;
             return;
         };
+        if let Some(n) = obj.get("sequence_number").and_then(Value::as_u64) {
+            self.next_sequence = self.next_sequence.max(n.saturating_add(1));
+        }
         let kind = obj.get("type").and_then(Value::as_str).unwrap_or_default();
         match kind {
             "error" | "response.failed" => flags.errored = true,
@@ -776,6 +796,22 @@ pub(crate) mod tests {
     use super::super::sse::tests::{ANTHROPIC_STREAM, OPENAI_STREAM, with_line_endings};
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn a_broken_responses_stream_numbers_its_error_event_after_the_last_one_relayed() {
+        let mut observer = StreamObserver::new(ApiFormat::Responses, false, 1 << 20);
+        let mut out = Vec::new();
+        for n in 0..4 {
+            let event = format!(
+                "event: response.output_text.delta\ndata: {{\"type\":\"response.output_text.delta\",\"delta\":\"x\",\"sequence_number\":{n}}}\n\n"
+            );
+            observer.feed(event.as_bytes(), &mut out);
+        }
+        let tail = String::from_utf8(observer.broken_stream_event("cut")).unwrap();
+        let data = tail.lines().find_map(|l| l.strip_prefix("data: ")).unwrap();
+        let event: Value = serde_json::from_str(data).unwrap();
+        assert_eq!(event["sequence_number"], 4);
+    }
 
     /// Runs `chunks` through a fresh observer; returns client bytes and outcome.
     #[test]

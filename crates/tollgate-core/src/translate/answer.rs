@@ -263,7 +263,7 @@ impl Answer {
             ("completed", Some(Finish::ContentFilter)) => ("incomplete", json!({ "reason": "content_filter" })),
             (status, _) => (status, Value::Null),
         };
-        json!({
+        let mut response = json!({
             "id": format!("resp_{}", ctx.id_seed),
             "object": "response",
             "created_at": ctx.created,
@@ -275,11 +275,19 @@ impl Answer {
             "parallel_tool_calls": true,
             "tool_choice": "auto",
             "tools": [],
-            "metadata": ctx.metadata.clone().unwrap_or_else(|| json!({})),
+            "metadata": {},
             "store": false,
             "text": { "format": { "type": "text" } },
             "usage": self.usage.map(|u| u.responses()),
-        })
+        });
+        // What the client asked, repeated as the API does (never `store`:
+        // a translated answer is not stored at OpenAI).
+        if let (Some(echo), Some(obj)) = (&ctx.echo, response.as_object_mut()) {
+            for (key, value) in echo {
+                obj.insert(key.clone(), value.clone());
+            }
+        }
+        response
     }
 }
 
@@ -360,7 +368,7 @@ mod tests {
             created: 1_700_000_000,
             prompt_tokens: 10,
             include_usage: true,
-            metadata: None,
+            echo: None,
         }
     }
 

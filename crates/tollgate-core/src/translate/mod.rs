@@ -69,6 +69,22 @@ pub fn direction(client: ApiFormat, provider: ApiFormat) -> String {
     format!("{}->{}", client.as_str(), provider.as_str())
 }
 
+/// The request fields a Responses answer repeats.
+pub const RESPONSES_ECHO: &[&str] = &[
+    "instructions",
+    "tools",
+    "tool_choice",
+    "temperature",
+    "top_p",
+    "max_output_tokens",
+    "parallel_tool_calls",
+    "text",
+    "reasoning",
+    "metadata",
+    "user",
+    "truncation",
+];
+
 /// The ids and times a translated answer is given (the provider's own are
 /// in the other API's format).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -82,8 +98,9 @@ pub struct AnswerContext {
     pub prompt_tokens: u64,
     /// Whether a chat client asked for the usage chunk.
     pub include_usage: bool,
-    /// A Responses client's `metadata`, echoed in the response object.
-    pub metadata: Option<serde_json::Value>,
+    /// A Responses client's request fields the response object repeats
+    /// (`instructions`, `tools`, `tool_choice`, `temperature`, `metadata`, …).
+    pub echo: Option<serde_json::Map<String, serde_json::Value>>,
 }
 
 /// Why a neutral finish reason: across the three APIs.

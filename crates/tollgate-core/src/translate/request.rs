@@ -58,7 +58,11 @@ fn chat_to_messages(body: &Body) -> Result<Body, Untranslatable> {
     for (key, value) in body {
         match key.as_str() {
             "model" | "messages" | "stream_options" | "prompt_cache_key" => {}
-            "max_tokens" | "max_completion_tokens" if !value.is_null() => {
+            // `max_completion_tokens` wins over `max_tokens`, as at OpenAI.
+            "max_completion_tokens" if !value.is_null() => {
+                out.insert("max_tokens".into(), value.clone());
+            }
+            "max_tokens" if !value.is_null() && body.get("max_completion_tokens").is_none_or(Value::is_null) => {
                 out.insert("max_tokens".into(), value.clone());
             }
             "max_tokens" | "max_completion_tokens" => {}
@@ -160,7 +164,7 @@ fn chat_to_messages(body: &Body) -> Result<Body, Untranslatable> {
                     }
                     blocks.push(json!({
                         "type": "tool_use",
-                        "id": str_of(call, "id").unwrap_or_default(),
+                        "id": anthropic_id(str_of(call, "id").unwrap_or_default()),
                         "name": str_of(function, "name").unwrap_or_default(),
                         "input": input,
                     }));
@@ -180,7 +184,7 @@ fn chat_to_messages(body: &Body) -> Result<Body, Untranslatable> {
                 };
                 let block = json!({
                     "type": "tool_result",
-                    "tool_use_id": message.get("tool_call_id").and_then(Value::as_str).unwrap_or_default(),
+                    "tool_use_id": anthropic_id(message.get("tool_call_id").and_then(Value::as_str).unwrap_or_default()),
                     "content": content,
                 });
                 push_turn(&mut turns, "user", vec![block]);
@@ -199,10 +203,27 @@ fn chat_to_messages(body: &Body) -> Result<Body, Untranslatable> {
     if !system.is_empty() {
         out.insert("system".into(), Value::Array(system));
     }
+    // Anthropic refuses an empty turn, but for a final assistant one (a prefill).
+    let last = turns.len().saturating_sub(1);
+    if turns.iter().enumerate().any(|(i, (role, content))| content.is_empty() && !(i == last && role == "assistant")) {
+        return Err("an empty message has no Anthropic equivalent (it refuses empty turns)".into());
+    }
+    if turns.is_empty() {
+        return Err("a conversation of system text only has no Anthropic equivalent".into());
+    }
     let messages: Vec<Value> =
         turns.into_iter().map(|(role, content)| json!({ "role": role, "content": content })).collect();
     out.insert("messages".into(), Value::Array(messages));
     Ok(out)
+}
+
+/// A tool-call id as Anthropic accepts it (`^[a-zA-Z0-9_-]+$`): any other
+/// character becomes `_`, the same way in a call and in its result, so
+/// they still pair.
+fn anthropic_id(id: &str) -> String {
+    let id: String =
+        id.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' }).collect();
+    if id.is_empty() { "call_".to_owned() } else { id }
 }
 
 /// Consecutive messages of one role are one Anthropic turn (tool results
@@ -767,6 +788,40 @@ mod tests {
         assert_eq!(messages[2]["content"][0]["type"], "tool_result");
         assert_eq!(messages[2]["content"][0]["tool_use_id"], "call_1");
         assert_eq!(messages[2]["content"][1]["text"], "Thanks; and tomorrow?");
+    }
+
+    #[test]
+    fn max_completion_tokens_wins_over_max_tokens_whatever_their_order() {
+        let chat = body(json!({"model": "m", "max_completion_tokens": 5, "max_tokens": 60,
+            "messages": [{"role": "user", "content": "hi"}]}));
+        assert_eq!(translate_request(ApiFormat::OpenAi, ApiFormat::Anthropic, &chat).unwrap()["max_tokens"], 5);
+        let only_old = body(json!({"model": "m", "max_tokens": 60, "messages": [{"role": "user", "content": "hi"}]}));
+        assert_eq!(translate_request(ApiFormat::OpenAi, ApiFormat::Anthropic, &only_old).unwrap()["max_tokens"], 60);
+    }
+
+    #[test]
+    fn tool_call_ids_anthropic_would_refuse_are_rewritten_alike_in_the_call_and_its_result() {
+        let chat = body(json!({"model": "m", "messages": [
+            {"role": "user", "content": "hi"},
+            {"role": "assistant", "content": null, "tool_calls": [{"id": "call.a:1", "type": "function",
+                "function": {"name": "f", "arguments": "{}"}}]},
+            {"role": "tool", "tool_call_id": "call.a:1", "content": "done"}
+        ]}));
+        let out = translate_request(ApiFormat::OpenAi, ApiFormat::Anthropic, &chat).unwrap();
+        assert_eq!(out["messages"][1]["content"][0]["id"], "call_a_1");
+        assert_eq!(out["messages"][2]["content"][0]["tool_use_id"], "call_a_1");
+    }
+
+    #[test]
+    fn an_empty_turn_anthropic_would_refuse_skips_the_model() {
+        let empty = body(json!({"model": "m", "messages": [{"role": "user", "content": ""}]}));
+        assert!(translate_request(ApiFormat::OpenAi, ApiFormat::Anthropic, &empty).is_err());
+        let system_only = body(json!({"model": "m", "messages": [{"role": "system", "content": "x"}]}));
+        assert!(translate_request(ApiFormat::OpenAi, ApiFormat::Anthropic, &system_only).is_err());
+        let prefill = body(
+            json!({"model": "m", "messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": ""}]}),
+        );
+        assert!(translate_request(ApiFormat::OpenAi, ApiFormat::Anthropic, &prefill).is_ok());
     }
 
     #[test]

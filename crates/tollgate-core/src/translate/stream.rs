@@ -82,6 +82,14 @@ impl StreamTranslator {
         }
     }
 
+    /// A Responses client's next `sequence_number` (0 for other clients).
+    pub fn next_sequence(&self) -> u64 {
+        match &self.writer {
+            Writer::Responses(w) => w.sequence,
+            _ => 0,
+        }
+    }
+
     fn pump(&mut self, out: &mut Vec<u8>) {
         let mut neutral = Vec::new();
         for event in self.events.drain(..) {
@@ -705,7 +713,7 @@ mod tests {
     use super::*;
 
     fn ctx(include_usage: bool) -> AnswerContext {
-        AnswerContext { id_seed: "s1".into(), created: 1, prompt_tokens: 9, include_usage, metadata: None }
+        AnswerContext { id_seed: "s1".into(), created: 1, prompt_tokens: 9, include_usage, echo: None }
     }
 
     const ANTHROPIC_TOOL_STREAM: &str = concat!(
