@@ -200,6 +200,10 @@ fn chat_to_messages(body: &Body) -> Result<Body, Untranslatable> {
             choice.insert("disable_parallel_tool_use".into(), Value::Bool(true));
         }
     }
+    if !out.contains_key("tools") {
+        // A tool choice without tools asks nothing (and the APIs refuse it).
+        out.remove("tool_choice");
+    }
     if !system.is_empty() {
         out.insert("system".into(), Value::Array(system));
     }
@@ -213,6 +217,11 @@ fn chat_to_messages(body: &Body) -> Result<Body, Untranslatable> {
     }
     let messages: Vec<Value> =
         turns.into_iter().map(|(role, content)| json!({ "role": role, "content": content })).collect();
+    if !out.contains_key("tools") {
+        // A tool choice without tools asks nothing (and the APIs refuse it).
+        out.remove("tool_choice");
+        out.remove("parallel_tool_calls");
+    }
     out.insert("messages".into(), Value::Array(messages));
     Ok(out)
 }
@@ -448,6 +457,11 @@ fn messages_to_chat(body: &Body) -> Result<Body, Untranslatable> {
             other => return Err(format!("`{other}` turns have no OpenAI chat equivalent")),
         }
     }
+    if !out.contains_key("tools") {
+        // A tool choice without tools asks nothing (and the APIs refuse it).
+        out.remove("tool_choice");
+        out.remove("parallel_tool_calls");
+    }
     out.insert("messages".into(), Value::Array(messages));
     Ok(out)
 }
@@ -621,6 +635,11 @@ fn responses_to_chat(body: &Body) -> Result<Body, Untranslatable> {
             }
         }
         _ => return Err("`input` must be a string or an array of items".into()),
+    }
+    if !out.contains_key("tools") {
+        // A tool choice without tools asks nothing (and the APIs refuse it).
+        out.remove("tool_choice");
+        out.remove("parallel_tool_calls");
     }
     out.insert("messages".into(), Value::Array(messages));
     Ok(out)
@@ -810,6 +829,18 @@ mod tests {
         let out = translate_request(ApiFormat::OpenAi, ApiFormat::Anthropic, &chat).unwrap();
         assert_eq!(out["messages"][1]["content"][0]["id"], "call_a_1");
         assert_eq!(out["messages"][2]["content"][0]["tool_use_id"], "call_a_1");
+    }
+
+    #[test]
+    fn a_tool_choice_without_tools_is_left_out_rather_than_refused_upstream() {
+        let messages = body(json!({"model": "m", "max_tokens": 10, "tool_choice": {"type": "auto"},
+            "messages": [{"role": "user", "content": "hi"}]}));
+        let chat = translate_request(ApiFormat::Anthropic, ApiFormat::OpenAi, &messages).unwrap();
+        assert!(chat.get("tool_choice").is_none() && chat.get("parallel_tool_calls").is_none(), "{chat:?}");
+        let chat_in = body(json!({"model": "m", "tool_choice": "auto", "parallel_tool_calls": false,
+            "messages": [{"role": "user", "content": "hi"}]}));
+        let anthropic = translate_request(ApiFormat::OpenAi, ApiFormat::Anthropic, &chat_in).unwrap();
+        assert!(anthropic.get("tool_choice").is_none(), "{anthropic:?}");
     }
 
     #[test]
