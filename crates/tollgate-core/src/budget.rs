@@ -17,6 +17,7 @@ use crate::pricing::{ModelPrice, format_usd};
 use serde::{Deserialize, Serialize};
 
 mod config;
+pub mod lease;
 
 pub use self::config::{
     BudgetLimit, Budgets, DEFAULT_OUTPUT_RESERVATION, FailureMode, OnExhausted, RawBudgetLimit, RawBudgets,
@@ -89,6 +90,10 @@ pub struct Amount {
 impl Amount {
     fn add(self, o: Amount) -> Amount {
         Amount { tokens: self.tokens.saturating_add(o.tokens), micros: self.micros.saturating_add(o.micros) }
+    }
+
+    fn saturating_sub(self, o: Amount) -> Amount {
+        Amount { tokens: self.tokens.saturating_sub(o.tokens), micros: self.micros.saturating_sub(o.micros) }
     }
 }
 

@@ -1,0 +1,478 @@
+//! Budget leases (escrow): the arithmetic that takes the single writer off
+//! the request path, as pure transitions with the time passed in.
+//!
+//! The writer (a tenant's Durable Object; its shared-data key or Redis for
+//! Envoy) keeps the authoritative [`BudgetState`]. It grants a host instance
+//! a **lease**: a slice of what every limit has left, with an expiry. The
+//! instance reserves and settles its requests against the lease in memory
+//! ([`LocalLease`]), with no round trip, and reports settled spend in
+//! batches ([`LeaseReport`]); it asks for more before it runs out.
+//!
+//! **The invariant: spend never exceeds a limit.** In the writer, a lease's
+//! unreported part is held like a request's hold, so settled spend plus
+//! holds plus every live lease fit each limit; an instance spends only
+//! inside its lease. A lease that expires unreported is **charged in full**:
+//! conservative, never over. A report that comes after that is ignored (the
+//! full charge covered it).
+//!
+//! **Near the end of a budget, leases shrink.** A grant is at most a share
+//! of what is left ([`LeaseSizing::share`]) and at most a cap, and at least
+//! the worst case of the request that asked (so near exhaustion a lease is
+//! exactly one request, which is the per-request behaviour). What can sit
+//! unused in other instances' leases at the end is bounded by the live
+//! leases' unspent parts, for at most one lease lifetime.
+
+use super::{Amount, BudgetState, Budgets, Outstanding};
+use crate::error::BudgetError;
+use serde::{Deserialize, Serialize};
+
+/// How leases are sized and how long they live.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaseSizing {
+    /// A grant is at most `1/share` of what the tightest limit has left.
+    pub share: u64,
+    /// A grant is at most this much (0: no cap).
+    pub cap: Amount,
+    /// Seconds a lease lives unless renewed.
+    pub ttl_seconds: u64,
+}
+
+impl Default for LeaseSizing {
+    fn default() -> Self {
+        LeaseSizing { share: 8, cap: Amount { tokens: 0, micros: 0 }, ttl_seconds: 30 }
+    }
+}
+
+/// An instance asks the writer for a lease (or for more on its own).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaseRequest {
+    /// The lease's id, chosen by the instance (random bytes from the host):
+    /// a renewal names its current lease, so it grows rather than doubles.
+    pub id: String,
+    /// What the instance would like (its recent demand).
+    pub want: Amount,
+    /// What it needs at least: the worst case of the request waiting.
+    pub need: Amount,
+}
+
+/// What the writer granted: the lease's whole size now and its expiry.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaseGrant {
+    pub id: String,
+    /// Added by this grant.
+    pub added: Amount,
+    pub expires_at: u64,
+    /// The writer no longer held a lease by this id (it expired, so it was
+    /// charged in full, or it was returned): this grant starts it afresh,
+    /// and what the instance held under it before is already paid for.
+    pub fresh: bool,
+}
+
+/// Settled spend an instance reports against its lease, and whether it
+/// hands the rest back.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaseReport {
+    pub lease: String,
+    /// `(request id, actual spend)`, each applied once.
+    pub settled: Vec<(String, Amount)>,
+    /// The lease ends here: its unspent part is freed.
+    pub returned: bool,
+}
+
+fn lease_hold_id(id: &str) -> String {
+    format!("lease:{id}")
+}
+
+fn min_opt(a: Option<u64>, b: u64) -> u64 {
+    a.map_or(b, |a| a.min(b))
+}
+
+/// Grant (or grow) a lease. Refused with the budget's own error when what
+/// is left cannot pay the request's worst case (`need`).
+pub fn grant(
+    state: &mut BudgetState,
+    budgets: &Budgets,
+    sizing: &LeaseSizing,
+    request: &LeaseRequest,
+    now: u64,
+) -> Result<LeaseGrant, BudgetError> {
+    expire(state, budgets, now);
+    let left = state.remaining(&budgets.limits);
+    let share = sizing.share.max(1);
+    let cap = |x: u64, c: u64| if c == 0 { x } else { x.min(c) };
+    // Each dimension: what is wanted, within a share of what is left and
+    // the cap, and never less than what is needed.
+    let size = |want: u64, need: u64, left: Option<u64>, limit_cap: u64| {
+        let fair = left.map_or(want, |l| l / share);
+        let sized = cap(want.min(fair.max(need)), limit_cap).max(need);
+        min_opt(left, sized)
+    };
+    let added = Amount {
+        tokens: size(request.want.tokens, request.need.tokens, left.tokens, sizing.cap.tokens),
+        micros: size(request.want.micros, request.need.micros, left.micros, sizing.cap.micros),
+    };
+    let held = state.reserved();
+    if let Some(limit) = super::first_violation(state, &budgets.limits, held, request.need) {
+        return Err(super::exceeded(state, limit, held, request.need, now));
+    }
+    let expires_at = now.saturating_add(sizing.ttl_seconds);
+    let hold = lease_hold_id(&request.id);
+    let fresh = match state.outstanding.iter_mut().find(|o| o.id == hold) {
+        Some(lease) => {
+            lease.amount = lease.amount.add(added);
+            lease.expires_at = expires_at;
+            false
+        }
+        None => {
+            state.outstanding.push(Outstanding {
+                id: hold,
+                amount: added,
+                expires_at,
+                downgraded: false,
+                clamped_output_tokens: None,
+            });
+            true
+        }
+    };
+    Ok(LeaseGrant { id: request.id.clone(), added, expires_at, fresh })
+}
+
+/// Apply an instance's report: charge each settled request once, take it
+/// off the lease's hold, and free the rest if the lease is returned. A
+/// report for a lease the writer no longer holds (expired, so charged in
+/// full, or returned) changes nothing.
+pub fn report(state: &mut BudgetState, budgets: &Budgets, report: &LeaseReport, now: u64) {
+    expire(state, budgets, now);
+    let hold = lease_hold_id(&report.lease);
+    let Some(index) = state.outstanding.iter().position(|o| o.id == hold) else { return };
+    let mut charged = Amount::default();
+    for (id, amount) in &report.settled {
+        let fingerprint = super::settled_fingerprint(id);
+        if state.recently_settled.contains(&fingerprint) {
+            continue;
+        }
+        charged = charged.add(*amount);
+        super::remember_finished(state, id);
+    }
+    state.charge(charged, now);
+    if let Some(lease) = state.outstanding.get_mut(index) {
+        lease.amount = lease.amount.saturating_sub(charged);
+    }
+    if report.returned {
+        state.outstanding.retain(|o| o.id != hold);
+    }
+}
+
+/// Charge every lease that expired unreported in full, and drop it: the
+/// instance may have spent all of it.
+pub fn expire(state: &mut BudgetState, budgets: &Budgets, now: u64) {
+    let mut charged = Amount::default();
+    for o in &state.outstanding {
+        if o.expires_at <= now && o.id.starts_with("lease:") {
+            charged = charged.add(o.amount);
+        }
+    }
+    state.outstanding.retain(|o| !(o.expires_at <= now && o.id.starts_with("lease:")));
+    state.sync(&budgets.limits, now);
+    state.charge(charged, now);
+}
+
+/// An instance's side of its lease: requests reserve and settle here, in
+/// memory; settled spend waits for the next report.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LocalLease {
+    pub id: String,
+    /// The lease's size (every grant added up, less what was reported).
+    pub size: Amount,
+    /// Held by requests in flight, and settled but not yet reported.
+    pub used: Amount,
+    pub expires_at: u64,
+    /// Bumped by a fresh grant: holds of an earlier generation were paid
+    /// for when the writer charged that lease in full.
+    generation: u32,
+    holds: Vec<(String, Amount, u32)>,
+    unreported: Vec<(String, Amount)>,
+}
+
+/// Why a request could not reserve from the lease.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LocalShortfall {
+    /// Too little left in the lease: ask the writer for more first.
+    Exhausted,
+    /// The lease ends before a request could finish: renew first.
+    Expiring,
+}
+
+impl LocalLease {
+    pub fn new(id: String) -> Self {
+        LocalLease { id, ..LocalLease::default() }
+    }
+
+    /// The writer granted more.
+    pub fn on_grant(&mut self, grant: &LeaseGrant) {
+        if grant.id != self.id {
+            return;
+        }
+        if grant.fresh {
+            self.generation = self.generation.wrapping_add(1);
+            self.size = Amount::default();
+            self.used = Amount::default();
+            self.unreported.clear();
+        }
+        self.size = self.size.add(grant.added);
+        self.expires_at = self.expires_at.max(grant.expires_at);
+    }
+
+    /// Hold `amount` for request `id`, if the lease has it and lives past
+    /// `now + margin` (a request must settle before the lease expires, or
+    /// the writer has already charged it in full).
+    pub fn reserve(&mut self, id: &str, amount: Amount, now: u64, margin: u64) -> Result<(), LocalShortfall> {
+        if self.expires_at <= now.saturating_add(margin) {
+            return Err(LocalShortfall::Expiring);
+        }
+        let after = self.used.add(amount);
+        if after.tokens > self.size.tokens || after.micros > self.size.micros {
+            return Err(LocalShortfall::Exhausted);
+        }
+        self.used = after;
+        self.holds.push((id.to_owned(), amount, self.generation));
+        Ok(())
+    }
+
+    /// Request `id` finished having spent `actual` (at most its hold: the
+    /// plan caps output at what was held).
+    pub fn settle(&mut self, id: &str, actual: Amount) {
+        let Some(i) = self.holds.iter().position(|(h, _, _)| h == id) else { return };
+        let (_, held, generation) = self.holds.swap_remove(i);
+        if generation != self.generation {
+            // Paid for by the full charge of the lease it was held under.
+            return;
+        }
+        let actual = Amount { tokens: actual.tokens.min(held.tokens), micros: actual.micros.min(held.micros) };
+        self.used = self.used.saturating_sub(held).add(actual);
+        self.unreported.push((id.to_owned(), actual));
+    }
+
+    /// Request `id` ended without spending.
+    pub fn release(&mut self, id: &str) {
+        if let Some(i) = self.holds.iter().position(|(h, _, _)| h == id) {
+            let (_, held, generation) = self.holds.swap_remove(i);
+            if generation == self.generation {
+                self.used = self.used.saturating_sub(held);
+            }
+        }
+    }
+
+    /// The settled spend to report (by count, by time, at renewal): what
+    /// it reports leaves the lease's size and its use alike.
+    pub fn take_report(&mut self, returned: bool) -> LeaseReport {
+        let settled = std::mem::take(&mut self.unreported);
+        let total = settled.iter().fold(Amount::default(), |acc, (_, a)| acc.add(*a));
+        self.size = self.size.saturating_sub(total);
+        self.used = self.used.saturating_sub(total);
+        LeaseReport { lease: self.id.clone(), settled, returned }
+    }
+
+    /// What is left to reserve.
+    pub fn available(&self) -> Amount {
+        self.size.saturating_sub(self.used)
+    }
+
+    /// Requests in flight.
+    pub fn in_flight(&self) -> usize {
+        self.holds.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::budget::{BudgetLimit, Window};
+
+    fn budgets(tokens: u64, micros: u64) -> Budgets {
+        Budgets {
+            limits: vec![BudgetLimit {
+                name: "day".into(),
+                window: Window::Day,
+                tokens: Some(tokens),
+                usd_micros: Some(micros),
+            }],
+            soft_threshold: None,
+            on_exhausted: crate::config::OnExhausted::Reject,
+            clamp_max_tokens: false,
+            default_output_reservation: 1_000,
+            store_failure: crate::config::FailureMode::Closed,
+        }
+    }
+
+    fn amount(tokens: u64, micros: u64) -> Amount {
+        Amount { tokens, micros }
+    }
+
+    /// A small deterministic generator (no randomness is read in the core).
+    struct Lcg(u64);
+    impl Lcg {
+        fn next(&mut self, n: u64) -> u64 {
+            self.0 = self.0.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+            (self.0 >> 33) % n.max(1)
+        }
+    }
+
+    #[test]
+    fn a_grant_is_a_share_of_what_is_left_but_never_less_than_the_request_needs() {
+        let b = budgets(80_000, 80_000);
+        let mut state = BudgetState::default();
+        let sizing = LeaseSizing::default();
+        let want = amount(50_000, 50_000);
+        let g =
+            grant(&mut state, &b, &sizing, &LeaseRequest { id: "a".into(), want, need: amount(100, 100) }, 10).unwrap();
+        assert_eq!(g.added, amount(10_000, 10_000), "an eighth of 80,000");
+        // Near the end: exactly the request's worst case.
+        let mut tail = BudgetState::default();
+        tail.sync(&b.limits, 10);
+        tail.charge(amount(79_900, 79_900), 10);
+        let g =
+            grant(&mut tail, &b, &sizing, &LeaseRequest { id: "b".into(), want, need: amount(60, 60) }, 10).unwrap();
+        assert_eq!(g.added, amount(60, 60));
+        let refused = grant(&mut tail, &b, &sizing, &LeaseRequest { id: "c".into(), want, need: amount(60, 60) }, 10);
+        assert!(refused.is_err(), "40 left cannot pay a 60 worst case");
+    }
+
+    #[test]
+    fn a_lease_that_expires_unreported_is_charged_in_full_and_a_late_report_changes_nothing() {
+        let b = budgets(100_000, 100_000);
+        let mut state = BudgetState::default();
+        let sizing = LeaseSizing { ttl_seconds: 30, ..LeaseSizing::default() };
+        let req = LeaseRequest { id: "a".into(), want: amount(1_000, 1_000), need: amount(10, 10) };
+        let g = grant(&mut state, &b, &sizing, &req, 100).unwrap();
+        expire(&mut state, &b, 130);
+        assert_eq!(state.spent_in(&b.limits[0]), g.added);
+        let late = LeaseReport { lease: "a".into(), settled: vec![("r1".into(), amount(5, 5))], returned: true };
+        report(&mut state, &b, &late, 131);
+        assert_eq!(state.spent_in(&b.limits[0]), g.added);
+    }
+
+    #[test]
+    fn a_returned_lease_frees_exactly_its_unspent_part() {
+        let b = budgets(100_000, 100_000);
+        let mut state = BudgetState::default();
+        let sizing = LeaseSizing::default();
+        let g = grant(
+            &mut state,
+            &b,
+            &sizing,
+            &LeaseRequest { id: "a".into(), want: amount(1_000, 1_000), need: amount(10, 10) },
+            0,
+        )
+        .unwrap();
+        let mut local = LocalLease::new("a".into());
+        local.on_grant(&g);
+        local.reserve("r1", amount(300, 300), 1, 5).unwrap();
+        local.settle("r1", amount(120, 90));
+        let r = local.take_report(true);
+        report(&mut state, &b, &r, 2);
+        assert_eq!(state.spent_in(&b.limits[0]), amount(120, 90));
+        assert_eq!(state.remaining(&b.limits), crate::budget::Remaining { tokens: Some(99_880), micros: Some(99_910) });
+    }
+
+    /// N instances, random interleavings of reserve, settle, release,
+    /// report, renew, return, crash (state lost) and writer outage
+    /// (reports and grants lost), with the clock moving: the spend that
+    /// really happened never exceeds the limit, and once every lease has
+    /// ended the writer has charged at least all of it.
+    #[test]
+    fn random_interleavings_of_instances_never_spend_past_a_limit() {
+        for seed in 1..=60u64 {
+            let limit = 20_000 + seed * 311;
+            let b = budgets(limit, limit * 3);
+            let sizing = LeaseSizing { share: 4, cap: amount(4_000, 0), ttl_seconds: 20 };
+            let mut rng = Lcg(seed);
+            let mut state = BudgetState::default();
+            let mut instances: Vec<Option<LocalLease>> = vec![None; 5];
+            let mut spent = Amount::default();
+            let mut now = 1_000u64;
+            let mut next = 0u64;
+            for _ in 0..3_000 {
+                now += rng.next(3);
+                let outage = rng.next(10) == 0;
+                let i = usize::try_from(rng.next(instances.len() as u64)).unwrap();
+                let slot = &mut instances[i];
+                match rng.next(7) {
+                    0 | 1 => {
+                        next += 1;
+                        let id = format!("r{next}");
+                        let worst = amount(50 + rng.next(400), 150 + rng.next(1_200));
+                        let ok = slot.as_mut().is_some_and(|l| l.reserve(&id, worst, now, 5).is_ok());
+                        if !ok && !outage {
+                            let lease_id = slot.as_ref().map_or_else(|| format!("l{i}-{next}"), |l| l.id.clone());
+                            let req = LeaseRequest { id: lease_id.clone(), want: amount(3_000, 9_000), need: worst };
+                            if let Ok(g) = grant(&mut state, &b, &sizing, &req, now) {
+                                let lease = slot.get_or_insert_with(|| LocalLease::new(lease_id));
+                                lease.on_grant(&g);
+                                let _ = lease.reserve(&id, worst, now, 5);
+                            }
+                        }
+                    }
+                    2 => {
+                        // A request finishes: spends part of its hold.
+                        if let Some(l) = slot.as_mut()
+                            && let Some((id, held, _)) = l.holds.first().cloned()
+                        {
+                            let actual = amount(rng.next(held.tokens + 1), rng.next(held.micros + 1));
+                            // Spend really happens only while the writer still counts the lease.
+                            if l.expires_at > now {
+                                spent = spent.add(actual);
+                            }
+                            l.settle(&id, actual);
+                        }
+                    }
+                    3 => {
+                        if let Some(l) = slot.as_mut()
+                            && let Some((id, _, _)) = l.holds.first().cloned()
+                        {
+                            l.release(&id);
+                        }
+                    }
+                    4 => {
+                        if let Some(l) = slot.as_mut() {
+                            let r = l.take_report(false);
+                            if !outage {
+                                report(&mut state, &b, &r, now);
+                            }
+                        }
+                    }
+                    5 => {
+                        // Return an idle lease.
+                        if slot.as_ref().is_some_and(|l| l.in_flight() == 0)
+                            && let Some(mut l) = slot.take()
+                        {
+                            let r = l.take_report(true);
+                            if !outage {
+                                report(&mut state, &b, &r, now);
+                            }
+                        }
+                    }
+                    _ => {
+                        // A crash: the instance's state is gone.
+                        if rng.next(4) == 0 {
+                            *slot = None;
+                        }
+                    }
+                }
+                expire(&mut state, &b, now);
+                assert!(spent.tokens <= limit, "seed {seed}: spent {} tokens of {limit}", spent.tokens);
+                assert!(spent.micros <= limit * 3, "seed {seed}: spent {} micros", spent.micros);
+                let charged = state.spent_in(&b.limits[0]).add(state.reserved());
+                assert!(
+                    charged.tokens <= limit && charged.micros <= limit * 3,
+                    "seed {seed}: the writer over-committed"
+                );
+            }
+            // Every lease ends: the writer has charged at least what was spent.
+            expire(&mut state, &b, now + 1_000);
+            let charged = state.spent_in(&b.limits[0]);
+            assert!(charged.tokens >= spent.tokens && charged.micros >= spent.micros, "seed {seed}");
+            assert!(state.outstanding.is_empty(), "seed {seed}: a lease outlived its expiry");
+        }
+    }
+}
