@@ -406,3 +406,91 @@ fn a_provider_error_is_relayed_in_the_clients_error_shape() {
     // Nothing answered: the hold is given back.
     assert!(o.finish.unwrap().usage.is_none_or(|u| u.output_tokens == 0));
 }
+
+#[test]
+fn a_translated_answer_too_large_to_read_is_a_502_to_the_client_but_still_charged_for_its_prompt() {
+    use tollgate_core::engine::{AnswerStart, Inbound, JsonAnswer, Next, Plan};
+    let cfg = config(json!({"cache": {"enabled": false}}));
+    let body = ask_in(ApiFormat::OpenAi, EASY).to_string();
+    let inbound = Inbound {
+        tenant_id: "t1",
+        api: ApiFormat::OpenAi,
+        body: body.as_bytes(),
+        cache_control: None,
+        now: NOW,
+        entropy: [3; 16],
+    };
+    let mut plan = Plan::new(&cfg, &inbound).unwrap();
+    let mut next = plan.start();
+    if let Next::Reserve(_) = next {
+        next = plan.on_reserve(tollgate_core::engine::ReserveOutcome::Granted(tollgate_core::budget::Granted {
+            id: plan.request_id.clone(),
+            amount: tollgate_core::budget::Amount { tokens: 2_000, micros: 5_000 },
+            downgraded: false,
+            clamped_output_tokens: None,
+            remaining: Default::default(),
+        }));
+    }
+    assert!(matches!(next, Next::Forward(_)), "{next:?}");
+    assert!(matches!(plan.on_answer_head(Some(200), "application/json", None, NOW), AnswerStart::ReadBody));
+    let JsonAnswer::Relay(relay) = plan.on_json_answer(None, NOW) else { panic!("a relay") };
+    assert_eq!(relay.status, 502);
+    let error = json_of(relay.body.as_deref().unwrap());
+    assert!(error["error"]["message"].as_str().unwrap().contains("too large to translate"));
+    let usage = relay.closing.finish.and_then(|f| f.usage).expect("the provider answered: the prompt is charged");
+    assert!(usage.input_tokens > 0);
+}
+
+#[test]
+fn a_provider_that_leaves_out_tool_call_indexes_still_gets_each_call_through() {
+    use tollgate_core::translate::{AnswerContext, StreamTranslator};
+    // Gemini's OpenAI-compatible stream: no `index`, two calls in one chunk, `stop`.
+    let stream = concat!(
+        "data: {\"model\":\"gemini\",\"choices\":[{\"delta\":{\"role\":\"assistant\",\"tool_calls\":[",
+        "{\"id\":\"a\",\"type\":\"function\",\"function\":{\"name\":\"f\",\"arguments\":\"{\\\"x\\\":1}\"}},",
+        "{\"id\":\"b\",\"type\":\"function\",\"function\":{\"name\":\"g\",\"arguments\":\"{\\\"y\\\":2}\"}}]}}]}\n\n",
+        "data: {\"model\":\"gemini\",\"choices\":[{\"delta\":{},\"finish_reason\":\"stop\"}]}\n\n",
+        "data: [DONE]\n\n",
+    );
+    let ctx = AnswerContext { id_seed: "s".into(), created: 1, prompt_tokens: 1, include_usage: false, echo: None };
+    let mut t = StreamTranslator::new(ApiFormat::OpenAi, ApiFormat::Anthropic, ctx).unwrap();
+    let mut out = Vec::new();
+    t.feed(stream.as_bytes(), &mut out);
+    t.finish(&mut out);
+    let events = sse_data(&out);
+    let starts: Vec<&Value> =
+        events.iter().filter(|e| e["type"] == "content_block_start").map(|e| &e["content_block"]).collect();
+    assert_eq!(starts.len(), 2, "{events:?}");
+    assert_eq!((starts[0]["id"].as_str(), starts[1]["name"].as_str()), (Some("a"), Some("g")));
+    let stop = events.iter().find(|e| e["type"] == "message_delta").unwrap();
+    assert_eq!(stop["delta"]["stop_reason"], "tool_use", "tools were called, whatever the provider called its ending");
+}
+
+#[test]
+fn a_streamed_tool_call_without_input_reaches_a_chat_client_with_empty_object_arguments() {
+    use tollgate_core::translate::{AnswerContext, StreamTranslator};
+    let stream = concat!(
+        "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"model\":\"claude\",\"usage\":{\"input_tokens\":5,\"output_tokens\":1}}}\n\n",
+        "event: content_block_start\ndata: {\"type\":\"content_block_start\",\"index\":0,\"content_block\":{\"type\":\"tool_use\",\"id\":\"toolu_1\",\"name\":\"now\",\"input\":{}}}\n\n",
+        "event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"input_json_delta\",\"partial_json\":\"\"}}\n\n",
+        "event: content_block_stop\ndata: {\"type\":\"content_block_stop\",\"index\":0}\n\n",
+        "event: message_delta\ndata: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"tool_use\"},\"usage\":{\"output_tokens\":3}}\n\n",
+        "event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n",
+    );
+    for client in [ApiFormat::OpenAi, ApiFormat::Responses] {
+        let ctx = AnswerContext { id_seed: "s".into(), created: 1, prompt_tokens: 1, include_usage: false, echo: None };
+        let mut t = StreamTranslator::new(ApiFormat::Anthropic, client, ctx).unwrap();
+        let mut out = Vec::new();
+        t.feed(stream.as_bytes(), &mut out);
+        t.finish(&mut out);
+        let events = sse_data(&out);
+        let arguments: String = match client {
+            ApiFormat::OpenAi => events
+                .iter()
+                .filter_map(|c| c.pointer("/choices/0/delta/tool_calls/0/function/arguments")?.as_str())
+                .collect(),
+            _ => events.last().unwrap()["response"]["output"][0]["arguments"].as_str().unwrap().to_owned(),
+        };
+        assert_eq!(arguments, "{}", "{client:?}");
+    }
+}

@@ -143,7 +143,10 @@ impl Plan {
             None => (502, String::new()),
         };
         self.answer = None;
-        let (status, translated) = self.translate_json(status, body, now);
+        // The client's status may differ (an answer that cannot be
+        // translated is a 502 to it); what the attempt cost follows the
+        // provider's, as for an answer relayed as it is.
+        let (client_status, translated) = self.translate_json(status, body, now);
         let (summary, assembled) = match translated.as_deref().or(body) {
             Some(client_body) => {
                 let (mut summary, assembled) = self.read_json_response(client_body);
@@ -152,21 +155,21 @@ impl Plan {
                     let provider = response::summarize_json(self.provider_api(), raw).unwrap_or_default();
                     summary.usage = provider.usage.or(summary.usage);
                 }
-                if let Some(step) = self.review(status, &summary, client_body) {
+                if let Some(step) = self.review(client_status, &summary, client_body) {
                     return JsonAnswer::Replace(step);
                 }
                 (summary, assembled)
             }
             None => (ResponseSummary::default(), None),
         };
-        let fin = self.finish(status, &summary, assembled, now);
+        let fin = self.finish(status, &summary, assembled.filter(|_| client_status == status), now);
         let content_type =
             if content_type.is_empty() || translated.is_some() { "application/json".to_owned() } else { content_type };
         let mut headers = vec![("content-type".to_owned(), content_type)];
         headers.extend(self.trace.headers());
         let settlement = fin.settlement.clone();
         let closing = self.closing(settlement, Some(fin));
-        JsonAnswer::Relay(Relay { status, headers, body: translated, closing })
+        JsonAnswer::Relay(Relay { status: client_status, headers, body: translated, closing })
     }
 
     /// The request ended early (the client left, or the connection broke),

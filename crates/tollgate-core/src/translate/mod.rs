@@ -122,7 +122,8 @@ impl Finish {
         match (api, reason) {
             (ApiFormat::Anthropic, "end_turn") | (_, "stop") => Finish::Stop,
             (ApiFormat::Anthropic, "stop_sequence") => Finish::StopSequence(stop_sequence.map(str::to_owned)),
-            (_, "length" | "max_tokens") => Finish::Length,
+            // Cut by the output cap or the context window, whatever the provider calls it.
+            (_, "length" | "max_tokens" | "model_context_window_exceeded" | "model_length") => Finish::Length,
             (_, "tool_calls" | "tool_use" | "function_call") => Finish::ToolCalls,
             (_, "content_filter" | "refusal") => Finish::ContentFilter,
             (_, other) => Finish::Other(other.to_owned()),

@@ -55,7 +55,8 @@ fn chat_to_messages(body: &Body) -> Result<Body, Untranslatable> {
     let mut out = Body::new();
     let mut system: Vec<Value> = Vec::new();
     let mut parallel_off = false;
-    for (key, value) in body {
+    // A field sent as null is a field not sent.
+    for (key, value) in body.iter().filter(|(_, v)| !v.is_null()) {
         match key.as_str() {
             "model" | "messages" | "stream_options" | "prompt_cache_key" => {}
             // `max_completion_tokens` wins over `max_tokens`, as at OpenAI.
@@ -110,6 +111,7 @@ fn chat_to_messages(body: &Body) -> Result<Body, Untranslatable> {
             "parallel_tool_calls" => parallel_off = value.as_bool() == Some(false),
             // Neutral values of fields Anthropic lacks say nothing.
             "n" if is_null_or(value, |v| v.as_u64() == Some(1)) => {}
+            "top_logprobs" if is_null_or(value, is_zero) => {}
             "logprobs" if is_null_or(value, |v| v.as_bool() == Some(false)) => {}
             "presence_penalty" | "frequency_penalty" if is_null_or(value, is_zero) => {}
             "logit_bias" if is_null_or(value, |v| v.as_object().is_some_and(Map::is_empty)) => {}
@@ -127,8 +129,12 @@ fn chat_to_messages(body: &Body) -> Result<Body, Untranslatable> {
     let mut turns: Vec<(String, Vec<Value>)> = Vec::new();
     for message in messages {
         let role = str_of(message, "role").unwrap_or_default();
-        for key in message.as_object().map(Map::keys).into_iter().flatten() {
-            if !matches!(key.as_str(), "role" | "content" | "tool_calls" | "tool_call_id" | "refusal") {
+        for (key, value) in message.as_object().into_iter().flatten() {
+            // `annotations` describe an earlier answer's citations: nothing
+            // the model is asked (apps send back the SDK's message object).
+            let known =
+                matches!(key.as_str(), "role" | "content" | "tool_calls" | "tool_call_id" | "refusal" | "annotations");
+            if !known && !value.is_null() {
                 return Err(format!("`messages[].{key}` has no Anthropic equivalent"));
             }
         }
@@ -207,13 +213,16 @@ fn chat_to_messages(body: &Body) -> Result<Body, Untranslatable> {
     if !system.is_empty() {
         out.insert("system".into(), Value::Array(system));
     }
-    // Anthropic refuses an empty turn, but for a final assistant one (a prefill).
-    let last = turns.len().saturating_sub(1);
-    if turns.iter().enumerate().any(|(i, (role, content))| content.is_empty() && !(i == last && role == "assistant")) {
+    if turns.iter().any(|(_, content)| content.is_empty()) {
         return Err("an empty message has no Anthropic equivalent (it refuses empty turns)".into());
     }
-    if turns.is_empty() {
-        return Err("a conversation of system text only has no Anthropic equivalent".into());
+    match turns.last() {
+        None => return Err("a conversation of system text only has no Anthropic equivalent".into()),
+        // Anthropic would continue that turn (a prefill); OpenAI models write a new one.
+        Some((role, _)) if role == "assistant" => {
+            return Err("a conversation ending in an assistant turn asks Anthropic to continue it".into());
+        }
+        Some(_) => {}
     }
     let messages: Vec<Value> =
         turns.into_iter().map(|(role, content)| json!({ "role": role, "content": content })).collect();
@@ -344,7 +353,8 @@ fn messages_to_chat(body: &Body) -> Result<Body, Untranslatable> {
         }
         Some(_) => return Err("`system` must be a string or text blocks".into()),
     }
-    for (key, value) in body {
+    // A field sent as null is a field not sent.
+    for (key, value) in body.iter().filter(|(_, v)| !v.is_null()) {
         match key.as_str() {
             "model" | "messages" | "system" => {}
             "max_tokens" => {
@@ -392,6 +402,10 @@ fn messages_to_chat(body: &Body) -> Result<Body, Untranslatable> {
         }
     }
     let turns = body.get("messages").and_then(Value::as_array).ok_or("`messages` is not an array")?;
+    if turns.last().and_then(|t| str_of(t, "role")) == Some("assistant") {
+        // A prefill: Anthropic continues it, an OpenAI model would not.
+        return Err("a final assistant turn (a prefill) has no OpenAI chat equivalent".into());
+    }
     for turn in turns {
         let role = str_of(turn, "role").unwrap_or_default();
         let blocks: Vec<Value> = match turn.get("content") {
@@ -544,7 +558,8 @@ fn responses_to_chat(body: &Body) -> Result<Body, Untranslatable> {
     if let Some(instructions) = body.get("instructions").and_then(Value::as_str) {
         messages.push(json!({ "role": "system", "content": instructions }));
     }
-    for (key, value) in body {
+    // A field sent as null is a field not sent.
+    for (key, value) in body.iter().filter(|(_, v)| !v.is_null()) {
         match key.as_str() {
             "model" | "input" | "instructions" | "prompt_cache_key" | "stream_options" => {}
             // Echoed back in the response object; it asks nothing of the model.
@@ -622,6 +637,9 @@ fn responses_to_chat(body: &Body) -> Result<Body, Untranslatable> {
             }
             "previous_response_id" | "store" | "background" => {}
             "service_tier" if is_null_or(value, |v| matches!(v.as_str(), Some("auto" | "default"))) => {}
+            // Caps built-in tool calls, which never reach another API.
+            "max_tool_calls" => {}
+            "top_logprobs" if is_null_or(value, is_zero) => {}
             "truncation" if is_null_or(value, |v| v.as_str() == Some("disabled")) => {}
             "include" if is_null_or(value, |v| v.as_array().is_some_and(Vec::is_empty)) => {}
             other => return Err(format!("`{other}` is the Responses API's own")),
@@ -849,10 +867,20 @@ mod tests {
         assert!(translate_request(ApiFormat::OpenAi, ApiFormat::Anthropic, &empty).is_err());
         let system_only = body(json!({"model": "m", "messages": [{"role": "system", "content": "x"}]}));
         assert!(translate_request(ApiFormat::OpenAi, ApiFormat::Anthropic, &system_only).is_err());
+        // A final assistant turn is a prefill for Anthropic, a new reply for OpenAI.
         let prefill = body(
-            json!({"model": "m", "messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": ""}]}),
+            json!({"model": "m", "messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "{"}]}),
         );
-        assert!(translate_request(ApiFormat::OpenAi, ApiFormat::Anthropic, &prefill).is_ok());
+        assert!(translate_request(ApiFormat::OpenAi, ApiFormat::Anthropic, &prefill).is_err());
+        let mut anthropic_prefill = prefill.clone();
+        anthropic_prefill.insert("max_tokens".into(), json!(5));
+        assert!(translate_request(ApiFormat::Anthropic, ApiFormat::OpenAi, &anthropic_prefill).is_err());
+        // Null fields and an SDK message's `annotations` ask nothing.
+        let returned = body(json!({"model": "m", "top_p": null, "seed": null, "messages": [
+            {"role": "user", "content": "hi"},
+            {"role": "assistant", "content": "hello", "annotations": [], "audio": null, "function_call": null},
+            {"role": "user", "content": "and?"}]}));
+        assert!(translate_request(ApiFormat::OpenAi, ApiFormat::Anthropic, &returned).is_ok());
     }
 
     #[test]

@@ -37,6 +37,7 @@ pub struct StreamTranslator {
     events: Vec<SseEvent>,
     done: bool,
     finished: bool,
+    overflowed: bool,
 }
 
 impl StreamTranslator {
@@ -60,6 +61,7 @@ impl StreamTranslator {
             events: Vec::new(),
             done: false,
             finished: false,
+            overflowed: false,
         })
     }
 
@@ -95,12 +97,19 @@ impl StreamTranslator {
         for event in self.events.drain(..) {
             self.reader.read(&event, &mut neutral);
         }
+        if self.parser.overflowed() && !self.overflowed {
+            // An event too large to read is lost: the client must not take
+            // the rest for a whole answer.
+            self.overflowed = true;
+            neutral.push(Event::Error("an event of the provider's stream was too large to translate".to_owned()));
+        }
         for event in neutral {
             if self.done {
                 break;
             }
             match &event {
-                Event::Done => self.done = true,
+                // An error ends the client's stream: nothing after it.
+                Event::Done | Event::Error(_) => self.done = true,
                 Event::Finish(_) => self.finished = true,
                 _ => {}
             }
@@ -126,15 +135,43 @@ impl Reader {
     }
 }
 
+/// The most tool calls one streamed answer may carry through translation
+/// (more ends the stream with an error: a bound on a hostile provider).
+const MAX_TOOL_CALLS: usize = 256;
+
+/// A tool call being read: its provider index and id, and whether any
+/// arguments came (a call without any gets `{}`, as a JSON answer does).
+#[derive(Debug)]
+struct ReadCall {
+    index: u64,
+    id: String,
+    has_args: bool,
+}
+
 #[derive(Debug, Default)]
 struct ChatReader {
     started: bool,
-    /// Tool-call indexes already started.
-    tools: Vec<u64>,
+    /// Tool calls in the order they started; the client's index is the position.
+    calls: Vec<ReadCall>,
+    /// Gave up on a hostile stream (an error was sent): reads nothing more.
+    failed: bool,
 }
 
 impl ChatReader {
+    /// The calls that got no arguments get `{}` (when the answer finishes).
+    fn close_calls(&mut self, out: &mut Vec<Event>) {
+        for (slot, call) in self.calls.iter_mut().enumerate() {
+            if !call.has_args {
+                call.has_args = true;
+                out.push(Event::ToolArgs { index: slot, args: "{}".to_owned() });
+            }
+        }
+    }
+
     fn read(&mut self, event: &SseEvent, out: &mut Vec<Event>) {
+        if self.failed {
+            return;
+        }
         let data = event.data.trim();
         if data == "[DONE]" {
             out.push(Event::Done);
@@ -159,23 +196,54 @@ impl ChatReader {
             }
             for call in delta.and_then(|d| d.get("tool_calls")).and_then(Value::as_array).into_iter().flatten() {
                 let index = call.get("index").and_then(Value::as_u64).unwrap_or(0);
-                let slot = usize::try_from(index).unwrap_or(usize::MAX);
-                if !self.tools.contains(&index) {
-                    self.tools.push(index);
+                let id = call.get("id").and_then(Value::as_str).filter(|i| !i.is_empty());
+                // A new call: an index not seen yet, or a new id at a known
+                // one (some providers leave `index` out, all at 0).
+                let known = self.calls.iter().rposition(|c| c.index == index);
+                let new = match (known, id) {
+                    (None, _) => true,
+                    (Some(k), Some(id)) => self.calls.get(k).is_some_and(|c| c.id != id),
+                    (Some(_), None) => false,
+                };
+                let slot = if new {
+                    if self.calls.len() >= MAX_TOOL_CALLS {
+                        self.failed = true;
+                        out.push(Event::Error(format!("more than {MAX_TOOL_CALLS} tool calls in one answer")));
+                        return;
+                    }
+                    // The call before it is over: `{}` if it got no arguments.
+                    if let Some(last) = self.calls.last_mut().filter(|c| !c.has_args) {
+                        last.has_args = true;
+                        out.push(Event::ToolArgs { index: self.calls.len() - 1, args: "{}".to_owned() });
+                    }
+                    self.calls.push(ReadCall { index, id: id.unwrap_or_default().to_owned(), has_args: false });
+                    let slot = self.calls.len() - 1;
                     out.push(Event::ToolStart {
                         index: slot,
-                        id: call.get("id").and_then(Value::as_str).unwrap_or_default().to_owned(),
+                        id: id.unwrap_or_default().to_owned(),
                         name: call.pointer("/function/name").and_then(Value::as_str).unwrap_or_default().to_owned(),
                     });
-                }
+                    slot
+                } else {
+                    known.unwrap_or_default()
+                };
                 if let Some(args) =
                     call.pointer("/function/arguments").and_then(Value::as_str).filter(|a| !a.is_empty())
                 {
+                    if let Some(c) = self.calls.get_mut(slot) {
+                        c.has_args = true;
+                    }
                     out.push(Event::ToolArgs { index: slot, args: args.to_owned() });
                 }
             }
             if let Some(reason) = choice.get("finish_reason").and_then(Value::as_str) {
-                out.push(Event::Finish(Finish::read(ApiFormat::OpenAi, reason, None)));
+                self.close_calls(out);
+                let finish = match Finish::read(ApiFormat::OpenAi, reason, None) {
+                    // Calls were made, whatever the provider calls its ending.
+                    Finish::Stop if !self.calls.is_empty() => Finish::ToolCalls,
+                    finish => finish,
+                };
+                out.push(Event::Finish(finish));
             }
         }
         if let Some(usage) = chunk.get("usage").filter(|u| u.is_object()) {
@@ -186,13 +254,17 @@ impl ChatReader {
 
 #[derive(Debug, Default)]
 struct AnthropicReader {
-    /// Content block index → tool index.
-    tool_blocks: Vec<(u64, usize)>,
+    /// Content block index → tool index, and whether arguments came.
+    tool_blocks: Vec<(u64, usize, bool)>,
     usage: NeutralUsage,
+    failed: bool,
 }
 
 impl AnthropicReader {
     fn read(&mut self, event: &SseEvent, out: &mut Vec<Event>) {
+        if self.failed {
+            return;
+        }
         let Ok(data) = serde_json::from_str::<Value>(&event.data) else { return };
         let kind = data.get("type").and_then(Value::as_str).or(event.event.as_deref()).unwrap_or_default();
         match kind {
@@ -216,7 +288,12 @@ impl AnthropicReader {
                     }
                     Some("tool_use") => {
                         let tool = self.tool_blocks.len();
-                        self.tool_blocks.push((index, tool));
+                        if tool >= MAX_TOOL_CALLS {
+                            self.failed = true;
+                            out.push(Event::Error(format!("more than {MAX_TOOL_CALLS} tool calls in one answer")));
+                            return;
+                        }
+                        self.tool_blocks.push((index, tool, false));
                         out.push(Event::ToolStart {
                             index: tool,
                             id: block.get("id").and_then(Value::as_str).unwrap_or_default().to_owned(),
@@ -236,13 +313,24 @@ impl AnthropicReader {
                         }
                     }
                     Some("input_json_delta") => {
-                        let tool = self.tool_blocks.iter().find(|(b, _)| *b == index).map(|(_, t)| *t);
                         let args = delta.get("partial_json").and_then(Value::as_str).unwrap_or_default();
-                        if let Some(tool) = tool.filter(|_| !args.is_empty()) {
-                            out.push(Event::ToolArgs { index: tool, args: args.to_owned() });
+                        let block = self.tool_blocks.iter_mut().rev().find(|(b, _, _)| *b == index);
+                        if let Some((_, tool, has_args)) = block.filter(|_| !args.is_empty()) {
+                            *has_args = true;
+                            out.push(Event::ToolArgs { index: *tool, args: args.to_owned() });
                         }
                     }
                     _ => {}
+                }
+            }
+            "content_block_stop" => {
+                let index = data.get("index").and_then(Value::as_u64).unwrap_or(0);
+                // A tool called without input streams no JSON: its arguments are `{}`.
+                if let Some((_, tool, has_args)) =
+                    self.tool_blocks.iter_mut().rev().find(|(b, _, has)| *b == index && !*has)
+                {
+                    *has_args = true;
+                    out.push(Event::ToolArgs { index: *tool, args: "{}".to_owned() });
                 }
             }
             "message_delta" => {
