@@ -708,7 +708,12 @@ async def run_load(run: HostRun, seconds: float, max_requests: int, concurrency:
                    config_every: float, skip: str | None) -> None:
     scenarios = [s for s in SCENARIOS if not (skip and re.search(skip, s.name))]
     weights = [s.weight for s in scenarios]
-    limits = httpx.Limits(max_connections=concurrency * 2, max_keepalive_connections=concurrency)
+    # Idle connections are dropped well before the 5 s after which the
+    # Worker's local front (wrangler dev is a Node server: keepAliveTimeout
+    # 5 s) closes them: at httpx's default of 5 s too, a request sent on a
+    # connection the server is closing at that moment dies unsent (a
+    # ReadError, "upstream never called"), which says nothing about tollgate.
+    limits = httpx.Limits(max_connections=concurrency * 2, max_keepalive_connections=concurrency, keepalive_expiry=2.0)
     # No answer takes more than a few seconds (the slowest fault is 1.2 s, the
     # slowest stream 40 words at 60 ms); one that stalls this long is hung.
     timeout = httpx.Timeout(REQUEST_TIMEOUT, connect=10.0)
