@@ -61,7 +61,7 @@ fn read_labels(config: &TenantConfig, path: &Path) -> Result<Vec<Labelled>, Stri
 fn models_and_cost_ratio(config: &TenantConfig) -> Result<(String, String, f64), String> {
     let tiers = &config.routing.tiers;
     let first_model = |tier: Option<&tollgate_core::config::Tier>| {
-        tier.and_then(|t| t.chain(ApiFormat::OpenAi).next()).map(ToString::to_string)
+        tier.and_then(|t| config.routing.tier_chain(t, ApiFormat::OpenAi).into_iter().next()).map(|m| m.to_string())
     };
     let weak = first_model(tiers.first()).ok_or("the cheapest tier has no OpenAI model")?;
     let strong = first_model(tiers.last()).ok_or("the most premium tier has no OpenAI model")?;

@@ -80,7 +80,7 @@ fn tier_model(config: &TenantConfig, name: &str, api: ApiFormat) -> Result<Model
         let names: Vec<&str> = tiers.iter().map(|t| t.name.as_str()).collect();
         format!("tenant `{}` has no tier `{name}` (its tiers: {})", config.tenant_id, names.join(", "))
     })?;
-    tier.chain(api).next().cloned().ok_or_else(|| {
+    config.routing.tier_chain(tier, api).into_iter().next().ok_or_else(|| {
         format!("tier `{name}` of tenant `{}` has no model for the {} API", config.tenant_id, api.as_str())
     })
 }

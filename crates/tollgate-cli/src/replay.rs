@@ -170,7 +170,8 @@ pub fn run(workload: &Path, tenant_args: &[String], quiet: bool, out: Option<&Pa
         let outcome = sim.handle(&inbound, &mut |up| Some(simulated_reply(up, now)));
 
         // What the same answer would have cost on the most capable tier.
-        let premium = sim.config.routing.tiers.last().and_then(|t| t.chain(api).next()).cloned();
+        let premium =
+            sim.config.routing.tiers.last().and_then(|t| sim.config.routing.tier_chain(t, api).into_iter().next());
         let premium_micros = match (&premium, ChatRequest::parse(api, body.as_bytes(), usize::MAX)) {
             (Some(p), Ok(req)) if outcome.status < 400 => {
                 let prompt = count::prompt_tokens(&req, &p.model).tokens;

@@ -276,7 +276,9 @@ pub fn run(log: &Path, config_paths: &[PathBuf], options: &SimulateOptions<'_>) 
         // Every attempt's cost (escalations included); a cache hit costs nothing.
         let routed_micros = outcome.plan.as_ref().map_or(0, |p| p.outcome(outcome.finish.as_ref()).micros);
         // The same answer from the most premium tier, without a cache.
-        let premium = config.routing.tiers.last().and_then(|t| t.chain(line.api).next());
+        let premium =
+            config.routing.tiers.last().and_then(|t| config.routing.tier_chain(t, line.api).into_iter().next());
+        let premium = premium.as_ref();
         let premium_micros = match (premium, ChatRequest::parse(line.api, line.body.as_bytes(), usize::MAX)) {
             (Some(p), Ok(req)) if answered => {
                 let output = logged_output.unwrap_or_else(|| crate::replay::simulated_output_tokens(&req));

@@ -209,7 +209,29 @@ impl Routing {
     /// that does, preferring more capable ones. None if no tier has one.
     pub fn serving_tier(&self, wanted: usize, api: ApiFormat) -> Option<usize> {
         let order = (wanted..self.tiers.len()).chain((0..wanted.min(self.tiers.len())).rev());
-        order.into_iter().find(|&i| self.tiers.get(i).is_some_and(|t| t.chain(api).next().is_some()))
+        order.into_iter().find(|&i| self.tiers.get(i).is_some_and(|t| !self.tier_chain(t, api).is_empty()))
+    }
+
+    /// `tier`'s chain for requests in `api` format under `translation`
+    /// (before a request's own fields are checked: the plan also skips a
+    /// model that cannot express them).
+    pub fn tier_chain(&self, tier: &Tier, api: ApiFormat) -> Vec<ModelRef> {
+        let native: Vec<ModelRef> = tier.chain(api).cloned().collect();
+        let reachable = |m: &&ModelRef| crate::translate::provider_api(api, m.provider).is_some();
+        match self.translation {
+            TranslationMode::Off => native,
+            TranslationMode::WhenNeeded if !native.is_empty() => native,
+            TranslationMode::WhenNeeded | TranslationMode::AsListed => {
+                tier.models.iter().filter(reachable).cloned().collect()
+            }
+            TranslationMode::NativeFirst => {
+                let mut chain = native;
+                let others: Vec<ModelRef> =
+                    tier.models.iter().filter(reachable).filter(|m| !chain.contains(m)).cloned().collect();
+                chain.extend(others);
+                chain
+            }
+        }
     }
 
     pub fn tier_index(&self, name: &str) -> Option<usize> {
@@ -670,8 +692,8 @@ mod tests {
     }
 
     #[test]
-    fn a_tier_without_a_model_for_the_api_hands_over_to_the_nearest_capable_one() {
-        let json = r#"{"version":1,"tenant_id":"t","routing":{"tiers":[
+    fn with_translation_off_a_tier_without_a_model_for_the_api_hands_over_to_the_nearest_capable_one() {
+        let json = r#"{"version":1,"tenant_id":"t","routing":{"translation":"off","tiers":[
             {"name":"a","up_to_score":0.3,"models":["anthropic/claude-3-5-haiku-latest"]},
             {"name":"b","up_to_score":0.6,"models":["openai/gpt-4o-mini"]},
             {"name":"c","models":["anthropic/claude-sonnet-4-5"]}]}}"#;
@@ -680,6 +702,25 @@ mod tests {
         assert_eq!(r.serving_tier(2, ApiFormat::OpenAi), Some(1));
         assert_eq!(r.serving_tier(1, ApiFormat::Anthropic), Some(2));
         assert_eq!(r.serving_tier(0, ApiFormat::Anthropic), Some(0));
+    }
+
+    #[test]
+    fn with_translation_every_tier_serves_every_chat_api_and_chains_follow_the_mode() {
+        let tiers = r#""tiers":[{"name":"a","models":["anthropic/claude-3-5-haiku-latest","openai/gpt-4o-mini"]}]"#;
+        let chain = |mode: &str, api: ApiFormat| {
+            let json = format!(r#"{{"version":1,"tenant_id":"t","routing":{{"translation":"{mode}",{tiers}}}}}"#);
+            let r = parse(&json).unwrap().routing;
+            let tier = r.tiers[0].clone();
+            r.tier_chain(&tier, api).iter().map(ToString::to_string).collect::<Vec<_>>()
+        };
+        assert_eq!(chain("when_needed", ApiFormat::OpenAi), ["openai/gpt-4o-mini"]);
+        assert_eq!(
+            chain("native_first", ApiFormat::OpenAi),
+            ["openai/gpt-4o-mini", "anthropic/claude-3-5-haiku-latest"]
+        );
+        assert_eq!(chain("as_listed", ApiFormat::OpenAi), ["anthropic/claude-3-5-haiku-latest", "openai/gpt-4o-mini"]);
+        assert_eq!(chain("off", ApiFormat::Anthropic), ["anthropic/claude-3-5-haiku-latest"]);
+        assert!(chain("as_listed", ApiFormat::Embeddings).iter().all(|m| m.starts_with("openai/")));
     }
 
     #[test]
