@@ -3,6 +3,9 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod common;
+
+use common::{merge, rand_bytes};
 use serde_json::{Value, json};
 use tollgate_core::api::ApiFormat;
 use tollgate_core::config::TenantConfig;
@@ -27,17 +30,6 @@ fn config(extra: Value) -> TenantConfig {
     });
     merge(&mut base, extra);
     TenantConfig::from_json(base.to_string().as_bytes()).unwrap()
-}
-
-fn merge(base: &mut Value, extra: Value) {
-    match (base, extra) {
-        (Value::Object(b), Value::Object(e)) => {
-            for (k, v) in e {
-                merge(b.entry(k).or_insert(Value::Null), v);
-            }
-        }
-        (b, e) => *b = e,
-    }
 }
 
 fn openai_reply(up: &Upstream) -> UpstreamReply {
@@ -79,17 +71,6 @@ fn send_at(
         entropy: rand_bytes(&bytes, now),
     };
     sim.handle(&inbound, upstream)
-}
-
-/// Unique per call, as a host's random bytes are (request ids name budget holds).
-fn rand_bytes(s: &str, now: u64) -> [u8; 16] {
-    static CALLS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let call = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let mut h: u128 = 0x6c62_272e_07bb_0142_62b8_2175_6295_c58d;
-    for b in s.bytes().chain(now.to_le_bytes()).chain(call.to_le_bytes()) {
-        h = (h ^ u128::from(b)).wrapping_mul(0x0000_0000_0100_0000_0000_0000_0000_013b);
-    }
-    h.to_le_bytes()
 }
 
 /// Spend the tenant made through other requests, settled straight into its ledger.
