@@ -63,6 +63,23 @@ fn default_batch(budgets: &Budgets) -> TenantBatch {
             budget(LedgerOp::Check { budgets: b() }),
             budget(LedgerOp::Settle { budgets: b(), id: "r1".into(), amount: Amount { tokens: 1200, micros: 300 } }),
             budget(LedgerOp::Release { budgets: b(), id: "r2".into() }),
+            budget(LedgerOp::LeaseGrant {
+                budgets: b(),
+                sizing: budget::lease::LeaseSizing::default(),
+                request: budget::lease::LeaseRequest {
+                    id: "l1".into(),
+                    want: Amount { tokens: 5000, micros: 9000 },
+                    need: Amount { tokens: 400, micros: 700 },
+                },
+            }),
+            budget(LedgerOp::LeaseReport {
+                budgets: b(),
+                report: budget::lease::LeaseReport {
+                    lease: "l1".into(),
+                    settled: vec![("r4".into(), Amount { tokens: 300, micros: 500 })],
+                    returned: false,
+                },
+            }),
             outcome(OutcomeOp::Record {
                 outcome: RequestOutcome {
                     request_id: "r1".into(),

@@ -255,7 +255,17 @@ impl BudgetState {
             windows.push(w);
         }
         self.windows = windows;
+        // A lease that expired unreported is charged in full (its instance
+        // may have spent all of it); a request's expired hold is dropped.
+        let expired_leases = self
+            .outstanding
+            .iter()
+            .filter(|o| o.expires_at <= now && lease::is_lease(&o.id))
+            .fold(Amount::default(), |acc, o| acc.add(o.amount));
         self.outstanding.retain(|o| o.expires_at > now);
+        if expired_leases != Amount::default() {
+            self.charge(expired_leases, now);
+        }
     }
 
     fn reserved(&self) -> Amount {
@@ -584,6 +594,18 @@ pub enum LedgerOp {
     Status {
         budgets: Budgets,
     },
+    /// Grant or grow a host instance's lease ([`lease::grant`]).
+    LeaseGrant {
+        budgets: Budgets,
+        sizing: lease::LeaseSizing,
+        request: lease::LeaseRequest,
+    },
+    /// An instance's settled spend against its lease, and maybe its return
+    /// ([`lease::report`]).
+    LeaseReport {
+        budgets: Budgets,
+        report: lease::LeaseReport,
+    },
 }
 
 /// The answer to a [`LedgerOp`].
@@ -595,6 +617,7 @@ pub enum LedgerReply {
     Remaining { remaining: Remaining },
     Check { exhausted: Option<BudgetError> },
     Status { limits: Vec<LimitStatus> },
+    Lease { grant: lease::LeaseGrant },
 }
 
 /// Apply one operation to a tenant's state at `now`. The caller persists
@@ -611,6 +634,14 @@ pub fn apply(state: &mut BudgetState, op: &LedgerOp, now: u64) -> LedgerReply {
         LedgerOp::Release { budgets, id } => LedgerReply::Remaining { remaining: release(state, budgets, id, now) },
         LedgerOp::Check { budgets } => LedgerReply::Check { exhausted: exhausted(state, budgets, now) },
         LedgerOp::Status { budgets } => LedgerReply::Status { limits: status(state, budgets, now) },
+        LedgerOp::LeaseGrant { budgets, sizing, request } => match lease::grant(state, budgets, sizing, request, now) {
+            Ok(grant) => LedgerReply::Lease { grant },
+            Err(error) => LedgerReply::Refused { error },
+        },
+        LedgerOp::LeaseReport { budgets, report } => {
+            lease::report(state, budgets, report, now);
+            LedgerReply::Remaining { remaining: state.remaining(&budgets.limits) }
+        }
     }
 }
 

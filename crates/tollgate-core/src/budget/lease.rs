@@ -79,8 +79,15 @@ pub struct LeaseReport {
     pub returned: bool,
 }
 
+const LEASE_PREFIX: &str = "lease:";
+
 fn lease_hold_id(id: &str) -> String {
-    format!("lease:{id}")
+    format!("{LEASE_PREFIX}{id}")
+}
+
+/// Whether a hold in the writer's state is a lease.
+pub(crate) fn is_lease(hold_id: &str) -> bool {
+    hold_id.starts_with(LEASE_PREFIX)
 }
 
 fn min_opt(a: Option<u64>, b: u64) -> u64 {
@@ -164,17 +171,10 @@ pub fn report(state: &mut BudgetState, budgets: &Budgets, report: &LeaseReport, 
 }
 
 /// Charge every lease that expired unreported in full, and drop it: the
-/// instance may have spent all of it.
+/// instance may have spent all of it. (Every operation on the state does
+/// this first: [`BudgetState::sync`].)
 pub fn expire(state: &mut BudgetState, budgets: &Budgets, now: u64) {
-    let mut charged = Amount::default();
-    for o in &state.outstanding {
-        if o.expires_at <= now && o.id.starts_with("lease:") {
-            charged = charged.add(o.amount);
-        }
-    }
-    state.outstanding.retain(|o| !(o.expires_at <= now && o.id.starts_with("lease:")));
     state.sync(&budgets.limits, now);
-    state.charge(charged, now);
 }
 
 /// An instance's side of its lease: requests reserve and settle here, in
@@ -350,6 +350,25 @@ mod tests {
         let late = LeaseReport { lease: "a".into(), settled: vec![("r1".into(), amount(5, 5))], returned: true };
         report(&mut state, &b, &late, 131);
         assert_eq!(state.spent_in(&b.limits[0]), g.added);
+    }
+
+    #[test]
+    fn any_operation_after_a_leases_expiry_charges_it_in_full_and_the_ledger_ops_carry_leases() {
+        use crate::budget::{LedgerOp, LedgerReply, apply};
+        let b = budgets(100_000, 100_000);
+        let mut state = BudgetState::default();
+        let op = LedgerOp::LeaseGrant {
+            budgets: b.clone(),
+            sizing: LeaseSizing::default(),
+            request: LeaseRequest { id: "a".into(), want: amount(800, 800), need: amount(10, 10) },
+        };
+        let LedgerReply::Lease { grant } = apply(&mut state, &op, 0) else { panic!("granted") };
+        // A status read after the expiry, not a lease op: the lease is charged all the same.
+        let _ = apply(&mut state, &LedgerOp::Status { budgets: b.clone() }, grant.expires_at);
+        assert_eq!(state.spent_in(&b.limits[0]), grant.added);
+        let report = LeaseReport { lease: "a".into(), settled: vec![("r".into(), amount(1, 1))], returned: true };
+        let _ = apply(&mut state, &LedgerOp::LeaseReport { budgets: b.clone(), report }, grant.expires_at + 1);
+        assert_eq!(state.spent_in(&b.limits[0]), grant.added, "a late report changes nothing");
     }
 
     #[test]
