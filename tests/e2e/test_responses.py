@@ -347,3 +347,69 @@ def test_a_missing_mistyped_or_empty_input_is_refused_with_openai_errors_and_cos
     assert clean_mock.requests() == []
     after = settled_usage(router.url, KEY)
     assert after["budgets"] == before["budgets"]
+
+
+# Built-in tools with a published per-call price are metered: $10 per 1,000
+# web searches (crates/tollgate-core/src/pricing.rs). The mock reports two
+# `web_search_call` items when a `web_search` tool is offered, at most
+# `max_tool_calls`.
+WEB_SEARCH_MICROS = 10_000
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
+def test_web_searches_are_metered_per_call_held_up_to_max_tool_calls_and_capped_upstream(router, clean_mock, stream):
+    client = sdk(router)
+    prompt = unique("What changed in the news today?")
+    ledger = Recorded(router.url, KEY)
+    tools = [{"type": "web_search"}]
+    if stream:
+        with client.responses.stream(model="tollgate/cheap", input=prompt, tools=tools) as events:
+            for _ in events:
+                pass
+            response = events.get_final_response()
+    else:
+        raw = client.responses.with_raw_response.create(model="tollgate/cheap", input=prompt, tools=tools)
+        response = raw.parse()
+    after = ledger.wait_for(1)
+
+    searches = [item for item in response.output if item.type == "web_search_call"]
+    assert len(searches) == 2, response.output
+    [record] = clean_mock.requests()
+    # No cap from the client: the one its hold covers is written upstream.
+    assert record["body"]["max_tool_calls"] == 8
+    usage = response.usage
+    price = cost_micros(CHEAP_MODEL, usage.input_tokens, usage.output_tokens) + 2 * WEB_SEARCH_MICROS
+    assert spent_micros(after) - spent_micros(ledger.start) == price
+    if not stream:
+        assert micros(raw.headers["x-tollgate-cost-usd"]) == price
+
+
+def test_a_clients_own_max_tool_calls_is_kept_and_bounds_the_searches_charged(router, clean_mock):
+    prompt = unique("What changed in the news today?")
+    ledger = Recorded(router.url, KEY)
+    r = post_responses(
+        router.url,
+        KEY,
+        {"model": "tollgate/cheap", "input": prompt, "tools": [{"type": "web_search"}], "max_tool_calls": 1},
+    )
+    after = ledger.wait_for(1)
+    assert r.status_code == 200, r.text
+    [record] = clean_mock.requests()
+    assert record["body"]["max_tool_calls"] == 1
+    body = r.json()
+    assert [i["type"] for i in body["output"]].count("web_search_call") == 1
+    usage = body["usage"]
+    price = cost_micros(CHEAP_MODEL, usage["input_tokens"], usage["output_tokens"]) + WEB_SEARCH_MICROS
+    assert micros(r.headers["x-tollgate-cost-usd"]) == price
+    assert spent_micros(after) - spent_micros(ledger.start) == price
+
+
+def test_a_built_in_tool_without_a_published_price_is_refused_by_name_and_costs_nothing(router, clean_mock):
+    before = settled_usage(router.url, KEY)
+    r = post_responses(
+        router.url, KEY, {"model": "tollgate/auto", "input": "Open the page", "tools": [{"type": "computer_use_preview"}]}
+    )
+    error = assert_error(r, 400, "invalid_value", param="tools")
+    assert "computer_use_preview" in error["message"]
+    assert clean_mock.requests() == []
+    assert settled_usage(router.url, KEY)["budgets"] == before["budgets"]

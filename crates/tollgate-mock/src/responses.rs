@@ -39,6 +39,23 @@ pub struct ResponsesRequest {
     pub prompt: Prompt,
     /// Request fields echoed in the `response` object.
     echo: Map<String, Value>,
+    /// Web searches the answer reports (`web_search_call` items, after the
+    /// message): two when a `web_search*` tool is offered, capped by
+    /// `max_tool_calls`.
+    searches: u64,
+}
+
+/// How many web searches an answer reports when a `web_search` tool is offered.
+const MOCK_SEARCHES: u64 = 2;
+
+/// The `web_search_call` output items of an answer.
+fn search_items(id: &str, request: &ResponsesRequest) -> Vec<Value> {
+    (0..request.searches)
+        .map(|n| {
+            json!({"id": format!("ws_{n}_{id}"), "type": "web_search_call", "status": "completed",
+                   "action": {"type": "search", "query": request.prompt.last_user_text}})
+        })
+        .collect()
 }
 
 /// The arguments every mock function call of the Responses API carries
@@ -115,7 +132,12 @@ pub fn parse_request(body: &Value) -> Result<ResponsesRequest, RequestError> {
         .iter()
         .filter_map(|name| object.get(*name).filter(|value| !value.is_null()).map(|v| ((*name).to_owned(), v.clone())))
         .collect();
-    Ok(ResponsesRequest { prompt, echo })
+    let offers_search = object.get("tools").and_then(Value::as_array).is_some_and(|tools| {
+        tools.iter().any(|t| t.get("type").and_then(Value::as_str).is_some_and(|k| k.starts_with("web_search")))
+    });
+    let cap = object.get("max_tool_calls").and_then(Value::as_u64).unwrap_or(u64::MAX);
+    let searches = if offers_search { MOCK_SEARCHES.min(cap) } else { 0 };
+    Ok(ResponsesRequest { prompt, echo, searches })
 }
 
 fn invalid_type(param: &'static str, expected: &str) -> RequestError {
@@ -333,7 +355,12 @@ fn response_object(id: &str, request: &ResponsesRequest, reply: &Reply, done: bo
     );
     object.insert("max_tool_calls".into(), Value::Null);
     object.insert("model".into(), json!(request.prompt.model));
-    object.insert("output".into(), if done { json!([output_item(id, reply, true)]) } else { json!([]) });
+    let output: Vec<Value> = if done {
+        std::iter::once(output_item(id, reply, true)).chain(search_items(id, request)).collect()
+    } else {
+        Vec::new()
+    };
+    object.insert("output".into(), Value::Array(output));
     object.insert("service_tier".into(), json!("default"));
     object.insert("truncation".into(), json!("disabled"));
     object.insert("usage".into(), if done { usage(request, reply) } else { Value::Null });
@@ -405,6 +432,10 @@ pub fn stream_events(id: &str, request: &ResponsesRequest, reply: &Reply) -> Vec
         }
     }
     events.push(json!({"type": "response.output_item.done", "output_index": 0, "item": output_item(id, reply, true)}));
+    for (n, item) in search_items(id, request).into_iter().enumerate() {
+        events.push(json!({"type": "response.output_item.added", "output_index": n + 1, "item": item}));
+        events.push(json!({"type": "response.output_item.done", "output_index": n + 1, "item": item}));
+    }
     let last = if reply.truncated() { "response.incomplete" } else { "response.completed" };
     events.push(json!({"type": last, "response": response(id, request, reply)}));
     events
