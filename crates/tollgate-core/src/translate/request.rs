@@ -116,7 +116,7 @@ fn chat_to_messages(body: &Body) -> Result<Body, Untranslatable> {
             "presence_penalty" | "frequency_penalty" if is_null_or(value, is_zero) => {}
             "logit_bias" if is_null_or(value, |v| v.as_object().is_some_and(Map::is_empty)) => {}
             "store" if is_null_or(value, |v| v.as_bool() == Some(false)) => {}
-            "metadata" if value.is_null() => {}
+            "metadata" if is_null_or(value, |v| v.as_object().is_some_and(Map::is_empty)) => {}
             "service_tier" if is_null_or(value, |v| matches!(v.as_str(), Some("auto" | "default"))) => {}
             "modalities" if is_null_or(value, |v| v == &json!(["text"])) => {}
             "response_format" if is_null_or(value, |v| str_of(v, "type") == Some("text")) => {}
@@ -396,7 +396,8 @@ fn messages_to_chat(body: &Body) -> Result<Body, Untranslatable> {
                 }
             }
             "thinking" if is_null_or(value, |v| str_of(v, "type") == Some("disabled")) => {}
-            "service_tier" if is_null_or(value, |v| v.as_str() == Some("auto")) => {}
+            // OpenAI's default tier is Anthropic's standard one.
+            "service_tier" if is_null_or(value, |v| matches!(v.as_str(), Some("auto" | "standard_only"))) => {}
             "thinking" => return Err("extended `thinking` has no OpenAI chat equivalent".into()),
             other => return Err(no_equivalent(other, API)),
         }
