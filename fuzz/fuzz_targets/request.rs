@@ -28,9 +28,13 @@ fuzz_target!(|data: &[u8]| {
         };
         let cap = (data.len() as u64 % 5000) + 1;
         let rewrites = [
-            Rewrite { provider, model: "gpt-4o-mini", clamp_output_tokens: None, include_usage: false },
+            Rewrite { provider, model: "gpt-4o-mini", clamp_output_tokens: None, include_usage: false, max_tool_calls: None },
             Rewrite {
-                provider, model: "m\"\\\u{0}\u{2028}é😀", clamp_output_tokens: Some(cap), include_usage: true
+                provider,
+                model: "m\"\\\u{0}\u{2028}é😀",
+                clamp_output_tokens: Some(cap),
+                include_usage: true,
+                max_tool_calls: Some(cap),
             },
         ];
         for rw in rewrites {

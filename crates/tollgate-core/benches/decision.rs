@@ -188,6 +188,7 @@ mod pieces_4kb {
             model: "gpt-4o-mini",
             clamp_output_tokens: None,
             include_usage: true,
+            max_tool_calls: None,
         };
         bencher.bench_local(|| black_box(req.rewritten_body(&rw)));
     }

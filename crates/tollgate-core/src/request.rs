@@ -261,6 +261,9 @@ pub struct Rewrite<'a> {
     pub clamp_output_tokens: Option<u64>,
     /// Ask an OpenAI-format upstream to append a usage chunk to the stream.
     pub include_usage: bool,
+    /// A Responses `max_tool_calls` to write (a metered request's built-in
+    /// tool calls stop where its hold does); replaces the client's.
+    pub max_tool_calls: Option<u64>,
 }
 
 /// Body fields that do not change what the model answers, left out of the cache key.
@@ -384,6 +387,8 @@ impl ChatRequest {
         let mut out = Vec::with_capacity(size + rw.model.len() + 64);
         let mut wrote_cap = false;
         let mut wrote_usage = false;
+        let tool_calls = rw.max_tool_calls.filter(|_| self.api == ApiFormat::Responses);
+        let mut wrote_tool_calls = false;
         out.push(b'{');
         for (key, value) in &self.raw.0 {
             if out.len() > 1 {
@@ -403,6 +408,10 @@ impl ChatRequest {
                     out.extend_from_slice(with_usage().as_bytes());
                     wrote_usage = true;
                 }
+                ("max_tool_calls", _) if tool_calls.is_some() => {
+                    out.extend_from_slice(tool_calls.unwrap_or_default().to_string().as_bytes());
+                    wrote_tool_calls = true;
+                }
                 _ => out.extend_from_slice(value.get().as_bytes()),
             }
         }
@@ -415,6 +424,10 @@ impl ChatRequest {
         if inject_usage && !wrote_usage {
             out.extend_from_slice(b",\"stream_options\":");
             out.extend_from_slice(with_usage().as_bytes());
+        }
+        if let Some(calls) = tool_calls.filter(|_| !wrote_tool_calls) {
+            out.extend_from_slice(b",\"max_tool_calls\":");
+            out.extend_from_slice(calls.to_string().as_bytes());
         }
         out.push(b'}');
         out
@@ -1192,6 +1205,7 @@ mod tests {
             model: "gpt-4o-mini",
             clamp_output_tokens: Some(64),
             include_usage: true,
+            max_tool_calls: None,
         });
         let mut got: Map<String, Value> = serde_json::from_slice(&out).unwrap();
         assert_eq!(got.shift_remove("model"), Some(Value::from("gpt-4o-mini")));
@@ -1214,6 +1228,7 @@ mod tests {
             model: "m",
             clamp_output_tokens: None,
             include_usage: false,
+            max_tool_calls: None,
         });
         let out = String::from_utf8(out).unwrap();
         assert_eq!(
@@ -1352,6 +1367,7 @@ mod tests {
             model: "m",
             clamp_output_tokens: None,
             include_usage: false,
+            max_tool_calls: None,
         });
         let want = format!(r#"{{"model":"m","metadata":{metadata},{CHAT_TAIL},"x":{extra}}}"#);
         assert_eq!(String::from_utf8(out).unwrap(), want);
@@ -1367,6 +1383,25 @@ mod tests {
             matches!(&err, RequestError::MalformedJson { detail } if detail.contains("duplicate field `model`")),
             "{err:?}"
         );
+    }
+
+    #[test]
+    fn a_responses_rewrite_writes_max_tool_calls_in_place_or_at_the_end_and_other_apis_never_get_it() {
+        let rw = |calls| Rewrite {
+            provider: Provider::OpenAi,
+            model: "m",
+            clamp_output_tokens: None,
+            include_usage: false,
+            max_tool_calls: calls,
+        };
+        let without = ChatRequest::parse(ApiFormat::Responses, br#"{"model":"a","input":"x"}"#, 1 << 20).unwrap();
+        assert_eq!(without.rewritten_body(&rw(Some(8))), br#"{"model":"m","input":"x","max_tool_calls":8}"#);
+        let with =
+            ChatRequest::parse(ApiFormat::Responses, br#"{"max_tool_calls":20,"model":"a","input":"x"}"#, 1 << 20)
+                .unwrap();
+        assert_eq!(with.rewritten_body(&rw(Some(3))), br#"{"max_tool_calls":3,"model":"m","input":"x"}"#);
+        let chat = openai(r#"{"model":"a","messages":[{"role":"user","content":"x"}]}"#).unwrap();
+        assert!(!String::from_utf8(chat.rewritten_body(&rw(Some(8)))).unwrap().contains("max_tool_calls"));
     }
 
     #[test]

@@ -90,10 +90,6 @@ pub(crate) fn is_lease(hold_id: &str) -> bool {
     hold_id.starts_with(LEASE_PREFIX)
 }
 
-fn min_opt(a: Option<u64>, b: u64) -> u64 {
-    a.map_or(b, |a| a.min(b))
-}
-
 /// Grant (or grow) a lease. Refused with the budget's own error when what
 /// is left cannot pay the request's worst case (`need`).
 pub fn grant(
@@ -108,11 +104,11 @@ pub fn grant(
     let share = sizing.share.max(1);
     let cap = |x: u64, c: u64| if c == 0 { x } else { x.min(c) };
     // Each dimension: what is wanted, within a share of what is left and
-    // the cap, and never less than what is needed.
+    // the cap, and never less than what is needed (which fits what is
+    // left, or the grant is refused below).
     let size = |want: u64, need: u64, left: Option<u64>, limit_cap: u64| {
         let fair = left.map_or(want, |l| l / share);
-        let sized = cap(want.min(fair.max(need)), limit_cap).max(need);
-        min_opt(left, sized)
+        cap(want.min(fair.max(need)), limit_cap).max(need)
     };
     let added = Amount {
         tokens: size(request.want.tokens, request.need.tokens, left.tokens, sizing.cap.tokens),

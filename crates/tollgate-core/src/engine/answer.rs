@@ -80,7 +80,7 @@ impl Plan {
                 // The observer reads the provider's stream (usage, the body
                 // to cache); the client gets the translation.
                 Some(translator) => {
-                    observer.feed(chunk, &mut Vec::new());
+                    observer.watch_only(chunk);
                     translator.feed(chunk, out);
                 }
                 None => observer.feed(chunk, out),

@@ -6,7 +6,7 @@ use crate::api::ApiFormat;
 use crate::budget::{Amount, ReserveRequest};
 use crate::cache::{self, CacheKey, ClientCacheControl};
 use crate::classify::{self, Classification, PromptView, Turn, TurnRole};
-use crate::config::{ModelRef, TenantConfig};
+use crate::config::{ModelRef, Routing, TenantConfig, Tier};
 use crate::count::{self, PromptCount};
 use crate::error::{ApiError, RequestError, TenantError};
 use crate::escalation;
@@ -236,7 +236,7 @@ impl Plan {
             for i in order {
                 let Some(t) = routing.tiers.get(i) else { continue };
                 let mut tier_skips = Vec::new();
-                let chain = reach.chain(&t.models, &mut tier_skips);
+                let chain = reach.chain(routing, t, &mut tier_skips);
                 for skip in tier_skips {
                     if !skips.contains(&skip) {
                         skips.push(skip);
@@ -280,7 +280,7 @@ impl Plan {
                 .iter()
                 .skip(i + 1)
                 .map(|t| {
-                    let chain = reach.chain(&t.models, &mut Vec::new());
+                    let chain = reach.chain(routing, t, &mut Vec::new());
                     Rung { name: t.name.clone(), price: chain_price(config, &chain), chain }
                 })
                 .collect(),
@@ -291,7 +291,7 @@ impl Plan {
             _ => routing
                 .tiers
                 .iter()
-                .map(|t| reach.chain(&t.models, &mut Vec::new()))
+                .map(|t| reach.chain(routing, t, &mut Vec::new()))
                 .find(|c| !c.is_empty())
                 .unwrap_or_default(),
         };
@@ -465,25 +465,20 @@ impl<'a> Reach<'a> {
         }
     }
 
-    /// The chain `models` make for this request; each model skipped for
-    /// what it cannot express is noted in `skips`.
-    fn chain(&mut self, models: &[ModelRef], skips: &mut Vec<String>) -> Vec<ModelRef> {
-        let api = self.request.api;
-        let native: Vec<ModelRef> = models.iter().filter(|m| api.spoken_by(m.provider)).cloned().collect();
-        if self.mode == TranslationMode::Off || (self.mode == TranslationMode::WhenNeeded && !native.is_empty()) {
-            return native;
-        }
-        let mut chain = if self.mode == TranslationMode::NativeFirst { native } else { Vec::new() };
-        for model in models {
-            if chain.contains(model) {
-                continue;
+    /// `tier`'s chain for this request: its chain under the tenant's
+    /// `routing.translation` ([`Routing::tier_chain`]), less each model that
+    /// cannot express the request, noted in `skips`.
+    fn chain(&mut self, routing: &Routing, tier: &Tier, skips: &mut Vec<String>) -> Vec<ModelRef> {
+        let mut chain = routing.tier_chain(tier, self.request.api);
+        chain.retain(|model| match self.check(model) {
+            Ok(()) => true,
+            Err(why) => {
+                if !why.is_empty() {
+                    skips.push(format!("skipped {model}: {why}"));
+                }
+                false
             }
-            match self.check(model) {
-                Ok(()) => chain.push(model.clone()),
-                Err(why) if !why.is_empty() => skips.push(format!("skipped {model}: {why}")),
-                Err(_) => {}
-            }
-        }
+        });
         chain
     }
 

@@ -360,17 +360,14 @@ impl Plan {
         self.trace.translated = None;
         let strip_usage_chunk =
             self.api == ApiFormat::OpenAi && self.request.stream && !self.request.client_wants_usage;
-        let mut body = self.request.rewritten_body(&Rewrite {
+        let body = self.request.rewritten_body(&Rewrite {
             provider: target.provider,
             model: &target.model,
             clamp_output_tokens: cap,
             include_usage: true,
-        });
-        if let (Some(calls), true) = (self.tool_calls_cap, self.budgets_enforced) {
             // The metered built-in tools stop where the hold does.
-            let field = format!("{{\"max_tool_calls\":{calls},");
-            body.splice(0..1, field.into_bytes());
-        }
+            max_tool_calls: self.tool_calls_cap.filter(|_| self.budgets_enforced),
+        });
         Next::Forward(Upstream { target, api: self.api, path: self.api.path(), body, attempt, strip_usage_chunk })
     }
 

@@ -24,6 +24,7 @@ mod usage;
 pub use observe::{StreamObserver, StreamOutcome};
 pub use replay::replay_as_sse;
 pub use sse::{SseEvent, SseParser};
+pub(crate) use usage::{AnthropicTokens, openai_usage, token_count};
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};

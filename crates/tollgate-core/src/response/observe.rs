@@ -78,17 +78,21 @@ impl StreamObserver {
     /// bytes of an unfinished event wait for the rest of it (up to 1 MiB,
     /// after which they are forwarded as they come).
     pub fn feed(&mut self, chunk: &[u8], out: &mut Vec<u8>) {
-        let Self { api: _, strip_usage_chunk, parser, pending, passthrough_block, last_block_dropped, started, watch } =
-            self;
-        if !*strip_usage_chunk {
-            emit(out, started, chunk);
-            parser.push_with(chunk, &mut |_, boundary| {
-                if let Boundary::Block(Some(event)) = boundary {
-                    watch.on_event(&event);
-                }
-            });
+        if !self.strip_usage_chunk {
+            emit(out, &mut self.started, chunk);
+            self.watch_only(chunk);
             return;
         }
+        let Self {
+            api: _,
+            strip_usage_chunk: _,
+            parser,
+            pending,
+            passthrough_block,
+            last_block_dropped,
+            started,
+            watch,
+        } = self;
         let mut start = 0;
         parser.push_with(chunk, &mut |end, boundary| {
             let piece = chunk.get(start..end).unwrap_or_default();
@@ -125,6 +129,18 @@ impl StreamObserver {
                 *passthrough_block = true;
             }
         }
+    }
+
+    /// A chunk the client gets in another form (translated): read for the
+    /// summary and the body to cache, nothing relayed.
+    pub fn watch_only(&mut self, chunk: &[u8]) {
+        let Self { parser, watch, started, .. } = self;
+        *started |= !chunk.is_empty();
+        parser.push_with(chunk, &mut |_, boundary| {
+            if let Boundary::Block(Some(event)) = boundary {
+                watch.on_event(&event);
+            }
+        });
     }
 
     /// End of the upstream stream: flushes what remains to `out` (an event

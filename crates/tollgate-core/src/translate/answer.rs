@@ -2,6 +2,7 @@
 
 use super::{AnswerContext, Finish};
 use crate::api::ApiFormat;
+use crate::response::{self, AnthropicTokens, Usage};
 use serde_json::{Map, Value, json};
 
 /// One answer, in no API's shape.
@@ -34,33 +35,34 @@ pub struct NeutralUsage {
     pub reasoning: u64,
 }
 
-fn count(v: Option<&Value>) -> u64 {
-    v.and_then(|v| v.as_u64().or_else(|| v.as_f64().filter(|f| *f >= 0.0).map(|f| f as u64))).unwrap_or(0)
+impl From<Usage> for NeutralUsage {
+    fn from(u: Usage) -> Self {
+        NeutralUsage {
+            input: u.input_tokens,
+            cached: u.cached_input_tokens,
+            cache_write: u.cache_write_input_tokens,
+            output: u.output_tokens,
+            reasoning: 0,
+        }
+    }
 }
 
 impl NeutralUsage {
-    /// From a chat `usage` object.
+    /// From a chat `usage` object (read as the router reads it for pricing).
     pub fn from_chat(u: &Value) -> NeutralUsage {
-        NeutralUsage {
-            input: count(u.get("prompt_tokens")),
-            cached: count(u.pointer("/prompt_tokens_details/cached_tokens")),
-            cache_write: 0,
-            output: count(u.get("completion_tokens")),
-            reasoning: count(u.pointer("/completion_tokens_details/reasoning_tokens")),
-        }
+        let mut usage = NeutralUsage::from(response::openai_usage(u).unwrap_or_default());
+        usage.reasoning = response::token_count(u.pointer("/completion_tokens_details/reasoning_tokens")).unwrap_or(0);
+        usage
+    }
+
+    /// From Anthropic's usage counts (one object, or a stream's merged).
+    pub(crate) fn from_anthropic_tokens(tokens: AnthropicTokens) -> NeutralUsage {
+        tokens.to_usage().map(NeutralUsage::from).unwrap_or_default()
     }
 
     /// From an Anthropic `usage` object.
     pub fn from_anthropic(u: &Value) -> NeutralUsage {
-        let cached = count(u.get("cache_read_input_tokens"));
-        let cache_write = count(u.get("cache_creation_input_tokens"));
-        NeutralUsage {
-            input: count(u.get("input_tokens")).saturating_add(cached).saturating_add(cache_write),
-            cached,
-            cache_write,
-            output: count(u.get("output_tokens")),
-            reasoning: 0,
-        }
+        NeutralUsage::from_anthropic_tokens(AnthropicTokens::from_value(u))
     }
 
     pub fn chat(&self) -> Value {

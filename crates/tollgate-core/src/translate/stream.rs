@@ -8,7 +8,7 @@
 use super::answer::{Answer, NeutralUsage, ToolCall};
 use super::{AnswerContext, Finish};
 use crate::api::ApiFormat;
-use crate::response::{SseEvent, SseParser};
+use crate::response::{AnthropicTokens, SseEvent, SseParser};
 use serde_json::{Map, Value, json};
 
 /// The largest provider event read (larger ones are dropped, as the
@@ -256,7 +256,9 @@ impl ChatReader {
 struct AnthropicReader {
     /// Content block index → tool index, and whether arguments came.
     tool_blocks: Vec<(u64, usize, bool)>,
-    usage: NeutralUsage,
+    /// `message_start`'s counts merged with `message_delta`'s, as the
+    /// observer merges them for pricing.
+    tokens: AnthropicTokens,
     failed: bool,
 }
 
@@ -273,8 +275,8 @@ impl AnthropicReader {
                 out.push(Event::Start {
                     model: message.and_then(|m| m.get("model")).and_then(Value::as_str).unwrap_or_default().to_owned(),
                 });
-                if let Some(usage) = message.and_then(|m| m.get("usage")).filter(|u| u.is_object()) {
-                    self.usage = NeutralUsage::from_anthropic(usage);
+                if let Some(usage) = message.and_then(|m| m.get("usage")) {
+                    self.tokens = self.tokens.max(AnthropicTokens::from_value(usage));
                 }
             }
             "content_block_start" => {
@@ -334,20 +336,14 @@ impl AnthropicReader {
                 }
             }
             "message_delta" => {
-                if let Some(usage) = data.get("usage").filter(|u| u.is_object()) {
-                    let later = NeutralUsage::from_anthropic(usage);
-                    self.usage.output = later.output;
-                    if usage.get("input_tokens").is_some_and(|v| !v.is_null()) {
-                        self.usage.input = later.input;
-                        self.usage.cached = later.cached;
-                        self.usage.cache_write = later.cache_write;
-                    }
+                if let Some(usage) = data.get("usage") {
+                    self.tokens = self.tokens.max(AnthropicTokens::from_value(usage));
                 }
                 let stop_sequence = data.pointer("/delta/stop_sequence").and_then(Value::as_str);
                 if let Some(reason) = data.pointer("/delta/stop_reason").and_then(Value::as_str) {
                     out.push(Event::Finish(Finish::read(ApiFormat::Anthropic, reason, stop_sequence)));
                 }
-                out.push(Event::Usage(self.usage));
+                out.push(Event::Usage(NeutralUsage::from_anthropic_tokens(self.tokens)));
             }
             "message_stop" => out.push(Event::Done),
             "error" => {
