@@ -599,6 +599,7 @@ STATS_TAGS = [
     {"tag_name": "tier", "regex": r"^wasmcustom\.tollgate\.[a-z_]+(?:\.tenant\.[^.]+)?(\.tier\.([^.]+))"},
     {"tag_name": "model", "regex": r"^wasmcustom\.tollgate\.[a-z_]+(?:\.tenant\.[^.]+)?(?:\.tier\.[^.]+)?(\.model\.([^.]+))"},
     {"tag_name": "code", "regex": r"^wasmcustom\.tollgate\.[a-z_]+(?:\.tenant\.[^.]+)?(\.code\.([^.]+))"},
+    {"tag_name": "path", "regex": r"^wasmcustom\.tollgate\.[a-z_]+(?:\.tenant\.[^.]+)?(\.path\.([^.]+))"},
     {"tag_name": "tenant", "regex": r"^wasmcustom\.tollgate\.[a-z_]+(\.tenant\.([^.]+))"},
 ]
 

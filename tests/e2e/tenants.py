@@ -267,6 +267,37 @@ BUDGET_RACE_TOKENS = register(
     [BUDGET_RACE_TOKENS_KEY],
 )
 
+# Leases (docs/config.md "Leases"): the same tenant leased (the default)
+# and per request; a race over two Envoys sharing Redis (500 requests, max
+# 60 output tokens, fits about a third of their reservations); a tail
+# tenant whose small token limit runs out within a few dozen requests; and
+# short leases (15 s) for the expiry test.
+LEASED_KEY = key_for("e2e-leased")
+LEASED = register(single_tier_tenant("e2e-leased", ["openai/gpt-4o-mini"], budgets=strict_daily(usd=50.0)),
+                  [LEASED_KEY])
+PER_REQUEST_KEY = key_for("e2e-per-request")
+PER_REQUEST = register(
+    single_tier_tenant("e2e-per-request", ["openai/gpt-4o-mini"],
+                       budgets={**strict_daily(usd=50.0), "consistency": "per_request"}),
+    [PER_REQUEST_KEY],
+)
+LEASE_RACE_KEY = key_for("e2e-lease-race")
+LEASE_RACE = register(
+    single_tier_tenant("e2e-lease-race", ["openai/gpt-4o"], budgets=strict_daily(usd=0.11)),
+    [LEASE_RACE_KEY],
+)
+LEASE_TAIL_KEY = key_for("e2e-lease-tail")
+LEASE_TAIL = register(
+    single_tier_tenant("e2e-lease-tail", ["openai/gpt-4o-mini"], budgets=strict_daily(tokens=4000)),
+    [LEASE_TAIL_KEY],
+)
+LEASE_SHORT_KEY = key_for("e2e-lease-short")
+LEASE_SHORT = register(
+    single_tier_tenant("e2e-lease-short", ["openai/gpt-4.1-nano"],
+                       budgets={**strict_daily(usd=5.0), "lease": {"ttl_seconds": 15}}),
+    [LEASE_SHORT_KEY],
+)
+
 # Streaming: one OpenAI and one Anthropic model, metered, no cache; one
 # tenant per test so each sees only its own spend.
 STREAM_MODELS = ["openai/gpt-4o", "anthropic/claude-sonnet-4-5"]

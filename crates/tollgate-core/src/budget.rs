@@ -20,7 +20,8 @@ mod config;
 pub mod lease;
 
 pub use self::config::{
-    BudgetLimit, Budgets, DEFAULT_OUTPUT_RESERVATION, FailureMode, OnExhausted, RawBudgetLimit, RawBudgets,
+    BudgetLimit, Budgets, Consistency, DEFAULT_OUTPUT_RESERVATION, FailureMode, OnExhausted, RawBudgetLimit,
+    RawBudgets, RawLease,
 };
 
 /// How long a reservation may stay open before it is presumed dead.
@@ -88,11 +89,11 @@ pub struct Amount {
 }
 
 impl Amount {
-    fn add(self, o: Amount) -> Amount {
+    pub fn plus(self, o: Amount) -> Amount {
         Amount { tokens: self.tokens.saturating_add(o.tokens), micros: self.micros.saturating_add(o.micros) }
     }
 
-    fn saturating_sub(self, o: Amount) -> Amount {
+    pub fn saturating_sub(self, o: Amount) -> Amount {
         Amount { tokens: self.tokens.saturating_sub(o.tokens), micros: self.micros.saturating_sub(o.micros) }
     }
 }
@@ -185,6 +186,19 @@ pub struct ReserveRequest {
     pub extra_micros: u64,
 }
 
+impl ReserveRequest {
+    /// What this request holds at the routed model's price, unclamped.
+    pub fn worst_case(&self) -> Amount {
+        Amount {
+            tokens: self.prompt_tokens.saturating_add(self.output_tokens),
+            micros: self
+                .price
+                .estimate_micros(self.prompt_tokens, self.output_tokens)
+                .saturating_add(self.extra_micros),
+        }
+    }
+}
+
 /// A granted reservation.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Granted {
@@ -210,7 +224,11 @@ pub struct LimitStatus {
     pub name: String,
     pub window: Window,
     pub spent: Amount,
+    /// Held by requests in flight (at the writer).
     pub reserved: Amount,
+    /// Held by host instances' leases, unspent or not yet reported.
+    #[serde(default)]
+    pub leased: Amount,
     pub limit_tokens: Option<u64>,
     pub limit_micros: Option<u64>,
     pub resets_at: u64,
@@ -239,7 +257,7 @@ impl BudgetState {
                     let minute = now / 60;
                     // Buckets stamped a little ahead (a host with a fast clock) are kept.
                     w.buckets.retain(|b| b.minute.saturating_add(60) > minute);
-                    w.spent = w.buckets.iter().fold(Amount::default(), |acc, b| acc.add(b.spent));
+                    w.spent = w.buckets.iter().fold(Amount::default(), |acc, b| acc.plus(b.spent));
                 }
                 calendar => {
                     let start = calendar.period_start(now);
@@ -261,24 +279,32 @@ impl BudgetState {
             .outstanding
             .iter()
             .filter(|o| o.expires_at <= now && lease::is_lease(&o.id))
-            .fold(Amount::default(), |acc, o| acc.add(o.amount));
+            .fold(Amount::default(), |acc, o| acc.plus(o.amount));
         self.outstanding.retain(|o| o.expires_at > now);
         if expired_leases != Amount::default() {
             self.charge(expired_leases, now);
         }
     }
 
+    /// Add spend settled elsewhere to every window (an instance's view of
+    /// its writer, [`crate::desk`]).
+    pub fn charge_spent(&mut self, amount: Amount, now: u64) {
+        if amount != Amount::default() {
+            self.charge(amount, now);
+        }
+    }
+
     fn reserved(&self) -> Amount {
-        self.outstanding.iter().fold(Amount::default(), |acc, o| acc.add(o.amount))
+        self.outstanding.iter().fold(Amount::default(), |acc, o| acc.plus(o.amount))
     }
 
     fn charge(&mut self, amount: Amount, now: u64) {
         for w in &mut self.windows {
-            w.spent = w.spent.add(amount);
+            w.spent = w.spent.plus(amount);
             if w.window == Window::RollingHour {
                 let minute = now / 60;
                 match w.buckets.iter_mut().find(|b| b.minute == minute) {
-                    Some(b) => b.spent = b.spent.add(amount),
+                    Some(b) => b.spent = b.spent.plus(amount),
                     None => w.buckets.push(MinuteBucket { minute, spent: amount }),
                 }
             }
@@ -305,7 +331,7 @@ impl BudgetState {
         let held = self.reserved();
         let mut r = Remaining::default();
         for limit in limits {
-            let used = self.spent_in(limit).add(held);
+            let used = self.spent_in(limit).plus(held);
             if let Some(t) = limit.tokens {
                 let left = t.saturating_sub(used.tokens);
                 r.tokens = Some(r.tokens.map_or(left, |x| x.min(left)));
@@ -353,7 +379,7 @@ pub fn reserve(
     let held = state.reserved();
     let downgraded = match (budgets.soft_threshold, req.downgrade_price) {
         (Some(threshold), Some(_)) => budgets.limits.iter().any(|limit| {
-            let used = state.spent_in(limit).add(held);
+            let used = state.spent_in(limit).plus(held);
             fraction(used.tokens, limit.tokens) >= threshold || fraction(used.micros, limit.usd_micros) >= threshold
         }),
         _ => false,
@@ -373,7 +399,7 @@ pub fn reserve(
     if let Some(limit) = first_violation(state, &budgets.limits, held, amount) {
         let affordable = if budgets.clamp_max_tokens {
             let tools = Amount { tokens: 0, micros: req.extra_micros };
-            affordable_output(state, &budgets.limits, held.add(tools), req.prompt_tokens, &price)
+            affordable_output(state, &budgets.limits, held.plus(tools), req.prompt_tokens, &price)
         } else {
             0
         };
@@ -463,7 +489,7 @@ pub fn exhausted(state: &mut BudgetState, budgets: &Budgets, now: u64) -> Option
         .limits
         .iter()
         .find(|limit| {
-            let used = state.spent_in(limit).add(held);
+            let used = state.spent_in(limit).plus(held);
             limit.tokens.is_some_and(|t| used.tokens >= t) || limit.usd_micros.is_some_and(|m| used.micros >= m)
         })
         .map(|limit| exceeded(state, limit, held, nothing, now))
@@ -472,7 +498,9 @@ pub fn exhausted(state: &mut BudgetState, budgets: &Budgets, now: u64) -> Option
 /// Every limit's state, for `/v1/usage`.
 pub fn status(state: &mut BudgetState, budgets: &Budgets, now: u64) -> Vec<LimitStatus> {
     state.sync(&budgets.limits, now);
-    let held = state.reserved();
+    let (leased, reserved) = state.outstanding.iter().fold((Amount::default(), Amount::default()), |(l, r), o| {
+        if lease::is_lease(&o.id) { (l.plus(o.amount), r) } else { (l, r.plus(o.amount)) }
+    });
     budgets
         .limits
         .iter()
@@ -480,7 +508,8 @@ pub fn status(state: &mut BudgetState, budgets: &Budgets, now: u64) -> Vec<Limit
             name: limit.name.clone(),
             window: limit.window,
             spent: state.spent_in(limit),
-            reserved: held,
+            reserved,
+            leased,
             limit_tokens: limit.tokens,
             limit_micros: limit.usd_micros,
             resets_at: state.resets_at(limit, now),
@@ -509,7 +538,7 @@ fn first_violation<'a>(
     need: Amount,
 ) -> Option<&'a BudgetLimit> {
     limits.iter().find(|limit| {
-        let used = state.spent_in(limit).add(held).add(need);
+        let used = state.spent_in(limit).plus(held).plus(need);
         limit.tokens.is_some_and(|t| used.tokens > t) || limit.usd_micros.is_some_and(|m| used.micros > m)
     })
 }
@@ -523,7 +552,7 @@ fn affordable_output(
 ) -> u64 {
     let mut best = u64::MAX;
     for limit in limits {
-        let used = state.spent_in(limit).add(held);
+        let used = state.spent_in(limit).plus(held);
         if let Some(t) = limit.tokens {
             best = best.min(t.saturating_sub(used.tokens).saturating_sub(prompt));
         }
@@ -540,7 +569,7 @@ fn affordable_output(
 }
 
 fn exceeded(state: &BudgetState, limit: &BudgetLimit, held: Amount, need: Amount, now: u64) -> BudgetError {
-    let used = state.spent_in(limit).add(held);
+    let used = state.spent_in(limit).plus(held);
     let resets_at = state.resets_at(limit, now);
     let tokens_over = limit.tokens.filter(|&t| used.tokens.saturating_add(need.tokens) > t || used.tokens >= t);
     let what = match (tokens_over, limit.usd_micros) {
@@ -723,6 +752,7 @@ mod tests {
             clamp_max_tokens: false,
             default_output_reservation: 100,
             store_failure: FailureMode::Closed,
+            leases: None,
         }
     }
 

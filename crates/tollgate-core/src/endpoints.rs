@@ -45,6 +45,8 @@ pub fn usage_report_from(
                 "spent_usd": crate::pricing::format_usd(s.spent.micros),
                 "reserved_tokens": s.reserved.tokens,
                 "reserved_usd": crate::pricing::format_usd(s.reserved.micros),
+                "leased_tokens": s.leased.tokens,
+                "leased_usd": crate::pricing::format_usd(s.leased.micros),
                 "limit_tokens": s.limit_tokens,
                 "limit_usd": s.limit_micros.map(crate::pricing::format_usd),
                 "resets_at": budget::iso8601(s.resets_at),

@@ -17,6 +17,7 @@ pub mod classify;
 pub mod config;
 pub mod cooldown;
 pub mod count;
+pub mod desk;
 pub mod endpoints;
 pub mod engine;
 pub mod error;

@@ -17,7 +17,7 @@ fn tiny(tenant_id: &str) -> Value {
         tenant_id,
         json!({
             "budgets": {"limits": [{"name": "daily", "window": "day", "tokens": 400}],
-                        "on_exhausted": "reject", "clamp_max_tokens": false},
+                        "on_exhausted": "reject", "clamp_max_tokens": false, "consistency": "per_request"},
             "cache": {"enabled": false}
         }),
     )
@@ -29,7 +29,8 @@ fn streaming(tenant_id: &str) -> Value {
         "version": 1,
         "tenant_id": tenant_id,
         "routing": {"tiers": [{"name": "only", "models": ["openai/gpt-4o", "anthropic/claude-sonnet-4-5"]}]},
-        "budgets": {"limits": [{"name": "daily", "window": "day", "usd": 50.0}], "on_exhausted": "reject"},
+        "budgets": {"limits": [{"name": "daily", "window": "day", "usd": 50.0}], "on_exhausted": "reject",
+                    "consistency": "per_request"},
         "cache": {"enabled": false}
     })
 }
@@ -190,4 +191,116 @@ fn a_stream_cut_off_by_the_client_is_charged_for_what_was_sent() {
     assert_eq!(holds(&host, "stream"), 0, "{}", budget(&host, "stream"));
     let spent = spent_tokens(&host, "stream");
     assert!(spent > 0 && spent < 21 + 100, "charged {spent}: the prompt and the output seen, not the whole hold");
+}
+
+// ---------------------------------------------------------------- leases
+
+/// `tiny`, leased (the default `consistency`).
+fn tiny_leased(tenant_id: &str, tokens: u64) -> Value {
+    routed_tenant(
+        tenant_id,
+        json!({
+            "budgets": {"limits": [{"name": "daily", "window": "day", "tokens": tokens}],
+                        "on_exhausted": "reject", "clamp_max_tokens": false},
+            "cache": {"enabled": false}
+        }),
+    )
+}
+
+fn lease_holds(host: &Host, tenant: &str) -> usize {
+    budget(host, tenant)["outstanding"]
+        .as_array()
+        .map_or(0, |o| o.iter().filter(|h| h["id"].as_str().is_some_and(|id| id.starts_with("lease:"))).count())
+}
+
+fn answered(host: &Host, worker: usize, tenant: &str, prompt: &str, output: u64) {
+    let mut s = chat(host, worker, tenant, &capped(prompt, 50));
+    assert!(s.upstream_request().is_some(), "{:?}", s.local_reply());
+    answer_json(&mut s, &openai_completion("gpt-4o-mini", "Hi", 10, output));
+    s.finish();
+}
+
+#[test]
+fn a_leased_tenants_later_requests_hold_in_the_vms_lease_and_reach_shared_data_only_as_spend() {
+    let host = host_for(&[tiny_leased("leased", 100_000)]);
+    // The first request reserves in shared data and takes a lease along.
+    let mut first = chat(&host, 0, "leased", &capped("Say hi", 50));
+    assert!(first.upstream_request().is_some(), "{:?}", first.local_reply());
+    assert_eq!((holds(&host, "leased"), lease_holds(&host, "leased")), (2, 1), "{}", budget(&host, "leased"));
+    let writes = host.metric_or_zero("tollgate.store_batches.path.request");
+    // The next one, while the first is in flight, holds in the lease only.
+    let mut second = chat(&host, 0, "leased", &capped("Say hello", 50));
+    assert!(second.upstream_request().is_some(), "{:?}", second.local_reply());
+    assert_eq!(holds(&host, "leased"), 2, "no hold of its own in shared data: {}", budget(&host, "leased"));
+    assert_eq!(host.metric_or_zero("tollgate.store_batches.path.request"), writes, "it did not wait for the store");
+    answer_json(&mut second, &openai_completion("gpt-4o-mini", "Hello", 10, 5));
+    second.finish();
+    answer_json(&mut first, &openai_completion("gpt-4o-mini", "Hi", 10, 20));
+    first.finish();
+    // The last close with nothing else in flight sends what waits.
+    assert_eq!(spent_tokens(&host, "leased"), 45, "{}", budget(&host, "leased"));
+    assert_eq!(holds(&host, "leased"), 1, "only the lease: {}", budget(&host, "leased"));
+}
+
+#[test]
+fn an_idle_vm_hands_its_lease_back_on_a_tick_and_a_busy_one_keeps_it() {
+    let host = host_for(&[tiny_leased("leased", 100_000)]);
+    answered(&host, 0, "leased", "Say hi", 20);
+    let mut busy = chat(&host, 0, "leased", &capped("Say hello", 50));
+    assert!(busy.upstream_request().is_some());
+    host.advance(std::time::Duration::from_secs(10));
+    host.tick();
+    assert_eq!(lease_holds(&host, "leased"), 1, "a lease a request holds part of stays: {}", budget(&host, "leased"));
+    answer_json(&mut busy, &openai_completion("gpt-4o-mini", "Hello", 10, 5));
+    busy.finish();
+    host.advance(std::time::Duration::from_secs(10));
+    host.tick();
+    assert_eq!(holds(&host, "leased"), 0, "idle, the lease went back: {}", budget(&host, "leased"));
+    assert_eq!(spent_tokens(&host, "leased"), 45, "{}", budget(&host, "leased"));
+}
+
+#[test]
+fn leased_requests_on_two_workers_cannot_overspend_and_the_tail_is_decided_exactly() {
+    // 400 tokens; each request holds its prompt plus 150 output tokens.
+    let mut host = host_for(&[tiny_leased("tail", 400)]);
+    let other = host.add_worker();
+    let a = chat(&host, 0, "tail", &capped("one", 150));
+    let b = chat(&host, other, "tail", &capped("two", 150));
+    assert!(a.upstream_request().is_some() && b.upstream_request().is_some());
+    let mut c = chat(&host, 0, "tail", &capped("three", 150));
+    let reply = c.local_reply().expect("the third hold does not fit");
+    assert_eq!(reply.status, 429, "{}", reply.body_str());
+    c.finish();
+    for mut s in [a, b] {
+        answer_json(&mut s, &openai_completion("gpt-4o-mini", "Hi", 10, 40));
+        s.finish();
+    }
+    assert_eq!(spent_tokens(&host, "tail"), 100, "{}", budget(&host, "tail"));
+    // With both answers settled, what is left (300, less the leases) pays
+    // one more: the worker whose lease is too small frees it and the store
+    // decides on all that is left.
+    let mut d = chat(&host, 0, "tail", &capped("four", 150));
+    assert!(d.upstream_request().is_some(), "refused with 300 tokens left: {:?}", d.local_reply());
+    answer_json(&mut d, &openai_completion("gpt-4o-mini", "Hi", 10, 40));
+    d.finish();
+    host.advance(std::time::Duration::from_secs(10));
+    host.tick();
+    assert_eq!(spent_tokens(&host, "tail"), 150, "{}", budget(&host, "tail"));
+    assert_eq!(holds(&host, "tail"), 0, "{}", budget(&host, "tail"));
+}
+
+#[test]
+fn a_replaced_root_context_hands_its_leases_back() {
+    let env = provider_env();
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let mut host = Host::configured(&plugin_config(&[tiny_leased("leased", 100_000)]).to_string(), &env);
+    answered(&host, 0, "leased", "Say hi", 20);
+    assert_eq!(lease_holds(&host, "leased"), 1, "{}", budget(&host, "leased"));
+    let mut config = plugin_config(&[tiny_leased("leased", 100_000)]);
+    config["upstream_timeout_ms"] = json!(61_000);
+    assert!(host.reconfigure(&config.to_string()), "{}", host.log_text());
+    let first = host.root_contexts(0)[0];
+    host.retire_root(0, first);
+    assert_eq!(holds(&host, "leased"), 0, "the old configuration's lease went back: {}", budget(&host, "leased"));
+    assert_eq!(spent_tokens(&host, "leased"), 30, "{}", budget(&host, "leased"));
 }

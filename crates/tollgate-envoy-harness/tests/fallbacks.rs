@@ -14,7 +14,8 @@ use tollgate_envoy_harness::{Action, Host, Stream};
 fn faults() -> Value {
     routed_tenant(
         "faults",
-        json!({"budgets": {"limits": [{"name": "daily", "window": "day", "usd": 50.0}]}, "cache": {"doorkeeper": false}}),
+        json!({"budgets": {"limits": [{"name": "daily", "window": "day", "usd": 50.0}], "consistency": "per_request"},
+               "cache": {"doorkeeper": false}}),
     )
 }
 

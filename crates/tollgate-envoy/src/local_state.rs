@@ -103,10 +103,104 @@ pub fn apply_budget(shared: &dyn SharedData, tenant: &str, ops: &[LedgerOp], now
     None
 }
 
-/// Apply a batch of tenant ops in order: each budget op as [`apply_budget`],
-/// each outcome op as [`apply_outcome`]. `None` when any of them failed.
+/// Apply a batch of tenant ops in order: consecutive budget ops in one
+/// compare-and-swap ([`apply_budget`]), consecutive outcome records in one
+/// ([`apply_records`]: a lease desk's batch), any other outcome op as
+/// [`apply_outcome`]. `None` when any of them failed.
 pub fn apply_ops(shared: &dyn SharedData, tenant: &str, ops: &[TenantOp], now: u64) -> Option<Vec<TenantReply>> {
-    ops.iter().map(|op| apply_op(shared, tenant, op, now)).collect()
+    let mut replies = Vec::with_capacity(ops.len());
+    let mut i = 0;
+    while i < ops.len() {
+        let run = ops[i..].iter().take_while(|op| same_run(&ops[i], op)).count();
+        let slice = &ops[i..i + run];
+        match &ops[i] {
+            TenantOp::Budget(_) => {
+                let budget_ops: Vec<LedgerOp> = slice
+                    .iter()
+                    .filter_map(|op| if let TenantOp::Budget(op) = op { Some(op.clone()) } else { None })
+                    .collect();
+                replies.extend(apply_budget(shared, tenant, &budget_ops, now)?.into_iter().map(TenantReply::Budget));
+            }
+            TenantOp::Outcome(OutcomeOp::Record { .. }) if run > 1 => {
+                let records: Vec<&OutcomeOp> = slice
+                    .iter()
+                    .filter_map(|op| if let TenantOp::Outcome(op) = op { Some(op) } else { None })
+                    .collect();
+                replies.extend(apply_records(shared, tenant, &records, now)?.into_iter().map(TenantReply::Outcome));
+            }
+            TenantOp::Outcome(op) => replies.push(TenantReply::Outcome(apply_outcome(shared, tenant, op, now)?)),
+        }
+        i += run;
+    }
+    Some(replies)
+}
+
+/// Whether `op` is applied in one write with `first`: budget ops together,
+/// outcome records together.
+fn same_run(first: &TenantOp, op: &TenantOp) -> bool {
+    match (first, op) {
+        (TenantOp::Budget(_), TenantOp::Budget(_)) => true,
+        (TenantOp::Outcome(OutcomeOp::Record { .. }), TenantOp::Outcome(OutcomeOp::Record { .. })) => true,
+        _ => std::ptr::eq(first, op),
+    }
+}
+
+/// Record many requests at once (a lease desk's batch): one commit on the
+/// totals claims their ring slots, then each touched chunk gets just those
+/// slots merged in, as [`apply_outcome`] does for one record.
+pub fn apply_records(
+    shared: &dyn SharedData,
+    tenant: &str,
+    records: &[&OutcomeOp],
+    now: u64,
+) -> Option<Vec<OutcomeReply>> {
+    let totals_key = outcome_key(tenant, store::OUTCOME_TOTALS_KEY);
+    for _ in 0..CAS_ATTEMPTS {
+        let (totals_bytes, totals_cas) = shared.get(&totals_key);
+        let totals: OutcomeTotals = parse_or_default(totals_bytes);
+        // The chunks the next `records.len()` slots fall in (a record of an
+        // id already in the ring claims no slot, so this may read one more).
+        let mut wanted: Vec<usize> = (0..records.len().min(outcomes::RECENT_CAPACITY))
+            .map(|k| (totals.next_slot + k) % outcomes::RECENT_CAPACITY / RECENT_CHUNK)
+            .collect();
+        wanted.dedup();
+        let mut chunks: Vec<Option<RecentChunk>> = vec![None; RECENT_CHUNKS];
+        let mut chunk_cas = [None; RECENT_CHUNKS];
+        for &c in &wanted {
+            let (bytes, cas) = shared.get(&outcome_key(tenant, &store::outcome_chunk_key(c)));
+            chunks[c] = Some(padded(parse_or_default(bytes)));
+            chunk_cas[c] = cas;
+        }
+        let mut ledger = OutcomeLedger::from_parts(totals, chunks.clone());
+        let mut replies = Vec::with_capacity(records.len());
+        let mut touched_chunks: Vec<usize> = Vec::new();
+        let mut touched_totals = false;
+        for op in records {
+            let (reply, touched) = outcomes::apply(&mut ledger, op, now);
+            replies.push(reply);
+            touched_totals |= touched.totals;
+            if let Some(c) = touched.chunk.filter(|c| !touched_chunks.contains(c)) {
+                touched_chunks.push(c);
+            }
+        }
+        if touched_totals {
+            let json = serde_json::to_vec(&ledger.totals).ok()?;
+            match shared.set(&totals_key, &json, totals_cas) {
+                Ok(()) => {}
+                Err(SetError::CasMismatch) => continue,
+                Err(SetError::Failed) => return None,
+            }
+        }
+        for c in touched_chunks {
+            let key = outcome_key(tenant, &store::outcome_chunk_key(c));
+            let read = chunks[c].clone().unwrap_or_else(|| padded(Vec::new()));
+            if !merge_chunk(shared, &key, &read, ledger.chunk(c), chunk_cas[c]) {
+                log::warn!("tollgate: recent-request slots for tenant `{tenant}` could not be written");
+            }
+        }
+        return Some(replies);
+    }
+    None
 }
 
 /// One tenant op (see [`apply_ops`]).

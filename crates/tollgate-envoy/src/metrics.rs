@@ -22,6 +22,12 @@ pub const COOLDOWN_SKIPS: &str = "tollgate.cooldown_skips";
 /// A model starting a cooldown on this VM, by model.
 pub const COOLDOWNS_STARTED: &str = "tollgate.cooldowns_started";
 
+/// Batches sent to a tenant's writer (shared data or Redis), by `path`:
+/// `request` (a request waited for it), `detached` (a request's close,
+/// not waited for), `background` (the lease desk's, from the tick). With
+/// leases, routed requests per batch is the point of them.
+pub const STORE_BATCHES: &str = "tollgate.store_batches";
+
 /// A label value as a single stat-name segment: `.` separates segments and
 /// tag regexes stop at it, so anything outside `[A-Za-z0-9_-]` becomes `_`.
 pub fn segment(value: &str) -> String {

@@ -33,9 +33,12 @@ use std::rc::Rc;
 use std::time::Duration;
 use tollgate_core::config::Provider;
 use tollgate_core::cooldown::Cooldowns;
-use tollgate_core::plugin::{BudgetBackend, CacheBackend, PluginConfig};
+use tollgate_core::desk::LeaseDesk;
+use tollgate_core::plugin::{BudgetBackend, PluginConfig};
 
-/// How often the root sends queued Redis writes.
+/// How often the root sends queued Redis writes and asks the lease desk
+/// what is due (its own deadlines are in seconds; the tick only bounds how
+/// late past them a batch goes).
 const TICK: Duration = Duration::from_millis(20);
 
 #[derive(Default)]
@@ -49,6 +52,11 @@ pub struct Root {
 
 impl Context for Root {
     fn on_done(&mut self) -> bool {
+        if let Some(rt) = self.runtime.clone() {
+            // The VM's leases go back and what waits in its desk is sent,
+            // before the last writes are counted.
+            store::send_due(&rt, crate::host::now_secs(), true);
+        }
         let queued = self.runtime.as_ref().map_or(0, |rt| rt.jobs.borrow().len());
         if queued == 0 && self.in_flight.is_empty() {
             return true;
@@ -135,10 +143,11 @@ impl RootContext for Root {
                 local_state::seed(&shared, tenant);
             }
         }
-        if (config.budgets == BudgetBackend::Redis || config.cache == CacheBackend::Redis)
-            && let Err(status) = proxy_wasm::hostcalls::set_tick_period(TICK)
-        {
-            error!("tollgate: could not start the tick that sends Redis writes: {status:?}");
+        // The tick sends Redis writes and the lease desk's batches (for
+        // either backend): without it, leases would never be renewed or
+        // handed back and settled spend would wait for the next request.
+        if let Err(status) = proxy_wasm::hostcalls::set_tick_period(TICK) {
+            error!("tollgate: could not start the tick that sends budget batches and Redis writes: {status:?}");
             return false;
         }
         info!(
@@ -159,16 +168,21 @@ impl RootContext for Root {
             board: RefCell::new(BudgetBoard::default()),
             jobs: RefCell::new(VecDeque::new()),
             cooldowns: RefCell::new(Cooldowns::default()),
+            desk: RefCell::new(LeaseDesk::new(&instance_id())),
         }));
         true
     }
 
     fn on_tick(&mut self) {
         let Some(rt) = self.runtime.clone() else { return };
+        if !self.draining {
+            store::send_due(&rt, crate::host::now_secs(), false);
+        }
         let pending: Vec<Job> = rt.jobs.borrow_mut().drain(..).collect();
         for mut job in pending {
-            let body = job.start(&rt);
-            self.send(&rt, job, &body);
+            if let Some(body) = job.start(&rt) {
+                self.send(&rt, job, &body);
+            }
         }
         self.done_if_drained(&rt);
     }
@@ -180,4 +194,11 @@ impl RootContext for Root {
     fn get_type(&self) -> Option<ContextType> {
         Some(ContextType::HttpContext)
     }
+}
+
+/// This VM's id for its leases: random, so two VMs (or one VM before and
+/// after a configuration change) never share a lease.
+fn instance_id() -> String {
+    let bytes: [u8; 8] = crate::host::random_bytes();
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

@@ -11,6 +11,7 @@ use std::cell::RefCell;
 use std::collections::{BTreeMap, VecDeque};
 use tollgate_core::config::Provider;
 use tollgate_core::cooldown::Cooldowns;
+use tollgate_core::desk::LeaseDesk;
 use tollgate_core::plugin::PluginConfig;
 
 /// Everything a VM's requests share.
@@ -28,4 +29,7 @@ pub struct Runtime {
     /// Models failing on this VM (`routing.cooldown`). Per VM, like the
     /// Worker's per isolate: each worker thread learns on its own.
     pub cooldowns: RefCell<Cooldowns>,
+    /// This VM's budget leases and the spend and records waiting for the
+    /// next batch ([`tollgate_core::desk`]); the root's tick sends them.
+    pub desk: RefCell<LeaseDesk>,
 }

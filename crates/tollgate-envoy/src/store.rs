@@ -25,6 +25,7 @@ use std::time::Duration;
 use tollgate_core::ApiFormat;
 use tollgate_core::budget::LedgerOp;
 use tollgate_core::cache::{CacheEntry, CacheKey};
+use tollgate_core::desk::{Routed, Ticket};
 use tollgate_core::engine::CacheFill;
 use tollgate_core::plugin::{BudgetBackend, CacheBackend};
 use tollgate_core::store::{TenantOp, TenantReply};
@@ -84,6 +85,8 @@ pub enum Call {
         round: Round,
         rest: VecDeque<TenantOp>,
         replies: Vec<TenantReply>,
+        /// What the lease desk added to the batch, to read its replies by.
+        ticket: Ticket,
     },
     CacheGet {
         api: ApiFormat,
@@ -99,11 +102,56 @@ pub enum Round {
     Outcome(OutcomeCas),
 }
 
-/// Apply `ops` to `tenant`'s budget and outcome ledger, in order.
+/// Apply `ops` to `tenant`'s budget and outcome ledger, in order: through
+/// the VM's lease desk, which answers what it can in memory and sends the
+/// rest (with its own reports and lease requests) to the writer.
 pub fn apply(rt: &Runtime, tenant: &str, ops: Vec<TenantOp>, now: u64) -> Applied {
+    let routed = rt.desk.borrow_mut().route(tenant, ops, now);
+    match routed {
+        Routed::Answered(replies) => Applied::Now(Answer::Replies(Some(replies))),
+        Routed::Send { ops, ticket } => send_batch(rt, tenant, ops, ticket, now),
+    }
+}
+
+/// Send a batch the desk routed to the tenant's writer.
+fn send_batch(rt: &Runtime, tenant: &str, ops: Vec<TenantOp>, ticket: Ticket, now: u64) -> Applied {
+    count_batch(rt, "request");
     match rt.config.budgets {
-        BudgetBackend::Local => Applied::Now(Answer::Replies(local_state::apply_ops(&rt.shared, tenant, &ops, now))),
-        BudgetBackend::Redis => next_round(rt, tenant.to_owned(), now, ops.into(), Vec::new()),
+        BudgetBackend::Local => {
+            let replies = local_state::apply_ops(&rt.shared, tenant, &ops, now);
+            Applied::Now(Answer::Replies(rt.desk.borrow_mut().on_replies(ticket, replies, now)))
+        }
+        BudgetBackend::Redis => next_round(rt, tenant.to_owned(), now, ops.into(), Vec::new(), ticket),
+    }
+}
+
+fn count_batch(rt: &Runtime, path: &str) {
+    rt.counters.add(&crate::metrics::name(crate::metrics::STORE_BATCHES, None, &[("path", path)]), 1);
+}
+
+/// Send what the desk has due in the background (from the root's tick):
+/// applied at once in shared data, queued for the root to send to Redis.
+pub fn send_due(rt: &Runtime, now: u64, drain: bool) {
+    let due = rt.desk.borrow_mut().due(now, drain);
+    for (tenant, ops, ticket) in due {
+        send_detached(rt, &tenant, ops, ticket, now);
+    }
+}
+
+fn send_detached(rt: &Runtime, tenant: &str, ops: Vec<TenantOp>, ticket: Ticket, now: u64) {
+    count_batch(rt, "background");
+    match rt.config.budgets {
+        BudgetBackend::Local => {
+            let replies = local_state::apply_ops(&rt.shared, tenant, &ops, now);
+            if replies.is_none() {
+                log::error!("tollgate: could not apply a batch for tenant `{tenant}` in shared data; it is retried");
+            }
+            let _ = rt.desk.borrow_mut().on_replies(ticket, replies, now);
+        }
+        BudgetBackend::Redis => {
+            let work = Work::Batch { tenant: tenant.to_owned(), now, ops, ticket: Some(ticket) };
+            rt.jobs.borrow_mut().push_back(Job { work, attempts: 0 });
+        }
     }
 }
 
@@ -113,27 +161,32 @@ pub fn apply(rt: &Runtime, tenant: &str, ops: Vec<TenantOp>, now: u64) -> Applie
 /// and then sees the earlier hold still out, which errs on the side of
 /// refusing it.
 pub fn apply_detached(rt: &Runtime, tenant: &str, ops: Vec<TenantOp>, now: u64) {
+    let routed = rt.desk.borrow_mut().route(tenant, ops, now);
+    let Routed::Send { ops, ticket } = routed else { return };
+    count_batch(rt, "detached");
     match rt.config.budgets {
         BudgetBackend::Local => {
+            // One op at a time: an op that cannot be applied is logged and
+            // the others still land.
+            let mut replies = Vec::with_capacity(ops.len());
             for op in &ops {
-                if local_state::apply_op(&rt.shared, tenant, op, now).is_none() {
-                    let what = match op {
-                        TenantOp::Budget(_) => "settle a hold",
-                        TenantOp::Outcome(_) => "record an outcome",
-                    };
-                    log::error!("tollgate: could not {what} for tenant `{tenant}` in shared data");
+                match local_state::apply_op(&rt.shared, tenant, op, now) {
+                    Some(reply) => replies.push(reply),
+                    None => {
+                        let what = match op {
+                            TenantOp::Budget(_) => "settle a hold",
+                            TenantOp::Outcome(_) => "record an outcome",
+                        };
+                        log::error!("tollgate: could not {what} for tenant `{tenant}` in shared data");
+                    }
                 }
             }
+            let replies = (replies.len() == ops.len()).then_some(replies);
+            let _ = rt.desk.borrow_mut().on_replies(ticket, replies, now);
         }
         BudgetBackend::Redis => {
-            let mut ops: VecDeque<TenantOp> = ops.into();
-            while let Some(op) = ops.pop_front() {
-                let work = match op {
-                    TenantOp::Budget(op) => Work::Budget(BudgetCas::new(tenant, budget_run(op, &mut ops), now)),
-                    TenantOp::Outcome(op) => Work::Outcome(OutcomeCas::new(tenant, op, now)),
-                };
-                rt.jobs.borrow_mut().push_back(Job { work, attempts: 0 });
-            }
+            let work = Work::Batch { tenant: tenant.to_owned(), now, ops, ticket: Some(ticket) };
+            rt.jobs.borrow_mut().push_back(Job { work, attempts: 0 });
         }
     }
 }
@@ -195,29 +248,55 @@ pub fn wait(rt: &Runtime, ms: u64) -> Option<(u32, Call)> {
 }
 
 /// Start the Redis round for the next op of a batch, or answer the batch
-/// when none is left.
+/// (through the desk) when none is left.
 fn next_round(
     rt: &Runtime,
     tenant: String,
     now: u64,
     mut rest: VecDeque<TenantOp>,
     replies: Vec<TenantReply>,
+    ticket: Ticket,
 ) -> Applied {
-    let Some(first) = rest.pop_front() else { return Applied::Now(Answer::Replies(Some(replies))) };
+    let Some((round, body)) = start_round(rt, &tenant, now, &mut rest) else {
+        return Applied::Now(Answer::Replies(rt.desk.borrow_mut().on_replies(ticket, Some(replies), now)));
+    };
+    Call::Ops { tenant, now, round, rest, replies, ticket }.send(rt, &body)
+}
+
+/// The round for the ops at the front of `rest` (taken from it), and its
+/// first webdis request; None when no op is left.
+fn start_round(rt: &Runtime, tenant: &str, now: u64, rest: &mut VecDeque<TenantOp>) -> Option<(Round, Vec<u8>)> {
+    let first = rest.pop_front()?;
     let prefix = &rt.config.redis.key_prefix;
-    let (round, body) = match first {
+    Some(match first {
         TenantOp::Budget(op) => {
-            let mut cas = BudgetCas::new(&tenant, budget_run(op, &mut rest), now);
+            let mut cas = BudgetCas::new(tenant, budget_run(op, rest), now);
             let body = cas.start(prefix, &mut rt.board.borrow_mut());
             (Round::Budget(cas), body)
         }
         TenantOp::Outcome(op) => {
-            let mut cas = OutcomeCas::new(&tenant, op, now);
+            let mut cas = OutcomeCas::new(tenant, op, now);
             let body = cas.start(prefix);
             (Round::Outcome(cas), body)
         }
-    };
-    Call::Ops { tenant, now, round, rest, replies }.send(rt, &body)
+    })
+}
+
+/// Read webdis's answer to a round.
+fn round_step(rt: &Runtime, round: &mut Round, body: Option<&[u8]>) -> RoundStep {
+    let prefix = &rt.config.redis.key_prefix;
+    match round {
+        Round::Budget(cas) => match cas.on_reply(prefix, body, &mut rt.board.borrow_mut()) {
+            CasStep::Done(r) => RoundStep::Done(r.into_iter().map(TenantReply::Budget).collect()),
+            CasStep::Send(next) => RoundStep::Send(next),
+            CasStep::Failed => RoundStep::Failed,
+        },
+        Round::Outcome(cas) => match cas.on_reply(prefix, body) {
+            OutcomeStep::Done(reply) => RoundStep::Done(vec![TenantReply::Outcome(reply)]),
+            OutcomeStep::Send(next) => RoundStep::Send(next),
+            OutcomeStep::Failed => RoundStep::Failed,
+        },
+    }
 }
 
 /// How a Redis round went.
@@ -244,7 +323,6 @@ impl Call {
     }
 
     fn answered(self, rt: &Runtime, body: Option<Vec<u8>>) -> Applied {
-        let prefix = &rt.config.redis.key_prefix;
         match self {
             Call::Wait => Applied::Now(Answer::Waited),
             Call::CacheGet { api } => {
@@ -255,26 +333,16 @@ impl Call {
                     .and_then(|v| v.as_str().and_then(|s| CacheEntry::from_bytes(s.as_bytes(), api, now)));
                 Applied::Now(Answer::Entry(entry))
             }
-            Call::Ops { tenant, now, mut round, rest, mut replies } => {
-                let step = match &mut round {
-                    Round::Budget(cas) => match cas.on_reply(prefix, body.as_deref(), &mut rt.board.borrow_mut()) {
-                        CasStep::Done(r) => RoundStep::Done(r.into_iter().map(TenantReply::Budget).collect()),
-                        CasStep::Send(next) => RoundStep::Send(next),
-                        CasStep::Failed => RoundStep::Failed,
-                    },
-                    Round::Outcome(cas) => match cas.on_reply(prefix, body.as_deref()) {
-                        OutcomeStep::Done(reply) => RoundStep::Done(vec![TenantReply::Outcome(reply)]),
-                        OutcomeStep::Send(next) => RoundStep::Send(next),
-                        OutcomeStep::Failed => RoundStep::Failed,
-                    },
-                };
-                match step {
+            Call::Ops { tenant, now, mut round, rest, mut replies, ticket } => {
+                match round_step(rt, &mut round, body.as_deref()) {
                     RoundStep::Done(done) => {
                         replies.extend(done);
-                        next_round(rt, tenant, now, rest, replies)
+                        next_round(rt, tenant, now, rest, replies, ticket)
                     }
-                    RoundStep::Send(next) => Call::Ops { tenant, now, round, rest, replies }.send(rt, &next),
-                    RoundStep::Failed => Applied::Now(Answer::Replies(None)),
+                    RoundStep::Send(next) => Call::Ops { tenant, now, round, rest, replies, ticket }.send(rt, &next),
+                    RoundStep::Failed => {
+                        Applied::Now(Answer::Replies(rt.desk.borrow_mut().on_replies(ticket, None, now)))
+                    }
                 }
             }
         }
@@ -282,9 +350,14 @@ impl Call {
 
     /// Nobody will read this call's answer (the stream is gone): a budget
     /// round stops waiting, so other requests stop carrying its ops.
+    /// The desk hears of it as a batch that did not land (what it carried
+    /// of its own goes again; the writer applies each request once).
     pub fn abandon(self, rt: &Runtime) {
-        if let Call::Ops { round: Round::Budget(mut cas), .. } = self {
-            cas.leave(&mut rt.board.borrow_mut());
+        if let Call::Ops { round, ticket, now, .. } = self {
+            if let Round::Budget(mut cas) = round {
+                cas.leave(&mut rt.board.borrow_mut());
+            }
+            let _ = rt.desk.borrow_mut().on_replies(ticket, None, now);
         }
     }
 }
@@ -328,8 +401,24 @@ pub struct Job {
 
 #[derive(Debug)]
 enum Work {
-    Budget(BudgetCas),
-    Outcome(OutcomeCas),
+    /// A batch the lease desk routed to the writer, applied round by round
+    /// like a request's ([`Call::Ops`]); its replies go back to the desk.
+    Batch {
+        tenant: String,
+        now: u64,
+        ops: Vec<TenantOp>,
+        ticket: Option<Ticket>,
+    },
+    /// The batch under way: the round out, the ops after it, the replies.
+    Rounds {
+        tenant: String,
+        now: u64,
+        ops: Vec<TenantOp>,
+        ticket: Option<Ticket>,
+        round: Round,
+        rest: VecDeque<TenantOp>,
+        replies: Vec<TenantReply>,
+    },
     CacheFill(CacheFill),
 }
 
@@ -343,34 +432,56 @@ pub enum JobStep {
 }
 
 impl Job {
-    /// The job's first webdis request.
-    pub fn start(&mut self, rt: &Runtime) -> Vec<u8> {
+    /// The job's first webdis request (None: nothing to send, it is done).
+    pub fn start(&mut self, rt: &Runtime) -> Option<Vec<u8>> {
         let prefix = &rt.config.redis.key_prefix;
         match &mut self.work {
-            Work::Budget(cas) => cas.start(prefix, &mut rt.board.borrow_mut()),
-            Work::Outcome(cas) => cas.start(prefix),
+            Work::Batch { tenant, now, ops, ticket } => {
+                let mut rest: VecDeque<TenantOp> = ops.clone().into();
+                let (round, body) = start_round(rt, tenant, *now, &mut rest)?;
+                self.work = Work::Rounds {
+                    tenant: std::mem::take(tenant),
+                    now: *now,
+                    ops: std::mem::take(ops),
+                    ticket: ticket.take(),
+                    round,
+                    rest,
+                    replies: Vec::new(),
+                };
+                Some(body)
+            }
+            Work::Rounds { .. } => None,
             Work::CacheFill(fill) => {
                 let key = redis::cache_key(prefix, fill.key.as_str());
                 let ttl = fill.ttl_seconds.max(1).to_string();
-                redis::command("SET", &[key.as_bytes(), &fill.value, b"EX", ttl.as_bytes()])
+                Some(redis::command("SET", &[key.as_bytes(), &fill.value, b"EX", ttl.as_bytes()]))
             }
         }
     }
 
     /// Read webdis's answer (`body` None: the call failed).
     pub fn on_answer(&mut self, rt: &Runtime, body: Option<&[u8]>) -> JobStep {
-        let prefix = &rt.config.redis.key_prefix;
         match &mut self.work {
-            Work::Budget(cas) => match cas.on_reply(prefix, body, &mut rt.board.borrow_mut()) {
-                CasStep::Done(_) => JobStep::Done,
-                CasStep::Send(next) => JobStep::Send(next),
-                CasStep::Failed => JobStep::Failed,
+            Work::Rounds { tenant, now, round, rest, replies, ticket, .. } => match round_step(rt, round, body) {
+                RoundStep::Done(done) => {
+                    replies.extend(done);
+                    match start_round(rt, tenant, *now, rest) {
+                        Some((next, body)) => {
+                            *round = next;
+                            JobStep::Send(body)
+                        }
+                        None => {
+                            if let Some(ticket) = ticket.take() {
+                                let _ = rt.desk.borrow_mut().on_replies(ticket, Some(std::mem::take(replies)), *now);
+                            }
+                            JobStep::Done
+                        }
+                    }
+                }
+                RoundStep::Send(next) => JobStep::Send(next),
+                RoundStep::Failed => JobStep::Failed,
             },
-            Work::Outcome(cas) => match cas.on_reply(prefix, body) {
-                OutcomeStep::Done(_) => JobStep::Done,
-                OutcomeStep::Send(next) => JobStep::Send(next),
-                OutcomeStep::Failed => JobStep::Failed,
-            },
+            Work::Batch { .. } => JobStep::Failed,
             Work::CacheFill(_) => match body.and_then(|b| redis::reply_value("SET", b)) {
                 Some(_) => JobStep::Done,
                 None => JobStep::Failed,
@@ -378,22 +489,30 @@ impl Job {
         }
     }
 
-    /// After a failure: the job for a later tick, as a fresh round from
-    /// whatever the memo holds then; None when it has been tried
-    /// [`JOB_ATTEMPTS`] times (dropped, with an error log).
+    /// After a failure: the job for a later tick, started afresh from its
+    /// first op (budget rounds read the state again; the writer applies
+    /// each settled request and each record once, so a round that did land
+    /// changes nothing the second time); None when it has been tried
+    /// [`JOB_ATTEMPTS`] times (dropped, with an error log, and the desk told).
     pub fn retry(mut self, rt: &Runtime) -> Option<Job> {
         self.attempts += 1;
-        if let Work::Budget(cas) = &mut self.work {
+        if let Work::Rounds { round: Round::Budget(cas), .. } = &mut self.work {
             cas.leave(&mut rt.board.borrow_mut());
+        }
+        if let Work::Rounds { tenant, now, ops, ticket, .. } = &mut self.work {
+            self.work = Work::Batch {
+                tenant: std::mem::take(tenant),
+                now: *now,
+                ops: std::mem::take(ops),
+                ticket: ticket.take(),
+            };
         }
         if self.attempts >= JOB_ATTEMPTS {
             log::error!("tollgate: gave up on a Redis write after {} attempts: {:?}", self.attempts, self.work);
+            if let Work::Batch { ticket: Some(ticket), now, .. } = self.work {
+                let _ = rt.desk.borrow_mut().on_replies(ticket, None, now);
+            }
             return None;
-        }
-        match &mut self.work {
-            Work::Budget(cas) => self.work = Work::Budget(BudgetCas::new(&cas.tenant, cas.ops.clone(), cas.now)),
-            Work::Outcome(cas) => self.work = Work::Outcome(OutcomeCas::new(&cas.tenant, cas.op.clone(), cas.now)),
-            Work::CacheFill(_) => {}
         }
         Some(self)
     }

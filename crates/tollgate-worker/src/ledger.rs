@@ -131,19 +131,3 @@ pub async fn call(
         }
     }
 }
-
-/// Settlements and outcome records must not be lost to a transient failure:
-/// retry a few times. Safe to repeat, because the ledger treats a second
-/// settle or release of the same hold, and a second record of the same
-/// request, as no-ops.
-pub async fn call_until_applied(env: Env, tenant_id: String, ops: Vec<TenantOp>, settings: Settings) {
-    for attempt in 0..3u64 {
-        if call(&env, &tenant_id, &ops, &settings).await.is_ok() {
-            return;
-        }
-        crate::timer::Timer::after_ms(100 * (attempt + 1)).await;
-    }
-    // The hold, if any, expires by itself (holds carry an expiry), so the
-    // budget is not leaked for longer than that.
-    console_error!("tollgate: gave up settling for `{tenant_id}` after 3 attempts; the hold will expire");
-}

@@ -12,6 +12,7 @@
 
 mod cache_store;
 mod client_stream;
+mod desk;
 mod http;
 mod ledger;
 mod provider;
@@ -60,7 +61,18 @@ async fn route(req: Request, env: Env, ctx: Context, settings: Settings) -> Resu
     };
     match endpoint {
         Endpoint::Chat(api) => proxy::handle(req, api, env, ctx, settings).await,
-        Endpoint::Health => json_response(200, &endpoints::health("cloudflare-worker"), &[]),
+        Endpoint::Health => {
+            // Per isolate: how many Durable Object batches its requests
+            // needed (leases make that far fewer than requests).
+            let mut body = endpoints::health("cloudflare-worker");
+            let counts = desk::counts();
+            body["instance"] = serde_json::json!({
+                "ledger_calls_waited": counts.waited,
+                "ledger_calls_background": counts.background,
+                "requests_closed": counts.requests_closed,
+            });
+            json_response(200, &body, &[])
+        }
         Endpoint::Models => {
             let tenant = match tenants::authenticate(&req, &env, &settings).await {
                 Ok(t) => t,
@@ -84,7 +96,7 @@ async fn feedback_export(req: &Request, env: &Env, settings: &Settings) -> Resul
         Err(e) => return error_response(&e, &[]),
     };
     let reply =
-        ledger::call(env, &tenant.id, &endpoints::feedback_export_ops(), settings).await.ok().and_then(|mut r| r.pop());
+        desk::call(env, &tenant.id, endpoints::feedback_export_ops(), settings).await.ok().and_then(|mut r| r.pop());
     match endpoints::feedback_export_from_reply(reply) {
         Ok(body) => http::local(tollgate_core::engine::LocalResponse {
             status: 200,
@@ -106,7 +118,7 @@ async fn usage(req: &Request, env: &Env, settings: &Settings) -> Result<Response
         Ok(t) => t,
         Err(e) => return error_response(&e, &[]),
     };
-    let replies = ledger::call(env, &tenant.id, &endpoints::usage_ops(&tenant.config), settings).await.ok();
+    let replies = desk::call(env, &tenant.id, endpoints::usage_ops(&tenant.config), settings).await.ok();
     match endpoints::usage_from_replies(&tenant.config, replies, settings::now_secs()) {
         Ok(report) => json_response(200, &report, &[]),
         Err(e) => error_response(&e, &[]),
@@ -132,7 +144,7 @@ async fn feedback(mut req: Request, env: &Env, settings: &Settings) -> Result<Re
     // An unknown id is asked about again a few times (the core's policy:
     // its outcome may not be recorded yet) before the 404.
     for attempt in 0..=endpoints::FEEDBACK_RETRIES {
-        let reply = ledger::call(env, &tenant.id, &ops, settings).await.ok().and_then(|mut r| r.pop());
+        let reply = desk::call(env, &tenant.id, ops.clone(), settings).await.ok().and_then(|mut r| r.pop());
         match endpoints::feedback_from_reply(reply) {
             Ok(Some(answer)) => return json_response(200, &answer, &[]),
             Ok(None) if attempt < endpoints::FEEDBACK_RETRIES => {

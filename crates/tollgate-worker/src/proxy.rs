@@ -18,7 +18,7 @@ use crate::http::{self, error_response, header_pairs, with_headers};
 use crate::provider::{self, Chunk};
 use crate::settings::{Settings, now_secs, random_bytes};
 use crate::timer::{Timer, watch};
-use crate::{cache_store, client_stream, ledger, tenants};
+use crate::{cache_store, client_stream, desk, tenants};
 use futures_channel::oneshot;
 use futures_util::future::{Either, select};
 use std::cell::RefCell;
@@ -111,11 +111,11 @@ async fn drive(mut job: Job, mut reply: oneshot::Sender<Response>) {
                 DOORKEEPER.with(|d| job.plan.on_cache(found, d.borrow_mut().as_mut()))
             }
             Next::CheckBudget(op) => {
-                let answer = ledger::call(&job.env, &job.tenant_id, &[op], &job.settings).await;
+                let answer = desk::call(&job.env, &job.tenant_id, vec![op], &job.settings).await;
                 job.plan.on_budget_reply(answer.ok().and_then(|mut r| r.pop()))
             }
             Next::Reserve(op) => {
-                let answer = ledger::call(&job.env, &job.tenant_id, &[op], &job.settings).await;
+                let answer = desk::call(&job.env, &job.tenant_id, vec![op], &job.settings).await;
                 job.plan.on_reserve_reply(answer.ok().and_then(|mut r| r.pop()))
             }
             Next::Escalate(ops) => {
@@ -147,7 +147,7 @@ impl Job {
         while let Some(duty) = self.plan.poll_duty() {
             match duty {
                 Duty::Detached(ops) => {
-                    let call = ledger::call_until_applied(self.env.clone(), self.tenant_id.clone(), ops, self.settings);
+                    let call = desk::call_until_applied(self.env.clone(), self.tenant_id.clone(), ops, self.settings);
                     self.ctx.wait_until(call);
                 }
                 Duty::Cooldown(update) => {
@@ -159,7 +159,7 @@ impl Job {
 
     async fn apply(&self, ops: Vec<TenantOp>) {
         if !ops.is_empty() {
-            ledger::call_until_applied(self.env.clone(), self.tenant_id.clone(), ops, self.settings).await;
+            desk::call_until_applied(self.env.clone(), self.tenant_id.clone(), ops, self.settings).await;
         }
     }
 
@@ -171,6 +171,9 @@ impl Job {
             cache_store::fill(self.env.clone(), fill).await;
         }
         self.apply(closing.ops).await;
+        // Still inside this request's waitUntil: flush the isolate's desk
+        // (waiting spend and records, lease renewals) if nobody else is.
+        desk::flush_in_background(self.env.clone(), self.settings).await;
     }
 }
 

@@ -5,7 +5,9 @@
 //! The tenant config parser ([`crate::TenantConfig`]) calls
 //! [`Budgets::from_raw`] for this section; nothing here depends on it.
 
+use super::Amount;
 use super::Window;
+use super::lease::LeaseSizing;
 use crate::pricing::usd_to_micros;
 use serde::{Deserialize, Serialize};
 
@@ -36,6 +38,43 @@ pub struct RawBudgets {
     /// When the budget store cannot be reached: `closed` refuses (503), `open` serves unmetered.
     #[serde(default)]
     pub store_failure: Option<FailureMode>,
+    /// Where requests reserve: `leased` (default) from a slice of the
+    /// budget this host instance holds in memory, `per_request` from the
+    /// tenant's single writer on every request.
+    #[serde(default)]
+    pub consistency: Option<Consistency>,
+    /// How leases are sized (with `consistency: leased`).
+    #[serde(default)]
+    pub lease: Option<RawLease>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+pub enum Consistency {
+    /// Each host instance reserves from a lease carved from the limits and
+    /// reports settled spend in batches (docs/config.md "Leases").
+    Leased,
+    /// A round trip to the tenant's writer for every reserve and settle.
+    PerRequest,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+pub struct RawLease {
+    /// Seconds a lease lives unless renewed (default 30, 5 to 300).
+    #[serde(default)]
+    pub ttl_seconds: Option<u64>,
+    /// A lease is at most this share (percent) of what a limit has left (default 12.5).
+    #[serde(default)]
+    pub share_pct: Option<f64>,
+    /// A lease holds at most this many dollars (default: no cap but the share).
+    #[serde(default)]
+    pub max_usd: Option<f64>,
+    /// A lease holds at most this many tokens (default: no cap but the share).
+    #[serde(default)]
+    pub max_tokens: Option<u64>,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -91,6 +130,10 @@ pub struct Budgets {
     pub clamp_max_tokens: bool,
     pub default_output_reservation: u64,
     pub store_failure: FailureMode,
+    /// How leases are sized; None: every reserve goes to the writer
+    /// (`consistency: per_request`, and anything stored before leases).
+    #[serde(default)]
+    pub leases: Option<LeaseSizing>,
 }
 
 impl Budgets {
@@ -135,7 +178,17 @@ impl Budgets {
         if default_output_reservation == 0 {
             problem("default_output_reservation".to_owned(), "must be at least 1 token".to_owned());
         }
+        let leases = match raw.consistency.unwrap_or(Consistency::Leased) {
+            Consistency::PerRequest => {
+                if raw.lease.is_some() {
+                    problem("lease".to_owned(), "leases are not used with `consistency: per_request`".to_owned());
+                }
+                None
+            }
+            Consistency::Leased => Some(lease_sizing(raw.lease.unwrap_or_default(), &mut problem)),
+        };
         Budgets {
+            leases,
             limits,
             soft_threshold,
             on_exhausted: raw.on_exhausted.unwrap_or(OnExhausted::Reject),
@@ -144,4 +197,37 @@ impl Budgets {
             store_failure: raw.store_failure.unwrap_or(FailureMode::Closed),
         }
     }
+}
+
+fn lease_sizing(raw: RawLease, problem: &mut impl FnMut(String, String)) -> LeaseSizing {
+    let defaults = LeaseSizing::default();
+    let ttl_seconds = raw.ttl_seconds.unwrap_or(defaults.ttl_seconds);
+    if !(5..=300).contains(&ttl_seconds) {
+        problem("lease.ttl_seconds".to_owned(), "must be between 5 and 300 seconds".to_owned());
+    }
+    let share = match raw.share_pct {
+        None => defaults.share,
+        // A lease is 1/share of what is left: the percentage as a whole divisor.
+        Some(pct) if pct > 0.0 && pct <= 100.0 => (100.0 / pct).round().max(1.0) as u64,
+        Some(_) => {
+            problem("lease.share_pct".to_owned(), "must be a percentage in (0, 100]".to_owned());
+            defaults.share
+        }
+    };
+    let micros = match raw.max_usd.map(usd_to_micros) {
+        None => 0,
+        Some(Some(m)) if m > 0 => m,
+        Some(_) => {
+            problem("lease.max_usd".to_owned(), "must be a positive amount of dollars".to_owned());
+            0
+        }
+    };
+    let tokens = match raw.max_tokens {
+        Some(0) => {
+            problem("lease.max_tokens".to_owned(), "must be at least 1 token".to_owned());
+            0
+        }
+        t => t.unwrap_or(0),
+    };
+    LeaseSizing { share, cap: Amount { tokens, micros }, ttl_seconds }
 }

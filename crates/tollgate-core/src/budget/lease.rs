@@ -66,6 +66,19 @@ pub struct LeaseGrant {
     /// charged in full, or it was returned): this grant starts it afresh,
     /// and what the instance held under it before is already paid for.
     pub fresh: bool,
+    /// The writer's state as the grant left it, for the instance's own
+    /// decisions (soft downgrade, clamping, remaining headroom).
+    #[serde(default)]
+    pub view: LeaseView,
+}
+
+/// What an instance sees of the writer's state: the windows' settled spend,
+/// and what everything else holds (other instances' leases, requests
+/// reserved at the writer), its own lease left out.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaseView {
+    pub windows: Vec<super::WindowSpend>,
+    pub others: Amount,
 }
 
 /// Settled spend an instance reports against its lease, and whether it
@@ -77,6 +90,11 @@ pub struct LeaseReport {
     pub settled: Vec<(String, Amount)>,
     /// The lease ends here: its unspent part is freed.
     pub returned: bool,
+    /// Handed back without ending the lease: the instance sends a request
+    /// its lease cannot pay to the writer, and frees what the lease has
+    /// unused first, so the writer decides on all that is left.
+    #[serde(default)]
+    pub released: Amount,
 }
 
 const LEASE_PREFIX: &str = "lease:";
@@ -120,9 +138,11 @@ pub fn grant(
     }
     let expires_at = now.saturating_add(sizing.ttl_seconds);
     let hold = lease_hold_id(&request.id);
+    let others = state.outstanding.iter().filter(|o| o.id != hold).fold(Amount::default(), |acc, o| acc.plus(o.amount));
+    let view = LeaseView { windows: state.windows.clone(), others };
     let fresh = match state.outstanding.iter_mut().find(|o| o.id == hold) {
         Some(lease) => {
-            lease.amount = lease.amount.add(added);
+            lease.amount = lease.amount.plus(added);
             lease.expires_at = expires_at;
             false
         }
@@ -137,7 +157,7 @@ pub fn grant(
             true
         }
     };
-    Ok(LeaseGrant { id: request.id.clone(), added, expires_at, fresh })
+    Ok(LeaseGrant { id: request.id.clone(), added, expires_at, fresh, view })
 }
 
 /// Apply an instance's report: charge each settled request once, take it
@@ -154,12 +174,12 @@ pub fn report(state: &mut BudgetState, budgets: &Budgets, report: &LeaseReport, 
         if state.recently_settled.contains(&fingerprint) {
             continue;
         }
-        charged = charged.add(*amount);
+        charged = charged.plus(*amount);
         super::remember_finished(state, id);
     }
     state.charge(charged, now);
     if let Some(lease) = state.outstanding.get_mut(index) {
-        lease.amount = lease.amount.saturating_sub(charged);
+        lease.amount = lease.amount.saturating_sub(charged).saturating_sub(report.released);
     }
     if report.returned {
         state.outstanding.retain(|o| o.id != hold);
@@ -172,6 +192,33 @@ pub fn report(state: &mut BudgetState, budgets: &Budgets, report: &LeaseReport, 
 pub fn expire(state: &mut BudgetState, budgets: &Budgets, now: u64) {
     state.sync(&budgets.limits, now);
 }
+
+impl LeaseView {
+    /// The state an instance decides on: the writer's windows as granted,
+    /// plus what was settled here since (`unreported`), with everything
+    /// else the writer holds as one hold that lasts as long as the lease,
+    /// and this instance's own requests in flight (`local_holds`).
+    pub fn state(&self, expires_at: u64, local_holds: Vec<Outstanding>, unreported: Amount, now: u64) -> BudgetState {
+        let mut state =
+            BudgetState { windows: self.windows.clone(), outstanding: local_holds, recently_settled: Vec::new() };
+        if self.others != Amount::default() {
+            state.outstanding.push(Outstanding {
+                id: OTHERS_HOLD.to_owned(),
+                amount: self.others,
+                expires_at,
+                downgraded: false,
+                clamped_output_tokens: None,
+            });
+        }
+        if unreported != Amount::default() {
+            state.charge(unreported, now);
+        }
+        state
+    }
+}
+
+/// The id of the hold that stands for everything else in an instance's view.
+pub const OTHERS_HOLD: &str = "lease-view:others";
 
 /// An instance's side of its lease: requests reserve and settle here, in
 /// memory; settled spend waits for the next report.
@@ -215,7 +262,7 @@ impl LocalLease {
             self.used = Amount::default();
             self.unreported.clear();
         }
-        self.size = self.size.add(grant.added);
+        self.size = self.size.plus(grant.added);
         self.expires_at = self.expires_at.max(grant.expires_at);
     }
 
@@ -226,7 +273,7 @@ impl LocalLease {
         if self.expires_at <= now.saturating_add(margin) {
             return Err(LocalShortfall::Expiring);
         }
-        let after = self.used.add(amount);
+        let after = self.used.plus(amount);
         if after.tokens > self.size.tokens || after.micros > self.size.micros {
             return Err(LocalShortfall::Exhausted);
         }
@@ -235,8 +282,15 @@ impl LocalLease {
         Ok(())
     }
 
-    /// Request `id` finished having spent `actual` (at most its hold: the
-    /// plan caps output at what was held).
+    /// Whether request `id` holds part of this lease.
+    pub fn holds(&self, id: &str) -> bool {
+        self.holds.iter().any(|(h, _, _)| h == id)
+    }
+
+    /// Request `id` finished having spent `actual`. That is at most its
+    /// hold when the provider honours the output cap; if it did not, the
+    /// whole of it is reported all the same (it was spent), and the lease
+    /// is overdrawn until the writer has it.
     pub fn settle(&mut self, id: &str, actual: Amount) {
         let Some(i) = self.holds.iter().position(|(h, _, _)| h == id) else { return };
         let (_, held, generation) = self.holds.swap_remove(i);
@@ -244,9 +298,36 @@ impl LocalLease {
             // Paid for by the full charge of the lease it was held under.
             return;
         }
-        let actual = Amount { tokens: actual.tokens.min(held.tokens), micros: actual.micros.min(held.micros) };
-        self.used = self.used.saturating_sub(held).add(actual);
+        self.used = self.used.saturating_sub(held).plus(actual);
         self.unreported.push((id.to_owned(), actual));
+    }
+
+    /// A report that never reached the writer: its spend is reported again
+    /// with the next one (the writer applies each request once).
+    pub fn restore(&mut self, report: LeaseReport) {
+        if report.lease != self.id {
+            return;
+        }
+        let total = report.settled.iter().fold(Amount::default(), |acc, (_, a)| acc.plus(*a));
+        self.size = self.size.plus(total);
+        self.used = self.used.plus(total);
+        let later = std::mem::replace(&mut self.unreported, report.settled);
+        self.unreported.extend(later);
+    }
+
+    /// Bumped by every fresh grant.
+    pub fn generation(&self) -> u32 {
+        self.generation
+    }
+
+    /// Settled spend waiting to be reported.
+    pub fn unreported(&self) -> usize {
+        self.unreported.len()
+    }
+
+    /// Spend settled here and not yet reported, added up.
+    pub fn unreported_total(&self) -> Amount {
+        self.unreported.iter().fold(Amount::default(), |acc, (_, a)| acc.plus(*a))
     }
 
     /// Request `id` ended without spending.
@@ -263,15 +344,31 @@ impl LocalLease {
     /// it reports leaves the lease's size and its use alike.
     pub fn take_report(&mut self, returned: bool) -> LeaseReport {
         let settled = std::mem::take(&mut self.unreported);
-        let total = settled.iter().fold(Amount::default(), |acc, (_, a)| acc.add(*a));
+        let total = settled.iter().fold(Amount::default(), |acc, (_, a)| acc.plus(*a));
         self.size = self.size.saturating_sub(total);
         self.used = self.used.saturating_sub(total);
-        LeaseReport { lease: self.id.clone(), settled, returned }
+        LeaseReport { lease: self.id.clone(), settled, returned, released: Amount::default() }
+    }
+
+    /// Give up what the lease has unused (for [`LeaseReport::released`]).
+    /// Not restored if the report is lost: the writer may have freed it.
+    pub fn release_unused(&mut self) -> Amount {
+        let unused = self.available();
+        self.size = self.size.saturating_sub(unused);
+        unused
     }
 
     /// What is left to reserve.
     pub fn available(&self) -> Amount {
         self.size.saturating_sub(self.used)
+    }
+
+    /// What the requests in flight hold (under the current grant).
+    pub fn held(&self) -> Amount {
+        self.holds
+            .iter()
+            .filter(|(_, _, g)| *g == self.generation)
+            .fold(Amount::default(), |acc, (_, a, _)| acc.plus(*a))
     }
 
     /// Requests in flight.
@@ -298,6 +395,7 @@ mod tests {
             clamp_max_tokens: false,
             default_output_reservation: 1_000,
             store_failure: crate::config::FailureMode::Closed,
+            leases: None,
         }
     }
 
@@ -343,7 +441,12 @@ mod tests {
         let g = grant(&mut state, &b, &sizing, &req, 100).unwrap();
         expire(&mut state, &b, 130);
         assert_eq!(state.spent_in(&b.limits[0]), g.added);
-        let late = LeaseReport { lease: "a".into(), settled: vec![("r1".into(), amount(5, 5))], returned: true };
+        let late = LeaseReport {
+            lease: "a".into(),
+            settled: vec![("r1".into(), amount(5, 5))],
+            returned: true,
+            released: Amount::default(),
+        };
         report(&mut state, &b, &late, 131);
         assert_eq!(state.spent_in(&b.limits[0]), g.added);
     }
@@ -362,7 +465,12 @@ mod tests {
         // A status read after the expiry, not a lease op: the lease is charged all the same.
         let _ = apply(&mut state, &LedgerOp::Status { budgets: b.clone() }, grant.expires_at);
         assert_eq!(state.spent_in(&b.limits[0]), grant.added);
-        let report = LeaseReport { lease: "a".into(), settled: vec![("r".into(), amount(1, 1))], returned: true };
+        let report = LeaseReport {
+            lease: "a".into(),
+            settled: vec![("r".into(), amount(1, 1))],
+            returned: true,
+            released: Amount::default(),
+        };
         let _ = apply(&mut state, &LedgerOp::LeaseReport { budgets: b.clone(), report }, grant.expires_at + 1);
         assert_eq!(state.spent_in(&b.limits[0]), grant.added, "a late report changes nothing");
     }
@@ -436,7 +544,7 @@ mod tests {
                             let actual = amount(rng.next(held.tokens + 1), rng.next(held.micros + 1));
                             // Spend really happens only while the writer still counts the lease.
                             if l.expires_at > now {
-                                spent = spent.add(actual);
+                                spent = spent.plus(actual);
                             }
                             l.settle(&id, actual);
                         }
@@ -477,7 +585,7 @@ mod tests {
                 expire(&mut state, &b, now);
                 assert!(spent.tokens <= limit, "seed {seed}: spent {} tokens of {limit}", spent.tokens);
                 assert!(spent.micros <= limit * 3, "seed {seed}: spent {} micros", spent.micros);
-                let charged = state.spent_in(&b.limits[0]).add(state.reserved());
+                let charged = state.spent_in(&b.limits[0]).plus(state.reserved());
                 assert!(
                     charged.tokens <= limit && charged.micros <= limit * 3,
                     "seed {seed}: the writer over-committed"

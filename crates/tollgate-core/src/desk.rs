@@ -1,0 +1,1085 @@
+//! A host instance's lease desk: the budget ops of a request answered in
+//! memory, from a lease, instead of by the tenant's single writer.
+//!
+//! A host keeps one [`LeaseDesk`] per instance (a Worker isolate; an Envoy
+//! VM) and hands it every batch of [`TenantOp`]s the plan asks for, before
+//! the writer sees them ([`LeaseDesk::route`]). For a tenant whose budgets
+//! are leased (`budgets.consistency: leased`, the default):
+//!
+//! - a **reserve** is decided here, by the same [`budget::reserve`] the writer
+//!   runs, on the instance's view of the writer's state, and held in the
+//!   lease; a reserve the lease cannot pay (none yet, too small, about to
+//!   expire, or a refusal here) goes to the writer as before, which
+//!   decides it exactly, and the desk asks for a lease in the same batch;
+//! - a **settle** or **release** of a request held here stays here; its
+//!   spend is reported to the writer in batches ([`LeaseReport`]);
+//! - an **outcome record** waits for the next batch;
+//! - a **read** (usage, feedback, report, export) goes to the writer with
+//!   everything waiting here in front of it, so an instance reads its own
+//!   writes.
+//!
+//! [`LeaseDesk::due`] says what to send in the background: waiting reports
+//! and records (by count and by time), a renewal before the lease runs out
+//! or expires while the instance is busy, and the lease handed back once
+//! the instance is idle. The host sends those batches off the request path
+//! (the Worker in `ctx.waitUntil`, Envoy from its tick) and hands every
+//! reply to [`LeaseDesk::on_replies`].
+//!
+//! Tenants with `consistency: per_request` pass through untouched: every op
+//! goes to the writer, as it did before leases.
+//!
+//! Nothing here reads a clock or does I/O: the time comes in with each call,
+//! and the lease ids are made from the instance id the host draws at random.
+
+use crate::budget::lease::{LeaseReport, LeaseRequest, LocalLease};
+use crate::budget::{
+    self, Amount, BudgetState, Budgets, Granted, LedgerOp, LedgerReply, Outstanding, RESERVATION_TTL_SECS,
+};
+use crate::outcomes::{OutcomeOp, OutcomeReply};
+use crate::store::{TenantOp, TenantReply};
+use std::collections::BTreeMap;
+
+/// A first lease is asked for this many requests like the one waiting.
+const LEASE_REQUESTS: u64 = 32;
+/// Settled spend and outcome records wait at most this long for a batch...
+pub const FLUSH_AFTER_SECS: u64 = 1;
+/// ...or until this many have gathered.
+pub const FLUSH_AT_COUNT: usize = 64;
+/// Records kept while the writer cannot be reached; older ones are dropped.
+const MAX_WAITING_RECORDS: usize = 1024;
+/// A request reserves from a lease only if the lease outlives it by this
+/// much unrenewed: a request that outlives its lease is paid for by the
+/// lease's full charge, which is safe but wastes the lease's unspent part.
+const RESERVE_MARGIN_SECS: u64 = 2;
+/// An instance with nothing in flight for this long hands its lease back
+/// (at most a third of the lease's life, so an idle lease is returned
+/// before it expires and is charged in full).
+const IDLE_AFTER_SECS: u64 = 5;
+
+/// One instance's leases and waiting batches, for every tenant it serves.
+#[derive(Debug)]
+pub struct LeaseDesk {
+    instance: String,
+    leases_made: u64,
+    tenants: BTreeMap<String, TenantDesk>,
+}
+
+/// A request of this instance reserved at the writer.
+#[derive(Debug)]
+struct WriterHold {
+    id: String,
+    /// What the writer granted (None until it answered).
+    amount: Option<Amount>,
+    /// Counted in the view's hold for everything else (it was held at the
+    /// writer when the view was granted): its close takes it out there.
+    in_view: bool,
+}
+
+#[derive(Debug, Default)]
+struct TenantDesk {
+    /// The tenant's budgets as last seen in an op; None until one is seen.
+    budgets: Option<Budgets>,
+    lease: Option<LocalLease>,
+    /// The writer's state as of the last grant, with this instance's
+    /// holds and unreported spend in it: what reserves here decide on.
+    view: BudgetState,
+    /// The writer's view as granted (kept to rebuild `view`).
+    granted_view: budget::lease::LeaseView,
+    /// A batch carrying this desk's report or lease request is out: send
+    /// no other until it is answered, so reports are never reordered.
+    busy: bool,
+    records: Vec<TenantOp>,
+    oldest_waiting: Option<u64>,
+    last_active: u64,
+    /// Worst cases reserved here since the last grant: the next lease's size.
+    demand: Amount,
+    /// Requests of this instance holding at the writer (reserved there,
+    /// not yet closed): with the lease's holds, what is in flight here.
+    at_writer: Vec<WriterHold>,
+}
+
+/// What [`LeaseDesk::route`] made of a batch.
+#[derive(Debug)]
+pub enum Routed {
+    /// Every op was answered here: the replies, in order.
+    Answered(Vec<TenantReply>),
+    /// Send `ops` to the tenant's writer and hand its replies (or None) to
+    /// [`LeaseDesk::on_replies`] with the ticket.
+    Send { ops: Vec<TenantOp>, ticket: Ticket },
+}
+
+/// What a batch sent to the writer carries, to read its replies by.
+#[derive(Debug)]
+pub struct Ticket {
+    tenant: String,
+    /// The plan's ops' replies: answered here, or the writer's at an index.
+    slots: Vec<Slot>,
+    report: Option<(LeaseReport, u32)>,
+    grant: Option<usize>,
+    records: Vec<TenantOp>,
+    /// The reserves sent to the writer: (index in the batch, request id).
+    reserves: Vec<(usize, String)>,
+}
+
+#[derive(Debug)]
+enum Slot {
+    Here(TenantReply),
+    Writer(usize),
+}
+
+impl Ticket {
+    /// Whether the plan waits for this batch (false: the desk's own).
+    pub fn answers_a_request(&self) -> bool {
+        !self.slots.is_empty()
+    }
+}
+
+impl LeaseDesk {
+    /// `instance`: random bytes from the host, as text, so that the leases
+    /// of two instances (or of one instance before and after a restart)
+    /// never share an id.
+    pub fn new(instance: &str) -> LeaseDesk {
+        LeaseDesk { instance: instance.to_owned(), leases_made: 0, tenants: BTreeMap::new() }
+    }
+
+    /// Take a batch the plan wants applied in `tenant`'s store.
+    pub fn route(&mut self, tenant: &str, ops: Vec<TenantOp>, now: u64) -> Routed {
+        let desk = self.tenants.entry(tenant.to_owned()).or_default();
+        for op in &ops {
+            if let TenantOp::Budget(op) = op {
+                desk.budgets = budgets_of(op).filter(|b| b.leases.is_some() && !b.limits.is_empty()).cloned();
+                if desk.budgets.is_none() {
+                    // Per-request (or unlimited) tenant: what was leased goes back.
+                    desk.lease_gone();
+                }
+            }
+        }
+        let mut slots = Vec::with_capacity(ops.len());
+        let mut to_writer: Vec<TenantOp> = Vec::new();
+        let mut reserves: Vec<(usize, String)> = Vec::new();
+        let closed = ops.iter().any(|op| {
+            matches!(
+                op,
+                TenantOp::Budget(LedgerOp::Settle { .. } | LedgerOp::Release { .. })
+                    | TenantOp::Outcome(OutcomeOp::Record { .. })
+            )
+        });
+        let mut lease_need: Option<Amount> = None;
+        for op in ops {
+            let here = match &op {
+                TenantOp::Budget(LedgerOp::Reserve { budgets, request }) if desk.budgets.is_some() => {
+                    desk.last_active = now;
+                    desk.demand = desk.demand.plus(request.worst_case());
+                    let local = desk.reserve_here(budgets, request, now);
+                    if local.is_none() {
+                        lease_need = Some(lease_need.unwrap_or_default().plus(request.worst_case()));
+                        if desk.at_writer.len() < budget::MAX_OUTSTANDING {
+                            desk.at_writer.push(WriterHold { id: request.id.clone(), amount: None, in_view: false });
+                        }
+                    }
+                    local.map(|granted| TenantReply::Budget(LedgerReply::Granted { granted }))
+                }
+                TenantOp::Budget(LedgerOp::Settle { budgets, id, amount }) if desk.holds(id) => {
+                    desk.last_active = now;
+                    Some(desk.settle_here(budgets, id, Some(*amount), now))
+                }
+                TenantOp::Budget(LedgerOp::Release { budgets, id }) if desk.holds(id) => {
+                    desk.last_active = now;
+                    Some(desk.settle_here(budgets, id, None, now))
+                }
+                TenantOp::Budget(LedgerOp::Check { budgets }) if desk.lease_live(now) => {
+                    // Not exhausted in the view means not exhausted at the
+                    // writer as of the grant; exhausted may be the view's
+                    // caution (other leases counted in full): ask.
+                    let mut view = desk.view.clone();
+                    budget::exhausted(&mut view, budgets, now)
+                        .is_none()
+                        .then_some(TenantReply::Budget(LedgerReply::Check { exhausted: None }))
+                }
+                TenantOp::Outcome(OutcomeOp::Record { .. }) if desk.batches_records() => {
+                    desk.wait(op.clone(), now);
+                    Some(TenantReply::Outcome(OutcomeReply::Recorded))
+                }
+                TenantOp::Budget(LedgerOp::Settle { budgets, .. } | LedgerOp::Release { budgets, .. })
+                    if desk.batches_records() =>
+                {
+                    // Held at the writer (the request that asked for the
+                    // lease, or one the lease could not pay): its hold
+                    // stays there until the next batch, which errs on the
+                    // side of holding too much for a second.
+                    desk.writer_hold_closed(&op, now);
+                    desk.wait(op.clone(), now);
+                    let mut view = desk.view.clone();
+                    Some(TenantReply::Budget(LedgerReply::Remaining {
+                        remaining: budget::remaining(&mut view, budgets, now),
+                    }))
+                }
+                TenantOp::Budget(LedgerOp::Status { .. })
+                | TenantOp::Outcome(OutcomeOp::Feedback { .. } | OutcomeOp::Report | OutcomeOp::Export) => {
+                    // To the writer, behind everything waiting here.
+                    None
+                }
+                _ => None,
+            };
+            match here {
+                Some(reply) => slots.push(Slot::Here(reply)),
+                None => {
+                    if let TenantOp::Budget(LedgerOp::Reserve { request, .. }) = &op {
+                        reserves.push((to_writer.len(), request.id.clone()));
+                    }
+                    slots.push(Slot::Writer(to_writer.len()));
+                    to_writer.push(op);
+                }
+            }
+        }
+        // A request closed and nothing else is in flight here: send what
+        // waits now (off the request path: hosts send closes detached), so
+        // a lightly loaded instance's spend reaches the writer as soon as
+        // without leases; under load, closes gather into batches.
+        let idle_close =
+            closed && desk.at_writer.is_empty() && desk.lease.as_ref().is_none_or(|l| l.in_flight() == 0) && !desk.busy;
+        if to_writer.is_empty() && !(idle_close && desk.has_waiting()) {
+            return Routed::Answered(
+                slots
+                    .into_iter()
+                    .filter_map(|s| match s {
+                        Slot::Here(reply) => Some(reply),
+                        Slot::Writer(_) => None,
+                    })
+                    .collect(),
+            );
+        }
+        // The writer is asked anyway: what waits here goes with it (in
+        // front, so a read sees it), and a lease is asked for after the
+        // plan's ops (so near the end of a budget the request waiting is
+        // served before a lease takes a share).
+        let mut batch = desk.take_waiting(now);
+        if lease_need.is_some() {
+            // A reserve the lease could not pay goes to the writer: free
+            // what the lease has unused first, so the writer decides on
+            // everything that is left, not less.
+            batch.release_unused(desk);
+        }
+        let offset = batch.ops.len();
+        for slot in &mut slots {
+            if let Slot::Writer(i) = slot {
+                *i += offset;
+            }
+        }
+        for (i, _) in &mut reserves {
+            *i += offset;
+        }
+        batch.ops.extend(to_writer);
+        if let Some(need) = lease_need {
+            self.leases_made += 1;
+            let fallback = format!("{}-{}", self.instance, self.leases_made);
+            let desk = self.tenants.entry(tenant.to_owned()).or_default();
+            batch.ask_lease(desk, fallback, need);
+        }
+        let Batch { ops, report, grant, records } = batch;
+        Routed::Send { ops, ticket: Ticket { tenant: tenant.to_owned(), slots, report, grant, records, reserves } }
+    }
+
+    /// The writer answered a batch (None: it could not be reached, or
+    /// failed): the plan's replies, in order (None if the plan's ops went
+    /// unanswered).
+    pub fn on_replies(
+        &mut self,
+        ticket: Ticket,
+        replies: Option<Vec<TenantReply>>,
+        now: u64,
+    ) -> Option<Vec<TenantReply>> {
+        let desk = self.tenants.entry(ticket.tenant).or_default();
+        if ticket.report.is_some() || ticket.grant.is_some() {
+            desk.busy = false;
+        }
+        let expected =
+            ticket.slots.iter().filter_map(|s| if let Slot::Writer(i) = s { Some(*i + 1) } else { None }).max();
+        let expected = expected.max(ticket.grant.map(|g| g + 1)).unwrap_or(0);
+        let replies = replies.filter(|r| r.len() >= expected);
+        let Some(replies) = replies else {
+            // Nothing of it landed, as far as this instance can tell: the
+            // report and records go again with the next batch (the writer
+            // applies each settled request once).
+            if let (Some((report, generation)), Some(lease)) = (ticket.report, desk.lease.as_mut())
+                && lease.generation() == generation
+            {
+                lease.restore(report);
+                desk.oldest_waiting.get_or_insert(now);
+            }
+            if !ticket.records.is_empty() {
+                desk.oldest_waiting.get_or_insert(now);
+                let later = std::mem::replace(&mut desk.records, ticket.records);
+                for op in later {
+                    desk.wait(op, now);
+                }
+            }
+            let writer_answers = ticket.slots.iter().any(|s| matches!(s, Slot::Writer(_)));
+            return (!writer_answers).then(|| {
+                ticket.slots.into_iter().filter_map(|s| if let Slot::Here(r) = s { Some(r) } else { None }).collect()
+            });
+        };
+        for (i, id) in &ticket.reserves {
+            if let Some(TenantReply::Budget(LedgerReply::Granted { granted })) = replies.get(*i)
+                && let Some(hold) = desk.at_writer.iter_mut().find(|w| w.id == *id)
+            {
+                hold.amount = Some(granted.amount);
+            }
+        }
+        if let Some(TenantReply::Budget(LedgerReply::Lease { grant })) = ticket.grant.and_then(|i| replies.get(i)) {
+            desk.on_grant(grant, now);
+        }
+        let in_flight_here = desk.lease.as_ref().map(LocalLease::held).unwrap_or_default();
+        for slot in &ticket.slots {
+            if let Slot::Writer(i) = slot
+                && let Some(TenantReply::Budget(LedgerReply::Refused { .. })) = replies.get(*i)
+            {
+                // A refused reserve holds nothing: it is not in flight.
+                if let Some((_, id)) = ticket.reserves.iter().find(|(at, _)| at == i) {
+                    desk.at_writer.retain(|w| w.id != *id);
+                }
+            }
+        }
+        Some(
+            ticket
+                .slots
+                .into_iter()
+                .map(|s| match s {
+                    Slot::Here(reply) => reply,
+                    Slot::Writer(i) => with_local_holds(replies[i].clone(), in_flight_here),
+                })
+                .collect(),
+        )
+    }
+
+    /// The batches to send in the background at `now`: waiting spend and
+    /// records, renewals and returns, one batch per tenant at most. With
+    /// `drain` (the instance is going away), everything waiting goes and
+    /// every lease with nothing in flight is handed back.
+    pub fn due(&mut self, now: u64, drain: bool) -> Vec<(String, Vec<TenantOp>, Ticket)> {
+        let mut out = Vec::new();
+        for (tenant, desk) in &mut self.tenants {
+            if desk.busy {
+                continue;
+            }
+            let idle = desk.lease.as_ref().is_some_and(|l| l.in_flight() == 0)
+                && (drain || now >= desk.last_active.saturating_add(desk.idle_after()));
+            let waiting = desk.records.len() + desk.lease.as_ref().map_or(0, LocalLease::unreported);
+            let flush_due = waiting >= FLUSH_AT_COUNT
+                || (waiting > 0 && drain)
+                || (waiting > 0 && desk.oldest_waiting.is_some_and(|t| now >= t.saturating_add(FLUSH_AFTER_SECS)));
+            let renew_due = !idle && desk.renewal_due(now);
+            if !(idle || flush_due || renew_due) {
+                continue;
+            }
+            let mut batch = Batch::default();
+            if idle && desk.lease.as_ref().is_some_and(|l| l.expires_at <= now) {
+                // Expired while idle: the writer charged it in full; nothing to hand back.
+                desk.lease_gone();
+                batch.records = std::mem::take(&mut desk.records);
+                batch.ops.extend(batch.records.iter().cloned());
+                desk.oldest_waiting = None;
+            } else if idle {
+                batch = desk.take_waiting(now);
+                if let (Some(lease), Some(budgets)) = (desk.lease.as_mut(), desk.budgets.as_ref()) {
+                    let mut report = lease.take_report(true);
+                    if let Some((earlier, _)) = batch.report.take() {
+                        // One report: what was waiting, and the return.
+                        report.settled.splice(0..0, earlier.settled);
+                        batch.ops.retain(|op| !matches!(op, TenantOp::Budget(LedgerOp::LeaseReport { .. })));
+                    }
+                    batch.ops.push(TenantOp::Budget(LedgerOp::LeaseReport { budgets: budgets.clone(), report }));
+                }
+                // A returned lease's spend is applied or, if the batch is
+                // lost, covered by the lease's full charge at its expiry.
+                batch.report = None;
+                desk.lease_gone();
+                desk.busy = false;
+            } else {
+                batch = desk.take_waiting(now);
+                if renew_due {
+                    let id = desk.lease.as_ref().map(|l| l.id.clone()).unwrap_or_default();
+                    batch.ask_lease(desk, id, Amount::default());
+                }
+            }
+            if batch.ops.is_empty() {
+                continue;
+            }
+            desk.busy |= batch.report.is_some() || batch.grant.is_some();
+            let Batch { ops, report, grant, records } = batch;
+            let ticket =
+                Ticket { tenant: tenant.clone(), slots: Vec::new(), report, grant, records, reserves: Vec::new() };
+            out.push((tenant.clone(), ops, ticket));
+        }
+        out
+    }
+
+    /// Whether anything waits or is leased: a host with no timer of its
+    /// own keeps calling [`LeaseDesk::due`] while this holds.
+    pub fn has_work(&self) -> bool {
+        self.tenants.values().any(|d| d.lease.is_some() || !d.records.is_empty())
+    }
+
+    /// The earliest time [`LeaseDesk::due`] may have something to send
+    /// (None: nothing waits and nothing is leased).
+    pub fn next_due(&self) -> Option<u64> {
+        self.tenants
+            .values()
+            .filter_map(|d| {
+                let flush = d.oldest_waiting.map(|t| t + FLUSH_AFTER_SECS);
+                let lease = d.lease.as_ref().map(|l| {
+                    let renew = l.expires_at.saturating_sub(d.ttl() / 2);
+                    let idle = d.last_active.saturating_add(d.idle_after());
+                    renew.min(idle)
+                });
+                match (flush, lease) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                }
+            })
+            .min()
+    }
+}
+
+/// A usage read answered by the writer, with this instance's requests in
+/// flight moved from its lease (`leased`) to `reserved`, where they would
+/// be without leases.
+fn with_local_holds(reply: TenantReply, held: Amount) -> TenantReply {
+    match reply {
+        TenantReply::Budget(LedgerReply::Status { mut limits }) if held != Amount::default() => {
+            for limit in &mut limits {
+                let moved = Amount {
+                    tokens: held.tokens.min(limit.leased.tokens),
+                    micros: held.micros.min(limit.leased.micros),
+                };
+                limit.leased = limit.leased.saturating_sub(moved);
+                limit.reserved = limit.reserved.plus(moved);
+            }
+            TenantReply::Budget(LedgerReply::Status { limits })
+        }
+        other => other,
+    }
+}
+
+fn budgets_of(op: &LedgerOp) -> Option<&Budgets> {
+    match op {
+        LedgerOp::Reserve { budgets, .. }
+        | LedgerOp::Settle { budgets, .. }
+        | LedgerOp::Release { budgets, .. }
+        | LedgerOp::Check { budgets }
+        | LedgerOp::Status { budgets }
+        | LedgerOp::LeaseGrant { budgets, .. }
+        | LedgerOp::LeaseReport { budgets, .. } => Some(budgets),
+    }
+}
+
+/// Ops the desk adds to a batch, and what it must remember of them.
+#[derive(Debug, Default)]
+struct Batch {
+    ops: Vec<TenantOp>,
+    report: Option<(LeaseReport, u32)>,
+    grant: Option<usize>,
+    records: Vec<TenantOp>,
+}
+
+impl Batch {
+    /// Put the lease's unused part into this batch's report (adding one if
+    /// none is being sent and none is out).
+    fn release_unused(&mut self, desk: &mut TenantDesk) {
+        let (Some(lease), Some(budgets)) = (desk.lease.as_mut(), desk.budgets.as_ref()) else { return };
+        if self.report.is_none() {
+            if desk.busy || lease.expires_at == 0 {
+                return;
+            }
+            let generation = lease.generation();
+            let report = lease.take_report(false);
+            self.ops.push(TenantOp::Budget(LedgerOp::LeaseReport { budgets: budgets.clone(), report: report.clone() }));
+            self.report = Some((report, generation));
+            desk.busy = true;
+        }
+        let released = lease.release_unused();
+        if let Some((report, _)) = self.report.as_mut() {
+            report.released = released;
+        }
+        if let Some(TenantOp::Budget(LedgerOp::LeaseReport { report, .. })) =
+            self.ops.iter_mut().rev().find(|op| matches!(op, TenantOp::Budget(LedgerOp::LeaseReport { .. })))
+        {
+            report.released = released;
+        }
+    }
+
+    /// Ask for a lease (or more of it) at the end of the batch, unless one
+    /// is being asked for already.
+    fn ask_lease(&mut self, desk: &mut TenantDesk, fallback_id: String, need: Amount) {
+        let Some(budgets) = desk.budgets.clone() else { return };
+        let Some(sizing) = budgets.leases else { return };
+        if desk.busy && self.report.is_none() {
+            return;
+        }
+        let id = desk.lease.as_ref().map_or(fallback_id, |l| l.id.clone());
+        // Enough for what the instance used since its last grant, twice
+        // over, and for a burst of requests like the one waiting (the
+        // writer cuts it to a share of what is left, and the cap).
+        let want = Amount {
+            tokens: desk.demand.tokens.saturating_mul(2).max(need.tokens.saturating_mul(LEASE_REQUESTS)),
+            micros: desk.demand.micros.saturating_mul(2).max(need.micros.saturating_mul(LEASE_REQUESTS)),
+        };
+        desk.demand = Amount::default();
+        self.grant = Some(self.ops.len());
+        // `need` is nothing: the request waiting is reserved at the writer
+        // in this batch; the lease is for the requests after it.
+        let request = LeaseRequest { id, want, need: Amount::default() };
+        self.ops.push(TenantOp::Budget(LedgerOp::LeaseGrant { budgets, sizing, request }));
+        desk.busy = true;
+    }
+}
+
+impl TenantDesk {
+    fn ttl(&self) -> u64 {
+        self.budgets.as_ref().and_then(|b| b.leases).map_or(30, |s| s.ttl_seconds)
+    }
+
+    fn idle_after(&self) -> u64 {
+        IDLE_AFTER_SECS.min(self.ttl() / 3).max(1)
+    }
+
+    fn has_waiting(&self) -> bool {
+        !self.records.is_empty() || self.lease.as_ref().is_some_and(|l| l.unreported() > 0)
+    }
+
+    /// A request reserved at the writer closes (`op`: its settle or
+    /// release): it is no longer in flight, and if the view counted its
+    /// hold, the view now counts its spend instead.
+    fn writer_hold_closed(&mut self, op: &TenantOp, now: u64) {
+        let (id, spent) = match op {
+            TenantOp::Budget(LedgerOp::Settle { id, amount, .. }) => (id, *amount),
+            TenantOp::Budget(LedgerOp::Release { id, .. }) => (id, Amount::default()),
+            _ => return,
+        };
+        let Some(i) = self.at_writer.iter().position(|w| w.id == *id) else { return };
+        let hold = self.at_writer.swap_remove(i);
+        if let (true, Some(amount)) = (hold.in_view, hold.amount)
+            && let Some(others) = self.view.outstanding.iter_mut().find(|o| o.id == budget::lease::OTHERS_HOLD)
+        {
+            others.amount = others.amount.saturating_sub(amount);
+            self.view.charge_spent(spent, now);
+        }
+    }
+
+    /// An op for the next batch.
+    fn wait(&mut self, op: TenantOp, now: u64) {
+        self.oldest_waiting.get_or_insert(now);
+        self.records.push(op);
+        if self.records.len() > MAX_WAITING_RECORDS {
+            // Only records go: a settle dropped would leave its hold to expire.
+            if let Some(i) = self.records.iter().position(|o| matches!(o, TenantOp::Outcome(_))) {
+                self.records.remove(i);
+            }
+        }
+    }
+
+    fn batches_records(&self) -> bool {
+        // Per-request tenants get what they asked for: the writer sees
+        // every request as it closes.
+        self.budgets.is_some()
+    }
+
+    fn holds(&self, id: &str) -> bool {
+        self.lease.as_ref().is_some_and(|l| l.holds(id))
+    }
+
+    fn lease_live(&self, now: u64) -> bool {
+        self.budgets.is_some() && self.lease.as_ref().is_some_and(|l| l.expires_at > now)
+    }
+
+    fn lease_gone(&mut self) {
+        self.lease = None;
+        self.view = BudgetState::default();
+        self.granted_view = budget::lease::LeaseView::default();
+    }
+
+    /// Decide a reserve here, if the lease can pay it.
+    fn reserve_here(&mut self, budgets: &Budgets, request: &budget::ReserveRequest, now: u64) -> Option<Granted> {
+        let lease = self.lease.as_mut()?;
+        if lease.expires_at <= now.saturating_add(RESERVE_MARGIN_SECS) {
+            return None;
+        }
+        // A refusal is the writer's to make: this view counts other
+        // instances' leases in full, the writer knows what they spent.
+        let granted = budget::reserve(&mut self.view, budgets, request, now).ok()?;
+        if lease.reserve(&request.id, granted.amount, now, RESERVE_MARGIN_SECS).is_err() {
+            self.view.outstanding.retain(|o| o.id != request.id);
+            return None;
+        }
+        Some(granted)
+    }
+
+    /// Settle (`Some(spend)`) or release (`None`) a request held here.
+    fn settle_here(&mut self, budgets: &Budgets, id: &str, spent: Option<Amount>, now: u64) -> TenantReply {
+        let remaining = match spent {
+            Some(amount) => {
+                if let Some(lease) = self.lease.as_mut() {
+                    lease.settle(id, amount);
+                }
+                budget::settle(&mut self.view, budgets, id, amount, now)
+            }
+            None => {
+                if let Some(lease) = self.lease.as_mut() {
+                    lease.release(id);
+                }
+                budget::release(&mut self.view, budgets, id, now)
+            }
+        };
+        self.oldest_waiting.get_or_insert(now);
+        TenantReply::Budget(LedgerReply::Remaining { remaining })
+    }
+
+    /// Renew when the lease is more than half through its life or mostly
+    /// used (so requests keep reserving here while the grant is out).
+    fn renewal_due(&self, now: u64) -> bool {
+        let Some(lease) = &self.lease else { return false };
+        let half_life = lease.expires_at <= now.saturating_add(self.ttl() / 2);
+        let size = lease.size;
+        let left = lease.available();
+        let low = left.tokens.saturating_mul(4) < size.tokens || left.micros.saturating_mul(4) < size.micros;
+        half_life || low
+    }
+
+    /// What waits here, as ops for the front of a batch.
+    fn take_waiting(&mut self, now: u64) -> Batch {
+        let mut batch = Batch::default();
+        self.oldest_waiting = None;
+        // The report first, then the records: in a store that applies them
+        // as separate writes (Envoy's shared data, Redis), a reader that
+        // sees a request recorded also sees its spend.
+        if !self.busy
+            && let (Some(lease), Some(budgets)) = (self.lease.as_mut(), self.budgets.as_ref())
+            && lease.unreported() > 0
+        {
+            let generation = lease.generation();
+            let report = lease.take_report(false);
+            batch
+                .ops
+                .push(TenantOp::Budget(LedgerOp::LeaseReport { budgets: budgets.clone(), report: report.clone() }));
+            batch.report = Some((report, generation));
+            self.busy = true;
+        }
+        batch.records = std::mem::take(&mut self.records);
+        batch.ops.extend(batch.records.iter().cloned());
+        if self.lease.as_ref().is_some_and(|l| l.unreported() > 0) {
+            // Held back behind the report that is out: the next batch.
+            self.oldest_waiting = Some(now);
+        }
+        batch
+    }
+
+    fn on_grant(&mut self, grant: &budget::lease::LeaseGrant, now: u64) {
+        let lease = self.lease.get_or_insert_with(|| LocalLease::new(grant.id.clone()));
+        if lease.id != grant.id {
+            return;
+        }
+        lease.on_grant(grant);
+        self.granted_view = grant.view.clone();
+        // The requests held here stay in the view (a fresh grant's older
+        // ones were paid for by the writer's full charge, and their settles
+        // change nothing but the view).
+        let local: Vec<Outstanding> = self
+            .view
+            .outstanding
+            .iter()
+            .filter(|o| o.id != budget::lease::OTHERS_HOLD && lease.holds(&o.id))
+            .cloned()
+            .map(|mut o| {
+                o.expires_at = o.expires_at.max(now + RESERVATION_TTL_SECS);
+                o
+            })
+            .collect();
+        self.view = self.granted_view.state(lease.expires_at, local, lease.unreported_total(), now);
+        for hold in &mut self.at_writer {
+            // Held at the writer as it granted: in the view's other holds.
+            hold.in_view = hold.amount.is_some();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::budget::lease::LeaseSizing;
+    use crate::budget::{BudgetLimit, ReserveRequest, Window};
+    use crate::outcomes::{OutcomeLedger, RequestOutcome};
+    use crate::pricing::ModelPrice;
+
+    fn budgets(tokens: u64, micros: u64, leases: Option<LeaseSizing>) -> Budgets {
+        Budgets {
+            limits: vec![BudgetLimit {
+                name: "day".into(),
+                window: Window::Day,
+                tokens: Some(tokens),
+                usd_micros: Some(micros),
+            }],
+            soft_threshold: None,
+            on_exhausted: crate::config::OnExhausted::Reject,
+            clamp_max_tokens: false,
+            default_output_reservation: 1_000,
+            store_failure: crate::config::FailureMode::Closed,
+            leases,
+        }
+    }
+
+    fn reserve_op(b: &Budgets, id: &str, prompt: u64, output: u64) -> TenantOp {
+        TenantOp::Budget(LedgerOp::Reserve {
+            budgets: b.clone(),
+            request: ReserveRequest {
+                id: id.into(),
+                prompt_tokens: prompt,
+                output_tokens: output,
+                price: ModelPrice { input: 1_000_000, cached_input: 1_000_000, output: 2_000_000 },
+                downgrade_price: None,
+                extra_micros: 0,
+            },
+        })
+    }
+
+    /// The writer: one tenant's state, applied the way every host applies it.
+    #[derive(Default)]
+    struct Writer {
+        budget: BudgetState,
+        outcomes: OutcomeLedger,
+        /// Batches a request waited for, and batches sent in the background.
+        batches: usize,
+        background: usize,
+    }
+
+    impl Writer {
+        fn ask(
+            &mut self,
+            desk: &mut LeaseDesk,
+            ops: Vec<TenantOp>,
+            now: u64,
+            reachable: bool,
+        ) -> Option<Vec<TenantReply>> {
+            match desk.route("t", ops, now) {
+                Routed::Answered(replies) => Some(replies),
+                Routed::Send { ops, ticket } => {
+                    let replies = reachable.then(|| {
+                        self.batches += 1;
+                        crate::store::apply(&mut self.budget, &mut self.outcomes, &ops, now).0
+                    });
+                    desk.on_replies(ticket, replies, now)
+                }
+            }
+        }
+
+        fn background(&mut self, desk: &mut LeaseDesk, now: u64, reachable: bool) {
+            for (_, ops, ticket) in desk.due(now, false) {
+                let replies = reachable.then(|| {
+                    self.background += 1;
+                    crate::store::apply(&mut self.budget, &mut self.outcomes, &ops, now).0
+                });
+                let _ = desk.on_replies(ticket, replies, now);
+            }
+        }
+    }
+
+    fn granted(reply: &TenantReply) -> Option<Amount> {
+        match reply {
+            TenantReply::Budget(LedgerReply::Granted { granted }) => Some(granted.amount),
+            _ => None,
+        }
+    }
+
+    fn record(id: &str) -> TenantOp {
+        TenantOp::Outcome(OutcomeOp::Record {
+            outcome: RequestOutcome { request_id: id.into(), tier: "cheap".into(), ..Default::default() },
+        })
+    }
+
+    #[test]
+    fn under_load_an_instance_reserves_and_settles_without_the_writer_and_reports_in_batches() {
+        let b = budgets(1_000_000, 1_000_000_000, Some(LeaseSizing::default()));
+        let mut desk = LeaseDesk::new("i1");
+        let mut writer = Writer::default();
+        let mut spent = Amount::default();
+        // A long answer stays in flight throughout: the instance is busy.
+        writer.ask(&mut desk, vec![reserve_op(&b, "long", 100, 200)], 10, true);
+        assert_eq!(writer.batches, 1, "the first reserve (and the lease asked with it) went to the writer");
+        for n in 0..50 {
+            let id = format!("r{n}");
+            let reply = writer.ask(&mut desk, vec![reserve_op(&b, &id, 100, 200)], 10, true);
+            assert!(granted(&reply.unwrap()[0]).is_some());
+            let actual = Amount { tokens: 150, micros: 250 };
+            spent = spent.plus(actual);
+            let close = vec![
+                TenantOp::Budget(LedgerOp::Settle { budgets: b.clone(), id: id.clone(), amount: actual }),
+                record(&id),
+            ];
+            let replies = writer.ask(&mut desk, close, 10, true).unwrap();
+            assert_eq!(replies.len(), 2);
+            // The host's background step after every request: renewals
+            // ahead of need; spend and records wait for a second or 64.
+            writer.background(&mut desk, 10, true);
+        }
+        assert_eq!(writer.batches, 1, "no reserve and no close waited for the writer");
+        assert!(writer.background <= 3, "renewed and flushed by count {} times", writer.background);
+        let before = writer.background;
+        writer.background(&mut desk, 11, true);
+        assert_eq!(writer.background, before + 1, "after a second, the spend and the records went in one batch");
+        assert_eq!(writer.budget.windows[0].spent, spent);
+        assert_eq!(writer.outcomes.totals.tiers.iter().map(|t| t.requests).sum::<u64>(), 50);
+        // The long answer ends; nothing else is in flight, so its close goes at once.
+        let close = vec![TenantOp::Budget(LedgerOp::Settle {
+            budgets: b.clone(),
+            id: "long".into(),
+            amount: Amount { tokens: 1, micros: 1 },
+        })];
+        writer.ask(&mut desk, close, 11, true);
+        assert_eq!(writer.batches, 2);
+        assert_eq!(writer.budget.windows[0].spent, spent.plus(Amount { tokens: 1, micros: 1 }));
+        // Idle: the lease goes back, and nothing is held any more.
+        writer.background(&mut desk, 11 + IDLE_AFTER_SECS + 1, true);
+        assert!(writer.budget.outstanding.is_empty(), "{:?}", writer.budget.outstanding);
+    }
+
+    #[test]
+    fn a_request_that_closes_with_nothing_else_in_flight_is_sent_to_the_writer_at_once() {
+        let b = budgets(1_000_000, 1_000_000_000, Some(LeaseSizing::default()));
+        let mut desk = LeaseDesk::new("i1");
+        let mut writer = Writer::default();
+        for n in 0..3 {
+            let id = format!("r{n}");
+            writer.ask(&mut desk, vec![reserve_op(&b, &id, 100, 200)], 10, true);
+            let settle = TenantOp::Budget(LedgerOp::Settle {
+                budgets: b.clone(),
+                id: id.clone(),
+                amount: Amount { tokens: 10, micros: 10 },
+            });
+            writer.ask(&mut desk, vec![settle, record(&id)], 10, true);
+            assert_eq!(writer.budget.windows[0].spent, Amount { tokens: 10 * (n + 1), micros: 10 * (n + 1) });
+        }
+        assert_eq!(writer.batches, 4, "one reserve (and a lease), then three closes");
+    }
+
+    fn remaining_of(reply: &TenantReply) -> budget::Remaining {
+        match reply {
+            TenantReply::Budget(LedgerReply::Granted { granted }) => granted.remaining,
+            other => panic!("not granted: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_request_reserved_from_the_lease_reports_the_headroom_the_writer_would() {
+        let leased = budgets(1_000_000, 1_000_000_000, Some(LeaseSizing::default()));
+        let strict = budgets(1_000_000, 1_000_000_000, None);
+        let (mut desk, mut writer) = (LeaseDesk::new("i1"), Writer::default());
+        let (mut strict_desk, mut strict_writer) = (LeaseDesk::new("i2"), Writer::default());
+        for n in 0..4 {
+            let id = format!("r{n}");
+            let a = writer.ask(&mut desk, vec![reserve_op(&leased, &id, 100 + n, 200)], 10, true).unwrap();
+            let b =
+                strict_writer.ask(&mut strict_desk, vec![reserve_op(&strict, &id, 100 + n, 200)], 10, true).unwrap();
+            assert_eq!(remaining_of(&a[0]), remaining_of(&b[0]), "request {n}");
+            let spent = Amount { tokens: 150 + n, micros: 170 + n };
+            let settle =
+                |b: &Budgets| TenantOp::Budget(LedgerOp::Settle { budgets: b.clone(), id: id.clone(), amount: spent });
+            writer.ask(&mut desk, vec![settle(&leased)], 10, true);
+            strict_writer.ask(&mut strict_desk, vec![settle(&strict)], 10, true);
+        }
+    }
+
+    #[test]
+    fn a_usage_read_counts_this_instances_requests_in_flight_as_reserved() {
+        let b = budgets(1_000_000, 1_000_000_000, Some(LeaseSizing::default()));
+        let mut desk = LeaseDesk::new("i1");
+        let mut writer = Writer::default();
+        writer.ask(&mut desk, vec![reserve_op(&b, "first", 10, 10)], 10, true);
+        let held = writer.ask(&mut desk, vec![reserve_op(&b, "second", 100, 200)], 10, true).unwrap();
+        let TenantReply::Budget(LedgerReply::Granted { granted }) = &held[0] else { panic!() };
+        assert_eq!(writer.batches, 1, "the second request was held in memory");
+        let status = TenantOp::Budget(LedgerOp::Status { budgets: b.clone() });
+        let replies = writer.ask(&mut desk, vec![status], 10, true).unwrap();
+        let [TenantReply::Budget(LedgerReply::Status { limits })] = replies.as_slice() else { panic!("{replies:?}") };
+        let first = Amount { tokens: 20, micros: 30 };
+        assert_eq!(limits[0].reserved, first.plus(granted.amount), "both requests in flight, wherever they hold");
+    }
+
+    #[test]
+    fn a_per_request_tenant_sends_every_op_to_the_writer() {
+        let b = budgets(1_000_000, 1_000_000_000, None);
+        let mut desk = LeaseDesk::new("i1");
+        for n in 0..3 {
+            let routed = desk.route("t", vec![reserve_op(&b, &format!("r{n}"), 10, 10), record("x")], 10);
+            let Routed::Send { ops, .. } = routed else { panic!("answered here") };
+            assert_eq!(ops.len(), 2, "the ops as they were, nothing added");
+        }
+        assert!(desk.due(1_000, false).is_empty());
+    }
+
+    #[test]
+    fn a_usage_read_carries_what_waits_here_in_front_of_it() {
+        let b = budgets(1_000_000, 1_000_000_000, Some(LeaseSizing::default()));
+        let mut desk = LeaseDesk::new("i1");
+        let mut writer = Writer::default();
+        for n in 0..3 {
+            let id = format!("r{n}");
+            writer.ask(&mut desk, vec![reserve_op(&b, &id, 100, 200)], 10, true);
+            let settle =
+                TenantOp::Budget(LedgerOp::Settle { budgets: b.clone(), id, amount: Amount { tokens: 7, micros: 9 } });
+            writer.ask(&mut desk, vec![settle], 10, true);
+        }
+        let status = TenantOp::Budget(LedgerOp::Status { budgets: b.clone() });
+        let replies = writer.ask(&mut desk, vec![status], 10, true).unwrap();
+        let [TenantReply::Budget(LedgerReply::Status { limits })] = replies.as_slice() else { panic!("{replies:?}") };
+        assert_eq!(limits[0].spent, Amount { tokens: 21, micros: 27 });
+    }
+
+    #[test]
+    fn a_lost_report_is_sent_again_and_applied_once() {
+        let b = budgets(1_000_000, 1_000_000_000, Some(LeaseSizing::default()));
+        let mut desk = LeaseDesk::new("i1");
+        let mut writer = Writer::default();
+        writer.ask(&mut desk, vec![reserve_op(&b, "a", 10, 10)], 10, true);
+        writer.ask(&mut desk, vec![reserve_op(&b, "b", 10, 10)], 10, true);
+        let settle = |id: &str| {
+            TenantOp::Budget(LedgerOp::Settle {
+                budgets: b.clone(),
+                id: id.into(),
+                amount: Amount { tokens: 5, micros: 5 },
+            })
+        };
+        writer.ask(&mut desk, vec![settle("b")], 10, true);
+        writer.background(&mut desk, 12, false);
+        writer.background(&mut desk, 13, true);
+        assert_eq!(writer.budget.windows[0].spent, Amount { tokens: 5, micros: 5 });
+    }
+
+    /// N instances share one writer; requests reserve, finish (spending part
+    /// of their hold), or are abandoned; instances crash (their memory is
+    /// gone) and the writer is sometimes unreachable; the clock moves. The
+    /// spend that really happened never exceeds the limit, no lease
+    /// outlives its expiry, and once everything has ended the writer has
+    /// charged at least what was spent, and exactly that when nothing was
+    /// lost.
+    #[test]
+    fn random_interleavings_of_desks_never_spend_past_a_limit() {
+        for seed in 1..=40u64 {
+            for lossy in [false, true] {
+                run_interleaving(seed, lossy);
+            }
+        }
+    }
+
+    struct Lcg(u64);
+    impl Lcg {
+        fn next(&mut self, n: u64) -> u64 {
+            self.0 = self.0.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+            (self.0 >> 33) % n.max(1)
+        }
+    }
+
+    fn run_interleaving(seed: u64, lossy: bool) {
+        let limit_tokens = 40_000 + seed * 977;
+        let limit_micros = limit_tokens * 2;
+        let sizing = LeaseSizing { share: 4, cap: Amount { tokens: 6_000, micros: 0 }, ttl_seconds: 20 };
+        let b = budgets(limit_tokens, limit_micros, Some(sizing));
+        let mut rng = Lcg(seed * 7919 + u64::from(lossy));
+        let mut writer = Writer::default();
+        let mut desks: Vec<LeaseDesk> = (0..4).map(|i| LeaseDesk::new(&format!("i{i}-0"))).collect();
+        let mut restarts = 0;
+        let mut reserves = 0usize;
+        let mut early_waits = 0usize;
+        // In flight: (instance, id, held).
+        let mut flight: Vec<(usize, String, Amount)> = Vec::new();
+        let mut spent = Amount::default();
+        let mut now = 1_000u64;
+        for step in 0..4_000u64 {
+            if rng.next(4) == 0 {
+                now += 1;
+            }
+            let reachable = !(lossy && rng.next(8) == 0);
+            let i = usize::try_from(rng.next(desks.len() as u64)).unwrap_or(0);
+            match rng.next(10) {
+                0..=3 => {
+                    let id = format!("r{step}");
+                    let ops = vec![reserve_op(&b, &id, 20 + rng.next(200), 50 + rng.next(400))];
+                    let early = writer.budget.windows.first().is_none_or(|w| w.spent.tokens * 2 < limit_tokens);
+                    let before = writer.batches;
+                    if let Some(replies) = writer.ask(&mut desks[i], ops, now, reachable)
+                        && let Some(held) = replies.first().and_then(granted)
+                    {
+                        flight.push((i, id, held));
+                    }
+                    if early {
+                        // While half the budget is left, count how often a reserve waited.
+                        reserves += 1;
+                        early_waits += writer.batches - before;
+                    }
+                }
+                4..=6 => {
+                    if let Some(k) = flight.iter().position(|f| f.0 == i) {
+                        let (_, id, held) = flight.swap_remove(k);
+                        let actual = Amount { tokens: rng.next(held.tokens + 1), micros: rng.next(held.micros + 1) };
+                        spent = spent.plus(actual);
+                        let ops = vec![
+                            TenantOp::Budget(LedgerOp::Settle { budgets: b.clone(), id: id.clone(), amount: actual }),
+                            record(&id),
+                        ];
+                        writer.ask(&mut desks[i], ops, now, reachable);
+                    }
+                }
+                7 => {
+                    if let Some(k) = flight.iter().position(|f| f.0 == i) {
+                        let (_, id, _) = flight.swap_remove(k);
+                        let ops = vec![TenantOp::Budget(LedgerOp::Release { budgets: b.clone(), id })];
+                        writer.ask(&mut desks[i], ops, now, reachable);
+                    }
+                }
+                8 => writer.background(&mut desks[i], now, reachable),
+                _ => {
+                    if rng.next(30) == 0 {
+                        // A crash: memory gone; its requests in flight spend
+                        // nothing more (their provider calls die with it).
+                        restarts += 1;
+                        desks[i] = LeaseDesk::new(&format!("i{i}-{restarts}"));
+                        flight.retain(|f| f.0 != i);
+                    }
+                }
+            }
+            assert!(spent.tokens <= limit_tokens && spent.micros <= limit_micros, "seed {seed}: spent {spent:?}");
+            let mut state = writer.budget.clone();
+            state.sync(&b.limits, now);
+            let committed =
+                state.windows[0].spent.plus(state.outstanding.iter().fold(Amount::default(), |a, o| a.plus(o.amount)));
+            assert!(
+                committed.tokens <= limit_tokens && committed.micros <= limit_micros,
+                "seed {seed}: over-committed {committed:?}"
+            );
+            assert!(state.outstanding.iter().all(|o| o.expires_at > now), "seed {seed}: a hold outlived its expiry");
+        }
+        assert!(
+            early_waits * 2 < reserves,
+            "seed {seed}: most reserves are answered in memory ({early_waits} of {reserves} waited for the writer)"
+        );
+        // Everything in flight ends; every desk flushes and goes idle.
+        for (i, id, _) in std::mem::take(&mut flight) {
+            let ops = vec![TenantOp::Budget(LedgerOp::Release { budgets: b.clone(), id })];
+            writer.ask(&mut desks[i], ops, now, true);
+        }
+        for _ in 0..4 {
+            now += IDLE_AFTER_SECS + 1;
+            for desk in &mut desks {
+                writer.background(desk, now, true);
+            }
+        }
+        let mut state = writer.budget.clone();
+        state.sync(&b.limits, now + RESERVATION_TTL_SECS + 1);
+        let charged = state.windows[0].spent;
+        assert!(
+            charged.tokens >= spent.tokens && charged.micros >= spent.micros,
+            "seed {seed}: charged {charged:?} < spent {spent:?}"
+        );
+        if !lossy && restarts == 0 {
+            assert_eq!(charged, spent, "seed {seed}: nothing was lost, so the writer charged exactly what was spent");
+        }
+    }
+}
