@@ -78,7 +78,7 @@ fn default_batch(budgets: &Budgets) -> TenantBatch {
                     lease: "l1".into(),
                     settled: vec![("r4".into(), Amount { tokens: 300, micros: 500 })],
                     returned: false,
-                    released: Amount { tokens: 100, micros: 200 },
+                    keep: Some(Amount { tokens: 100, micros: 200 }),
                 },
             }),
             outcome(OutcomeOp::Record {

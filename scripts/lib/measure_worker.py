@@ -10,7 +10,11 @@ a shared machine are noise-prone); the one check is the bundle size limit.
 3. Added latency: p50/p99 of a routed request (tollgate/auto, cache off)
    minus the same for the pass-through Worker (tests/passthrough) forwarding
    to the same mock in the same run; sequential (interleaved) and with N
-   concurrent clients.
+   concurrent clients. The routed tenant is measured twice: leased (the
+   default) and `budgets.consistency: per_request`.
+4. Durable Object calls per routed request, counted by the Worker itself
+   (`GET /healthz` reports its isolate's batches to the ledger and the
+   requests it closed) over each concurrent run.
 
 Run through scripts/measure-worker, which builds the Worker and the mock.
 """
@@ -35,17 +39,29 @@ import hosts  # noqa: E402
 
 MAX_GZIP_BYTES = 3 * 1024 * 1024
 BENCH_KEY = "tg-bench-key"
+BENCH_PER_REQUEST_KEY = "tg-bench-per-request-key"
+# The budget-lease issue's goals.
+GOAL_ADDED_P50_MS = 2.0
+GOAL_THROUGHPUT = 0.85
+GOAL_DO_CALLS = 0.2
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
-def bench_tenant() -> dict:
+def bench_tenant(tenant_id: str = "bench", consistency: str = "leased") -> dict:
     """acme's routing with the cache off (every request goes upstream) and
     budgets no run can exhaust."""
     cfg = hosts.example("tenant.json")
-    cfg["tenant_id"] = "bench"
+    cfg["tenant_id"] = tenant_id
     cfg["cache"] = {"enabled": False}
-    cfg["budgets"] = {"limits": [{"name": "daily", "window": "day", "usd": 1000000.0}]}
+    cfg["budgets"] = {"limits": [{"name": "daily", "window": "day", "usd": 1000000.0}], "consistency": consistency}
     return cfg
+
+
+def ledger_calls(url: str) -> tuple[int, int]:
+    """(Durable Object batches, requests closed) of the isolate behind `url`."""
+    instance = httpx.get(url + "/healthz", timeout=10).json().get("instance", {})
+    return instance.get("ledger_calls_waited", 0) + instance.get("ledger_calls_background", 0), instance.get(
+        "requests_closed", 0)
 
 
 def routed_body(i: int) -> dict:
@@ -220,6 +236,7 @@ def main() -> int:
             return lambda: start(ready_path=None, name=f"{start.__name__}-cold")
 
         routed = ("/v1/chat/completions", {"authorization": f"Bearer {BENCH_KEY}"}, routed_body)
+        routed_pr = ("/v1/chat/completions", {"authorization": f"Bearer {BENCH_PER_REQUEST_KEY}"}, routed_body)
         passed = ("/v1/chat/completions", {"authorization": "Bearer sk-client"}, passthrough_body)
         logged = re.compile(r"POST /v1/chat/completions 200 OK \((\d+(?:\.\d+)?)ms\)")
 
@@ -234,6 +251,7 @@ def main() -> int:
             worker_state.mkdir()
             kv = hosts.Kv(config=worker_config, persist_to=worker_state, log_dir=work)
             hosts.seed_tenant(kv, bench_tenant(), [BENCH_KEY])
+            hosts.seed_tenant(kv, bench_tenant("bench-per-request", "per_request"), [BENCH_PER_REQUEST_KEY])
 
         print("\n== cold start (wrangler dev start -> first 200 on a fresh isolate)")
         rows = [("pass-through", no_wait(start_pass), passed)]
@@ -249,26 +267,40 @@ def main() -> int:
         devs = [("pass-through", start_pass(), passed)]
         try:
             if not args.passthrough_only:
-                devs.append(("tollgate (routed)", start_worker(), routed))
+                worker_dev = start_worker()
+                devs.append(("tollgate (leased)", worker_dev, routed))
+                devs.append(("tollgate (per_req.)", worker_dev, routed_pr))
             targets = [(d.url, path, headers, make) for _, d, (path, headers, make) in devs]
             seq = sequential(targets, args.requests, args.warmup)
             print(f"   sequential, interleaved, {args.requests} each after {args.warmup} warm-up:")
             for (name, *_), ms in zip(devs, seq):
-                print(f"     {name:18} {summary(ms)}")
-            if len(seq) == 2:
-                print(f"     {'added by tollgate':18} p50 {pct(seq[1], 50) - pct(seq[0], 50):+7.2f} ms  "
-                      f"p99 {pct(seq[1], 99) - pct(seq[0], 99):+7.2f} ms")
-            print(f"   {args.concurrency} concurrent clients x {args.per_client} requests:")
+                print(f"     {name:19} {summary(ms)}")
+            for (name, *_), ms in list(zip(devs, seq))[1:]:
+                added = pct(ms, 50) - pct(seq[0], 50)
+                print(f"     added, {name:12} p50 {added:+7.2f} ms  p99 {pct(ms, 99) - pct(seq[0], 99):+7.2f} ms"
+                      f"  (goal p50 <= {GOAL_ADDED_P50_MS:g} ms: {'pass' if added <= GOAL_ADDED_P50_MS else 'MISS'})")
+            print(f"   {args.concurrency} concurrent clients x {args.per_client} requests, one tenant:")
             conc = []
+            rates = []
             for name, d, (path, headers, make) in devs:
+                calls0, closed0 = ledger_calls(d.url) if name != "pass-through" else (0, 0)
                 ms, rps = concurrent(d.url, path, headers, make, args.concurrency, args.per_client)
                 conc.append(ms)
-                print(f"     {name:18} {summary(ms)}  {rps:6.0f} req/s")
-            if len(conc) == 2:
-                print(f"     {'added by tollgate':18} p50 {pct(conc[1], 50) - pct(conc[0], 50):+7.2f} ms  "
-                      f"p99 {pct(conc[1], 99) - pct(conc[0], 99):+7.2f} ms")
+                rates.append(rps)
+                line = f"     {name:19} {summary(ms)}  {rps:6.0f} req/s"
+                if name != "pass-through":
+                    # The flusher's last batch may land after the run: wait for it.
+                    time.sleep(1.5)
+                    calls1, closed1 = ledger_calls(d.url)
+                    per = (calls1 - calls0) / max(1, closed1 - closed0)
+                    line += (f"  ({rps / rates[0]:.0%} of pass-through, goal >= {GOAL_THROUGHPUT:.0%}; "
+                             f"Durable Object calls {per:.3f} per request, goal <= {GOAL_DO_CALLS:g})")
+                print(line)
+            for (name, *_), ms in list(zip(devs, conc))[1:]:
+                print(f"     added, {name:12} p50 {pct(ms, 50) - pct(conc[0], 50):+7.2f} ms  "
+                      f"p99 {pct(ms, 99) - pct(conc[0], 99):+7.2f} ms")
         finally:
-            for _, d, _ in devs:
+            for d in {id(d): d for _, d, _ in devs}.values():
                 d.stop()
         upstream = mock.requests()
         print(f"\n   mock saw {len(upstream)} requests (its log keeps the most recent ones)")

@@ -397,14 +397,16 @@ def embeddings_tenant(tenant_id: str, models: list[str] | None, **rest: Any) -> 
 # The chain, ada-002 pinned, metered in dollars and tokens (the token limit
 # makes `x-tollgate-budget-remaining-tokens` show each reservation), the
 # cache on with its doorkeeper (the default): embeddings are stored at once
-# all the same.
+# all the same. Reserved per request: the tests read each request's hold
+# from the headroom header, which is exact only at the writer (with leases
+# it is an instance's view, docs/config.md "Leases").
 EMBEDDINGS_KEY = key_for("e2e-embeddings")
 EMBEDDINGS = register(
     embeddings_tenant(
         "e2e-embeddings",
         EMBEDDING_CHAIN,
         pinned=["openai/text-embedding-ada-002"],
-        budgets=daily_budget(usd=50.0, tokens=50_000_000),
+        budgets=daily_budget(usd=50.0, tokens=50_000_000, consistency="per_request"),
         cache={"enabled": True, "doorkeeper": True},
     ),
     [EMBEDDINGS_KEY],

@@ -183,7 +183,7 @@ def test_no_tenant_id_appears_in_any_metric_by_default(run):
         leaked = [line for line in everything.splitlines() if tenant_id in line]
         assert leaked == [], leaked[:5]
     # Every label is one of the documented ones, so cardinality stays bounded by the config.
-    assert {k for _, ls, _ in found for k in ls} <= {"tier", "model", "code"}
+    assert {k for _, ls, _ in found for k in ls} <= {"tier", "model", "code", "path"}
 
 
 def test_per_tenant_metrics_add_a_tenant_label_when_configured(mock, run_dir):

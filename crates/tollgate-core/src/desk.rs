@@ -497,14 +497,14 @@ impl Batch {
             self.report = Some((report, generation));
             desk.busy = true;
         }
-        let released = lease.release_unused();
+        let keep = Some(lease.release_unused());
         if let Some((report, _)) = self.report.as_mut() {
-            report.released = released;
+            report.keep = keep;
         }
         if let Some(TenantOp::Budget(LedgerOp::LeaseReport { report, .. })) =
             self.ops.iter_mut().rev().find(|op| matches!(op, TenantOp::Budget(LedgerOp::LeaseReport { .. })))
         {
-            report.released = released;
+            report.keep = keep;
         }
     }
 

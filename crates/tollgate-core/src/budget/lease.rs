@@ -90,11 +90,14 @@ pub struct LeaseReport {
     pub settled: Vec<(String, Amount)>,
     /// The lease ends here: its unspent part is freed.
     pub returned: bool,
-    /// Handed back without ending the lease: the instance sends a request
-    /// its lease cannot pay to the writer, and frees what the lease has
-    /// unused first, so the writer decides on all that is left.
+    /// The lease shrinks to at most this (after the settled spend above
+    /// is taken off it): the instance sends a request its lease cannot pay
+    /// to the writer and hands back what the lease has unused first, so the
+    /// writer decides on all that is left. An absolute size rather than an
+    /// amount handed back, so a report applied twice (a Redis write carried
+    /// by another request's, then retried) frees it once.
     #[serde(default)]
-    pub released: Amount,
+    pub keep: Option<Amount>,
 }
 
 const LEASE_PREFIX: &str = "lease:";
@@ -179,7 +182,11 @@ pub fn report(state: &mut BudgetState, budgets: &Budgets, report: &LeaseReport, 
     }
     state.charge(charged, now);
     if let Some(lease) = state.outstanding.get_mut(index) {
-        lease.amount = lease.amount.saturating_sub(charged).saturating_sub(report.released);
+        lease.amount = lease.amount.saturating_sub(charged);
+        if let Some(keep) = report.keep {
+            lease.amount =
+                Amount { tokens: lease.amount.tokens.min(keep.tokens), micros: lease.amount.micros.min(keep.micros) };
+        }
     }
     if report.returned {
         state.outstanding.retain(|o| o.id != hold);
@@ -347,15 +354,16 @@ impl LocalLease {
         let total = settled.iter().fold(Amount::default(), |acc, (_, a)| acc.plus(*a));
         self.size = self.size.saturating_sub(total);
         self.used = self.used.saturating_sub(total);
-        LeaseReport { lease: self.id.clone(), settled, returned, released: Amount::default() }
+        LeaseReport { lease: self.id.clone(), settled, returned, keep: None }
     }
 
-    /// Give up what the lease has unused (for [`LeaseReport::released`]).
-    /// Not restored if the report is lost: the writer may have freed it.
+    /// Give up what the lease has unused: the size it keeps (for
+    /// [`LeaseReport::keep`]). Not restored if the report is lost: the
+    /// writer may have freed it.
     pub fn release_unused(&mut self) -> Amount {
         let unused = self.available();
         self.size = self.size.saturating_sub(unused);
-        unused
+        self.size
     }
 
     /// What is left to reserve.
@@ -441,12 +449,8 @@ mod tests {
         let g = grant(&mut state, &b, &sizing, &req, 100).unwrap();
         expire(&mut state, &b, 130);
         assert_eq!(state.spent_in(&b.limits[0]), g.added);
-        let late = LeaseReport {
-            lease: "a".into(),
-            settled: vec![("r1".into(), amount(5, 5))],
-            returned: true,
-            released: Amount::default(),
-        };
+        let late =
+            LeaseReport { lease: "a".into(), settled: vec![("r1".into(), amount(5, 5))], returned: true, keep: None };
         report(&mut state, &b, &late, 131);
         assert_eq!(state.spent_in(&b.limits[0]), g.added);
     }
@@ -465,12 +469,8 @@ mod tests {
         // A status read after the expiry, not a lease op: the lease is charged all the same.
         let _ = apply(&mut state, &LedgerOp::Status { budgets: b.clone() }, grant.expires_at);
         assert_eq!(state.spent_in(&b.limits[0]), grant.added);
-        let report = LeaseReport {
-            lease: "a".into(),
-            settled: vec![("r".into(), amount(1, 1))],
-            returned: true,
-            released: Amount::default(),
-        };
+        let report =
+            LeaseReport { lease: "a".into(), settled: vec![("r".into(), amount(1, 1))], returned: true, keep: None };
         let _ = apply(&mut state, &LedgerOp::LeaseReport { budgets: b.clone(), report }, grant.expires_at + 1);
         assert_eq!(state.spent_in(&b.limits[0]), grant.added, "a late report changes nothing");
     }
