@@ -133,6 +133,55 @@ def chat_body(model: str, size: int = BODY_BYTES) -> str:
     return render(text)
 
 
+class DelayProxy:
+    """A TCP proxy that holds every chunk from the client for `delay_ms`
+    before passing it on: webdis as if Redis were far away (a round trip of
+    about `delay_ms` per command). Runs in a thread of this script."""
+
+    def __init__(self, target: tuple[str, int], delay_ms: float):
+        import asyncio
+        import threading
+
+        self.target, self.delay = target, delay_ms / 1000
+        self.loop = asyncio.new_event_loop()
+        self.port = hosts.free_port()
+        ready = threading.Event()
+
+        async def pipe(reader, writer, delay: float) -> None:
+            try:
+                while data := await reader.read(65536):
+                    if delay:
+                        await asyncio.sleep(delay)
+                    writer.write(data)
+                    await writer.drain()
+            except (ConnectionError, OSError):
+                pass
+            finally:
+                writer.close()
+
+        async def handle(reader, writer) -> None:
+            try:
+                up_r, up_w = await asyncio.open_connection(*self.target)
+            except OSError:
+                writer.close()
+                return
+            await asyncio.gather(pipe(reader, up_w, self.delay), pipe(up_r, writer, 0))
+
+        async def serve() -> None:
+            server = await asyncio.start_server(handle, "127.0.0.1", self.port)
+            ready.set()
+            async with server:
+                await server.serve_forever()
+
+        self.thread = threading.Thread(target=lambda: self.loop.run_until_complete(serve()), daemon=True)
+        self.thread.start()
+        ready.wait(10)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+
 def verdict(ok: bool) -> str:
     return "pass" if ok else "miss"
 
@@ -448,6 +497,11 @@ def main() -> int:
     ap.add_argument("--quick", action="store_true", help="2 rounds of 2 s, 1 s warm-ups (about a minute)")
     ap.add_argument("--mock-bin", default=str(hosts.ROOT / "target" / "release" / "tollgate-mock"))
     ap.add_argument("--keep", action="store_true", help="keep the run directory (configs, logs)")
+    ap.add_argument("--store", choices=("local", "redis"), default="local",
+                    help="where budgets live: shared data (default) or Redis through webdis")
+    ap.add_argument("--store-delay-ms", type=float, default=0,
+                    help="with --store redis: hold every request to webdis this long (a store far away)")
+    ap.add_argument("--skip-memory", action="store_true", help="latency and throughput only")
     args = ap.parse_args()
     if args.rounds is None:
         args.rounds = 2 if args.quick else 5
@@ -478,12 +532,26 @@ def main() -> int:
     mock = hosts.Mock.start(Path(args.mock_bin), work / "mock.log")
     print(f"run directory: {work}")
     envoys: list[hosts.Envoy] = []
+    stores: list = []
+    webdis_url = None
+    state = None
+    if args.store == "redis":
+        redis = hosts.Redis.start(work)
+        stores.append(redis)
+        webdis = hosts.Webdis.start(redis, work)
+        stores.append(webdis)
+        webdis_url = webdis.url
+        if args.store_delay_ms:
+            webdis_url = DelayProxy(hosts.host_port(webdis.url), args.store_delay_ms).url
+        state = {"budgets": "redis", "cache": "off",
+                 "redis": {"cluster": "webdis", "authority": "webdis", "timeout_ms": 5000}}
+        print(f"budgets in Redis through webdis{f', every call held {args.store_delay_ms:g} ms' if args.store_delay_ms else ''}")
     try:
         plugin = hosts.plugin_config(mock, [
             (bench_tenant(), [BENCH_KEY]),
             (bench_tenant("bench-per-request", consistency="per_request"), [BENCH_PER_REQUEST_KEY]),
             (bench_tenant("bench-unmetered", metered=False), [BENCH_UNMETERED_KEY]),
-        ])
+        ], state=state)
         routed_headers = {"content-type": "application/json", "authorization": f"Bearer {BENCH_KEY}"}
         direct_headers = {"content-type": "application/json", "x-tollgate-provider": DIRECT_PROVIDER,
                           "authorization": f"Bearer {hosts.mock_provider_secrets()[hosts.provider_secret_env(DIRECT_PROVIDER)]}"}
@@ -491,7 +559,8 @@ def main() -> int:
 
         def bootstrap(with_filter: bool) -> dict:
             return hosts.envoy_bootstrap(plugin if with_filter else None, port=hosts.free_port(),
-                                         admin_port=hosts.free_port(), mock=mock, wasm=wasm)
+                                         admin_port=hosts.free_port(), mock=mock, wasm=wasm,
+                                         webdis_url=webdis_url if with_filter else None)
 
         def launch(label: str, concurrency: int) -> hosts.Envoy:
             env = start_envoy(bootstrap(label == "filter"), work, f"{label}-c{concurrency}-{len(envoys)}", concurrency)
@@ -563,7 +632,8 @@ def main() -> int:
         # rewrite, the body's copies into and out of the VM, the callouts'
         # bookkeeping) is the unmetered filter over direct Envoy.
         print("   where the filter's CPU goes (saturating, by difference, µs per request):")
-        print(f"     the request path without budgets (decision, body copies, headers): {free_n.cpu_us - dn.cpu_us:+.0f}")
+        print(f"     the request path without budgets (decision, body copies, headers, and its outcome record, "
+              f"written per request: {free_n.store_batches:.3f} store batches per request): {free_n.cpu_us - dn.cpu_us:+.0f}")
         print(f"     budgets and outcomes with leases:      {fn.cpu_us - free_n.cpu_us:+.0f} "
               f"({fn.store_batches:.3f} store batches per request)")
         print(f"     budgets and outcomes per request:      {pr_n.cpu_us - free_n.cpu_us:+.0f} "
@@ -580,6 +650,22 @@ def main() -> int:
         errors = [line for t in pair for line in t.envoy.log_text().splitlines() if "tollgate" in line]
         if errors:
             print("   the filter logged during the runs:\n     " + "\n     ".join(errors[:5]))
+
+        if args.skip_memory:
+            load_after = os.getloadavg()[0]
+            print(f"\n== table (`{command}`; {machine}; Envoy {version} --concurrency {args.concurrency}; "
+                  f"load average {load_before:.1f} before, {load_after:.1f} after)\n")
+            print("| | no filter | leased | per_request | no budgets |")
+            print("|---|---|---|---|---|")
+            pr_1, free_1 = summarise(one[2]), summarise(one[3])
+            print(f"| 1 connection, p50 | {d1.p50:.3f} ms | {f1.p50:.3f} ms | {pr_1.p50:.3f} ms | {free_1.p50:.3f} ms |")
+            print(f"| 1 connection, p99 | {d1.p99:.3f} ms | {f1.p99:.3f} ms | {pr_1.p99:.3f} ms | {free_1.p99:.3f} ms |")
+            print(f"| {n} connections saturating, throughput | {dn.rps:.0f} req/s | {fn.rps:.0f} req/s | "
+                  f"{pr_n.rps:.0f} req/s | {free_n.rps:.0f} req/s |")
+            print(f"| {n} connections saturating, p50 | {dn.p50:.3f} ms | {fn.p50:.3f} ms | {pr_n.p50:.3f} ms | {free_n.p50:.3f} ms |")
+            print(f"| Envoy CPU per request | {dn.cpu_us:.0f} µs | {fn.cpu_us:.0f} µs | {pr_n.cpu_us:.0f} µs | {free_n.cpu_us:.0f} µs |")
+            print(f"| store batches per request | | {fn.store_batches:.3f} | {pr_n.store_batches:.3f} | {free_n.store_batches:.3f} |")
+            return 0
 
         # ---------------------------------------------------------- memory, cold start
         print(f"\n== memory and cold start (a fresh Envoy per row; warm-up: wrk -c64 for {warm_s:g} s)")
@@ -652,6 +738,8 @@ def main() -> int:
     finally:
         for env in envoys:
             env.stop()
+        for store in reversed(stores):
+            store.stop()
         mock.stop()
         if args.keep:
             print(f"kept {work}")

@@ -205,6 +205,8 @@ def main() -> int:
     ap.add_argument("--concurrency", type=int, default=16, help="concurrent clients (default 16)")
     ap.add_argument("--per-client", type=int, default=40, help="requests per concurrent client (default 40)")
     ap.add_argument("--mock-bin", default=str(hosts.ROOT / "target" / "debug" / "tollgate-mock"))
+    ap.add_argument("--ledger-delay-ms", type=int, default=0,
+                    help="add this delay to every Durable Object call (a writer far away; default 0)")
     ap.add_argument("--passthrough-only", action="store_true",
                     help="measure only the pass-through Worker (no tollgate build needed)")
     ap.add_argument("--keep", action="store_true", help="keep the run directory (logs)")
@@ -214,6 +216,8 @@ def main() -> int:
     work = hosts.fresh_dir("tollgate-measure-")
     mock = hosts.Mock.start(Path(args.mock_bin), work / "mock.log")
     print(f"run directory: {work}")
+    if args.ledger_delay_ms:
+        print(f"every Durable Object call waits {args.ledger_delay_ms} ms first (LEDGER_DELAY_MS): a writer far away")
     try:
         worker_config = hosts.prebuilt_config(hosts.WORKER_CONFIG, work / "worker-config")
         worker_state = work / "worker-state"
@@ -228,7 +232,8 @@ def main() -> int:
         def start_worker(ready_path: str | None = "/healthz", name: str = "worker") -> hosts.WranglerDev:
             return hosts.WranglerDev.start(worker_config, worker_state, work, name=name,
                                            # The production default: configs come from isolate memory, not KV, on most requests.
-                                           variables=hosts.worker_vars(mock, CONFIG_CACHE_SECONDS="30"),
+                                           variables=hosts.worker_vars(mock, CONFIG_CACHE_SECONDS="30",
+                                                                       LEDGER_DELAY_MS=str(args.ledger_delay_ms)),
                                            ready_path=ready_path)
 
         # A start that returns as soon as the process runs: cold_start waits itself.

@@ -96,6 +96,11 @@ struct TenantDesk {
     /// Requests of this instance holding at the writer (reserved there,
     /// not yet closed): with the lease's holds, what is in flight here.
     at_writer: Vec<WriterHold>,
+    /// Requests of the tenant in flight on this instance, as the host says
+    /// ([`LeaseDesk::request_started`]); 0 for a host that does not say.
+    requests: u32,
+    /// The tenant's budgets say `per_request`: nothing is batched.
+    per_request: bool,
 }
 
 /// What [`LeaseDesk::route`] made of a batch.
@@ -147,6 +152,7 @@ impl LeaseDesk {
         let desk = self.tenants.entry(tenant.to_owned()).or_default();
         for op in &ops {
             if let TenantOp::Budget(op) = op {
+                desk.per_request = budgets_of(op).is_some_and(|b| b.leases.is_none());
                 desk.budgets = budgets_of(op).filter(|b| b.leases.is_some() && !b.limits.is_empty()).cloned();
                 if desk.budgets.is_none() {
                     // Per-request (or unlimited) tenant: what was leased goes back.
@@ -201,7 +207,7 @@ impl LeaseDesk {
                     Some(TenantReply::Outcome(OutcomeReply::Recorded))
                 }
                 TenantOp::Budget(LedgerOp::Settle { budgets, .. } | LedgerOp::Release { budgets, .. })
-                    if desk.batches_records() =>
+                    if desk.budgets.is_some() =>
                 {
                     // Held at the writer (the request that asked for the
                     // lease, or one the lease could not pay): its hold
@@ -236,8 +242,11 @@ impl LeaseDesk {
         // waits now (off the request path: hosts send closes detached), so
         // a lightly loaded instance's spend reaches the writer as soon as
         // without leases; under load, closes gather into batches.
-        let idle_close =
-            closed && desk.at_writer.is_empty() && desk.lease.as_ref().is_none_or(|l| l.in_flight() == 0) && !desk.busy;
+        let idle_close = closed
+            && desk.requests == 0
+            && desk.at_writer.is_empty()
+            && desk.lease.as_ref().is_none_or(|l| l.in_flight() == 0)
+            && !desk.busy;
         if to_writer.is_empty() && !(idle_close && desk.has_waiting()) {
             return Routed::Answered(
                 slots
@@ -278,6 +287,23 @@ impl LeaseDesk {
         }
         let Batch { ops, report, grant, records } = batch;
         Routed::Send { ops, ticket: Ticket { tenant: tenant.to_owned(), slots, report, grant, records, reserves } }
+    }
+
+    /// A request of `tenant` has started on this instance (it has a plan).
+    /// With [`LeaseDesk::request_ended`], this tells the desk when nothing
+    /// of the tenant is in flight, so a close then goes to the writer at
+    /// once rather than waiting for a batch.
+    pub fn request_started(&mut self, tenant: &str) {
+        let desk = self.tenants.entry(tenant.to_owned()).or_default();
+        desk.requests = desk.requests.saturating_add(1);
+    }
+
+    /// A request [`LeaseDesk::request_started`] has ended (before its
+    /// closing ops are routed).
+    pub fn request_ended(&mut self, tenant: &str) {
+        if let Some(desk) = self.tenants.get_mut(tenant) {
+            desk.requests = desk.requests.saturating_sub(1);
+        }
     }
 
     /// The writer answered a batch (None: it could not be reached, or
@@ -580,8 +606,8 @@ impl TenantDesk {
 
     fn batches_records(&self) -> bool {
         // Per-request tenants get what they asked for: the writer sees
-        // every request as it closes.
-        self.budgets.is_some()
+        // every request as it closes. Leased and unmetered ones batch.
+        !self.per_request
     }
 
     fn holds(&self, id: &str) -> bool {
@@ -901,6 +927,25 @@ mod tests {
         let [TenantReply::Budget(LedgerReply::Status { limits })] = replies.as_slice() else { panic!("{replies:?}") };
         let first = Amount { tokens: 20, micros: 30 };
         assert_eq!(limits[0].reserved, first.plus(granted.amount), "both requests in flight, wherever they hold");
+    }
+
+    #[test]
+    fn an_unmetered_tenants_records_wait_while_its_requests_overlap_and_go_when_the_last_one_ends() {
+        let mut desk = LeaseDesk::new("i1");
+        let mut writer = Writer::default();
+        for n in 0..3 {
+            desk.request_started("t");
+            if n == 0 {
+                desk.request_started("t"); // one more stays in flight throughout
+            }
+            desk.request_ended("t");
+            writer.ask(&mut desk, vec![record(&format!("r{n}"))], 10, true);
+        }
+        assert_eq!(writer.batches, 0, "overlapping requests' records wait");
+        desk.request_ended("t");
+        writer.ask(&mut desk, vec![record("last")], 10, true);
+        assert_eq!(writer.batches, 1, "the last one out takes them all");
+        assert_eq!(writer.outcomes.totals.tiers.iter().map(|t| t.requests).sum::<u64>(), 4);
     }
 
     #[test]

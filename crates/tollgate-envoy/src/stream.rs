@@ -205,6 +205,8 @@ impl Stream {
             }
         };
         plan.consult_cooldowns(&rt.cooldowns.borrow(), now);
+        // The desk batches this tenant's closes while its requests overlap.
+        rt.desk.borrow_mut().request_started(&tenant_id);
         self.plan = Some(plan);
         let next = self.next_step(rt, Plan::start);
         match self.drive(rt, next) {
@@ -398,6 +400,9 @@ impl Stream {
         if let (false, Some(plan)) = (self.finished, self.plan.as_ref()) {
             for skipped in plan.cooldown_skips() {
                 self.count(metrics::COOLDOWN_SKIPS, &[("model", &skipped.model)], 1);
+            }
+            if let Some((tenant, _)) = &self.tenant {
+                rt.desk.borrow_mut().request_ended(tenant);
             }
         }
         self.finished = true;

@@ -52,6 +52,16 @@ fn instance_id() -> String {
     random_bytes::<8>().iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// A request of the tenant has a plan (see [`LeaseDesk::request_started`]).
+pub fn request_started(tenant_id: &str) {
+    DESK.with(|d| d.borrow_mut().request_started(tenant_id));
+}
+
+/// The request is closing (once, before its closing ops).
+pub fn request_ended(tenant_id: &str) {
+    DESK.with(|d| d.borrow_mut().request_ended(tenant_id));
+}
+
 /// Apply `ops` in the tenant's ledger, through the desk. `Err(())` when the
 /// Durable Object was needed and could not be reached in time.
 pub async fn call(

@@ -99,6 +99,10 @@ pub async fn call(
     settings: &Settings,
 ) -> std::result::Result<Vec<TenantReply>, ()> {
     let request = async {
+        if settings.ledger_delay_ms > 0 {
+            // A simulated round trip to a far-away object (measurements only).
+            crate::timer::Timer::after_ms(settings.ledger_delay_ms).await;
+        }
         let stub = env.durable_object(LEDGER_BINDING)?.id_from_name(tenant_id)?.get_stub()?;
         let body = serde_json::to_string(&TenantBatch { ops: ops.to_vec() })?;
         let mut init = RequestInit::new();

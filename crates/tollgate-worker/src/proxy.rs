@@ -75,6 +75,7 @@ pub async fn handle(mut req: Request, api: ApiFormat, env: Env, ctx: Context, se
     };
     COOLDOWNS.with(|c| plan.consult_cooldowns(&c.borrow(), now));
     drop(body);
+    desk::request_started(&tenant.id);
 
     let (reply_tx, reply_rx) = oneshot::channel::<Response>();
     let ctx = Rc::new(ctx);
@@ -167,6 +168,7 @@ impl Job {
     /// before the outcome record, so a recorded request's cache entry exists.
     async fn close(&mut self, closing: Closing) {
         self.do_duties();
+        desk::request_ended(&self.tenant_id);
         if let Some(fill) = closing.cache_fill {
             cache_store::fill(self.env.clone(), fill).await;
         }

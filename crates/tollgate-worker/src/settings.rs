@@ -26,6 +26,11 @@ pub struct Settings {
     /// behind a proxy that does not pass the disconnect on (wrangler dev's own
     /// proxy, under load) would otherwise hold its budget until the proxy gives up.
     pub client_stall_timeout_ms: u64,
+    /// A delay added before every call to a tenant's Durable Object: a
+    /// stand-in for a writer far away (another continent), for measuring
+    /// what leases save (`scripts/measure-worker --ledger-delay-ms`). 0 in
+    /// production.
+    pub ledger_delay_ms: u64,
 }
 
 impl Settings {
@@ -39,6 +44,7 @@ impl Settings {
             stream_idle_timeout_ms: num("STREAM_IDLE_TIMEOUT_MS", 120_000).max(1),
             ledger_timeout_ms: num("LEDGER_TIMEOUT_MS", 5_000).max(1),
             client_stall_timeout_ms: num("CLIENT_STALL_TIMEOUT_MS", 2_000).max(1),
+            ledger_delay_ms: num("LEDGER_DELAY_MS", 0).min(10_000),
         }
     }
 }
