@@ -590,9 +590,12 @@ def main() -> int:
             return Target.make("direct", env, DIRECT_PATH, direct_headers, direct_body, work)
 
         def variant(base: Target, label: str, key: str) -> Target:
-            """Another tenant on the same filter Envoy."""
+            """Another tenant on the same filter Envoy; with Redis, on an
+            Envoy of its own, so one tenant's backlog of writes to a slow
+            store does not queue the other's in the same connection pool."""
             headers = {**routed_headers, "authorization": f"Bearer {key}"}
-            return Target.make(label, base.envoy, CHAT_PATH, headers, routed_body, work)
+            envoy = launch("filter", args.concurrency) if args.store == "redis" else base.envoy
+            return Target.make(label, envoy, CHAT_PATH, headers, routed_body, work)
 
         # ---------------------------------------------------------- latency
         print(f"\n== added latency (Envoy --concurrency {args.concurrency}, both Envoys up side by side, "

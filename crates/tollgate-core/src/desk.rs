@@ -40,11 +40,13 @@ use crate::store::{TenantOp, TenantReply};
 use std::collections::BTreeMap;
 
 /// A first lease is asked for this many requests like the one waiting.
-const LEASE_REQUESTS: u64 = 32;
+const LEASE_REQUESTS: u64 = 64;
 /// Settled spend and outcome records wait at most this long for a batch...
 pub const FLUSH_AFTER_SECS: u64 = 1;
 /// ...or until this many have gathered.
 pub const FLUSH_AT_COUNT: usize = 64;
+/// A batch unanswered this long is taken as lost.
+const LOST_BATCH_SECS: u64 = 30;
 /// Records kept while the writer cannot be reached; older ones are dropped.
 const MAX_WAITING_RECORDS: usize = 1024;
 /// A request reserves from a lease only if the lease outlives it by this
@@ -93,6 +95,8 @@ struct TenantDesk {
     last_active: u64,
     /// Worst cases reserved here since the last grant: the next lease's size.
     demand: Amount,
+    /// What the last lease request asked for.
+    last_want: Amount,
     /// Requests of this instance holding at the writer (reserved there,
     /// not yet closed): with the lease's holds, what is in flight here.
     at_writer: Vec<WriterHold>,
@@ -101,6 +105,16 @@ struct TenantDesk {
     requests: u32,
     /// The tenant's budgets say `per_request`: nothing is batched.
     per_request: bool,
+    /// Batches carrying this desk's own ops (reports, lease requests,
+    /// records) sent and not yet answered. A close or a flush waits while
+    /// one is out, so a slow writer gets one batch at a time, not a queue.
+    out: u32,
+    /// When the last of those was sent: one unanswered for
+    /// [`LOST_BATCH_SECS`] is taken as lost (a host task cancelled with it),
+    /// so the desk does not wait for it for ever.
+    sent_at: u64,
+    /// The report of the batch out, kept to send again if it is lost.
+    report_out: Option<(LeaseReport, u32)>,
 }
 
 /// What [`LeaseDesk::route`] made of a batch.
@@ -150,6 +164,7 @@ impl LeaseDesk {
     /// Take a batch the plan wants applied in `tenant`'s store.
     pub fn route(&mut self, tenant: &str, ops: Vec<TenantOp>, now: u64) -> Routed {
         let desk = self.tenants.entry(tenant.to_owned()).or_default();
+        desk.forget_lost_batches(now);
         for op in &ops {
             if let TenantOp::Budget(op) = op {
                 desk.per_request = budgets_of(op).is_some_and(|b| b.leases.is_none());
@@ -243,6 +258,7 @@ impl LeaseDesk {
         // a lightly loaded instance's spend reaches the writer as soon as
         // without leases; under load, closes gather into batches.
         let idle_close = closed
+            && desk.out == 0
             && desk.requests == 0
             && desk.at_writer.is_empty()
             && desk.lease.as_ref().is_none_or(|l| l.in_flight() == 0)
@@ -262,7 +278,10 @@ impl LeaseDesk {
         // front, so a read sees it), and a lease is asked for after the
         // plan's ops (so near the end of a budget the request waiting is
         // served before a lease takes a share).
-        let mut batch = desk.take_waiting(now);
+        let decision = to_writer
+            .iter()
+            .any(|op| matches!(op, TenantOp::Budget(LedgerOp::Reserve { .. } | LedgerOp::Check { .. })));
+        let mut batch = desk.take_waiting(now, !decision);
         if lease_need.is_some() {
             // A reserve the lease could not pay goes to the writer: free
             // what the lease has unused first, so the writer decides on
@@ -286,6 +305,11 @@ impl LeaseDesk {
             batch.ask_lease(desk, fallback, need);
         }
         let Batch { ops, report, grant, records } = batch;
+        let desk = self.tenants.entry(tenant.to_owned()).or_default();
+        if report.is_some() || grant.is_some() || !records.is_empty() {
+            desk.out += 1;
+            desk.sent_at = now;
+        }
         Routed::Send { ops, ticket: Ticket { tenant: tenant.to_owned(), slots, report, grant, records, reserves } }
     }
 
@@ -318,6 +342,12 @@ impl LeaseDesk {
         let desk = self.tenants.entry(ticket.tenant).or_default();
         if ticket.report.is_some() || ticket.grant.is_some() {
             desk.busy = false;
+        }
+        if ticket.report.is_some() {
+            desk.report_out = None;
+        }
+        if ticket.report.is_some() || ticket.grant.is_some() || !ticket.records.is_empty() {
+            desk.out = desk.out.saturating_sub(1);
         }
         let expected =
             ticket.slots.iter().filter_map(|s| if let Slot::Writer(i) = s { Some(*i + 1) } else { None }).max();
@@ -385,15 +415,21 @@ impl LeaseDesk {
     pub fn due(&mut self, now: u64, drain: bool) -> Vec<(String, Vec<TenantOp>, Ticket)> {
         let mut out = Vec::new();
         for (tenant, desk) in &mut self.tenants {
+            desk.forget_lost_batches(now);
             if desk.busy {
                 continue;
             }
-            let idle = desk.lease.as_ref().is_some_and(|l| l.in_flight() == 0)
+            // A batch of records out blocks more records (one batch at a
+            // time for a slow writer), not a renewal: that goes on its own.
+            let records_out = desk.out > 0 && !drain;
+            let idle = !records_out
+                && desk.lease.as_ref().is_some_and(|l| l.in_flight() == 0)
                 && (drain || now >= desk.last_active.saturating_add(desk.idle_after()));
             let waiting = desk.records.len() + desk.lease.as_ref().map_or(0, LocalLease::unreported);
-            let flush_due = waiting >= FLUSH_AT_COUNT
-                || (waiting > 0 && drain)
-                || (waiting > 0 && desk.oldest_waiting.is_some_and(|t| now >= t.saturating_add(FLUSH_AFTER_SECS)));
+            let flush_due = !records_out
+                && (waiting >= FLUSH_AT_COUNT
+                    || (waiting > 0 && drain)
+                    || (waiting > 0 && desk.oldest_waiting.is_some_and(|t| now >= t.saturating_add(FLUSH_AFTER_SECS))));
             let renew_due = !idle && desk.renewal_due(now);
             if !(idle || flush_due || renew_due) {
                 continue;
@@ -406,7 +442,7 @@ impl LeaseDesk {
                 batch.ops.extend(batch.records.iter().cloned());
                 desk.oldest_waiting = None;
             } else if idle {
-                batch = desk.take_waiting(now);
+                batch = desk.take_waiting(now, true);
                 if let (Some(lease), Some(budgets)) = (desk.lease.as_mut(), desk.budgets.as_ref()) {
                     let mut report = lease.take_report(true);
                     if let Some((earlier, _)) = batch.report.take() {
@@ -422,7 +458,9 @@ impl LeaseDesk {
                 desk.lease_gone();
                 desk.busy = false;
             } else {
-                batch = desk.take_waiting(now);
+                if flush_due || !records_out {
+                    batch = desk.take_waiting(now, true);
+                }
                 if renew_due {
                     let id = desk.lease.as_ref().map(|l| l.id.clone()).unwrap_or_default();
                     batch.ask_lease(desk, id, Amount::default());
@@ -433,6 +471,10 @@ impl LeaseDesk {
             }
             desk.busy |= batch.report.is_some() || batch.grant.is_some();
             let Batch { ops, report, grant, records } = batch;
+            if report.is_some() || grant.is_some() || !records.is_empty() {
+                desk.out += 1;
+                desk.sent_at = now;
+            }
             let ticket =
                 Ticket { tenant: tenant.clone(), slots: Vec::new(), report, grant, records, reserves: Vec::new() };
             out.push((tenant.clone(), ops, ticket));
@@ -520,6 +562,7 @@ impl Batch {
             let generation = lease.generation();
             let report = lease.take_report(false);
             self.ops.push(TenantOp::Budget(LedgerOp::LeaseReport { budgets: budgets.clone(), report: report.clone() }));
+            desk.report_out = Some((report.clone(), generation));
             self.report = Some((report, generation));
             desk.busy = true;
         }
@@ -543,14 +586,29 @@ impl Batch {
             return;
         }
         let id = desk.lease.as_ref().map_or(fallback_id, |l| l.id.clone());
-        // Enough for what the instance used since its last grant, twice
-        // over, and for a burst of requests like the one waiting (the
-        // writer cuts it to a share of what is left, and the cap).
+        // Four times what the instance used since its last grant (a busy
+        // instance's lease grows fast, so it renews well before it runs out
+        // even when the writer is far away), and at least a burst of
+        // requests like the one waiting. The writer cuts it to a share of
+        // what is left and the cap, so asking generously starves no one.
+        // Renewals come often (at half-life, or half used), so a short
+        // spell since the last one says little: at least half the last ask.
         let want = Amount {
-            tokens: desk.demand.tokens.saturating_mul(2).max(need.tokens.saturating_mul(LEASE_REQUESTS)),
-            micros: desk.demand.micros.saturating_mul(2).max(need.micros.saturating_mul(LEASE_REQUESTS)),
+            tokens: desk
+                .demand
+                .tokens
+                .saturating_mul(4)
+                .max(need.tokens.saturating_mul(LEASE_REQUESTS))
+                .max(desk.last_want.tokens / 2),
+            micros: desk
+                .demand
+                .micros
+                .saturating_mul(4)
+                .max(need.micros.saturating_mul(LEASE_REQUESTS))
+                .max(desk.last_want.micros / 2),
         };
         desk.demand = Amount::default();
+        desk.last_want = want;
         self.grant = Some(self.ops.len());
         // `need` is nothing: the request waiting is reserved at the writer
         // in this batch; the lease is for the requests after it.
@@ -567,6 +625,26 @@ impl TenantDesk {
 
     fn idle_after(&self) -> u64 {
         IDLE_AFTER_SECS.min(self.ttl() / 3).max(1)
+    }
+
+    /// Batches out for longer than [`LOST_BATCH_SECS`] will not be
+    /// answered (the host's task that sent them is gone): stop waiting.
+    /// What they carried is covered: a report's spend by the lease's full
+    /// charge at expiry, records are statistics.
+    fn forget_lost_batches(&mut self, now: u64) {
+        if (self.out > 0 || self.busy) && now >= self.sent_at.saturating_add(LOST_BATCH_SECS) {
+            self.out = 0;
+            self.busy = false;
+            // Its spend goes again with the next report (the writer applies
+            // each request once, so a report that did land costs nothing).
+            if let (Some((report, generation)), Some(lease)) = (self.report_out.take(), self.lease.as_mut())
+                && lease.generation() == generation
+            {
+                lease.restore(report);
+                // Due at once.
+                self.oldest_waiting = Some(self.sent_at);
+            }
+        }
     }
 
     fn has_waiting(&self) -> bool {
@@ -620,6 +698,7 @@ impl TenantDesk {
 
     fn lease_gone(&mut self) {
         self.lease = None;
+        self.report_out = None;
         self.view = BudgetState::default();
         self.granted_view = budget::lease::LeaseView::default();
     }
@@ -660,21 +739,25 @@ impl TenantDesk {
         TenantReply::Budget(LedgerReply::Remaining { remaining })
     }
 
-    /// Renew when the lease is more than half through its life or mostly
+    /// Renew when the lease is more than half through its life or half
     /// used (so requests keep reserving here while the grant is out).
     fn renewal_due(&self, now: u64) -> bool {
         let Some(lease) = &self.lease else { return false };
         let half_life = lease.expires_at <= now.saturating_add(self.ttl() / 2);
         let size = lease.size;
         let left = lease.available();
-        let low = left.tokens.saturating_mul(4) < size.tokens || left.micros.saturating_mul(4) < size.micros;
+        let low = left.tokens.saturating_mul(2) < size.tokens || left.micros.saturating_mul(2) < size.micros;
         half_life || low
     }
 
     /// What waits here, as ops for the front of a batch.
-    fn take_waiting(&mut self, now: u64) -> Batch {
+    /// What waits here, as ops for the front of a batch. `with_records`
+    /// false (a batch a request waits for a decision on): only the budget
+    /// ops, which join the same write as the request's own; outcome records
+    /// stay for a batch nobody waits on (in Redis each is a round trip).
+    fn take_waiting(&mut self, now: u64, with_records: bool) -> Batch {
         let mut batch = Batch::default();
-        self.oldest_waiting = None;
+        let oldest = self.oldest_waiting.take();
         // The report first, then the records: in a store that applies them
         // as separate writes (Envoy's shared data, Redis), a reader that
         // sees a request recorded also sees its spend.
@@ -687,14 +770,25 @@ impl TenantDesk {
             batch
                 .ops
                 .push(TenantOp::Budget(LedgerOp::LeaseReport { budgets: budgets.clone(), report: report.clone() }));
+            self.report_out = Some((report.clone(), generation));
             batch.report = Some((report, generation));
             self.busy = true;
         }
-        batch.records = std::mem::take(&mut self.records);
+        if with_records {
+            batch.records = std::mem::take(&mut self.records);
+        } else {
+            let (budget, outcome): (Vec<TenantOp>, Vec<TenantOp>) =
+                std::mem::take(&mut self.records).into_iter().partition(|op| matches!(op, TenantOp::Budget(_)));
+            batch.records = budget;
+            if !outcome.is_empty() {
+                self.records = outcome;
+                self.oldest_waiting = oldest.or(Some(now));
+            }
+        }
         batch.ops.extend(batch.records.iter().cloned());
         if self.lease.as_ref().is_some_and(|l| l.unreported() > 0) {
             // Held back behind the report that is out: the next batch.
-            self.oldest_waiting = Some(now);
+            self.oldest_waiting = self.oldest_waiting.or(oldest).or(Some(now));
         }
         batch
     }
@@ -949,6 +1043,30 @@ mod tests {
     }
 
     #[test]
+    fn a_batch_never_answered_is_given_up_after_a_while_and_its_spend_reported_again() {
+        let b = budgets(1_000_000, 1_000_000_000, Some(LeaseSizing { ttl_seconds: 300, ..LeaseSizing::default() }));
+        let mut desk = LeaseDesk::new("i1");
+        let mut writer = Writer::default();
+        writer.ask(&mut desk, vec![reserve_op(&b, "a", 10, 10)], 10, true);
+        writer.ask(&mut desk, vec![reserve_op(&b, "long", 10, 10)], 10, true);
+        writer.ask(&mut desk, vec![reserve_op(&b, "b", 10, 10)], 10, true);
+        let spent = Amount { tokens: 7, micros: 7 };
+        writer.ask(
+            &mut desk,
+            vec![TenantOp::Budget(LedgerOp::Settle { budgets: b.clone(), id: "b".into(), amount: spent })],
+            10,
+            true,
+        );
+        // The flush goes out and its answer never comes (the host's task died).
+        let lost = desk.due(12, false);
+        assert_eq!(lost.len(), 1);
+        drop(lost);
+        assert!(desk.due(20, false).is_empty(), "one batch out at a time");
+        writer.background(&mut desk, 12 + LOST_BATCH_SECS, true);
+        assert_eq!(writer.budget.windows[0].spent, spent, "the lost report's spend went again");
+    }
+
+    #[test]
     fn a_per_request_tenant_sends_every_op_to_the_writer() {
         let b = budgets(1_000_000, 1_000_000_000, None);
         let mut desk = LeaseDesk::new("i1");
@@ -1126,5 +1244,142 @@ mod tests {
         if !lossy && restarts == 0 {
             assert_eq!(charged, spent, "seed {seed}: nothing was lost, so the writer charged exactly what was spent");
         }
+    }
+}
+
+#[cfg(test)]
+mod slow_writer {
+    use super::tests_support::*;
+    use super::*;
+
+    /// One client after another while the writer answers each batch only
+    /// after the next request has started (a writer far away): requests
+    /// after the first still reserve here.
+    #[test]
+    fn sequential_requests_against_a_slow_writer_reserve_here() {
+        let b = budgets_for_tests();
+        let mut desk = LeaseDesk::new("i1");
+        let mut writer = (BudgetState::default(), crate::outcomes::OutcomeLedger::default());
+        let mut out: Vec<(Vec<TenantOp>, Ticket)> = Vec::new();
+        let mut waited = 0;
+        let now = 100;
+        for n in 0..200 {
+            // Answers of batches sent before this request arrive now.
+            for (ops, ticket) in std::mem::take(&mut out) {
+                let replies = crate::store::apply(&mut writer.0, &mut writer.1, &ops, now).0;
+                let _ = desk.on_replies(ticket, Some(replies), now);
+            }
+            let id = format!("r{n}");
+            desk.request_started("t");
+            match desk.route("t", vec![reserve_for_tests(&b, &id)], now) {
+                Routed::Answered(_) => {}
+                Routed::Send { ops, ticket } => {
+                    waited += 1;
+                    let replies = crate::store::apply(&mut writer.0, &mut writer.1, &ops, now).0;
+                    let _ = desk.on_replies(ticket, Some(replies), now);
+                }
+            }
+            desk.request_ended("t");
+            let settle = TenantOp::Budget(LedgerOp::Settle {
+                budgets: b.clone(),
+                id,
+                amount: Amount { tokens: 50, micros: 50 },
+            });
+            if let Routed::Send { ops, ticket } = desk.route("t", vec![settle], now) {
+                out.push((ops, ticket));
+            }
+            for (_, ops, ticket) in desk.due(now, false) {
+                out.push((ops, ticket));
+            }
+        }
+        assert!(waited <= 5, "{waited} of 200 reserves waited for the writer");
+    }
+}
+
+#[cfg(test)]
+mod tests_support {
+    use super::*;
+    use crate::budget::lease::LeaseSizing;
+    use crate::budget::{BudgetLimit, ReserveRequest, Window};
+    use crate::pricing::ModelPrice;
+
+    pub fn budgets_for_tests() -> Budgets {
+        Budgets {
+            limits: vec![BudgetLimit {
+                name: "day".into(),
+                window: Window::Day,
+                tokens: Some(1_000_000_000),
+                usd_micros: Some(1_000_000_000),
+            }],
+            soft_threshold: None,
+            on_exhausted: crate::config::OnExhausted::Reject,
+            clamp_max_tokens: false,
+            default_output_reservation: 1_000,
+            store_failure: crate::config::FailureMode::Closed,
+            leases: Some(LeaseSizing::default()),
+        }
+    }
+
+    pub fn reserve_for_tests(b: &Budgets, id: &str) -> TenantOp {
+        TenantOp::Budget(LedgerOp::Reserve {
+            budgets: b.clone(),
+            request: ReserveRequest {
+                id: id.into(),
+                prompt_tokens: 100,
+                output_tokens: 200,
+                price: ModelPrice { input: 1_000_000, cached_input: 1_000_000, output: 2_000_000 },
+                downgrade_price: None,
+                extra_micros: 0,
+            },
+        })
+    }
+}
+
+#[cfg(test)]
+mod renewals {
+    use super::tests_support::*;
+    use super::*;
+
+    /// A busy instance renews often; its lease must keep up with its
+    /// requests, not shrink to what arrived since the last renewal.
+    #[test]
+    fn frequent_renewals_keep_a_busy_instances_lease_large_enough() {
+        let b = budgets_for_tests();
+        let mut desk = LeaseDesk::new("i1");
+        let mut writer = (BudgetState::default(), crate::outcomes::OutcomeLedger::default());
+        let mut waited = 0;
+        for n in 0..2_000u64 {
+            let now = 100 + n / 50;
+            let id = format!("r{n}");
+            // Another request in flight throughout: closes wait for batches.
+            if n == 0 {
+                desk.request_started("t");
+            }
+            match desk.route("t", vec![reserve_for_tests(&b, &id)], now) {
+                Routed::Answered(_) => {}
+                Routed::Send { ops, ticket } => {
+                    waited += 1;
+                    let replies = crate::store::apply(&mut writer.0, &mut writer.1, &ops, now).0;
+                    let _ = desk.on_replies(ticket, Some(replies), now);
+                }
+            }
+            let settle = TenantOp::Budget(LedgerOp::Settle {
+                budgets: b.clone(),
+                id,
+                amount: Amount { tokens: 300, micros: 500 },
+            });
+            if let Routed::Send { ops, ticket } = desk.route("t", vec![settle], now) {
+                let replies = crate::store::apply(&mut writer.0, &mut writer.1, &ops, now).0;
+                let _ = desk.on_replies(ticket, Some(replies), now);
+            }
+            // The host's tick, several times a request.
+            for _ in 0..5 {
+                for (_, ops, ticket) in desk.due(now, false) {
+                    let replies = crate::store::apply(&mut writer.0, &mut writer.1, &ops, now).0;
+                    let _ = desk.on_replies(ticket, Some(replies), now);
+                }
+            }
+        }
+        assert!(waited <= 3, "{waited} of 2000 reserves waited for the writer");
     }
 }

@@ -228,3 +228,46 @@ fn a_replaced_root_context_with_nothing_left_is_done_at_once() {
     assert_eq!(host.root_contexts(0).len(), 1);
     assert_eq!((redis.holds(), redis.spent_tokens(), redis.recorded()), (0, 50, 1), "{}", redis.budget());
 }
+
+/// A leased tenant on Redis with webdis far away: each webdis call is
+/// answered only once the next request has started. After the first
+/// request, requests reserve from the VM's lease: none waits for webdis.
+#[test]
+fn sequential_requests_on_a_leased_redis_tenant_do_not_wait_for_a_slow_webdis() {
+    let leased = json!({
+        "version": 1,
+        "tenant_id": TENANT,
+        "routing": {"tiers": [{"name": "only", "models": ["openai/gpt-4o-mini"]}]},
+        "budgets": {"limits": [{"name": "daily", "window": "day", "usd": 50.0}], "on_exhausted": "reject"},
+        "cache": {"enabled": false}
+    });
+    let mut config = plugin_config(&[leased]);
+    config["state"] = json!({"budgets": "redis", "cache": "off",
+                             "redis": {"cluster": "webdis", "authority": "webdis", "timeout_ms": 5000}});
+    let env = provider_env();
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let host = Host::configured(&config.to_string(), &env);
+    let mut redis = FakeRedis::default();
+    let mut waited = Vec::new();
+    for n in 0..40 {
+        // Whatever webdis was asked before this request is answered now.
+        let earlier: Vec<HttpCall> = webdis_calls(&host);
+        let mut s = host.stream();
+        send_chat(&mut s, &key_for(TENANT), &simple_chat(&format!("Say hi {n}")));
+        if s.upstream_request().is_none() {
+            waited.push(n);
+            pump(&host, &mut redis);
+        } else {
+            for call in earlier {
+                let answer = redis.answer(&call.body).to_string();
+                host.respond_http_call(call.token, 200, &[("content-type", "application/json")], answer.as_bytes());
+            }
+        }
+        assert!(s.upstream_request().is_some(), "request {n}: {:?}\n{}", s.local_reply(), host.log_text());
+        answer_json(&mut s, &openai_completion("gpt-4o-mini", "Hi", 30, 20));
+        s.finish();
+        host.advance(std::time::Duration::from_millis(30));
+        host.tick();
+    }
+    assert!(waited.len() <= 2, "requests that waited for webdis: {waited:?}");
+}

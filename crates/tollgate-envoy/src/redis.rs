@@ -414,7 +414,8 @@ fn chunk_field(c: usize) -> String {
 #[derive(Clone, Debug)]
 pub struct OutcomeCas {
     pub tenant: String,
-    pub op: OutcomeOp,
+    /// One op, or a run of records (a lease desk's batch), applied together.
+    pub ops: Vec<OutcomeOp>,
     pub now: u64,
     rounds: usize,
     stage: OutcomeStage,
@@ -422,35 +423,60 @@ pub struct OutcomeCas {
 
 #[derive(Clone, Debug)]
 enum OutcomeStage {
-    /// Reading the totals (to learn which chunk a record lands in).
+    /// Reading the totals (to learn which chunks records land in).
     Totals,
-    /// Reading the totals and these chunks, to apply the op.
+    /// Reading the totals and these chunks, to apply the ops.
     Fields(Vec<usize>),
-    /// Wrote with this version; the reply is ready once it lands.
-    Writing(OutcomeReply),
+    /// Wrote with this version; the replies are ready once it lands.
+    Writing(Vec<OutcomeReply>),
 }
 
-/// What to do after a webdis answer to an outcome op.
+/// What to do after a webdis answer to outcome ops.
 #[derive(Clone, Debug, PartialEq)]
 pub enum OutcomeStep {
-    Done(OutcomeReply),
+    /// Applied: one reply per op.
+    Done(Vec<OutcomeReply>),
     Send(Vec<u8>),
     Failed,
 }
 
 impl OutcomeCas {
     pub fn new(tenant: &str, op: OutcomeOp, now: u64) -> Self {
-        let stage = match &op {
+        Self::run(tenant, vec![op], now)
+    }
+
+    /// `ops`: one op, or records only (they are written with one
+    /// compare-and-set: the totals once, and each chunk their slots fall in).
+    pub fn run(tenant: &str, ops: Vec<OutcomeOp>, now: u64) -> Self {
+        let stage = match ops.first() {
             // A record's chunk depends on the totals: read those first.
-            OutcomeOp::Record { .. } => OutcomeStage::Totals,
-            other => OutcomeStage::Fields(other.chunks_read(&OutcomeTotals::default())),
+            Some(OutcomeOp::Record { .. }) | None => OutcomeStage::Totals,
+            Some(other) => OutcomeStage::Fields(other.chunks_read(&OutcomeTotals::default())),
         };
-        OutcomeCas { tenant: tenant.to_owned(), op, now, rounds: 0, stage }
+        OutcomeCas { tenant: tenant.to_owned(), ops, now, rounds: 0, stage }
     }
 
     pub fn start(&mut self, prefix: &str) -> Vec<u8> {
         self.rounds += 1;
         self.read(prefix)
+    }
+
+    /// The chunks the ops read, given the totals: for records, those the
+    /// next slots fall in (a record of an id already kept takes no slot, so
+    /// this may read one more than needed).
+    fn chunks_for(&self, totals: &OutcomeTotals) -> Vec<usize> {
+        match self.ops.first() {
+            Some(OutcomeOp::Record { .. }) => {
+                let mut chunks: Vec<usize> = (0..self.ops.len().min(outcomes::RECENT_CAPACITY))
+                    .map(|k| (totals.next_slot + k) % outcomes::RECENT_CAPACITY / outcomes::RECENT_CHUNK)
+                    .collect();
+                chunks.sort_unstable();
+                chunks.dedup();
+                chunks
+            }
+            Some(other) => other.chunks_read(totals),
+            None => Vec::new(),
+        }
     }
 
     fn read(&self, prefix: &str) -> Vec<u8> {
@@ -467,13 +493,13 @@ impl OutcomeCas {
     pub fn on_reply(&mut self, prefix: &str, body: Option<&[u8]>) -> OutcomeStep {
         let stage = std::mem::replace(&mut self.stage, OutcomeStage::Totals);
         match stage {
-            OutcomeStage::Writing(reply) => {
+            OutcomeStage::Writing(replies) => {
                 let Some(value) = body.and_then(|b| reply_value("EVAL", b)) else { return OutcomeStep::Failed };
                 match value.as_array().and_then(|a| a.first()).and_then(serde_json::Value::as_i64) {
-                    Some(1) => OutcomeStep::Done(reply),
+                    Some(1) => OutcomeStep::Done(replies),
                     Some(0) if self.rounds < CAS_ROUNDS => {
                         let rounds = self.rounds + 1;
-                        *self = OutcomeCas::new(&self.tenant, self.op.clone(), self.now);
+                        *self = OutcomeCas::run(&self.tenant, self.ops.clone(), self.now);
                         self.rounds = rounds;
                         OutcomeStep::Send(self.read(prefix))
                     }
@@ -483,17 +509,17 @@ impl OutcomeCas {
             OutcomeStage::Totals => {
                 let Some(values) = hmget_values(body) else { return OutcomeStep::Failed };
                 let totals: OutcomeTotals = parse_field(values.get(1));
-                self.stage = OutcomeStage::Fields(self.op.chunks_read(&totals));
+                self.stage = OutcomeStage::Fields(self.chunks_for(&totals));
                 OutcomeStep::Send(self.read(prefix))
             }
             OutcomeStage::Fields(wanted) => {
                 let Some(values) = hmget_values(body) else { return OutcomeStep::Failed };
                 let version = values.first().and_then(|v| v.as_str()).unwrap_or("0").to_owned();
                 let totals: OutcomeTotals = parse_field(values.get(1));
-                if let OutcomeOp::Record { .. } = self.op {
-                    // The ring moved on since the totals were read: read the right chunk.
-                    let chunks = self.op.chunks_read(&totals);
-                    if *wanted != chunks {
+                if let Some(OutcomeOp::Record { .. }) = self.ops.first() {
+                    // The ring moved on since the totals were read: read the right chunks.
+                    let chunks = self.chunks_for(&totals);
+                    if wanted != chunks {
                         self.stage = OutcomeStage::Fields(chunks);
                         return OutcomeStep::Send(self.read(prefix));
                     }
@@ -503,16 +529,26 @@ impl OutcomeCas {
                     chunks[*c] = Some(parse_field::<RecentChunk>(values.get(2 + i)));
                 }
                 let mut ledger = OutcomeLedger::from_parts(totals, chunks);
-                let (reply, touched) = outcomes::apply(&mut ledger, &self.op, self.now);
+                let mut replies = Vec::with_capacity(self.ops.len());
+                let mut touched_chunks: Vec<usize> = Vec::new();
+                let mut touched_totals = false;
+                for op in &self.ops {
+                    let (reply, touched) = outcomes::apply(&mut ledger, op, self.now);
+                    replies.push(reply);
+                    touched_totals |= touched.totals;
+                    if let Some(c) = touched.chunk.filter(|c| !touched_chunks.contains(c)) {
+                        touched_chunks.push(c);
+                    }
+                }
                 let mut writes: Vec<(String, Vec<u8>)> = Vec::new();
-                if let Some(c) = touched.chunk {
+                for c in touched_chunks {
                     writes.push((chunk_field(c), serde_json::to_vec(&ledger.chunk(c)).unwrap_or_default()));
                 }
-                if touched.totals {
+                if touched_totals {
                     writes.push(("totals".into(), serde_json::to_vec(&ledger.totals).unwrap_or_default()));
                 }
                 if writes.is_empty() {
-                    return OutcomeStep::Done(reply);
+                    return OutcomeStep::Done(replies);
                 }
                 let key = outcomes_key(prefix, &self.tenant);
                 let mut args: Vec<&[u8]> = vec![CAS_FIELDS_SCRIPT.as_bytes(), b"1", key.as_bytes(), version.as_bytes()];
@@ -521,7 +557,7 @@ impl OutcomeCas {
                     args.push(value);
                 }
                 let body = command("EVAL", &args);
-                self.stage = OutcomeStage::Writing(reply);
+                self.stage = OutcomeStage::Writing(replies);
                 OutcomeStep::Send(body)
             }
         }
@@ -598,7 +634,7 @@ mod outcome_tests {
                 let answer = self.call(&body);
                 match cas.on_reply("tg:", Some(&answer)) {
                     OutcomeStep::Send(next) => body = next,
-                    OutcomeStep::Done(reply) => return reply,
+                    OutcomeStep::Done(mut replies) => return replies.remove(0),
                     OutcomeStep::Failed => panic!("failed"),
                 }
             }
@@ -623,6 +659,37 @@ mod outcome_tests {
     }
 
     #[test]
+    fn a_run_of_records_spanning_two_chunks_is_written_with_one_compare_and_set() {
+        let mut redis = FakeRedis::default();
+        let record = |i: usize| OutcomeOp::Record {
+            outcome: RequestOutcome { request_id: format!("r{i}"), tier: "cheap".into(), ..Default::default() },
+        };
+        // Fill up to two slots before a chunk's end, then record five at once.
+        for i in 0..outcomes::RECENT_CHUNK - 2 {
+            redis.run(OutcomeCas::new("acme", record(i), 10));
+        }
+        let mut cas = OutcomeCas::run("acme", (100..105).map(record).collect(), 11);
+        let mut body = cas.start("tg:");
+        let mut evals = 0;
+        let replies = loop {
+            evals += usize::from(body.starts_with(b"EVAL"));
+            let answer = redis.call(&body);
+            match cas.on_reply("tg:", Some(&answer)) {
+                OutcomeStep::Send(next) => body = next,
+                OutcomeStep::Done(replies) => break replies,
+                OutcomeStep::Failed => panic!("failed"),
+            }
+        };
+        assert_eq!((replies.len(), evals), (5, 1));
+        let OutcomeReply::Report { tiers } = redis.run(OutcomeCas::new("acme", OutcomeOp::Report, 12)) else {
+            panic!("no report")
+        };
+        assert_eq!(tiers[0].requests, outcomes::RECENT_CHUNK as u64 + 3);
+        let found = OutcomeOp::Feedback { request_id: "r104".into(), resolved: true };
+        assert!(matches!(redis.run(OutcomeCas::new("acme", found, 13)), OutcomeReply::FeedbackRecorded { .. }));
+    }
+
+    #[test]
     fn a_write_that_lost_a_race_reads_again() {
         let mut redis = FakeRedis::default();
         let outcome = RequestOutcome { request_id: "r1".into(), tier: "cheap".into(), ..Default::default() };
@@ -638,7 +705,7 @@ mod outcome_tests {
             let answer = redis.call(&body);
             match cas.on_reply("tg:", Some(&answer)) {
                 OutcomeStep::Send(next) => body = next,
-                OutcomeStep::Done(reply) => break reply,
+                OutcomeStep::Done(mut replies) => break replies.remove(0),
                 OutcomeStep::Failed => panic!("failed"),
             }
         };

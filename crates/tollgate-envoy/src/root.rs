@@ -178,8 +178,20 @@ impl RootContext for Root {
         if !self.draining {
             store::send_due(&rt, crate::host::now_secs(), false);
         }
+        // One batch per tenant out at a time: two of this VM's writes to
+        // one tenant's key would only race each other's compare-and-set
+        // (and retry, each attempt a round trip); the later ones wait here.
+        let mut writing: std::collections::HashSet<String> =
+            self.in_flight.values().filter_map(|j| j.tenant().map(str::to_owned)).collect();
         let pending: Vec<Job> = rt.jobs.borrow_mut().drain(..).collect();
         for mut job in pending {
+            if let Some(tenant) = job.tenant() {
+                if writing.contains(tenant) {
+                    rt.jobs.borrow_mut().push_back(job);
+                    continue;
+                }
+                writing.insert(tenant.to_owned());
+            }
             if let Some(body) = job.start(&rt) {
                 self.send(&rt, job, &body);
             }

@@ -27,6 +27,7 @@ use tollgate_core::budget::LedgerOp;
 use tollgate_core::cache::{CacheEntry, CacheKey};
 use tollgate_core::desk::{Routed, Ticket};
 use tollgate_core::engine::CacheFill;
+use tollgate_core::outcomes::OutcomeOp;
 use tollgate_core::plugin::{BudgetBackend, CacheBackend};
 use tollgate_core::store::{TenantOp, TenantReply};
 
@@ -86,7 +87,7 @@ pub enum Call {
         rest: VecDeque<TenantOp>,
         replies: Vec<TenantReply>,
         /// What the lease desk added to the batch, to read its replies by.
-        ticket: Ticket,
+        ticket: Box<Ticket>,
     },
     CacheGet {
         api: ApiFormat,
@@ -191,6 +192,19 @@ pub fn apply_detached(rt: &Runtime, tenant: &str, ops: Vec<TenantOp>, now: u64) 
     }
 }
 
+/// `first` and, if it is a record, the records right after it in `rest`
+/// (taken from it): a lease desk's batch of records is one round.
+fn record_run(first: OutcomeOp, rest: &mut VecDeque<TenantOp>) -> Vec<OutcomeOp> {
+    let is_record = matches!(first, OutcomeOp::Record { .. });
+    let mut run = vec![first];
+    while is_record && matches!(rest.front(), Some(TenantOp::Outcome(OutcomeOp::Record { .. }))) {
+        if let Some(TenantOp::Outcome(op)) = rest.pop_front() {
+            run.push(op);
+        }
+    }
+    run
+}
+
 /// `first` and the budget ops right after it in `rest` (taken from it).
 fn budget_run(first: LedgerOp, rest: &mut VecDeque<TenantOp>) -> Vec<LedgerOp> {
     let mut run = vec![first];
@@ -260,7 +274,7 @@ fn next_round(
     let Some((round, body)) = start_round(rt, &tenant, now, &mut rest) else {
         return Applied::Now(Answer::Replies(rt.desk.borrow_mut().on_replies(ticket, Some(replies), now)));
     };
-    Call::Ops { tenant, now, round, rest, replies, ticket }.send(rt, &body)
+    Call::Ops { tenant, now, round, rest, replies, ticket: Box::new(ticket) }.send(rt, &body)
 }
 
 /// The round for the ops at the front of `rest` (taken from it), and its
@@ -275,7 +289,7 @@ fn start_round(rt: &Runtime, tenant: &str, now: u64, rest: &mut VecDeque<TenantO
             (Round::Budget(cas), body)
         }
         TenantOp::Outcome(op) => {
-            let mut cas = OutcomeCas::new(tenant, op, now);
+            let mut cas = OutcomeCas::run(tenant, record_run(op, rest), now);
             let body = cas.start(prefix);
             (Round::Outcome(cas), body)
         }
@@ -292,7 +306,7 @@ fn round_step(rt: &Runtime, round: &mut Round, body: Option<&[u8]>) -> RoundStep
             CasStep::Failed => RoundStep::Failed,
         },
         Round::Outcome(cas) => match cas.on_reply(prefix, body) {
-            OutcomeStep::Done(reply) => RoundStep::Done(vec![TenantReply::Outcome(reply)]),
+            OutcomeStep::Done(replies) => RoundStep::Done(replies.into_iter().map(TenantReply::Outcome).collect()),
             OutcomeStep::Send(next) => RoundStep::Send(next),
             OutcomeStep::Failed => RoundStep::Failed,
         },
@@ -337,11 +351,11 @@ impl Call {
                 match round_step(rt, &mut round, body.as_deref()) {
                     RoundStep::Done(done) => {
                         replies.extend(done);
-                        next_round(rt, tenant, now, rest, replies, ticket)
+                        next_round(rt, tenant, now, rest, replies, *ticket)
                     }
                     RoundStep::Send(next) => Call::Ops { tenant, now, round, rest, replies, ticket }.send(rt, &next),
                     RoundStep::Failed => {
-                        Applied::Now(Answer::Replies(rt.desk.borrow_mut().on_replies(ticket, None, now)))
+                        Applied::Now(Answer::Replies(rt.desk.borrow_mut().on_replies(*ticket, None, now)))
                     }
                 }
             }
@@ -357,7 +371,7 @@ impl Call {
             if let Round::Budget(mut cas) = round {
                 cas.leave(&mut rt.board.borrow_mut());
             }
-            let _ = rt.desk.borrow_mut().on_replies(ticket, None, now);
+            let _ = rt.desk.borrow_mut().on_replies(*ticket, None, now);
         }
     }
 }
@@ -432,6 +446,14 @@ pub enum JobStep {
 }
 
 impl Job {
+    /// The tenant whose state a batch job writes (None: a cache fill).
+    pub fn tenant(&self) -> Option<&str> {
+        match &self.work {
+            Work::Batch { tenant, .. } | Work::Rounds { tenant, .. } => Some(tenant),
+            Work::CacheFill(_) => None,
+        }
+    }
+
     /// The job's first webdis request (None: nothing to send, it is done).
     pub fn start(&mut self, rt: &Runtime) -> Option<Vec<u8>> {
         let prefix = &rt.config.redis.key_prefix;
