@@ -824,42 +824,10 @@ impl TenantDesk {
 
 #[cfg(test)]
 mod tests {
+    use super::tests_support::{budgets, reserve_op};
     use super::*;
     use crate::budget::lease::LeaseSizing;
-    use crate::budget::{BudgetLimit, ReserveRequest, Window};
     use crate::outcomes::{OutcomeLedger, RequestOutcome};
-    use crate::pricing::ModelPrice;
-
-    fn budgets(tokens: u64, micros: u64, leases: Option<LeaseSizing>) -> Budgets {
-        Budgets {
-            limits: vec![BudgetLimit {
-                name: "day".into(),
-                window: Window::Day,
-                tokens: Some(tokens),
-                usd_micros: Some(micros),
-            }],
-            soft_threshold: None,
-            on_exhausted: crate::config::OnExhausted::Reject,
-            clamp_max_tokens: false,
-            default_output_reservation: 1_000,
-            store_failure: crate::config::FailureMode::Closed,
-            leases,
-        }
-    }
-
-    fn reserve_op(b: &Budgets, id: &str, prompt: u64, output: u64) -> TenantOp {
-        TenantOp::Budget(LedgerOp::Reserve {
-            budgets: b.clone(),
-            request: ReserveRequest {
-                id: id.into(),
-                prompt_tokens: prompt,
-                output_tokens: output,
-                price: ModelPrice { input: 1_000_000, cached_input: 1_000_000, output: 2_000_000 },
-                downgrade_price: None,
-                extra_micros: 0,
-            },
-        })
-    }
 
     /// The writer: one tenant's state, applied the way every host applies it.
     #[derive(Default)]
@@ -1259,15 +1227,14 @@ mod slow_writer {
     fn sequential_requests_against_a_slow_writer_reserve_here() {
         let b = budgets_for_tests();
         let mut desk = LeaseDesk::new("i1");
-        let mut writer = (BudgetState::default(), crate::outcomes::OutcomeLedger::default());
+        let mut writer = WriterState::default();
         let mut out: Vec<(Vec<TenantOp>, Ticket)> = Vec::new();
         let mut waited = 0;
         let now = 100;
         for n in 0..200 {
             // Answers of batches sent before this request arrive now.
             for (ops, ticket) in std::mem::take(&mut out) {
-                let replies = crate::store::apply(&mut writer.0, &mut writer.1, &ops, now).0;
-                let _ = desk.on_replies(ticket, Some(replies), now);
+                land(&mut desk, &mut writer, &ops, ticket, now);
             }
             let id = format!("r{n}");
             desk.request_started("t");
@@ -1275,8 +1242,7 @@ mod slow_writer {
                 Routed::Answered(_) => {}
                 Routed::Send { ops, ticket } => {
                     waited += 1;
-                    let replies = crate::store::apply(&mut writer.0, &mut writer.1, &ops, now).0;
-                    let _ = desk.on_replies(ticket, Some(replies), now);
+                    land(&mut desk, &mut writer, &ops, ticket, now);
                 }
             }
             desk.request_ended("t");
@@ -1297,41 +1263,62 @@ mod slow_writer {
 }
 
 #[cfg(test)]
-mod tests_support {
+pub(crate) mod tests_support {
     use super::*;
     use crate::budget::lease::LeaseSizing;
     use crate::budget::{BudgetLimit, ReserveRequest, Window};
+    use crate::outcomes::OutcomeLedger;
     use crate::pricing::ModelPrice;
 
-    pub fn budgets_for_tests() -> Budgets {
+    /// One daily limit of `tokens` and `micros`, refused when spent.
+    pub(crate) fn budgets(tokens: u64, micros: u64, leases: Option<LeaseSizing>) -> Budgets {
         Budgets {
             limits: vec![BudgetLimit {
                 name: "day".into(),
                 window: Window::Day,
-                tokens: Some(1_000_000_000),
-                usd_micros: Some(1_000_000_000),
+                tokens: Some(tokens),
+                usd_micros: Some(micros),
             }],
             soft_threshold: None,
             on_exhausted: crate::config::OnExhausted::Reject,
             clamp_max_tokens: false,
             default_output_reservation: 1_000,
             store_failure: crate::config::FailureMode::Closed,
-            leases: Some(LeaseSizing::default()),
+            leases,
         }
     }
 
-    pub fn reserve_for_tests(b: &Budgets, id: &str) -> TenantOp {
+    /// Limits no test exhausts, leased.
+    pub(crate) fn budgets_for_tests() -> Budgets {
+        budgets(1_000_000_000, 1_000_000_000, Some(LeaseSizing::default()))
+    }
+
+    /// A reserve at 1 µ$ per prompt token and 2 per output token.
+    pub(crate) fn reserve_op(b: &Budgets, id: &str, prompt: u64, output: u64) -> TenantOp {
         TenantOp::Budget(LedgerOp::Reserve {
             budgets: b.clone(),
             request: ReserveRequest {
                 id: id.into(),
-                prompt_tokens: 100,
-                output_tokens: 200,
+                prompt_tokens: prompt,
+                output_tokens: output,
                 price: ModelPrice { input: 1_000_000, cached_input: 1_000_000, output: 2_000_000 },
                 downgrade_price: None,
                 extra_micros: 0,
             },
         })
+    }
+
+    pub(crate) fn reserve_for_tests(b: &Budgets, id: &str) -> TenantOp {
+        reserve_op(b, id, 100, 200)
+    }
+
+    /// A tenant's writer: its state, applied the way every host applies it.
+    pub(crate) type WriterState = (BudgetState, OutcomeLedger);
+
+    /// The writer applies `ops` and the desk reads the replies.
+    pub(crate) fn land(desk: &mut LeaseDesk, writer: &mut WriterState, ops: &[TenantOp], ticket: Ticket, now: u64) {
+        let replies = crate::store::apply(&mut writer.0, &mut writer.1, ops, now).0;
+        let _ = desk.on_replies(ticket, Some(replies), now);
     }
 }
 
@@ -1346,7 +1333,7 @@ mod renewals {
     fn frequent_renewals_keep_a_busy_instances_lease_large_enough() {
         let b = budgets_for_tests();
         let mut desk = LeaseDesk::new("i1");
-        let mut writer = (BudgetState::default(), crate::outcomes::OutcomeLedger::default());
+        let mut writer = WriterState::default();
         let mut waited = 0;
         for n in 0..2_000u64 {
             let now = 100 + n / 50;
@@ -1359,8 +1346,7 @@ mod renewals {
                 Routed::Answered(_) => {}
                 Routed::Send { ops, ticket } => {
                     waited += 1;
-                    let replies = crate::store::apply(&mut writer.0, &mut writer.1, &ops, now).0;
-                    let _ = desk.on_replies(ticket, Some(replies), now);
+                    land(&mut desk, &mut writer, &ops, ticket, now);
                 }
             }
             let settle = TenantOp::Budget(LedgerOp::Settle {
@@ -1369,14 +1355,12 @@ mod renewals {
                 amount: Amount { tokens: 300, micros: 500 },
             });
             if let Routed::Send { ops, ticket } = desk.route("t", vec![settle], now) {
-                let replies = crate::store::apply(&mut writer.0, &mut writer.1, &ops, now).0;
-                let _ = desk.on_replies(ticket, Some(replies), now);
+                land(&mut desk, &mut writer, &ops, ticket, now);
             }
             // The host's tick, several times a request.
             for _ in 0..5 {
                 for (_, ops, ticket) in desk.due(now, false) {
-                    let replies = crate::store::apply(&mut writer.0, &mut writer.1, &ops, now).0;
-                    let _ = desk.on_replies(ticket, Some(replies), now);
+                    land(&mut desk, &mut writer, &ops, ticket, now);
                 }
             }
         }

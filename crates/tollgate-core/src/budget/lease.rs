@@ -388,23 +388,9 @@ impl LocalLease {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::budget::{BudgetLimit, Window};
 
     fn budgets(tokens: u64, micros: u64) -> Budgets {
-        Budgets {
-            limits: vec![BudgetLimit {
-                name: "day".into(),
-                window: Window::Day,
-                tokens: Some(tokens),
-                usd_micros: Some(micros),
-            }],
-            soft_threshold: None,
-            on_exhausted: crate::config::OnExhausted::Reject,
-            clamp_max_tokens: false,
-            default_output_reservation: 1_000,
-            store_failure: crate::config::FailureMode::Closed,
-            leases: None,
-        }
+        crate::desk::tests_support::budgets(tokens, micros, None)
     }
 
     fn amount(tokens: u64, micros: u64) -> Amount {
