@@ -70,6 +70,7 @@ fn default_batch(budgets: &Budgets) -> TenantBatch {
                     id: "l1".into(),
                     want: Amount { tokens: 5000, micros: 9000 },
                     need: Amount { tokens: 400, micros: 700 },
+                    unit: Amount { tokens: 400, micros: 700 },
                 },
             }),
             budget(LedgerOp::LeaseReport {

@@ -97,6 +97,9 @@ struct TenantDesk {
     demand: Amount,
     /// What the last lease request asked for.
     last_want: Amount,
+    /// The worst case of the last request that asked for a lease: a lease
+    /// smaller than that is not worth holding.
+    unit: Amount,
     /// Requests of this instance holding at the writer (reserved there,
     /// not yet closed): with the lease's holds, what is in flight here.
     at_writer: Vec<WriterHold>,
@@ -612,7 +615,10 @@ impl Batch {
         self.grant = Some(self.ops.len());
         // `need` is nothing: the request waiting is reserved at the writer
         // in this batch; the lease is for the requests after it.
-        let request = LeaseRequest { id, want, need: Amount::default() };
+        if need != Amount::default() {
+            desk.unit = need;
+        }
+        let request = LeaseRequest { id, want, need: Amount::default(), unit: desk.unit };
         self.ops.push(TenantOp::Budget(LedgerOp::LeaseGrant { budgets, sizing, request }));
         desk.busy = true;
     }

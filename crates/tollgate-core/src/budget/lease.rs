@@ -53,6 +53,12 @@ pub struct LeaseRequest {
     pub want: Amount,
     /// What it needs at least: the worst case of the request waiting.
     pub need: Amount,
+    /// The worst case of one of its typical requests: a lease that could
+    /// not pay even one is not granted (nor grown), so near the end of a
+    /// budget no instance strands a sliver another instance's request
+    /// needs, and requests reserve one by one at the writer instead.
+    #[serde(default)]
+    pub unit: Amount,
 }
 
 /// What the writer granted: the lease's whole size now and its expiry.
@@ -131,10 +137,14 @@ pub fn grant(
         let fair = left.map_or(want, |l| l / share);
         cap(want.min(fair.max(need)), limit_cap).max(need)
     };
-    let added = Amount {
+    let mut added = Amount {
         tokens: size(request.want.tokens, request.need.tokens, left.tokens, sizing.cap.tokens),
         micros: size(request.want.micros, request.need.micros, left.micros, sizing.cap.micros),
     };
+    if added.tokens < request.unit.tokens || added.micros < request.unit.micros {
+        // Too small to pay one typical request: no lease at all.
+        added = request.need;
+    }
     let held = state.reserved();
     if let Some(limit) = super::first_violation(state, &budgets.limits, held, request.need) {
         return Err(super::exceeded(state, limit, held, request.need, now));
@@ -412,18 +422,49 @@ mod tests {
         let mut state = BudgetState::default();
         let sizing = LeaseSizing::default();
         let want = amount(50_000, 50_000);
-        let g =
-            grant(&mut state, &b, &sizing, &LeaseRequest { id: "a".into(), want, need: amount(100, 100) }, 10).unwrap();
+        let g = grant(
+            &mut state,
+            &b,
+            &sizing,
+            &LeaseRequest { id: "a".into(), want, need: amount(100, 100), unit: Amount::default() },
+            10,
+        )
+        .unwrap();
         assert_eq!(g.added, amount(10_000, 10_000), "an eighth of 80,000");
         // Near the end: exactly the request's worst case.
         let mut tail = BudgetState::default();
         tail.sync(&b.limits, 10);
         tail.charge(amount(79_900, 79_900), 10);
-        let g =
-            grant(&mut tail, &b, &sizing, &LeaseRequest { id: "b".into(), want, need: amount(60, 60) }, 10).unwrap();
+        let g = grant(
+            &mut tail,
+            &b,
+            &sizing,
+            &LeaseRequest { id: "b".into(), want, need: amount(60, 60), unit: Amount::default() },
+            10,
+        )
+        .unwrap();
         assert_eq!(g.added, amount(60, 60));
-        let refused = grant(&mut tail, &b, &sizing, &LeaseRequest { id: "c".into(), want, need: amount(60, 60) }, 10);
+        let refused = grant(
+            &mut tail,
+            &b,
+            &sizing,
+            &LeaseRequest { id: "c".into(), want, need: amount(60, 60), unit: Amount::default() },
+            10,
+        );
         assert!(refused.is_err(), "40 left cannot pay a 60 worst case");
+    }
+
+    #[test]
+    fn near_the_end_no_lease_smaller_than_one_typical_request_is_granted() {
+        let b = budgets(1_000, 1_000_000);
+        let mut state = BudgetState::default();
+        let sizing = LeaseSizing::default();
+        let unit = amount(143, 143);
+        // An eighth of 1,000 tokens cannot pay one 143-token request: nothing is held.
+        let req = LeaseRequest { id: "a".into(), want: amount(9_000, 9_000), need: Amount::default(), unit };
+        let g = grant(&mut state, &b, &sizing, &req, 10).unwrap();
+        assert_eq!(g.added, Amount::default());
+        assert_eq!(state.remaining(&b.limits).tokens, Some(1_000), "a request still finds all of it");
     }
 
     #[test]
@@ -431,7 +472,8 @@ mod tests {
         let b = budgets(100_000, 100_000);
         let mut state = BudgetState::default();
         let sizing = LeaseSizing { ttl_seconds: 30, ..LeaseSizing::default() };
-        let req = LeaseRequest { id: "a".into(), want: amount(1_000, 1_000), need: amount(10, 10) };
+        let req =
+            LeaseRequest { id: "a".into(), want: amount(1_000, 1_000), need: amount(10, 10), unit: Amount::default() };
         let g = grant(&mut state, &b, &sizing, &req, 100).unwrap();
         expire(&mut state, &b, 130);
         assert_eq!(state.spent_in(&b.limits[0]), g.added);
@@ -449,7 +491,12 @@ mod tests {
         let op = LedgerOp::LeaseGrant {
             budgets: b.clone(),
             sizing: LeaseSizing::default(),
-            request: LeaseRequest { id: "a".into(), want: amount(800, 800), need: amount(10, 10) },
+            request: LeaseRequest {
+                id: "a".into(),
+                want: amount(800, 800),
+                need: amount(10, 10),
+                unit: Amount::default(),
+            },
         };
         let LedgerReply::Lease { grant } = apply(&mut state, &op, 0) else { panic!("granted") };
         // A status read after the expiry, not a lease op: the lease is charged all the same.
@@ -470,7 +517,7 @@ mod tests {
             &mut state,
             &b,
             &sizing,
-            &LeaseRequest { id: "a".into(), want: amount(1_000, 1_000), need: amount(10, 10) },
+            &LeaseRequest { id: "a".into(), want: amount(1_000, 1_000), need: amount(10, 10), unit: Amount::default() },
             0,
         )
         .unwrap();
@@ -514,7 +561,12 @@ mod tests {
                         let ok = slot.as_mut().is_some_and(|l| l.reserve(&id, worst, now, 5).is_ok());
                         if !ok && !outage {
                             let lease_id = slot.as_ref().map_or_else(|| format!("l{i}-{next}"), |l| l.id.clone());
-                            let req = LeaseRequest { id: lease_id.clone(), want: amount(3_000, 9_000), need: worst };
+                            let req = LeaseRequest {
+                                id: lease_id.clone(),
+                                want: amount(3_000, 9_000),
+                                need: worst,
+                                unit: worst,
+                            };
                             if let Ok(g) = grant(&mut state, &b, &sizing, &req, now) {
                                 let lease = slot.get_or_insert_with(|| LocalLease::new(lease_id));
                                 lease.on_grant(&g);
