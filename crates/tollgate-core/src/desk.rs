@@ -490,26 +490,6 @@ impl LeaseDesk {
     pub fn has_work(&self) -> bool {
         self.tenants.values().any(|d| d.lease.is_some() || !d.records.is_empty())
     }
-
-    /// The earliest time [`LeaseDesk::due`] may have something to send
-    /// (None: nothing waits and nothing is leased).
-    pub fn next_due(&self) -> Option<u64> {
-        self.tenants
-            .values()
-            .filter_map(|d| {
-                let flush = d.oldest_waiting.map(|t| t + FLUSH_AFTER_SECS);
-                let lease = d.lease.as_ref().map(|l| {
-                    let renew = l.expires_at.saturating_sub(d.ttl() / 2);
-                    let idle = d.last_active.saturating_add(d.idle_after());
-                    renew.min(idle)
-                });
-                match (flush, lease) {
-                    (Some(a), Some(b)) => Some(a.min(b)),
-                    (a, b) => a.or(b),
-                }
-            })
-            .min()
-    }
 }
 
 /// A usage read answered by the writer, with this instance's requests in
