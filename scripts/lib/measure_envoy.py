@@ -7,7 +7,11 @@ cluster per provider, all the mock) differ only in the tollgate HTTP filter:
 "direct" has the router alone, and its clients name the provider themselves
 (`x-tollgate-provider: openai`, the provider path and key, the model the
 filter picked); "filter" gets `model: tollgate/auto` with a tollgate key.
-Both forward to one mock upstream, started once.
+Both forward to one mock upstream, started once. A third Envoy runs the
+direct requests through a filter that only buffers both bodies and copies
+them into its VM and out (crates/tollgate-envoy/examples/buffering_floor.rs):
+the floor under any buffering wasm filter, so the breakdown can tell what
+being such a filter costs from what tollgate's own work costs.
 
 1. Added latency: wrk against both Envoys in alternating runs (direct then
    filter, then filter then direct, ...) at three load levels: 1 connection;
@@ -313,11 +317,12 @@ def wrk(target: Target, connections: int, seconds: float, threads: int, delay_ms
     argv = ["wrk", f"-t{min(threads, connections)}", f"-c{connections}", f"-d{seconds:g}s", "--timeout", "10s",
             "-s", str(LUA), target.envoy.url]
     cpu0 = cpu_seconds(target.envoy)
-    batches0 = store_batches(target.envoy) if target.label != "direct" else 0
+    tollgate = target.label.startswith("filter")
+    batches0 = store_batches(target.envoy) if tollgate else 0
     done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=seconds + 60,
                           stdin=subprocess.DEVNULL)
     cpu = cpu_seconds(target.envoy) - cpu0
-    batches = (store_batches(target.envoy) - batches0) if target.label != "direct" else 0
+    batches = (store_batches(target.envoy) - batches0) if tollgate else 0
     found = re.search(r"^TGRESULT (.*)$", done.stdout, re.M)
     if done.returncode != 0 or not found:
         raise SystemExit(f"wrk failed ({done.returncode}):\n{done.stdout}\n{done.stderr}")
@@ -518,6 +523,10 @@ def main() -> int:
     command = " ".join(["scripts/measure-envoy", *map(shlex.quote, sys.argv[1:])])
 
     wasm = hosts.require_envoy_filter()
+    floor_wasm = wasm.parent / "examples" / "buffering_floor.wasm"
+    if not floor_wasm.is_file():
+        raise SystemExit(f"{floor_wasm} is missing: scripts/measure-envoy builds it "
+                         "(cargo build -p tollgate-envoy --example buffering_floor --target wasm32-wasip1 --release)")
     version = subprocess.run([str(hosts.envoy_binary()), "--version"], capture_output=True, text=True).stdout
     version = (re.search(r"\d+\.\d+\.\d+", version) or [None])[0] or "?"
     cpu_model = (re.search(r"^model name\s*:\s*(.*)$", Path("/proc/cpuinfo").read_text(), re.M) or [None, "?"])[1]
@@ -557,13 +566,14 @@ def main() -> int:
                           "authorization": f"Bearer {hosts.mock_provider_secrets()[hosts.provider_secret_env(DIRECT_PROVIDER)]}"}
         routed_body = chat_body("tollgate/auto")
 
-        def bootstrap(with_filter: bool) -> dict:
-            return hosts.envoy_bootstrap(plugin if with_filter else None, port=hosts.free_port(),
-                                         admin_port=hosts.free_port(), mock=mock, wasm=wasm,
-                                         webdis_url=webdis_url if with_filter else None)
+        def bootstrap(label: str) -> dict:
+            filter_wasm = {"filter": wasm, "floor": floor_wasm}.get(label)
+            return hosts.envoy_bootstrap(plugin if filter_wasm else None, port=hosts.free_port(),
+                                         admin_port=hosts.free_port(), mock=mock, wasm=filter_wasm or wasm,
+                                         webdis_url=webdis_url if label == "filter" else None)
 
         def launch(label: str, concurrency: int) -> hosts.Envoy:
-            env = start_envoy(bootstrap(label == "filter"), work, f"{label}-c{concurrency}-{len(envoys)}", concurrency)
+            env = start_envoy(bootstrap(label), work, f"{label}-c{concurrency}-{len(envoys)}", concurrency)
             envoys.append(env)
             return env
 
@@ -587,6 +597,9 @@ def main() -> int:
             env = launch(label, concurrency)
             if label == "filter":
                 return Target.make("filter", env, CHAT_PATH, routed_headers, routed_body, work)
+            if label == "floor":
+                # The direct request, through a filter that only buffers and copies.
+                return Target.make("buffering floor", env, DIRECT_PATH, direct_headers, direct_body, work)
             return Target.make("direct", env, DIRECT_PATH, direct_headers, direct_body, work)
 
         def variant(base: Target, label: str, key: str) -> Target:
@@ -603,8 +616,9 @@ def main() -> int:
         direct, filt = target("direct", args.concurrency), target("filter", args.concurrency)
         per_request = variant(filt, "filter (per_request)", BENCH_PER_REQUEST_KEY)
         unmetered = variant(filt, "filter (no budgets)", BENCH_UNMETERED_KEY)
-        pair = [direct, filt, per_request, unmetered]
-        variants = ("filter (per_request)", "filter (no budgets)")
+        floor = target("floor", args.concurrency)
+        pair = [direct, filt, per_request, unmetered, floor]
+        variants = ("filter (per_request)", "filter (no budgets)", "buffering floor")
         for t in pair:
             _, status, _, body = t.post("check")
             if status != 200:
@@ -618,7 +632,7 @@ def main() -> int:
               "on a machine this small the added latency here is mostly queueing behind the filter's CPU time):")
         loaded = alternate(pair, args.rounds, n, args.seconds, args.wrk_threads)
         dn, fn, a50_n, a99_n = latency_block(f"{n} connections, saturating", *loaded, saturating=True, labels=variants)
-        pr_n, free_n = summarise(loaded[2]), summarise(loaded[3])
+        pr_n, free_n, floor_n = summarise(loaded[2]), summarise(loaded[3]), summarise(loaded[4])
         ratio = fn.rps / dn.rps
         # Paced: the same offered rate for both, below what either sustains,
         # so the difference is the filter's time per request plus the
@@ -629,14 +643,18 @@ def main() -> int:
               f"saturated throughput; each connection pauses {delay_ms:.0f} ms on average between requests):")
         paced = alternate(pair[:2], args.rounds, n, args.seconds, args.wrk_threads, delay_ms)
         dp, fp, a50_p, a99_p = latency_block(f"{n} connections, paced", *paced)
-        # Where the filter's CPU goes, by difference between tenants of one
-        # filter (saturating runs): the store is what budgets add over the
-        # same request unmetered; the rest (parse, count, classify, key,
-        # rewrite, the body's copies into and out of the VM, the callouts'
-        # bookkeeping) is the unmetered filter over direct Envoy.
+        # Where the filter's CPU goes, by difference (saturating runs): a
+        # filter that only buffers and copies the bodies (examples/
+        # buffering_floor.rs) over direct Envoy is the cost of being a
+        # buffering wasm filter at all; the unmetered tenant over that floor
+        # is tollgate's own work per request; budgets are what a metered
+        # tenant adds over the same request unmetered.
         print("   where the filter's CPU goes (saturating, by difference, µs per request):")
-        print(f"     the request path without budgets (decision, body copies, headers, and its outcome record, "
-              f"written per request: {free_n.store_batches:.3f} store batches per request): {free_n.cpu_us - dn.cpu_us:+.0f}")
+        print(f"     being a buffering wasm filter (V8 calls, stream contexts, both bodies held and copied "
+              f"into the VM and out; examples/buffering_floor.rs): {floor_n.cpu_us - dn.cpu_us:+.0f}")
+        print(f"     tollgate's request path without budgets (parse, count, classify, route, rewrite, headers, "
+              f"price, outcome records: {free_n.store_batches:.3f} store batches per request): "
+              f"{free_n.cpu_us - floor_n.cpu_us:+.0f}")
         print(f"     budgets and outcomes with leases:      {fn.cpu_us - free_n.cpu_us:+.0f} "
               f"({fn.store_batches:.3f} store batches per request)")
         print(f"     budgets and outcomes per request:      {pr_n.cpu_us - free_n.cpu_us:+.0f} "
@@ -658,16 +676,21 @@ def main() -> int:
             load_after = os.getloadavg()[0]
             print(f"\n== table (`{command}`; {machine}; Envoy {version} --concurrency {args.concurrency}; "
                   f"load average {load_before:.1f} before, {load_after:.1f} after)\n")
-            print("| | no filter | leased | per_request | no budgets |")
-            print("|---|---|---|---|---|")
-            pr_1, free_1 = summarise(one[2]), summarise(one[3])
-            print(f"| 1 connection, p50 | {d1.p50:.3f} ms | {f1.p50:.3f} ms | {pr_1.p50:.3f} ms | {free_1.p50:.3f} ms |")
-            print(f"| 1 connection, p99 | {d1.p99:.3f} ms | {f1.p99:.3f} ms | {pr_1.p99:.3f} ms | {free_1.p99:.3f} ms |")
-            print(f"| {n} connections saturating, throughput | {dn.rps:.0f} req/s | {fn.rps:.0f} req/s | "
-                  f"{pr_n.rps:.0f} req/s | {free_n.rps:.0f} req/s |")
-            print(f"| {n} connections saturating, p50 | {dn.p50:.3f} ms | {fn.p50:.3f} ms | {pr_n.p50:.3f} ms | {free_n.p50:.3f} ms |")
-            print(f"| Envoy CPU per request | {dn.cpu_us:.0f} µs | {fn.cpu_us:.0f} µs | {pr_n.cpu_us:.0f} µs | {free_n.cpu_us:.0f} µs |")
-            print(f"| store batches per request | | {fn.store_batches:.3f} | {pr_n.store_batches:.3f} | {free_n.store_batches:.3f} |")
+            print("| | no filter | buffering floor | leased | per_request | no budgets |")
+            print("|---|---|---|---|---|---|")
+            pr_1, free_1, floor_1 = summarise(one[2]), summarise(one[3]), summarise(one[4])
+            print(f"| 1 connection, p50 | {d1.p50:.3f} ms | {floor_1.p50:.3f} ms | {f1.p50:.3f} ms | {pr_1.p50:.3f} ms | "
+                  f"{free_1.p50:.3f} ms |")
+            print(f"| 1 connection, p99 | {d1.p99:.3f} ms | {floor_1.p99:.3f} ms | {f1.p99:.3f} ms | {pr_1.p99:.3f} ms | "
+                  f"{free_1.p99:.3f} ms |")
+            print(f"| {n} connections saturating, throughput | {dn.rps:.0f} req/s | {floor_n.rps:.0f} req/s | "
+                  f"{fn.rps:.0f} req/s | {pr_n.rps:.0f} req/s | {free_n.rps:.0f} req/s |")
+            print(f"| {n} connections saturating, p50 | {dn.p50:.3f} ms | {floor_n.p50:.3f} ms | {fn.p50:.3f} ms | "
+                  f"{pr_n.p50:.3f} ms | {free_n.p50:.3f} ms |")
+            print(f"| Envoy CPU per request | {dn.cpu_us:.0f} µs | {floor_n.cpu_us:.0f} µs | {fn.cpu_us:.0f} µs | "
+                  f"{pr_n.cpu_us:.0f} µs | {free_n.cpu_us:.0f} µs |")
+            print(f"| store batches per request | | | {fn.store_batches:.3f} | {pr_n.store_batches:.3f} | "
+                  f"{free_n.store_batches:.3f} |")
             return 0
 
         # ---------------------------------------------------------- memory, cold start
@@ -723,6 +746,8 @@ def main() -> int:
         print(f"| Envoy CPU per request (saturating) | {dn.cpu_us:.0f} µs | {fn.cpu_us:.0f} µs | {fn.cpu_us - dn.cpu_us:+.0f} µs | ≤ {GOAL_CPU_US:.0f} µs | {verdict(fn.cpu_us - dn.cpu_us <= GOAL_CPU_US)} |")
         print(f"| same, tenant `per_request` | {dn.cpu_us:.0f} µs | {pr_n.cpu_us:.0f} µs | {pr_n.cpu_us - dn.cpu_us:+.0f} µs | | |")
         print(f"| same, tenant without budgets | {dn.cpu_us:.0f} µs | {free_n.cpu_us:.0f} µs | {free_n.cpu_us - dn.cpu_us:+.0f} µs | | |")
+        print(f"| same, a filter that only buffers and copies (examples/buffering_floor.rs) | {dn.cpu_us:.0f} µs | "
+              f"{floor_n.cpu_us:.0f} µs | {floor_n.cpu_us - dn.cpu_us:+.0f} µs | | |")
         print(f"| throughput, tenant `per_request` | {dn.rps:.0f} req/s | {pr_n.rps:.0f} req/s | {pr_n.rps / dn.rps:.0%} of direct | | |")
         print(f"| store batches per request (leased / per_request) | | {fn.store_batches:.3f} / {pr_n.store_batches:.3f} | | | |")
         cs = "/".join(map(str, concurrencies))

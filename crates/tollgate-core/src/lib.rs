@@ -14,6 +14,7 @@ pub mod auth;
 pub mod budget;
 pub mod cache;
 pub mod classify;
+pub mod compact;
 pub mod config;
 pub mod cooldown;
 pub mod count;

@@ -76,7 +76,7 @@ impl TierTotals {
     /// Every counter, listed once, here: a store that merges totals field by
     /// field goes through this, so a counter added to the struct reaches every
     /// store as soon as it is added to this list (a test fails until it is).
-    fn counters_mut(&mut self) -> [&mut u64; 9] {
+    pub(crate) fn counters_mut(&mut self) -> [&mut u64; 9] {
         [
             &mut self.requests,
             &mut self.resolved,
@@ -88,6 +88,12 @@ impl TierTotals {
             &mut self.cache_hits,
             &mut self.cache_saved_micros,
         ]
+    }
+
+    /// The counters' values, in [`TierTotals::counters_mut`]'s order.
+    pub(crate) fn counters(&self) -> [u64; 9] {
+        let mut copy = self.clone();
+        copy.counters_mut().map(|c| *c)
     }
 
     /// `self += after - before`, counter by counter (saturating): how a store

@@ -87,6 +87,17 @@ pub fn wasm_path() -> PathBuf {
     }
 }
 
+/// The engine; with `TOLLGATE_HARNESS_PERFMAP=1` it writes
+/// `/tmp/perf-<pid>.map`, so `perf report` names the filter's functions
+/// (examples/profile_filter.rs).
+fn engine() -> Engine {
+    let mut config = wasmtime::Config::new();
+    if std::env::var_os("TOLLGATE_HARNESS_PERFMAP").is_some() {
+        config.profiler(wasmtime::ProfilingStrategy::PerfMap);
+    }
+    Engine::new(&config).unwrap_or_else(|e| panic!("tollgate-envoy-harness: no wasmtime engine: {e:?}"))
+}
+
 /// Compiled once per process and file version (a compile takes far longer
 /// than a test), and kept on disk across processes: see [`compile_cached`].
 fn load_module(path: &Path) -> (Engine, Module) {
@@ -110,7 +121,7 @@ fn load_module(path: &Path) -> (Engine, Module) {
     }
     let bytes =
         std::fs::read(path).unwrap_or_else(|e| panic!("tollgate-envoy-harness: cannot read {}: {e}", path.display()));
-    let engine = Engine::default();
+    let engine = engine();
     let module = compile_cached(&engine, &bytes)
         .unwrap_or_else(|e| panic!("tollgate-envoy-harness: cannot compile {}: {e:?}", path.display()));
     for export in ["proxy_abi_version_0_2_1", "_initialize", "proxy_on_context_create", "memory"] {
@@ -576,6 +587,11 @@ impl Host {
     /// A shared-data value as (lossy) UTF-8.
     pub fn shared_data_str(&self, key: &str) -> Option<String> {
         self.shared_data(key).map(|v| String::from_utf8_lossy(&v).into_owned())
+    }
+
+    /// Shared-data writes made so far (every successful set, by any VM).
+    pub fn shared_data_writes(&self) -> u64 {
+        self.shared.borrow().shared_writes
     }
 
     pub fn shared_data_keys(&self) -> Vec<String> {

@@ -160,6 +160,8 @@ pub(crate) struct Shared {
     /// ignores the cas; every write takes the next cas (never 0).
     pub shared_data: BTreeMap<String, (Vec<u8>, u32)>,
     pub next_cas: u32,
+    /// Successful shared-data writes so far.
+    pub shared_writes: u64,
     pub metrics: Vec<Metric>,
     pub logs: Vec<LogLine>,
     pub log_level: LogLevel,
@@ -194,6 +196,7 @@ impl Shared {
         Shared {
             shared_data: BTreeMap::new(),
             next_cas: 1,
+            shared_writes: 0,
             metrics: Vec::new(),
             logs: Vec::new(),
             log_level: LogLevel::Trace,
@@ -217,6 +220,7 @@ impl Shared {
     }
 
     pub fn take_cas(&mut self) -> u32 {
+        self.shared_writes += 1;
         let cas = self.next_cas;
         self.next_cas = self.next_cas.wrapping_add(1);
         if self.next_cas == 0 {

@@ -304,3 +304,41 @@ fn a_replaced_root_context_hands_its_leases_back() {
     assert_eq!(holds(&host, "leased"), 0, "the old configuration's lease went back: {}", budget(&host, "leased"));
     assert_eq!(spent_tokens(&host, "leased"), 30, "{}", budget(&host, "leased"));
 }
+
+#[test]
+fn a_batch_of_outcome_records_is_a_few_shared_data_writes_not_two_per_request() {
+    // No budgets: what a close sends is its outcome record, which waits in
+    // the VM's desk while other requests of the tenant are in flight.
+    let mut tenant = routed_tenant("records", json!({"cache": {"enabled": false}}));
+    tenant.as_object_mut().unwrap().remove("budgets");
+    let host = host_for(&[tenant]);
+    let n = 20;
+    let mut streams: Vec<Stream> =
+        (0..n).map(|i| chat(&host, 0, "records", &capped(&format!("Question {i}"), 20))).collect();
+    assert!(streams.iter().all(|s| s.upstream_request().is_some()));
+    let before = host.shared_data_writes();
+    for s in &mut streams {
+        answer_json(s, &openai_completion("gpt-4o-mini", "Answer", 10, 5));
+        s.finish();
+    }
+    // The last close, with nothing else in flight, sends the 20 records:
+    // one write of the totals and one of each ring chunk they fall in
+    // (the ring starts empty, so one chunk). One record at a time was two
+    // writes per request.
+    let writes = host.shared_data_writes() - before;
+    assert!(writes <= 3, "{writes} shared-data writes for {n} records");
+    let usage = {
+        let mut s = host.stream();
+        let headers = [
+            (":method", "GET"),
+            (":path", "/v1/usage"),
+            (":authority", "gw"),
+            ("authorization", "Bearer tg-harness-records-key"),
+        ];
+        s.request_headers(&headers, true);
+        reply_json(&s.local_reply().expect("a usage reply"))
+    };
+    let recorded: u64 =
+        usage["resolution"]["tiers"].as_array().unwrap().iter().map(|t| t["requests"].as_u64().unwrap()).sum();
+    assert_eq!(recorded, n, "{usage}");
+}

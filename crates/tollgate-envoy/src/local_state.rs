@@ -10,6 +10,7 @@
 
 use tollgate_core::budget::{self, BudgetState, LedgerOp, LedgerReply};
 use tollgate_core::cache::{CacheEntry, CacheKey};
+use tollgate_core::compact;
 use tollgate_core::outcomes::{
     self, OutcomeLedger, OutcomeOp, OutcomeReply, OutcomeTotals, RECENT_CHUNK, RECENT_CHUNKS, RecentChunk,
 };
@@ -75,6 +76,17 @@ fn seed_keys(shared: &dyn SharedData, keys: impl IntoIterator<Item = String>) {
     }
 }
 
+/// A stored chunk of the ring (compact layout, [`compact`]); empty or
+/// unreadable means never written.
+fn read_chunk(bytes: Option<Vec<u8>>) -> RecentChunk {
+    padded(bytes.and_then(|b| compact::decode_chunk(&b)).unwrap_or_default())
+}
+
+/// The stored totals (compact layout); empty or unreadable means none yet.
+fn read_totals(bytes: Option<Vec<u8>>) -> OutcomeTotals {
+    bytes.and_then(|b| compact::decode_totals(&b)).unwrap_or_default()
+}
+
 /// Empty means absent: proxy-wasm ABI 0.2.1 cannot delete a key.
 fn parse_or_default<T: serde::de::DeserializeOwned + Default>(bytes: Option<Vec<u8>>) -> T {
     bytes.filter(|b| !b.is_empty()).and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_default()
@@ -121,7 +133,7 @@ pub fn apply_ops(shared: &dyn SharedData, tenant: &str, ops: &[TenantOp], now: u
                     .collect();
                 replies.extend(apply_budget(shared, tenant, &budget_ops, now)?.into_iter().map(TenantReply::Budget));
             }
-            TenantOp::Outcome(OutcomeOp::Record { .. }) if run > 1 => {
+            TenantOp::Outcome(OutcomeOp::Record { .. }) => {
                 let records: Vec<&OutcomeOp> = slice
                     .iter()
                     .filter_map(|op| if let TenantOp::Outcome(op) = op { Some(op) } else { None })
@@ -157,7 +169,7 @@ pub fn apply_records(
     let totals_key = outcome_key(tenant, store::OUTCOME_TOTALS_KEY);
     for _ in 0..CAS_ATTEMPTS {
         let (totals_bytes, totals_cas) = shared.get(&totals_key);
-        let totals: OutcomeTotals = parse_or_default(totals_bytes);
+        let totals = read_totals(totals_bytes);
         // The chunks the next `records.len()` slots fall in (a record of an
         // id already in the ring claims no slot, so this may read one more).
         let mut wanted: Vec<usize> = (0..records.len().min(outcomes::RECENT_CAPACITY))
@@ -168,7 +180,7 @@ pub fn apply_records(
         let mut chunk_cas = [None; RECENT_CHUNKS];
         for &c in &wanted {
             let (bytes, cas) = shared.get(&outcome_key(tenant, &store::outcome_chunk_key(c)));
-            chunks[c] = Some(padded(parse_or_default(bytes)));
+            chunks[c] = Some(read_chunk(bytes));
             chunk_cas[c] = cas;
         }
         let mut ledger = OutcomeLedger::from_parts(totals, chunks.clone());
@@ -184,8 +196,7 @@ pub fn apply_records(
             }
         }
         if touched_totals {
-            let json = serde_json::to_vec(&ledger.totals).ok()?;
-            match shared.set(&totals_key, &json, totals_cas) {
+            match shared.set(&totals_key, &compact::encode_totals(&ledger.totals), totals_cas) {
                 Ok(()) => {}
                 Err(SetError::CasMismatch) => continue,
                 Err(SetError::Failed) => return None,
@@ -222,7 +233,8 @@ pub fn apply_op(shared: &dyn SharedData, tenant: &str, op: &TenantOp, now: u64) 
 /// that cannot undo anyone else's write:
 /// - a record commits on the totals (counting it and claiming the next
 ///   ring slot), then writes only its own slot into the chunk, re-reading
-///   the chunk when another thread wrote it meanwhile;
+///   the chunk when another thread wrote it meanwhile (see
+///   [`apply_records`], which records one or many);
 /// - feedback commits on the chunk (the slot's verdict changes from what it
 ///   read to what it says), then adds its change to the totals as a delta.
 ///
@@ -231,46 +243,32 @@ pub fn apply_op(shared: &dyn SharedData, tenant: &str, op: &TenantOp, now: u64) 
 /// with the old totals, put its record in the same slot, and the first
 /// thread's retry then finds its id gone or the slot taken.
 pub fn apply_outcome(shared: &dyn SharedData, tenant: &str, op: &OutcomeOp, now: u64) -> Option<OutcomeReply> {
+    if let OutcomeOp::Record { .. } = op {
+        return apply_records(shared, tenant, &[op], now)?.pop();
+    }
     let totals_key = outcome_key(tenant, store::OUTCOME_TOTALS_KEY);
     for _ in 0..CAS_ATTEMPTS {
         let (totals_bytes, totals_cas) = shared.get(&totals_key);
-        let totals: OutcomeTotals = parse_or_default(totals_bytes);
+        let totals = read_totals(totals_bytes);
         let wanted = op.chunks_read(&totals);
         let mut chunks: Vec<Option<RecentChunk>> = vec![None; RECENT_CHUNKS];
         let mut chunk_cas = [None; RECENT_CHUNKS];
         for &c in &wanted {
             let (bytes, cas) = shared.get(&outcome_key(tenant, &store::outcome_chunk_key(c)));
-            chunks[c] = Some(padded(parse_or_default(bytes)));
+            chunks[c] = Some(read_chunk(bytes));
             chunk_cas[c] = cas;
         }
         let read_totals = totals.clone();
-        let mut ledger = OutcomeLedger::from_parts(totals, chunks.clone());
+        let mut ledger = OutcomeLedger::from_parts(totals, chunks);
         let (reply, touched) = outcomes::apply(&mut ledger, op, now);
         let chunk_change = touched.chunk.map(|c| {
             let key = outcome_key(tenant, &store::outcome_chunk_key(c));
-            (key, chunks[c].clone().unwrap_or_default(), ledger.chunk(c), chunk_cas[c])
+            (key, ledger.chunk(c), chunk_cas[c])
         });
         match op {
-            OutcomeOp::Record { .. } => {
-                if touched.totals {
-                    let json = serde_json::to_vec(&ledger.totals).ok()?;
-                    match shared.set(&totals_key, &json, totals_cas) {
-                        Ok(()) => {}
-                        Err(SetError::CasMismatch) => continue,
-                        Err(SetError::Failed) => return None,
-                    }
-                }
-                if let Some((key, read, wrote, cas)) = chunk_change
-                    && !merge_chunk(shared, &key, &read, wrote, cas)
-                {
-                    // Counted, but feedback will not find this request.
-                    log::warn!("tollgate: a recent-request slot for tenant `{tenant}` could not be written");
-                }
-            }
             OutcomeOp::Feedback { .. } => {
-                if let Some((key, _, wrote, cas)) = chunk_change {
-                    let json = serde_json::to_vec(&wrote).ok()?;
-                    match shared.set(&key, &json, cas) {
+                if let Some((key, wrote, cas)) = chunk_change {
+                    match shared.set(&key, &compact::encode_chunk(&wrote), cas) {
                         Ok(()) => {}
                         Err(SetError::CasMismatch) => continue,
                         Err(SetError::Failed) => return None,
@@ -280,7 +278,8 @@ pub fn apply_outcome(shared: &dyn SharedData, tenant: &str, op: &OutcomeOp, now:
                     return None;
                 }
             }
-            OutcomeOp::Report | OutcomeOp::Export => {}
+            // Records went to `apply_records` above; reads write nothing.
+            OutcomeOp::Record { .. } | OutcomeOp::Report | OutcomeOp::Export => {}
         }
         return Some(reply);
     }
@@ -297,8 +296,8 @@ fn padded(mut chunk: RecentChunk) -> RecentChunk {
 /// thread wrote the chunk meanwhile, put just those slots into its version.
 fn merge_chunk(shared: &dyn SharedData, key: &str, read: &RecentChunk, wrote: RecentChunk, cas: Option<u32>) -> bool {
     let changed: Vec<usize> = (0..wrote.len()).filter(|&i| read.get(i) != wrote.get(i)).collect();
-    write_merging(shared, key, wrote.clone(), cas, |bytes| {
-        let mut fresh = padded(parse_or_default(bytes));
+    write_merging(shared, key, wrote.clone(), cas, compact::encode_chunk, |bytes| {
+        let mut fresh = read_chunk(bytes);
         for &i in &changed {
             fresh[i].clone_from(&wrote[i]);
         }
@@ -315,8 +314,8 @@ fn merge_totals(
     wrote: &OutcomeTotals,
     cas: Option<u32>,
 ) -> bool {
-    write_merging(shared, key, wrote.clone(), cas, |bytes| {
-        let mut fresh: OutcomeTotals = parse_or_default(bytes);
+    write_merging(shared, key, wrote.clone(), cas, compact::encode_totals, |bytes| {
+        let mut fresh = read_totals(bytes);
         fresh.add_difference(read, wrote);
         fresh
     })
@@ -324,16 +323,16 @@ fn merge_totals(
 
 /// Write `value` with `cas`; on a mismatch, rebuild it from the key's
 /// current bytes with `remerge` and try again.
-fn write_merging<T: serde::Serialize>(
+fn write_merging<T>(
     shared: &dyn SharedData,
     key: &str,
     mut value: T,
     mut cas: Option<u32>,
+    encode: impl Fn(&T) -> Vec<u8>,
     remerge: impl Fn(Option<Vec<u8>>) -> T,
 ) -> bool {
     for _ in 0..CAS_ATTEMPTS {
-        let Ok(json) = serde_json::to_vec(&value) else { return false };
-        match shared.set(key, &json, cas) {
+        match shared.set(key, &encode(&value), cas) {
             Ok(()) => return true,
             Err(SetError::Failed) => return false,
             Err(SetError::CasMismatch) => {

@@ -167,22 +167,15 @@ pub fn apply_detached(rt: &Runtime, tenant: &str, ops: Vec<TenantOp>, now: u64) 
     count_batch(rt, "detached");
     match rt.config.budgets {
         BudgetBackend::Local => {
-            // One op at a time: an op that cannot be applied is logged and
-            // the others still land.
-            let mut replies = Vec::with_capacity(ops.len());
-            for op in &ops {
-                match local_state::apply_op(&rt.shared, tenant, op, now) {
-                    Some(reply) => replies.push(reply),
-                    None => {
-                        let what = match op {
-                            TenantOp::Budget(_) => "settle a hold",
-                            TenantOp::Outcome(_) => "record an outcome",
-                        };
-                        log::error!("tollgate: could not {what} for tenant `{tenant}` in shared data");
-                    }
-                }
+            // The whole batch in as few writes as it allows: consecutive
+            // records are one write of the totals and of each chunk they
+            // touch, not one per record (a desk's batch holds up to 64).
+            // A batch that cannot be applied is given back to the desk as
+            // lost, which sends it again; the writer applies each request once.
+            let replies = local_state::apply_ops(&rt.shared, tenant, &ops, now);
+            if replies.is_none() {
+                log::error!("tollgate: could not apply {} ops for tenant `{tenant}` in shared data", ops.len());
             }
-            let replies = (replies.len() == ops.len()).then_some(replies);
             let _ = rt.desk.borrow_mut().on_replies(ticket, replies, now);
         }
         BudgetBackend::Redis => {

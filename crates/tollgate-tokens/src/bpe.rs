@@ -94,7 +94,9 @@ fn merge_small(vocab: &Vocab, piece: &[u8], memo: &mut PairMemo) -> usize {
     }
 }
 
-/// Ranks of concatenated tokens, remembered by the ranks of the two halves.
+/// Ranks of concatenated tokens, remembered by the ranks of the two halves:
+/// per text, or kept by the caller across texts (`count` keeps one per
+/// vocabulary and thread).
 ///
 /// A rank determines a token's bytes, so the rank of the concatenation of
 /// tokens `a` and `b` is a function of `(a, b)`: the memo stores that whole
@@ -120,6 +122,11 @@ impl PairMemo {
     pub(crate) fn new(text_len: usize) -> PairMemo {
         let bits = text_len.next_power_of_two().trailing_zeros().clamp(6, MEMO_BITS);
         PairMemo { slots: vec![u64::MAX; 1 << bits], shift: 64 - bits }
+    }
+
+    /// The largest memo, for keeping across texts.
+    pub(crate) fn largest() -> PairMemo {
+        PairMemo::new(1 << MEMO_BITS)
     }
 
     /// Rank of `piece[start..end]`, the concatenation of tokens `a` and `b`.

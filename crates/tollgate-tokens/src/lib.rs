@@ -31,8 +31,9 @@
 //!   the pending pairs rank by rank, which performs the same merges in the
 //!   same order in linear time, because no merge creates a pair of lower
 //!   rank than its own (the build script checks the property this rests on
-//!   for every token). Ranks of merged pairs are remembered per text by the
-//!   ranks of their halves. Only the number of parts is kept.
+//!   for every token). Ranks of merged pairs are remembered by the ranks of
+//!   their halves, in a memo each thread keeps across texts. Only the
+//!   number of parts is kept.
 //! * **Exactness** is argued in the comments of the scanners and checked by
 //!   the tests: piece boundaries against the real regexes (fancy-regex, as
 //!   tiktoken-rs runs them) for every character and random texts, the tables
@@ -158,9 +159,11 @@ pub mod probe {
 pub fn count(encoding: Encoding, text: &str) -> Option<usize> {
     match encoding {
         #[cfg(feature = "o200k")]
-        Encoding::O200kBase => Some(count_with(&O200K, text, pretokenize::next_o200k)),
+        Encoding::O200kBase => Some(O200K_MEMO.with(|memo| count_with(&O200K, text, pretokenize::next_o200k, memo))),
         #[cfg(feature = "cl100k")]
-        Encoding::Cl100kBase => Some(count_with(&CL100K, text, pretokenize::next_cl100k)),
+        Encoding::Cl100kBase => {
+            Some(CL100K_MEMO.with(|memo| count_with(&CL100K, text, pretokenize::next_cl100k, memo)))
+        }
         #[allow(unreachable_patterns)]
         _ => {
             let _ = text;
@@ -169,18 +172,46 @@ pub fn count(encoding: Encoding, text: &str) -> Option<usize> {
     }
 }
 
+// One pair memo per vocabulary and thread, kept across calls. Its entries
+// are exact (keyed by both halves' ranks, see `bpe::PairMemo`), so an entry
+// from an earlier text is as good as one from this text: a host that counts
+// every prompt (a proxy's worker thread, a Worker isolate) no longer fills
+// 32 KiB per call, and the pairs common text repeats are found at once.
+#[cfg(feature = "o200k")]
+std::thread_local! {
+    static O200K_MEMO: std::cell::RefCell<bpe::PairMemo> = std::cell::RefCell::new(bpe::PairMemo::largest());
+}
+#[cfg(feature = "cl100k")]
+std::thread_local! {
+    static CL100K_MEMO: std::cell::RefCell<bpe::PairMemo> = std::cell::RefCell::new(bpe::PairMemo::largest());
+}
+
 #[cfg(any(feature = "o200k", feature = "cl100k"))]
 #[inline(always)]
-fn count_with(vocab: &vocab::Vocab, text: &str, next: impl Fn(&[u8], usize) -> usize) -> usize {
+fn count_with(
+    vocab: &vocab::Vocab,
+    text: &str,
+    next: impl Fn(&[u8], usize) -> usize,
+    kept: &std::cell::RefCell<bpe::PairMemo>,
+) -> usize {
     let s = text.as_bytes();
+    // The kept memo, unless it is in use (it cannot be: counting calls
+    // nothing that counts; a fresh one is as exact, only slower).
+    let mut fresh;
+    let mut borrowed = kept.try_borrow_mut();
+    let memo = match borrowed.as_deref_mut() {
+        Ok(memo) => memo,
+        Err(_) => {
+            fresh = bpe::PairMemo::new(s.len());
+            &mut fresh
+        }
+    };
     let mut total = 0;
     let mut p = 0;
-    // Ranks of merged pairs, shared by all pieces of the text.
-    let mut memo = bpe::PairMemo::new(s.len());
     while p < s.len() {
         let e = next(s, p);
         debug_assert!(e > p && e <= s.len());
-        total += bpe::piece_tokens(vocab, s.get(p..e).unwrap_or_default(), &mut memo);
+        total += bpe::piece_tokens(vocab, s.get(p..e).unwrap_or_default(), memo);
         p = e;
     }
     total

@@ -219,7 +219,11 @@ impl Plan {
     /// What a non-streamed answer says: its summary and, for the cache, the body.
     fn read_json_response(&self, body: &[u8]) -> (ResponseSummary, Option<serde_json::Value>) {
         let summary = response::summarize_json(self.api, body).unwrap_or_default();
-        let assembled = if summary.complete { serde_json::from_slice(body).ok() } else { None };
+        // The parsed body only goes into a cache entry: a request with no
+        // cache key (most, e.g. any with a temperature above 0) skips that
+        // second parse of the whole answer.
+        let assembled =
+            if summary.complete && self.cache.key.is_some() { serde_json::from_slice(body).ok() } else { None };
         (summary, assembled)
     }
 

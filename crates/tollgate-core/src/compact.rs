@@ -1,0 +1,246 @@
+//! A compact binary layout for the outcome ledger's parts, for a store
+//! that keeps them in memory and rewrites them often (Envoy's shared data,
+//! read and written on every flush of recorded requests).
+//!
+//! JSON costs a full parse with escape scanning and a full re-serialisation
+//! of a 64-slot chunk per write; this layout is a length-prefixed copy.
+//! It is not a wire or disk format: shared data lives and dies with the
+//! Envoy process, so there is no version to migrate. A leading marker byte
+//! still tells it apart from JSON (which starts with `[` or `{`), and
+//! [`decode_chunk`] and [`decode_totals`] read either, so a store written by
+//! an older filter in the same process (a hot reload) still reads.
+//!
+//! Layout (integers little-endian):
+//! - chunk: `0xC1`, slot count `u16`, then per slot `0` (empty) or `1`,
+//!   `at: u64`, flags `u8` (bits 0-1 resolved: 0 none, 1 no, 2 yes; bit 2
+//!   escalated), `id` and `tier` as `u16` length + UTF-8 bytes;
+//! - totals: `0xC2`, `next_slot: u64`, tier count `u16`, then per tier its
+//!   name as above and its nine counters as `u64`s, in
+//!   `TierTotals::counters_mut` order.
+
+use crate::outcomes::{OutcomeTotals, RecentChunk, RecentRequest, TierTotals};
+
+const CHUNK_MARK: u8 = 0xC1;
+const TOTALS_MARK: u8 = 0xC2;
+
+/// The chunk in the compact layout.
+pub fn encode_chunk(chunk: &RecentChunk) -> Vec<u8> {
+    let mut out = Vec::with_capacity(3 + chunk.len() * 64);
+    out.push(CHUNK_MARK);
+    put_len(&mut out, chunk.len());
+    for slot in chunk {
+        match slot {
+            None => out.push(0),
+            Some(r) => {
+                out.push(1);
+                out.extend_from_slice(&r.at.to_le_bytes());
+                let resolved = match r.resolved {
+                    None => 0,
+                    Some(false) => 1,
+                    Some(true) => 2,
+                };
+                out.push(resolved | if r.escalated { 4 } else { 0 });
+                put_str(&mut out, &r.id);
+                put_str(&mut out, &r.tier);
+            }
+        }
+    }
+    out
+}
+
+/// A chunk from its compact layout or from JSON; `None` when it is neither
+/// (the caller treats that as empty, as it does an absent key).
+pub fn decode_chunk(bytes: &[u8]) -> Option<RecentChunk> {
+    if bytes.first() != Some(&CHUNK_MARK) {
+        return serde_json::from_slice(bytes).ok();
+    }
+    let mut r = Reader { bytes, at: 1 };
+    let slots = r.len()?;
+    let mut chunk = Vec::with_capacity(slots);
+    for _ in 0..slots {
+        chunk.push(match r.u8()? {
+            0 => None,
+            1 => {
+                let at = r.u64()?;
+                let flags = r.u8()?;
+                let resolved = match flags & 3 {
+                    0 => None,
+                    1 => Some(false),
+                    2 => Some(true),
+                    _ => return None,
+                };
+                let id = r.string()?;
+                let tier = r.string()?;
+                Some(RecentRequest { id, tier, at, resolved, escalated: flags & 4 != 0 })
+            }
+            _ => return None,
+        });
+    }
+    r.done().then_some(chunk)
+}
+
+/// The totals in the compact layout.
+pub fn encode_totals(totals: &OutcomeTotals) -> Vec<u8> {
+    let mut out = Vec::with_capacity(11 + totals.tiers.len() * 90);
+    out.push(TOTALS_MARK);
+    out.extend_from_slice(&(totals.next_slot as u64).to_le_bytes());
+    put_len(&mut out, totals.tiers.len());
+    for tier in &totals.tiers {
+        put_str(&mut out, &tier.tier);
+        for counter in tier.counters() {
+            out.extend_from_slice(&counter.to_le_bytes());
+        }
+    }
+    out
+}
+
+/// Totals from their compact layout or from JSON (see [`decode_chunk`]).
+pub fn decode_totals(bytes: &[u8]) -> Option<OutcomeTotals> {
+    if bytes.first() != Some(&TOTALS_MARK) {
+        return serde_json::from_slice(bytes).ok();
+    }
+    let mut r = Reader { bytes, at: 1 };
+    let next_slot = usize::try_from(r.u64()?).ok()?;
+    let count = r.len()?;
+    let mut tiers = Vec::with_capacity(count);
+    for _ in 0..count {
+        let mut tier = TierTotals { tier: r.string()?, ..TierTotals::default() };
+        for counter in tier.counters_mut() {
+            *counter = r.u64()?;
+        }
+        tiers.push(tier);
+    }
+    r.done().then_some(OutcomeTotals { tiers, next_slot })
+}
+
+/// Lengths are `u16`: a chunk has 64 slots, a tenant a handful of tiers, and
+/// ids and tier names are far shorter; anything longer is cut (an id or a
+/// tier name past 65,535 bytes is not one a client can name in feedback).
+fn put_len(out: &mut Vec<u8>, len: usize) {
+    out.extend_from_slice(&u16::try_from(len).unwrap_or(u16::MAX).to_le_bytes());
+}
+
+fn put_str(out: &mut Vec<u8>, s: &str) {
+    let mut end = s.len().min(usize::from(u16::MAX));
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    put_len(out, end);
+    out.extend_from_slice(&s.as_bytes()[..end]);
+}
+
+struct Reader<'a> {
+    bytes: &'a [u8],
+    at: usize,
+}
+
+impl Reader<'_> {
+    fn take(&mut self, n: usize) -> Option<&[u8]> {
+        let end = self.at.checked_add(n)?;
+        let slice = self.bytes.get(self.at..end)?;
+        self.at = end;
+        Some(slice)
+    }
+
+    fn u8(&mut self) -> Option<u8> {
+        self.take(1).map(|b| b[0])
+    }
+
+    fn len(&mut self) -> Option<usize> {
+        let b = self.take(2)?;
+        Some(usize::from(u16::from_le_bytes([b[0], b[1]])))
+    }
+
+    fn u64(&mut self) -> Option<u64> {
+        let b = self.take(8)?;
+        let mut word = [0u8; 8];
+        word.copy_from_slice(b);
+        Some(u64::from_le_bytes(word))
+    }
+
+    fn string(&mut self) -> Option<String> {
+        let n = self.len()?;
+        std::str::from_utf8(self.take(n)?).ok().map(str::to_owned)
+    }
+
+    fn done(&self) -> bool {
+        self.at == self.bytes.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+    use super::*;
+
+    fn request(i: u64) -> RecentRequest {
+        RecentRequest {
+            id: format!("req-{i}-é"),
+            tier: ["cheap", "premium", "pinned"][(i % 3) as usize].to_owned(),
+            at: 1_795_000_000 + i,
+            resolved: [None, Some(false), Some(true)][(i % 3) as usize],
+            escalated: i.is_multiple_of(2),
+        }
+    }
+
+    #[test]
+    fn a_chunk_reads_back_as_it_was_written() {
+        let chunk: RecentChunk = (0..64).map(|i| (i % 5 != 0).then(|| request(i))).collect();
+        let bytes = encode_chunk(&chunk);
+        assert_eq!(decode_chunk(&bytes), Some(chunk.clone()));
+        // and JSON written by another version still reads
+        assert_eq!(decode_chunk(&serde_json::to_vec(&chunk).unwrap()), Some(chunk));
+    }
+
+    #[test]
+    fn totals_read_back_as_they_were_written() {
+        let mut totals = OutcomeTotals { next_slot: 5000, ..OutcomeTotals::default() };
+        for (k, name) in ["cheap", "premium"].iter().enumerate() {
+            let mut t = TierTotals { tier: (*name).to_owned(), ..TierTotals::default() };
+            for (j, c) in t.counters_mut().into_iter().enumerate() {
+                *c = (k as u64 + 1) * 1000 + j as u64 + u64::from(u32::MAX);
+            }
+            totals.tiers.push(t);
+        }
+        let bytes = encode_totals(&totals);
+        assert_eq!(decode_totals(&bytes), Some(totals.clone()));
+        assert_eq!(decode_totals(&serde_json::to_vec(&totals).unwrap()), Some(totals));
+    }
+
+    #[test]
+    fn a_compact_chunk_is_a_fraction_of_its_json() {
+        let chunk: RecentChunk = (0..64).map(|i| Some(request(i))).collect();
+        let json = serde_json::to_vec(&chunk).unwrap().len();
+        assert!(encode_chunk(&chunk).len() * 2 < json, "{} vs {json}", encode_chunk(&chunk).len());
+    }
+
+    #[test]
+    fn truncated_or_corrupt_bytes_decode_to_none_never_a_panic() {
+        let chunk: RecentChunk = (0..8).map(|i| Some(request(i))).collect();
+        let bytes = encode_chunk(&chunk);
+        for cut in 0..bytes.len() {
+            let _ = decode_chunk(&bytes[..cut]);
+        }
+        assert_eq!(decode_chunk(&bytes[..bytes.len() - 1]), None);
+        let mut extra = bytes.clone();
+        extra.push(0);
+        assert_eq!(decode_chunk(&extra), None, "trailing bytes are not a chunk");
+        let mut bad_flag = bytes;
+        bad_flag[3 + 8 + 1] = 3; // the first slot's resolved bits: 3 is not a value
+        assert_eq!(decode_chunk(&bad_flag), None);
+        let totals = encode_totals(&OutcomeTotals::default());
+        for cut in 0..totals.len() {
+            assert_eq!(decode_totals(&totals[..cut]).filter(|_| cut > 0), None);
+        }
+    }
+
+    #[test]
+    fn an_overlong_name_is_cut_at_a_character_boundary() {
+        let mut r = request(1);
+        r.id = "é".repeat(40_000); // 80,000 bytes
+        let back = decode_chunk(&encode_chunk(&vec![Some(r)])).unwrap();
+        let id = &back[0].as_ref().unwrap().id;
+        assert!(id.len() <= usize::from(u16::MAX) && id.chars().all(|c| c == 'é'), "{}", id.len());
+    }
+}
