@@ -2,7 +2,8 @@
 //! back and decodes. A Durable Object reads a `TenantBatch` (the Worker's
 //! request) and the tenant's stored keys (`TenantState::from_stored`); the
 //! Worker reads the DO's `Vec<TenantReply>`; the Envoy filter reads a
-//! `BudgetState` from shared data or Redis; both read API-key records.
+//! `BudgetState` from shared data or Redis, and the outcome ledger's
+//! compact chunks and totals from shared data; both read API-key records.
 //!
 //! Input: `[flags][section 0][0x00][section 1][0x00]...`. Section 0 is the
 //! batch (when it is not one, a batch of every op kind is used); sections
@@ -24,6 +25,7 @@ use libfuzzer_sys::fuzz_target;
 use std::collections::HashMap;
 use std::sync::OnceLock;
 use tollgate_core::auth::ApiKeyRecord;
+use tollgate_core::compact;
 use tollgate_core::budget::{self, Amount, BudgetState, LedgerOp, ReserveRequest};
 use tollgate_core::config::{Budgets, EXAMPLE_TENANT_JSON, TenantConfig};
 use tollgate_core::outcomes::{self, OutcomeOp, RequestOutcome};
@@ -195,4 +197,15 @@ fuzz_target!(|data: &[u8]| {
         round_trips(&reply, "a ledger reply");
     }
     round_trips(&envoy, "a budget state");
+
+    // The Envoy filter's outcome ledger in shared data: compact chunks and
+    // totals (or JSON) decode without a panic and re-encode to themselves.
+    for section in rest.split(|&b| b == 0) {
+        if let Some(chunk) = compact::decode_chunk(section) {
+            assert_eq!(compact::decode_chunk(&compact::encode_chunk(&chunk)), Some(chunk), "a chunk round-trips");
+        }
+        if let Some(totals) = compact::decode_totals(section) {
+            assert_eq!(compact::decode_totals(&compact::encode_totals(&totals)), Some(totals), "totals round-trip");
+        }
+    }
 });
