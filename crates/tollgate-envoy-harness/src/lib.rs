@@ -1071,6 +1071,11 @@ impl Stream {
         Ok(())
     }
 
+    /// The (worker, context id) its callouts carry ([`HttpCall`]).
+    pub fn context(&self) -> (usize, u32) {
+        (self.worker, self.id)
+    }
+
     pub fn is_finished(&self) -> bool {
         self.finished
     }

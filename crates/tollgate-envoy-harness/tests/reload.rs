@@ -271,3 +271,139 @@ fn sequential_requests_on_a_leased_redis_tenant_do_not_wait_for_a_slow_webdis() 
     }
     assert!(waited.len() <= 2, "requests that waited for webdis: {waited:?}");
 }
+
+/// Holds in the fake Redis's budget that belong to requests (not leases).
+fn request_holds(redis: &FakeRedis) -> Vec<Value> {
+    redis.budget()["outstanding"]
+        .as_array()
+        .map(|o| o.iter().filter(|h| !h["id"].as_str().unwrap_or("").starts_with("lease:")).cloned().collect())
+        .unwrap_or_default()
+}
+
+#[test]
+fn leased_requests_racing_through_redis_from_two_envoys_leave_no_request_hold_behind() {
+    // A small daily limit (the tail is reached: requests reserve one by one
+    // at Redis), two worker VMs, webdis answering in random order, clients
+    // leaving while their reserve is out (its compare-and-set may still
+    // land), ticks in between. Once everything is answered and the VMs
+    // have flushed, no request may still hold budget in Redis.
+    for seed in 0..24u64 {
+        let leased = json!({
+            "version": 1,
+            "tenant_id": TENANT,
+            "routing": {"tiers": [{"name": "only", "models": ["openai/gpt-4o"]}]},
+            "budgets": {"limits": [{"name": "daily", "window": "day", "usd": 0.02}], "on_exhausted": "reject",
+                        "clamp_max_tokens": false},
+            "cache": {"enabled": false}
+        });
+        let mut config = plugin_config(&[leased]);
+        config["state"] = json!({"budgets": "redis", "cache": "off",
+                                 "redis": {"cluster": "webdis", "authority": "webdis", "timeout_ms": 5000}});
+        let env = provider_env();
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        // Two Envoys of two workers each, on one Redis.
+        let hosts: Vec<Host> = (0..2u64)
+            .map(|n| {
+                let mut host = Host::configured(&config.to_string(), &env);
+                host.add_worker();
+                // Each Envoy draws its own request ids.
+                host.seed_random(seed * 2 + n + 1);
+                host
+            })
+            .collect();
+        let mut redis = FakeRedis::default();
+        let mut rng = Rng(seed);
+        let mut streams: Vec<(usize, tollgate_envoy_harness::Stream)> = Vec::new();
+        let mut started = 0;
+        for _ in 0..800 {
+            let h = rng.below(2);
+            let host = &hosts[h];
+            match rng.below(9) {
+                0 | 1 if started < 100 => {
+                    let mut s = host.stream_on(rng.below(2));
+                    let body = json!({"model": "tollgate/auto", "max_tokens": 60,
+                                      "messages": [{"role": "user", "content": format!("Fact {started} please")}]});
+                    send_chat(&mut s, &key_for(TENANT), &body);
+                    started += 1;
+                    streams.push((h, s));
+                }
+                2 | 3 => {
+                    let calls = webdis_calls(host);
+                    if !calls.is_empty() {
+                        let call = rng.pick(&calls);
+                        let answer = redis.answer(&call.body).to_string();
+                        host.respond_http_call(
+                            call.token,
+                            200,
+                            &[("content-type", "application/json")],
+                            answer.as_bytes(),
+                        );
+                    }
+                }
+                4 => {
+                    // webdis times out: the command may or may not have run.
+                    let calls = webdis_calls(host);
+                    if !calls.is_empty() && rng.below(4) == 0 {
+                        let call = rng.pick(&calls).clone();
+                        if rng.below(2) == 0 {
+                            redis.answer(&call.body);
+                        }
+                        host.fail_http_call(call.token);
+                    }
+                }
+                5 if !streams.is_empty() => {
+                    let i = rng.below(streams.len());
+                    let (_, mut s) = streams.swap_remove(i);
+                    if s.upstream_request().is_some() && s.local_reply().is_none() {
+                        answer_json(&mut s, &openai_completion("gpt-4o", "A fact.", 12, 8));
+                    }
+                    s.finish();
+                }
+                6 if !streams.is_empty() => {
+                    // The client leaves. Envoy cancels the stream's callouts,
+                    // but a compare-and-set already sent may still land.
+                    let i = rng.below(streams.len());
+                    let (h, mut s) = streams.swap_remove(i);
+                    let (worker, id) = s.context();
+                    let out: Vec<HttpCall> = webdis_calls(&hosts[h])
+                        .into_iter()
+                        .filter(|c| c.worker == worker && c.context_id == id)
+                        .collect();
+                    s.finish();
+                    for call in out {
+                        if rng.below(2) == 0 {
+                            redis.answer(&call.body);
+                        }
+                    }
+                }
+                _ => {
+                    for host in &hosts {
+                        host.advance(std::time::Duration::from_millis(150));
+                        host.tick();
+                    }
+                }
+            }
+        }
+        // Everything left is answered, then the VMs flush and go idle.
+        for _ in 0..60 {
+            for host in &hosts {
+                pump(host, &mut redis);
+            }
+            for (_, mut s) in std::mem::take(&mut streams) {
+                if s.upstream_request().is_some() && s.local_reply().is_none() {
+                    answer_json(&mut s, &openai_completion("gpt-4o", "A fact.", 12, 8));
+                }
+                s.finish();
+            }
+            for host in &hosts {
+                host.advance(std::time::Duration::from_millis(500));
+                host.tick();
+            }
+        }
+        for host in &hosts {
+            pump(host, &mut redis);
+        }
+        let holds = request_holds(&redis);
+        assert!(holds.is_empty(), "seed {seed}: request holds left in Redis: {holds:?}\n{}", redis.budget());
+    }
+}
