@@ -376,6 +376,91 @@ mod tests {
         assert_eq!(board.waiting_count(), 0);
     }
 
+    /// Redis's side of the budget compare-and-set: (version, state JSON).
+    fn eval(redis: &mut (u64, String), body: &[u8]) -> Vec<u8> {
+        let text = String::from_utf8(body.to_vec()).unwrap();
+        let args: Vec<String> = text.split('/').map(decode_arg).collect();
+        let (version, data) = (&args[4], &args[5]);
+        if version.parse::<u64>().unwrap() != redis.0 {
+            return serde_json::json!({"EVAL": [0, redis.0.to_string(), redis.1]}).to_string().into_bytes();
+        }
+        redis.0 += 1;
+        redis.1.clone_from(data);
+        serde_json::json!({"EVAL": [1, redis.0.to_string()]}).to_string().into_bytes()
+    }
+
+    fn decode_arg(arg: &str) -> String {
+        let raw = arg.as_bytes();
+        let mut bytes = Vec::new();
+        let mut i = 0;
+        while i < raw.len() {
+            if raw[i] == b'%' {
+                bytes.push(u8::from_str_radix(&arg[i + 1..i + 3], 16).unwrap());
+                i += 3;
+            } else {
+                bytes.push(raw[i]);
+                i += 1;
+            }
+        }
+        String::from_utf8(bytes).unwrap()
+    }
+
+    // Known bug, not fixed yet (issue 16 note): a carrier recomputing on a
+    // later version carries a reserve whose own attempt already landed as
+    // a refusal; the carrier grants it and the hold is never settled. This
+    // is the stuck Redis hold of the two-Envoy races. Restricting reserves
+    // to same-version carrying fixes this test but, at the 32-round limit,
+    // turns the 500-request race's tail into 503s; the fix has to keep
+    // carrying (release such orphaned grants, or make a landed refusal
+    // idempotent in the core). `cargo nextest run -p tollgate-envoy
+    // --run-ignored only` runs it.
+    #[test]
+    #[ignore = "known bug: a reserve refused by its own landed attempt can be granted by a carrier on a later version"]
+    fn a_reserve_its_own_attempt_refused_is_not_carried_onto_a_later_version_and_granted_behind_its_back() {
+        let budgets = tollgate_core::TenantConfig::example().unwrap().budgets;
+        let mut redis = (0u64, String::new());
+        let mut board = BudgetBoard::default();
+        // A hold that leaves 10 of the daily 2,000,000 tokens.
+        let mut big = reserve_op("req_big");
+        if let LedgerOp::Reserve { request, .. } = &mut big {
+            request.output_tokens = 1_999_980;
+        }
+        let mut h = BudgetCas::new("acme", vec![big], 100);
+        let body = h.start("tg:", &mut board);
+        let landed = eval(&mut redis, &body);
+        assert!(matches!(h.on_reply("tg:", Some(&landed), &mut board), CasStep::Done(_)));
+        // r asks for 20 tokens: refused while the big hold is out. s gives
+        // the big hold back; its attempt carries r (both from version 1).
+        let mut r = BudgetCas::new("acme", vec![reserve_op("req_r")], 100);
+        let mut s = BudgetCas::new("acme", vec![LedgerOp::Release { budgets, id: "req_big".into() }], 100);
+        let r_body = r.start("tg:", &mut board);
+        let s_body = s.start("tg:", &mut board);
+        // Had s's attempt landed, r would have been granted with it (and
+        // would have found that reply here): the release lets it through.
+        assert_eq!(held_ids(&s_body), ["req_r"], "s carries r on the same version");
+        // Redis runs r's attempt first (it lands: r refused), then s's (lost).
+        let r_landed = eval(&mut redis, &r_body);
+        let s_lost = eval(&mut redis, &s_body);
+        // The VM reads s's answer before r's: s tries again on version 2.
+        let s_step = s.on_reply("tg:", Some(&s_lost), &mut board);
+        let CasStep::Send(s_again) = s_step else { panic!("s should try again: {s_step:?}") };
+        let r_step = r.on_reply("tg:", Some(&r_landed), &mut board);
+        assert!(
+            matches!(&r_step, CasStep::Done(replies) if matches!(replies.as_slice(), [LedgerReply::Refused { .. }])),
+            "{r_step:?}"
+        );
+        // s's second attempt lands; it must not have granted r's reserve.
+        let s_landed = eval(&mut redis, &s_again);
+        assert!(matches!(s.on_reply("tg:", Some(&s_landed), &mut board), CasStep::Done(_)));
+        let state: BudgetState = serde_json::from_str(&redis.1).unwrap();
+        assert!(
+            state.outstanding.iter().all(|o| o.id != "req_r"),
+            "a request answered 429 holds budget: {:?}",
+            state.outstanding
+        );
+        assert_eq!(board.waiting_count(), 0);
+    }
+
     #[test]
     fn a_failed_call_still_answers_an_op_that_landed_with_another_request() {
         let mut board = BudgetBoard::default();
