@@ -232,6 +232,17 @@ fn a_replaced_root_context_with_nothing_left_is_done_at_once() {
 /// A leased tenant on Redis with webdis far away: each webdis call is
 /// answered only once the next request has started. After the first
 /// request, requests reserve from the VM's lease: none waits for webdis.
+/// A configured host (one worker) for this tenant config, budgets in
+/// Redis through webdis with a 5 s timeout.
+fn leased_redis_host(tenant: Value) -> Host {
+    let mut config = plugin_config(&[tenant]);
+    config["state"] = json!({"budgets": "redis", "cache": "off",
+                             "redis": {"cluster": "webdis", "authority": "webdis", "timeout_ms": 5000}});
+    let env = provider_env();
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    Host::configured(&config.to_string(), &env)
+}
+
 #[test]
 fn sequential_requests_on_a_leased_redis_tenant_do_not_wait_for_a_slow_webdis() {
     let leased = json!({
@@ -241,12 +252,7 @@ fn sequential_requests_on_a_leased_redis_tenant_do_not_wait_for_a_slow_webdis() 
         "budgets": {"limits": [{"name": "daily", "window": "day", "usd": 50.0}], "on_exhausted": "reject"},
         "cache": {"enabled": false}
     });
-    let mut config = plugin_config(&[leased]);
-    config["state"] = json!({"budgets": "redis", "cache": "off",
-                             "redis": {"cluster": "webdis", "authority": "webdis", "timeout_ms": 5000}});
-    let env = provider_env();
-    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-    let host = Host::configured(&config.to_string(), &env);
+    let host = leased_redis_host(leased);
     let mut redis = FakeRedis::default();
     let mut waited = Vec::new();
     for n in 0..40 {
@@ -296,15 +302,10 @@ fn leased_requests_racing_through_redis_from_two_envoys_leave_no_request_hold_be
                         "clamp_max_tokens": false},
             "cache": {"enabled": false}
         });
-        let mut config = plugin_config(&[leased]);
-        config["state"] = json!({"budgets": "redis", "cache": "off",
-                                 "redis": {"cluster": "webdis", "authority": "webdis", "timeout_ms": 5000}});
-        let env = provider_env();
-        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
         // Two Envoys of two workers each, on one Redis.
         let hosts: Vec<Host> = (0..2u64)
             .map(|n| {
-                let mut host = Host::configured(&config.to_string(), &env);
+                let mut host = leased_redis_host(leased.clone());
                 host.add_worker();
                 // Each Envoy draws its own request ids.
                 host.seed_random(seed * 2 + n + 1);

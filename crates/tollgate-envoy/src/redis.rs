@@ -331,20 +331,8 @@ mod tests {
     fn held_ids(body: &[u8]) -> Vec<String> {
         // The state is the last argument of `EVAL/<script>/1/<key>/<version>/<data>`.
         let text = String::from_utf8(body.to_vec()).unwrap();
-        let data = text.rsplit('/').next().unwrap();
-        let mut bytes = Vec::new();
-        let mut i = 0;
-        let raw = data.as_bytes();
-        while i < raw.len() {
-            if raw[i] == b'%' {
-                bytes.push(u8::from_str_radix(&data[i + 1..i + 3], 16).unwrap());
-                i += 3;
-            } else {
-                bytes.push(raw[i]);
-                i += 1;
-            }
-        }
-        let state: BudgetState = serde_json::from_slice(&bytes).unwrap();
+        let data = decode_arg(text.rsplit('/').next().unwrap());
+        let state: BudgetState = serde_json::from_str(&data).unwrap();
         state.outstanding.iter().map(|o| o.id.clone()).collect()
     }
 
