@@ -217,6 +217,20 @@ def settled_usage(url: str, key: str, *, timeout: float = 10.0) -> dict:
     return _poll_usage(url, key, nothing_reserved, timeout, "waiting for every reservation to be settled")
 
 
+def nothing_reserved_or_leased(report: dict) -> bool:
+    return nothing_reserved(report) and all(micros(b.get("leased_usd", "0")) == 0 for b in report["budgets"])
+
+
+def settled_and_returned(url: str, key: str, *, timeout: float = 30.0) -> dict:
+    """/v1/usage once no request holds budget and every host instance has
+    handed its lease back. A lease's settled spend reaches the writer in
+    batches (by count, by time, at renewal and return), so only then does
+    the ledger's spend equal the sum of what was charged."""
+    return _poll_usage(
+        url, key, nothing_reserved_or_leased, timeout, "waiting for every reservation settled and every lease returned"
+    )
+
+
 def wait_until_recorded(url: str, key: str, total: int, *, timeout: float = 20.0) -> dict:
     """/v1/usage once the tenant's ledger has recorded `total` requests and
     holds no reservation: the barrier for what the Worker does after an answer.

@@ -34,6 +34,7 @@ from calls import (
     cost_micros,
     micros,
     requests_recorded,
+    settled_and_returned,
     settled_usage,
     unique,
     upstream_calls,
@@ -213,7 +214,7 @@ def race(mock: Mock, urls: list[str], key: str, limit_usd: float) -> dict:
     assert len(upstream) == len(served), f"the provider saw {len(upstream)} requests, {len(served)} were served"
 
     for url in urls:
-        after = settled_usage(url, key, timeout=60)
+        after = settled_and_returned(url, key, timeout=60)
         (window,) = after["budgets"]
         assert micros(window["spent_usd"]) <= round(limit_usd * 1_000_000), f"{url} spent past the limit: {window}"
         assert micros(window["spent_usd"]) == charged, (

@@ -289,17 +289,21 @@ fn request_holds(redis: &FakeRedis) -> Vec<Value> {
 #[test]
 fn leased_requests_racing_through_redis_from_two_envoys_leave_no_request_hold_behind() {
     // A small daily limit (the tail is reached: requests reserve one by one
-    // at Redis), two worker VMs, webdis answering in random order, clients
+    // at Redis, and many are refused), two worker VMs, Redis running
+    // commands in one order and webdis answering in another, clients
     // leaving while their reserve is out (its compare-and-set may still
     // land), ticks in between. Once everything is answered and the VMs
     // have flushed, no request may still hold budget in Redis.
-    for seed in 0..24u64 {
+    for seed in 0..48u64 {
+        // Both ways a request reserves: from its VM's lease, then one by
+        // one at Redis near the end; or always at Redis.
+        let consistency = if seed % 2 == 0 { "leased" } else { "per_request" };
         let leased = json!({
             "version": 1,
             "tenant_id": TENANT,
             "routing": {"tiers": [{"name": "only", "models": ["openai/gpt-4o"]}]},
-            "budgets": {"limits": [{"name": "daily", "window": "day", "usd": 0.02}], "on_exhausted": "reject",
-                        "clamp_max_tokens": false},
+            "budgets": {"limits": [{"name": "daily", "window": "day", "usd": 0.004}], "on_exhausted": "reject",
+                        "clamp_max_tokens": false, "consistency": consistency},
             "cache": {"enabled": false}
         });
         // Two Envoys of two workers each, on one Redis.
@@ -315,6 +319,13 @@ fn leased_requests_racing_through_redis_from_two_envoys_leave_no_request_hold_be
         let mut redis = FakeRedis::default();
         let mut rng = Rng(seed);
         let mut streams: Vec<(usize, tollgate_envoy_harness::Stream)> = Vec::new();
+        // Calls Redis already ran whose answers webdis has not delivered
+        // yet: (Envoy, token, answer). Redis runs commands in one order and
+        // a VM may read the answers in another.
+        let mut ran: Vec<(usize, u32, String)> = Vec::new();
+        let not_run = |ran: &[(usize, u32, String)], h: usize, calls: Vec<HttpCall>| -> Vec<HttpCall> {
+            calls.into_iter().filter(|c| !ran.iter().any(|(rh, t, _)| *rh == h && *t == c.token)).collect()
+        };
         let mut started = 0;
         for _ in 0..800 {
             let h = rng.below(2);
@@ -328,8 +339,8 @@ fn leased_requests_racing_through_redis_from_two_envoys_leave_no_request_hold_be
                     started += 1;
                     streams.push((h, s));
                 }
-                2 | 3 => {
-                    let calls = webdis_calls(host);
+                2 => {
+                    let calls = not_run(&ran, h, webdis_calls(host));
                     if !calls.is_empty() {
                         let call = rng.pick(&calls);
                         let answer = redis.answer(&call.body).to_string();
@@ -341,13 +352,31 @@ fn leased_requests_racing_through_redis_from_two_envoys_leave_no_request_hold_be
                         );
                     }
                 }
+                3 => {
+                    // Redis runs a command now; its answer arrives later,
+                    // maybe after answers to commands Redis ran after it.
+                    let calls = not_run(&ran, h, webdis_calls(host));
+                    if !ran.is_empty() && (calls.is_empty() || rng.below(2) == 0) {
+                        let (rh, token, answer) = ran.swap_remove(rng.below(ran.len()));
+                        if webdis_calls(&hosts[rh]).iter().any(|c| c.token == token) {
+                            let headers = [("content-type", "application/json")];
+                            hosts[rh].respond_http_call(token, 200, &headers, answer.as_bytes());
+                        }
+                    } else if !calls.is_empty() {
+                        let call = rng.pick(&calls);
+                        ran.push((h, call.token, redis.answer(&call.body).to_string()));
+                    }
+                }
                 4 => {
                     // webdis times out: the command may or may not have run.
                     let calls = webdis_calls(host);
                     if !calls.is_empty() && rng.below(4) == 0 {
                         let call = rng.pick(&calls).clone();
-                        if rng.below(2) == 0 {
-                            redis.answer(&call.body);
+                        let already = ran.iter().position(|(rh, t, _)| *rh == h && *t == call.token);
+                        match already {
+                            Some(i) => drop(ran.swap_remove(i)),
+                            None if rng.below(2) == 0 => drop(redis.answer(&call.body)),
+                            None => {}
                         }
                         host.fail_http_call(call.token);
                     }
@@ -371,7 +400,7 @@ fn leased_requests_racing_through_redis_from_two_envoys_leave_no_request_hold_be
                         .filter(|c| c.worker == worker && c.context_id == id)
                         .collect();
                     s.finish();
-                    for call in out {
+                    for call in not_run(&ran, h, out) {
                         if rng.below(2) == 0 {
                             redis.answer(&call.body);
                         }
@@ -386,6 +415,11 @@ fn leased_requests_racing_through_redis_from_two_envoys_leave_no_request_hold_be
             }
         }
         // Everything left is answered, then the VMs flush and go idle.
+        for (rh, token, answer) in std::mem::take(&mut ran) {
+            if webdis_calls(&hosts[rh]).iter().any(|c| c.token == token) {
+                hosts[rh].respond_http_call(token, 200, &[("content-type", "application/json")], answer.as_bytes());
+            }
+        }
         for _ in 0..60 {
             for host in &hosts {
                 pump(host, &mut redis);

@@ -102,12 +102,31 @@ pub const CARRY_LIMIT: usize = 64;
 /// An op applied twice (once carried, once by its own request on a newer
 /// version) changes nothing the second time: the core's reserve, settle
 /// and release are idempotent per id.
+///
+/// Except a refusal: a reserve refused where it landed first is not
+/// remembered, so a carrier that recomputes on a later version (after
+/// other requests freed budget) may grant it. Two things keep such a hold
+/// from outliving its request. A request whose own attempt and a carrier
+/// both landed takes the replies of the one that landed last (the later
+/// version), which is what Redis now holds. And a request that finishes
+/// refused while an attempt that grants it a hold is still out (sent, its
+/// answer not yet read or never to be read) has its reserve released by id
+/// ([`BudgetBoard::take_orphans`]): the release frees the hold if that
+/// attempt granted it, and makes any later arrival of it hold nothing.
 #[derive(Debug, Default)]
 pub struct BudgetBoard {
     pub memo: Memo,
     next_ticket: u64,
     waiting: HashMap<String, Vec<(u64, Vec<LedgerOp>)>>,
-    done: HashMap<u64, Vec<LedgerReply>>,
+    /// Replies a carrier landed, with the version its landing made.
+    done: HashMap<u64, (u64, Vec<LedgerReply>)>,
+    /// Per waiting ticket: other requests' attempts that carry one of its
+    /// reserves as a new hold, sent and not yet answered (a failed call
+    /// counts on: it may have landed).
+    carried_out: HashMap<u64, u32>,
+    /// Releases for reserves refused to their requests that an attempt
+    /// still out may grant: the store queues them ([`Self::take_orphans`]).
+    orphans: Vec<(String, LedgerOp)>,
 }
 
 impl BudgetBoard {
@@ -124,14 +143,52 @@ impl BudgetBoard {
         list.iter().filter(|(t, _)| *t != ticket).take(CARRY_LIMIT).cloned().collect()
     }
 
-    /// Replies for carried ops that landed: their requests pick them up.
-    fn publish(&mut self, tenant: &str, landed: Vec<(u64, Vec<LedgerReply>)>) {
+    /// Replies for carried ops that landed (making `version`): their
+    /// requests pick them up.
+    fn publish(&mut self, tenant: &str, version: u64, landed: Vec<(u64, Vec<LedgerReply>)>) {
         for (ticket, replies) in landed {
             if self.is_waiting(tenant, ticket) {
                 self.remove_waiting(tenant, ticket);
-                self.done.insert(ticket, replies);
+                self.done.insert(ticket, (version, replies));
             }
         }
+    }
+
+    /// An attempt granting reserves of `tickets` was sent.
+    fn carried_sent(&mut self, tickets: &[u64]) {
+        for ticket in tickets {
+            *self.carried_out.entry(*ticket).or_default() += 1;
+        }
+    }
+
+    /// The answer to an attempt granting reserves of `tickets` was read:
+    /// it landed or lost, either way it is no longer out.
+    fn carried_read(&mut self, tickets: &[u64]) {
+        for ticket in tickets {
+            if let Some(n) = self.carried_out.get_mut(ticket) {
+                *n = n.saturating_sub(1);
+            }
+        }
+    }
+
+    /// A request finished with `replies` to its `ops`: when an attempt
+    /// still out may grant it a hold, each of its refused reserves is
+    /// released by id (see the type's doc); then it leaves.
+    fn finish(&mut self, tenant: &str, ticket: u64, ops: &[LedgerOp], replies: &[LedgerReply]) {
+        if self.carried_out.get(&ticket).is_some_and(|n| *n > 0) {
+            for (op, reply) in ops.iter().zip(replies) {
+                if let (LedgerOp::Reserve { budgets, request }, LedgerReply::Refused { .. }) = (op, reply) {
+                    let release = LedgerOp::Release { budgets: budgets.clone(), id: request.id.clone() };
+                    self.orphans.push((tenant.to_owned(), release));
+                }
+            }
+        }
+        self.leave(tenant, ticket);
+    }
+
+    /// Releases to send, by tenant (see [`BudgetBoard`]).
+    pub fn take_orphans(&mut self) -> Vec<(String, LedgerOp)> {
+        std::mem::take(&mut self.orphans)
     }
 
     fn is_waiting(&self, tenant: &str, ticket: u64) -> bool {
@@ -147,7 +204,7 @@ impl BudgetBoard {
         }
     }
 
-    fn take_done(&mut self, ticket: u64) -> Option<Vec<LedgerReply>> {
+    fn take_done(&mut self, ticket: u64) -> Option<(u64, Vec<LedgerReply>)> {
         self.done.remove(&ticket)
     }
 
@@ -155,17 +212,19 @@ impl BudgetBoard {
     pub fn leave(&mut self, tenant: &str, ticket: u64) {
         self.remove_waiting(tenant, ticket);
         self.done.remove(&ticket);
+        self.carried_out.remove(&ticket);
     }
 
     #[cfg(test)]
     fn waiting_count(&self) -> usize {
-        self.waiting.values().map(Vec::len).sum::<usize>() + self.done.len()
+        self.waiting.values().map(Vec::len).sum::<usize>() + self.done.len() + self.carried_out.len()
     }
 }
 
 /// What the last attempt sent: the state it wrote, its own replies, and the
 /// carried ops' replies by ticket.
-type Sent = (BudgetState, Vec<LedgerReply>, Vec<(u64, Vec<LedgerReply>)>);
+/// The last item: the carried tickets whose reserves it newly grants.
+type Sent = (BudgetState, Vec<LedgerReply>, Vec<(u64, Vec<LedgerReply>)>, Vec<u64>);
 
 /// One budget update in flight: ops to apply, and what the last attempt sent.
 #[derive(Clone, Debug)]
@@ -176,6 +235,14 @@ pub struct BudgetCas {
     rounds: usize,
     ticket: Option<u64>,
     sent: Option<Sent>,
+}
+
+/// The id a reserve holds under (None: not a reserve).
+fn reserve_id(op: &LedgerOp) -> Option<&str> {
+    match op {
+        LedgerOp::Reserve { request, .. } => Some(&request.id),
+        _ => None,
+    }
 }
 
 /// What to do after a webdis answer.
@@ -214,18 +281,27 @@ impl BudgetCas {
         }
     }
 
-    fn attempt(&mut self, prefix: &str, version: String, mut state: BudgetState, board: &BudgetBoard) -> Vec<u8> {
+    fn attempt(&mut self, prefix: &str, version: String, mut state: BudgetState, board: &mut BudgetBoard) -> Vec<u8> {
         self.rounds += 1;
         let replies: Vec<LedgerReply> = self.ops.iter().map(|op| budget::apply(&mut state, op, self.now)).collect();
-        let carried: Vec<(u64, Vec<LedgerReply>)> = self
-            .ticket
-            .map(|ticket| board.others(&self.tenant, ticket))
-            .unwrap_or_default()
-            .into_iter()
-            .map(|(ticket, ops)| (ticket, ops.iter().map(|op| budget::apply(&mut state, op, self.now)).collect()))
-            .collect();
+        let mut granting = Vec::new();
+        let mut carried = Vec::new();
+        for (ticket, ops) in self.ticket.map(|ticket| board.others(&self.tenant, ticket)).unwrap_or_default() {
+            let mut replies = Vec::with_capacity(ops.len());
+            for op in &ops {
+                let held_before = reserve_id(op).is_some_and(|id| state.outstanding.iter().any(|o| o.id == id));
+                let reply = budget::apply(&mut state, op, self.now);
+                let holds_now = reserve_id(op).is_some_and(|id| state.outstanding.iter().any(|o| o.id == id));
+                if holds_now && !held_before && granting.last() != Some(&ticket) {
+                    granting.push(ticket);
+                }
+                replies.push(reply);
+            }
+            carried.push((ticket, replies));
+        }
         let data = serde_json::to_vec(&state).unwrap_or_default();
-        self.sent = Some((state, replies, carried));
+        board.carried_sent(&granting);
+        self.sent = Some((state, replies, carried, granting));
         let key = budget_key(prefix, &self.tenant);
         command("EVAL", &[CAS_SCRIPT.as_bytes(), b"1", key.as_bytes(), version.as_bytes(), &data])
     }
@@ -233,8 +309,10 @@ impl BudgetCas {
     /// Read webdis's answer (`None` for a failed call).
     pub fn on_reply(&mut self, prefix: &str, body: Option<&[u8]>, board: &mut BudgetBoard) -> CasStep {
         let step = self.read_reply(prefix, body, board);
-        if let CasStep::Done(_) = step {
-            self.leave(board);
+        if let CasStep::Done(replies) = &step
+            && let Some(ticket) = self.ticket.take()
+        {
+            board.finish(&self.tenant, ticket, &self.ops, replies);
         }
         step
     }
@@ -243,30 +321,44 @@ impl BudgetCas {
         let items = body.and_then(|b| reply_value("EVAL", b)).and_then(|v| v.as_array().cloned()).unwrap_or_default();
         match (items.first().and_then(serde_json::Value::as_i64), items.get(1).and_then(|v| v.as_str())) {
             (Some(1), Some(version)) => {
-                let Some((state, replies, carried)) = self.sent.take() else { return CasStep::Failed };
+                let Some((state, replies, carried, granting)) = self.sent.take() else { return CasStep::Failed };
+                let landed = version.parse::<u64>().unwrap_or(0);
                 board.memo.insert(self.tenant.clone(), (version.to_owned(), state));
-                board.publish(&self.tenant, carried);
-                return CasStep::Done(replies);
+                board.carried_read(&granting);
+                board.publish(&self.tenant, landed, carried);
+                // A carrier landed ours as well: the later landing is what
+                // Redis holds (a reserve refused here may be granted there).
+                return match self.ticket.and_then(|t| board.take_done(t)) {
+                    Some((theirs, their_replies)) if theirs > landed => CasStep::Done(their_replies),
+                    _ => CasStep::Done(replies),
+                };
             }
             (Some(0), Some(version)) => {
+                if let Some((_, _, _, granting)) = self.sent.take() {
+                    board.carried_read(&granting);
+                }
                 let data = items.get(2).and_then(|v| v.as_str()).unwrap_or("");
                 // Empty (or unreadable, after a format change) starts empty,
                 // as the Durable Object does.
                 let state: BudgetState = serde_json::from_str(data).unwrap_or_default();
                 board.memo.insert(self.tenant.clone(), (version.to_owned(), state.clone()));
                 // Another request of this VM may have carried our ops.
-                if let Some(replies) = self.ticket.and_then(|t| board.take_done(t)) {
+                if let Some((_, replies)) = self.ticket.and_then(|t| board.take_done(t)) {
                     return CasStep::Done(replies);
                 }
                 if self.rounds < CAS_ROUNDS {
                     return CasStep::Send(self.attempt(prefix, version.to_owned(), state, board));
                 }
+                log::warn!(
+                    "tollgate: a budget update for tenant `{}` lost {CAS_ROUNDS} compare-and-set rounds in a row",
+                    self.tenant
+                );
             }
             _ => {}
         }
         // Failed, but ours may have landed with another request's attempt.
         match self.ticket.and_then(|t| board.take_done(t)) {
-            Some(replies) => CasStep::Done(replies),
+            Some((_, replies)) => CasStep::Done(replies),
             None => {
                 self.leave(board);
                 CasStep::Failed
@@ -393,22 +485,11 @@ mod tests {
         String::from_utf8(bytes).unwrap()
     }
 
-    // Known bug, not fixed yet (issue 16 note): a carrier recomputing on a
-    // later version carries a reserve whose own attempt already landed as
-    // a refusal; the carrier grants it and the hold is never settled. This
-    // is the stuck Redis hold of the two-Envoy races. Restricting reserves
-    // to same-version carrying fixes this test but, at the 32-round limit,
-    // turns the 500-request race's tail into 503s; the fix has to keep
-    // carrying (release such orphaned grants, or make a landed refusal
-    // idempotent in the core). `cargo nextest run -p tollgate-envoy
-    // --run-ignored only` runs it.
-    #[test]
-    #[ignore = "known bug: a reserve refused by its own landed attempt can be granted by a carrier on a later version"]
-    fn a_reserve_its_own_attempt_refused_is_not_carried_onto_a_later_version_and_granted_behind_its_back() {
-        let budgets = tollgate_core::TenantConfig::example().unwrap().budgets;
+    /// A board whose tenant holds all but 10 of its daily 2,000,000
+    /// tokens under `req_big`; Redis's side as (version, state).
+    fn nearly_exhausted() -> (BudgetBoard, (u64, String)) {
         let mut redis = (0u64, String::new());
         let mut board = BudgetBoard::default();
-        // A hold that leaves 10 of the daily 2,000,000 tokens.
         let mut big = reserve_op("req_big");
         if let LedgerOp::Reserve { request, .. } = &mut big {
             request.output_tokens = 1_999_980;
@@ -417,36 +498,102 @@ mod tests {
         let body = h.start("tg:", &mut board);
         let landed = eval(&mut redis, &body);
         assert!(matches!(h.on_reply("tg:", Some(&landed), &mut board), CasStep::Done(_)));
+        (board, redis)
+    }
+
+    fn release_op(id: &str) -> LedgerOp {
+        let budgets = tollgate_core::TenantConfig::example().unwrap().budgets;
+        LedgerOp::Release { budgets, id: id.into() }
+    }
+
+    fn is_refused(step: &CasStep) -> bool {
+        matches!(step, CasStep::Done(replies) if matches!(replies.as_slice(), [LedgerReply::Refused { .. }]))
+    }
+
+    fn is_granted(step: &CasStep) -> bool {
+        matches!(step, CasStep::Done(replies) if matches!(replies.as_slice(), [LedgerReply::Granted { .. }]))
+    }
+
+    fn held_in(redis: &(u64, String)) -> Vec<String> {
+        let state: BudgetState = serde_json::from_str(&redis.1).unwrap();
+        state.outstanding.iter().map(|o| o.id.clone()).collect()
+    }
+
+    // The stuck Redis hold of the two-Envoy races: a carrier recomputing on
+    // a later version carries a reserve whose own attempt already landed as
+    // a refusal, and grants it after the request answered 429.
+    #[test]
+    fn a_reserve_refused_by_its_own_landing_and_then_granted_by_a_carrier_is_released() {
+        let (mut board, mut redis) = nearly_exhausted();
         // r asks for 20 tokens: refused while the big hold is out. s gives
         // the big hold back; its attempt carries r (both from version 1).
         let mut r = BudgetCas::new("acme", vec![reserve_op("req_r")], 100);
-        let mut s = BudgetCas::new("acme", vec![LedgerOp::Release { budgets, id: "req_big".into() }], 100);
+        let mut s = BudgetCas::new("acme", vec![release_op("req_big")], 100);
         let r_body = r.start("tg:", &mut board);
         let s_body = s.start("tg:", &mut board);
-        // Had s's attempt landed, r would have been granted with it (and
-        // would have found that reply here): the release lets it through.
         assert_eq!(held_ids(&s_body), ["req_r"], "s carries r on the same version");
         // Redis runs r's attempt first (it lands: r refused), then s's (lost).
         let r_landed = eval(&mut redis, &r_body);
         let s_lost = eval(&mut redis, &s_body);
-        // The VM reads s's answer before r's: s tries again on version 2.
+        // The VM reads s's answer before r's: s tries again on version 2,
+        // still carrying r, which has not yet read its own landing.
         let s_step = s.on_reply("tg:", Some(&s_lost), &mut board);
         let CasStep::Send(s_again) = s_step else { panic!("s should try again: {s_step:?}") };
+        assert_eq!(held_ids(&s_again), ["req_r"], "the release lets r through on version 2");
         let r_step = r.on_reply("tg:", Some(&r_landed), &mut board);
-        assert!(
-            matches!(&r_step, CasStep::Done(replies) if matches!(replies.as_slice(), [LedgerReply::Refused { .. }])),
-            "{r_step:?}"
-        );
-        // s's second attempt lands; it must not have granted r's reserve.
+        assert!(is_refused(&r_step), "{r_step:?}");
+        // s's second attempt lands, with r's hold in it; r answered 429.
         let s_landed = eval(&mut redis, &s_again);
         assert!(matches!(s.on_reply("tg:", Some(&s_landed), &mut board), CasStep::Done(_)));
-        let state: BudgetState = serde_json::from_str(&redis.1).unwrap();
-        assert!(
-            state.outstanding.iter().all(|o| o.id != "req_r"),
-            "a request answered 429 holds budget: {:?}",
-            state.outstanding
-        );
+        assert_eq!(held_in(&redis), ["req_r"]);
+        // The board asks for r's reserve to be released; the store sends it.
+        let orphans = board.take_orphans();
+        assert_eq!(orphans.len(), 1, "{orphans:?}");
+        let (tenant, release) = orphans.into_iter().next().unwrap();
+        let mut job = BudgetCas::new(&tenant, vec![release], 101);
+        let mut body = job.start("tg:", &mut board);
+        loop {
+            let answer = eval(&mut redis, &body);
+            match job.on_reply("tg:", Some(&answer), &mut board) {
+                CasStep::Send(next) => body = next,
+                CasStep::Done(_) => break,
+                CasStep::Failed => panic!("the release failed"),
+            }
+        }
+        assert!(held_in(&redis).is_empty(), "a request answered 429 holds budget: {:?}", held_in(&redis));
         assert_eq!(board.waiting_count(), 0);
+        assert!(board.take_orphans().is_empty());
+    }
+
+    #[test]
+    fn a_request_whose_own_attempt_and_a_carrier_both_landed_takes_the_later_landing_replies() {
+        let (mut board, mut redis) = nearly_exhausted();
+        let mut r = BudgetCas::new("acme", vec![reserve_op("req_r")], 100);
+        let mut s = BudgetCas::new("acme", vec![release_op("req_big")], 100);
+        let r_body = r.start("tg:", &mut board);
+        let s_body = s.start("tg:", &mut board);
+        let r_landed = eval(&mut redis, &r_body);
+        let s_lost = eval(&mut redis, &s_body);
+        let CasStep::Send(s_again) = s.on_reply("tg:", Some(&s_lost), &mut board) else { panic!("s should retry") };
+        // This time s's second landing is read before r's first: r's reply
+        // waits on the board, and r then reads its own (older) refusal.
+        let s_landed = eval(&mut redis, &s_again);
+        assert!(matches!(s.on_reply("tg:", Some(&s_landed), &mut board), CasStep::Done(_)));
+        let r_step = r.on_reply("tg:", Some(&r_landed), &mut board);
+        assert!(is_granted(&r_step), "r must take the grant Redis holds for it: {r_step:?}");
+        assert_eq!(held_in(&redis), ["req_r"], "r's hold is r's, to settle");
+        assert!(board.take_orphans().is_empty(), "nothing to release: r holds what it was granted");
+        assert_eq!(board.waiting_count(), 0);
+    }
+
+    #[test]
+    fn a_refusal_with_no_carrier_out_releases_nothing() {
+        let (mut board, mut redis) = nearly_exhausted();
+        let mut r = BudgetCas::new("acme", vec![reserve_op("req_r")], 100);
+        let body = r.start("tg:", &mut board);
+        let landed = eval(&mut redis, &body);
+        assert!(is_refused(&r.on_reply("tg:", Some(&landed), &mut board)));
+        assert!(board.take_orphans().is_empty(), "a plain 429 costs no extra write");
     }
 
     #[test]

@@ -293,16 +293,40 @@ fn start_round(rt: &Runtime, tenant: &str, now: u64, rest: &mut VecDeque<TenantO
 fn round_step(rt: &Runtime, round: &mut Round, body: Option<&[u8]>) -> RoundStep {
     let prefix = &rt.config.redis.key_prefix;
     match round {
-        Round::Budget(cas) => match cas.on_reply(prefix, body, &mut rt.board.borrow_mut()) {
-            CasStep::Done(r) => RoundStep::Done(r.into_iter().map(TenantReply::Budget).collect()),
-            CasStep::Send(next) => RoundStep::Send(next),
-            CasStep::Failed => RoundStep::Failed,
-        },
+        Round::Budget(cas) => {
+            let step = cas.on_reply(prefix, body, &mut rt.board.borrow_mut());
+            release_orphans(rt);
+            match step {
+                CasStep::Done(r) => RoundStep::Done(r.into_iter().map(TenantReply::Budget).collect()),
+                CasStep::Send(next) => RoundStep::Send(next),
+                CasStep::Failed => RoundStep::Failed,
+            }
+        }
         Round::Outcome(cas) => match cas.on_reply(prefix, body) {
             OutcomeStep::Done(replies) => RoundStep::Done(replies.into_iter().map(TenantReply::Outcome).collect()),
             OutcomeStep::Send(next) => RoundStep::Send(next),
             OutcomeStep::Failed => RoundStep::Failed,
         },
+    }
+}
+
+/// Queue the releases the budget board asks for: reserves refused to their
+/// requests that an attempt still out may have granted (see
+/// [`redis::BudgetBoard`]). They go straight to Redis, past the lease desk,
+/// which never heard of those holds.
+fn release_orphans(rt: &Runtime) {
+    let orphans = rt.board.borrow_mut().take_orphans();
+    let mut by_tenant: Vec<(String, Vec<TenantOp>)> = Vec::new();
+    for (tenant, release) in orphans {
+        match by_tenant.iter_mut().find(|(t, _)| *t == tenant) {
+            Some((_, ops)) => ops.push(TenantOp::Budget(release)),
+            None => by_tenant.push((tenant, vec![TenantOp::Budget(release)])),
+        }
+    }
+    // One compare-and-set per tenant for all of them.
+    for (tenant, ops) in by_tenant {
+        let work = Work::Batch { tenant, now: host::now_secs(), ops, ticket: None };
+        rt.jobs.borrow_mut().push_back(Job { work, attempts: 0 });
     }
 }
 
