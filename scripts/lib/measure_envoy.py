@@ -507,6 +507,9 @@ def main() -> int:
     ap.add_argument("--store-delay-ms", type=float, default=0,
                     help="with --store redis: hold every request to webdis this long (a store far away)")
     ap.add_argument("--skip-memory", action="store_true", help="latency and throughput only")
+    ap.add_argument("--compare-wasm", type=Path,
+                    help="another build of the filter (e.g. before a change), run side by side with the same "
+                         "config and load: its figures are printed next to this build's")
     args = ap.parse_args()
     if args.rounds is None:
         args.rounds = 2 if args.quick else 5
@@ -567,10 +570,10 @@ def main() -> int:
         routed_body = chat_body("tollgate/auto")
 
         def bootstrap(label: str) -> dict:
-            filter_wasm = {"filter": wasm, "floor": floor_wasm}.get(label)
+            filter_wasm = {"filter": wasm, "floor": floor_wasm, "compare": args.compare_wasm}.get(label)
             return hosts.envoy_bootstrap(plugin if filter_wasm else None, port=hosts.free_port(),
                                          admin_port=hosts.free_port(), mock=mock, wasm=filter_wasm or wasm,
-                                         webdis_url=webdis_url if label == "filter" else None)
+                                         webdis_url=webdis_url if label in ("filter", "compare") else None)
 
         def launch(label: str, concurrency: int) -> hosts.Envoy:
             env = start_envoy(bootstrap(label), work, f"{label}-c{concurrency}-{len(envoys)}", concurrency)
@@ -597,6 +600,8 @@ def main() -> int:
             env = launch(label, concurrency)
             if label == "filter":
                 return Target.make("filter", env, CHAT_PATH, routed_headers, routed_body, work)
+            if label == "compare":
+                return Target.make("compare-wasm", env, CHAT_PATH, routed_headers, routed_body, work)
             if label == "floor":
                 # The direct request, through a filter that only buffers and copies.
                 return Target.make("buffering floor", env, DIRECT_PATH, direct_headers, direct_body, work)
@@ -618,7 +623,10 @@ def main() -> int:
         unmetered = variant(filt, "filter (no budgets)", BENCH_UNMETERED_KEY)
         floor = target("floor", args.concurrency)
         pair = [direct, filt, per_request, unmetered, floor]
-        variants = ("filter (per_request)", "filter (no budgets)", "buffering floor")
+        variants: tuple[str, ...] = ("filter (per_request)", "filter (no budgets)", "buffering floor")
+        if args.compare_wasm:
+            pair.append(target("compare", args.concurrency))
+            variants += ("--compare-wasm build",)
         for t in pair:
             _, status, _, body = t.post("check")
             if status != 200:
@@ -659,6 +667,16 @@ def main() -> int:
               f"({fn.store_batches:.3f} store batches per request)")
         print(f"     budgets and outcomes per request:      {pr_n.cpu_us - free_n.cpu_us:+.0f} "
               f"({pr_n.store_batches:.3f} store batches per request)")
+        if args.compare_wasm:
+            cmp_1, cmp_n = summarise(one[5]), summarise(loaded[5])
+            print(f"   this build vs --compare-wasm {args.compare_wasm} (same config, same runs, alternating):")
+            print(f"     CPU per request (saturating): {fn.cpu_us:.0f} vs {cmp_n.cpu_us:.0f} µs "
+                  f"({fn.cpu_us - cmp_n.cpu_us:+.0f}); added over no filter {fn.cpu_us - dn.cpu_us:+.0f} vs "
+                  f"{cmp_n.cpu_us - dn.cpu_us:+.0f} µs")
+            print(f"     throughput (saturating): {fn.rps:.0f} vs {cmp_n.rps:.0f} req/s ({fn.rps / dn.rps:.0%} vs "
+                  f"{cmp_n.rps / dn.rps:.0%} of no filter)")
+            print(f"     1 connection p50: {f1.p50:.3f} vs {cmp_1.p50:.3f} ms (added {f1.p50 - d1.p50:+.3f} vs "
+                  f"{cmp_1.p50 - d1.p50:+.3f} ms)")
         counters = filter_counters(filt.envoy)
         sent = sum(r.requests for runs in (*one[1:], *loaded[1:], paced[1]) for r in runs)
         print(f"   the filter's counters: {', '.join(f'{k} {v}' for k, v in counters.items()) or 'none'} "

@@ -43,7 +43,7 @@ pub fn headers(map: MapType) -> Vec<(String, String)> {
     let Some(serialized) = raw::header_pairs(map as u32) else {
         return Vec::new();
     };
-    raw::deserialize_pairs(&serialized)
+    crate::header_map::deserialize_pairs(&serialized)
         .into_iter()
         .filter_map(|(name, value)| Some((String::from_utf8(name).ok()?, String::from_utf8(value).ok()?)))
         .collect()
@@ -70,16 +70,6 @@ pub fn response_made_by_envoy() -> bool {
                 | b"route_not_found"
                 | b"maintenance_mode"
         )
-}
-
-/// The same for the answer to a `dispatch_http_call`, which has no
-/// `response.code_details`: Envoy's async client answers a timeout or a
-/// failed connection with a short plain-text body of its own.
-pub fn callout_made_by_envoy(status: u16, content_type: &str, body: &[u8]) -> bool {
-    const ENVOY_TEXTS: [&[u8]; 3] = [b"upstream request timeout", b"upstream connect error", b"no healthy upstream"];
-    matches!(status, 503 | 504)
-        && content_type.starts_with("text/plain")
-        && ENVOY_TEXTS.iter().any(|text| body.starts_with(text))
 }
 
 pub fn buffer(kind: BufferType, size: usize) -> Vec<u8> {
@@ -176,28 +166,6 @@ mod raw {
         // through proxy_on_memory_allocate, which is Vec::with_capacity(size).
         Some(unsafe { Vec::from_raw_parts(data, size, size) })
     }
-
-    /// The ABI's map encoding: a u32 count, then a (name length, value
-    /// length) u32 pair per entry, then each name and value followed by a
-    /// NUL. Anything out of bounds ends the list instead of panicking.
-    pub fn deserialize_pairs(bytes: &[u8]) -> Vec<(Vec<u8>, Vec<u8>)> {
-        let u32_at = |at: usize| -> Option<usize> {
-            let b = bytes.get(at..at.checked_add(4)?)?;
-            Some(u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize)
-        };
-        let Some(count) = u32_at(0) else { return Vec::new() };
-        let mut out = Vec::new();
-        let Some(mut at) = count.checked_mul(8).and_then(|n| n.checked_add(4)) else { return out };
-        for i in 0..count {
-            let (Some(name_len), Some(value_len)) = (u32_at(4 + i * 8), u32_at(8 + i * 8)) else { break };
-            let Some(name) = bytes.get(at..at.saturating_add(name_len)) else { break };
-            at = at.saturating_add(name_len).saturating_add(1);
-            let Some(value) = bytes.get(at..at.saturating_add(value_len)) else { break };
-            at = at.saturating_add(value_len).saturating_add(1);
-            out.push((name.to_vec(), value.to_vec()));
-        }
-        out
-    }
 }
 
 pub fn now_secs() -> u64 {
@@ -236,50 +204,15 @@ impl Counters {
         if by == 0 {
             return;
         }
-        let id = match self.ids.borrow().get(name).copied() {
-            Some(id) => Some(id),
-            None => hostcalls::define_metric(MetricType::Counter, name).ok(),
+        let known = self.ids.borrow().get(name).copied();
+        let id = match known {
+            Some(id) => id,
+            None => {
+                let Ok(id) = hostcalls::define_metric(MetricType::Counter, name) else { return };
+                self.ids.borrow_mut().insert(name.to_owned(), id);
+                id
+            }
         };
-        if let Some(id) = id {
-            self.ids.borrow_mut().insert(name.to_owned(), id);
-            let _ = hostcalls::increment_metric(id, i64::try_from(by).unwrap_or(i64::MAX));
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::callout_made_by_envoy;
-    use super::raw::deserialize_pairs;
-
-    #[test]
-    fn header_pairs_decode_and_a_truncated_map_ends_the_list_without_a_panic() {
-        let mut map = Vec::new();
-        map.extend(2u32.to_le_bytes());
-        for (n, v) in [(5u32, 2u32), (1, 3)] {
-            map.extend(n.to_le_bytes());
-            map.extend(v.to_le_bytes());
-        }
-        map.extend(b":path\0/x\0a\0\xe9bc\0");
-        assert_eq!(
-            deserialize_pairs(&map),
-            vec![(b":path".to_vec(), b"/x".to_vec()), (b"a".to_vec(), b"\xe9bc".to_vec())]
-        );
-        for cut in 0..map.len() {
-            assert!(deserialize_pairs(&map[..cut]).len() <= 2);
-        }
-        assert!(deserialize_pairs(&[0xff, 0xff, 0xff, 0xff]).is_empty());
-    }
-
-    #[test]
-    fn envoys_own_timeout_reply_to_a_callout_is_told_apart_from_a_providers_504() {
-        assert!(callout_made_by_envoy(504, "text/plain", b"upstream request timeout"));
-        assert!(callout_made_by_envoy(503, "text/plain", b"upstream connect error or disconnect/reset before headers"));
-        assert!(!callout_made_by_envoy(
-            504,
-            "application/json",
-            br#"{"error":{"message":"upstream request timeout"}}"#
-        ));
-        assert!(!callout_made_by_envoy(500, "text/plain", b"upstream request timeout"));
+        let _ = hostcalls::increment_metric(id, i64::try_from(by).unwrap_or(i64::MAX));
     }
 }

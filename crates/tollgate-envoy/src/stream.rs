@@ -329,7 +329,7 @@ impl Stream {
         let content_type = host::header(MapType::HttpCallResponseHeaders, "content-type").unwrap_or_default();
         // A callout that timed out (or could not connect) is a failure
         // without a provider status, whatever status Envoy gave it.
-        let status = status.filter(|&s| !host::callout_made_by_envoy(s, &content_type, &body));
+        let status = status.filter(|&s| !crate::header_map::callout_made_by_envoy(s, &content_type, &body));
         let retry_after = host::header(MapType::HttpCallResponseHeaders, "retry-after");
         let now = host::now_secs();
         let start = self.with_plan(rt, |p| p.on_answer_head(status, &content_type, retry_after.as_deref(), now));
