@@ -1352,4 +1352,65 @@ mod renewals {
         }
         assert!(waited <= 3, "{waited} of 2000 reserves waited for the writer");
     }
+
+    /// The wants of the lease asks in `ops`.
+    fn asked(ops: &[TenantOp]) -> Vec<Amount> {
+        ops.iter()
+            .filter_map(|op| match op {
+                TenantOp::Budget(LedgerOp::LeaseGrant { request, .. }) => Some(request.want),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Renewals come at half-life even when few requests arrived since the
+    /// last one: a quiet spell between two bursts must not shrink the lease
+    /// to that spell's demand, or the next burst waits for the writer.
+    #[test]
+    fn a_renewal_after_a_quiet_spell_asks_for_at_least_half_the_last_ask() {
+        let b = budgets_for_tests();
+        let mut desk = LeaseDesk::new("i1");
+        let mut writer = WriterState::default();
+        let mut wants = Vec::new();
+        let mut now = 100;
+        desk.request_started("t");
+        let serve = |desk: &mut LeaseDesk, writer: &mut WriterState, wants: &mut Vec<Amount>, id: &str, now| {
+            let settle = TenantOp::Budget(LedgerOp::Settle {
+                budgets: b.clone(),
+                id: id.to_owned(),
+                amount: Amount { tokens: 300, micros: 500 },
+            });
+            for ops in [vec![reserve_for_tests(&b, id)], vec![settle]] {
+                if let Routed::Send { ops, ticket } = desk.route("t", ops, now) {
+                    wants.extend(asked(&ops));
+                    land(desk, writer, &ops, ticket, now);
+                }
+            }
+            for (_, ops, ticket) in desk.due(now, false) {
+                wants.extend(asked(&ops));
+                land(desk, writer, &ops, ticket, now);
+            }
+        };
+        // A burst: 400 requests in 4 seconds.
+        for n in 0..400u64 {
+            now = 100 + n / 100;
+            serve(&mut desk, &mut writer, &mut wants, &format!("burst{n}"), now);
+        }
+        let asks = wants.len();
+        assert!(asks > 0, "the burst asked for a lease");
+        // Then one request a second for a minute: the lease renews at
+        // half-life, each time on the few requests since the last renewal.
+        for n in 0..60u64 {
+            now += 1;
+            serve(&mut desk, &mut writer, &mut wants, &format!("quiet{n}"), now);
+        }
+        assert!(wants.len() >= asks + 3, "the lease kept being renewed: {wants:?}");
+        for pair in wants[asks - 1..].windows(2) {
+            let (before, after) = (pair[0], pair[1]);
+            assert!(
+                after.tokens >= before.tokens / 2 && after.micros >= before.micros / 2,
+                "after asking for {before:?}, a renewal in a quiet spell asked for only {after:?}: {wants:?}"
+            );
+        }
+    }
 }
