@@ -64,6 +64,8 @@ pub struct LeaseDesk {
     instance: String,
     leases_made: u64,
     tenants: BTreeMap<String, TenantDesk>,
+    /// The writer is in this process ([`LeaseDesk::with_writer_in_process`]).
+    writer_in_process: bool,
 }
 
 /// A request of this instance reserved at the writer.
@@ -161,7 +163,18 @@ impl LeaseDesk {
     /// of two instances (or of one instance before and after a restart)
     /// never share an id.
     pub fn new(instance: &str) -> LeaseDesk {
-        LeaseDesk { instance: instance.to_owned(), leases_made: 0, tenants: BTreeMap::new() }
+        LeaseDesk { instance: instance.to_owned(), leases_made: 0, tenants: BTreeMap::new(), writer_in_process: false }
+    }
+
+    /// For a writer in this process (Envoy's shared data): a batch there is
+    /// a few memory writes, not a round trip, so what waits goes out at
+    /// every [`LeaseDesk::due`] (each host tick) instead of after
+    /// [`FLUSH_AFTER_SECS`]. Other instances then see a request's outcome
+    /// record (feedback on it may reach any of them) and its spend within a
+    /// tick, and under load the batches are as large as before.
+    pub fn with_writer_in_process(mut self) -> LeaseDesk {
+        self.writer_in_process = true;
+        self
     }
 
     /// Take a batch the plan wants applied in `tenant`'s store.
@@ -417,6 +430,7 @@ impl LeaseDesk {
     /// every lease with nothing in flight is handed back.
     pub fn due(&mut self, now: u64, drain: bool) -> Vec<(String, Vec<TenantOp>, Ticket)> {
         let mut out = Vec::new();
+        let at_once = self.writer_in_process;
         for (tenant, desk) in &mut self.tenants {
             desk.forget_lost_batches(now);
             if desk.busy {
@@ -431,7 +445,7 @@ impl LeaseDesk {
             let waiting = desk.records.len() + desk.lease.as_ref().map_or(0, LocalLease::unreported);
             let flush_due = !records_out
                 && (waiting >= FLUSH_AT_COUNT
-                    || (waiting > 0 && drain)
+                    || (waiting > 0 && (drain || at_once))
                     || (waiting > 0 && desk.oldest_waiting.is_some_and(|t| now >= t.saturating_add(FLUSH_AFTER_SECS))));
             let renew_due = !idle && desk.renewal_due(now);
             if !(idle || flush_due || renew_due) {

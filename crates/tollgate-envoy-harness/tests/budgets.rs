@@ -342,3 +342,38 @@ fn a_batch_of_outcome_records_is_a_few_shared_data_writes_not_two_per_request() 
         usage["resolution"]["tiers"].as_array().unwrap().iter().map(|t| t["requests"].as_u64().unwrap()).sum();
     assert_eq!(recorded, n, "{usage}");
 }
+
+/// Feedback on a request, sent to `worker`: the filter's local reply.
+fn feedback(host: &Host, worker: usize, tenant: &str, request_id: &str) -> tollgate_envoy_harness::LocalReply {
+    let body = serde_json::to_vec(&json!({"request_id": request_id, "resolved": true})).unwrap();
+    let mut headers = chat_headers(&key_for(tenant), body.len());
+    headers.retain(|(name, _)| name != ":path");
+    headers.push((":path".into(), "/v1/feedback".into()));
+    let mut s = host.stream_on(worker);
+    s.send_request(&refs(&headers), &body);
+    s.local_reply().expect("the filter answers feedback itself")
+}
+
+#[test]
+fn a_request_answered_on_one_worker_takes_feedback_on_another_a_tick_later() {
+    // The default (leased) tenant: each worker's desk batches its outcome
+    // records. With the writer in shared data, a batch goes out at the next
+    // tick, so feedback that lands on the other worker finds the record.
+    let leased = routed_tenant("leased", json!({"cache": {"enabled": false}}));
+    let mut host = host_for(&[leased]);
+    host.add_worker();
+    let mut s = chat(&host, 0, "leased", &capped("Say hi", 50));
+    assert!(s.upstream_request().is_some(), "{:?}", s.local_reply());
+    // Another request of the worker still in flight: the close waits for
+    // a batch (alone, it would go to the writer at once).
+    let other = chat(&host, 0, "leased", &capped("Say hello", 50));
+    assert!(other.upstream_request().is_some(), "{:?}", other.local_reply());
+    answer_json(&mut s, &openai_completion("gpt-4o-mini", "Hi", 30, 20));
+    let request_id = s.response_header("x-tollgate-request-id").expect("a request id");
+    s.finish();
+    host.advance(host.tick_period());
+    host.tick();
+    let reply = feedback(&host, 1, "leased", &request_id);
+    assert_eq!(reply.status, 200, "{}", String::from_utf8_lossy(&reply.body));
+    drop(other);
+}

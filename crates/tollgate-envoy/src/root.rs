@@ -159,6 +159,10 @@ impl RootContext for Root {
             provider_keys.keys().map(|p| p.as_str()).collect::<Vec<_>>()
         );
         let cache = LocalCache { slots: config.local_cache_slots };
+        let desk = match config.budgets {
+            BudgetBackend::Local => LeaseDesk::new(&instance_id()).with_writer_in_process(),
+            BudgetBackend::Redis => LeaseDesk::new(&instance_id()),
+        };
         self.runtime = Some(Rc::new(Runtime {
             config,
             provider_keys,
@@ -168,7 +172,7 @@ impl RootContext for Root {
             board: RefCell::new(BudgetBoard::default()),
             jobs: RefCell::new(VecDeque::new()),
             cooldowns: RefCell::new(Cooldowns::default()),
-            desk: RefCell::new(LeaseDesk::new(&instance_id())),
+            desk: RefCell::new(desk),
         }));
         true
     }
