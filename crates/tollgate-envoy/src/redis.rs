@@ -519,27 +519,36 @@ mod tests {
         state.outstanding.iter().map(|o| o.id.clone()).collect()
     }
 
+    /// r (a reserve refused while the big hold is out) and s (the release
+    /// of that hold) start on one version, so s's attempt carries r. Redis
+    /// runs r's attempt first (it lands: r refused), then s's (lost); the
+    /// VM reads s's loss first, and s tries again on the new version, still
+    /// carrying r, which the release now lets through. Returns r, r's landed
+    /// answer (not read yet), s, and s's second attempt.
+    fn refused_then_carried(
+        board: &mut BudgetBoard,
+        redis: &mut (u64, String),
+    ) -> (BudgetCas, Vec<u8>, BudgetCas, Vec<u8>) {
+        let mut r = BudgetCas::new("acme", vec![reserve_op("req_r")], 100);
+        let mut s = BudgetCas::new("acme", vec![release_op("req_big")], 100);
+        let r_body = r.start("tg:", board);
+        let s_body = s.start("tg:", board);
+        assert_eq!(held_ids(&s_body), ["req_r"], "s carries r on the same version");
+        let r_landed = eval(redis, &r_body);
+        let s_lost = eval(redis, &s_body);
+        let s_step = s.on_reply("tg:", Some(&s_lost), board);
+        let CasStep::Send(s_again) = s_step else { panic!("s should try again: {s_step:?}") };
+        assert_eq!(held_ids(&s_again), ["req_r"], "the release lets r through on version 2");
+        (r, r_landed, s, s_again)
+    }
+
     // The stuck Redis hold of the two-Envoy races: a carrier recomputing on
     // a later version carries a reserve whose own attempt already landed as
     // a refusal, and grants it after the request answered 429.
     #[test]
     fn a_reserve_refused_by_its_own_landing_and_then_granted_by_a_carrier_is_released() {
         let (mut board, mut redis) = nearly_exhausted();
-        // r asks for 20 tokens: refused while the big hold is out. s gives
-        // the big hold back; its attempt carries r (both from version 1).
-        let mut r = BudgetCas::new("acme", vec![reserve_op("req_r")], 100);
-        let mut s = BudgetCas::new("acme", vec![release_op("req_big")], 100);
-        let r_body = r.start("tg:", &mut board);
-        let s_body = s.start("tg:", &mut board);
-        assert_eq!(held_ids(&s_body), ["req_r"], "s carries r on the same version");
-        // Redis runs r's attempt first (it lands: r refused), then s's (lost).
-        let r_landed = eval(&mut redis, &r_body);
-        let s_lost = eval(&mut redis, &s_body);
-        // The VM reads s's answer before r's: s tries again on version 2,
-        // still carrying r, which has not yet read its own landing.
-        let s_step = s.on_reply("tg:", Some(&s_lost), &mut board);
-        let CasStep::Send(s_again) = s_step else { panic!("s should try again: {s_step:?}") };
-        assert_eq!(held_ids(&s_again), ["req_r"], "the release lets r through on version 2");
+        let (mut r, r_landed, mut s, s_again) = refused_then_carried(&mut board, &mut redis);
         let r_step = r.on_reply("tg:", Some(&r_landed), &mut board);
         assert!(is_refused(&r_step), "{r_step:?}");
         // s's second attempt lands, with r's hold in it; r answered 429.
@@ -568,13 +577,7 @@ mod tests {
     #[test]
     fn a_request_whose_own_attempt_and_a_carrier_both_landed_takes_the_later_landing_replies() {
         let (mut board, mut redis) = nearly_exhausted();
-        let mut r = BudgetCas::new("acme", vec![reserve_op("req_r")], 100);
-        let mut s = BudgetCas::new("acme", vec![release_op("req_big")], 100);
-        let r_body = r.start("tg:", &mut board);
-        let s_body = s.start("tg:", &mut board);
-        let r_landed = eval(&mut redis, &r_body);
-        let s_lost = eval(&mut redis, &s_body);
-        let CasStep::Send(s_again) = s.on_reply("tg:", Some(&s_lost), &mut board) else { panic!("s should retry") };
+        let (mut r, r_landed, mut s, s_again) = refused_then_carried(&mut board, &mut redis);
         // This time s's second landing is read before r's first: r's reply
         // waits on the board, and r then reads its own (older) refusal.
         let s_landed = eval(&mut redis, &s_again);
