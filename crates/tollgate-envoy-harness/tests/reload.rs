@@ -278,6 +278,16 @@ fn sequential_requests_on_a_leased_redis_tenant_do_not_wait_for_a_slow_webdis() 
     assert!(waited.len() <= 2, "requests that waited for webdis: {waited:?}");
 }
 
+/// Micro-dollars the fake Redis's budget has spent or holds (requests'
+/// holds and leases): what must never pass the limit.
+fn committed_micros(redis: &FakeRedis) -> u64 {
+    let budget = redis.budget();
+    let amounts = |list: &Value, field: &str| -> u64 {
+        list.as_array().map_or(0, |l| l.iter().map(|e| e[field]["micros"].as_u64().unwrap_or(0)).sum())
+    };
+    amounts(&budget["windows"], "spent") + amounts(&budget["outstanding"], "amount")
+}
+
 /// Holds in the fake Redis's budget that belong to requests (not leases).
 fn request_holds(redis: &FakeRedis) -> Vec<Value> {
     redis.budget()["outstanding"]
@@ -327,6 +337,7 @@ fn leased_requests_racing_through_redis_from_two_envoys_leave_no_request_hold_be
             calls.into_iter().filter(|c| !ran.iter().any(|(rh, t, _)| *rh == h && *t == c.token)).collect()
         };
         let mut started = 0;
+        let mut answered = 0u64;
         for _ in 0..800 {
             let h = rng.below(2);
             let host = &hosts[h];
@@ -385,7 +396,8 @@ fn leased_requests_racing_through_redis_from_two_envoys_leave_no_request_hold_be
                     let i = rng.below(streams.len());
                     let (_, mut s) = streams.swap_remove(i);
                     if s.upstream_request().is_some() && s.local_reply().is_none() {
-                        answer_json(&mut s, &openai_completion("gpt-4o", "A fact.", 12, 8));
+                        answer_json(&mut s, &openai_completion("gpt-4o", "A fact.", 12, 60));
+                        answered += u64::from(s.local_reply().is_none());
                     }
                     s.finish();
                 }
@@ -413,6 +425,12 @@ fn leased_requests_racing_through_redis_from_two_envoys_leave_no_request_hold_be
                     }
                 }
             }
+            let committed = committed_micros(&redis);
+            assert!(
+                committed <= 4_000,
+                "seed {seed}: {committed} micro-dollars committed of 4,000\n{}",
+                redis.budget()
+            );
         }
         // Everything left is answered, then the VMs flush and go idle.
         for (rh, token, answer) in std::mem::take(&mut ran) {
@@ -426,7 +444,8 @@ fn leased_requests_racing_through_redis_from_two_envoys_leave_no_request_hold_be
             }
             for (_, mut s) in std::mem::take(&mut streams) {
                 if s.upstream_request().is_some() && s.local_reply().is_none() {
-                    answer_json(&mut s, &openai_completion("gpt-4o", "A fact.", 12, 8));
+                    answer_json(&mut s, &openai_completion("gpt-4o", "A fact.", 12, 60));
+                    answered += u64::from(s.local_reply().is_none());
                 }
                 s.finish();
             }
@@ -440,5 +459,11 @@ fn leased_requests_racing_through_redis_from_two_envoys_leave_no_request_hold_be
         }
         let holds = request_holds(&redis);
         assert!(holds.is_empty(), "seed {seed}: request holds left in Redis: {holds:?}\n{}", redis.budget());
+        // Every answer relayed was charged (12 + 60 tokens of gpt-4o: 630
+        // micro-dollars), whatever else the ledger holds (a lease that
+        // expired unreported is charged in full): no hold of a served
+        // request was released behind its back, which would drop its settle.
+        let spent = committed_micros(&redis);
+        assert!(spent >= answered * 630, "seed {seed}: {answered} answers relayed, {spent} micro-dollars charged");
     }
 }

@@ -120,9 +120,9 @@ pub struct BudgetBoard {
     waiting: HashMap<String, Vec<(u64, Vec<LedgerOp>)>>,
     /// Replies a carrier landed, with the version its landing made.
     done: HashMap<u64, (u64, Vec<LedgerReply>)>,
-    /// Per waiting ticket: other requests' attempts that carry one of its
-    /// reserves as a new hold, sent and not yet answered (a failed call
-    /// counts on: it may have landed).
+    /// Per waiting ticket: attempts (its own or other requests') that would
+    /// newly hold one of its reserves, sent and not yet answered (a failed
+    /// call counts on: it may have landed).
     carried_out: HashMap<u64, u32>,
     /// Releases for reserves refused to their requests that an attempt
     /// still out may grant: the store queues them ([`Self::take_orphans`]).
@@ -138,18 +138,33 @@ impl BudgetBoard {
     }
 
     /// Other requests' waiting ops for `tenant`, oldest first, bounded.
+    /// Not carried: a lease grant, which is not idempotent (a grant applied
+    /// twice grows the lease twice, and one refused where it landed and
+    /// granted by a carrier makes a lease its instance never heard of, to
+    /// be charged in full at its expiry). A batch with one sends its own.
     fn others(&self, tenant: &str, ticket: u64) -> Vec<(u64, Vec<LedgerOp>)> {
         let Some(list) = self.waiting.get(tenant) else { return Vec::new() };
-        list.iter().filter(|(t, _)| *t != ticket).take(CARRY_LIMIT).cloned().collect()
+        list.iter()
+            .filter(|(t, ops)| *t != ticket && !ops.iter().any(|op| matches!(op, LedgerOp::LeaseGrant { .. })))
+            .take(CARRY_LIMIT)
+            .cloned()
+            .collect()
     }
 
     /// Replies for carried ops that landed (making `version`): their
-    /// requests pick them up.
+    /// requests pick them up. A request whose ops an earlier landing
+    /// already answered, and which has not read that answer yet, takes the
+    /// later one: it is what Redis now holds (a reserve refused there may
+    /// be granted here).
     fn publish(&mut self, tenant: &str, version: u64, landed: Vec<(u64, Vec<LedgerReply>)>) {
         for (ticket, replies) in landed {
             if self.is_waiting(tenant, ticket) {
                 self.remove_waiting(tenant, ticket);
                 self.done.insert(ticket, (version, replies));
+            } else if let Some(earlier) = self.done.get_mut(&ticket)
+                && earlier.0 < version
+            {
+                *earlier = (version, replies);
             }
         }
     }
@@ -215,15 +230,24 @@ impl BudgetBoard {
         self.carried_out.remove(&ticket);
     }
 
+    /// Requests waiting, or with replies not yet picked up.
     #[cfg(test)]
     fn waiting_count(&self) -> usize {
-        self.waiting.values().map(Vec::len).sum::<usize>() + self.done.len() + self.carried_out.len()
+        self.waiting.values().map(Vec::len).sum::<usize>() + self.done.len()
+    }
+
+    /// Nothing left of any request: the board's maps are bounded by the
+    /// requests in flight.
+    #[cfg(test)]
+    fn is_clear(&self) -> bool {
+        self.waiting.is_empty() && self.done.is_empty() && self.carried_out.is_empty() && self.orphans.is_empty()
     }
 }
 
 /// What the last attempt sent: the state it wrote, its own replies, and the
 /// carried ops' replies by ticket.
-/// The last item: the carried tickets whose reserves it newly grants.
+/// The last item: the tickets (this one's own included) whose reserves it
+/// newly holds.
 type Sent = (BudgetState, Vec<LedgerReply>, Vec<(u64, Vec<LedgerReply>)>, Vec<u64>);
 
 /// One budget update in flight: ops to apply, and what the last attempt sent.
@@ -283,21 +307,31 @@ impl BudgetCas {
 
     fn attempt(&mut self, prefix: &str, version: String, mut state: BudgetState, board: &mut BudgetBoard) -> Vec<u8> {
         self.rounds += 1;
-        let replies: Vec<LedgerReply> = self.ops.iter().map(|op| budget::apply(&mut state, op, self.now)).collect();
+        // The tickets whose reserves this attempt newly holds, this one's
+        // own included: if it lands unread (a timeout) while the request
+        // answers with an earlier refusal, the hold must be released.
         let mut granting = Vec::new();
-        let mut carried = Vec::new();
-        for (ticket, ops) in self.ticket.map(|ticket| board.others(&self.tenant, ticket)).unwrap_or_default() {
+        let mut apply_all = |state: &mut BudgetState, ticket: Option<u64>, ops: &[LedgerOp]| -> Vec<LedgerReply> {
             let mut replies = Vec::with_capacity(ops.len());
-            for op in &ops {
-                let held_before = reserve_id(op).is_some_and(|id| state.outstanding.iter().any(|o| o.id == id));
-                let reply = budget::apply(&mut state, op, self.now);
-                let holds_now = reserve_id(op).is_some_and(|id| state.outstanding.iter().any(|o| o.id == id));
-                if holds_now && !held_before && granting.last() != Some(&ticket) {
+            for op in ops {
+                let held =
+                    |state: &BudgetState| reserve_id(op).is_some_and(|id| state.outstanding.iter().any(|o| o.id == id));
+                let held_before = held(state);
+                replies.push(budget::apply(state, op, self.now));
+                if let Some(ticket) = ticket
+                    && held(state)
+                    && !held_before
+                    && granting.last() != Some(&ticket)
+                {
                     granting.push(ticket);
                 }
-                replies.push(reply);
             }
-            carried.push((ticket, replies));
+            replies
+        };
+        let replies = apply_all(&mut state, self.ticket, &self.ops);
+        let mut carried = Vec::new();
+        for (ticket, ops) in self.ticket.map(|ticket| board.others(&self.tenant, ticket)).unwrap_or_default() {
+            carried.push((ticket, apply_all(&mut state, Some(ticket), &ops)));
         }
         let data = serde_json::to_vec(&state).unwrap_or_default();
         board.carried_sent(&granting);
@@ -403,7 +437,7 @@ mod tests {
         let won = br#"{"EVAL":[1,"8"]}"#;
         assert!(matches!(cas.on_reply("tg:", Some(won), &mut board), CasStep::Done(r) if r.len() == 1));
         assert_eq!(board.memo["acme"].0, "8");
-        assert_eq!(board.waiting_count(), 0, "a finished request leaves the board");
+        assert!(board.is_clear(), "a finished request leaves the board: {board:?}");
         assert_eq!(cas.on_reply("tg:", None, &mut board), CasStep::Failed);
     }
 
@@ -453,7 +487,7 @@ mod tests {
         // The other tenant's request still waits for its own answer.
         assert_eq!(board.waiting_count(), 1);
         other_tenant.leave(&mut board);
-        assert_eq!(board.waiting_count(), 0);
+        assert!(board.is_clear(), "{board:?}");
     }
 
     /// Redis's side of the budget compare-and-set: (version, state JSON).
@@ -570,7 +604,7 @@ mod tests {
             }
         }
         assert!(held_in(&redis).is_empty(), "a request answered 429 holds budget: {:?}", held_in(&redis));
-        assert_eq!(board.waiting_count(), 0);
+        assert!(board.is_clear(), "{board:?}");
         assert!(board.take_orphans().is_empty());
     }
 
@@ -586,7 +620,101 @@ mod tests {
         assert!(is_granted(&r_step), "r must take the grant Redis holds for it: {r_step:?}");
         assert_eq!(held_in(&redis), ["req_r"], "r's hold is r's, to settle");
         assert!(board.take_orphans().is_empty(), "nothing to release: r holds what it was granted");
-        assert_eq!(board.waiting_count(), 0);
+        assert!(board.is_clear(), "{board:?}");
+    }
+
+    /// Another VM's op lands in Redis directly.
+    fn other_vm_applies(redis: &mut (u64, String), op: &LedgerOp) {
+        let mut state: BudgetState = serde_json::from_str(&redis.1).unwrap();
+        let _ = budget::apply(&mut state, op, 100);
+        redis.0 += 1;
+        redis.1 = serde_json::to_string(&state).unwrap();
+    }
+
+    #[test]
+    fn a_request_answered_by_two_carriers_takes_the_later_one_even_after_the_first_was_published() {
+        let (mut board, mut redis) = nearly_exhausted();
+        // x asks for 20 tokens; c is any other op of the tenant (it carries
+        // x and refuses it); s gives the big hold back (it carries x and
+        // grants it). All three start on version 1.
+        let mut x = BudgetCas::new("acme", vec![reserve_op("req_x")], 100);
+        let mut c = BudgetCas::new("acme", vec![status_op()], 100);
+        let mut s = BudgetCas::new("acme", vec![release_op("req_big")], 100);
+        let x_body = x.start("tg:", &mut board);
+        let c_body = c.start("tg:", &mut board);
+        let s_body = s.start("tg:", &mut board);
+        // Redis lands c's attempt (x refused), then x's and s's lose.
+        let c_landed = eval(&mut redis, &c_body);
+        let x_lost = eval(&mut redis, &x_body);
+        let s_lost = eval(&mut redis, &s_body);
+        // s reads its loss first and tries again, carrying x (its refusal
+        // in c's landing is not read yet), which the release lets through.
+        let CasStep::Send(s_again) = s.on_reply("tg:", Some(&s_lost), &mut board) else { panic!("s should retry") };
+        assert!(held_ids(&s_again).contains(&"req_x".to_owned()));
+        // c's landing is read: x's refusal waits on the board for x.
+        assert!(matches!(c.on_reply("tg:", Some(&c_landed), &mut board), CasStep::Done(_)));
+        // s's retry lands, holding x; then x reads its own loss.
+        let s_landed = eval(&mut redis, &s_again);
+        assert!(matches!(s.on_reply("tg:", Some(&s_landed), &mut board), CasStep::Done(_)));
+        let x_step = x.on_reply("tg:", Some(&x_lost), &mut board);
+        assert!(is_granted(&x_step), "x must take the later landing, which holds budget for it: {x_step:?}");
+        assert_eq!(held_in(&redis), ["req_x"]);
+        assert!(board.take_orphans().is_empty());
+        assert!(board.is_clear(), "{board:?}");
+    }
+
+    #[test]
+    fn a_refused_request_whose_own_granting_attempt_timed_out_has_its_reserve_released() {
+        let (mut board, mut redis) = nearly_exhausted();
+        let mut x = BudgetCas::new("acme", vec![reserve_op("req_x")], 100);
+        let mut c = BudgetCas::new("acme", vec![status_op()], 100);
+        let x_body = x.start("tg:", &mut board);
+        let c_body = c.start("tg:", &mut board);
+        // c lands, refusing x; another VM then gives the big hold back.
+        let c_landed = eval(&mut redis, &c_body);
+        other_vm_applies(&mut redis, &release_op("req_big"));
+        // x's attempt lost: x tries again on the freed state and holds.
+        let x_lost = eval(&mut redis, &x_body);
+        let CasStep::Send(x_again) = x.on_reply("tg:", Some(&x_lost), &mut board) else { panic!("x should retry") };
+        let _ = eval(&mut redis, &x_again);
+        assert_eq!(held_in(&redis), ["req_x"], "x's second attempt landed");
+        // ...but webdis timed out on it. c's landing is read, then x's failure:
+        // x answers with c's refusal, so its hold must be released.
+        assert!(matches!(c.on_reply("tg:", Some(&c_landed), &mut board), CasStep::Done(_)));
+        assert!(is_refused(&x.on_reply("tg:", None, &mut board)));
+        let orphans = board.take_orphans();
+        assert!(
+            matches!(orphans.as_slice(), [(t, LedgerOp::Release { id, .. })] if t == "acme" && id == "req_x"),
+            "{orphans:?}"
+        );
+        other_vm_applies(&mut redis, &orphans[0].1);
+        assert!(held_in(&redis).is_empty());
+        assert!(board.is_clear(), "{board:?}");
+    }
+
+    #[test]
+    fn a_lease_grant_is_not_carried_by_another_requests_attempt() {
+        let budgets = tollgate_core::TenantConfig::example().unwrap().budgets;
+        let grant = LedgerOp::LeaseGrant {
+            budgets,
+            sizing: tollgate_core::budget::lease::LeaseSizing::default(),
+            request: tollgate_core::budget::lease::LeaseRequest {
+                id: "vm1-1".into(),
+                want: budget::Amount { tokens: 1_000, micros: 1_000 },
+                need: budget::Amount::default(),
+                unit: budget::Amount::default(),
+            },
+        };
+        let mut board = BudgetBoard::default();
+        let mut desk_batch = BudgetCas::new("acme", vec![grant], 100);
+        let mut request = BudgetCas::new("acme", vec![reserve_op("req_a")], 100);
+        let own = desk_batch.start("tg:", &mut board);
+        assert_eq!(held_ids(&own).len(), 1, "the batch's own attempt holds its lease: {:?}", held_ids(&own));
+        let body = request.start("tg:", &mut board);
+        assert_eq!(held_ids(&body), ["req_a"], "the request's attempt holds no lease");
+        desk_batch.leave(&mut board);
+        request.leave(&mut board);
+        assert!(board.is_clear(), "{board:?}");
     }
 
     #[test]
@@ -608,7 +736,7 @@ mod tests {
         let _ = b.start("tg:", &mut board);
         assert!(matches!(b.on_reply("tg:", Some(br#"{"EVAL":[1,"1"]}"#), &mut board), CasStep::Done(_)));
         assert!(matches!(a.on_reply("tg:", None, &mut board), CasStep::Done(r) if r.len() == 1));
-        assert_eq!(board.waiting_count(), 0);
+        assert!(board.is_clear(), "{board:?}");
     }
 }
 
