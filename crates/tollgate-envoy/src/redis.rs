@@ -125,8 +125,9 @@ pub struct BudgetBoard {
     /// call counts on: it may have landed).
     carried_out: HashMap<u64, u32>,
     /// Releases for reserves refused to their requests that an attempt
-    /// still out may grant: the store queues them ([`Self::take_orphans`]).
-    orphans: Vec<(String, LedgerOp)>,
+    /// still out may grant, by tenant: the store queues them
+    /// ([`Self::take_orphans`]).
+    orphans: Vec<(String, Vec<LedgerOp>)>,
 }
 
 impl BudgetBoard {
@@ -191,18 +192,25 @@ impl BudgetBoard {
     /// released by id (see the type's doc); then it leaves.
     fn finish(&mut self, tenant: &str, ticket: u64, ops: &[LedgerOp], replies: &[LedgerReply]) {
         if self.carried_out.get(&ticket).is_some_and(|n| *n > 0) {
-            for (op, reply) in ops.iter().zip(replies) {
-                if let (LedgerOp::Reserve { budgets, request }, LedgerReply::Refused { .. }) = (op, reply) {
-                    let release = LedgerOp::Release { budgets: budgets.clone(), id: request.id.clone() };
-                    self.orphans.push((tenant.to_owned(), release));
-                }
+            let releases: Vec<LedgerOp> = ops
+                .iter()
+                .zip(replies)
+                .filter_map(|(op, reply)| match (op, reply) {
+                    (LedgerOp::Reserve { budgets, request }, LedgerReply::Refused { .. }) => {
+                        Some(LedgerOp::Release { budgets: budgets.clone(), id: request.id.clone() })
+                    }
+                    _ => None,
+                })
+                .collect();
+            if !releases.is_empty() {
+                self.orphans.push((tenant.to_owned(), releases));
             }
         }
         self.leave(tenant, ticket);
     }
 
     /// Releases to send, by tenant (see [`BudgetBoard`]).
-    pub fn take_orphans(&mut self) -> Vec<(String, LedgerOp)> {
+    pub fn take_orphans(&mut self) -> Vec<(String, Vec<LedgerOp>)> {
         std::mem::take(&mut self.orphans)
     }
 
@@ -503,7 +511,8 @@ mod tests {
         serde_json::json!({"EVAL": [1, redis.0.to_string()]}).to_string().into_bytes()
     }
 
-    fn decode_arg(arg: &str) -> String {
+    /// A webdis argument as [`encode_arg`] wrote it, decoded.
+    pub(super) fn decode_arg(arg: &str) -> String {
         let raw = arg.as_bytes();
         let mut bytes = Vec::new();
         let mut i = 0;
@@ -592,8 +601,8 @@ mod tests {
         // The board asks for r's reserve to be released; the store sends it.
         let orphans = board.take_orphans();
         assert_eq!(orphans.len(), 1, "{orphans:?}");
-        let (tenant, release) = orphans.into_iter().next().unwrap();
-        let mut job = BudgetCas::new(&tenant, vec![release], 101);
+        let (tenant, releases) = orphans.into_iter().next().unwrap();
+        let mut job = BudgetCas::new(&tenant, releases, 101);
         let mut body = job.start("tg:", &mut board);
         loop {
             let answer = eval(&mut redis, &body);
@@ -684,10 +693,11 @@ mod tests {
         assert!(is_refused(&x.on_reply("tg:", None, &mut board)));
         let orphans = board.take_orphans();
         assert!(
-            matches!(orphans.as_slice(), [(t, LedgerOp::Release { id, .. })] if t == "acme" && id == "req_x"),
+            matches!(orphans.as_slice(), [(t, ops)] if t == "acme"
+                && matches!(ops.as_slice(), [LedgerOp::Release { id, .. }] if id == "req_x")),
             "{orphans:?}"
         );
-        other_vm_applies(&mut redis, &orphans[0].1);
+        other_vm_applies(&mut redis, &orphans[0].1[0]);
         assert!(held_in(&redis).is_empty());
         assert!(board.is_clear(), "{board:?}");
     }
@@ -935,26 +945,10 @@ mod outcome_tests {
     #[derive(Default)]
     struct FakeRedis(HashMap<String, String>);
 
-    fn decode(arg: &str) -> String {
-        let bytes = arg.as_bytes();
-        let mut out = Vec::new();
-        let mut i = 0;
-        while i < bytes.len() {
-            if bytes[i] == b'%' {
-                out.push(u8::from_str_radix(&arg[i + 1..i + 3], 16).unwrap());
-                i += 3;
-            } else {
-                out.push(bytes[i]);
-                i += 1;
-            }
-        }
-        String::from_utf8(out).unwrap()
-    }
-
     impl FakeRedis {
         fn call(&mut self, body: &[u8]) -> Vec<u8> {
             let text = String::from_utf8(body.to_vec()).unwrap();
-            let parts: Vec<String> = text.split('/').map(decode).collect();
+            let parts: Vec<String> = text.split('/').map(super::tests::decode_arg).collect();
             match parts[0].as_str() {
                 "HMGET" => {
                     let values: Vec<serde_json::Value> = parts[2..]

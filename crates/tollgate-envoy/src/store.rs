@@ -316,15 +316,8 @@ fn round_step(rt: &Runtime, round: &mut Round, body: Option<&[u8]>) -> RoundStep
 /// which never heard of those holds.
 fn release_orphans(rt: &Runtime) {
     let orphans = rt.board.borrow_mut().take_orphans();
-    let mut by_tenant: Vec<(String, Vec<TenantOp>)> = Vec::new();
-    for (tenant, release) in orphans {
-        match by_tenant.iter_mut().find(|(t, _)| *t == tenant) {
-            Some((_, ops)) => ops.push(TenantOp::Budget(release)),
-            None => by_tenant.push((tenant, vec![TenantOp::Budget(release)])),
-        }
-    }
-    // One compare-and-set per tenant for all of them.
-    for (tenant, ops) in by_tenant {
+    for (tenant, releases) in orphans {
+        let ops = releases.into_iter().map(TenantOp::Budget).collect();
         let work = Work::Batch { tenant, now: host::now_secs(), ops, ticket: None };
         rt.jobs.borrow_mut().push_back(Job { work, attempts: 0 });
     }
