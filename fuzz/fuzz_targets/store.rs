@@ -56,14 +56,15 @@ fn default_batch(budgets: &Budgets) -> TenantBatch {
         price,
         downgrade_price: Some(price),
         extra_micros: 0,
+        scopes: Default::default(),
     };
     TenantBatch {
         ops: vec![
-            budget(LedgerOp::Status { budgets: b() }),
+            budget(LedgerOp::Status { budgets: b(), scopes: Default::default() }),
             budget(LedgerOp::Reserve { budgets: b(), request: request("r1") }),
             budget(LedgerOp::Reserve { budgets: b(), request: request("r2") }),
-            budget(LedgerOp::Check { budgets: b() }),
-            budget(LedgerOp::Settle { budgets: b(), id: "r1".into(), amount: Amount { tokens: 1200, micros: 300 } }),
+            budget(LedgerOp::Check { budgets: b(), scopes: Default::default() }),
+            budget(LedgerOp::Settle { budgets: b(), id: "r1".into(), amount: Amount { tokens: 1200, micros: 300 }, scopes: Default::default() }),
             budget(LedgerOp::Release { budgets: b(), id: "r2".into() }),
             budget(LedgerOp::LeaseGrant {
                 budgets: b(),

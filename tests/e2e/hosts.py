@@ -390,7 +390,8 @@ def tenant_entries(
 ) -> dict[str, dict]:
     """KV entries for one tenant: `tenant:<id>` and one `apikey:<sha256 hex>`
     record per key. A key is its secret, or a mapping `{"key": secret,
-    "disabled": bool, "label": str | None}` (tests/e2e/tenants.py `key()`)."""
+    "disabled": bool, "label": str | None, "limits": list | None}`
+    (tests/e2e/tenants.py `key()`)."""
     tenant_id = tenant_config["tenant_id"]
     entries: dict[str, dict] = {f"tenant:{tenant_id}": tenant_config}
     for key in api_keys:
@@ -400,6 +401,8 @@ def tenant_entries(
             "label": spec.get("label") or label or f"e2e {tenant_id}",
             "disabled": bool(spec.get("disabled", False)),
         }
+        if spec.get("limits"):
+            entries[f"apikey:{sha256_hex(spec['key'])}"]["limits"] = spec["limits"]
     return entries
 
 

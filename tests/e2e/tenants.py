@@ -34,9 +34,12 @@ TENANTS: list[tuple[dict, list[Key]]] = []
 EXTRA_ENTRIES: dict[str, dict] = {}
 
 
-def key(secret: str, *, disabled: bool = False, label: str | None = None) -> dict[str, Any]:
-    """An API key with a record other than the default (enabled, "e2e <tenant>")."""
-    return {"key": secret, "disabled": disabled, "label": label}
+def key(
+    secret: str, *, disabled: bool = False, label: str | None = None, limits: list[dict] | None = None
+) -> dict[str, Any]:
+    """An API key with a record other than the default (enabled, "e2e
+    <tenant>", no limits of its own)."""
+    return {"key": secret, "disabled": disabled, "label": label, "limits": limits}
 
 
 def key_for(tenant_id: str, suffix: str = "key") -> str:
@@ -551,3 +554,55 @@ TRANSLATE_CLAUDE_ONLY = single_tier_tenant(
 )
 TRANSLATE_CLAUDE_ONLY["routing"]["builtin_tools"] = ["web_search"]
 register(TRANSLATE_CLAUDE_ONLY, [TRANSLATE_CLAUDE_ONLY_KEY])
+
+
+# Limits below the tenant (docs/config.md "Keys and end users"): one tenant
+# per level that runs out first, each with a key whose record has limits of
+# its own, and end users limited per `budgets.users` (named by the
+# `x-tollgate-user` header or the body's `user` / `metadata.user_id`).
+# Tokens, with about 80 held per request (a short prompt, max_tokens 60).
+ROOMY_TOKENS = 1_000_000
+LEVEL_TIGHT_TOKENS = 800
+
+
+def levels_budgets(*, tenant: int, user: int, max_tracked: int | None = None) -> dict:
+    users: dict[str, Any] = {"header": "x-tollgate-user", "limits": [{"name": "user-daily", "window": "day", "tokens": user}]}
+    if max_tracked is not None:
+        users["max_tracked"] = max_tracked
+    return {
+        "limits": [{"name": "tenant-daily", "window": "day", "tokens": tenant}],
+        "on_exhausted": "reject",
+        "clamp_max_tokens": False,
+        "store_failure": "closed",
+        "users": users,
+    }
+
+
+def levels_tenant(level: str, *, key_tokens: int, tenant: int, user: int, max_tracked: int | None = None) -> tuple:
+    """(config, limited key, plain key) for the tenant whose `level` runs out first."""
+    tenant_id = f"e2e-levels-{level}"
+    limited = key_for(tenant_id, "limited")
+    plain = key_for(tenant_id, "plain")
+    config = register(
+        single_tier_tenant(
+            tenant_id,
+            ["openai/gpt-4o-mini"],
+            budgets=levels_budgets(tenant=tenant, user=user, max_tracked=max_tracked),
+        ),
+        [
+            key(limited, label=f"{level}-app", limits=[{"name": "key-daily", "window": "day", "tokens": key_tokens}]),
+            plain,
+        ],
+    )
+    return config, limited, plain
+
+
+LEVELS = {
+    "key": levels_tenant("key", key_tokens=LEVEL_TIGHT_TOKENS, tenant=ROOMY_TOKENS, user=ROOMY_TOKENS),
+    "user": levels_tenant("user", key_tokens=ROOMY_TOKENS, tenant=ROOMY_TOKENS, user=LEVEL_TIGHT_TOKENS),
+    "tenant": levels_tenant("tenant", key_tokens=ROOMY_TOKENS, tenant=LEVEL_TIGHT_TOKENS, user=ROOMY_TOKENS),
+}
+# Fresh user ids past a cap of 4 tracked users share one user's allowance.
+LEVELS_FLOOD = levels_tenant("flood", key_tokens=ROOMY_TOKENS, tenant=ROOMY_TOKENS, user=400, max_tracked=4)
+# The SDKs' typed errors for a user out of budget.
+LEVELS_SDK = levels_tenant("sdk", key_tokens=ROOMY_TOKENS, tenant=ROOMY_TOKENS, user=150)

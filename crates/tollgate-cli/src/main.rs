@@ -564,7 +564,16 @@ fn ledger_reply(state: &mut BudgetState, op: TenantOp, now: u64) -> Option<Tenan
 }
 
 fn route_offline(config: &TenantConfig, api: ApiFormat, body: &[u8], state: &mut BudgetState, now: u64) -> Value {
-    let inbound = Inbound { tenant_id: &config.tenant_id, api, body, cache_control: None, now, entropy: entropy() };
+    let inbound = Inbound {
+        tenant_id: &config.tenant_id,
+        api,
+        body,
+        cache_control: None,
+        now,
+        entropy: entropy(),
+        key: None,
+        user_header: None,
+    };
     let mut plan = match Plan::new(config, &inbound) {
         Ok(p) => p,
         Err(refused) => {

@@ -166,6 +166,8 @@ pub fn run(workload: &Path, tenant_args: &[String], quiet: bool, out: Option<&Pa
             cache_control: item.get("cache_control").and_then(Value::as_str),
             now,
             entropy,
+            key: None,
+            user_header: None,
         };
         let outcome = sim.handle(&inbound, &mut |up| Some(simulated_reply(up, now)));
 

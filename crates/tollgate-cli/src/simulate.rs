@@ -268,6 +268,8 @@ pub fn run(log: &Path, config_paths: &[PathBuf], options: &SimulateOptions<'_>) 
             cache_control: line.cache_control.as_deref(),
             now,
             entropy,
+            key: None,
+            user_header: None,
         };
         let logged_output = line.logged.as_ref().and_then(|l| l.usage).map(|u| u.output_tokens);
         let outcome =

@@ -58,6 +58,8 @@ fn inbound(body: &[u8]) -> Inbound<'_> {
         cache_control: None,
         now: 1_795_000_000,
         entropy: [7; 16],
+        key: None,
+        user_header: None,
     }
 }
 

@@ -68,6 +68,8 @@ fn forward_once(config: &TenantConfig, body: &[u8]) -> usize {
         cache_control: None,
         now: 1_795_000_000,
         entropy: [7; 16],
+        key: None,
+        user_header: None,
     };
     match Plan::new(config, &inbound).map(|mut p| p.start()) {
         Ok(Next::Forward(up)) => up.body.len(),

@@ -5,6 +5,8 @@
 //! config) to find the tenant id. A client-supplied header never names the
 //! tenant by itself, and the key itself is never stored or logged.
 
+use crate::budget::RawBudgetLimit;
+use crate::budget::scope::KeyScope;
 use crate::cache::hex;
 use crate::error::AuthError;
 use serde::{Deserialize, Serialize};
@@ -42,7 +44,7 @@ pub fn extract_api_key<'a>(authorization: Option<&'a str>, x_api_key: Option<&'a
 }
 
 /// What an API key maps to.
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ApiKeyRecord {
     pub tenant_id: String,
@@ -50,13 +52,29 @@ pub struct ApiKeyRecord {
     pub label: Option<String>,
     #[serde(default)]
     pub disabled: bool,
+    /// The key's own budget limits, inside the tenant's (same shape as
+    /// `budgets.limits`): a key can be given $5 a day inside a $500 tenant.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub limits: Vec<RawBudgetLimit>,
 }
 
 impl ApiKeyRecord {
-    /// Parse a stored record; a disabled key is as good as unknown.
+    /// Parse a stored record; a disabled key is as good as unknown, and a
+    /// record whose limits do not validate is malformed.
     pub fn from_json(bytes: &[u8]) -> Result<ApiKeyRecord, AuthError> {
         let record: ApiKeyRecord = serde_json::from_slice(bytes).map_err(|_| AuthError::MalformedRecord)?;
-        if record.disabled { Err(AuthError::UnknownKey) } else { Ok(record) }
+        if record.disabled {
+            return Err(AuthError::UnknownKey);
+        }
+        let mut bad = false;
+        record.scope("", |_, _| bad = true);
+        if bad { Err(AuthError::MalformedRecord) } else { Ok(record) }
+    }
+
+    /// The key as a budget level, for a key whose SHA-256 is `key_hash`;
+    /// each problem with its limits goes to `problem` as (path, message).
+    pub fn scope(&self, key_hash: &str, problem: impl FnMut(String, String)) -> KeyScope {
+        KeyScope::from_record(key_hash, self.label.as_deref(), &self.limits, problem)
     }
 }
 

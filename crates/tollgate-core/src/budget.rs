@@ -18,6 +18,10 @@ use serde::{Deserialize, Serialize};
 
 mod config;
 pub mod lease;
+pub mod scope;
+
+use self::config::validate_limits;
+use self::scope::{HoldScope, Level, OVERFLOW_USER, ScopeSpend, Scopes};
 
 pub use self::config::{
     BudgetLimit, Budgets, Consistency, DEFAULT_OUTPUT_RESERVATION, FailureMode, OnExhausted, RawBudgetLimit,
@@ -44,6 +48,8 @@ pub enum Window {
     Month,
     /// The last 60 minutes, in one-minute buckets.
     RollingHour,
+    /// Calendar minute, UTC: a tokens-per-minute rate.
+    Minute,
 }
 
 impl Window {
@@ -52,6 +58,7 @@ impl Window {
             Window::Day => "day",
             Window::Month => "month",
             Window::RollingHour => "rolling_hour",
+            Window::Minute => "minute",
         }
     }
 
@@ -64,6 +71,7 @@ impl Window {
                 days_from_civil(y, m, 1) * 86_400
             }
             Window::RollingHour => 0,
+            Window::Minute => now - now % 60,
         }
     }
 
@@ -77,6 +85,7 @@ impl Window {
                 days_from_civil(y, m, 1) * 86_400
             }
             Window::RollingHour => now + 3600,
+            Window::Minute => self.period_start(now) + 60,
         }
     }
 }
@@ -126,6 +135,9 @@ pub struct Outstanding {
     pub downgraded: bool,
     #[serde(default)]
     pub clamped_output_tokens: Option<u64>,
+    /// The key and user entries the hold counts at (none: the tenant only).
+    #[serde(default, skip_serializing_if = "HoldScope::is_empty")]
+    pub scope: HoldScope,
 }
 
 /// Everything a host persists for one tenant's budgets.
@@ -142,6 +154,10 @@ pub struct BudgetState {
     /// of JSON each way. Older states holding ids are read too.
     #[serde(default, deserialize_with = "settled_from_ids_or_fingerprints")]
     pub recently_settled: Vec<u64>,
+    /// Settled spend of the keys and end users with limits of their own
+    /// ([`scope`]), bounded by `budgets.users.max_tracked`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub scoped: Vec<ScopeSpend>,
 }
 
 /// A finished request id as remembered: 64 bits of FNV-1a. A new id
@@ -184,6 +200,9 @@ pub struct ReserveRequest {
     /// tool calls can cost (Responses API), in micro-dollars.
     #[serde(default)]
     pub extra_micros: u64,
+    /// The key and end user it is charged at besides the tenant.
+    #[serde(default, skip_serializing_if = "Scopes::is_empty")]
+    pub scopes: Scopes,
 }
 
 impl ReserveRequest {
@@ -234,45 +253,23 @@ pub struct LimitStatus {
     pub resets_at: u64,
 }
 
+/// The limits of one key or end user, for `/v1/usage`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ScopeStatus {
+    pub level: Level,
+    /// The key's id (a prefix of its hash) or the user's id
+    /// ([`scope::OVERFLOW_USER`] for the users past the cap).
+    pub id: String,
+    pub limits: Vec<LimitStatus>,
+}
+
 impl BudgetState {
     /// Bring the state in line with the config and the clock: add or drop
     /// windows to match the limits, start new calendar periods, age out
-    /// rolling buckets and expired holds.
+    /// rolling buckets and expired holds, and drop key and user entries
+    /// that hold nothing and have nothing spent.
     pub fn sync(&mut self, limits: &[BudgetLimit], now: u64) {
-        let mut windows = Vec::with_capacity(limits.len());
-        for limit in limits {
-            let existing = self.windows.iter().position(|w| w.name == limit.name && w.window == limit.window);
-            let mut w = match existing {
-                Some(i) => self.windows.swap_remove(i),
-                None => WindowSpend {
-                    name: limit.name.clone(),
-                    window: limit.window,
-                    period_start: limit.window.period_start(now),
-                    spent: Amount::default(),
-                    buckets: Vec::new(),
-                },
-            };
-            match w.window {
-                Window::RollingHour => {
-                    let minute = now / 60;
-                    // Buckets stamped a little ahead (a host with a fast clock) are kept.
-                    w.buckets.retain(|b| b.minute.saturating_add(60) > minute);
-                    w.spent = w.buckets.iter().fold(Amount::default(), |acc, b| acc.plus(b.spent));
-                }
-                calendar => {
-                    let start = calendar.period_start(now);
-                    // Only ever forward: a late settle stamped with an earlier
-                    // time (or a host with a slow clock) must not reopen and
-                    // wipe a period.
-                    if start > w.period_start {
-                        w.period_start = start;
-                        w.spent = Amount::default();
-                    }
-                }
-            }
-            windows.push(w);
-        }
-        self.windows = windows;
+        sync_windows(&mut self.windows, limits, now);
         // A lease that expired unreported is charged in full (its instance
         // may have spent all of it); a request's expired hold is dropped.
         let expired_leases = self
@@ -283,6 +280,12 @@ impl BudgetState {
         self.outstanding.retain(|o| o.expires_at > now);
         if expired_leases != Amount::default() {
             self.charge(expired_leases, now);
+        }
+        if !self.scoped.is_empty() {
+            for entry in &mut self.scoped {
+                age_windows(&mut entry.windows, now);
+            }
+            scope::drop_idle(&mut self.scoped, &self.outstanding);
         }
     }
 
@@ -298,40 +301,114 @@ impl BudgetState {
         self.outstanding.iter().fold(Amount::default(), |acc, o| acc.plus(o.amount))
     }
 
+    /// Charge the tenant's windows.
     fn charge(&mut self, amount: Amount, now: u64) {
-        for w in &mut self.windows {
-            w.spent = w.spent.plus(amount);
-            if w.window == Window::RollingHour {
-                let minute = now / 60;
-                match w.buckets.iter_mut().find(|b| b.minute == minute) {
-                    Some(b) => b.spent = b.spent.plus(amount),
-                    None => w.buckets.push(MinuteBucket { minute, spent: amount }),
-                }
+        charge_windows(&mut self.windows, amount, now);
+    }
+
+    /// Charge the tenant's windows and those of the key and user entries in `scope`.
+    fn charge_at(&mut self, scope: &HoldScope, amount: Amount, now: u64) {
+        self.charge(amount, now);
+        for entry in &mut self.scoped {
+            if entry.level != Level::Tenant && scope.holds_at(entry.level, &entry.id) {
+                charge_windows(&mut entry.windows, amount, now);
             }
         }
     }
 
-    fn resets_at(&self, limit: &BudgetLimit, now: u64) -> u64 {
-        match limit.window {
-            Window::RollingHour => self
-                .windows
-                .iter()
-                .find(|w| w.name == limit.name)
-                .and_then(|w| w.buckets.iter().map(|b| b.minute).min())
-                .map_or(now + 60, |oldest| oldest.saturating_add(60).saturating_mul(60)),
-            calendar => calendar.next_reset(now),
-        }
-    }
-
     fn spent_in(&self, limit: &BudgetLimit) -> Amount {
-        self.windows.iter().find(|w| w.name == limit.name).map(|w| w.spent).unwrap_or_default()
+        spent_in(&self.windows, limit)
     }
 
     fn remaining(&self, limits: &[BudgetLimit]) -> Remaining {
-        let held = self.reserved();
-        let mut r = Remaining::default();
-        for limit in limits {
-            let used = self.spent_in(limit).plus(held);
+        self.tenant_level(limits).remaining(Remaining::default())
+    }
+
+    /// The entries a request of `scopes` is charged at below the tenant,
+    /// made (and brought in line with their limits) where missing. Only
+    /// levels with limits get an entry.
+    fn prepare_scopes(&mut self, budgets: &Budgets, scopes: &Scopes, now: u64) -> HoldScope {
+        let mut hold = HoldScope::default();
+        if let Some(key) = scopes.key.as_ref().filter(|k| !k.limits.is_empty()) {
+            self.entry(Level::Key, &key.id, &key.limits, now);
+            hold.key = Some(key.id.clone());
+        }
+        if let (Some(user), Some(users)) = (&scopes.user, &budgets.users) {
+            let id = scope::user_entry(&self.scoped, users, user);
+            let limits = users.limits_for(id);
+            if !limits.is_empty() {
+                self.entry(Level::User, id, limits, now);
+                hold.user = Some(id.to_owned());
+            }
+        }
+        hold
+    }
+
+    fn entry(&mut self, level: Level, id: &str, limits: &[BudgetLimit], now: u64) {
+        let entry = match self.scoped.iter().position(|s| s.level == level && s.id == id) {
+            Some(i) => &mut self.scoped[i],
+            None => {
+                self.scoped.push(ScopeSpend { level, id: id.to_owned(), windows: Vec::new() });
+                let last = self.scoped.len() - 1;
+                &mut self.scoped[last]
+            }
+        };
+        sync_windows(&mut entry.windows, limits, now);
+    }
+
+    fn tenant_level<'a>(&'a self, limits: &'a [BudgetLimit]) -> LevelView<'a> {
+        LevelView { level: Level::Tenant, who: None, limits, windows: &self.windows, held: self.reserved() }
+    }
+
+    /// Every level a hold of `scope` is checked at: the tenant's, then the
+    /// key's and the user's (with the limits they have in `budgets` and
+    /// `scopes`).
+    fn levels<'a>(&'a self, budgets: &'a Budgets, scopes: &'a Scopes, scope: &HoldScope) -> Vec<LevelView<'a>> {
+        let mut levels = vec![self.tenant_level(&budgets.limits)];
+        let mut below = |level: Level, id: &str, limits: &'a [BudgetLimit], who: String| {
+            if let Some(entry) = self.scoped.iter().find(|s| s.level == level && s.id == id) {
+                let held = self
+                    .outstanding
+                    .iter()
+                    .filter(|o| o.scope.holds_at(level, id))
+                    .fold(Amount::default(), |acc, o| acc.plus(o.amount));
+                levels.push(LevelView { level, who: Some(who), limits, windows: &entry.windows, held });
+            }
+        };
+        if let (Some(id), Some(key)) = (&scope.key, &scopes.key) {
+            below(Level::Key, id, &key.limits, key.display());
+        }
+        if let (Some(id), Some(users)) = (&scope.user, &budgets.users) {
+            let who = if id == OVERFLOW_USER {
+                format!("users past the cap of {} tracked users", users.max_tracked)
+            } else {
+                format!("user `{id}`")
+            };
+            below(Level::User, id, users.limits_for(id), who);
+        }
+        levels
+    }
+}
+
+/// One level's limits and what counts against them, for a decision.
+struct LevelView<'a> {
+    level: Level,
+    /// How messages name the level (None: the tenant).
+    who: Option<String>,
+    limits: &'a [BudgetLimit],
+    windows: &'a [WindowSpend],
+    /// Held at this level (requests in flight, and leases for the tenant).
+    held: Amount,
+}
+
+impl<'a> LevelView<'a> {
+    fn used(&self, limit: &BudgetLimit) -> Amount {
+        spent_in(self.windows, limit).plus(self.held)
+    }
+
+    fn remaining(&self, mut r: Remaining) -> Remaining {
+        for limit in self.limits {
+            let used = self.used(limit);
             if let Some(t) = limit.tokens {
                 let left = t.saturating_sub(used.tokens);
                 r.tokens = Some(r.tokens.map_or(left, |x| x.min(left)));
@@ -343,9 +420,160 @@ impl BudgetState {
         }
         r
     }
+
+    fn crosses(&self, threshold: f64) -> bool {
+        self.limits.iter().any(|limit| {
+            let used = self.used(limit);
+            fraction(used.tokens, limit.tokens) >= threshold || fraction(used.micros, limit.usd_micros) >= threshold
+        })
+    }
+
+    /// The first limit `need` does not fit on top of what is used and held.
+    fn violation(&self, need: Amount) -> Option<&'a BudgetLimit> {
+        self.limits.iter().find(|limit| {
+            let used = self.used(limit).plus(need);
+            limit.tokens.is_some_and(|t| used.tokens > t) || limit.usd_micros.is_some_and(|m| used.micros > m)
+        })
+    }
+
+    /// The first limit already used up.
+    fn reached(&self) -> Option<&'a BudgetLimit> {
+        self.limits.iter().find(|limit| {
+            let used = self.used(limit);
+            limit.tokens.is_some_and(|t| used.tokens >= t) || limit.usd_micros.is_some_and(|m| used.micros >= m)
+        })
+    }
+
+    fn affordable_output(&self, extra: Amount, prompt: u64, price: &ModelPrice) -> u64 {
+        let mut best = u64::MAX;
+        for limit in self.limits {
+            let used = self.used(limit).plus(extra);
+            if let Some(t) = limit.tokens {
+                best = best.min(t.saturating_sub(used.tokens).saturating_sub(prompt));
+            }
+            if let Some(m) = limit.usd_micros {
+                let left = m.saturating_sub(used.micros);
+                best = best.min(if price.estimate_micros(prompt, 0) > left {
+                    0
+                } else {
+                    price.affordable_output(prompt, left)
+                });
+            }
+        }
+        best
+    }
+
+    fn exceeded(&self, limit: &BudgetLimit, need: Amount, now: u64) -> BudgetError {
+        let used = self.used(limit);
+        let resets_at = resets_at(self.windows, limit, now);
+        let tokens_over = limit.tokens.filter(|&t| used.tokens.saturating_add(need.tokens) > t || used.tokens >= t);
+        let what = match (tokens_over, limit.usd_micros) {
+            (Some(t), _) => {
+                format!("{} of {t} tokens used or held, this request needs up to {}", used.tokens, need.tokens)
+            }
+            (None, Some(m)) => format!(
+                "${} of ${} used or held, this request needs up to ${}",
+                format_usd(used.micros),
+                format_usd(m),
+                format_usd(need.micros)
+            ),
+            (None, None) => "limit reached".to_owned(),
+        };
+        let when = match limit.window {
+            Window::RollingHour => format!("spend ages out of the rolling hour from {}", iso8601(resets_at)),
+            _ => format!("resets at {}", iso8601(resets_at)),
+        };
+        let of = self.who.as_ref().map(|who| format!(" of {who}")).unwrap_or_default();
+        BudgetError::Exceeded {
+            message: format!(
+                "The `{}` budget{of} ({} window) is exhausted: {what}; {when}.",
+                limit.name,
+                limit.window.as_str()
+            ),
+            retry_after_secs: resets_at.saturating_sub(now).max(1),
+            level: self.level,
+            limit: limit.name.clone(),
+            window: limit.window,
+        }
+    }
 }
 
-/// Hold budget for a request, or refuse it.
+/// Bring `windows` in line with `limits` and the clock.
+fn sync_windows(windows: &mut Vec<WindowSpend>, limits: &[BudgetLimit], now: u64) {
+    let mut synced = Vec::with_capacity(limits.len());
+    for limit in limits {
+        let existing = windows.iter().position(|w| w.name == limit.name && w.window == limit.window);
+        let w = match existing {
+            Some(i) => windows.swap_remove(i),
+            None => WindowSpend {
+                name: limit.name.clone(),
+                window: limit.window,
+                period_start: limit.window.period_start(now),
+                spent: Amount::default(),
+                buckets: Vec::new(),
+            },
+        };
+        synced.push(w);
+    }
+    age_windows(&mut synced, now);
+    *windows = synced;
+}
+
+/// Start new calendar periods and age out rolling buckets.
+fn age_windows(windows: &mut [WindowSpend], now: u64) {
+    for w in windows {
+        match w.window {
+            Window::RollingHour => {
+                let minute = now / 60;
+                // Buckets stamped a little ahead (a host with a fast clock) are kept.
+                w.buckets.retain(|b| b.minute.saturating_add(60) > minute);
+                w.spent = w.buckets.iter().fold(Amount::default(), |acc, b| acc.plus(b.spent));
+            }
+            calendar => {
+                let start = calendar.period_start(now);
+                // Only ever forward: a late settle stamped with an earlier
+                // time (or a host with a slow clock) must not reopen and
+                // wipe a period.
+                if start > w.period_start {
+                    w.period_start = start;
+                    w.spent = Amount::default();
+                }
+            }
+        }
+    }
+}
+
+fn charge_windows(windows: &mut [WindowSpend], amount: Amount, now: u64) {
+    for w in windows {
+        w.spent = w.spent.plus(amount);
+        if w.window == Window::RollingHour {
+            let minute = now / 60;
+            match w.buckets.iter_mut().find(|b| b.minute == minute) {
+                Some(b) => b.spent = b.spent.plus(amount),
+                None => w.buckets.push(MinuteBucket { minute, spent: amount }),
+            }
+        }
+    }
+}
+
+fn spent_in(windows: &[WindowSpend], limit: &BudgetLimit) -> Amount {
+    windows.iter().find(|w| w.name == limit.name).map(|w| w.spent).unwrap_or_default()
+}
+
+fn resets_at(windows: &[WindowSpend], limit: &BudgetLimit, now: u64) -> u64 {
+    match limit.window {
+        Window::RollingHour => windows
+            .iter()
+            .find(|w| w.name == limit.name)
+            .and_then(|w| w.buckets.iter().map(|b| b.minute).min())
+            .map_or(now + 60, |oldest| oldest.saturating_add(60).saturating_mul(60)),
+        calendar => calendar.next_reset(now),
+    }
+}
+
+/// Hold budget for a request, or refuse it. A request is checked at every
+/// level that applies to it (the tenant's, its key's, its user's) and held
+/// at all of them, or at none.
 pub fn reserve(
     state: &mut BudgetState,
     budgets: &Budgets,
@@ -355,12 +583,15 @@ pub fn reserve(
     state.sync(&budgets.limits, now);
     if let Some(existing) = state.outstanding.iter().find(|o| o.id == req.id) {
         // A retried reserve with the same id holds nothing twice.
+        let scope = existing.scope.clone();
+        let (amount, downgraded, clamped_output_tokens) =
+            (existing.amount, existing.downgraded, existing.clamped_output_tokens);
         return Ok(Granted {
             id: req.id.clone(),
-            amount: existing.amount,
-            downgraded: existing.downgraded,
-            clamped_output_tokens: existing.clamped_output_tokens,
-            remaining: state.remaining(&budgets.limits),
+            amount,
+            downgraded,
+            clamped_output_tokens,
+            remaining: remaining_over(&state.levels(budgets, &req.scopes, &scope)),
         });
     }
     if state.recently_settled.contains(&settled_fingerprint(&req.id)) {
@@ -376,84 +607,113 @@ pub fn reserve(
     if state.outstanding.len() >= MAX_OUTSTANDING {
         return Err(BudgetError::TooManyInFlight { limit: MAX_OUTSTANDING });
     }
-    let held = state.reserved();
-    let downgraded = match (budgets.soft_threshold, req.downgrade_price) {
-        (Some(threshold), Some(_)) => budgets.limits.iter().any(|limit| {
-            let used = state.spent_in(limit).plus(held);
-            fraction(used.tokens, limit.tokens) >= threshold || fraction(used.micros, limit.usd_micros) >= threshold
-        }),
-        _ => false,
+    let scope = state.prepare_scopes(budgets, &req.scopes, now);
+    let (amount, downgraded, clamped) = {
+        let levels = state.levels(budgets, &req.scopes, &scope);
+        decide(&levels, budgets, req, now)?
     };
-    let price = match (downgraded, req.downgrade_price) {
-        (true, Some(p)) => p,
-        _ => req.price,
-    };
-    let mut output = req.output_tokens;
-    let mut clamped = None;
-    let amount_for = |output: u64| Amount {
-        tokens: req.prompt_tokens.saturating_add(output),
-        micros: price.estimate_micros(req.prompt_tokens, output).saturating_add(req.extra_micros),
-    };
-    let mut amount = amount_for(output);
-
-    if let Some(limit) = first_violation(state, &budgets.limits, held, amount) {
-        let affordable = if budgets.clamp_max_tokens {
-            let tools = Amount { tokens: 0, micros: req.extra_micros };
-            affordable_output(state, &budgets.limits, held.plus(tools), req.prompt_tokens, &price)
-        } else {
-            0
-        };
-        if budgets.clamp_max_tokens && affordable >= MIN_CLAMPED_OUTPUT {
-            output = affordable.min(output);
-            clamped = Some(output);
-            amount = amount_for(output);
-        } else if limit.tokens.is_some_and(|t| amount.tokens > t) || limit.usd_micros.is_some_and(|m| amount.micros > m)
-        {
-            // Bigger than the whole limit: waiting for a reset will not help.
-            let lower = if req.extra_micros > 0 {
-                "lower max_tokens, or max_tool_calls (its built-in tool calls are held too)"
-            } else {
-                "lower max_tokens"
-            };
-            return Err(BudgetError::NeverFits {
-                message: format!(
-                    "This request could need up to {} tokens (${}), more than the whole `{}` budget allows; {lower}.",
-                    amount.tokens,
-                    format_usd(amount.micros),
-                    limit.name
-                ),
-            });
-        } else {
-            return Err(exceeded(state, limit, held, amount, now));
-        }
-    }
     state.outstanding.push(Outstanding {
         id: req.id.clone(),
         amount,
         expires_at: now + RESERVATION_TTL_SECS,
         downgraded,
         clamped_output_tokens: clamped,
+        scope: scope.clone(),
     });
     Ok(Granted {
         id: req.id.clone(),
         amount,
         downgraded,
         clamped_output_tokens: clamped,
-        remaining: state.remaining(&budgets.limits),
+        remaining: remaining_over(&state.levels(budgets, &req.scopes, &scope)),
     })
+}
+
+/// What `req` holds at these levels (amount, downgraded, clamped output),
+/// or why it is refused.
+fn decide(
+    levels: &[LevelView<'_>],
+    budgets: &Budgets,
+    req: &ReserveRequest,
+    now: u64,
+) -> Result<(Amount, bool, Option<u64>), BudgetError> {
+    let downgraded = match (budgets.soft_threshold, req.downgrade_price) {
+        (Some(threshold), Some(_)) => levels.iter().any(|level| level.crosses(threshold)),
+        _ => false,
+    };
+    let price = match (downgraded, req.downgrade_price) {
+        (true, Some(p)) => p,
+        _ => req.price,
+    };
+    let amount_for = |output: u64| Amount {
+        tokens: req.prompt_tokens.saturating_add(output),
+        micros: price.estimate_micros(req.prompt_tokens, output).saturating_add(req.extra_micros),
+    };
+    let amount = amount_for(req.output_tokens);
+    let Some((level, limit)) = levels.iter().find_map(|level| level.violation(amount).map(|limit| (level, limit)))
+    else {
+        return Ok((amount, downgraded, None));
+    };
+    if budgets.clamp_max_tokens {
+        let tools = Amount { tokens: 0, micros: req.extra_micros };
+        let affordable =
+            levels.iter().map(|l| l.affordable_output(tools, req.prompt_tokens, &price)).min().unwrap_or(u64::MAX);
+        if affordable >= MIN_CLAMPED_OUTPUT {
+            let output = affordable.min(req.output_tokens);
+            return Ok((amount_for(output), downgraded, Some(output)));
+        }
+    }
+    if limit.tokens.is_some_and(|t| amount.tokens > t) || limit.usd_micros.is_some_and(|m| amount.micros > m) {
+        // Bigger than the whole limit: waiting for a reset will not help.
+        let lower = if req.extra_micros > 0 {
+            "lower max_tokens, or max_tool_calls (its built-in tool calls are held too)"
+        } else {
+            "lower max_tokens"
+        };
+        let of = level.who.as_ref().map(|who| format!(" of {who}")).unwrap_or_default();
+        return Err(BudgetError::NeverFits {
+            message: format!(
+                "This request could need up to {} tokens (${}), more than the whole `{}` budget{of} allows; {lower}.",
+                amount.tokens,
+                format_usd(amount.micros),
+                limit.name
+            ),
+        });
+    }
+    Err(level.exceeded(limit, amount, now))
+}
+
+fn remaining_over(levels: &[LevelView<'_>]) -> Remaining {
+    levels.iter().fold(Remaining::default(), |r, level| level.remaining(r))
 }
 
 /// Replace a hold with the actual spend. Idempotent per id; an expired or
 /// unknown hold still charges the actual spend, which really happened.
 pub fn settle(state: &mut BudgetState, budgets: &Budgets, id: &str, actual: Amount, now: u64) -> Remaining {
+    settle_at(state, budgets, id, actual, &Scopes::default(), now)
+}
+
+/// [`settle`] at every level the hold was made at; for a hold that is
+/// gone, at the levels `scopes` names.
+pub fn settle_at(
+    state: &mut BudgetState,
+    budgets: &Budgets,
+    id: &str,
+    actual: Amount,
+    scopes: &Scopes,
+    now: u64,
+) -> Remaining {
     state.sync(&budgets.limits, now);
     if state.recently_settled.contains(&settled_fingerprint(id)) {
         return state.remaining(&budgets.limits);
     }
-    state.outstanding.retain(|o| o.id != id);
-    state.charge(actual, now);
+    let scope = match state.outstanding.iter().position(|o| o.id == id) {
+        Some(i) => state.outstanding.swap_remove(i).scope,
+        None => state.prepare_scopes(budgets, scopes, now),
+    };
+    state.charge_at(&scope, actual, now);
     remember_finished(state, id);
-    state.remaining(&budgets.limits)
+    remaining_over(&state.levels(budgets, scopes, &scope))
 }
 
 /// A finished id: a reserve or settle that arrives late for it (a retry, or
@@ -479,20 +739,19 @@ pub fn release(state: &mut BudgetState, budgets: &Budgets, id: &str, now: u64) -
     state.remaining(&budgets.limits)
 }
 
-/// The refusal a request would get right now if it needed anything at all:
-/// used by `on_exhausted: reject` before serving a cache hit.
+/// The refusal a request would get right now if it needed anything at
+/// all, at the tenant's limits.
 pub fn exhausted(state: &mut BudgetState, budgets: &Budgets, now: u64) -> Option<BudgetError> {
+    exhausted_for(state, budgets, &Scopes::default(), now)
+}
+
+/// The refusal a request of `scopes` would get right now if it needed
+/// anything at all: used by `on_exhausted: reject` before serving a cache hit.
+pub fn exhausted_for(state: &mut BudgetState, budgets: &Budgets, scopes: &Scopes, now: u64) -> Option<BudgetError> {
     state.sync(&budgets.limits, now);
-    let held = state.reserved();
-    let nothing = Amount::default();
-    budgets
-        .limits
-        .iter()
-        .find(|limit| {
-            let used = state.spent_in(limit).plus(held);
-            limit.tokens.is_some_and(|t| used.tokens >= t) || limit.usd_micros.is_some_and(|m| used.micros >= m)
-        })
-        .map(|limit| exceeded(state, limit, held, nothing, now))
+    let scope = state.prepare_scopes(budgets, scopes, now);
+    let levels = state.levels(budgets, scopes, &scope);
+    levels.iter().find_map(|level| level.reached().map(|limit| level.exceeded(limit, Amount::default(), now)))
 }
 
 /// Every limit's state, for `/v1/usage`.
@@ -512,9 +771,50 @@ pub fn status(state: &mut BudgetState, budgets: &Budgets, now: u64) -> Vec<Limit
             leased,
             limit_tokens: limit.tokens,
             limit_micros: limit.usd_micros,
-            resets_at: state.resets_at(limit, now),
+            resets_at: resets_at(&state.windows, limit, now),
         })
         .collect()
+}
+
+/// The limits below the tenant, for `/v1/usage`: the key's and the
+/// user's of `scopes` (when they have limits), and every other key or user
+/// entry the state tracks (their spend; limits only where `budgets` has
+/// them: a user's, not another key's).
+pub fn scoped_status(state: &mut BudgetState, budgets: &Budgets, scopes: &Scopes, now: u64) -> Vec<ScopeStatus> {
+    state.sync(&budgets.limits, now);
+    let key = scopes.key.as_ref().filter(|k| !k.limits.is_empty());
+    let mut out = Vec::with_capacity(state.scoped.len());
+    for entry in &state.scoped {
+        let limits: &[BudgetLimit] = match entry.level {
+            Level::Key => key.filter(|k| k.id == entry.id).map_or(&[], |k| k.limits.as_slice()),
+            Level::User => budgets.users.as_ref().map_or(&[], |u| u.limits_for(&entry.id)),
+            Level::Tenant => &[],
+        };
+        let reserved = state
+            .outstanding
+            .iter()
+            .filter(|o| o.scope.holds_at(entry.level, &entry.id))
+            .fold(Amount::default(), |acc, o| acc.plus(o.amount));
+        let windows = entry
+            .windows
+            .iter()
+            .map(|w| {
+                let limit = limits.iter().find(|l| l.name == w.name && l.window == w.window);
+                LimitStatus {
+                    name: w.name.clone(),
+                    window: w.window,
+                    spent: w.spent,
+                    reserved,
+                    leased: Amount::default(),
+                    limit_tokens: limit.and_then(|l| l.tokens),
+                    limit_micros: limit.and_then(|l| l.usd_micros),
+                    resets_at: limit.map_or(w.window.next_reset(now), |l| resets_at(&entry.windows, l, now)),
+                }
+            })
+            .collect();
+        out.push(ScopeStatus { level: entry.level, id: entry.id.clone(), limits: windows });
+    }
+    out
 }
 
 /// The remaining headroom without changing anything.
@@ -531,69 +831,18 @@ fn fraction(used: u64, limit: Option<u64>) -> f64 {
     }
 }
 
+/// The first tenant limit `need` does not fit (for [`lease::grant`]).
 fn first_violation<'a>(
-    state: &BudgetState,
+    state: &'a BudgetState,
     limits: &'a [BudgetLimit],
     held: Amount,
     need: Amount,
 ) -> Option<&'a BudgetLimit> {
-    limits.iter().find(|limit| {
-        let used = state.spent_in(limit).plus(held).plus(need);
-        limit.tokens.is_some_and(|t| used.tokens > t) || limit.usd_micros.is_some_and(|m| used.micros > m)
-    })
-}
-
-fn affordable_output(
-    state: &BudgetState,
-    limits: &[BudgetLimit],
-    held: Amount,
-    prompt: u64,
-    price: &ModelPrice,
-) -> u64 {
-    let mut best = u64::MAX;
-    for limit in limits {
-        let used = state.spent_in(limit).plus(held);
-        if let Some(t) = limit.tokens {
-            best = best.min(t.saturating_sub(used.tokens).saturating_sub(prompt));
-        }
-        if let Some(m) = limit.usd_micros {
-            let left = m.saturating_sub(used.micros);
-            best = best.min(if price.estimate_micros(prompt, 0) > left {
-                0
-            } else {
-                price.affordable_output(prompt, left)
-            });
-        }
-    }
-    best
+    LevelView { held, ..state.tenant_level(limits) }.violation(need)
 }
 
 fn exceeded(state: &BudgetState, limit: &BudgetLimit, held: Amount, need: Amount, now: u64) -> BudgetError {
-    let used = state.spent_in(limit).plus(held);
-    let resets_at = state.resets_at(limit, now);
-    let tokens_over = limit.tokens.filter(|&t| used.tokens.saturating_add(need.tokens) > t || used.tokens >= t);
-    let what = match (tokens_over, limit.usd_micros) {
-        (Some(t), _) => format!("{} of {t} tokens used or held, this request needs up to {}", used.tokens, need.tokens),
-        (None, Some(m)) => format!(
-            "${} of ${} used or held, this request needs up to ${}",
-            format_usd(used.micros),
-            format_usd(m),
-            format_usd(need.micros)
-        ),
-        (None, None) => "limit reached".to_owned(),
-    };
-    let when = match limit.window {
-        Window::RollingHour => format!("spend ages out of the rolling hour from {}", iso8601(resets_at)),
-        _ => format!("resets at {}", iso8601(resets_at)),
-    };
-    BudgetError::Exceeded {
-        message: format!(
-            "The `{}` budget ({} window) is exhausted: {what}; {when}.",
-            limit.name,
-            limit.window.as_str()
-        ),
-        retry_after_secs: resets_at.saturating_sub(now).max(1),
-    }
+    LevelView { held, ..state.tenant_level(std::slice::from_ref(limit)) }.exceeded(limit, need, now)
 }
 
 /// One operation on a tenant's ledger, as a host sends it to wherever the
@@ -611,6 +860,9 @@ pub enum LedgerOp {
         budgets: Budgets,
         id: String,
         amount: Amount,
+        /// Where to charge when the hold is gone (expired, or never made).
+        #[serde(default, skip_serializing_if = "Scopes::is_empty")]
+        scopes: Scopes,
     },
     Release {
         budgets: Budgets,
@@ -619,9 +871,14 @@ pub enum LedgerOp {
     /// Whether a limit is reached (before serving a cache hit under `reject`).
     Check {
         budgets: Budgets,
+        #[serde(default, skip_serializing_if = "Scopes::is_empty")]
+        scopes: Scopes,
     },
     Status {
         budgets: Budgets,
+        /// The asking key and user: their limits are shown with their spend.
+        #[serde(default, skip_serializing_if = "Scopes::is_empty")]
+        scopes: Scopes,
     },
     /// Grant or grow a host instance's lease ([`lease::grant`]).
     LeaseGrant {
@@ -641,12 +898,26 @@ pub enum LedgerOp {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "result", rename_all = "snake_case")]
 pub enum LedgerReply {
-    Granted { granted: Granted },
-    Refused { error: BudgetError },
-    Remaining { remaining: Remaining },
-    Check { exhausted: Option<BudgetError> },
-    Status { limits: Vec<LimitStatus> },
-    Lease { grant: lease::LeaseGrant },
+    Granted {
+        granted: Granted,
+    },
+    Refused {
+        error: BudgetError,
+    },
+    Remaining {
+        remaining: Remaining,
+    },
+    Check {
+        exhausted: Option<BudgetError>,
+    },
+    Status {
+        limits: Vec<LimitStatus>,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        scoped: Vec<ScopeStatus>,
+    },
+    Lease {
+        grant: lease::LeaseGrant,
+    },
 }
 
 /// Apply one operation to a tenant's state at `now`. The caller persists
@@ -657,12 +928,17 @@ pub fn apply(state: &mut BudgetState, op: &LedgerOp, now: u64) -> LedgerReply {
             Ok(granted) => LedgerReply::Granted { granted },
             Err(error) => LedgerReply::Refused { error },
         },
-        LedgerOp::Settle { budgets, id, amount } => {
-            LedgerReply::Remaining { remaining: settle(state, budgets, id, *amount, now) }
+        LedgerOp::Settle { budgets, id, amount, scopes } => {
+            LedgerReply::Remaining { remaining: settle_at(state, budgets, id, *amount, scopes, now) }
         }
         LedgerOp::Release { budgets, id } => LedgerReply::Remaining { remaining: release(state, budgets, id, now) },
-        LedgerOp::Check { budgets } => LedgerReply::Check { exhausted: exhausted(state, budgets, now) },
-        LedgerOp::Status { budgets } => LedgerReply::Status { limits: status(state, budgets, now) },
+        LedgerOp::Check { budgets, scopes } => {
+            LedgerReply::Check { exhausted: exhausted_for(state, budgets, scopes, now) }
+        }
+        LedgerOp::Status { budgets, scopes } => LedgerReply::Status {
+            limits: status(state, budgets, now),
+            scoped: scoped_status(state, budgets, scopes, now),
+        },
         LedgerOp::LeaseGrant { budgets, sizing, request } => match lease::grant(state, budgets, sizing, request, now) {
             Ok(grant) => LedgerReply::Lease { grant },
             Err(error) => LedgerReply::Refused { error },
@@ -724,6 +1000,7 @@ mod tests {
             price: crate::pricing::ModelPrice { input: 1, cached_input: 1, output: 1 },
             downgrade_price: None,
             extra_micros: 0,
+            scopes: Default::default(),
         };
         release(&mut state, &budgets, "late", 0);
         let granted = reserve(&mut state, &budgets, &req, 0).unwrap();
@@ -753,6 +1030,7 @@ mod tests {
             default_output_reservation: 100,
             store_failure: FailureMode::Closed,
             leases: None,
+            users: None,
         }
     }
 
@@ -773,6 +1051,7 @@ mod tests {
             price: price(),
             downgrade_price: None,
             extra_micros: 0,
+            scopes: Default::default(),
         }
     }
 
@@ -797,7 +1076,7 @@ mod tests {
         let mut s = BudgetState::default();
         reserve(&mut s, &b, &req("a", 400, 400), NOW).unwrap();
         let err = reserve(&mut s, &b, &req("b", 100, 200), NOW).unwrap_err();
-        let BudgetError::Exceeded { message, retry_after_secs } = err else { panic!("{err:?}") };
+        let BudgetError::Exceeded { message, retry_after_secs, .. } = err else { panic!("{err:?}") };
         assert!(message.contains("`day` budget"), "{message}");
         assert!(message.contains("resets at"), "{message}");
         assert_eq!(retry_after_secs, Window::Day.next_reset(NOW) - NOW);
@@ -935,8 +1214,12 @@ mod tests {
         let reply = apply(&mut s, &wire, NOW);
         let reply: LedgerReply = serde_json::from_str(&serde_json::to_string(&reply).unwrap()).unwrap();
         assert!(matches!(reply, LedgerReply::Granted { ref granted } if granted.amount.tokens == 200));
-        let settle_op =
-            LedgerOp::Settle { budgets: b.clone(), id: "a".into(), amount: Amount { tokens: 50, micros: 0 } };
+        let settle_op = LedgerOp::Settle {
+            budgets: b.clone(),
+            id: "a".into(),
+            amount: Amount { tokens: 50, micros: 0 },
+            scopes: Default::default(),
+        };
         assert_eq!(
             apply(&mut s, &settle_op, NOW),
             LedgerReply::Remaining { remaining: Remaining { tokens: Some(950), micros: None } }

@@ -287,6 +287,12 @@ pub const MIN_CACHE_TTL_SECONDS: u64 = 60;
 pub const MAX_CACHE_TTL_SECONDS: u64 = 30 * 24 * 3600;
 
 impl TenantConfig {
+    /// The request header naming the end user (`budgets.users.header`), for
+    /// the host to read into [`crate::engine::Inbound::user_header`].
+    pub fn user_header(&self) -> Option<&str> {
+        self.budgets.users.as_ref().and_then(|u| u.header.as_deref())
+    }
+
     /// Parse and validate tenant config JSON.
     pub fn from_json(bytes: &[u8]) -> Result<TenantConfig, ConfigErrors> {
         let raw = parse_raw::<RawTenantConfig>(bytes)?;

@@ -204,6 +204,19 @@ impl LeaseDesk {
         let mut lease_need: Option<Amount> = None;
         for op in ops {
             let here = match &op {
+                TenantOp::Budget(LedgerOp::Reserve { request, .. })
+                    if desk.budgets.is_some() && !request.scopes.is_empty() =>
+                {
+                    // Charged at a key's or an end user's limits too: only
+                    // the writer holds those levels' state (leases are
+                    // slices of the tenant's limits), so it decides, as
+                    // with `per_request`. Its close waits for a batch.
+                    desk.last_active = now;
+                    if desk.at_writer.len() < budget::MAX_OUTSTANDING {
+                        desk.at_writer.push(WriterHold { id: request.id.clone(), amount: None, in_view: false });
+                    }
+                    None
+                }
                 TenantOp::Budget(LedgerOp::Reserve { budgets, request }) if desk.budgets.is_some() => {
                     desk.last_active = now;
                     desk.demand = desk.demand.plus(request.worst_case());
@@ -216,7 +229,7 @@ impl LeaseDesk {
                     }
                     local.map(|granted| TenantReply::Budget(LedgerReply::Granted { granted }))
                 }
-                TenantOp::Budget(LedgerOp::Settle { budgets, id, amount }) if desk.holds(id) => {
+                TenantOp::Budget(LedgerOp::Settle { budgets, id, amount, .. }) if desk.holds(id) => {
                     desk.last_active = now;
                     Some(desk.settle_here(budgets, id, Some(*amount), now))
                 }
@@ -224,7 +237,7 @@ impl LeaseDesk {
                     desk.last_active = now;
                     Some(desk.settle_here(budgets, id, None, now))
                 }
-                TenantOp::Budget(LedgerOp::Check { budgets }) if desk.lease_live(now) => {
+                TenantOp::Budget(LedgerOp::Check { budgets, scopes }) if desk.lease_live(now) && scopes.is_empty() => {
                     // Not exhausted in the view means not exhausted at the
                     // writer as of the grant; exhausted may be the view's
                     // caution (other leases counted in full): ask.
@@ -511,7 +524,7 @@ impl LeaseDesk {
 /// be without leases.
 fn with_local_holds(reply: TenantReply, held: Amount) -> TenantReply {
     match reply {
-        TenantReply::Budget(LedgerReply::Status { mut limits }) if held != Amount::default() => {
+        TenantReply::Budget(LedgerReply::Status { mut limits, scoped }) if held != Amount::default() => {
             for limit in &mut limits {
                 let moved = Amount {
                     tokens: held.tokens.min(limit.leased.tokens),
@@ -520,7 +533,7 @@ fn with_local_holds(reply: TenantReply, held: Amount) -> TenantReply {
                 limit.leased = limit.leased.saturating_sub(moved);
                 limit.reserved = limit.reserved.plus(moved);
             }
-            TenantReply::Budget(LedgerReply::Status { limits })
+            TenantReply::Budget(LedgerReply::Status { limits, scoped })
         }
         other => other,
     }
@@ -531,8 +544,8 @@ fn budgets_of(op: &LedgerOp) -> Option<&Budgets> {
         LedgerOp::Reserve { budgets, .. }
         | LedgerOp::Settle { budgets, .. }
         | LedgerOp::Release { budgets, .. }
-        | LedgerOp::Check { budgets }
-        | LedgerOp::Status { budgets }
+        | LedgerOp::Check { budgets, .. }
+        | LedgerOp::Status { budgets, .. }
         | LedgerOp::LeaseGrant { budgets, .. }
         | LedgerOp::LeaseReport { budgets, .. } => Some(budgets),
     }
@@ -899,7 +912,12 @@ mod tests {
             let actual = Amount { tokens: 150, micros: 250 };
             spent = spent.plus(actual);
             let close = vec![
-                TenantOp::Budget(LedgerOp::Settle { budgets: b.clone(), id: id.clone(), amount: actual }),
+                TenantOp::Budget(LedgerOp::Settle {
+                    budgets: b.clone(),
+                    id: id.clone(),
+                    amount: actual,
+                    scopes: Default::default(),
+                }),
                 record(&id),
             ];
             let replies = writer.ask(&mut desk, close, 10, true).unwrap();
@@ -920,6 +938,7 @@ mod tests {
             budgets: b.clone(),
             id: "long".into(),
             amount: Amount { tokens: 1, micros: 1 },
+            scopes: Default::default(),
         })];
         writer.ask(&mut desk, close, 11, true);
         assert_eq!(writer.batches, 2);
@@ -941,6 +960,7 @@ mod tests {
                 budgets: b.clone(),
                 id: id.clone(),
                 amount: Amount { tokens: 10, micros: 10 },
+                scopes: Default::default(),
             });
             writer.ask(&mut desk, vec![settle, record(&id)], 10, true);
             assert_eq!(writer.budget.windows[0].spent, Amount { tokens: 10 * (n + 1), micros: 10 * (n + 1) });
@@ -968,8 +988,14 @@ mod tests {
                 strict_writer.ask(&mut strict_desk, vec![reserve_op(&strict, &id, 100 + n, 200)], 10, true).unwrap();
             assert_eq!(remaining_of(&a[0]), remaining_of(&b[0]), "request {n}");
             let spent = Amount { tokens: 150 + n, micros: 170 + n };
-            let settle =
-                |b: &Budgets| TenantOp::Budget(LedgerOp::Settle { budgets: b.clone(), id: id.clone(), amount: spent });
+            let settle = |b: &Budgets| {
+                TenantOp::Budget(LedgerOp::Settle {
+                    budgets: b.clone(),
+                    id: id.clone(),
+                    amount: spent,
+                    scopes: Default::default(),
+                })
+            };
             writer.ask(&mut desk, vec![settle(&leased)], 10, true);
             strict_writer.ask(&mut strict_desk, vec![settle(&strict)], 10, true);
         }
@@ -984,9 +1010,11 @@ mod tests {
         let held = writer.ask(&mut desk, vec![reserve_op(&b, "second", 100, 200)], 10, true).unwrap();
         let TenantReply::Budget(LedgerReply::Granted { granted }) = &held[0] else { panic!() };
         assert_eq!(writer.batches, 1, "the second request was held in memory");
-        let status = TenantOp::Budget(LedgerOp::Status { budgets: b.clone() });
+        let status = TenantOp::Budget(LedgerOp::Status { budgets: b.clone(), scopes: Default::default() });
         let replies = writer.ask(&mut desk, vec![status], 10, true).unwrap();
-        let [TenantReply::Budget(LedgerReply::Status { limits })] = replies.as_slice() else { panic!("{replies:?}") };
+        let [TenantReply::Budget(LedgerReply::Status { limits, .. })] = replies.as_slice() else {
+            panic!("{replies:?}")
+        };
         let first = Amount { tokens: 20, micros: 30 };
         assert_eq!(limits[0].reserved, first.plus(granted.amount), "both requests in flight, wherever they hold");
     }
@@ -1021,7 +1049,12 @@ mod tests {
         let spent = Amount { tokens: 7, micros: 7 };
         writer.ask(
             &mut desk,
-            vec![TenantOp::Budget(LedgerOp::Settle { budgets: b.clone(), id: "b".into(), amount: spent })],
+            vec![TenantOp::Budget(LedgerOp::Settle {
+                budgets: b.clone(),
+                id: "b".into(),
+                amount: spent,
+                scopes: Default::default(),
+            })],
             10,
             true,
         );
@@ -1054,13 +1087,19 @@ mod tests {
         for n in 0..3 {
             let id = format!("r{n}");
             writer.ask(&mut desk, vec![reserve_op(&b, &id, 100, 200)], 10, true);
-            let settle =
-                TenantOp::Budget(LedgerOp::Settle { budgets: b.clone(), id, amount: Amount { tokens: 7, micros: 9 } });
+            let settle = TenantOp::Budget(LedgerOp::Settle {
+                budgets: b.clone(),
+                id,
+                amount: Amount { tokens: 7, micros: 9 },
+                scopes: Default::default(),
+            });
             writer.ask(&mut desk, vec![settle], 10, true);
         }
-        let status = TenantOp::Budget(LedgerOp::Status { budgets: b.clone() });
+        let status = TenantOp::Budget(LedgerOp::Status { budgets: b.clone(), scopes: Default::default() });
         let replies = writer.ask(&mut desk, vec![status], 10, true).unwrap();
-        let [TenantReply::Budget(LedgerReply::Status { limits })] = replies.as_slice() else { panic!("{replies:?}") };
+        let [TenantReply::Budget(LedgerReply::Status { limits, .. })] = replies.as_slice() else {
+            panic!("{replies:?}")
+        };
         assert_eq!(limits[0].spent, Amount { tokens: 21, micros: 27 });
     }
 
@@ -1076,6 +1115,7 @@ mod tests {
                 budgets: b.clone(),
                 id: id.into(),
                 amount: Amount { tokens: 5, micros: 5 },
+                scopes: Default::default(),
             })
         };
         writer.ask(&mut desk, vec![settle("b")], 10, true);
@@ -1095,7 +1135,20 @@ mod tests {
     fn random_interleavings_of_desks_never_spend_past_a_limit() {
         for seed in 1..=40u64 {
             for lossy in [false, true] {
-                run_interleaving(seed, lossy);
+                run_interleaving(seed, lossy, false);
+            }
+        }
+    }
+
+    /// The same, with half the requests charged at a key's limit and an
+    /// end user's too (those reserve at the writer; the rest from leases):
+    /// no key, no user and not the tenant ever spends or commits past its
+    /// limit.
+    #[test]
+    fn random_interleavings_with_key_and_user_limits_never_spend_past_any_level() {
+        for seed in 1..=40u64 {
+            for lossy in [false, true] {
+                run_interleaving(seed, lossy, true);
             }
         }
     }
@@ -1108,11 +1161,32 @@ mod tests {
         }
     }
 
-    fn run_interleaving(seed: u64, lossy: bool) {
+    fn run_interleaving(seed: u64, lossy: bool, scoped: bool) {
+        use crate::budget::scope::{KeyScope, Level, Scopes, UserBudgets};
+        use crate::budget::{BudgetLimit, Window};
         let limit_tokens = 40_000 + seed * 977;
         let limit_micros = limit_tokens * 2;
         let sizing = LeaseSizing { share: 4, cap: Amount { tokens: 6_000, micros: 0 }, ttl_seconds: 20 };
-        let b = budgets(limit_tokens, limit_micros, Some(sizing));
+        let mut b = budgets(limit_tokens, limit_micros, Some(sizing));
+        let (user_limit, key_limit) = (limit_tokens / 20, limit_tokens / 8);
+        let day = |tokens: u64| BudgetLimit {
+            name: "day".into(),
+            window: Window::Day,
+            tokens: Some(tokens),
+            usd_micros: None,
+        };
+        if scoped {
+            b.users = Some(Box::new(UserBudgets {
+                header: None,
+                limits: vec![day(user_limit)],
+                overrides: Default::default(),
+                max_tracked: 3,
+            }));
+        }
+        let key = KeyScope { id: "k1".into(), label: None, limits: vec![day(key_limit)] };
+        // Settled spend per (level, id), and what each request was charged at.
+        let mut spent_at: BTreeMap<(Level, String), u64> = BTreeMap::new();
+        let mut scopes_of: BTreeMap<String, Scopes> = BTreeMap::new();
         let mut rng = Lcg(seed * 7919 + u64::from(lossy));
         let mut writer = Writer::default();
         let mut desks: Vec<LeaseDesk> = (0..4).map(|i| LeaseDesk::new(&format!("i{i}-0"))).collect();
@@ -1132,15 +1206,25 @@ mod tests {
             match rng.next(10) {
                 0..=3 => {
                     let id = format!("r{step}");
-                    let ops = vec![reserve_op(&b, &id, 20 + rng.next(200), 50 + rng.next(400))];
-                    let early = writer.budget.windows.first().is_none_or(|w| w.spent.tokens * 2 < limit_tokens);
+                    let mut op = reserve_op(&b, &id, 20 + rng.next(200), 50 + rng.next(400));
+                    let with_scopes = scoped && rng.next(2) == 0;
+                    if let (true, TenantOp::Budget(LedgerOp::Reserve { request, .. })) = (with_scopes, &mut op) {
+                        request.scopes = Scopes {
+                            key: (rng.next(2) == 0).then(|| Box::new(key.clone())),
+                            user: Some(format!("u{}", rng.next(5))),
+                        };
+                        scopes_of.insert(id.clone(), request.scopes.clone());
+                    }
+                    let ops = vec![op];
+                    let early =
+                        !with_scopes && writer.budget.windows.first().is_none_or(|w| w.spent.tokens * 2 < limit_tokens);
                     let before = writer.batches;
                     if let Some(replies) = writer.ask(&mut desks[i], ops, now, reachable)
                         && let Some(held) = replies.first().and_then(granted)
                     {
                         flight.push((i, id, held));
                     }
-                    if early {
+                    if early && !with_scopes {
                         // While half the budget is left, count how often a reserve waited.
                         reserves += 1;
                         early_waits += writer.batches - before;
@@ -1151,8 +1235,28 @@ mod tests {
                         let (_, id, held) = flight.swap_remove(k);
                         let actual = Amount { tokens: rng.next(held.tokens + 1), micros: rng.next(held.micros + 1) };
                         spent = spent.plus(actual);
+                        let scopes = scopes_of.get(&id).cloned().unwrap_or_default();
+                        if let Some(k) = &scopes.key {
+                            *spent_at.entry((Level::Key, k.id.clone())).or_default() += actual.tokens;
+                        }
+                        if let Some(u) = &scopes.user {
+                            // Past the cap of 3 tracked users, a user is charged at the shared entry.
+                            let at = writer
+                                .budget
+                                .outstanding
+                                .iter()
+                                .find(|o| o.id == id)
+                                .and_then(|o| o.scope.user.clone())
+                                .unwrap_or_else(|| u.clone());
+                            *spent_at.entry((Level::User, at)).or_default() += actual.tokens;
+                        }
                         let ops = vec![
-                            TenantOp::Budget(LedgerOp::Settle { budgets: b.clone(), id: id.clone(), amount: actual }),
+                            TenantOp::Budget(LedgerOp::Settle {
+                                budgets: b.clone(),
+                                id: id.clone(),
+                                amount: actual,
+                                scopes,
+                            }),
                             record(&id),
                         ];
                         writer.ask(&mut desks[i], ops, now, reachable);
@@ -1186,6 +1290,23 @@ mod tests {
                 "seed {seed}: over-committed {committed:?}"
             );
             assert!(state.outstanding.iter().all(|o| o.expires_at > now), "seed {seed}: a hold outlived its expiry");
+            for ((level, id), tokens) in &spent_at {
+                let limit = if *level == Level::Key { key_limit } else { user_limit };
+                assert!(*tokens <= limit, "seed {seed}: {level:?} {id} spent {tokens} of {limit}");
+            }
+            for entry in &state.scoped {
+                let limit = if entry.level == Level::Key { key_limit } else { user_limit };
+                let held = state
+                    .outstanding
+                    .iter()
+                    .filter(|o| o.scope.holds_at(entry.level, &entry.id))
+                    .fold(0, |a, o| a + o.amount.tokens);
+                let committed = entry.windows[0].spent.tokens + held;
+                assert!(committed <= limit, "seed {seed}: {:?} {} over-committed {committed}", entry.level, entry.id);
+            }
+            if scoped {
+                assert!(state.scoped.iter().filter(|e| e.level == Level::User).count() <= 4, "seed {seed}: the cap");
+            }
         }
         assert!(
             early_waits * 2 < reserves,
@@ -1250,6 +1371,7 @@ mod slow_writer {
                 budgets: b.clone(),
                 id,
                 amount: Amount { tokens: 50, micros: 50 },
+                scopes: Default::default(),
             });
             if let Routed::Send { ops, ticket } = desk.route("t", vec![settle], now) {
                 out.push((ops, ticket));
@@ -1285,6 +1407,7 @@ pub(crate) mod tests_support {
             default_output_reservation: 1_000,
             store_failure: crate::config::FailureMode::Closed,
             leases,
+            users: None,
         }
     }
 
@@ -1304,6 +1427,7 @@ pub(crate) mod tests_support {
                 price: ModelPrice { input: 1_000_000, cached_input: 1_000_000, output: 2_000_000 },
                 downgrade_price: None,
                 extra_micros: 0,
+                scopes: Default::default(),
             },
         })
     }
@@ -1353,6 +1477,7 @@ mod renewals {
                 budgets: b.clone(),
                 id,
                 amount: Amount { tokens: 300, micros: 500 },
+                scopes: Default::default(),
             });
             if let Routed::Send { ops, ticket } = desk.route("t", vec![settle], now) {
                 land(&mut desk, &mut writer, &ops, ticket, now);
@@ -1393,6 +1518,7 @@ mod renewals {
                 budgets: b.clone(),
                 id: id.to_owned(),
                 amount: Amount { tokens: 300, micros: 500 },
+                scopes: Default::default(),
             });
             for ops in [vec![reserve_for_tests(&b, id)], vec![settle]] {
                 if let Routed::Send { ops, ticket } = desk.route("t", ops, now) {

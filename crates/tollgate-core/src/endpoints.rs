@@ -35,28 +35,56 @@ pub fn usage_report_from(
     outcomes: Option<&[TierTotals]>,
     now: u64,
 ) -> Value {
-    let limits: Vec<Value> = limits
-        .into_iter()
-        .map(|s| {
-            json!({
-                "name": s.name,
-                "window": s.window.as_str(),
-                "spent_tokens": s.spent.tokens,
-                "spent_usd": crate::pricing::format_usd(s.spent.micros),
-                "reserved_tokens": s.reserved.tokens,
-                "reserved_usd": crate::pricing::format_usd(s.reserved.micros),
-                "leased_tokens": s.leased.tokens,
-                "leased_usd": crate::pricing::format_usd(s.leased.micros),
-                "limit_tokens": s.limit_tokens,
-                "limit_usd": s.limit_micros.map(crate::pricing::format_usd),
-                "resets_at": budget::iso8601(s.resets_at),
-            })
-        })
-        .collect();
+    usage_report_with_scopes(config, limits, Vec::new(), outcomes, now)
+}
+
+fn limit_json(s: LimitStatus) -> Value {
+    json!({
+        "name": s.name,
+        "window": s.window.as_str(),
+        "spent_tokens": s.spent.tokens,
+        "spent_usd": crate::pricing::format_usd(s.spent.micros),
+        "reserved_tokens": s.reserved.tokens,
+        "reserved_usd": crate::pricing::format_usd(s.reserved.micros),
+        "leased_tokens": s.leased.tokens,
+        "leased_usd": crate::pricing::format_usd(s.leased.micros),
+        "limit_tokens": s.limit_tokens,
+        "limit_usd": s.limit_micros.map(crate::pricing::format_usd),
+        "resets_at": budget::iso8601(s.resets_at),
+    })
+}
+
+/// [`usage_report_from`] with the limits below the tenant: `keys` and
+/// `users`, each `{id, budgets}` (a key's limits are shown for the key
+/// asking; other keys' entries show their spend).
+pub fn usage_report_with_scopes(
+    config: &TenantConfig,
+    limits: Vec<LimitStatus>,
+    scoped: Vec<budget::ScopeStatus>,
+    outcomes: Option<&[TierTotals]>,
+    now: u64,
+) -> Value {
+    let limits: Vec<Value> = limits.into_iter().map(limit_json).collect();
     let mut report =
         json!({"object": "usage", "tenant_id": config.tenant_id, "budgets": limits, "as_of": budget::iso8601(now)});
-    if let (Some(tiers), Some(obj)) = (outcomes, report.as_object_mut()) {
-        obj.insert("resolution".to_owned(), crate::outcomes::report(tiers));
+    let (mut keys, mut users) = (Vec::new(), Vec::new());
+    for entry in scoped {
+        let item = json!({"id": entry.id, "budgets": entry.limits.into_iter().map(limit_json).collect::<Vec<_>>()});
+        match entry.level {
+            budget::scope::Level::Key => keys.push(item),
+            _ => users.push(item),
+        }
+    }
+    if let Some(obj) = report.as_object_mut() {
+        if !keys.is_empty() {
+            obj.insert("keys".to_owned(), Value::Array(keys));
+        }
+        if !users.is_empty() {
+            obj.insert("users".to_owned(), Value::Array(users));
+        }
+        if let Some(tiers) = outcomes {
+            obj.insert("resolution".to_owned(), crate::outcomes::report(tiers));
+        }
     }
     report
 }
@@ -108,9 +136,12 @@ pub fn health(host: &str) -> Value {
 }
 
 /// The ops a host sends to the tenant's store for `GET /v1/usage`.
-pub fn usage_ops(config: &TenantConfig) -> Vec<TenantOp> {
+/// `key`: the asking key's level (its limits are shown with its spend).
+pub fn usage_ops(config: &TenantConfig, key: Option<&budget::scope::KeyScope>) -> Vec<TenantOp> {
+    let scopes =
+        budget::scope::Scopes { key: key.filter(|k| !k.limits.is_empty()).map(|k| Box::new(k.clone())), user: None };
     vec![
-        TenantOp::Budget(budget::LedgerOp::Status { budgets: config.budgets.clone() }),
+        TenantOp::Budget(budget::LedgerOp::Status { budgets: config.budgets.clone(), scopes }),
         TenantOp::Outcome(OutcomeOp::Report),
     ]
 }
@@ -123,10 +154,13 @@ pub fn usage_from_replies(
     now: u64,
 ) -> Result<Value, ApiError> {
     let replies = replies.ok_or_else(crate::outcomes::ledger_unavailable)?;
-    let (mut limits, mut tiers) = (None, None);
+    let (mut limits, mut tiers, mut scoped) = (None, None, Vec::new());
     for reply in replies {
         match reply {
-            TenantReply::Budget(budget::LedgerReply::Status { limits: l }) => limits = Some(l),
+            TenantReply::Budget(budget::LedgerReply::Status { limits: l, scoped: s }) => {
+                limits = Some(l);
+                scoped = s;
+            }
             TenantReply::Outcome(OutcomeReply::Report { tiers: t }) => tiers = Some(t),
             _ => {}
         }
@@ -134,7 +168,7 @@ pub fn usage_from_replies(
     let (Some(limits), Some(tiers)) = (limits, tiers) else {
         return Err(crate::outcomes::ledger_unavailable());
     };
-    Ok(usage_report_from(config, limits, Some(&tiers), now))
+    Ok(usage_report_with_scopes(config, limits, scoped, Some(&tiers), now))
 }
 
 /// `POST /v1/feedback`'s answer from the store's reply to the feedback op.

@@ -21,9 +21,13 @@ pub struct ApiError {
     /// The request field at fault, when there is one.
     pub param: Option<String>,
     /// Seconds until retrying can succeed (429, 503).
-    pub retry_after_secs: Option<u64>,
+    /// (32 bits: a month is 2.6 million seconds; it keeps the error small.)
+    pub retry_after_secs: Option<u32>,
     /// The methods a 405's `allow` header lists.
     pub allow: Option<&'static str>,
+    /// The budget limit a 429 hit: (level, name), sent as the
+    /// `x-tollgate-limit-level` and `x-tollgate-limit` headers.
+    pub budget_limit: Option<Box<(&'static str, String)>>,
 }
 
 #[derive(Serialize)]
@@ -44,7 +48,16 @@ struct ErrorFields<'a> {
 
 impl ApiError {
     pub fn new(status: u16, kind: &'static str, code: &'static str, message: impl Into<String>) -> Self {
-        ApiError { status, kind, code, message: message.into(), param: None, retry_after_secs: None, allow: None }
+        ApiError {
+            status,
+            kind,
+            code,
+            message: message.into(),
+            param: None,
+            retry_after_secs: None,
+            allow: None,
+            budget_limit: None,
+        }
     }
 
     pub fn with_param(mut self, param: impl Into<String>) -> Self {
@@ -53,7 +66,7 @@ impl ApiError {
     }
 
     pub fn with_retry_after(mut self, secs: u64) -> Self {
-        self.retry_after_secs = Some(secs);
+        self.retry_after_secs = Some(u32::try_from(secs).unwrap_or(u32::MAX));
         self
     }
 
@@ -80,6 +93,10 @@ impl ApiError {
         }
         if let Some(allow) = self.allow {
             headers.push(("allow".to_owned(), allow.to_owned()));
+        }
+        if let Some((level, name)) = self.budget_limit.as_deref() {
+            headers.push(("x-tollgate-limit-level".to_owned(), (*level).to_owned()));
+            headers.push(("x-tollgate-limit".to_owned(), name.clone()));
         }
         headers
     }
@@ -183,7 +200,18 @@ impl From<AuthError> for ApiError {
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum BudgetError {
     #[error("{message}")]
-    Exceeded { message: String, retry_after_secs: u64 },
+    Exceeded {
+        message: String,
+        retry_after_secs: u64,
+        /// The level of the limit reached: tenant, key or user.
+        #[serde(default = "tenant_level")]
+        level: crate::budget::scope::Level,
+        /// The limit's name.
+        #[serde(default)]
+        limit: String,
+        #[serde(default = "day_window")]
+        window: crate::budget::Window,
+    },
     #[error("{message}")]
     NeverFits { message: String },
     #[error("too many requests in flight for this tenant ({limit}); retry shortly")]
@@ -192,12 +220,27 @@ pub enum BudgetError {
     StoreUnavailable,
 }
 
+fn tenant_level() -> crate::budget::scope::Level {
+    crate::budget::scope::Level::Tenant
+}
+
+fn day_window() -> crate::budget::Window {
+    crate::budget::Window::Day
+}
+
 impl From<BudgetError> for ApiError {
     fn from(err: BudgetError) -> Self {
         let message = err.to_string();
         match err {
-            BudgetError::Exceeded { retry_after_secs, .. } => {
-                ApiError::new(429, "insufficient_quota", "budget_exceeded", message).with_retry_after(retry_after_secs)
+            BudgetError::Exceeded { retry_after_secs, level, limit, window, .. } => {
+                // A per-minute limit is a rate; the others are amounts of money or tokens.
+                let (kind, code) = match window {
+                    crate::budget::Window::Minute => ("rate_limit_error", "rate_limit_exceeded"),
+                    _ => ("insufficient_quota", "budget_exceeded"),
+                };
+                let mut err = ApiError::new(429, kind, code, message).with_retry_after(retry_after_secs);
+                err.budget_limit = Some(Box::new((level.as_str(), limit)));
+                err
             }
             BudgetError::NeverFits { .. } => {
                 ApiError::new(400, "invalid_request_error", "exceeds_budget_limit", message).with_param("max_tokens")
@@ -265,7 +308,14 @@ mod tests {
             RequestError::TooLarge { limit: 1, actual: 2 }.into(),
             RequestError::MalformedJson { detail: "x".into() }.into(),
             AuthError::UnknownKey.into(),
-            BudgetError::Exceeded { message: "daily".into(), retry_after_secs: 7 }.into(),
+            BudgetError::Exceeded {
+                message: "daily".into(),
+                retry_after_secs: 7,
+                level: crate::budget::scope::Level::Tenant,
+                limit: "daily".into(),
+                window: crate::budget::Window::Day,
+            }
+            .into(),
             BudgetError::StoreUnavailable.into(),
             UpstreamError::Timeout { tier: "cheap".into() }.into(),
             TenantError::Unavailable.into(),
@@ -284,7 +334,13 @@ mod tests {
         assert_eq!(ApiError::from(RequestError::TooLarge { limit: 1, actual: 2 }).status, 413);
         assert_eq!(ApiError::from(RequestError::EmptyMessages).status, 400);
         assert_eq!(ApiError::from(AuthError::MissingKey).status, 401);
-        let budget = ApiError::from(BudgetError::Exceeded { message: "m".into(), retry_after_secs: 9 });
+        let budget = ApiError::from(BudgetError::Exceeded {
+            message: "m".into(),
+            retry_after_secs: 9,
+            level: crate::budget::scope::Level::Tenant,
+            limit: "daily".into(),
+            window: crate::budget::Window::Day,
+        });
         assert_eq!(budget.status, 429);
         assert!(budget.headers().contains(&("retry-after".to_owned(), "9".to_owned())));
         assert_eq!(ApiError::from(BudgetError::StoreUnavailable).status, 503);

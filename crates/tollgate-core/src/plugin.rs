@@ -9,6 +9,7 @@
 //! --envoy` checks the same file offline.
 
 use crate::auth::ApiKeyRecord;
+use crate::budget::scope::KeyScope;
 use crate::config::{ConfigError, ConfigErrors, Provider, RawTenantConfig, TenantConfig, parse_raw};
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -141,6 +142,8 @@ pub struct PluginConfig {
     pub tenants: BTreeMap<String, Arc<TenantConfig>>,
     /// sha256 hex of the key → its record.
     pub api_keys: BTreeMap<String, ApiKeyRecord>,
+    /// sha256 hex of the key → the key as a budget level (its own limits).
+    pub key_scopes: BTreeMap<String, KeyScope>,
     pub providers: BTreeMap<Provider, ProviderRoute>,
     pub budgets: BudgetBackend,
     pub cache: CacheBackend,
@@ -219,6 +222,7 @@ impl TryFrom<RawPluginConfig> for PluginConfig {
                 }
             }
         }
+        let mut key_scopes = BTreeMap::new();
         for (hash, record) in &raw.api_keys {
             if !is_sha256_hex(hash) {
                 add(
@@ -230,6 +234,10 @@ impl TryFrom<RawPluginConfig> for PluginConfig {
             if !tenants.contains_key(&record.tenant_id) {
                 add(&mut problems, format!("api_keys.{hash}.tenant_id"), "names no tenant in `tenants`");
             }
+            let scope = record.scope(hash, |path, message| {
+                add(&mut problems, format!("api_keys.{hash}.{path}"), &message);
+            });
+            key_scopes.insert(hash.clone(), scope);
         }
 
         let mut providers = BTreeMap::new();
@@ -303,6 +311,7 @@ impl TryFrom<RawPluginConfig> for PluginConfig {
         Ok(PluginConfig {
             tenants,
             api_keys: raw.api_keys,
+            key_scopes,
             providers,
             budgets: raw.state.budgets.unwrap_or_default(),
             cache: raw.state.cache.unwrap_or_default(),

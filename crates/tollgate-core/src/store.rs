@@ -74,7 +74,7 @@ pub fn closing_ops(
     settlement: Option<&Settlement>,
     finish: Option<&Finish>,
 ) -> Vec<TenantOp> {
-    let mut ops: Vec<TenantOp> = settlement.iter().map(|s| TenantOp::Budget(s.to_op(budgets))).collect();
+    let mut ops: Vec<TenantOp> = settlement.iter().map(|s| TenantOp::Budget(s.to_op(budgets, plan.scopes()))).collect();
     if finish.is_some() || plan.answered_without_finish() {
         ops.push(TenantOp::Outcome(OutcomeOp::Record { outcome: plan.outcome(finish) }));
     }
@@ -208,14 +208,19 @@ mod tests {
         let record = TenantOp::Outcome(OutcomeOp::Record {
             outcome: RequestOutcome { request_id: "r1".into(), tier: "cheap".into(), ..Default::default() },
         });
-        let (_, first) =
-            state.apply(&[TenantOp::Budget(LedgerOp::Status { budgets: budgets.clone() }), record], 100).unwrap();
+        let (_, first) = state
+            .apply(
+                &[TenantOp::Budget(LedgerOp::Status { budgets: budgets.clone(), scopes: Default::default() }), record],
+                100,
+            )
+            .unwrap();
         let stored: std::collections::HashMap<String, String> = first.into_iter().collect();
         let (loaded, unreadable) = TenantState::from_stored(|k| stored.get(k).cloned());
         assert!(unreadable.is_empty());
         assert_eq!(loaded, state);
         // The same read again changes nothing, so nothing is written.
-        let (_, again) = state.apply(&[TenantOp::Budget(LedgerOp::Status { budgets })], 100).unwrap();
+        let (_, again) =
+            state.apply(&[TenantOp::Budget(LedgerOp::Status { budgets, scopes: Default::default() })], 100).unwrap();
         assert!(again.is_empty(), "{again:?}");
         let (empty, unreadable) = TenantState::from_stored(|k| (k == BUDGET_KEY).then(|| "{broken".to_owned()));
         assert_eq!((empty, unreadable), (TenantState::default(), vec![BUDGET_KEY.to_owned()]));
@@ -226,7 +231,7 @@ mod tests {
         let budgets = TenantConfig::example().unwrap().budgets;
         let batch = TenantBatch {
             ops: vec![
-                TenantOp::Budget(LedgerOp::Status { budgets: budgets.clone() }),
+                TenantOp::Budget(LedgerOp::Status { budgets: budgets.clone(), scopes: Default::default() }),
                 TenantOp::Outcome(OutcomeOp::Record {
                     outcome: RequestOutcome { request_id: "r1".into(), tier: "cheap".into(), ..Default::default() },
                 }),

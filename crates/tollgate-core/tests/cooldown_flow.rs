@@ -62,8 +62,16 @@ fn send(sim: &mut Simulator, now: u64, upstream: &mut dyn FnMut(&Upstream) -> Op
     let body = json!({"model": "tollgate/auto", "messages": [{"role": "user", "content": format!("What is {call}?")}], "temperature": 0}).to_string();
     let mut entropy = [0u8; 16];
     entropy[..8].copy_from_slice(&call.to_le_bytes());
-    let inbound =
-        Inbound { tenant_id: "t1", api: ApiFormat::OpenAi, body: body.as_bytes(), cache_control: None, now, entropy };
+    let inbound = Inbound {
+        tenant_id: "t1",
+        api: ApiFormat::OpenAi,
+        body: body.as_bytes(),
+        cache_control: None,
+        now,
+        entropy,
+        key: None,
+        user_header: None,
+    };
     sim.handle(&inbound, upstream)
 }
 
@@ -203,6 +211,8 @@ fn a_429_with_retry_after_cools_the_model_until_then() {
         cache_control: None,
         now: NOW,
         entropy: [7; 16],
+        key: None,
+        user_header: None,
     };
     let mut plan = Plan::new(&cfg, &inbound).unwrap();
     plan.consult_cooldowns(&table, NOW);
@@ -233,6 +243,8 @@ fn a_tenant_without_cooldowns_gets_no_updates_to_apply() {
         cache_control: None,
         now: NOW,
         entropy: [8; 16],
+        key: None,
+        user_header: None,
     };
     let mut plan = Plan::new(&cfg, &inbound).unwrap();
     let Next::Forward(up) = plan.start() else { panic!("expected a forward") };

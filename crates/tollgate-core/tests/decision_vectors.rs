@@ -239,6 +239,8 @@ fn run_case(v: &Vectors, case: &Value, sims: Option<&mut BTreeMap<String, Simula
         cache_control: headers.get("cache-control").map(String::as_str),
         now: NOW,
         entropy: entropy(),
+        key: None,
+        user_header: None,
     };
     let new_sim = || Simulator::new(tenant.config.clone(), [7; 32]);
     let outcome: Outcome = match sims {

@@ -60,6 +60,8 @@ fn send(sim: &mut Simulator, body: &Value, upstream: &mut dyn FnMut(&Upstream) -
         cache_control: None,
         now: NOW,
         entropy: [bytes.len() as u8; 16],
+        key: None,
+        user_header: None,
     };
     sim.handle(&inbound, upstream)
 }
@@ -254,6 +256,8 @@ fn a_pinned_chat_model_is_not_sent_to_embeddings_nor_a_pinned_embedding_model_to
         cache_control: None,
         now: NOW,
         entropy: [9; 16],
+        key: None,
+        user_header: None,
     };
     let out = sim.handle(&inbound, &mut |_| panic!("not forwarded"));
     assert_eq!((out.status, error_code(&out).as_str()), (400, "invalid_value"));

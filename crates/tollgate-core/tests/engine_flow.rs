@@ -69,6 +69,8 @@ fn send_at(
         cache_control,
         now,
         entropy: rand_bytes(&bytes, now),
+        key: None,
+        user_header: None,
     };
     sim.handle(&inbound, upstream)
 }
@@ -297,6 +299,8 @@ fn a_config_naming_another_tenant_is_refused() {
         cache_control: None,
         now: NOW,
         entropy: [0; 16],
+        key: None,
+        user_header: None,
     };
     let o = sim.handle(&inbound, &mut |_| panic!("must not reach the provider"));
     assert_eq!(o.status, 503);
@@ -549,6 +553,8 @@ fn bad_inputs_get_openai_shaped_errors_and_touch_no_budget() {
             cache_control: None,
             now: NOW,
             entropy: [0; 16],
+            key: None,
+            user_header: None,
         };
         let o = sim.handle(&inbound, &mut |_| panic!("bad input must not reach the provider"));
         assert_eq!((o.status, error_code(&o).as_str()), (status, code), "{}", String::from_utf8_lossy(&body));

@@ -80,6 +80,8 @@ fn send(sim: &mut Simulator, body: Value, upstream: &mut dyn FnMut(&Upstream) ->
         cache_control: None,
         now: NOW,
         entropy,
+        key: None,
+        user_header: None,
     };
     sim.handle(&inbound, upstream)
 }

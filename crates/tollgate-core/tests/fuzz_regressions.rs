@@ -33,7 +33,8 @@ fn a_stored_bucket_at_the_end_of_time_does_not_overflow() {
         "outstanding":[],"recently_settled":[]}"#;
     let mut state = load(&[(BUDGET_KEY, budget)]);
     let budgets = TenantConfig::example().unwrap().budgets;
-    let (replies, _) = state.apply(&[TenantOp::Budget(LedgerOp::Status { budgets })], NOW).unwrap();
+    let (replies, _) =
+        state.apply(&[TenantOp::Budget(LedgerOp::Status { budgets, scopes: Default::default() })], NOW).unwrap();
     let text = serde_json::to_string(&replies).unwrap();
     let hourly = state.budget.windows.iter().find(|w| w.window == Window::RollingHour).unwrap();
     // A bucket from the future is kept (a host with a fast clock), and the

@@ -34,6 +34,8 @@ fn plan(config: &TenantConfig, prompt: &str) -> Plan {
         cache_control: None,
         now: 1_795_000_000,
         entropy: [3; 16],
+        key: None,
+        user_header: None,
     };
     Plan::new(config, &inbound).unwrap()
 }

@@ -74,6 +74,8 @@ fn send(sim: &mut Simulator, body: &Value, upstream: &mut dyn FnMut(&Upstream) -
         cache_control: None,
         now: NOW,
         entropy: [bytes.len() as u8; 16],
+        key: None,
+        user_header: None,
     };
     sim.handle(&inbound, upstream)
 }

@@ -122,6 +122,8 @@ fn plan(config: &TenantConfig, body: &Value) -> Plan {
         cache_control: None,
         now: NOW,
         entropy: [7; 16],
+        key: None,
+        user_header: None,
     };
     Plan::new(config, &inbound).unwrap()
 }

@@ -18,13 +18,13 @@ pub(crate) enum Awaiting {
     /// know yet (its record lands just after the answer it names).
     Feedback {
         request_id: String,
-        op: TenantOp,
+        op: OutcomeOp,
         retries: u8,
     },
     /// A short wait before asking about that id again.
     FeedbackWait {
         request_id: String,
-        op: TenantOp,
+        op: OutcomeOp,
         retries: u8,
     },
     FeedbackExport,
@@ -34,7 +34,8 @@ impl Stream {
     /// `GET /v1/usage`: the caller's budgets and cost per resolution.
     pub(crate) fn on_usage(&mut self) {
         let Some((_, config)) = self.tenant.clone() else { return };
-        self.apply_ops(endpoints::usage_ops(&config), Awaiting::Usage);
+        let ops = endpoints::usage_ops(&config, self.key_scope.as_ref());
+        self.apply_ops(ops, Awaiting::Usage);
     }
 
     /// `POST /v1/feedback {request_id, resolved}`.
@@ -43,9 +44,12 @@ impl Stream {
             Ok(f) => f,
             Err(e) => return self.send_error(&e),
         };
-        let op = TenantOp::Outcome(OutcomeOp::Feedback { request_id: fb.request_id.clone(), resolved: fb.resolved });
+        let op = OutcomeOp::Feedback { request_id: fb.request_id.clone(), resolved: fb.resolved };
         let retries = endpoints::FEEDBACK_RETRIES;
-        self.apply_ops(vec![op.clone()], Awaiting::Feedback { request_id: fb.request_id, op, retries });
+        self.apply_ops(
+            vec![TenantOp::Outcome(op.clone())],
+            Awaiting::Feedback { request_id: fb.request_id, op, retries },
+        );
     }
 
     /// `GET /v1/feedback/export`: the tenant's recent requests with feedback, as NDJSON.
@@ -91,7 +95,7 @@ impl Stream {
             }
             // Whatever the wait answered, ask again.
             Awaiting::FeedbackWait { request_id, op, retries } => {
-                self.apply_ops(vec![op.clone()], Awaiting::Feedback { request_id, op, retries });
+                self.apply_ops(vec![TenantOp::Outcome(op.clone())], Awaiting::Feedback { request_id, op, retries });
             }
             Awaiting::FeedbackExport => self.answer_export(answer.first_reply()),
         }

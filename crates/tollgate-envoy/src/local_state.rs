@@ -466,6 +466,7 @@ mod tests {
                 price,
                 downgrade_price: None,
                 extra_micros: 0,
+                scopes: Default::default(),
             },
         }
     }

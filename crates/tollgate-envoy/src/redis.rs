@@ -429,7 +429,7 @@ mod tests {
 
     fn status_op() -> LedgerOp {
         let budgets = tollgate_core::TenantConfig::example().unwrap().budgets;
-        LedgerOp::Status { budgets }
+        LedgerOp::Status { budgets, scopes: Default::default() }
     }
 
     #[test]
@@ -458,6 +458,7 @@ mod tests {
             price: tollgate_core::pricing::ModelPrice { input: 1_000_000, cached_input: 500_000, output: 1_000_000 },
             downgrade_price: None,
             extra_micros: 0,
+            scopes: Default::default(),
         };
         LedgerOp::Reserve { budgets, request }
     }

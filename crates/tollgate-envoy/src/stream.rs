@@ -31,6 +31,7 @@ use proxy_wasm::types::{Action, BufferType, MapType};
 use std::rc::Rc;
 use std::sync::Arc;
 use tollgate_core::auth::{self, ApiKeyRecord};
+use tollgate_core::budget::scope::KeyScope;
 use tollgate_core::config::ModelRef;
 use tollgate_core::cooldown::CooldownUpdate;
 use tollgate_core::endpoints::{self, Endpoint};
@@ -83,6 +84,8 @@ pub struct Stream {
     pub(crate) request_id: String,
     endpoint: Option<Endpoint>,
     pub(crate) tenant: Option<(String, Arc<TenantConfig>)>,
+    /// The caller's key as a budget level, when its record sets limits.
+    pub(crate) key_scope: Option<KeyScope>,
     client_headers: Vec<(String, String)>,
     plan: Option<Plan>,
     pub(crate) pending: Option<(u32, Pending)>,
@@ -116,6 +119,7 @@ impl Stream {
             endpoint: None,
             tenant: None,
             client_headers: Vec::new(),
+            key_scope: None,
             plan: None,
             pending: None,
             forwarded: false,
@@ -166,15 +170,17 @@ impl Stream {
 
     // ---- request side -----------------------------------------------------
 
-    fn authenticate(&self, rt: &Runtime) -> Result<(String, Arc<TenantConfig>), ApiError> {
+    fn authenticate(&mut self, rt: &Runtime) -> Result<(String, Arc<TenantConfig>), ApiError> {
         let authorization = host::header(MapType::HttpRequestHeaders, "authorization");
         let x_api_key = host::header(MapType::HttpRequestHeaders, "x-api-key");
         let key = auth::extract_api_key(authorization.as_deref(), x_api_key.as_deref())?;
-        let record: &ApiKeyRecord =
-            rt.config.api_keys.get(&auth::hash_api_key(key)).ok_or(ApiError::from(AuthError::UnknownKey))?;
+        let key_hash = auth::hash_api_key(key);
+        let record: &ApiKeyRecord = rt.config.api_keys.get(&key_hash).ok_or(ApiError::from(AuthError::UnknownKey))?;
         if record.disabled {
             return Err(AuthError::UnknownKey.into());
         }
+        // Cloned only for a key with limits of its own: most have none.
+        self.key_scope = rt.config.key_scopes.get(&key_hash).filter(|k| !k.limits.is_empty()).cloned();
         let config = rt.config.tenants.get(&record.tenant_id).ok_or(ApiError::from(TenantError::Unavailable))?;
         Ok((record.tenant_id.clone(), config.clone()))
     }
@@ -196,7 +202,19 @@ impl Stream {
         let Some((tenant_id, config)) = self.tenant.clone() else { return Action::Pause };
         let cache_control = self.client_headers.iter().find(|(n, _)| n == "cache-control").map(|(_, v)| v.as_str());
         let now = host::now_secs();
-        let inbound = Inbound { tenant_id: &tenant_id, api, body, cache_control, now, entropy: self.entropy };
+        let user_header = config.user_header().and_then(|name| {
+            self.client_headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+        });
+        let inbound = Inbound {
+            tenant_id: &tenant_id,
+            api,
+            body,
+            cache_control,
+            now,
+            entropy: self.entropy,
+            key: self.key_scope.as_ref(),
+            user_header,
+        };
         let mut plan = match Plan::new(&config, &inbound) {
             Ok(p) => p,
             Err(refused) => {

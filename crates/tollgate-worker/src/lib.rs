@@ -118,7 +118,8 @@ async fn usage(req: &Request, env: &Env, settings: &Settings) -> Result<Response
         Ok(t) => t,
         Err(e) => return error_response(&e, &[]),
     };
-    let replies = desk::call(env, &tenant.id, endpoints::usage_ops(&tenant.config), settings).await.ok();
+    let replies =
+        desk::call(env, &tenant.id, endpoints::usage_ops(&tenant.config, Some(&tenant.key)), settings).await.ok();
     match endpoints::usage_from_replies(&tenant.config, replies, settings::now_secs()) {
         Ok(report) => json_response(200, &report, &[]),
         Err(e) => error_response(&e, &[]),

@@ -68,7 +68,20 @@ pub async fn handle(mut req: Request, api: ApiFormat, env: Env, ctx: Context, se
     let client_headers = header_pairs(req.headers());
     let cache_control = client_headers.iter().find(|(n, _)| n == "cache-control").map(|(_, v)| v.as_str());
     let now = now_secs();
-    let inbound = Inbound { tenant_id: &tenant.id, api, body: &body, cache_control, now, entropy };
+    let user_header = tenant
+        .config
+        .user_header()
+        .and_then(|name| client_headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str()));
+    let inbound = Inbound {
+        tenant_id: &tenant.id,
+        api,
+        body: &body,
+        cache_control,
+        now,
+        entropy,
+        key: Some(&tenant.key),
+        user_header,
+    };
     let mut plan = match Plan::new(&tenant.config, &inbound) {
         Ok(p) => p,
         Err(refused) => return http::local(refused.response()),

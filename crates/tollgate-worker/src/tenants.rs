@@ -2,7 +2,7 @@
 //! config, memoised in isolate memory.
 //!
 //! KV layout (namespace bound as `TOLLGATE_CONFIG`):
-//! - `apikey:<sha256 hex of the key>` → `{"tenant_id": "...", "label": "...", "disabled": false}`
+//! - `apikey:<sha256 hex of the key>` → `{"tenant_id": "...", "label": "...", "disabled": false, "limits": [...]}`
 //! - `tenant:<tenant id>` → the tenant config (`docs/config.md`)
 //!
 //! Keys are stored hashed so a KV export leaks no usable key. Records and
@@ -19,6 +19,7 @@ use std::collections::HashMap;
 use std::rc::Rc;
 use std::sync::Arc;
 use tollgate_core::auth::{self, ApiKeyRecord};
+use tollgate_core::budget::scope::KeyScope;
 use tollgate_core::error::{AuthError, TenantError};
 use tollgate_core::learned::LinearRouter;
 use tollgate_core::{ApiError, TenantConfig};
@@ -36,11 +37,13 @@ const MEMO_CAPACITY: usize = 512;
 pub struct Tenant {
     pub id: String,
     pub config: Rc<TenantConfig>,
+    /// The key as a budget level (its record's own limits).
+    pub key: KeyScope,
 }
 
 #[derive(Default)]
 struct Memo {
-    keys: HashMap<String, (f64, ApiKeyRecord)>,
+    keys: HashMap<String, (f64, (ApiKeyRecord, KeyScope))>,
     configs: HashMap<String, (f64, Rc<TenantConfig>)>,
 }
 
@@ -71,7 +74,7 @@ pub async fn authenticate(req: &Request, env: &Env, settings: &Settings) -> Resu
     let now = now_ms();
     let ttl = settings.config_cache_ms;
 
-    let record = match MEMO.with(|m| remembered(&m.borrow().keys, &key_hash, now)) {
+    let (record, key_scope) = match MEMO.with(|m| remembered(&m.borrow().keys, &key_hash, now)) {
         Some(r) => r,
         None => {
             let kv = env.kv(CONFIG_BINDING).map_err(|e| store_down("key", e))?;
@@ -82,10 +85,14 @@ pub async fn authenticate(req: &Request, env: &Env, settings: &Settings) -> Resu
                 .map_err(|e| store_down("key", e))?
                 .ok_or(AuthError::UnknownKey)?;
             let record = ApiKeyRecord::from_json(&bytes)?;
+            // `from_json` refused a record whose limits do not validate.
+            let scope = record.scope(&key_hash, |_, _| {});
             if ttl > 0.0 {
-                MEMO.with(|m| remember(&mut m.borrow_mut().keys, key_hash.clone(), record.clone(), now + ttl));
+                MEMO.with(|m| {
+                    remember(&mut m.borrow_mut().keys, key_hash.clone(), (record.clone(), scope.clone()), now + ttl)
+                });
             }
-            record
+            (record, scope)
         }
     };
     if record.disabled {
@@ -126,7 +133,7 @@ pub async fn authenticate(req: &Request, env: &Env, settings: &Settings) -> Resu
         console_error!("tollgate: key for `{}` resolves to config of `{}`", record.tenant_id, config.tenant_id);
         return Err(TenantError::InvalidConfig("the config's tenant_id does not match its key".into()).into());
     }
-    Ok(Tenant { id: record.tenant_id, config })
+    Ok(Tenant { id: record.tenant_id, config, key: key_scope })
 }
 
 /// The tenant's learned router, stored in KV under its `model_key`. A

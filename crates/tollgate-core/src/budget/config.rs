@@ -8,6 +8,7 @@
 use super::Amount;
 use super::Window;
 use super::lease::LeaseSizing;
+use super::scope::{RawUserBudgets, UserBudgets};
 use crate::pricing::usd_to_micros;
 use serde::{Deserialize, Serialize};
 
@@ -46,6 +47,9 @@ pub struct RawBudgets {
     /// How leases are sized (with `consistency: leased`).
     #[serde(default)]
     pub lease: Option<RawLease>,
+    /// Limits for each end user, on top of the tenant's.
+    #[serde(default)]
+    pub users: Option<RawUserBudgets>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
@@ -77,7 +81,7 @@ pub struct RawLease {
     pub max_tokens: Option<u64>,
 }
 
-#[derive(Clone, Debug, Deserialize, Serialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct RawBudgetLimit {
@@ -134,6 +138,10 @@ pub struct Budgets {
     /// (`consistency: per_request`, and anything stored before leases).
     #[serde(default)]
     pub leases: Option<LeaseSizing>,
+    /// Limits for each end user ([`super::scope`]); boxed, as every
+    /// ledger op carries the budgets and most tenants have none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub users: Option<Box<UserBudgets>>,
 }
 
 impl Budgets {
@@ -141,31 +149,8 @@ impl Budgets {
     /// as (path within `budgets`, e.g. `limits[0].usd`, message); the
     /// settings returned mean something only if there was none.
     pub fn from_raw(raw: RawBudgets, mut problem: impl FnMut(String, String)) -> Budgets {
-        let mut limits: Vec<BudgetLimit> = Vec::new();
-        for (i, limit) in raw.limits.into_iter().enumerate() {
-            let base = format!("limits[{i}]");
-            if limit.tokens.is_none() && limit.usd.is_none() {
-                problem(base.clone(), "set `tokens`, `usd` or both".to_owned());
-            }
-            let usd_micros = match limit.usd {
-                Some(usd) => match usd_to_micros(usd) {
-                    Some(m) => Some(m),
-                    None => {
-                        problem(format!("{base}.usd"), "must be a finite, non-negative amount of dollars".to_owned());
-                        None
-                    }
-                },
-                None => None,
-            };
-            let name = limit.name.unwrap_or_else(|| limit.window.as_str().to_owned());
-            if limits.iter().any(|l| l.name == name) {
-                problem(
-                    format!("{base}.name"),
-                    format!("duplicate budget name `{name}`; give each limit a distinct name"),
-                );
-            }
-            limits.push(BudgetLimit { name, window: limit.window, tokens: limit.tokens, usd_micros });
-        }
+        let limits = validate_limits(raw.limits, "limits", &mut problem);
+        let users = raw.users.map(|users| Box::new(UserBudgets::from_raw(users, &mut problem)));
         let soft_threshold = match raw.soft_threshold_pct {
             Some(pct) if !(pct > 0.0 && pct <= 100.0) => {
                 problem("soft_threshold_pct".to_owned(), "must be a percentage in (0, 100]".to_owned());
@@ -189,6 +174,7 @@ impl Budgets {
         };
         Budgets {
             leases,
+            users,
             limits,
             soft_threshold,
             on_exhausted: raw.on_exhausted.unwrap_or(OnExhausted::Reject),
@@ -197,6 +183,38 @@ impl Budgets {
             store_failure: raw.store_failure.unwrap_or(FailureMode::Closed),
         }
     }
+}
+
+/// Stage two for a list of limits at `base` (`limits`, `users.limits`, a
+/// key record's `limits`): amounts in micro-dollars, names distinct.
+pub(super) fn validate_limits(
+    raw: Vec<RawBudgetLimit>,
+    base: &str,
+    mut problem: impl FnMut(String, String),
+) -> Vec<BudgetLimit> {
+    let mut limits: Vec<BudgetLimit> = Vec::new();
+    for (i, limit) in raw.into_iter().enumerate() {
+        let base = format!("{base}[{i}]");
+        if limit.tokens.is_none() && limit.usd.is_none() {
+            problem(base.clone(), "set `tokens`, `usd` or both".to_owned());
+        }
+        let usd_micros = match limit.usd {
+            Some(usd) => match usd_to_micros(usd) {
+                Some(m) => Some(m),
+                None => {
+                    problem(format!("{base}.usd"), "must be a finite, non-negative amount of dollars".to_owned());
+                    None
+                }
+            },
+            None => None,
+        };
+        let name = limit.name.unwrap_or_else(|| limit.window.as_str().to_owned());
+        if limits.iter().any(|l| l.name == name) {
+            problem(format!("{base}.name"), format!("duplicate budget name `{name}`; give each limit a distinct name"));
+        }
+        limits.push(BudgetLimit { name, window: limit.window, tokens: limit.tokens, usd_micros });
+    }
+    limits
 }
 
 fn lease_sizing(raw: RawLease, problem: &mut impl FnMut(String, String)) -> LeaseSizing {

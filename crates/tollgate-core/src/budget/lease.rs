@@ -166,6 +166,7 @@ pub fn grant(
                 expires_at,
                 downgraded: false,
                 clamped_output_tokens: None,
+                scope: Default::default(),
             });
             true
         }
@@ -217,7 +218,7 @@ impl LeaseView {
     /// and this instance's own requests in flight (`local_holds`).
     pub fn state(&self, expires_at: u64, local_holds: Vec<Outstanding>, unreported: Amount, now: u64) -> BudgetState {
         let mut state =
-            BudgetState { windows: self.windows.clone(), outstanding: local_holds, recently_settled: Vec::new() };
+            BudgetState { windows: self.windows.clone(), outstanding: local_holds, ..BudgetState::default() };
         if self.others != Amount::default() {
             state.outstanding.push(Outstanding {
                 id: OTHERS_HOLD.to_owned(),
@@ -225,6 +226,7 @@ impl LeaseView {
                 expires_at,
                 downgraded: false,
                 clamped_output_tokens: None,
+                scope: Default::default(),
             });
         }
         if unreported != Amount::default() {
@@ -500,7 +502,8 @@ mod tests {
         };
         let LedgerReply::Lease { grant } = apply(&mut state, &op, 0) else { panic!("granted") };
         // A status read after the expiry, not a lease op: the lease is charged all the same.
-        let _ = apply(&mut state, &LedgerOp::Status { budgets: b.clone() }, grant.expires_at);
+        let _ =
+            apply(&mut state, &LedgerOp::Status { budgets: b.clone(), scopes: Default::default() }, grant.expires_at);
         assert_eq!(state.spent_in(&b.limits[0]), grant.added);
         let report =
             LeaseReport { lease: "a".into(), settled: vec![("r".into(), amount(1, 1))], returned: true, keep: None };

@@ -288,6 +288,7 @@ impl Plan {
             price,
             downgrade_price: None,
             extra_micros: self.tool_hold_micros,
+            scopes: self.scopes.clone(),
         });
         match (reserve, self.budgets_enforced) {
             (Some(r), true) => {

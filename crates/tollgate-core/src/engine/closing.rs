@@ -23,12 +23,16 @@ pub enum Settlement {
 
 impl Settlement {
     /// The ledger operation that applies this settlement.
-    pub fn to_op(&self, budgets: &crate::config::Budgets) -> crate::budget::LedgerOp {
+    pub fn to_op(
+        &self,
+        budgets: &crate::config::Budgets,
+        scopes: &crate::budget::scope::Scopes,
+    ) -> crate::budget::LedgerOp {
         use crate::budget::LedgerOp;
         match self {
             Settlement::Release { id } => LedgerOp::Release { budgets: budgets.clone(), id: id.clone() },
             Settlement::Charge { id, amount } => {
-                LedgerOp::Settle { budgets: budgets.clone(), id: id.clone(), amount: *amount }
+                LedgerOp::Settle { budgets: budgets.clone(), id: id.clone(), amount: *amount, scopes: scopes.clone() }
             }
         }
     }
@@ -156,7 +160,7 @@ impl Plan {
 
     /// The ledger operation that applies `settlement`.
     pub(super) fn settlement_op(&self, settlement: &Settlement) -> TenantOp {
-        TenantOp::Budget(settlement.to_op(&self.budgets))
+        TenantOp::Budget(settlement.to_op(&self.budgets, &self.scopes))
     }
 
     /// The client went away before any answer reached it: give the hold

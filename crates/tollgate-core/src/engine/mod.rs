@@ -56,6 +56,7 @@ pub use routing::{
 pub use steps::{BudgetCheck, ReserveOutcome, Upstream};
 
 use crate::api::ApiFormat;
+use crate::budget::scope::{KeyScope, Scopes};
 use crate::budget::{Amount, Granted, ReserveRequest};
 use crate::cache::{CacheEntry, CacheKey};
 use crate::config::{Budgets, CacheSettings, FailureMode, ModelRef, OnExhausted};
@@ -85,6 +86,12 @@ pub struct Inbound<'a> {
     pub now: u64,
     /// 16 random bytes from the host, for the request id.
     pub entropy: [u8; 16],
+    /// The API key the request came with, as a budget level (its record's
+    /// limits), when the host knows its record.
+    pub key: Option<&'a KeyScope>,
+    /// The value of the header the tenant names for end users
+    /// ([`crate::config::TenantConfig::user_header`]), if the request has it.
+    pub user_header: Option<&'a str>,
 }
 
 /// A response the host sends without calling a provider.
@@ -223,6 +230,8 @@ pub enum Duty {
 #[derive(Clone, Debug, Serialize)]
 pub struct Plan {
     pub request_id: String,
+    /// The key and end user the request is charged at besides the tenant.
+    scopes: Scopes,
     pub tenant_id: String,
     pub api: ApiFormat,
     pub requested_model: String,
@@ -387,6 +396,13 @@ struct HeldAnswer {
     signal: Signal,
     tier: Option<String>,
     model: String,
+}
+
+impl Plan {
+    /// The key and end user the request is charged at besides the tenant.
+    pub fn scopes(&self) -> &Scopes {
+        &self.scopes
+    }
 }
 
 impl Plan {

@@ -337,9 +337,11 @@ impl Plan {
         trace.model = chain.first().map(ToString::to_string);
         trace.cache = cache_plan.bypass.clone().map(CacheOutcome::Bypass);
 
+        let scopes = request_scopes(config, inbound, &request).map_err(|e| refuse(e.into(), &trace))?;
         let price = chain_price(config, &chain);
         let downgrade_price = chain_price(config, &downgrade_chain);
         let reserve_request = price.map(|price| ReserveRequest {
+            scopes: scopes.clone(),
             id: trace.request_id.clone(),
             prompt_tokens: prompt.tokens,
             output_tokens: output_cap,
@@ -384,7 +386,8 @@ impl Plan {
             cache: cache_plan,
             trace,
             on_exhausted: config.budgets.on_exhausted,
-            budgets_enforced: !config.budgets.limits.is_empty(),
+            budgets_enforced: !config.budgets.limits.is_empty() || !scopes.is_empty(),
+            scopes,
             store_failure: config.budgets.store_failure,
             cache_ttl: config.cache.ttl_seconds,
             request,
@@ -512,4 +515,47 @@ fn bypass_name(b: cache::Bypass) -> String {
         cache::Bypass::MultipleChoices => "multiple_choices",
     }
     .to_owned()
+}
+
+/// The levels below the tenant `request` is charged at: its key, when the
+/// key's record sets limits, and its end user, when the tenant limits
+/// users. The user is the tenant's header if it names one and the request
+/// has it, else the body's `safety_identifier` or `user` (OpenAI, Responses,
+/// embeddings) or `metadata.user_id` (Anthropic).
+fn request_scopes(
+    config: &TenantConfig,
+    inbound: &Inbound<'_>,
+    request: &ChatRequest,
+) -> Result<crate::budget::scope::Scopes, RequestError> {
+    use crate::budget::scope::{MAX_USER_ID_BYTES, OVERFLOW_USER, Scopes};
+    let key = inbound.key.filter(|k| !k.limits.is_empty()).map(|k| Box::new(k.clone()));
+    let Some(users) = config.budgets.users.as_ref().filter(|u| u.limits_anyone()) else {
+        return Ok(Scopes { key, user: None });
+    };
+    let string_field = |raw: Option<&str>| raw.and_then(|v| serde_json::from_str::<String>(v).ok());
+    let (field, user) = match inbound.user_header.map(str::trim).filter(|v| !v.is_empty()) {
+        Some(value) => (users.header.clone().unwrap_or_default(), Some(value.to_owned())),
+        None => match request.api {
+            ApiFormat::Anthropic => {
+                let metadata: Option<Map<String, Value>> =
+                    request.raw_field("metadata").and_then(|v| serde_json::from_str(v).ok());
+                let user = metadata.and_then(|m| m.get("user_id").and_then(Value::as_str).map(str::to_owned));
+                ("metadata.user_id".to_owned(), user)
+            }
+            _ => match string_field(request.raw_field("safety_identifier")) {
+                Some(id) => ("safety_identifier".to_owned(), Some(id)),
+                None => ("user".to_owned(), string_field(request.raw_field("user"))),
+            },
+        },
+    };
+    let user = user.filter(|u| !u.is_empty());
+    if let Some(u) = &user
+        && (u.len() > MAX_USER_ID_BYTES || u == OVERFLOW_USER)
+    {
+        return Err(RequestError::Invalid {
+            field,
+            message: format!("an end-user id is at most {MAX_USER_ID_BYTES} bytes, and not `{OVERFLOW_USER}`"),
+        });
+    }
+    Ok(Scopes { key, user })
 }

@@ -167,7 +167,10 @@ impl Plan {
                 }
                 if self.budgets_enforced && self.on_exhausted == OnExhausted::Reject {
                     self.pending_hit = Some(entry);
-                    Next::CheckBudget(TenantOp::Budget(LedgerOp::Check { budgets: self.budgets.clone() }))
+                    Next::CheckBudget(TenantOp::Budget(LedgerOp::Check {
+                        budgets: self.budgets.clone(),
+                        scopes: self.scopes.clone(),
+                    }))
                 } else {
                     let hit = self.serve_hit(&entry);
                     self.respond(hit, None)

@@ -45,6 +45,8 @@ pub fn send_api(
         cache_control: None,
         now: NOW,
         entropy: rand_bytes(&bytes, NOW),
+        key: None,
+        user_header: None,
     };
     sim.handle(&inbound, upstream)
 }
