@@ -64,25 +64,25 @@ fn default_batch(budgets: &Budgets) -> TenantBatch {
             budget(LedgerOp::Reserve { budgets: b(), request: request("r1") }),
             budget(LedgerOp::Reserve { budgets: b(), request: request("r2") }),
             budget(LedgerOp::Check { budgets: b(), scopes: Default::default() }),
-            budget(LedgerOp::Settle { budgets: b(), id: "r1".into(), amount: Amount { tokens: 1200, micros: 300 }, scopes: Default::default() }),
+            budget(LedgerOp::Settle { budgets: b(), id: "r1".into(), amount: Amount { tokens: 1200, micros: 300, requests: 0 }, scopes: Default::default() }),
             budget(LedgerOp::Release { budgets: b(), id: "r2".into() }),
             budget(LedgerOp::LeaseGrant {
                 budgets: b(),
                 sizing: budget::lease::LeaseSizing::default(),
                 request: budget::lease::LeaseRequest {
                     id: "l1".into(),
-                    want: Amount { tokens: 5000, micros: 9000 },
-                    need: Amount { tokens: 400, micros: 700 },
-                    unit: Amount { tokens: 400, micros: 700 },
+                    want: Amount { tokens: 5000, micros: 9000, requests: 0 },
+                    need: Amount { tokens: 400, micros: 700, requests: 0 },
+                    unit: Amount { tokens: 400, micros: 700, requests: 0 },
                 },
             }),
             budget(LedgerOp::LeaseReport {
                 budgets: b(),
                 report: budget::lease::LeaseReport {
                     lease: "l1".into(),
-                    settled: vec![("r4".into(), Amount { tokens: 300, micros: 500 })],
+                    settled: vec![("r4".into(), Amount { tokens: 300, micros: 500, requests: 0 })],
                     returned: false,
-                    keep: Some(Amount { tokens: 100, micros: 200 }),
+                    keep: Some(Amount { tokens: 100, micros: 200, requests: 0 }),
                 },
             }),
             outcome(OutcomeOp::Record {

@@ -606,3 +606,9 @@ LEVELS = {
 LEVELS_FLOOD = levels_tenant("flood", key_tokens=ROOMY_TOKENS, tenant=ROOMY_TOKENS, user=400, max_tracked=4)
 # The SDKs' typed errors for a user out of budget.
 LEVELS_SDK = levels_tenant("sdk", key_tokens=ROOMY_TOKENS, tenant=ROOMY_TOKENS, user=150)
+# A key allowed 5 requests a minute (a rate at the key level).
+LEVELS_RPM_KEY = key_for("e2e-levels-rpm", "limited")
+LEVELS_RPM = register(
+    single_tier_tenant("e2e-levels-rpm", ["openai/gpt-4o-mini"], budgets=levels_budgets(tenant=ROOMY_TOKENS, user=ROOMY_TOKENS)),
+    [key(LEVELS_RPM_KEY, label="rpm-app", limits=[{"name": "key-rpm", "window": "minute", "requests": 5}])],
+)

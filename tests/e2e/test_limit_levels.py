@@ -218,3 +218,33 @@ def test_the_sdks_raise_their_rate_limit_error_naming_the_user_level(router, cle
             )
     assert refused_claude.value.response.headers["x-tollgate-limit-level"] == "user"
     assert f"user `{marker}-claude`" in str(refused_claude.value)
+
+
+def test_a_keys_requests_per_minute_limit_refuses_the_sixth_request_of_a_minute_as_a_rate(router, clean_mock):
+    key = registry.LEVELS_RPM_KEY
+    marker = f"levels-rpm-{uuid.uuid4().hex[:10]}"
+    for attempt in range(3):
+        # Start early in a minute, so the eight requests share one.
+        time.sleep((62 - time.time() % 60) % 60 if time.time() % 60 > 45 else 0)
+        minute = int(time.time() // 60)
+        statuses = []
+        refusal = None
+        for i in range(8):
+            r = httpx.post(
+                f"{router.url}/v1/chat/completions",
+                json=body(f"{marker}-{attempt}", i),
+                headers={"authorization": f"Bearer {key}"},
+                timeout=30,
+            )
+            statuses.append(r.status_code)
+            if r.status_code == 429 and refusal is None:
+                refusal = r
+        if int(time.time() // 60) == minute:
+            break
+    assert statuses[:5] == [200] * 5 and statuses[5:] == [429] * 3, statuses
+    err = refusal.json()["error"]
+    assert (err["code"], err["type"]) == ("rate_limit_exceeded", "rate_limit_error"), err
+    assert refusal.headers["x-tollgate-limit-level"] == "key"
+    assert refusal.headers["x-tollgate-limit"] == "key-rpm"
+    assert "5 of 5 requests" in err["message"], err
+    assert 1 <= int(refusal.headers["retry-after"]) <= 60

@@ -90,20 +90,50 @@ impl Window {
     }
 }
 
-/// Tokens and micro-dollars together.
+/// Tokens, micro-dollars and requests together.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Amount {
     pub tokens: u64,
     pub micros: u64,
+    /// Requests sent upstream: one per reservation and per settled
+    /// request, for requests-per-minute limits.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub requests: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 impl Amount {
     pub fn plus(self, o: Amount) -> Amount {
-        Amount { tokens: self.tokens.saturating_add(o.tokens), micros: self.micros.saturating_add(o.micros) }
+        Amount {
+            tokens: self.tokens.saturating_add(o.tokens),
+            micros: self.micros.saturating_add(o.micros),
+            requests: self.requests.saturating_add(o.requests),
+        }
     }
 
     pub fn saturating_sub(self, o: Amount) -> Amount {
-        Amount { tokens: self.tokens.saturating_sub(o.tokens), micros: self.micros.saturating_sub(o.micros) }
+        Amount {
+            tokens: self.tokens.saturating_sub(o.tokens),
+            micros: self.micros.saturating_sub(o.micros),
+            requests: self.requests.saturating_sub(o.requests),
+        }
+    }
+
+    /// Each dimension the smaller of the two.
+    pub fn min(self, o: Amount) -> Amount {
+        Amount {
+            tokens: self.tokens.min(o.tokens),
+            micros: self.micros.min(o.micros),
+            requests: self.requests.min(o.requests),
+        }
+    }
+
+    /// Some dimension of `self` is larger than `o`'s.
+    pub fn exceeds(self, o: Amount) -> bool {
+        self.tokens > o.tokens || self.micros > o.micros || self.requests > o.requests
     }
 }
 
@@ -209,6 +239,7 @@ impl ReserveRequest {
     /// What this request holds at the routed model's price, unclamped.
     pub fn worst_case(&self) -> Amount {
         Amount {
+            requests: 1,
             tokens: self.prompt_tokens.saturating_add(self.output_tokens),
             micros: self
                 .price
@@ -235,6 +266,8 @@ pub struct Granted {
 pub struct Remaining {
     pub tokens: Option<u64>,
     pub micros: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requests: Option<u64>,
 }
 
 /// One limit's state, for `/v1/usage`.
@@ -250,6 +283,8 @@ pub struct LimitStatus {
     pub leased: Amount,
     pub limit_tokens: Option<u64>,
     pub limit_micros: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit_requests: Option<u64>,
     pub resets_at: u64,
 }
 
@@ -407,15 +442,17 @@ impl<'a> LevelView<'a> {
     }
 
     fn remaining(&self, mut r: Remaining) -> Remaining {
+        let tighter = |slot: &mut Option<u64>, left: u64| *slot = Some(slot.map_or(left, |x| x.min(left)));
         for limit in self.limits {
             let used = self.used(limit);
             if let Some(t) = limit.tokens {
-                let left = t.saturating_sub(used.tokens);
-                r.tokens = Some(r.tokens.map_or(left, |x| x.min(left)));
+                tighter(&mut r.tokens, t.saturating_sub(used.tokens));
             }
             if let Some(m) = limit.usd_micros {
-                let left = m.saturating_sub(used.micros);
-                r.micros = Some(r.micros.map_or(left, |x| x.min(left)));
+                tighter(&mut r.micros, m.saturating_sub(used.micros));
+            }
+            if let Some(n) = limit.requests {
+                tighter(&mut r.requests, n.saturating_sub(used.requests));
             }
         }
         r
@@ -424,24 +461,20 @@ impl<'a> LevelView<'a> {
     fn crosses(&self, threshold: f64) -> bool {
         self.limits.iter().any(|limit| {
             let used = self.used(limit);
-            fraction(used.tokens, limit.tokens) >= threshold || fraction(used.micros, limit.usd_micros) >= threshold
+            fraction(used.tokens, limit.tokens) >= threshold
+                || fraction(used.micros, limit.usd_micros) >= threshold
+                || fraction(used.requests, limit.requests) >= threshold
         })
     }
 
     /// The first limit `need` does not fit on top of what is used and held.
     fn violation(&self, need: Amount) -> Option<&'a BudgetLimit> {
-        self.limits.iter().find(|limit| {
-            let used = self.used(limit).plus(need);
-            limit.tokens.is_some_and(|t| used.tokens > t) || limit.usd_micros.is_some_and(|m| used.micros > m)
-        })
+        self.limits.iter().find(|limit| limit.exceeded_by(self.used(limit).plus(need)))
     }
 
     /// The first limit already used up.
     fn reached(&self) -> Option<&'a BudgetLimit> {
-        self.limits.iter().find(|limit| {
-            let used = self.used(limit);
-            limit.tokens.is_some_and(|t| used.tokens >= t) || limit.usd_micros.is_some_and(|m| used.micros >= m)
-        })
+        self.limits.iter().find(|limit| limit.reached_by(self.used(limit)))
     }
 
     fn affordable_output(&self, extra: Amount, prompt: u64, price: &ModelPrice) -> u64 {
@@ -466,18 +499,21 @@ impl<'a> LevelView<'a> {
     fn exceeded(&self, limit: &BudgetLimit, need: Amount, now: u64) -> BudgetError {
         let used = self.used(limit);
         let resets_at = resets_at(self.windows, limit, now);
-        let tokens_over = limit.tokens.filter(|&t| used.tokens.saturating_add(need.tokens) > t || used.tokens >= t);
-        let what = match (tokens_over, limit.usd_micros) {
-            (Some(t), _) => {
-                format!("{} of {t} tokens used or held, this request needs up to {}", used.tokens, need.tokens)
-            }
-            (None, Some(m)) => format!(
+        let over =
+            |limit: Option<u64>, used: u64, need: u64| limit.filter(|&l| used.saturating_add(need) > l || used >= l);
+        let what = if let Some(n) = over(limit.requests, used.requests, need.requests) {
+            format!("{} of {n} requests made or in flight", used.requests)
+        } else if let Some(t) = over(limit.tokens, used.tokens, need.tokens) {
+            format!("{} of {t} tokens used or held, this request needs up to {}", used.tokens, need.tokens)
+        } else if let Some(m) = limit.usd_micros {
+            format!(
                 "${} of ${} used or held, this request needs up to ${}",
                 format_usd(used.micros),
                 format_usd(m),
                 format_usd(need.micros)
-            ),
-            (None, None) => "limit reached".to_owned(),
+            )
+        } else {
+            "limit reached".to_owned()
         };
         let when = match limit.window {
             Window::RollingHour => format!("spend ages out of the rolling hour from {}", iso8601(resets_at)),
@@ -646,24 +682,27 @@ fn decide(
         _ => req.price,
     };
     let amount_for = |output: u64| Amount {
+        requests: 1,
         tokens: req.prompt_tokens.saturating_add(output),
         micros: price.estimate_micros(req.prompt_tokens, output).saturating_add(req.extra_micros),
     };
     let amount = amount_for(req.output_tokens);
-    let Some((level, limit)) = levels.iter().find_map(|level| level.violation(amount).map(|limit| (level, limit)))
-    else {
+    let violation =
+        |amount: Amount| levels.iter().find_map(|level| level.violation(amount).map(|limit| (level, limit)));
+    let Some((level, limit)) = violation(amount) else {
         return Ok((amount, downgraded, None));
     };
     if budgets.clamp_max_tokens {
-        let tools = Amount { tokens: 0, micros: req.extra_micros };
+        let tools = Amount { micros: req.extra_micros, ..Amount::default() };
         let affordable =
             levels.iter().map(|l| l.affordable_output(tools, req.prompt_tokens, &price)).min().unwrap_or(u64::MAX);
-        if affordable >= MIN_CLAMPED_OUTPUT {
-            let output = affordable.min(req.output_tokens);
+        let output = affordable.min(req.output_tokens);
+        // A lower output cap cannot make room for one more request.
+        if affordable >= MIN_CLAMPED_OUTPUT && violation(amount_for(output)).is_none() {
             return Ok((amount_for(output), downgraded, Some(output)));
         }
     }
-    if limit.tokens.is_some_and(|t| amount.tokens > t) || limit.usd_micros.is_some_and(|m| amount.micros > m) {
+    if limit.exceeded_by(amount) {
         // Bigger than the whole limit: waiting for a reset will not help.
         let lower = if req.extra_micros > 0 {
             "lower max_tokens, or max_tool_calls (its built-in tool calls are held too)"
@@ -771,6 +810,7 @@ pub fn status(state: &mut BudgetState, budgets: &Budgets, now: u64) -> Vec<Limit
             leased,
             limit_tokens: limit.tokens,
             limit_micros: limit.usd_micros,
+            limit_requests: limit.requests,
             resets_at: resets_at(&state.windows, limit, now),
         })
         .collect()
@@ -808,6 +848,7 @@ pub fn scoped_status(state: &mut BudgetState, budgets: &Budgets, scopes: &Scopes
                     leased: Amount::default(),
                     limit_tokens: limit.and_then(|l| l.tokens),
                     limit_micros: limit.and_then(|l| l.usd_micros),
+                    limit_requests: limit.and_then(|l| l.requests),
                     resets_at: limit.map_or(w.window.next_reset(now), |l| resets_at(&entry.windows, l, now)),
                 }
             })
@@ -1035,7 +1076,7 @@ mod tests {
     }
 
     fn limit(window: Window, tokens: Option<u64>, usd_micros: Option<u64>) -> BudgetLimit {
-        BudgetLimit { name: window.as_str().to_owned(), window, tokens, usd_micros }
+        BudgetLimit { name: window.as_str().to_owned(), window, tokens, usd_micros, requests: None }
     }
 
     fn price() -> ModelPrice {
@@ -1087,13 +1128,13 @@ mod tests {
         let b = budgets(vec![limit(Window::Day, Some(1000), Some(10_000))]);
         let mut s = BudgetState::default();
         let g = reserve(&mut s, &b, &req("a", 100, 500), NOW).unwrap();
-        assert_eq!(g.amount, Amount { tokens: 600, micros: 100 + 1000 });
+        assert_eq!(g.amount, Amount { tokens: 600, micros: 100 + 1000, requests: 1 });
         assert_eq!(g.remaining.tokens, Some(400));
-        let r = settle(&mut s, &b, "a", Amount { tokens: 150, micros: 200 }, NOW + 1);
+        let r = settle(&mut s, &b, "a", Amount { tokens: 150, micros: 200, requests: 0 }, NOW + 1);
         assert_eq!(r.tokens, Some(850));
         assert_eq!(r.micros, Some(9_800));
         // Settling twice charges once.
-        assert_eq!(settle(&mut s, &b, "a", Amount { tokens: 150, micros: 200 }, NOW + 2), r);
+        assert_eq!(settle(&mut s, &b, "a", Amount { tokens: 150, micros: 200, requests: 0 }, NOW + 2), r);
     }
 
     #[test]
@@ -1110,7 +1151,7 @@ mod tests {
         let b = budgets(vec![limit(Window::Day, Some(1000), None), limit(Window::RollingHour, Some(500), None)]);
         let mut s = BudgetState::default();
         reserve(&mut s, &b, &req("a", 100, 100), NOW).unwrap();
-        settle(&mut s, &b, "a", Amount { tokens: 400, micros: 0 }, NOW);
+        settle(&mut s, &b, "a", Amount { tokens: 400, micros: 0, requests: 0 }, NOW);
         assert_eq!(remaining(&mut s, &b, NOW + 1800).tokens, Some(100));
         // The hour has aged out (500 left of it) but the day has not (600 left).
         assert_eq!(remaining(&mut s, &b, NOW + 3661).tokens, Some(500));
@@ -1139,7 +1180,7 @@ mod tests {
         r.downgrade_price = Some(cheap);
         let first = reserve(&mut s, &b, &r, NOW).unwrap();
         assert!(!first.downgraded);
-        settle(&mut s, &b, "a", Amount { tokens: 0, micros: 6_000 }, NOW);
+        settle(&mut s, &b, "a", Amount { tokens: 0, micros: 6_000, requests: 0 }, NOW);
         r.id = "b".into();
         let second = reserve(&mut s, &b, &r, NOW).unwrap();
         assert!(second.downgraded);
@@ -1173,7 +1214,7 @@ mod tests {
         let mut s = BudgetState::default();
         assert!(exhausted(&mut s, &b, NOW).is_none());
         reserve(&mut s, &b, &req("a", 50, 50), NOW).unwrap();
-        settle(&mut s, &b, "a", Amount { tokens: 100, micros: 0 }, NOW);
+        settle(&mut s, &b, "a", Amount { tokens: 100, micros: 0, requests: 0 }, NOW);
         assert!(exhausted(&mut s, &b, NOW).is_some());
     }
 
@@ -1185,8 +1226,8 @@ mod tests {
         let today = yesterday + 40;
         reserve(&mut s, &b, &req("late", 10, 10), yesterday).unwrap();
         reserve(&mut s, &b, &req("today", 10, 10), today).unwrap();
-        settle(&mut s, &b, "today", Amount { tokens: 500, micros: 0 }, today);
-        settle(&mut s, &b, "late", Amount { tokens: 100, micros: 0 }, yesterday);
+        settle(&mut s, &b, "today", Amount { tokens: 500, micros: 0, requests: 0 }, today);
+        settle(&mut s, &b, "late", Amount { tokens: 100, micros: 0, requests: 0 }, yesterday);
         assert_eq!(remaining(&mut s, &b, today).tokens, Some(10_000 - 600));
     }
 
@@ -1199,7 +1240,7 @@ mod tests {
         let again = reserve(&mut s, &b, &req("a", 100, 10_000), NOW).unwrap();
         assert_eq!(first.clamped_output_tokens, again.clamped_output_tokens);
         assert_eq!(s.outstanding.len(), 1);
-        settle(&mut s, &b, "a", Amount { tokens: 10, micros: 10 }, NOW);
+        settle(&mut s, &b, "a", Amount { tokens: 10, micros: 10, requests: 0 }, NOW);
         let after = reserve(&mut s, &b, &req("a", 100, 10_000), NOW).unwrap();
         assert_eq!(after.amount, Amount::default());
         assert!(s.outstanding.is_empty(), "a reserve retried after its settle holds nothing");
@@ -1217,12 +1258,12 @@ mod tests {
         let settle_op = LedgerOp::Settle {
             budgets: b.clone(),
             id: "a".into(),
-            amount: Amount { tokens: 50, micros: 0 },
+            amount: Amount { tokens: 50, micros: 0, requests: 0 },
             scopes: Default::default(),
         };
         assert_eq!(
             apply(&mut s, &settle_op, NOW),
-            LedgerReply::Remaining { remaining: Remaining { tokens: Some(950), micros: None } }
+            LedgerReply::Remaining { remaining: Remaining { tokens: Some(950), micros: None, requests: None } }
         );
         let big = LedgerOp::Reserve { budgets: b, request: req("b", 900, 100) };
         assert!(matches!(apply(&mut s, &big, NOW), LedgerReply::Refused { .. }));
@@ -1233,7 +1274,7 @@ mod tests {
         let b = budgets(vec![limit(Window::RollingHour, Some(1000), Some(5))]);
         let mut s = BudgetState::default();
         reserve(&mut s, &b, &req("a", 1, 1), NOW).unwrap();
-        settle(&mut s, &b, "a", Amount { tokens: 3, micros: 4 }, NOW);
+        settle(&mut s, &b, "a", Amount { tokens: 3, micros: 4, requests: 0 }, NOW);
         let json = serde_json::to_string(&s).unwrap();
         assert_eq!(serde_json::from_str::<BudgetState>(&json).unwrap(), s);
     }

@@ -138,7 +138,8 @@ pub struct Ticket {
     tenant: String,
     /// The plan's ops' replies: answered here, or the writer's at an index.
     slots: Vec<Slot>,
-    report: Option<(LeaseReport, u32)>,
+    /// (Boxed: most batches carry none, and a ticket waits in every host call.)
+    report: Option<Box<(LeaseReport, u32)>>,
     grant: Option<usize>,
     records: Vec<TenantOp>,
     /// The reserves sent to the writer: (index in the batch, request id).
@@ -339,6 +340,7 @@ impl LeaseDesk {
             desk.out += 1;
             desk.sent_at = now;
         }
+        let report = report.map(Box::new);
         Routed::Send { ops, ticket: Ticket { tenant: tenant.to_owned(), slots, report, grant, records, reserves } }
     }
 
@@ -386,7 +388,7 @@ impl LeaseDesk {
             // Nothing of it landed, as far as this instance can tell: the
             // report and records go again with the next batch (the writer
             // applies each settled request once).
-            if let (Some((report, generation)), Some(lease)) = (ticket.report, desk.lease.as_mut())
+            if let (Some((report, generation)), Some(lease)) = (ticket.report.map(|r| *r), desk.lease.as_mut())
                 && lease.generation() == generation
             {
                 lease.restore(report);
@@ -505,8 +507,14 @@ impl LeaseDesk {
                 desk.out += 1;
                 desk.sent_at = now;
             }
-            let ticket =
-                Ticket { tenant: tenant.clone(), slots: Vec::new(), report, grant, records, reserves: Vec::new() };
+            let ticket = Ticket {
+                tenant: tenant.clone(),
+                slots: Vec::new(),
+                report: report.map(Box::new),
+                grant,
+                records,
+                reserves: Vec::new(),
+            };
             out.push((tenant.clone(), ops, ticket));
         }
         out
@@ -526,10 +534,7 @@ fn with_local_holds(reply: TenantReply, held: Amount) -> TenantReply {
     match reply {
         TenantReply::Budget(LedgerReply::Status { mut limits, scoped }) if held != Amount::default() => {
             for limit in &mut limits {
-                let moved = Amount {
-                    tokens: held.tokens.min(limit.leased.tokens),
-                    micros: held.micros.min(limit.leased.micros),
-                };
+                let moved = held.min(limit.leased);
                 limit.leased = limit.leased.saturating_sub(moved);
                 limit.reserved = limit.reserved.plus(moved);
             }
@@ -616,6 +621,12 @@ impl Batch {
                 .saturating_mul(4)
                 .max(need.micros.saturating_mul(LEASE_REQUESTS))
                 .max(desk.last_want.micros / 2),
+            requests: desk
+                .demand
+                .requests
+                .saturating_mul(4)
+                .max(need.requests.saturating_mul(LEASE_REQUESTS))
+                .max(desk.last_want.requests / 2),
         };
         desk.demand = Amount::default();
         desk.last_want = want;
@@ -840,6 +851,7 @@ mod tests {
     use super::tests_support::{budgets, reserve_op};
     use super::*;
     use crate::budget::lease::LeaseSizing;
+    use crate::budget::{BudgetLimit, Window};
     use crate::outcomes::{OutcomeLedger, RequestOutcome};
 
     /// The writer: one tenant's state, applied the way every host applies it.
@@ -909,7 +921,7 @@ mod tests {
             let id = format!("r{n}");
             let reply = writer.ask(&mut desk, vec![reserve_op(&b, &id, 100, 200)], 10, true);
             assert!(granted(&reply.unwrap()[0]).is_some());
-            let actual = Amount { tokens: 150, micros: 250 };
+            let actual = Amount { tokens: 150, micros: 250, requests: 0 };
             spent = spent.plus(actual);
             let close = vec![
                 TenantOp::Budget(LedgerOp::Settle {
@@ -937,12 +949,12 @@ mod tests {
         let close = vec![TenantOp::Budget(LedgerOp::Settle {
             budgets: b.clone(),
             id: "long".into(),
-            amount: Amount { tokens: 1, micros: 1 },
+            amount: Amount { tokens: 1, micros: 1, requests: 0 },
             scopes: Default::default(),
         })];
         writer.ask(&mut desk, close, 11, true);
         assert_eq!(writer.batches, 2);
-        assert_eq!(writer.budget.windows[0].spent, spent.plus(Amount { tokens: 1, micros: 1 }));
+        assert_eq!(writer.budget.windows[0].spent, spent.plus(Amount { tokens: 1, micros: 1, requests: 0 }));
         // Idle: the lease goes back, and nothing is held any more.
         writer.background(&mut desk, 11 + IDLE_AFTER_SECS + 1, true);
         assert!(writer.budget.outstanding.is_empty(), "{:?}", writer.budget.outstanding);
@@ -959,11 +971,14 @@ mod tests {
             let settle = TenantOp::Budget(LedgerOp::Settle {
                 budgets: b.clone(),
                 id: id.clone(),
-                amount: Amount { tokens: 10, micros: 10 },
+                amount: Amount { tokens: 10, micros: 10, requests: 0 },
                 scopes: Default::default(),
             });
             writer.ask(&mut desk, vec![settle, record(&id)], 10, true);
-            assert_eq!(writer.budget.windows[0].spent, Amount { tokens: 10 * (n + 1), micros: 10 * (n + 1) });
+            assert_eq!(
+                writer.budget.windows[0].spent,
+                Amount { tokens: 10 * (n + 1), micros: 10 * (n + 1), requests: 0 }
+            );
         }
         assert_eq!(writer.batches, 4, "one reserve (and a lease), then three closes");
     }
@@ -987,7 +1002,7 @@ mod tests {
             let b =
                 strict_writer.ask(&mut strict_desk, vec![reserve_op(&strict, &id, 100 + n, 200)], 10, true).unwrap();
             assert_eq!(remaining_of(&a[0]), remaining_of(&b[0]), "request {n}");
-            let spent = Amount { tokens: 150 + n, micros: 170 + n };
+            let spent = Amount { tokens: 150 + n, micros: 170 + n, requests: 0 };
             let settle = |b: &Budgets| {
                 TenantOp::Budget(LedgerOp::Settle {
                     budgets: b.clone(),
@@ -1015,7 +1030,7 @@ mod tests {
         let [TenantReply::Budget(LedgerReply::Status { limits, .. })] = replies.as_slice() else {
             panic!("{replies:?}")
         };
-        let first = Amount { tokens: 20, micros: 30 };
+        let first = Amount { tokens: 20, micros: 30, requests: 1 };
         assert_eq!(limits[0].reserved, first.plus(granted.amount), "both requests in flight, wherever they hold");
     }
 
@@ -1046,7 +1061,7 @@ mod tests {
         writer.ask(&mut desk, vec![reserve_op(&b, "a", 10, 10)], 10, true);
         writer.ask(&mut desk, vec![reserve_op(&b, "long", 10, 10)], 10, true);
         writer.ask(&mut desk, vec![reserve_op(&b, "b", 10, 10)], 10, true);
-        let spent = Amount { tokens: 7, micros: 7 };
+        let spent = Amount { tokens: 7, micros: 7, requests: 0 };
         writer.ask(
             &mut desk,
             vec![TenantOp::Budget(LedgerOp::Settle {
@@ -1090,7 +1105,7 @@ mod tests {
             let settle = TenantOp::Budget(LedgerOp::Settle {
                 budgets: b.clone(),
                 id,
-                amount: Amount { tokens: 7, micros: 9 },
+                amount: Amount { tokens: 7, micros: 9, requests: 0 },
                 scopes: Default::default(),
             });
             writer.ask(&mut desk, vec![settle], 10, true);
@@ -1100,7 +1115,7 @@ mod tests {
         let [TenantReply::Budget(LedgerReply::Status { limits, .. })] = replies.as_slice() else {
             panic!("{replies:?}")
         };
-        assert_eq!(limits[0].spent, Amount { tokens: 21, micros: 27 });
+        assert_eq!(limits[0].spent, Amount { tokens: 21, micros: 27, requests: 0 });
     }
 
     #[test]
@@ -1114,14 +1129,14 @@ mod tests {
             TenantOp::Budget(LedgerOp::Settle {
                 budgets: b.clone(),
                 id: id.into(),
-                amount: Amount { tokens: 5, micros: 5 },
+                amount: Amount { tokens: 5, micros: 5, requests: 0 },
                 scopes: Default::default(),
             })
         };
         writer.ask(&mut desk, vec![settle("b")], 10, true);
         writer.background(&mut desk, 12, false);
         writer.background(&mut desk, 13, true);
-        assert_eq!(writer.budget.windows[0].spent, Amount { tokens: 5, micros: 5 });
+        assert_eq!(writer.budget.windows[0].spent, Amount { tokens: 5, micros: 5, requests: 0 });
     }
 
     /// N instances share one writer; requests reserve, finish (spending part
@@ -1153,6 +1168,47 @@ mod tests {
         }
     }
 
+    /// A requests-per-minute limit with leases: four instances reserve 200
+    /// requests within one minute from their leases; at most the limit is
+    /// granted, and the writer never commits more requests than it allows.
+    #[test]
+    fn a_requests_per_minute_limit_holds_across_instances_with_leases() {
+        let mut b = budgets(1_000_000_000, 1_000_000_000, Some(LeaseSizing::default()));
+        b.limits.push(BudgetLimit {
+            name: "rpm".into(),
+            window: Window::Minute,
+            tokens: None,
+            usd_micros: None,
+            requests: Some(50),
+        });
+        let mut writer = Writer::default();
+        let mut desks: Vec<LeaseDesk> = (0..4).map(|i| LeaseDesk::new(&format!("i{i}"))).collect();
+        let start = 6_000u64;
+        let mut granted_ids = Vec::new();
+        for n in 0..200usize {
+            let i = n % desks.len();
+            let id = format!("r{n}");
+            let replies = writer.ask(&mut desks[i], vec![reserve_op(&b, &id, 10, 10)], start + 1, true);
+            if replies.as_ref().and_then(|r| r.first()).and_then(granted).is_some() {
+                granted_ids.push((i, id));
+            }
+            let mut state = writer.budget.clone();
+            state.sync(&b.limits, start + 1);
+            let rpm = state.windows.iter().find(|w| w.name == "rpm").map_or(0, |w| w.spent.requests);
+            let held: u64 = state.outstanding.iter().map(|o| o.amount.requests).sum();
+            assert!(rpm + held <= 50, "after {n}: {rpm} made and {held} held of 50 a minute");
+        }
+        assert!(granted_ids.len() <= 50 && granted_ids.len() >= 40, "{} granted", granted_ids.len());
+        for (i, id) in granted_ids {
+            let spent = Amount { tokens: 15, micros: 20, requests: 1 };
+            let settle = LedgerOp::Settle { budgets: b.clone(), id, amount: spent, scopes: Default::default() };
+            writer.ask(&mut desks[i], vec![TenantOp::Budget(settle)], start + 2, true);
+        }
+        // The next minute opens again.
+        let next = writer.ask(&mut desks[0], vec![reserve_op(&b, "later", 10, 10)], start + 61, true);
+        assert!(next.as_ref().and_then(|r| r.first()).and_then(granted).is_some(), "{next:?}");
+    }
+
     struct Lcg(u64);
     impl Lcg {
         fn next(&mut self, n: u64) -> u64 {
@@ -1166,7 +1222,7 @@ mod tests {
         use crate::budget::{BudgetLimit, Window};
         let limit_tokens = 40_000 + seed * 977;
         let limit_micros = limit_tokens * 2;
-        let sizing = LeaseSizing { share: 4, cap: Amount { tokens: 6_000, micros: 0 }, ttl_seconds: 20 };
+        let sizing = LeaseSizing { share: 4, cap: Amount { tokens: 6_000, micros: 0, requests: 0 }, ttl_seconds: 20 };
         let mut b = budgets(limit_tokens, limit_micros, Some(sizing));
         let (user_limit, key_limit) = (limit_tokens / 20, limit_tokens / 8);
         let day = |tokens: u64| BudgetLimit {
@@ -1174,6 +1230,7 @@ mod tests {
             window: Window::Day,
             tokens: Some(tokens),
             usd_micros: None,
+            requests: None,
         };
         if scoped {
             b.users = Some(Box::new(UserBudgets {
@@ -1233,7 +1290,11 @@ mod tests {
                 4..=6 => {
                     if let Some(k) = flight.iter().position(|f| f.0 == i) {
                         let (_, id, held) = flight.swap_remove(k);
-                        let actual = Amount { tokens: rng.next(held.tokens + 1), micros: rng.next(held.micros + 1) };
+                        let actual = Amount {
+                            tokens: rng.next(held.tokens + 1),
+                            micros: rng.next(held.micros + 1),
+                            requests: 0,
+                        };
                         spent = spent.plus(actual);
                         let scopes = scopes_of.get(&id).cloned().unwrap_or_default();
                         if let Some(k) = &scopes.key {
@@ -1370,7 +1431,7 @@ mod slow_writer {
             let settle = TenantOp::Budget(LedgerOp::Settle {
                 budgets: b.clone(),
                 id,
-                amount: Amount { tokens: 50, micros: 50 },
+                amount: Amount { tokens: 50, micros: 50, requests: 0 },
                 scopes: Default::default(),
             });
             if let Routed::Send { ops, ticket } = desk.route("t", vec![settle], now) {
@@ -1400,6 +1461,7 @@ pub(crate) mod tests_support {
                 window: Window::Day,
                 tokens: Some(tokens),
                 usd_micros: Some(micros),
+                requests: None,
             }],
             soft_threshold: None,
             on_exhausted: crate::config::OnExhausted::Reject,
@@ -1476,7 +1538,7 @@ mod renewals {
             let settle = TenantOp::Budget(LedgerOp::Settle {
                 budgets: b.clone(),
                 id,
-                amount: Amount { tokens: 300, micros: 500 },
+                amount: Amount { tokens: 300, micros: 500, requests: 0 },
                 scopes: Default::default(),
             });
             if let Routed::Send { ops, ticket } = desk.route("t", vec![settle], now) {
@@ -1517,7 +1579,7 @@ mod renewals {
             let settle = TenantOp::Budget(LedgerOp::Settle {
                 budgets: b.clone(),
                 id: id.to_owned(),
-                amount: Amount { tokens: 300, micros: 500 },
+                amount: Amount { tokens: 300, micros: 500, requests: 0 },
                 scopes: Default::default(),
             });
             for ops in [vec![reserve_for_tests(&b, id)], vec![settle]] {

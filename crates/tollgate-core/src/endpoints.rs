@@ -39,7 +39,7 @@ pub fn usage_report_from(
 }
 
 fn limit_json(s: LimitStatus) -> Value {
-    json!({
+    let mut v = json!({
         "name": s.name,
         "window": s.window.as_str(),
         "spent_tokens": s.spent.tokens,
@@ -51,7 +51,15 @@ fn limit_json(s: LimitStatus) -> Value {
         "limit_tokens": s.limit_tokens,
         "limit_usd": s.limit_micros.map(crate::pricing::format_usd),
         "resets_at": budget::iso8601(s.resets_at),
-    })
+    });
+    if let (Some(limit), Some(obj)) = (s.limit_requests, v.as_object_mut()) {
+        // Requests are shown only for a limit that counts them.
+        obj.insert("spent_requests".to_owned(), json!(s.spent.requests));
+        obj.insert("reserved_requests".to_owned(), json!(s.reserved.requests));
+        obj.insert("leased_requests".to_owned(), json!(s.leased.requests));
+        obj.insert("limit_requests".to_owned(), json!(limit));
+    }
+    v
 }
 
 /// [`usage_report_from`] with the limits below the tenant: `keys` and

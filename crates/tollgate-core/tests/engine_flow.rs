@@ -77,7 +77,7 @@ fn send_at(
 
 /// Spend the tenant made through other requests, settled straight into its ledger.
 fn spend_elsewhere(sim: &mut Simulator, tokens: u64) {
-    let amount = tollgate_core::budget::Amount { tokens, micros: 0 };
+    let amount = tollgate_core::budget::Amount { tokens, micros: 0, requests: 0 };
     tollgate_core::budget::settle(&mut sim.budget, &sim.config.budgets, &format!("elsewhere-{tokens}"), amount, NOW);
 }
 

@@ -239,7 +239,7 @@ fn an_escalation_the_budget_cannot_afford_returns_the_cheap_answer() {
         &mut sim.budget,
         &sim.config.budgets,
         "elsewhere",
-        budget::Amount { tokens: 0, micros: 9_990_000 },
+        budget::Amount { tokens: 0, micros: 9_990_000, requests: 0 },
         NOW,
     );
     let mut up = provider(&|m| answer(m, "Paris is", "length", 5), &|m| answer(m, "Paris.", "stop", 3));

@@ -427,7 +427,7 @@ fn a_translated_answer_too_large_to_read_is_a_502_to_the_client_but_still_charge
     if let Next::Reserve(_) = next {
         next = plan.on_reserve(tollgate_core::engine::ReserveOutcome::Granted(tollgate_core::budget::Granted {
             id: plan.request_id.clone(),
-            amount: tollgate_core::budget::Amount { tokens: 2_000, micros: 5_000 },
+            amount: tollgate_core::budget::Amount { tokens: 2_000, micros: 5_000, requests: 0 },
             downgraded: false,
             clamped_output_tokens: None,
             remaining: Default::default(),

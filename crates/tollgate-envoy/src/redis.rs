@@ -711,7 +711,7 @@ mod tests {
             sizing: tollgate_core::budget::lease::LeaseSizing::default(),
             request: tollgate_core::budget::lease::LeaseRequest {
                 id: "vm1-1".into(),
-                want: budget::Amount { tokens: 1_000, micros: 1_000 },
+                want: budget::Amount { tokens: 1_000, micros: 1_000, requests: 0 },
                 need: budget::Amount::default(),
                 unit: budget::Amount::default(),
             },

@@ -93,6 +93,9 @@ pub struct RawBudgetLimit {
     pub tokens: Option<u64>,
     #[serde(default)]
     pub usd: Option<f64>,
+    /// Requests sent upstream (with `window: minute`, requests per minute).
+    #[serde(default)]
+    pub requests: Option<u64>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
@@ -121,6 +124,24 @@ pub struct BudgetLimit {
     pub window: Window,
     pub tokens: Option<u64>,
     pub usd_micros: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requests: Option<u64>,
+}
+
+impl BudgetLimit {
+    /// `used` (spent and held, and what a request needs) is past this limit.
+    pub fn exceeded_by(&self, used: super::Amount) -> bool {
+        self.tokens.is_some_and(|t| used.tokens > t)
+            || self.usd_micros.is_some_and(|m| used.micros > m)
+            || self.requests.is_some_and(|n| used.requests > n)
+    }
+
+    /// `used` has reached this limit: nothing more fits.
+    pub fn reached_by(&self, used: super::Amount) -> bool {
+        self.tokens.is_some_and(|t| used.tokens >= t)
+            || self.usd_micros.is_some_and(|m| used.micros >= m)
+            || self.requests.is_some_and(|n| used.requests >= n)
+    }
 }
 
 /// Validated budget settings. Serialisable so a host can send them with a
@@ -195,8 +216,8 @@ pub(super) fn validate_limits(
     let mut limits: Vec<BudgetLimit> = Vec::new();
     for (i, limit) in raw.into_iter().enumerate() {
         let base = format!("{base}[{i}]");
-        if limit.tokens.is_none() && limit.usd.is_none() {
-            problem(base.clone(), "set `tokens`, `usd` or both".to_owned());
+        if limit.tokens.is_none() && limit.usd.is_none() && limit.requests.is_none() {
+            problem(base.clone(), "set `tokens`, `usd`, `requests`, or more than one".to_owned());
         }
         let usd_micros = match limit.usd {
             Some(usd) => match usd_to_micros(usd) {
@@ -212,7 +233,13 @@ pub(super) fn validate_limits(
         if limits.iter().any(|l| l.name == name) {
             problem(format!("{base}.name"), format!("duplicate budget name `{name}`; give each limit a distinct name"));
         }
-        limits.push(BudgetLimit { name, window: limit.window, tokens: limit.tokens, usd_micros });
+        limits.push(BudgetLimit {
+            name,
+            window: limit.window,
+            tokens: limit.tokens,
+            usd_micros,
+            requests: limit.requests,
+        });
     }
     limits
 }
@@ -247,5 +274,5 @@ fn lease_sizing(raw: RawLease, problem: &mut impl FnMut(String, String)) -> Leas
         }
         t => t.unwrap_or(0),
     };
-    LeaseSizing { share, cap: Amount { tokens, micros }, ttl_seconds }
+    LeaseSizing { share, cap: Amount { tokens, micros, requests: 0 }, ttl_seconds }
 }

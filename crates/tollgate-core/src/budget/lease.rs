@@ -39,7 +39,7 @@ pub struct LeaseSizing {
 
 impl Default for LeaseSizing {
     fn default() -> Self {
-        LeaseSizing { share: 8, cap: Amount { tokens: 0, micros: 0 }, ttl_seconds: 30 }
+        LeaseSizing { share: 8, cap: Amount::default(), ttl_seconds: 30 }
     }
 }
 
@@ -140,8 +140,9 @@ pub fn grant(
     let mut added = Amount {
         tokens: size(request.want.tokens, request.need.tokens, left.tokens, sizing.cap.tokens),
         micros: size(request.want.micros, request.need.micros, left.micros, sizing.cap.micros),
+        requests: size(request.want.requests, request.need.requests, left.requests, sizing.cap.requests),
     };
-    if added.tokens < request.unit.tokens || added.micros < request.unit.micros {
+    if request.unit.exceeds(added) {
         // Too small to pay one typical request: no lease at all.
         added = request.need;
     }
@@ -195,8 +196,7 @@ pub fn report(state: &mut BudgetState, budgets: &Budgets, report: &LeaseReport, 
     if let Some(lease) = state.outstanding.get_mut(index) {
         lease.amount = lease.amount.saturating_sub(charged);
         if let Some(keep) = report.keep {
-            lease.amount =
-                Amount { tokens: lease.amount.tokens.min(keep.tokens), micros: lease.amount.micros.min(keep.micros) };
+            lease.amount = lease.amount.min(keep);
         }
     }
     if report.returned {
@@ -293,7 +293,7 @@ impl LocalLease {
             return Err(LocalShortfall::Expiring);
         }
         let after = self.used.plus(amount);
-        if after.tokens > self.size.tokens || after.micros > self.size.micros {
+        if after.exceeds(self.size) {
             return Err(LocalShortfall::Exhausted);
         }
         self.used = after;
@@ -406,7 +406,7 @@ mod tests {
     }
 
     fn amount(tokens: u64, micros: u64) -> Amount {
-        Amount { tokens, micros }
+        Amount { tokens, micros, requests: 0 }
     }
 
     /// A small deterministic generator (no randomness is read in the core).
@@ -531,7 +531,10 @@ mod tests {
         let r = local.take_report(true);
         report(&mut state, &b, &r, 2);
         assert_eq!(state.spent_in(&b.limits[0]), amount(120, 90));
-        assert_eq!(state.remaining(&b.limits), crate::budget::Remaining { tokens: Some(99_880), micros: Some(99_910) });
+        assert_eq!(
+            state.remaining(&b.limits),
+            crate::budget::Remaining { tokens: Some(99_880), micros: Some(99_910), requests: None }
+        );
     }
 
     /// N instances, random interleavings of reserve, settle, release,

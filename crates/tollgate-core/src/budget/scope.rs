@@ -246,7 +246,7 @@ mod tests {
     const NOW: u64 = 1_795_000_000;
 
     fn day(name: &str, tokens: u64) -> BudgetLimit {
-        BudgetLimit { name: name.into(), window: Window::Day, tokens: Some(tokens), usd_micros: None }
+        BudgetLimit { name: name.into(), window: Window::Day, tokens: Some(tokens), usd_micros: None, requests: None }
     }
 
     /// A tenant of 10,000 tokens a day whose users get 1,000 a day each
@@ -318,7 +318,7 @@ mod tests {
         let mut s = BudgetState::default();
         let k = || Some(key("k1", 5_000));
         reserve(&mut s, &b, &req("a1", 900, k(), Some("alice")), NOW).unwrap();
-        settle_at(&mut s, &b, "a1", Amount { tokens: 900, micros: 0 }, &Scopes::default(), NOW);
+        settle_at(&mut s, &b, "a1", Amount { tokens: 900, micros: 0, requests: 0 }, &Scopes::default(), NOW);
         let err = reserve(&mut s, &b, &req("a2", 200, k(), Some("alice")), NOW).unwrap_err();
         assert_eq!(level_of(&err), (Level::User, "user-day".to_owned()));
         assert!(err.to_string().contains("user `alice`"), "{err}");
@@ -403,12 +403,12 @@ mod tests {
         r.scopes = scopes.clone();
         reserve(&mut s, &b, &r, NOW).unwrap();
         let later = NOW + RESERVATION_TTL_SECS + 1;
-        settle_at(&mut s, &b, "late", Amount { tokens: 300, micros: 0 }, &scopes, later);
+        settle_at(&mut s, &b, "late", Amount { tokens: 300, micros: 0, requests: 0 }, &scopes, later);
         assert_eq!(spent(&s, Level::User, "dave"), 300);
         assert_eq!(spent(&s, Level::Key, "k1"), 300);
         assert_eq!(s.windows[0].spent.tokens, 300);
         // Settling again changes nothing.
-        settle_at(&mut s, &b, "late", Amount { tokens: 300, micros: 0 }, &scopes, later);
+        settle_at(&mut s, &b, "late", Amount { tokens: 300, micros: 0, requests: 0 }, &scopes, later);
         assert_eq!(spent(&s, Level::User, "dave"), 300);
     }
 
@@ -428,12 +428,17 @@ mod tests {
     fn a_per_minute_limit_refuses_as_a_rate_and_opens_again_next_minute() {
         let mut b = budgets(10);
         b.users = None;
-        b.limits =
-            vec![BudgetLimit { name: "tpm".into(), window: Window::Minute, tokens: Some(1_000), usd_micros: None }];
+        b.limits = vec![BudgetLimit {
+            name: "tpm".into(),
+            window: Window::Minute,
+            tokens: Some(1_000),
+            usd_micros: None,
+            requests: None,
+        }];
         let mut s = BudgetState::default();
         let start = NOW - NOW % 60;
         reserve(&mut s, &b, &req("a", 800, None, None), start + 5).unwrap();
-        settle(&mut s, &b, "a", Amount { tokens: 800, micros: 0 }, start + 6);
+        settle(&mut s, &b, "a", Amount { tokens: 800, micros: 0, requests: 0 }, start + 6);
         let err = reserve(&mut s, &b, &req("b", 400, None, None), start + 30).unwrap_err();
         let api = ApiError::from(err.clone());
         assert_eq!((api.status, api.code), (429, "rate_limit_exceeded"));

@@ -241,12 +241,12 @@ impl Plan {
         }
         // This answer is not relayed: charge what it cost to its own hold.
         let (usage, cost_micros) = self.attempt_cost(status, summary);
-        let amount =
-            Amount { tokens: usage.map_or(0, |u| u.input_tokens.saturating_add(u.output_tokens)), micros: cost_micros };
-        self.prior = Amount {
-            tokens: self.prior.tokens.saturating_add(amount.tokens),
-            micros: self.prior.micros.saturating_add(amount.micros),
+        let amount = Amount {
+            tokens: usage.map_or(0, |u| u.input_tokens.saturating_add(u.output_tokens)),
+            micros: cost_micros,
+            requests: 1,
         };
+        self.prior = self.prior.plus(amount);
         let settlement = self.granted.as_ref().map(|g| Settlement::Charge { id: g.id.clone(), amount });
         if keep_held {
             let what = signal.map_or("unresolved", Signal::as_str);

@@ -74,7 +74,11 @@ impl Plan {
         let settlement = self.granted.as_ref().map(|g| match usage {
             Some(u) => Settlement::Charge {
                 id: g.id.clone(),
-                amount: Amount { tokens: u.input_tokens.saturating_add(u.output_tokens), micros: cost_micros },
+                amount: Amount {
+                    tokens: u.input_tokens.saturating_add(u.output_tokens),
+                    micros: cost_micros,
+                    requests: 1,
+                },
             },
             None => Settlement::Release { id: g.id.clone() },
         });
