@@ -58,12 +58,24 @@ fn default_batch(budgets: &Budgets) -> TenantBatch {
         extra_micros: 0,
         scopes: Default::default(),
     };
+    let scoped = || budget::scope::Scopes {
+        key: Some(Box::new(budget::scope::KeyScope {
+            id: "0123456789abcdef".into(),
+            label: Some("fuzz".into()),
+            limits: budgets.limits.clone(),
+        })),
+        user: Some("fuzz-user".into()),
+    };
     TenantBatch {
         ops: vec![
             budget(LedgerOp::Status { budgets: b(), scopes: Default::default() }),
             budget(LedgerOp::Reserve { budgets: b(), request: request("r1") }),
             budget(LedgerOp::Reserve { budgets: b(), request: request("r2") }),
             budget(LedgerOp::Check { budgets: b(), scopes: Default::default() }),
+            // A request charged at a key's own limits and an end user's too.
+            budget(LedgerOp::Reserve { budgets: b(), request: ReserveRequest { scopes: scoped(), ..request("r3") } }),
+            budget(LedgerOp::Check { budgets: b(), scopes: scoped() }),
+            budget(LedgerOp::Settle { budgets: b(), id: "r3".into(), amount: Amount { tokens: 900, micros: 200, requests: 1 }, scopes: scoped() }),
             budget(LedgerOp::Settle { budgets: b(), id: "r1".into(), amount: Amount { tokens: 1200, micros: 300, requests: 0 }, scopes: Default::default() }),
             budget(LedgerOp::Release { budgets: b(), id: "r2".into() }),
             budget(LedgerOp::LeaseGrant {
