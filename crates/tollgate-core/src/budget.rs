@@ -1024,7 +1024,7 @@ pub fn iso8601(secs: u64) -> String {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
     #[test]
@@ -1062,7 +1062,7 @@ mod tests {
 
     const NOW: u64 = 1_795_000_000; // 2026-11-18T...
 
-    fn budgets(limits: Vec<BudgetLimit>) -> Budgets {
+    pub(super) fn budgets(limits: Vec<BudgetLimit>) -> Budgets {
         Budgets {
             limits,
             soft_threshold: None,

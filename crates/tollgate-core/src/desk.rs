@@ -608,25 +608,14 @@ impl Batch {
         // what is left and the cap, so asking generously starves no one.
         // Renewals come often (at half-life, or half used), so a short
         // spell since the last one says little: at least half the last ask.
+        let ask = |demand: u64, need: u64, last_want: u64| {
+            demand.saturating_mul(4).max(need.saturating_mul(LEASE_REQUESTS)).max(last_want / 2)
+        };
+        let (demand, last) = (desk.demand, desk.last_want);
         let want = Amount {
-            tokens: desk
-                .demand
-                .tokens
-                .saturating_mul(4)
-                .max(need.tokens.saturating_mul(LEASE_REQUESTS))
-                .max(desk.last_want.tokens / 2),
-            micros: desk
-                .demand
-                .micros
-                .saturating_mul(4)
-                .max(need.micros.saturating_mul(LEASE_REQUESTS))
-                .max(desk.last_want.micros / 2),
-            requests: desk
-                .demand
-                .requests
-                .saturating_mul(4)
-                .max(need.requests.saturating_mul(LEASE_REQUESTS))
-                .max(desk.last_want.requests / 2),
+            tokens: ask(demand.tokens, need.tokens, last.tokens),
+            micros: ask(demand.micros, need.micros, last.micros),
+            requests: ask(demand.requests, need.requests, last.requests),
         };
         desk.demand = Amount::default();
         desk.last_want = want;

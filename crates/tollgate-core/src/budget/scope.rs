@@ -253,19 +253,13 @@ mod tests {
     /// (`vip` gets 3,000), at most `max_tracked` of them tracked.
     fn budgets(max_tracked: usize) -> Budgets {
         Budgets {
-            limits: vec![day("tenant-day", 10_000)],
-            soft_threshold: None,
-            on_exhausted: OnExhausted::Reject,
-            clamp_max_tokens: false,
-            default_output_reservation: 100,
-            store_failure: FailureMode::Closed,
-            leases: None,
             users: Some(Box::new(UserBudgets {
                 header: None,
                 limits: vec![day("user-day", 1_000)],
                 overrides: [("vip".to_owned(), vec![day("vip-day", 3_000)])].into_iter().collect(),
                 max_tracked,
             })),
+            ..super::super::tests::budgets(vec![day("tenant-day", 10_000)])
         }
     }
 
