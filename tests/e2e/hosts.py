@@ -385,15 +385,27 @@ class Kv:
         return dataclasses.replace(self, binding=binding)
 
 
+# A tenant config may name the mock upstream (an alert webhook, say) by
+# this placeholder; the hosts' seeding puts the running mock's URL in.
+MOCK_URL_PLACEHOLDER = "http://tollgate-mock.invalid"
+
+
+def with_mock_url(value, mock_url: str | None):
+    """`value` (a config) with MOCK_URL_PLACEHOLDER replaced by `mock_url`."""
+    if mock_url is None or MOCK_URL_PLACEHOLDER not in json.dumps(value):
+        return value
+    return json.loads(json.dumps(value).replace(MOCK_URL_PLACEHOLDER, mock_url))
+
+
 def tenant_entries(
-    tenant_config: dict, api_keys: Iterable[str | Mapping], *, label: str | None = None
+    tenant_config: dict, api_keys: Iterable[str | Mapping], *, label: str | None = None, mock_url: str | None = None
 ) -> dict[str, dict]:
     """KV entries for one tenant: `tenant:<id>` and one `apikey:<sha256 hex>`
     record per key. A key is its secret, or a mapping `{"key": secret,
     "disabled": bool, "label": str | None, "limits": list | None}`
     (tests/e2e/tenants.py `key()`)."""
     tenant_id = tenant_config["tenant_id"]
-    entries: dict[str, dict] = {f"tenant:{tenant_id}": tenant_config}
+    entries: dict[str, dict] = {f"tenant:{tenant_id}": with_mock_url(tenant_config, mock_url)}
     for key in api_keys:
         spec = {"key": key} if isinstance(key, str) else key
         entries[f"apikey:{sha256_hex(spec['key'])}"] = {
@@ -572,7 +584,7 @@ def start_worker(
         seed_tenant(kv, first[0], first[1], one_by_one=True)
     bulk: dict[str, dict] = {}
     for cfg, keys in rest:
-        bulk.update(tenant_entries(cfg, keys))
+        bulk.update(tenant_entries(cfg, keys, mock_url=mock.url))
     bulk.update(extra_entries or {})
     kv.bulk_put(bulk)
     dev = WranglerDev.start(config, state, work_dir, name="worker", variables={**worker_vars(mock), **(variables or {})})
@@ -725,9 +737,16 @@ def plugin_config(
     a plugin config with a key naming no tenant at load time (envoy/README.md,
     "Differences from the Worker"), where the Worker answers 503
     tenant_unavailable per request."""
-    config: dict = {"tenants": {}, "api_keys": {}, "providers": mock_provider_routes(mock)}
+    # Alert webhooks (tenants name the mock's /__mock/webhooks) go through
+    # the cluster that reaches the mock.
+    config: dict = {
+        "tenants": {},
+        "api_keys": {},
+        "providers": mock_provider_routes(mock),
+        "alerts_cluster": "openai",
+    }
     for tenant_config, keys in tenants:
-        for name, value in tenant_entries(tenant_config, keys).items():
+        for name, value in tenant_entries(tenant_config, keys, mock_url=mock.url).items():
             if name.startswith("tenant:"):
                 config["tenants"][tenant_config["tenant_id"]] = copy.deepcopy(value)
             else:

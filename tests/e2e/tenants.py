@@ -612,3 +612,20 @@ LEVELS_RPM = register(
     single_tier_tenant("e2e-levels-rpm", ["openai/gpt-4o-mini"], budgets=levels_budgets(tenant=ROOMY_TOKENS, user=ROOMY_TOKENS)),
     [key(LEVELS_RPM_KEY, label="rpm-app", limits=[{"name": "key-rpm", "window": "minute", "requests": 5}])],
 )
+
+# Budget alerts (docs/config.md "Alerts"): users of 600 tokens a day, a soft
+# threshold at 50%, alerts posted signed to the mock's /__mock/webhooks.
+ALERTS_SECRET = "e2e-alerts-webhook-secret"
+ALERTS_KEY = key_for("e2e-alerts")
+ALERTS = register(
+    single_tier_tenant(
+        "e2e-alerts",
+        ["openai/gpt-4o-mini"],
+        budgets={
+            **levels_budgets(tenant=ROOMY_TOKENS, user=600),
+            "soft_threshold_pct": 50,
+            "alerts": {"webhook_url": f"{hosts.MOCK_URL_PLACEHOLDER}/__mock/webhooks", "webhook_secret": ALERTS_SECRET},
+        },
+    ),
+    [ALERTS_KEY],
+)

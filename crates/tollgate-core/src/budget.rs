@@ -16,6 +16,7 @@ use crate::error::BudgetError;
 use crate::pricing::{ModelPrice, format_usd};
 use serde::{Deserialize, Serialize};
 
+pub mod alerts;
 mod config;
 pub mod lease;
 pub mod scope;
@@ -188,6 +189,35 @@ pub struct BudgetState {
     /// ([`scope`]), bounded by `budgets.users.max_tracked`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub scoped: Vec<ScopeSpend>,
+    /// The alerts fired, per limit and period ([`alerts`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub alerted: Vec<alerts::AlertMark>,
+    /// Alerts found by the last ops, for the host to send once it has
+    /// persisted the state ([`BudgetState::take_alerts`]). Not persisted.
+    #[serde(skip)]
+    pub fired: Fired,
+}
+
+/// Alerts waiting to be sent: transient, so not part of the state's
+/// value (two states equal in everything persisted are equal).
+#[derive(Clone, Debug, Default)]
+pub struct Fired(pub Vec<alerts::Alert>);
+
+impl PartialEq for Fired {
+    fn eq(&self, _: &Fired) -> bool {
+        true
+    }
+}
+
+impl Eq for Fired {}
+
+impl BudgetState {
+    /// The alerts the ops applied since the last call found, to log and
+    /// post (after the state is persisted, so an alert is never sent for a
+    /// change that was lost).
+    pub fn take_alerts(&mut self) -> Vec<alerts::Alert> {
+        std::mem::take(&mut self.fired.0)
+    }
 }
 
 /// A finished request id as remembered: 64 bits of FNV-1a. A new id
@@ -392,7 +422,7 @@ impl BudgetState {
     }
 
     fn tenant_level<'a>(&'a self, limits: &'a [BudgetLimit]) -> LevelView<'a> {
-        LevelView { level: Level::Tenant, who: None, limits, windows: &self.windows, held: self.reserved() }
+        LevelView { level: Level::Tenant, id: "", who: None, limits, windows: &self.windows, held: self.reserved() }
     }
 
     /// Every level a hold of `scope` is checked at: the tenant's, then the
@@ -407,7 +437,7 @@ impl BudgetState {
                     .iter()
                     .filter(|o| o.scope.holds_at(level, id))
                     .fold(Amount::default(), |acc, o| acc.plus(o.amount));
-                levels.push(LevelView { level, who: Some(who), limits, windows: &entry.windows, held });
+                levels.push(LevelView { level, id: &entry.id, who: Some(who), limits, windows: &entry.windows, held });
             }
         };
         if let (Some(id), Some(key)) = (&scope.key, &scopes.key) {
@@ -430,6 +460,8 @@ struct LevelView<'a> {
     level: Level,
     /// How messages name the level (None: the tenant).
     who: Option<String>,
+    /// The key's or user's entry id ("" for the tenant).
+    id: &'a str,
     limits: &'a [BudgetLimit],
     windows: &'a [WindowSpend],
     /// Held at this level (requests in flight, and leases for the tenant).
@@ -530,6 +562,7 @@ impl<'a> LevelView<'a> {
             level: self.level,
             limit: limit.name.clone(),
             window: limit.window,
+            scope_id: self.id.to_owned(),
         }
     }
 }
@@ -964,6 +997,45 @@ pub enum LedgerReply {
 /// Apply one operation to a tenant's state at `now`. The caller persists
 /// `state` afterwards (atomically with the read, which is the host's job).
 pub fn apply(state: &mut BudgetState, op: &LedgerOp, now: u64) -> LedgerReply {
+    let reply = apply_op(state, op, now);
+    if let Some(budgets) = budgets_with_alerts(op) {
+        let refused = match &reply {
+            LedgerReply::Refused { error: BudgetError::Exceeded { level, limit, scope_id, .. } } => {
+                Some((*level, scope_id.clone(), limit.clone()))
+            }
+            _ => None,
+        };
+        let key = match op {
+            LedgerOp::Reserve { request, .. } => request.scopes.key.as_deref(),
+            LedgerOp::Settle { scopes, .. } | LedgerOp::Check { scopes, .. } => scopes.key.as_deref(),
+            _ => None,
+        };
+        alerts::scan(state, budgets, key.map(|k| (k.id.as_str(), k.limits.as_slice())), refused, now);
+    }
+    reply
+}
+
+fn budgets_with_alerts(op: &LedgerOp) -> Option<&Budgets> {
+    let budgets = op.budgets();
+    budgets.alerts.is_some().then_some(budgets)
+}
+
+impl LedgerOp {
+    /// The tenant's budget settings the op carries.
+    pub fn budgets(&self) -> &Budgets {
+        match self {
+            LedgerOp::Reserve { budgets, .. }
+            | LedgerOp::Settle { budgets, .. }
+            | LedgerOp::Release { budgets, .. }
+            | LedgerOp::Check { budgets, .. }
+            | LedgerOp::Status { budgets, .. }
+            | LedgerOp::LeaseGrant { budgets, .. }
+            | LedgerOp::LeaseReport { budgets, .. } => budgets,
+        }
+    }
+}
+
+fn apply_op(state: &mut BudgetState, op: &LedgerOp, now: u64) -> LedgerReply {
     match op {
         LedgerOp::Reserve { budgets, request } => match reserve(state, budgets, request, now) {
             Ok(granted) => LedgerReply::Granted { granted },
@@ -1072,6 +1144,7 @@ pub(super) mod tests {
             store_failure: FailureMode::Closed,
             leases: None,
             users: None,
+            alerts: None,
         }
     }
 

@@ -405,7 +405,7 @@ impl TryFrom<RawTenantConfig> for TenantConfig {
         let is_priced = |model: &str| price_overrides.contains_key(model) || builtin_price(model).is_some();
 
         let routing = validate_routing(raw.routing, &mut p, &is_priced);
-        let budgets = validate_budgets(raw.budgets, &mut p);
+        let budgets = validate_budgets(raw.budgets, &raw.tenant_id, &mut p);
         let cache = validate_cache(raw.cache, &mut p);
         let limits = validate_limits(raw.limits, &mut p);
         let classifier = match raw.classifier.map(ClassifierConfig::try_from).transpose() {
@@ -553,8 +553,13 @@ fn validate_routing(raw: RawRouting, p: &mut Problems, is_priced: &dyn Fn(&str) 
     }
 }
 
-fn validate_budgets(raw: Option<RawBudgets>, p: &mut Problems) -> Budgets {
-    Budgets::from_raw(raw.unwrap_or_default(), |path, message| p.add(format!("budgets.{path}"), message))
+fn validate_budgets(raw: Option<RawBudgets>, tenant_id: &str, p: &mut Problems) -> Budgets {
+    let mut budgets =
+        Budgets::from_raw(raw.unwrap_or_default(), |path, message| p.add(format!("budgets.{path}"), message));
+    if let Some(alerts) = budgets.alerts.as_mut() {
+        alerts.tenant_id = tenant_id.to_owned();
+    }
+    budgets
 }
 
 fn validate_cache(raw: Option<RawCache>, p: &mut Problems) -> CacheSettings {

@@ -1459,6 +1459,7 @@ pub(crate) mod tests_support {
             store_failure: crate::config::FailureMode::Closed,
             leases,
             users: None,
+            alerts: None,
         }
     }
 

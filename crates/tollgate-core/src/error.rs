@@ -211,6 +211,9 @@ pub enum BudgetError {
         limit: String,
         #[serde(default = "day_window")]
         window: crate::budget::Window,
+        /// The key's or user's entry id at that level ("" for the tenant).
+        #[serde(default)]
+        scope_id: String,
     },
     #[error("{message}")]
     NeverFits { message: String },
@@ -314,6 +317,7 @@ mod tests {
                 level: crate::budget::scope::Level::Tenant,
                 limit: "daily".into(),
                 window: crate::budget::Window::Day,
+                scope_id: String::new(),
             }
             .into(),
             BudgetError::StoreUnavailable.into(),
@@ -340,6 +344,7 @@ mod tests {
             level: crate::budget::scope::Level::Tenant,
             limit: "daily".into(),
             window: crate::budget::Window::Day,
+            scope_id: String::new(),
         });
         assert_eq!(budget.status, 429);
         assert!(budget.headers().contains(&("retry-after".to_owned(), "9".to_owned())));

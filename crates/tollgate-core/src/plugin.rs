@@ -27,6 +27,11 @@ pub struct RawPluginConfig {
     #[serde(default)]
     pub metrics: RawMetrics,
     pub upstream_timeout_ms: Option<u64>,
+    /// The Envoy cluster tenants' alert webhooks are sent through (one
+    /// that reaches their URLs, e.g. a dynamic forward proxy); without it,
+    /// alerts are logged only.
+    #[serde(default)]
+    pub alerts_cluster: Option<String>,
     /// Learned routers (`tollgate train`'s output) by name, for tenants whose
     /// `classifier.model_key` names one. Parsed and checked once, here.
     #[serde(default)]
@@ -151,6 +156,7 @@ pub struct PluginConfig {
     pub local_cache_slots: usize,
     pub per_tenant_metrics: bool,
     pub upstream_timeout_ms: u64,
+    pub alerts_cluster: Option<String>,
 }
 
 /// The most node-local cache slots allowed: each slot is one shared-data key.
@@ -319,6 +325,7 @@ impl TryFrom<RawPluginConfig> for PluginConfig {
             local_cache_slots: slots,
             per_tenant_metrics: raw.metrics.per_tenant,
             upstream_timeout_ms,
+            alerts_cluster: raw.alerts_cluster.filter(|c| !c.is_empty()),
         })
     }
 }

@@ -81,6 +81,21 @@ pub fn closing_ops(
     ops
 }
 
+/// The alert settings the budget ops of a batch carry (the tenant's
+/// `budgets.alerts`), for the writer to send the alerts its apply found.
+pub fn alert_settings(ops: &[TenantOp]) -> Option<&crate::budget::alerts::AlertSettings> {
+    ops.iter().find_map(|op| match op {
+        TenantOp::Budget(op) => op.budgets().alerts.as_deref(),
+        TenantOp::Outcome(_) => None,
+    })
+}
+
+/// One alert as a structured log line (JSON after a fixed prefix, so log
+/// pipelines can pick it out).
+pub fn alert_log_line(alert: &crate::budget::alerts::Alert) -> String {
+    format!("tollgate alert {}", serde_json::to_string(alert).unwrap_or_default())
+}
+
 /// Where a tenant's state is stored, as key → JSON value: the budget under
 /// one key, the outcome totals under another, and the outcome ring in
 /// [`RECENT_CHUNKS`] chunk keys, so a batch rewrites only what it changed.

@@ -19,6 +19,7 @@
 //! denies it), and host calls whose SDK wrappers panic on an unexpected
 //! status are made through `proxy_wasm::hostcalls` instead.
 
+pub mod alerts;
 pub mod header_map;
 pub mod local_state;
 pub mod metrics;

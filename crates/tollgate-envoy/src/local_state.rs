@@ -107,7 +107,10 @@ pub fn apply_budget(shared: &dyn SharedData, tenant: &str, ops: &[LedgerOp], now
         }
         let json = serde_json::to_vec(&state).ok()?;
         match shared.set(&key, &json, cas) {
-            Ok(()) => return Some(replies),
+            Ok(()) => {
+                crate::alerts::queue(ops, state.take_alerts());
+                return Some(replies);
+            }
             Err(SetError::CasMismatch) => continue,
             Err(SetError::Failed) => return None,
         }

@@ -266,7 +266,8 @@ pub struct BudgetCas {
     pub now: u64,
     rounds: usize,
     ticket: Option<u64>,
-    sent: Option<Sent>,
+    /// (Boxed: a whole budget state, held only while an attempt is out.)
+    sent: Option<Box<Sent>>,
 }
 
 /// The id a reserve holds under (None: not a reserve).
@@ -343,7 +344,7 @@ impl BudgetCas {
         }
         let data = serde_json::to_vec(&state).unwrap_or_default();
         board.carried_sent(&granting);
-        self.sent = Some((state, replies, carried, granting));
+        self.sent = Some(Box::new((state, replies, carried, granting)));
         let key = budget_key(prefix, &self.tenant);
         command("EVAL", &[CAS_SCRIPT.as_bytes(), b"1", key.as_bytes(), version.as_bytes(), &data])
     }
@@ -363,8 +364,12 @@ impl BudgetCas {
         let items = body.and_then(|b| reply_value("EVAL", b)).and_then(|v| v.as_array().cloned()).unwrap_or_default();
         match (items.first().and_then(serde_json::Value::as_i64), items.get(1).and_then(|v| v.as_str())) {
             (Some(1), Some(version)) => {
-                let Some((state, replies, carried, granting)) = self.sent.take() else { return CasStep::Failed };
+                let Some((mut state, replies, carried, granting)) = self.sent.take().map(|s| *s) else {
+                    return CasStep::Failed;
+                };
                 let landed = version.parse::<u64>().unwrap_or(0);
+                // Landed: the alerts this update found (its carried ops' too) go out.
+                crate::alerts::queue(&self.ops, state.take_alerts());
                 board.memo.insert(self.tenant.clone(), (version.to_owned(), state));
                 board.carried_read(&granting);
                 board.publish(&self.tenant, landed, carried);
@@ -376,7 +381,7 @@ impl BudgetCas {
                 };
             }
             (Some(0), Some(version)) => {
-                if let Some((_, _, _, granting)) = self.sent.take() {
+                if let Some((_, _, _, granting)) = self.sent.take().map(|s| *s) {
                     board.carried_read(&granting);
                 }
                 let data = items.get(2).and_then(|v| v.as_str()).unwrap_or("");

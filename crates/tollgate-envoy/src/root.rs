@@ -182,6 +182,7 @@ impl RootContext for Root {
         if !self.draining {
             store::send_due(&rt, crate::host::now_secs(), false);
         }
+        send_alerts(&rt);
         // One batch per tenant out at a time: two of this VM's writes to
         // one tenant's key would only race each other's compare-and-set
         // (and retry, each attempt a round trip); the later ones wait here.
@@ -209,6 +210,25 @@ impl RootContext for Root {
 
     fn get_type(&self) -> Option<ContextType> {
         Some(ContextType::HttpContext)
+    }
+}
+
+/// Log the budget alerts waiting and post those with a webhook through the
+/// operator's `alerts_cluster`. Fire and forget: the answer is not read
+/// (its token matches no job), and the log line is the record.
+fn send_alerts(rt: &Runtime) {
+    for (alert, call) in crate::alerts::take(crate::host::now_secs()) {
+        info!("{}", tollgate_core::store::alert_log_line(&alert));
+        let (Some(call), Some(cluster)) = (call, rt.config.alerts_cluster.as_deref()) else { continue };
+        let mut headers: Vec<(&str, &str)> =
+            vec![(":method", "POST"), (":path", &call.path), (":authority", &call.authority)];
+        headers.extend(call.headers.iter().map(|(n, v)| (n.as_str(), v.as_str())));
+        let timeout = std::time::Duration::from_secs(5);
+        if let Err(status) =
+            proxy_wasm::hostcalls::dispatch_http_call(cluster, headers, Some(&call.body), vec![], timeout)
+        {
+            log::warn!("tollgate: could not post an alert through cluster `{cluster}`: {status:?}");
+        }
     }
 }
 

@@ -6,6 +6,8 @@
 //! - `GET /__mock/faults` → active fault rules
 //! - `POST /__mock/faults` → add a rule (or an array of rules)
 //! - `DELETE /__mock/faults` → remove every rule
+//! - `POST /__mock/webhooks` → record a webhook delivery (path, headers, body as text)
+//! - `GET /__mock/webhooks` → the deliveries (JSON array, oldest first); `DELETE` forgets them
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -72,9 +74,40 @@ async fn control(state: &MockState, endpoint: &str, request: Request<Incoming>) 
         ("faults", Method::GET) => list_faults(state),
         ("faults", Method::POST) => add_faults(state, request).await,
         ("faults", Method::DELETE) => api::json_response(StatusCode::OK, &json!({"cleared": state.faults.clear()})),
-        ("healthz" | "requests" | "faults", _) => control_error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed"),
+        ("webhooks", Method::POST) => record_webhook(state, request).await,
+        ("webhooks", Method::GET) => {
+            let list = state.webhooks.lock().map(|w| w.clone()).unwrap_or_default();
+            api::json_response(StatusCode::OK, &Value::Array(list))
+        }
+        ("webhooks", Method::DELETE) => {
+            let cleared = state.webhooks.lock().map(|mut w| std::mem::take(&mut *w).len()).unwrap_or(0);
+            api::json_response(StatusCode::OK, &json!({"cleared": cleared}))
+        }
+        ("healthz" | "requests" | "faults" | "webhooks", _) => {
+            control_error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
+        }
         _ => control_error(StatusCode::NOT_FOUND, "unknown control endpoint (healthz, requests, faults)"),
     }
+}
+
+/// `POST /__mock/webhooks`: keep what arrived, byte for byte (the body as
+/// text), so a test can check a signature over it.
+async fn record_webhook(state: &MockState, request: Request<Incoming>) -> Response<MockBody> {
+    let headers: serde_json::Map<String, Value> = request
+        .headers()
+        .iter()
+        .map(|(name, value)| (name.as_str().to_owned(), Value::String(value.to_str().unwrap_or("").to_owned())))
+        .collect();
+    let path = request.uri().to_string();
+    let bytes = match Limited::new(request.into_body(), MAX_CONTROL_BODY_BYTES).collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(error) => return control_error(StatusCode::BAD_REQUEST, &format!("cannot read the body: {error}")),
+    };
+    let body = String::from_utf8_lossy(&bytes).into_owned();
+    if let Ok(mut webhooks) = state.webhooks.lock() {
+        webhooks.push(json!({"path": path, "headers": headers, "body": body}));
+    }
+    api::json_response(StatusCode::OK, &json!({"received": true}))
 }
 
 /// `POST /__mock/faults`: one rule object or an array of them. All are

@@ -65,6 +65,8 @@ pub(crate) struct MockState {
     pub options: MockOptions,
     pub recorder: Arc<Recorder>,
     pub faults: FaultRules,
+    /// Webhook deliveries received (`POST /__mock/webhooks`), oldest first.
+    pub webhooks: std::sync::Mutex<Vec<serde_json::Value>>,
 }
 
 /// Serves HTTP/1.1 (keep-alive, chunked streaming) on `listener` until the
@@ -74,6 +76,7 @@ pub async fn serve(listener: TcpListener, options: MockOptions) {
     let state = Arc::new(MockState {
         recorder: Arc::new(Recorder::new(options.record_capacity)),
         faults: FaultRules::default(),
+        webhooks: std::sync::Mutex::new(Vec::new()),
         options,
     });
     loop {

@@ -12,10 +12,11 @@
 use crate::settings::{Settings, now_secs};
 use futures_util::future::{Either, select};
 use std::cell::RefCell;
-use tollgate_core::store::{TenantBatch, TenantOp, TenantReply, TenantState};
+use tollgate_core::budget::alerts;
+use tollgate_core::store::{self, TenantBatch, TenantOp, TenantReply, TenantState};
 use worker::{
-    DurableObject, Env, Method, Request, RequestInit, Response, Result, State, console_error, durable_object, js_sys,
-    wasm_bindgen::JsValue,
+    DurableObject, Env, Fetch, Headers, Method, Request, RequestInit, Response, Result, State, console_error,
+    console_log, durable_object, js_sys, wasm_bindgen::JsValue,
 };
 
 /// The Durable Object binding in `wrangler.toml`.
@@ -63,12 +64,14 @@ impl DurableObject for TenantLedger {
             }
         }
         // Apply and serialise with no await in between: this is the atomic step.
-        let (replies, writes) = {
+        let now = now_secs();
+        let (replies, writes, alerts) = {
             let mut slot = self.loaded.borrow_mut();
             let Some(state) = slot.as_mut() else {
                 return Response::error("ledger state missing", 500);
             };
-            state.apply(&batch.ops, now_secs())?
+            let (replies, writes) = state.apply(&batch.ops, now)?;
+            (replies, writes, state.budget.take_alerts())
         };
         // One put_multiple: the keys change together or not at all. The
         // output gate holds the reply until the write is durable, so no
@@ -85,7 +88,38 @@ impl DurableObject for TenantLedger {
                 return Err(e);
             }
         }
+        // Persisted: now the alerts this batch found go out, each once.
+        if let Some(settings) = store::alert_settings(&batch.ops) {
+            for alert in &alerts {
+                console_log!("{}", store::alert_log_line(alert));
+                if let Some(call) = alerts::webhook(settings, alert, now) {
+                    self.state.wait_until(post_webhook(call));
+                }
+            }
+        }
         Response::from_json(&replies)
+    }
+}
+
+/// POST a signed alert; a failure is logged, not retried (the alert is in
+/// the log line already).
+async fn post_webhook(call: alerts::WebhookCall) {
+    let send = async {
+        let headers = Headers::new();
+        for (name, value) in &call.headers {
+            headers.set(name, value)?;
+        }
+        let mut init = RequestInit::new();
+        init.with_method(Method::Post)
+            .with_headers(headers)
+            .with_body(Some(JsValue::from(js_sys::Uint8Array::from(call.body.as_slice()))));
+        let response = Fetch::Request(Request::new_with_init(&call.url, &init)?).send().await?;
+        Ok::<u16, worker::Error>(response.status_code())
+    };
+    match send.await {
+        Ok(status) if (200..300).contains(&status) => {}
+        Ok(status) => console_error!("tollgate: alert webhook {} answered {status}", call.url),
+        Err(e) => console_error!("tollgate: alert webhook {} failed: {e}", call.url),
     }
 }
 

@@ -7,6 +7,7 @@
 
 use super::Amount;
 use super::Window;
+use super::alerts::{AlertSettings, RawAlerts};
 use super::lease::LeaseSizing;
 use super::scope::{RawUserBudgets, UserBudgets};
 use crate::pricing::usd_to_micros;
@@ -50,6 +51,9 @@ pub struct RawBudgets {
     /// Limits for each end user, on top of the tenant's.
     #[serde(default)]
     pub users: Option<RawUserBudgets>,
+    /// Alerts when a limit crosses `soft_threshold_pct` or runs out.
+    #[serde(default)]
+    pub alerts: Option<RawAlerts>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
@@ -163,6 +167,9 @@ pub struct Budgets {
     /// ledger op carries the budgets and most tenants have none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub users: Option<Box<UserBudgets>>,
+    /// Alerts ([`super::alerts`]); None: none are kept or sent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alerts: Option<Box<AlertSettings>>,
 }
 
 impl Budgets {
@@ -172,6 +179,7 @@ impl Budgets {
     pub fn from_raw(raw: RawBudgets, mut problem: impl FnMut(String, String)) -> Budgets {
         let limits = validate_limits(raw.limits, "limits", &mut problem);
         let users = raw.users.map(|users| Box::new(UserBudgets::from_raw(users, &mut problem)));
+        let alerts = raw.alerts.map(|alerts| Box::new(AlertSettings::from_raw(alerts, &mut problem)));
         let soft_threshold = match raw.soft_threshold_pct {
             Some(pct) if !(pct > 0.0 && pct <= 100.0) => {
                 problem("soft_threshold_pct".to_owned(), "must be a percentage in (0, 100]".to_owned());
@@ -196,6 +204,7 @@ impl Budgets {
         Budgets {
             leases,
             users,
+            alerts,
             limits,
             soft_threshold,
             on_exhausted: raw.on_exhausted.unwrap_or(OnExhausted::Reject),
