@@ -192,16 +192,25 @@ pub struct BudgetState {
     /// The alerts fired, per limit and period ([`alerts`]).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub alerted: Vec<alerts::AlertMark>,
+    /// The tenant's dollars per clock hour over the last day, kept only
+    /// for a tenant with alerts (the spend-rate alert).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hourly: Vec<alerts::HourSpend>,
     /// Alerts found by the last ops, for the host to send once it has
     /// persisted the state ([`BudgetState::take_alerts`]). Not persisted.
     #[serde(skip)]
     pub fired: Fired,
 }
 
-/// Alerts waiting to be sent: transient, so not part of the state's
-/// value (two states equal in everything persisted are equal).
+/// Alerts waiting to be sent, and the dollars charged to the tenant by the
+/// ops applied since it was made (for the spend-rate alert): transient,
+/// so not part of the state's value (two states equal in everything
+/// persisted are equal).
 #[derive(Clone, Debug, Default)]
-pub struct Fired(pub Vec<alerts::Alert>);
+pub struct Fired {
+    pub alerts: Vec<alerts::Alert>,
+    charged_micros: u64,
+}
 
 impl PartialEq for Fired {
     fn eq(&self, _: &Fired) -> bool {
@@ -216,7 +225,7 @@ impl BudgetState {
     /// post (after the state is persisted, so an alert is never sent for a
     /// change that was lost).
     pub fn take_alerts(&mut self) -> Vec<alerts::Alert> {
-        std::mem::take(&mut self.fired.0)
+        std::mem::take(&mut self.fired.alerts)
     }
 }
 
@@ -369,6 +378,7 @@ impl BudgetState {
     /// Charge the tenant's windows.
     fn charge(&mut self, amount: Amount, now: u64) {
         charge_windows(&mut self.windows, amount, now);
+        self.fired.charged_micros = self.fired.charged_micros.saturating_add(amount.micros);
     }
 
     /// Charge the tenant's windows and those of the key and user entries in `scope`.
@@ -997,8 +1007,10 @@ pub enum LedgerReply {
 /// Apply one operation to a tenant's state at `now`. The caller persists
 /// `state` afterwards (atomically with the read, which is the host's job).
 pub fn apply(state: &mut BudgetState, op: &LedgerOp, now: u64) -> LedgerReply {
+    let charged_before = state.fired.charged_micros;
     let reply = apply_op(state, op, now);
     if let Some(budgets) = budgets_with_alerts(op) {
+        alerts::record_spend(state, state.fired.charged_micros.saturating_sub(charged_before), now);
         let refused = match &reply {
             LedgerReply::Refused { error: BudgetError::Exceeded { level, limit, scope_id, .. } } => {
                 Some((*level, scope_id.clone(), limit.clone()))

@@ -89,6 +89,53 @@ pub enum AlertEvent {
     SoftThreshold,
     /// The limit is used up, or a request was refused by it.
     Exhausted,
+    /// The tenant's spend in the current clock hour is more than
+    /// [`SPIKE_FACTOR`] times its hourly average over the day before.
+    SpendSpike,
+}
+
+/// A spend spike is this many times the trailing day's hourly average...
+pub const SPIKE_FACTOR: u64 = 4;
+/// ...over at least this many hours of history...
+const SPIKE_MIN_HISTORY_HOURS: u64 = 6;
+/// ...and at least this much in the hour (a cent), so a quiet tenant's
+/// first few requests are not a spike.
+const SPIKE_MIN_MICROS: u64 = 10_000;
+
+/// The tenant's dollars charged in one clock hour.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HourSpend {
+    pub hour: u64,
+    pub micros: u64,
+}
+
+/// Add `micros` charged at `now` to the tenant's hourly history (the last
+/// 25 clock hours are kept).
+pub(super) fn record_spend(state: &mut BudgetState, micros: u64, now: u64) {
+    let hour = now / 3600;
+    state.hourly.retain(|h| h.hour.saturating_add(25) > hour);
+    if micros == 0 {
+        return;
+    }
+    match state.hourly.iter_mut().find(|h| h.hour == hour) {
+        Some(h) => h.micros = h.micros.saturating_add(micros),
+        None => state.hourly.push(HourSpend { hour, micros }),
+    }
+}
+
+/// Whether the current hour's spend is a spike: (this hour, the hourly average).
+fn spike(state: &BudgetState, now: u64) -> Option<(u64, u64)> {
+    let hour = now / 3600;
+    let current = state.hourly.iter().find(|h| h.hour == hour).map_or(0, |h| h.micros);
+    let oldest = state.hourly.iter().map(|h| h.hour).min()?;
+    let span = hour.saturating_sub(oldest).min(24);
+    if span < SPIKE_MIN_HISTORY_HOURS || current < SPIKE_MIN_MICROS {
+        return None;
+    }
+    let before: u64 =
+        state.hourly.iter().filter(|h| h.hour < hour && h.hour.saturating_add(24) >= hour).map(|h| h.micros).sum();
+    let average = before / span;
+    (current > average.saturating_mul(SPIKE_FACTOR)).then_some((current, average))
 }
 
 /// One alert, as logged and posted.
@@ -150,6 +197,19 @@ pub(super) fn scan(
 ) {
     let Some(settings) = budgets.alerts.as_deref() else { return };
     let mut found: Vec<(AlertEvent, Level, String, BudgetLimit, Amount)> = Vec::new();
+    if let Some((current, average)) = spike(state, now) {
+        // Reported against a pseudo-limit `spend_rate`: the hour's dollars
+        // against four times the hourly average, once a day.
+        let limit = BudgetLimit {
+            name: "spend_rate".to_owned(),
+            window: Window::Day,
+            tokens: None,
+            usd_micros: Some(average.saturating_mul(SPIKE_FACTOR)),
+            requests: None,
+        };
+        let spent = Amount { micros: current, ..Amount::default() };
+        found.push((AlertEvent::SpendSpike, Level::Tenant, String::new(), limit, spent));
+    }
     let mut check = |level: Level, id: &str, limits: &[BudgetLimit], windows: &[super::WindowSpend]| {
         for limit in limits {
             let spent = super::spent_in(windows, limit);
@@ -187,7 +247,7 @@ pub(super) fn scan(
             state.alerted.push(AlertMark { what: soft, period, at: now });
         }
         state.alerted.push(AlertMark { what, period, at: now });
-        state.fired.0.push(Alert {
+        state.fired.alerts.push(Alert {
             kind: "tollgate.budget_alert".to_owned(),
             event,
             tenant_id: settings.tenant_id.clone(),
@@ -383,6 +443,33 @@ mod tests {
         apply(&mut s, &reserve_op(&b, "r", 1_000, "dan"), NOW);
         apply(&mut s, &settle_op(&b, "r", 1_000, "dan"), NOW);
         assert!(s.take_alerts().is_empty() && s.alerted.is_empty());
+    }
+
+    fn settle_usd(b: &Budgets, s: &mut BudgetState, id: &str, micros: u64, now: u64) {
+        let amount = Amount { tokens: 10, micros, requests: 1 };
+        apply(s, &LedgerOp::Settle { budgets: b.clone(), id: id.into(), amount, scopes: Scopes::default() }, now);
+    }
+
+    #[test]
+    fn spend_far_above_the_days_hourly_average_alerts_once_a_day() {
+        let mut b = budgets();
+        b.soft_threshold = None;
+        let mut s = BudgetState::default();
+        let start = NOW - NOW % 3600 - 10 * 3600;
+        // Ten quiet hours: a cent an hour.
+        for h in 0..10 {
+            settle_usd(&b, &mut s, &format!("q{h}"), 10_000, start + h * 3600 + 60);
+        }
+        assert!(s.take_alerts().is_empty(), "a steady rate is no spike");
+        let now = start + 10 * 3600 + 60;
+        settle_usd(&b, &mut s, "burst-1", 30_000, now);
+        assert!(s.take_alerts().is_empty(), "three times the average is not yet a spike");
+        settle_usd(&b, &mut s, "burst-2", 30_000, now + 1);
+        let fired: Vec<_> = s.take_alerts().into_iter().map(|a| (a.event, a.limit, a.spent_usd)).collect();
+        assert_eq!(fired, [(AlertEvent::SpendSpike, "spend_rate".to_owned(), "0.060000".to_owned())]);
+        settle_usd(&b, &mut s, "burst-3", 90_000, now + 3600);
+        assert!(s.take_alerts().is_empty(), "once a day");
+        assert!(s.hourly.len() <= 25);
     }
 
     #[test]
