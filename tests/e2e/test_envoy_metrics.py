@@ -200,3 +200,26 @@ def test_per_tenant_metrics_add_a_tenant_label_when_configured(mock, run_dir):
     metrics_tenant = sum(1 for r in served if r.request.headers["authorization"].endswith(KEY))
     assert per_tenant == {"e2e-metrics": metrics_tenant, "e2e-metrics-tiny": len(served) - metrics_tenant}, found
     assert series(found, "tollgate_budget_refusals", tenant="e2e-metrics-tiny", code="budget_exceeded") == 1
+
+
+def test_the_grafana_dashboard_queries_only_metrics_and_labels_the_filter_exports():
+    """envoy/grafana-dashboard.json: every metric it queries is one the
+    filter defines (crates/tollgate-envoy/src/metrics.rs), and every label
+    it groups by is one the bootstrap's stats_tags make (envoy/envoy.yaml)."""
+    import json
+
+    root = Path(__file__).resolve().parents[2]
+    dashboard = json.loads((root / "envoy" / "grafana-dashboard.json").read_text())
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
+    assert exprs, "the dashboard has queries"
+    defined = {
+        name.replace(".", "_")
+        for name in re.findall(r'pub const [A-Z_]+: &str = "([a-z_.]+)";', (root / "crates/tollgate-envoy/src/metrics.rs").read_text())
+    }
+    queried = {name for e in exprs for name in re.findall(r"\btollgate_[a-z_]+", e)}
+    assert queried and queried <= defined, f"not exported by the filter: {sorted(queried - defined)}"
+    tags = set(re.findall(r"tag_name: (\w+)", (root / "envoy" / "envoy.yaml").read_text()))
+    grouped = {label.strip() for e in exprs for group in re.findall(r"by \(([^)]*)\)", e) for label in group.split(",")}
+    assert grouped <= tags, f"labels no stats_tags make: {sorted(grouped - tags)}"
+    selected = {label for e in exprs for label in re.findall(r"\{(\w+)=~", e)}
+    assert selected <= tags, sorted(selected - tags)
