@@ -75,6 +75,7 @@ fuzz_target!(|data: &[u8]| {
         entropy: [flags; 16],
         key: None,
         user_header: None,
+        tags_header: None,
     };
     let (fail_first, length) = (flags & 8 != 0, flags & 16 != 0);
     for round in 0..if flags & 32 != 0 { 2 } else { 1 } {

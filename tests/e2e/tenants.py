@@ -629,3 +629,10 @@ ALERTS = register(
     ),
     [ALERTS_KEY],
 )
+
+# Attribution (docs/config.md "Attribution"): two keys, tags and users, no limits that bind.
+ATTRIBUTION_KEYS = [key_for("e2e-attribution", "web"), key_for("e2e-attribution", "batch")]
+ATTRIBUTION = register(
+    single_tier_tenant("e2e-attribution", ["openai/gpt-4o-mini"], budgets=strict_daily(tokens=ROOMY_TOKENS)),
+    ATTRIBUTION_KEYS,
+)

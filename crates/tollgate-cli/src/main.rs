@@ -573,6 +573,7 @@ fn route_offline(config: &TenantConfig, api: ApiFormat, body: &[u8], state: &mut
         entropy: entropy(),
         key: None,
         user_header: None,
+        tags_header: None,
     };
     let mut plan = match Plan::new(config, &inbound) {
         Ok(p) => p,

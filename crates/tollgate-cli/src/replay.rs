@@ -168,6 +168,7 @@ pub fn run(workload: &Path, tenant_args: &[String], quiet: bool, out: Option<&Pa
             entropy,
             key: None,
             user_header: None,
+            tags_header: None,
         };
         let outcome = sim.handle(&inbound, &mut |up| Some(simulated_reply(up, now)));
 

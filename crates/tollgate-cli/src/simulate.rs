@@ -270,6 +270,7 @@ pub fn run(log: &Path, config_paths: &[PathBuf], options: &SimulateOptions<'_>) 
             entropy,
             key: None,
             user_header: None,
+            tags_header: None,
         };
         let logged_output = line.logged.as_ref().and_then(|l| l.usage).map(|u| u.output_tokens);
         let outcome =

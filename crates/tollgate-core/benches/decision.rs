@@ -60,6 +60,7 @@ fn inbound(body: &[u8]) -> Inbound<'_> {
         entropy: [7; 16],
         key: None,
         user_header: None,
+        tags_header: None,
     }
 }
 

@@ -70,6 +70,7 @@ fn forward_once(config: &TenantConfig, body: &[u8]) -> usize {
         entropy: [7; 16],
         key: None,
         user_header: None,
+        tags_header: None,
     };
     match Plan::new(config, &inbound).map(|mut p| p.start()) {
         Ok(Next::Forward(up)) => up.body.len(),

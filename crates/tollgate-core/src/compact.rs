@@ -11,16 +11,20 @@
 //! an older filter in the same process (a hot reload) still reads.
 //!
 //! Layout (integers little-endian):
-//! - chunk: `0xC1`, slot count `u16`, then per slot `0` (empty) or `1`,
+//! - chunk: `0xC3`, slot count `u16`, then per slot `0` (empty) or `1`,
 //!   `at: u64`, flags `u8` (bits 0-1 resolved: 0 none, 1 no, 2 yes; bit 2
-//!   escalated), `id` and `tier` as `u16` length + UTF-8 bytes;
+//!   escalated), `id` and `tier` as `u16` length + UTF-8 bytes, then
+//!   `tokens: u64`, `micros: u64`, `model`, `key` and `user` as strings
+//!   (empty for none), a tag count `u8` and the tags as strings. Chunks of
+//!   the older layout (`0xC1`: no fields after `tier`) still read;
 //! - totals: `0xC2`, `next_slot: u64`, tier count `u16`, then per tier its
 //!   name as above and its nine counters as `u64`s, in
 //!   `TierTotals::counters_mut` order.
 
-use crate::outcomes::{OutcomeTotals, RecentChunk, RecentRequest, TierTotals};
+use crate::outcomes::{Attribution, OutcomeTotals, RecentChunk, RecentRequest, TierTotals};
 
-const CHUNK_MARK: u8 = 0xC1;
+const CHUNK_MARK: u8 = 0xC3;
+const CHUNK_MARK_V1: u8 = 0xC1;
 const TOTALS_MARK: u8 = 0xC2;
 
 /// The chunk in the compact layout.
@@ -42,6 +46,17 @@ pub fn encode_chunk(chunk: &RecentChunk) -> Vec<u8> {
                 out.push(resolved | if r.escalated { 4 } else { 0 });
                 put_str(&mut out, &r.id);
                 put_str(&mut out, &r.tier);
+                out.extend_from_slice(&r.tokens.to_le_bytes());
+                out.extend_from_slice(&r.micros.to_le_bytes());
+                let a = &r.attribution;
+                put_str(&mut out, &a.model);
+                put_str(&mut out, a.key.as_deref().unwrap_or(""));
+                put_str(&mut out, a.user.as_deref().unwrap_or(""));
+                let tags = &a.tags[..a.tags.len().min(usize::from(u8::MAX))];
+                out.push(u8::try_from(tags.len()).unwrap_or(u8::MAX));
+                for tag in tags {
+                    put_str(&mut out, tag);
+                }
             }
         }
     }
@@ -51,9 +66,11 @@ pub fn encode_chunk(chunk: &RecentChunk) -> Vec<u8> {
 /// A chunk from its compact layout or from JSON; `None` when it is neither
 /// (the caller treats that as empty, as it does an absent key).
 pub fn decode_chunk(bytes: &[u8]) -> Option<RecentChunk> {
-    if bytes.first() != Some(&CHUNK_MARK) {
-        return serde_json::from_slice(bytes).ok();
-    }
+    let attributed = match bytes.first() {
+        Some(&CHUNK_MARK) => true,
+        Some(&CHUNK_MARK_V1) => false,
+        _ => return serde_json::from_slice(bytes).ok(),
+    };
     let mut r = Reader { bytes, at: 1 };
     let slots = r.len()?;
     let mut chunk = Vec::with_capacity(slots);
@@ -71,7 +88,28 @@ pub fn decode_chunk(bytes: &[u8]) -> Option<RecentChunk> {
                 };
                 let id = r.string()?;
                 let tier = r.string()?;
-                Some(RecentRequest { id, tier, at, resolved, escalated: flags & 4 != 0 })
+                let mut request = RecentRequest {
+                    id,
+                    tier,
+                    at,
+                    resolved,
+                    escalated: flags & 4 != 0,
+                    attribution: Attribution::default(),
+                    tokens: 0,
+                    micros: 0,
+                };
+                if attributed {
+                    request.tokens = r.u64()?;
+                    request.micros = r.u64()?;
+                    let some = |s: String| (!s.is_empty()).then_some(s);
+                    let a = &mut request.attribution;
+                    a.model = r.string()?;
+                    a.key = some(r.string()?);
+                    a.user = some(r.string()?);
+                    let tags = r.u8()?;
+                    a.tags = (0..tags).map(|_| r.string()).collect::<Option<Vec<_>>>()?;
+                }
+                Some(request)
             }
             _ => return None,
         });
@@ -181,7 +219,27 @@ mod tests {
             at: 1_795_000_000 + i,
             resolved: [None, Some(false), Some(true)][(i % 3) as usize],
             escalated: i.is_multiple_of(2),
+            attribution: Attribution {
+                model: if i.is_multiple_of(4) { String::new() } else { "gpt-4o-mini".to_owned() },
+                key: i.is_multiple_of(2).then(|| "0123456789abcdef".to_owned()),
+                user: i.is_multiple_of(3).then(|| format!("user-{i}-ü")),
+                tags: (0..i % 3).map(|t| format!("tag{t}")).collect(),
+            },
+            tokens: i * 7,
+            micros: i * 11,
         }
+    }
+
+    #[test]
+    fn a_chunk_of_the_older_layout_still_reads() {
+        // 0xC1, one slot: at 5, resolved yes, id "a", tier "cheap".
+        let mut old = vec![0xC1, 1, 0, 1];
+        old.extend_from_slice(&5u64.to_le_bytes());
+        old.extend_from_slice(&[2, 1, 0, b'a', 5, 0]);
+        old.extend_from_slice(b"cheap");
+        let chunk = decode_chunk(&old).unwrap();
+        let r = chunk[0].clone().unwrap();
+        assert_eq!((r.id.as_str(), r.tier.as_str(), r.at, r.resolved, r.micros), ("a", "cheap", 5, Some(true), 0));
     }
 
     #[test]
@@ -212,7 +270,9 @@ mod tests {
     fn a_compact_chunk_is_a_fraction_of_its_json() {
         let chunk: RecentChunk = (0..64).map(|i| Some(request(i))).collect();
         let json = serde_json::to_vec(&chunk).unwrap().len();
-        assert!(encode_chunk(&chunk).len() * 2 < json, "{} vs {json}", encode_chunk(&chunk).len());
+        // Well under its JSON: the strings (id, tier, model, key, user, tags)
+        // cost the same in both; the numbers, names and quotes do not.
+        assert!(encode_chunk(&chunk).len() * 5 < json * 3, "{} vs {json}", encode_chunk(&chunk).len());
     }
 
     #[test]

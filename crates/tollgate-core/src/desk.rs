@@ -266,7 +266,9 @@ impl LeaseDesk {
                     }))
                 }
                 TenantOp::Budget(LedgerOp::Status { .. })
-                | TenantOp::Outcome(OutcomeOp::Feedback { .. } | OutcomeOp::Report | OutcomeOp::Export) => {
+                | TenantOp::Outcome(
+                    OutcomeOp::Feedback { .. } | OutcomeOp::Report | OutcomeOp::Export | OutcomeOp::Recent { .. },
+                ) => {
                     // To the writer, behind everything waiting here.
                     None
                 }

@@ -144,14 +144,57 @@ pub fn health(host: &str) -> Value {
 }
 
 /// The ops a host sends to the tenant's store for `GET /v1/usage`.
-/// `key`: the asking key's level (its limits are shown with its spend).
-pub fn usage_ops(config: &TenantConfig, key: Option<&budget::scope::KeyScope>) -> Vec<TenantOp> {
+/// `key`: the asking key's level (its limits are shown with its spend);
+/// `path`: the request's path with its query, which may ask for recent
+/// spend grouped (`group_by=key|user|tag|model|tier`) and since when
+/// (`hours=N`, default 24, or `since=<unix seconds>`). A bad query is a 400.
+pub fn usage_ops(
+    config: &TenantConfig,
+    key: Option<&budget::scope::KeyScope>,
+    path: &str,
+    now: u64,
+) -> Result<Vec<TenantOp>, ApiError> {
     let scopes =
         budget::scope::Scopes { key: key.filter(|k| !k.limits.is_empty()).map(|k| Box::new(k.clone())), user: None };
-    vec![
+    let (since, group_by) = usage_query(path, now)?;
+    Ok(vec![
         TenantOp::Budget(budget::LedgerOp::Status { budgets: config.budgets.clone(), scopes }),
         TenantOp::Outcome(OutcomeOp::Report),
-    ]
+        TenantOp::Outcome(OutcomeOp::Recent { since, group_by }),
+    ])
+}
+
+/// `/v1/usage`'s query: (since, group_by).
+fn usage_query(path: &str, now: u64) -> Result<(u64, Option<crate::outcomes::Dimension>), ApiError> {
+    let invalid = |field: &str, message: &str| -> ApiError {
+        RequestError::Invalid { field: field.to_owned(), message: message.to_owned() }.into()
+    };
+    let (mut since, mut group_by) = (now.saturating_sub(24 * 3600), None);
+    let query = path.split_once('?').map_or("", |(_, q)| q);
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+        match name {
+            "group_by" => {
+                group_by = Some(
+                    crate::outcomes::Dimension::parse(value)
+                        .ok_or_else(|| invalid("group_by", "must be one of key, user, tag, model, tier"))?,
+                );
+            }
+            "hours" => {
+                let hours: u64 = value
+                    .parse()
+                    .ok()
+                    .filter(|h| (1..=24 * 400).contains(h))
+                    .ok_or_else(|| invalid("hours", "must be a whole number of hours, 1 or more"))?;
+                since = now.saturating_sub(hours * 3600);
+            }
+            "since" => {
+                since = value.parse().map_err(|_| invalid("since", "must be a time in unix seconds"))?;
+            }
+            _ => return Err(invalid(name, "unknown parameter (group_by, hours, since)")),
+        }
+    }
+    Ok((since, group_by))
 }
 
 /// `GET /v1/usage` from the store's replies to [`usage_ops`]; None when the
@@ -162,9 +205,10 @@ pub fn usage_from_replies(
     now: u64,
 ) -> Result<Value, ApiError> {
     let replies = replies.ok_or_else(crate::outcomes::ledger_unavailable)?;
-    let (mut limits, mut tiers, mut scoped) = (None, None, Vec::new());
+    let (mut limits, mut tiers, mut scoped, mut recent) = (None, None, Vec::new(), None);
     for reply in replies {
         match reply {
+            TenantReply::Outcome(OutcomeReply::Recent { top, groups, oldest }) => recent = Some((top, groups, oldest)),
             TenantReply::Budget(budget::LedgerReply::Status { limits: l, scoped: s }) => {
                 limits = Some(l);
                 scoped = s;
@@ -176,7 +220,37 @@ pub fn usage_from_replies(
     let (Some(limits), Some(tiers)) = (limits, tiers) else {
         return Err(crate::outcomes::ledger_unavailable());
     };
-    Ok(usage_report_with_scopes(config, limits, scoped, Some(&tiers), now))
+    let mut report = usage_report_with_scopes(config, limits, scoped, Some(&tiers), now);
+    if let (Some((top, groups, oldest)), Some(obj)) = (recent, report.as_object_mut()) {
+        let cost = |micros: u64| crate::pricing::format_usd(micros);
+        let top: Vec<Value> = top
+            .into_iter()
+            .map(|r| {
+                json!({
+                    "request_id": r.id,
+                    "model": r.attribution.model,
+                    "tier": r.tier,
+                    "tokens": r.tokens,
+                    "cost_usd": cost(r.micros),
+                    "at": budget::iso8601(r.at),
+                    "key": r.attribution.key,
+                    "user": r.attribution.user,
+                    "tags": r.attribution.tags,
+                })
+            })
+            .collect();
+        obj.insert("top_requests".to_owned(), Value::Array(top));
+        if !groups.is_empty() {
+            let groups: Vec<Value> = groups
+                .into_iter()
+                .map(|g| json!({"value": g.value, "requests": g.requests, "tokens": g.tokens, "cost_usd": cost(g.micros)}))
+                .collect();
+            obj.insert("groups".to_owned(), Value::Array(groups));
+        }
+        // What "recent" covers: the ring's oldest request.
+        obj.insert("recent_since".to_owned(), json!(oldest.map(budget::iso8601)));
+    }
+    Ok(report)
 }
 
 /// `POST /v1/feedback`'s answer from the store's reply to the feedback op.

@@ -44,6 +44,9 @@ pub struct RequestOutcome {
     pub request_id: String,
     /// The tier that served it, or `pinned` for unrouted models.
     pub tier: String,
+    /// Who and what it is attributed to (never its text).
+    #[serde(default, flatten)]
+    pub attribution: Attribution,
     pub tokens: u64,
     pub micros: u64,
     #[serde(default)]
@@ -140,18 +143,40 @@ impl OutcomeOp {
     pub fn chunks_read(&self, totals: &OutcomeTotals) -> Vec<usize> {
         match self {
             OutcomeOp::Record { .. } => vec![totals.next_chunk()],
-            OutcomeOp::Feedback { .. } | OutcomeOp::Export => (0..RECENT_CHUNKS).collect(),
+            OutcomeOp::Feedback { .. } | OutcomeOp::Export | OutcomeOp::Recent { .. } => (0..RECENT_CHUNKS).collect(),
             OutcomeOp::Report => Vec::new(),
         }
     }
 }
 
-/// A recent request feedback can still name.
+/// What a request is attributed to: the model that answered, its API key
+/// (the first 16 hex digits of the key's SHA-256), its end user and its
+/// tags. Never any of its text.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Attribution {
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub model: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tags: Vec<String>,
+}
+
+/// A recent request: what feedback can still name, and what the most
+/// expensive recent requests and the recent attribution are read from.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RecentRequest {
     pub id: String,
     pub tier: String,
     pub at: u64,
+    #[serde(default, flatten)]
+    pub attribution: Attribution,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub tokens: u64,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub micros: u64,
     /// The feedback given so far, if any (it can be changed).
     #[serde(default)]
     pub resolved: Option<bool>,
@@ -212,7 +237,53 @@ pub enum OutcomeOp {
     Report,
     /// The recent requests that have feedback, oldest first.
     Export,
+    /// The most expensive requests of the ring recorded at or after
+    /// `since`, and their spend grouped by `group_by` ([`recent_report`]).
+    Recent {
+        since: u64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        group_by: Option<Dimension>,
+    },
 }
+
+/// What recent spend can be grouped by.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Dimension {
+    Key,
+    User,
+    Tag,
+    Model,
+    Tier,
+}
+
+impl Dimension {
+    pub fn parse(name: &str) -> Option<Dimension> {
+        Some(match name {
+            "key" => Dimension::Key,
+            "user" => Dimension::User,
+            "tag" => Dimension::Tag,
+            "model" => Dimension::Model,
+            "tier" => Dimension::Tier,
+            _ => return None,
+        })
+    }
+}
+
+/// Recent spend of one value of a [`Dimension`].
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Group {
+    /// The key, user, tag, model or tier; `(none)` for requests without one.
+    pub value: String,
+    pub requests: u64,
+    pub tokens: u64,
+    pub micros: u64,
+}
+
+/// How many of the most expensive recent requests a report lists.
+pub const TOP_REQUESTS: usize = 10;
+/// How many groups a report lists (the most expensive first).
+pub const TOP_GROUPS: usize = 50;
 
 /// The answer to an [`OutcomeOp`]. Tag values differ from
 /// [`crate::budget::LedgerReply`]'s so both can share one wire format.
@@ -224,6 +295,7 @@ pub enum OutcomeReply {
     UnknownRequest { request_id: String },
     Report { tiers: Vec<TierTotals> },
     Export { requests: Vec<RecentRequest> },
+    Recent { top: Vec<RecentRequest>, groups: Vec<Group>, oldest: Option<u64> },
 }
 
 impl OutcomeLedger {
@@ -282,6 +354,55 @@ impl OutcomeLedger {
     }
 }
 
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+/// The ring's requests recorded at or after `since`: the
+/// [`TOP_REQUESTS`] most expensive, and (with `group_by`) their spend per
+/// value, the [`TOP_GROUPS`] most expensive values first; `oldest` is the
+/// time of the oldest request the ring still holds (what "recent" covers:
+/// the last [`RECENT_CAPACITY`] requests).
+pub fn recent_report(ledger: &OutcomeLedger, since: u64, group_by: Option<Dimension>) -> OutcomeReply {
+    let recent: Vec<&RecentRequest> = ledger.recent.iter().flatten().filter(|r| r.at >= since).collect();
+    let oldest = ledger.recent.iter().flatten().map(|r| r.at).min();
+    let mut top: Vec<RecentRequest> = recent.iter().map(|r| (*r).clone()).collect();
+    top.sort_by(|a, b| b.micros.cmp(&a.micros).then(b.at.cmp(&a.at)).then(a.id.cmp(&b.id)));
+    top.truncate(TOP_REQUESTS);
+    let mut groups: Vec<Group> = Vec::new();
+    if let Some(dimension) = group_by {
+        let none = || "(none)".to_owned();
+        for r in &recent {
+            let a = &r.attribution;
+            let values: Vec<String> = match dimension {
+                Dimension::Key => vec![a.key.clone().unwrap_or_else(none)],
+                Dimension::User => vec![a.user.clone().unwrap_or_else(none)],
+                Dimension::Model => vec![if a.model.is_empty() { none() } else { a.model.clone() }],
+                Dimension::Tier => vec![r.tier.clone()],
+                // A request with two tags counts under each.
+                Dimension::Tag if a.tags.is_empty() => vec![none()],
+                Dimension::Tag => a.tags.clone(),
+            };
+            for value in values {
+                let at = match groups.iter().position(|g| g.value == value) {
+                    Some(i) => i,
+                    None => {
+                        groups.push(Group { value, ..Group::default() });
+                        groups.len() - 1
+                    }
+                };
+                let g = &mut groups[at];
+                g.requests = g.requests.saturating_add(1);
+                g.tokens = g.tokens.saturating_add(r.tokens);
+                g.micros = g.micros.saturating_add(r.micros);
+            }
+        }
+        groups.sort_by(|a, b| b.micros.cmp(&a.micros).then(a.value.cmp(&b.value)));
+        groups.truncate(TOP_GROUPS);
+    }
+    OutcomeReply::Recent { top, groups, oldest }
+}
+
 /// Apply one operation at `now`. The caller persists what [`Touched`] names.
 pub fn apply(ledger: &mut OutcomeLedger, op: &OutcomeOp, now: u64) -> (OutcomeReply, Touched) {
     match op {
@@ -306,6 +427,9 @@ pub fn apply(ledger: &mut OutcomeLedger, op: &OutcomeOp, now: u64) -> (OutcomeRe
                 id: outcome.request_id.clone(),
                 tier: outcome.tier.clone(),
                 at: now,
+                attribution: outcome.attribution.clone(),
+                tokens: outcome.tokens,
+                micros: outcome.micros,
                 resolved: None,
                 escalated: outcome.escalated,
             });
@@ -338,6 +462,7 @@ pub fn apply(ledger: &mut OutcomeLedger, op: &OutcomeOp, now: u64) -> (OutcomeRe
         }
         OutcomeOp::Report => (OutcomeReply::Report { tiers: ledger.totals.tiers.clone() }, Touched::default()),
         OutcomeOp::Export => (OutcomeReply::Export { requests: ledger.exported(now) }, Touched::default()),
+        OutcomeOp::Recent { since, group_by } => (recent_report(ledger, *since, *group_by), Touched::default()),
     }
 }
 
@@ -559,6 +684,51 @@ mod tests {
             micros,
             ..RequestOutcome::default()
         }
+    }
+
+    fn attributed(id: &str, micros: u64, key: &str, user: Option<&str>, tags: &[&str]) -> OutcomeOp {
+        let mut o = outcome(id, "cheap", micros);
+        o.attribution = Attribution {
+            model: if micros > 500 { "gpt-4o".into() } else { "gpt-4o-mini".into() },
+            key: Some(key.into()),
+            user: user.map(str::to_owned),
+            tags: tags.iter().map(|t| (*t).to_owned()).collect(),
+        };
+        OutcomeOp::Record { outcome: o }
+    }
+
+    #[test]
+    fn recent_spend_groups_by_tag_user_and_model_and_lists_the_dearest_requests_first() {
+        let mut l = OutcomeLedger::default();
+        apply(&mut l, &attributed("old", 9_000, "k1", Some("ann"), &["search"]), 100);
+        apply(&mut l, &attributed("a", 300, "k1", Some("ann"), &["search", "beta"]), 1_000);
+        apply(&mut l, &attributed("b", 700, "k2", Some("bob"), &["chat"]), 1_001);
+        apply(&mut l, &attributed("c", 200, "k2", None, &[]), 1_002);
+        let OutcomeReply::Recent { top, groups, oldest } = recent_report(&l, 1_000, Some(Dimension::Tag)) else {
+            panic!()
+        };
+        assert_eq!(oldest, Some(100));
+        assert_eq!(top.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(), ["b", "a", "c"], "since 1000, dearest first");
+        assert_eq!(top[0].attribution.model, "gpt-4o");
+        let by_tag: Vec<(&str, u64, u64)> = groups.iter().map(|g| (g.value.as_str(), g.requests, g.micros)).collect();
+        assert_eq!(by_tag, [("chat", 1, 700), ("beta", 1, 300), ("search", 1, 300), ("(none)", 1, 200)]);
+        let OutcomeReply::Recent { groups, .. } = recent_report(&l, 0, Some(Dimension::User)) else { panic!() };
+        let by_user: Vec<(&str, u64)> = groups.iter().map(|g| (g.value.as_str(), g.micros)).collect();
+        assert_eq!(by_user, [("ann", 9_300), ("bob", 700), ("(none)", 200)]);
+        let OutcomeReply::Recent { groups, .. } = recent_report(&l, 0, Some(Dimension::Key)) else { panic!() };
+        assert_eq!(groups.iter().map(|g| g.requests).sum::<u64>(), 4);
+    }
+
+    #[test]
+    fn the_dearest_requests_are_at_most_ten_and_a_report_without_grouping_has_no_groups() {
+        let mut l = OutcomeLedger::default();
+        for i in 0..30u64 {
+            apply(&mut l, &attributed(&format!("r{i}"), i * 10, "k", None, &[]), 1_000 + i);
+        }
+        let OutcomeReply::Recent { top, groups, .. } = recent_report(&l, 0, None) else { panic!() };
+        assert_eq!(top.len(), TOP_REQUESTS);
+        assert_eq!(top[0].id, "r29");
+        assert!(groups.is_empty());
     }
 
     #[test]

@@ -71,6 +71,7 @@ fn send(sim: &mut Simulator, now: u64, upstream: &mut dyn FnMut(&Upstream) -> Op
         entropy,
         key: None,
         user_header: None,
+        tags_header: None,
     };
     sim.handle(&inbound, upstream)
 }
@@ -213,6 +214,7 @@ fn a_429_with_retry_after_cools_the_model_until_then() {
         entropy: [7; 16],
         key: None,
         user_header: None,
+        tags_header: None,
     };
     let mut plan = Plan::new(&cfg, &inbound).unwrap();
     plan.consult_cooldowns(&table, NOW);
@@ -245,6 +247,7 @@ fn a_tenant_without_cooldowns_gets_no_updates_to_apply() {
         entropy: [8; 16],
         key: None,
         user_header: None,
+        tags_header: None,
     };
     let mut plan = Plan::new(&cfg, &inbound).unwrap();
     let Next::Forward(up) = plan.start() else { panic!("expected a forward") };

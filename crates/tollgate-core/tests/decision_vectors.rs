@@ -241,6 +241,7 @@ fn run_case(v: &Vectors, case: &Value, sims: Option<&mut BTreeMap<String, Simula
         entropy: entropy(),
         key: None,
         user_header: None,
+        tags_header: None,
     };
     let new_sim = || Simulator::new(tenant.config.clone(), [7; 32]);
     let outcome: Outcome = match sims {

@@ -62,6 +62,7 @@ fn send(sim: &mut Simulator, body: &Value, upstream: &mut dyn FnMut(&Upstream) -
         entropy: [bytes.len() as u8; 16],
         key: None,
         user_header: None,
+        tags_header: None,
     };
     sim.handle(&inbound, upstream)
 }
@@ -258,6 +259,7 @@ fn a_pinned_chat_model_is_not_sent_to_embeddings_nor_a_pinned_embedding_model_to
         entropy: [9; 16],
         key: None,
         user_header: None,
+        tags_header: None,
     };
     let out = sim.handle(&inbound, &mut |_| panic!("not forwarded"));
     assert_eq!((out.status, error_code(&out).as_str()), (400, "invalid_value"));

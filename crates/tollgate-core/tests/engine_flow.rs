@@ -71,6 +71,7 @@ fn send_at(
         entropy: rand_bytes(&bytes, now),
         key: None,
         user_header: None,
+        tags_header: None,
     };
     sim.handle(&inbound, upstream)
 }
@@ -301,6 +302,7 @@ fn a_config_naming_another_tenant_is_refused() {
         entropy: [0; 16],
         key: None,
         user_header: None,
+        tags_header: None,
     };
     let o = sim.handle(&inbound, &mut |_| panic!("must not reach the provider"));
     assert_eq!(o.status, 503);
@@ -555,6 +557,7 @@ fn bad_inputs_get_openai_shaped_errors_and_touch_no_budget() {
             entropy: [0; 16],
             key: None,
             user_header: None,
+            tags_header: None,
         };
         let o = sim.handle(&inbound, &mut |_| panic!("bad input must not reach the provider"));
         assert_eq!((o.status, error_code(&o).as_str()), (status, code), "{}", String::from_utf8_lossy(&body));

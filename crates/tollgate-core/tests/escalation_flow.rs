@@ -82,6 +82,7 @@ fn send(sim: &mut Simulator, body: Value, upstream: &mut dyn FnMut(&Upstream) ->
         entropy,
         key: None,
         user_header: None,
+        tags_header: None,
     };
     sim.handle(&inbound, upstream)
 }

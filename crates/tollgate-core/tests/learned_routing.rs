@@ -36,6 +36,7 @@ fn plan(config: &TenantConfig, prompt: &str) -> Plan {
         entropy: [3; 16],
         key: None,
         user_header: None,
+        tags_header: None,
     };
     Plan::new(config, &inbound).unwrap()
 }

@@ -76,6 +76,7 @@ fn send(sim: &mut Simulator, body: &Value, upstream: &mut dyn FnMut(&Upstream) -
         entropy: [bytes.len() as u8; 16],
         key: None,
         user_header: None,
+        tags_header: None,
     };
     sim.handle(&inbound, upstream)
 }

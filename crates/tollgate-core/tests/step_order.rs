@@ -124,6 +124,7 @@ fn plan(config: &TenantConfig, body: &Value) -> Plan {
         entropy: [7; 16],
         key: None,
         user_header: None,
+        tags_header: None,
     };
     Plan::new(config, &inbound).unwrap()
 }

@@ -421,6 +421,7 @@ fn a_translated_answer_too_large_to_read_is_a_502_to_the_client_but_still_charge
         entropy: [3; 16],
         key: None,
         user_header: None,
+        tags_header: None,
     };
     let mut plan = Plan::new(&cfg, &inbound).unwrap();
     let mut next = plan.start();

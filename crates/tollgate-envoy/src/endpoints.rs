@@ -34,8 +34,11 @@ impl Stream {
     /// `GET /v1/usage`: the caller's budgets and cost per resolution.
     pub(crate) fn on_usage(&mut self) {
         let Some((_, config)) = self.tenant.clone() else { return };
-        let ops = endpoints::usage_ops(&config, self.key_scope.as_ref());
-        self.apply_ops(ops, Awaiting::Usage);
+        let path = host::header(proxy_wasm::types::MapType::HttpRequestHeaders, ":path").unwrap_or_default();
+        match endpoints::usage_ops(&config, self.key_scope.as_ref(), &path, host::now_secs()) {
+            Ok(ops) => self.apply_ops(ops, Awaiting::Usage),
+            Err(e) => self.send_error(&e),
+        }
     }
 
     /// `POST /v1/feedback {request_id, resolved}`.

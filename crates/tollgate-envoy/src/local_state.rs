@@ -282,7 +282,7 @@ pub fn apply_outcome(shared: &dyn SharedData, tenant: &str, op: &OutcomeOp, now:
                 }
             }
             // Records went to `apply_records` above; reads write nothing.
-            OutcomeOp::Record { .. } | OutcomeOp::Report | OutcomeOp::Export => {}
+            OutcomeOp::Record { .. } | OutcomeOp::Report | OutcomeOp::Export | OutcomeOp::Recent { .. } => {}
         }
         return Some(reply);
     }

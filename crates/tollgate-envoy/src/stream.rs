@@ -179,8 +179,8 @@ impl Stream {
         if record.disabled {
             return Err(AuthError::UnknownKey.into());
         }
-        // Cloned only for a key with limits of its own: most have none.
-        self.key_scope = rt.config.key_scopes.get(&key_hash).filter(|k| !k.limits.is_empty()).cloned();
+        // The key's id for attribution, and its limits if it has any.
+        self.key_scope = rt.config.key_scopes.get(&key_hash).cloned();
         let config = rt.config.tenants.get(&record.tenant_id).ok_or(ApiError::from(TenantError::Unavailable))?;
         Ok((record.tenant_id.clone(), config.clone()))
     }
@@ -214,6 +214,11 @@ impl Stream {
             entropy: self.entropy,
             key: self.key_scope.as_ref(),
             user_header,
+            tags_header: self
+                .client_headers
+                .iter()
+                .find(|(n, _)| n.eq_ignore_ascii_case(tollgate_core::engine::TAGS_HEADER))
+                .map(|(_, v)| v.as_str()),
         };
         let mut plan = match Plan::new(&config, &inbound) {
             Ok(p) => p,

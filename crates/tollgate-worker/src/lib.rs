@@ -118,8 +118,16 @@ async fn usage(req: &Request, env: &Env, settings: &Settings) -> Result<Response
         Ok(t) => t,
         Err(e) => return error_response(&e, &[]),
     };
-    let replies =
-        desk::call(env, &tenant.id, endpoints::usage_ops(&tenant.config, Some(&tenant.key)), settings).await.ok();
+    let url = req.url()?;
+    let path = match url.query() {
+        Some(q) => format!("{}?{q}", url.path()),
+        None => url.path().to_owned(),
+    };
+    let ops = match endpoints::usage_ops(&tenant.config, Some(&tenant.key), &path, settings::now_secs()) {
+        Ok(ops) => ops,
+        Err(e) => return error_response(&e, &[]),
+    };
+    let replies = desk::call(env, &tenant.id, ops, settings).await.ok();
     match endpoints::usage_from_replies(&tenant.config, replies, settings::now_secs()) {
         Ok(report) => json_response(200, &report, &[]),
         Err(e) => error_response(&e, &[]),

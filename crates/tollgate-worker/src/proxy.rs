@@ -81,6 +81,10 @@ pub async fn handle(mut req: Request, api: ApiFormat, env: Env, ctx: Context, se
         entropy,
         key: Some(&tenant.key),
         user_header,
+        tags_header: client_headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(tollgate_core::engine::TAGS_HEADER))
+            .map(|(_, v)| v.as_str()),
     };
     let mut plan = match Plan::new(&tenant.config, &inbound) {
         Ok(p) => p,

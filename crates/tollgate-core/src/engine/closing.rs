@@ -128,9 +128,17 @@ impl Plan {
             .unwrap_or((0, 0));
         // An escalated request is one logical request: every attempt's cost.
         let (tokens, micros) = (tokens.saturating_add(self.prior.tokens), micros.saturating_add(self.prior.micros));
+        // The model that answered (the one the chain is at).
+        let model = self.current_target().map(|m| m.model.clone()).unwrap_or_default();
         crate::outcomes::RequestOutcome {
             request_id: self.request_id.clone(),
             tier: self.tier.clone().unwrap_or_else(|| "pinned".to_owned()),
+            attribution: crate::outcomes::Attribution {
+                model,
+                key: self.attribution.key.clone(),
+                user: self.attribution.user.clone(),
+                tags: self.attribution.tags.clone(),
+            },
             tokens,
             micros,
             cache_hit: self.hit_saved_micros.is_some(),

@@ -92,7 +92,16 @@ pub struct Inbound<'a> {
     /// The value of the header the tenant names for end users
     /// ([`crate::config::TenantConfig::user_header`]), if the request has it.
     pub user_header: Option<&'a str>,
+    /// The request's `x-tollgate-tags` header ([`TAGS_HEADER`]), if any.
+    pub tags_header: Option<&'a str>,
 }
+
+/// The request header naming a request's tags: comma-separated, at most
+/// [`MAX_TAGS`], each 1 to [`MAX_TAG_BYTES`] of letters, digits and
+/// `_ - . : = /`.
+pub const TAGS_HEADER: &str = "x-tollgate-tags";
+pub const MAX_TAGS: usize = 8;
+pub const MAX_TAG_BYTES: usize = 64;
 
 /// A response the host sends without calling a provider.
 #[derive(Clone, Debug, PartialEq)]
@@ -232,6 +241,8 @@ pub struct Plan {
     pub request_id: String,
     /// The key and end user the request is charged at besides the tenant.
     scopes: Scopes,
+    /// Its key, end user and tags, for its outcome record.
+    attribution: crate::outcomes::Attribution,
     pub tenant_id: String,
     pub api: ApiFormat,
     pub requested_model: String,

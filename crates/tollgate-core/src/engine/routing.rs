@@ -338,6 +338,12 @@ impl Plan {
         trace.cache = cache_plan.bypass.clone().map(CacheOutcome::Bypass);
 
         let scopes = request_scopes(config, inbound, &request).map_err(|e| refuse(e.into(), &trace))?;
+        let attribution = crate::outcomes::Attribution {
+            model: String::new(),
+            key: inbound.key.map(|k| k.id.clone()),
+            user: scopes.user.clone().or_else(|| end_user(inbound, &request).filter(|u| u.len() <= MAX_USER_ID)),
+            tags: request_tags(inbound, &request).map_err(|e| refuse(e.into(), &trace))?,
+        };
         let price = chain_price(config, &chain);
         let downgrade_price = chain_price(config, &downgrade_chain);
         let reserve_request = price.map(|price| ReserveRequest {
@@ -388,6 +394,7 @@ impl Plan {
             on_exhausted: config.budgets.on_exhausted,
             budgets_enforced: !config.budgets.limits.is_empty() || !scopes.is_empty(),
             scopes,
+            attribution,
             store_failure: config.budgets.store_failure,
             cache_ttl: config.cache.ttl_seconds,
             request,
@@ -532,23 +539,13 @@ fn request_scopes(
     let Some(users) = config.budgets.users.as_ref().filter(|u| u.limits_anyone()) else {
         return Ok(Scopes { key, user: None });
     };
-    let string_field = |raw: Option<&str>| raw.and_then(|v| serde_json::from_str::<String>(v).ok());
-    let (field, user) = match inbound.user_header.map(str::trim).filter(|v| !v.is_empty()) {
-        Some(value) => (users.header.clone().unwrap_or_default(), Some(value.to_owned())),
-        None => match request.api {
-            ApiFormat::Anthropic => {
-                let metadata: Option<Map<String, Value>> =
-                    request.raw_field("metadata").and_then(|v| serde_json::from_str(v).ok());
-                let user = metadata.and_then(|m| m.get("user_id").and_then(Value::as_str).map(str::to_owned));
-                ("metadata.user_id".to_owned(), user)
-            }
-            _ => match string_field(request.raw_field("safety_identifier")) {
-                Some(id) => ("safety_identifier".to_owned(), Some(id)),
-                None => ("user".to_owned(), string_field(request.raw_field("user"))),
-            },
-        },
+    let field = match (inbound.user_header.map(str::trim).filter(|v| !v.is_empty()), request.api) {
+        (Some(_), _) => users.header.clone().unwrap_or_default(),
+        (None, ApiFormat::Anthropic) => "metadata.user_id".to_owned(),
+        (None, _) if request.raw_field("safety_identifier").is_some() => "safety_identifier".to_owned(),
+        (None, _) => "user".to_owned(),
     };
-    let user = user.filter(|u| !u.is_empty());
+    let user = end_user(inbound, request);
     if let Some(u) = &user
         && (u.len() > MAX_USER_ID_BYTES || u == OVERFLOW_USER)
     {
@@ -558,4 +555,75 @@ fn request_scopes(
         });
     }
     Ok(Scopes { key, user })
+}
+
+/// The longest end-user id recorded for a tenant that does not limit users
+/// (a longer one is refused only where users are limited).
+const MAX_USER_ID: usize = crate::budget::scope::MAX_USER_ID_BYTES;
+
+/// The end user a request names: the tenant's header if it has it, else
+/// the body's `safety_identifier` or `user` (OpenAI, Responses,
+/// embeddings) or `metadata.user_id` (Anthropic); None for none or empty.
+fn end_user(inbound: &Inbound<'_>, request: &ChatRequest) -> Option<String> {
+    let string_field = |raw: Option<&str>| raw.and_then(|v| serde_json::from_str::<String>(v).ok());
+    let user = match inbound.user_header.map(str::trim).filter(|v| !v.is_empty()) {
+        Some(value) => Some(value.to_owned()),
+        None => match request.api {
+            ApiFormat::Anthropic => {
+                let metadata: Option<Map<String, Value>> =
+                    request.raw_field("metadata").and_then(|v| serde_json::from_str(v).ok());
+                metadata.and_then(|m| m.get("user_id").and_then(Value::as_str).map(str::to_owned))
+            }
+            _ => {
+                string_field(request.raw_field("safety_identifier")).or_else(|| string_field(request.raw_field("user")))
+            }
+        },
+    };
+    user.filter(|u| !u.is_empty())
+}
+
+/// The request's tags: the `x-tollgate-tags` header, and for the OpenAI
+/// APIs `metadata.tollgate_tags` (Anthropic's `metadata` takes only
+/// `user_id`), comma-separated; at most [`super::MAX_TAGS`] distinct ones.
+fn request_tags(inbound: &Inbound<'_>, request: &ChatRequest) -> Result<Vec<String>, RequestError> {
+    use super::{MAX_TAG_BYTES, MAX_TAGS, TAGS_HEADER};
+    let mut sources: Vec<(String, String)> = Vec::new();
+    if let Some(header) = inbound.tags_header {
+        sources.push((TAGS_HEADER.to_owned(), header.to_owned()));
+    }
+    if request.api != ApiFormat::Anthropic
+        && let Some(metadata) = request.raw_field("metadata")
+        && let Ok(Value::Object(m)) = serde_json::from_str::<Value>(metadata)
+        && let Some(tags) = m.get("tollgate_tags")
+    {
+        let Some(text) = tags.as_str() else {
+            return Err(RequestError::Invalid {
+                field: "metadata.tollgate_tags".into(),
+                message: "must be a string of comma-separated tags".into(),
+            });
+        };
+        sources.push(("metadata.tollgate_tags".to_owned(), text.to_owned()));
+    }
+    let mut tags: Vec<String> = Vec::new();
+    for (field, text) in sources {
+        for tag in text.split(',').map(str::trim).filter(|t| !t.is_empty()) {
+            let allowed = |c: char| c.is_ascii_alphanumeric() || "_-.:=/".contains(c);
+            if tag.len() > MAX_TAG_BYTES || !tag.chars().all(allowed) {
+                return Err(RequestError::Invalid {
+                    field,
+                    message: format!(
+                        "a tag is 1 to {MAX_TAG_BYTES} letters, digits or `_ - . : = /`; got `{}`",
+                        tag.chars().take(80).collect::<String>()
+                    ),
+                });
+            }
+            if !tags.iter().any(|t| t == tag) {
+                tags.push(tag.to_owned());
+            }
+        }
+        if tags.len() > MAX_TAGS {
+            return Err(RequestError::Invalid { field, message: format!("at most {MAX_TAGS} tags per request") });
+        }
+    }
+    Ok(tags)
 }

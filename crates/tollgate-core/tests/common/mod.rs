@@ -47,6 +47,7 @@ pub fn send_api(
         entropy: rand_bytes(&bytes, NOW),
         key: None,
         user_header: None,
+        tags_header: None,
     };
     sim.handle(&inbound, upstream)
 }

@@ -1,0 +1,105 @@
+"""Attribution on both hosts: each request's cost is kept with its key, end
+user and tags (the `x-tollgate-tags` header, or `metadata.tollgate_tags`
+in the OpenAI APIs), and `/v1/usage` lists the most expensive recent
+requests and groups recent spend by any of them. The sums must equal the
+cost headers the clients saw; no prompt text is ever in the report."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+import uuid
+
+import httpx
+import pytest
+
+import tenants as registry
+from calls import micros, usage
+
+WEB, BATCH = registry.ATTRIBUTION_KEYS
+
+
+def send(router, key: str, text: str, *, tags: str | None = None, user: str | None = None, metadata: dict | None = None):
+    body = {"model": "tollgate/auto", "messages": [{"role": "user", "content": text}], "max_tokens": 40}
+    if user:
+        body["user"] = user
+    if metadata:
+        body["metadata"] = metadata
+    headers = {"authorization": f"Bearer {key}"}
+    if tags is not None:
+        headers["x-tollgate-tags"] = tags
+    return httpx.post(f"{router.url}/v1/chat/completions", json=body, headers=headers, timeout=30)
+
+
+def grouped(router, key: str, dimension: str) -> dict[str, tuple[int, int]]:
+    deadline = time.monotonic() + 20
+    while True:
+        r = httpx.get(f"{router.url}/v1/usage?group_by={dimension}&hours=1", headers={"authorization": f"Bearer {key}"}, timeout=30)
+        assert r.status_code == 200, r.text
+        report = r.json()
+        if all(b["reserved_tokens"] == 0 and b.get("leased_tokens", 0) == 0 for b in report["budgets"]):
+            return report, {g["value"]: (g["requests"], micros(g["cost_usd"])) for g in report.get("groups", [])}
+        assert time.monotonic() < deadline, report
+        time.sleep(0.1)
+
+
+def test_recent_spend_groups_by_tag_user_and_key_and_equals_the_cost_headers(router, clean_mock):
+    marker = uuid.uuid4().hex[:8]
+    t_search, t_chat, t_meta = f"search-{marker}", f"chat-{marker}", f"meta-{marker}"
+    sent = [
+        (WEB, f"{marker} a: what is a lighthouse?", dict(tags=f"{t_search}, {t_chat}", user=f"ann-{marker}")),
+        (WEB, f"{marker} b: what is a harbour? answer at length about the history of harbours", dict(tags=t_chat, user=f"bob-{marker}")),
+        (BATCH, f"{marker} c: what is a canal?", dict(metadata={"tollgate_tags": t_meta}, user=f"ann-{marker}")),
+    ]
+    cost = {}
+    for i, (key, text, extra) in enumerate(sent):
+        r = send(router, key, text, **extra)
+        assert r.status_code == 200, r.text
+        cost[i] = micros(r.headers["x-tollgate-cost-usd"])
+
+    report, by_tag = grouped(router, WEB, "tag")
+    assert by_tag[t_search] == (1, cost[0])
+    assert by_tag[t_chat] == (2, cost[0] + cost[1]), "a request with two tags counts under each"
+    assert by_tag[t_meta] == (1, cost[2])
+    _, by_user = grouped(router, WEB, "user")
+    assert by_user[f"ann-{marker}"] == (2, cost[0] + cost[2])
+    assert by_user[f"bob-{marker}"] == (1, cost[1])
+    _, by_key = grouped(router, BATCH, "key")
+    web_id = hashlib.sha256(WEB.encode()).hexdigest()[:16]
+    batch_id = hashlib.sha256(BATCH.encode()).hexdigest()[:16]
+    assert by_key[web_id][0] >= 2 and by_key[batch_id][0] >= 1
+    _, by_model = grouped(router, WEB, "model")
+    assert "gpt-4o-mini" in by_model
+
+    top = report["top_requests"]
+    assert len(top) <= 10 and top == sorted(top, key=lambda r: -micros(r["cost_usd"]))
+    ours = [r for r in top if r["request_id"] and r["user"] and marker in r["user"]]
+    assert ours and all(r["model"] == "gpt-4o-mini" and r["tier"] == "only" for r in ours), top
+    for words in ("lighthouse", "harbour", "canal"):
+        assert words not in str(report), "no prompt text in the report"
+
+
+def test_tags_and_users_never_reach_another_tenants_usage(router, clean_mock):
+    marker = uuid.uuid4().hex[:8]
+    r = send(router, WEB, f"{marker}: hello", tags=f"private-{marker}", user=f"eve-{marker}")
+    assert r.status_code == 200, r.text
+    _, _, other_key = registry.LEVELS["tenant"]
+    for dimension in ("tag", "user"):
+        r = httpx.get(f"{router.url}/v1/usage?group_by={dimension}", headers={"authorization": f"Bearer {other_key}"}, timeout=30)
+        assert r.status_code == 200 and marker not in r.text, r.text
+
+
+@pytest.mark.parametrize(
+    "tags, status",
+    [("ok-tag, another:tag=1/x", 200), ("has space", 400), ("x" * 65, 400), (",".join(f"t{i}" for i in range(9)), 400)],
+)
+def test_bad_tags_are_refused_with_a_400_naming_the_header(router, clean_mock, tags, status):
+    r = send(router, WEB, f"{uuid.uuid4().hex}: hi", tags=tags)
+    assert r.status_code == status, r.text
+    if status == 400:
+        assert r.json()["error"]["param"] == "x-tollgate-tags", r.text
+
+
+def test_a_bad_usage_query_is_a_400(router, clean_mock):
+    r = httpx.get(f"{router.url}/v1/usage?group_by=colour", headers={"authorization": f"Bearer {WEB}"}, timeout=30)
+    assert r.status_code == 400 and r.json()["error"]["param"] == "group_by", r.text
