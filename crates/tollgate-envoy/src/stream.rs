@@ -519,6 +519,11 @@ impl HttpContext for Stream {
             self.send_json(200, &endpoints::health("envoy"));
             return Action::Pause;
         }
+        if endpoint == Endpoint::Dashboard {
+            let (headers, body) = endpoints::dashboard();
+            self.send(200, &headers, body);
+            return Action::Pause;
+        }
         match self.authenticate(&rt) {
             Ok(t) => {
                 self.metric_tenant = rt.config.per_tenant_metrics.then(|| t.0.clone());
@@ -544,7 +549,7 @@ impl HttpContext for Stream {
                 self.on_feedback_export();
                 Action::Pause
             }
-            Endpoint::Chat(_) | Endpoint::Feedback | Endpoint::Health => {
+            Endpoint::Chat(_) | Endpoint::Feedback | Endpoint::Health | Endpoint::Dashboard => {
                 let declared = host::header(MapType::HttpRequestHeaders, "content-length")
                     .and_then(|v| v.trim().parse::<usize>().ok());
                 if let Some(len) = declared.filter(|len| *len > self.body_limit()) {

@@ -61,6 +61,14 @@ async fn route(req: Request, env: Env, ctx: Context, settings: Settings) -> Resu
     };
     match endpoint {
         Endpoint::Chat(api) => proxy::handle(req, api, env, ctx, settings).await,
+        Endpoint::Dashboard => {
+            let (headers, body) = endpoints::dashboard();
+            let mut response = Response::from_bytes(body.to_vec())?;
+            for (name, value) in &headers {
+                response.headers_mut().set(name, value)?;
+            }
+            Ok(response)
+        }
         Endpoint::Health => {
             // Per isolate: how many Durable Object batches its requests
             // needed (leases make that far fewer than requests).
