@@ -71,6 +71,11 @@ def test_recent_spend_groups_by_tag_user_and_key_and_equals_the_cost_headers(rou
     _, by_model = grouped(router, WEB, "model")
     assert "gpt-4o-mini" in by_model
 
+    # The last hours' spend includes what these requests cost (and other
+    # tests' of this tenant): two buckets, in case an hour began between them.
+    last = report["spend_by_hour"][-2:]
+    assert sum(micros(b["cost_usd"]) for b in last) >= sum(cost.values()), report["spend_by_hour"]
+    assert sum(b["requests"] for b in last) >= 3, report["spend_by_hour"]
     top = report["top_requests"]
     assert len(top) <= 10 and top == sorted(top, key=lambda r: -micros(r["cost_usd"]))
     ours = [r for r in top if r["request_id"] and r["user"] and marker in r["user"]]

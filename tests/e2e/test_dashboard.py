@@ -86,3 +86,8 @@ def test_the_dashboard_shows_what_v1_usage_says_and_a_wrong_key_gets_an_error(ro
     tags = browser.script("return [...document.querySelectorAll('#top-tag tbody tr')].map(r => [r.dataset.value, r.dataset.costUsd])")
     assert tags == [[g["value"], g["cost_usd"]] for g in by_tag["groups"][:10]]
     assert f"ann-{marker}" in [u[0] for u in users]
+    days = browser.script("return [...document.querySelectorAll('#spend-days rect')].map(r => [r.dataset.start, r.dataset.costUsd])")
+    assert days == [[d["start"], d["cost_usd"]] for d in by_user["spend_by_day"]] and days, days
+    hours = browser.script("return [...document.querySelectorAll('#spend-hours rect')].map(r => [r.dataset.start, r.dataset.costUsd])")
+    assert hours == [[h["start"], h["cost_usd"]] for h in by_user["spend_by_hour"]] and hours, hours
+    assert browser.text("#saved-premium") == "$" + by_user["resolution"]["saved_vs_premium_usd"]

@@ -17,15 +17,21 @@
 //!   `tokens: u64`, `micros: u64`, `model`, `key` and `user` as strings
 //!   (empty for none), a tag count `u8` and the tags as strings. Chunks of
 //!   the older layout (`0xC1`: no fields after `tier`) still read;
-//! - totals: `0xC2`, `next_slot: u64`, tier count `u16`, then per tier its
-//!   name as above and its nine counters as `u64`s, in
-//!   `TierTotals::counters_mut` order.
+//! - totals: `0xC4`, `next_slot: u64`, tier count `u16`, then per tier its
+//!   name as above and its ten counters as `u64`s, in
+//!   `TierTotals::counters_mut` order; then the hourly and the daily spend
+//!   buckets, each a count `u16` and per bucket `start`, `requests`,
+//!   `tokens`, `micros` as `u64`s. Totals of the older layout (`0xC2`: nine
+//!   counters, no buckets) still read.
 
-use crate::outcomes::{Attribution, OutcomeTotals, RecentChunk, RecentRequest, TierTotals};
+use crate::outcomes::{Attribution, OutcomeTotals, RecentChunk, RecentRequest, SpendBucket, TierTotals};
 
 const CHUNK_MARK: u8 = 0xC3;
 const CHUNK_MARK_V1: u8 = 0xC1;
-const TOTALS_MARK: u8 = 0xC2;
+const TOTALS_MARK: u8 = 0xC4;
+const TOTALS_MARK_V1: u8 = 0xC2;
+/// Counters per tier in the older totals layout (before `premium_micros`).
+const V1_COUNTERS: usize = 9;
 
 /// The chunk in the compact layout.
 pub fn encode_chunk(chunk: &RecentChunk) -> Vec<u8> {
@@ -129,26 +135,44 @@ pub fn encode_totals(totals: &OutcomeTotals) -> Vec<u8> {
             out.extend_from_slice(&counter.to_le_bytes());
         }
     }
+    for buckets in [&totals.hours, &totals.days] {
+        put_len(&mut out, buckets.len());
+        for b in buckets.iter().take(usize::from(u16::MAX)) {
+            for n in [b.start, b.requests, b.tokens, b.micros] {
+                out.extend_from_slice(&n.to_le_bytes());
+            }
+        }
+    }
     out
 }
 
 /// Totals from their compact layout or from JSON (see [`decode_chunk`]).
 pub fn decode_totals(bytes: &[u8]) -> Option<OutcomeTotals> {
-    if bytes.first() != Some(&TOTALS_MARK) {
-        return serde_json::from_slice(bytes).ok();
-    }
+    let current = match bytes.first() {
+        Some(&TOTALS_MARK) => true,
+        Some(&TOTALS_MARK_V1) => false,
+        _ => return serde_json::from_slice(bytes).ok(),
+    };
     let mut r = Reader { bytes, at: 1 };
     let next_slot = usize::try_from(r.u64()?).ok()?;
     let count = r.len()?;
     let mut tiers = Vec::with_capacity(count);
     for _ in 0..count {
         let mut tier = TierTotals { tier: r.string()?, ..TierTotals::default() };
-        for counter in tier.counters_mut() {
+        let stored = if current { usize::MAX } else { V1_COUNTERS };
+        for counter in tier.counters_mut().into_iter().take(stored) {
             *counter = r.u64()?;
         }
         tiers.push(tier);
     }
-    r.done().then_some(OutcomeTotals { tiers, next_slot })
+    let mut buckets = || -> Option<Vec<SpendBucket>> {
+        let count = r.len()?;
+        (0..count)
+            .map(|_| Some(SpendBucket { start: r.u64()?, requests: r.u64()?, tokens: r.u64()?, micros: r.u64()? }))
+            .collect()
+    };
+    let (hours, days) = if current { (buckets()?, buckets()?) } else { (Vec::new(), Vec::new()) };
+    r.done().then_some(OutcomeTotals { tiers, next_slot, hours, days })
 }
 
 /// Lengths are `u16`: a chunk has 64 slots, a tenant a handful of tiers, and
@@ -264,6 +288,25 @@ mod tests {
         let bytes = encode_totals(&totals);
         assert_eq!(decode_totals(&bytes), Some(totals.clone()));
         assert_eq!(decode_totals(&serde_json::to_vec(&totals).unwrap()), Some(totals));
+    }
+
+    #[test]
+    fn totals_of_the_older_layout_still_read_with_no_premium_and_no_buckets() {
+        // 0xC2, next_slot 3, one tier "t" with counters 1..=9.
+        let mut old = vec![0xC2];
+        old.extend_from_slice(&3u64.to_le_bytes());
+        old.extend_from_slice(&[1, 0, 1, 0, b't']);
+        for n in 1..=9u64 {
+            old.extend_from_slice(&n.to_le_bytes());
+        }
+        let totals = decode_totals(&old).unwrap();
+        assert_eq!((totals.next_slot, totals.tiers[0].requests, totals.tiers[0].cache_saved_micros), (3, 1, 9));
+        assert_eq!(totals.tiers[0].premium_micros, 0);
+        assert!(totals.hours.is_empty() && totals.days.is_empty());
+        let mut with_buckets = totals.clone();
+        with_buckets.hours.push(SpendBucket { start: 7_200, requests: 2, tokens: 30, micros: 40 });
+        with_buckets.days.push(SpendBucket { start: 0, requests: 2, tokens: 30, micros: 40 });
+        assert_eq!(decode_totals(&encode_totals(&with_buckets)), Some(with_buckets));
     }
 
     #[test]

@@ -235,7 +235,9 @@ pub fn usage_from_replies(
     let (mut limits, mut tiers, mut scoped, mut recent) = (None, None, Vec::new(), None);
     for reply in replies {
         match reply {
-            TenantReply::Outcome(OutcomeReply::Recent { top, groups, oldest }) => recent = Some((top, groups, oldest)),
+            TenantReply::Outcome(OutcomeReply::Recent { top, groups, oldest, hours, days }) => {
+                recent = Some((top, groups, oldest, hours, days));
+            }
             TenantReply::Budget(budget::LedgerReply::Status { limits: l, scoped: s }) => {
                 limits = Some(l);
                 scoped = s;
@@ -248,7 +250,17 @@ pub fn usage_from_replies(
         return Err(crate::outcomes::ledger_unavailable());
     };
     let mut report = usage_report_with_scopes(config, limits, scoped, Some(&tiers), now);
-    if let (Some((top, groups, oldest)), Some(obj)) = (recent, report.as_object_mut()) {
+    if let (Some((top, groups, oldest, hours, days)), Some(obj)) = (recent, report.as_object_mut()) {
+        let buckets = |b: Vec<crate::outcomes::SpendBucket>| -> Value {
+            b.into_iter()
+                .map(|b| {
+                    json!({"start": budget::iso8601(b.start), "requests": b.requests, "tokens": b.tokens,
+                           "cost_usd": crate::pricing::format_usd(b.micros)})
+                })
+                .collect()
+        };
+        obj.insert("spend_by_hour".to_owned(), buckets(hours));
+        obj.insert("spend_by_day".to_owned(), buckets(days));
         let cost = |micros: u64| crate::pricing::format_usd(micros);
         let top: Vec<Value> = top
             .into_iter()

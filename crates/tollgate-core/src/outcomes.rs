@@ -58,6 +58,9 @@ pub struct RequestOutcome {
     pub escalated: bool,
     #[serde(default)]
     pub fallbacks: u32,
+    /// What the answer would have cost from the top tier ([`TierTotals::premium_micros`]).
+    #[serde(default)]
+    pub premium_micros: u64,
 }
 
 /// Running totals for one tier.
@@ -73,13 +76,54 @@ pub struct TierTotals {
     pub fallbacks: u64,
     pub cache_hits: u64,
     pub cache_saved_micros: u64,
+    /// What the same answers would have cost from the top tier's first
+    /// model, at list price (provider answers only; a hit counts in
+    /// `cache_saved_micros`): the baseline of "always premium".
+    #[serde(default)]
+    pub premium_micros: u64,
+}
+
+/// The tenant's spend in one clock hour or UTC day.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SpendBucket {
+    /// Unix seconds the hour or day starts.
+    pub start: u64,
+    pub requests: u64,
+    pub tokens: u64,
+    pub micros: u64,
+}
+
+/// Hourly buckets kept: two days.
+pub const SPEND_HOURS: u64 = 48;
+/// Daily buckets kept: five weeks (a month's window and then some).
+pub const SPEND_DAYS: u64 = 35;
+
+fn add_to_bucket(buckets: &mut Vec<SpendBucket>, start: u64, requests: u64, tokens: u64, micros: u64) {
+    let at = match buckets.iter().position(|b| b.start == start) {
+        Some(i) => i,
+        None => {
+            buckets.push(SpendBucket { start, ..SpendBucket::default() });
+            buckets.sort_by_key(|b| b.start);
+            buckets.iter().position(|b| b.start == start).unwrap_or(0)
+        }
+    };
+    if let Some(b) = buckets.get_mut(at) {
+        b.requests = b.requests.saturating_add(requests);
+        b.tokens = b.tokens.saturating_add(tokens);
+        b.micros = b.micros.saturating_add(micros);
+    }
+}
+
+/// Drop the buckets that start before `oldest`.
+fn prune(buckets: &mut Vec<SpendBucket>, oldest: u64) {
+    buckets.retain(|b| b.start >= oldest);
 }
 
 impl TierTotals {
     /// Every counter, listed once, here: a store that merges totals field by
     /// field goes through this, so a counter added to the struct reaches every
     /// store as soon as it is added to this list (a test fails until it is).
-    pub(crate) fn counters_mut(&mut self) -> [&mut u64; 9] {
+    pub(crate) fn counters_mut(&mut self) -> [&mut u64; 10] {
         [
             &mut self.requests,
             &mut self.resolved,
@@ -90,11 +134,12 @@ impl TierTotals {
             &mut self.fallbacks,
             &mut self.cache_hits,
             &mut self.cache_saved_micros,
+            &mut self.premium_micros,
         ]
     }
 
     /// The counters' values, in [`TierTotals::counters_mut`]'s order.
-    pub(crate) fn counters(&self) -> [u64; 9] {
+    pub(crate) fn counters(&self) -> [u64; 10] {
         let mut copy = self.clone();
         copy.counters_mut().map(|c| *c)
     }
@@ -128,6 +173,26 @@ impl OutcomeTotals {
             if let Some(into) = self.tiers.get_mut(at) {
                 into.add_difference(&was, changed);
             }
+        }
+        // Buckets by their start: what one writer added to each goes onto
+        // the other's (buckets it pruned are not taken away).
+        for (mine, theirs_before, theirs_after) in
+            [(&mut self.hours, &before.hours, &after.hours), (&mut self.days, &before.days, &after.days)]
+        {
+            for b in theirs_after {
+                let was = theirs_before.iter().find(|x| x.start == b.start).cloned().unwrap_or_default();
+                add_to_bucket(
+                    mine,
+                    b.start,
+                    b.requests.saturating_sub(was.requests),
+                    b.tokens.saturating_sub(was.tokens),
+                    b.micros.saturating_sub(was.micros),
+                );
+            }
+        }
+        if let (Some(hour), Some(day)) = (self.hours.last().map(|b| b.start), self.days.last().map(|b| b.start)) {
+            prune(&mut self.hours, hour.saturating_sub((SPEND_HOURS - 1) * 3600));
+            prune(&mut self.days, day.saturating_sub((SPEND_DAYS - 1) * 86_400));
         }
     }
 
@@ -195,6 +260,12 @@ pub struct OutcomeTotals {
     pub tiers: Vec<TierTotals>,
     #[serde(default)]
     pub next_slot: usize,
+    /// Spend per clock hour, the last [`SPEND_HOURS`].
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hours: Vec<SpendBucket>,
+    /// Spend per UTC day, the last [`SPEND_DAYS`].
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub days: Vec<SpendBucket>,
 }
 
 /// [`RECENT_CHUNK`] slots of the ring of recent requests.
@@ -291,11 +362,30 @@ pub const TOP_GROUPS: usize = 50;
 #[serde(tag = "result", rename_all = "snake_case")]
 pub enum OutcomeReply {
     Recorded,
-    FeedbackRecorded { request_id: String, tier: String, resolved: bool },
-    UnknownRequest { request_id: String },
-    Report { tiers: Vec<TierTotals> },
-    Export { requests: Vec<RecentRequest> },
-    Recent { top: Vec<RecentRequest>, groups: Vec<Group>, oldest: Option<u64> },
+    FeedbackRecorded {
+        request_id: String,
+        tier: String,
+        resolved: bool,
+    },
+    UnknownRequest {
+        request_id: String,
+    },
+    Report {
+        tiers: Vec<TierTotals>,
+    },
+    Export {
+        requests: Vec<RecentRequest>,
+    },
+    Recent {
+        top: Vec<RecentRequest>,
+        groups: Vec<Group>,
+        oldest: Option<u64>,
+        /// The tenant's spend per hour and per day ([`OutcomeTotals::hours`], `days`).
+        #[serde(default)]
+        hours: Vec<SpendBucket>,
+        #[serde(default)]
+        days: Vec<SpendBucket>,
+    },
 }
 
 impl OutcomeLedger {
@@ -400,7 +490,7 @@ pub fn recent_report(ledger: &OutcomeLedger, since: u64, group_by: Option<Dimens
         groups.sort_by(|a, b| b.micros.cmp(&a.micros).then(a.value.cmp(&b.value)));
         groups.truncate(TOP_GROUPS);
     }
-    OutcomeReply::Recent { top, groups, oldest }
+    OutcomeReply::Recent { top, groups, oldest, hours: ledger.totals.hours.clone(), days: ledger.totals.days.clone() }
 }
 
 /// Apply one operation at `now`. The caller persists what [`Touched`] names.
@@ -416,11 +506,17 @@ pub fn apply(ledger: &mut OutcomeLedger, op: &OutcomeOp, now: u64) -> (OutcomeRe
             t.tokens = t.tokens.saturating_add(outcome.tokens);
             t.micros = t.micros.saturating_add(outcome.micros);
             t.escalations = t.escalations.saturating_add(u64::from(outcome.escalated));
+            t.premium_micros = t.premium_micros.saturating_add(outcome.premium_micros);
             t.fallbacks = t.fallbacks.saturating_add(u64::from(outcome.fallbacks));
             if outcome.cache_hit {
                 t.cache_hits = t.cache_hits.saturating_add(1);
                 t.cache_saved_micros = t.cache_saved_micros.saturating_add(outcome.saved_micros);
             }
+            let (hour, day) = (now - now % 3600, now - now % 86_400);
+            add_to_bucket(&mut ledger.totals.hours, hour, 1, outcome.tokens, outcome.micros);
+            add_to_bucket(&mut ledger.totals.days, day, 1, outcome.tokens, outcome.micros);
+            prune(&mut ledger.totals.hours, hour.saturating_sub((SPEND_HOURS - 1) * 3600));
+            prune(&mut ledger.totals.days, day.saturating_sub((SPEND_DAYS - 1) * 86_400));
             // The ring overwrites the oldest slot.
             let slot = ledger.totals.next_slot % RECENT_CAPACITY;
             ledger.recent[slot] = Some(RecentRequest {
@@ -617,10 +713,15 @@ pub fn report(tiers: &[TierTotals]) -> Value {
                 "cache_hits": t.cache_hits,
                 "cache_saved_usd": format_usd(t.cache_saved_micros),
                 "cost_per_resolution_usd": (t.resolved > 0).then(|| format_usd(t.micros / t.resolved)),
+                "premium_equivalent_usd": format_usd(t.premium_micros),
             })
         })
         .collect();
-    json!({ "tiers": rows })
+    // Against always-premium: what the provider answers would have cost
+    // from the top tier, less what they cost (hits are in `cache_saved_usd`).
+    let answered: u64 = tiers.iter().map(|t| t.micros).sum();
+    let premium: u64 = tiers.iter().map(|t| t.premium_micros).sum();
+    json!({ "tiers": rows, "saved_vs_premium_usd": format_usd(premium.saturating_sub(answered)) })
 }
 
 #[cfg(test)]
@@ -649,10 +750,14 @@ mod tests {
     #[test]
     fn totals_merge_tier_by_tier_and_a_tier_new_to_the_store_is_added() {
         let tier = |name: &str, requests: u64| TierTotals { tier: name.into(), requests, ..TierTotals::default() };
-        let before = OutcomeTotals { tiers: vec![tier("cheap", 2)], next_slot: 2 };
-        let after = OutcomeTotals { tiers: vec![tier("cheap", 3), tier("premium", 1)], next_slot: 4 };
+        let before = OutcomeTotals { tiers: vec![tier("cheap", 2)], next_slot: 2, ..OutcomeTotals::default() };
+        let after = OutcomeTotals {
+            tiers: vec![tier("cheap", 3), tier("premium", 1)],
+            next_slot: 4,
+            ..OutcomeTotals::default()
+        };
         // Another writer recorded 5 cheap requests meanwhile.
-        let mut stored = OutcomeTotals { tiers: vec![tier("cheap", 7)], next_slot: 7 };
+        let mut stored = OutcomeTotals { tiers: vec![tier("cheap", 7)], next_slot: 7, ..OutcomeTotals::default() };
         stored.add_difference(&before, &after);
         assert_eq!(stored.tiers, vec![tier("cheap", 8), tier("premium", 1)]);
         assert_eq!(stored.next_slot, 7);
@@ -660,10 +765,10 @@ mod tests {
 
     #[test]
     fn a_record_reads_the_chunk_of_the_next_slot_and_feedback_reads_them_all() {
-        let totals = OutcomeTotals { tiers: Vec::new(), next_slot: RECENT_CHUNK * 3 + 5 };
+        let totals = OutcomeTotals { tiers: Vec::new(), next_slot: RECENT_CHUNK * 3 + 5, ..OutcomeTotals::default() };
         let record = OutcomeOp::Record { outcome: RequestOutcome::default() };
         assert_eq!(record.chunks_read(&totals), vec![3]);
-        let wrapped = OutcomeTotals { tiers: Vec::new(), next_slot: RECENT_CAPACITY + 1 };
+        let wrapped = OutcomeTotals { next_slot: RECENT_CAPACITY + 1, ..OutcomeTotals::default() };
         assert_eq!(record.chunks_read(&wrapped), vec![0]);
         let feedback = OutcomeOp::Feedback { request_id: "x".into(), resolved: true };
         assert_eq!(feedback.chunks_read(&totals).len(), RECENT_CHUNKS);
@@ -704,7 +809,7 @@ mod tests {
         apply(&mut l, &attributed("a", 300, "k1", Some("ann"), &["search", "beta"]), 1_000);
         apply(&mut l, &attributed("b", 700, "k2", Some("bob"), &["chat"]), 1_001);
         apply(&mut l, &attributed("c", 200, "k2", None, &[]), 1_002);
-        let OutcomeReply::Recent { top, groups, oldest } = recent_report(&l, 1_000, Some(Dimension::Tag)) else {
+        let OutcomeReply::Recent { top, groups, oldest, .. } = recent_report(&l, 1_000, Some(Dimension::Tag)) else {
             panic!()
         };
         assert_eq!(oldest, Some(100));
@@ -717,6 +822,44 @@ mod tests {
         assert_eq!(by_user, [("ann", 9_300), ("bob", 700), ("(none)", 200)]);
         let OutcomeReply::Recent { groups, .. } = recent_report(&l, 0, Some(Dimension::Key)) else { panic!() };
         assert_eq!(groups.iter().map(|g| g.requests).sum::<u64>(), 4);
+    }
+
+    #[test]
+    fn spend_is_kept_per_hour_and_per_day_and_two_writers_buckets_merge() {
+        let mut l = OutcomeLedger::default();
+        let day = 20_000 * 86_400;
+        apply(&mut l, &attributed("a", 300, "k", None, &[]), day + 10);
+        apply(&mut l, &attributed("b", 700, "k", None, &[]), day + 3_700);
+        apply(&mut l, &attributed("c", 100, "k", None, &[]), day + 86_400 + 5);
+        let starts = |b: &[SpendBucket]| b.iter().map(|b| (b.start - day, b.micros)).collect::<Vec<_>>();
+        assert_eq!(starts(&l.totals.hours), [(0, 300), (3_600, 700), (86_400, 100)]);
+        assert_eq!(starts(&l.totals.days), [(0, 1_000), (86_400, 100)]);
+        // Two days later the hours of the first day are gone; the days stay.
+        apply(&mut l, &attributed("d", 1, "k", None, &[]), day + 3 * 86_400);
+        assert_eq!(l.totals.hours.first().map(|b| b.start), Some(day + 3 * 86_400));
+        assert_eq!(l.totals.days.len(), 3);
+        // Another writer recorded one request in the same hour meanwhile.
+        let before = l.totals.clone();
+        let mut theirs = l.clone();
+        apply(&mut theirs, &attributed("e", 50, "k", None, &[]), day + 3 * 86_400 + 60);
+        apply(&mut l, &attributed("f", 20, "k", None, &[]), day + 3 * 86_400 + 90);
+        let mut merged = l.totals.clone();
+        merged.add_difference(&before, &theirs.totals);
+        assert_eq!(merged.hours.last().map(|b| (b.requests, b.micros)), Some((3, 71)));
+    }
+
+    #[test]
+    fn the_saving_against_always_premium_is_what_premium_would_have_cost_less_what_was_paid() {
+        let mut l = OutcomeLedger::default();
+        let mut o = outcome("a", "cheap", 100);
+        o.premium_micros = 1_600;
+        apply(&mut l, &OutcomeOp::Record { outcome: o }, 10);
+        let mut o = outcome("b", "premium", 900);
+        o.premium_micros = 900;
+        apply(&mut l, &OutcomeOp::Record { outcome: o }, 11);
+        let r = report(&l.totals.tiers);
+        assert_eq!(r["saved_vs_premium_usd"], "0.001500");
+        assert_eq!(r["tiers"][0]["premium_equivalent_usd"], "0.001600");
     }
 
     #[test]

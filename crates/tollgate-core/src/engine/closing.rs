@@ -130,6 +130,14 @@ impl Plan {
         let (tokens, micros) = (tokens.saturating_add(self.prior.tokens), micros.saturating_add(self.prior.micros));
         // The model that answered (the one the chain is at).
         let model = self.current_target().map(|m| m.model.clone()).unwrap_or_default();
+        // Always-premium's price for the same answer: the top tier's first
+        // model, at list price; a request with no such price (pinned,
+        // embeddings) costs the same either way. A hit is not counted here.
+        let premium_micros = match (finish.and_then(|f| f.usage), self.premium_price, self.hit_saved_micros) {
+            (_, _, Some(_)) => 0,
+            (Some(u), Some(price), None) => price.estimate_micros(u.input_tokens, u.output_tokens).max(micros),
+            _ => micros,
+        };
         crate::outcomes::RequestOutcome {
             request_id: self.request_id.clone(),
             tier: self.tier.clone().unwrap_or_else(|| "pinned".to_owned()),
@@ -145,6 +153,7 @@ impl Plan {
             saved_micros: self.hit_saved_micros.unwrap_or(0),
             escalated: self.escalations > 0,
             fallbacks: self.trace.fallbacks,
+            premium_micros,
         }
     }
 

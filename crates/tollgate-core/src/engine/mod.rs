@@ -243,6 +243,9 @@ pub struct Plan {
     scopes: Scopes,
     /// Its key, end user and tags, for its outcome record.
     attribution: crate::outcomes::Attribution,
+    /// The top tier's first model's price (None: no tiers, or unpriced):
+    /// what "always premium" would have paid.
+    premium_price: Option<ModelPrice>,
     pub tenant_id: String,
     pub api: ApiFormat,
     pub requested_model: String,

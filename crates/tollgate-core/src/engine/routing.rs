@@ -395,6 +395,11 @@ impl Plan {
             budgets_enforced: !config.budgets.limits.is_empty() || !scopes.is_empty(),
             scopes,
             attribution,
+            premium_price: (!embeddings)
+                .then(|| config.routing.tiers.last())
+                .flatten()
+                .and_then(|tier| config.routing.tier_chain(tier, request.api).first().cloned())
+                .and_then(|m| config.price(&m.model)),
             store_failure: config.budgets.store_failure,
             cache_ttl: config.cache.ttl_seconds,
             request,
