@@ -171,9 +171,9 @@ def cost_micros(model: str, input_tokens: int, output_tokens: int) -> int:
     return math.ceil((input_tokens * input_price + output_tokens * output_price) / 1_000_000)
 
 
-def usage(url: str, key: str) -> dict:
-    """GET /v1/usage with the tenant's key, as read right now."""
-    r = httpx.get(url + "/v1/usage", headers=bearer(key), timeout=TIMEOUT)
+def usage(url: str, key: str, query: str = "") -> dict:
+    """GET /v1/usage (with `query`, e.g. "?group_by=tag") with the tenant's key, as read right now."""
+    r = httpx.get(url + "/v1/usage" + query, headers=bearer(key), timeout=TIMEOUT)
     assert r.status_code == 200, r.text
     return r.json()
 
@@ -196,10 +196,10 @@ def requests_recorded(report: dict) -> int:
     return sum(t["requests"] for t in report["resolution"]["tiers"])
 
 
-def _poll_usage(url: str, key: str, done, timeout: float, waiting_for: str) -> dict:
+def _poll_usage(url: str, key: str, done, timeout: float, waiting_for: str, query: str = "") -> dict:
     deadline = time.monotonic() + timeout
     while True:
-        report = usage(url, key)
+        report = usage(url, key, query)
         if done(report):
             return report
         if time.monotonic() > deadline:
@@ -221,14 +221,13 @@ def nothing_reserved_or_leased(report: dict) -> bool:
     return nothing_reserved(report) and all(micros(b.get("leased_usd", "0")) == 0 for b in report["budgets"])
 
 
-def settled_and_returned(url: str, key: str, *, timeout: float = 30.0) -> dict:
+def settled_and_returned(url: str, key: str, *, timeout: float = 30.0, query: str = "") -> dict:
     """/v1/usage once no request holds budget and every host instance has
     handed its lease back. A lease's settled spend reaches the writer in
     batches (by count, by time, at renewal and return), so only then does
     the ledger's spend equal the sum of what was charged."""
-    return _poll_usage(
-        url, key, nothing_reserved_or_leased, timeout, "waiting for every reservation settled and every lease returned"
-    )
+    waiting_for = "waiting for every reservation settled and every lease returned"
+    return _poll_usage(url, key, nothing_reserved_or_leased, timeout, waiting_for, query=query)
 
 
 def wait_until_recorded(url: str, key: str, total: int, *, timeout: float = 20.0) -> dict:

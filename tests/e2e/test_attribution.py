@@ -7,14 +7,13 @@ cost headers the clients saw; no prompt text is ever in the report."""
 from __future__ import annotations
 
 import hashlib
-import time
 import uuid
 
 import httpx
 import pytest
 
 import tenants as registry
-from calls import micros, usage
+from calls import micros, settled_and_returned
 
 WEB, BATCH = registry.ATTRIBUTION_KEYS
 
@@ -31,16 +30,10 @@ def send(router, key: str, text: str, *, tags: str | None = None, user: str | No
     return httpx.post(f"{router.url}/v1/chat/completions", json=body, headers=headers, timeout=30)
 
 
-def grouped(router, key: str, dimension: str) -> dict[str, tuple[int, int]]:
-    deadline = time.monotonic() + 20
-    while True:
-        r = httpx.get(f"{router.url}/v1/usage?group_by={dimension}&hours=1", headers={"authorization": f"Bearer {key}"}, timeout=30)
-        assert r.status_code == 200, r.text
-        report = r.json()
-        if all(b["reserved_tokens"] == 0 and b.get("leased_tokens", 0) == 0 for b in report["budgets"]):
-            return report, {g["value"]: (g["requests"], micros(g["cost_usd"])) for g in report.get("groups", [])}
-        assert time.monotonic() < deadline, report
-        time.sleep(0.1)
+def grouped(router, key: str, dimension: str) -> tuple[dict, dict[str, tuple[int, int]]]:
+    """/v1/usage grouped by `dimension` once settled: (report, value → (requests, micro-dollars))."""
+    report = settled_and_returned(router.url, key, query=f"?group_by={dimension}&hours=1")
+    return report, {g["value"]: (g["requests"], micros(g["cost_usd"])) for g in report.get("groups", [])}
 
 
 def test_recent_spend_groups_by_tag_user_and_key_and_equals_the_cost_headers(router, clean_mock):
@@ -108,3 +101,30 @@ def test_bad_tags_are_refused_with_a_400_naming_the_header(router, clean_mock, t
 def test_a_bad_usage_query_is_a_400(router, clean_mock):
     r = httpx.get(f"{router.url}/v1/usage?group_by=colour", headers={"authorization": f"Bearer {WEB}"}, timeout=30)
     assert r.status_code == 400 and r.json()["error"]["param"] == "group_by", r.text
+
+
+def test_tags_in_metadata_count_in_both_apis_and_never_reach_the_provider(router, clean_mock):
+    marker = uuid.uuid4().hex[:8]
+    tag = f"meta-{marker}"
+    openai_style = httpx.post(
+        f"{router.url}/v1/chat/completions",
+        json={"model": "tollgate/auto", "messages": [{"role": "user", "content": f"{marker}: hi"}], "max_tokens": 20,
+              "metadata": {"tollgate_tags": tag, "app": "docs"}},
+        headers={"authorization": f"Bearer {WEB}"},
+        timeout=30,
+    )
+    assert openai_style.status_code == 200, openai_style.text
+    anthropic_style = httpx.post(
+        f"{router.url}/v1/messages",
+        json={"model": "tollgate/auto", "messages": [{"role": "user", "content": f"{marker}: hello"}], "max_tokens": 20,
+              "metadata": {"user_id": f"zoe-{marker}", "tollgate_tags": tag}},
+        headers={"x-api-key": WEB, "anthropic-version": "2023-06-01"},
+        timeout=30,
+    )
+    assert anthropic_style.status_code == 200, anthropic_style.text
+    sent = [r for r in clean_mock.requests() if marker in str(r["body"])]
+    assert len(sent) == 2 and all("tollgate_tags" not in str(r["body"]) for r in sent), sent
+    _, by_tag = grouped(router, WEB, "tag")
+    assert by_tag[tag][0] == 2, by_tag
+    _, by_user = grouped(router, WEB, "user")
+    assert by_user[f"zoe-{marker}"][0] == 1, by_user

@@ -6,13 +6,13 @@ target/e2e-screenshots/."""
 
 from __future__ import annotations
 
-import time
 import uuid
 
 import httpx
 import pytest
 
 import tenants as registry
+from calls import settled_and_returned
 from hosts import ROOT
 from webdriver import Browser
 
@@ -25,18 +25,6 @@ def browser(run_dir):
     b = Browser(run_dir / "chromedriver.log")
     yield b
     b.close()
-
-
-def settled_usage(router, key: str, query: str) -> dict:
-    deadline = time.monotonic() + 30
-    while True:
-        r = httpx.get(f"{router.url}/v1/usage{query}", headers={"authorization": f"Bearer {key}"}, timeout=30)
-        assert r.status_code == 200, r.text
-        report = r.json()
-        if all(b["reserved_tokens"] == 0 and b.get("leased_tokens", 0) == 0 for b in report["budgets"]):
-            return report
-        assert time.monotonic() < deadline, report
-        time.sleep(0.1)
 
 
 def test_the_dashboard_shows_what_v1_usage_says_and_a_wrong_key_gets_an_error(router, clean_mock, browser):
@@ -61,8 +49,8 @@ def test_the_dashboard_shows_what_v1_usage_says_and_a_wrong_key_gets_an_error(ro
     browser.wait_for("return document.body.dataset.state === 'error'")
     assert "not recognised" in browser.text("#error")
 
-    by_user = settled_usage(router, WEB, "?group_by=user")
-    by_tag = settled_usage(router, WEB, "?group_by=tag")
+    by_user = settled_and_returned(router.url, WEB, query="?group_by=user")
+    by_tag = settled_and_returned(router.url, WEB, query="?group_by=tag")
     browser.type("#key", WEB)
     browser.click("#show")
     browser.wait_for("return document.body.dataset.state === 'shown'")

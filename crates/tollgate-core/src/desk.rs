@@ -547,15 +547,7 @@ fn with_local_holds(reply: TenantReply, held: Amount) -> TenantReply {
 }
 
 fn budgets_of(op: &LedgerOp) -> Option<&Budgets> {
-    match op {
-        LedgerOp::Reserve { budgets, .. }
-        | LedgerOp::Settle { budgets, .. }
-        | LedgerOp::Release { budgets, .. }
-        | LedgerOp::Check { budgets, .. }
-        | LedgerOp::Status { budgets, .. }
-        | LedgerOp::LeaseGrant { budgets, .. }
-        | LedgerOp::LeaseReport { budgets, .. } => Some(budgets),
-    }
+    Some(op.budgets())
 }
 
 /// Ops the desk adds to a batch, and what it must remember of them.

@@ -232,8 +232,12 @@ pub struct ChatRequest {
     pub tools_text: String,
     /// An embeddings request's inputs (None for chat).
     pub embedding_inputs: Option<EmbeddingInputs>,
-    /// Every top-level field as sent.
+    /// Every top-level field as sent (`metadata.tollgate_tags` taken out).
     raw: RawFields,
+    /// `metadata.tollgate_tags` as sent: the router's, so it is taken out of
+    /// `metadata` before anything is forwarded, translated or keyed
+    /// (Anthropic accepts only `user_id` there).
+    pub metadata_tags: Option<Value>,
     /// The fields in [`ROUTER_READS`] that were present, parsed.
     parsed: Map<String, Value>,
 }
@@ -318,7 +322,24 @@ impl ChatRequest {
             ApiFormat::Responses => parse_responses(parsed)?,
         };
         request.raw = raw;
+        request.metadata_tags = request.take_metadata_tags();
         Ok(request)
+    }
+
+    /// Remove `tollgate_tags` from the body's `metadata` object (dropping
+    /// `metadata` if nothing else is in it) and return it.
+    fn take_metadata_tags(&mut self) -> Option<Value> {
+        let at = self.raw.0.iter().position(|(k, _)| k == "metadata")?;
+        let Ok(Value::Object(mut metadata)) = serde_json::from_str::<Value>(self.raw.0[at].1.get()) else {
+            return None;
+        };
+        let tags = metadata.remove("tollgate_tags")?;
+        if metadata.is_empty() {
+            self.raw.0.remove(at);
+        } else if let Ok(rest) = RawValue::from_string(Value::Object(metadata).to_string()) {
+            self.raw.0[at].1 = rest;
+        }
+        Some(tags)
     }
 
     /// The Responses API's built-in tools this request declares (`tools`
@@ -665,6 +686,7 @@ fn parse_openai(body: Map<String, Value>) -> Result<ChatRequest, RequestError> {
         tools_text,
         embedding_inputs: None,
         raw: RawFields::default(),
+        metadata_tags: None,
         parsed: body,
     })
 }
@@ -729,6 +751,7 @@ fn parse_responses(body: Map<String, Value>) -> Result<ChatRequest, RequestError
         tools_text,
         embedding_inputs: None,
         raw: RawFields::default(),
+        metadata_tags: None,
         parsed: body,
     })
 }
@@ -834,6 +857,7 @@ fn parse_embeddings(body: Map<String, Value>) -> Result<ChatRequest, RequestErro
         tools_text: String::new(),
         embedding_inputs: Some(inputs),
         raw: RawFields::default(),
+        metadata_tags: None,
         parsed: body,
     })
 }
@@ -1044,6 +1068,7 @@ fn parse_anthropic(body: Map<String, Value>) -> Result<ChatRequest, RequestError
         tools_text,
         embedding_inputs: None,
         raw: RawFields::default(),
+        metadata_tags: None,
         parsed: body,
     })
 }
@@ -1194,6 +1219,40 @@ mod tests {
             anthropic(r#"{"model":"c","max_tokens":5,"messages":[{"role":"system","content":"x"}]}"#),
             Err(RequestError::Invalid { .. })
         ));
+    }
+
+    #[test]
+    fn tollgate_tags_are_taken_out_of_metadata_before_anything_is_forwarded_or_keyed() {
+        let rewrite = |r: &ChatRequest| -> Value {
+            let out = r.rewritten_body(&Rewrite {
+                provider: Provider::Anthropic,
+                model: "claude-3-5-haiku-latest",
+                clamp_output_tokens: None,
+                include_usage: false,
+                max_tool_calls: None,
+            });
+            serde_json::from_slice(&out).unwrap()
+        };
+        let body = |metadata: &str| {
+            format!(
+                r#"{{"model":"m","max_tokens":9,"messages":[{{"role":"user","content":"x"}}],"metadata":{metadata}}}"#
+            )
+        };
+        let with_user = ChatRequest::parse(
+            ApiFormat::Anthropic,
+            body(r#"{"user_id":"u-1","tollgate_tags":"a,b"}"#).as_bytes(),
+            1 << 20,
+        )
+        .unwrap();
+        assert_eq!(with_user.metadata_tags, Some(Value::from("a,b")));
+        assert_eq!(rewrite(&with_user)["metadata"], serde_json::json!({"user_id": "u-1"}));
+        let only_tags =
+            ChatRequest::parse(ApiFormat::Anthropic, body(r#"{"tollgate_tags":"a"}"#).as_bytes(), 1 << 20).unwrap();
+        assert!(rewrite(&only_tags).get("metadata").is_none(), "an emptied metadata is dropped");
+        assert!(only_tags.body_map().get("metadata").is_none(), "and is not translated either");
+        let plain = ChatRequest::parse(ApiFormat::Anthropic, body(r#"{"user_id":"u-1"}"#).as_bytes(), 1 << 20).unwrap();
+        assert_eq!(plain.metadata_tags, None);
+        assert_eq!(with_user.canonical_for_cache(), plain.canonical_for_cache());
     }
 
     #[test]

@@ -587,20 +587,17 @@ fn end_user(inbound: &Inbound<'_>, request: &ChatRequest) -> Option<String> {
     user.filter(|u| !u.is_empty())
 }
 
-/// The request's tags: the `x-tollgate-tags` header, and for the OpenAI
-/// APIs `metadata.tollgate_tags` (Anthropic's `metadata` takes only
-/// `user_id`), comma-separated; at most [`super::MAX_TAGS`] distinct ones.
+/// The request's tags: the `x-tollgate-tags` header and the body's
+/// `metadata.tollgate_tags` (taken out of the body when it was parsed, so
+/// no provider sees it), comma-separated; at most [`super::MAX_TAGS`]
+/// distinct ones.
 fn request_tags(inbound: &Inbound<'_>, request: &ChatRequest) -> Result<Vec<String>, RequestError> {
     use super::{MAX_TAG_BYTES, MAX_TAGS, TAGS_HEADER};
     let mut sources: Vec<(String, String)> = Vec::new();
     if let Some(header) = inbound.tags_header {
         sources.push((TAGS_HEADER.to_owned(), header.to_owned()));
     }
-    if request.api != ApiFormat::Anthropic
-        && let Some(metadata) = request.raw_field("metadata")
-        && let Ok(Value::Object(m)) = serde_json::from_str::<Value>(metadata)
-        && let Some(tags) = m.get("tollgate_tags")
-    {
+    if let Some(tags) = &request.metadata_tags {
         let Some(text) = tags.as_str() else {
             return Err(RequestError::Invalid {
                 field: "metadata.tollgate_tags".into(),
