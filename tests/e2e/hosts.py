@@ -737,14 +737,11 @@ def plugin_config(
     a plugin config with a key naming no tenant at load time (envoy/README.md,
     "Differences from the Worker"), where the Worker answers 503
     tenant_unavailable per request."""
-    # Alert webhooks (tenants name the mock's /__mock/webhooks) go through
-    # the cluster that reaches the mock.
-    config: dict = {
-        "tenants": {},
-        "api_keys": {},
-        "providers": mock_provider_routes(mock),
-        "alerts_cluster": "openai",
-    }
+    config: dict = {"tenants": {}, "api_keys": {}, "providers": mock_provider_routes(mock)}
+    if MOCK_URL_PLACEHOLDER in json.dumps([t for t, _ in tenants]):
+        # Alert webhooks (tenants name the mock's /__mock/webhooks) go
+        # through the cluster that reaches the mock.
+        config["alerts_cluster"] = "openai"
     for tenant_config, keys in tenants:
         for name, value in tenant_entries(tenant_config, keys, mock_url=mock.url).items():
             if name.startswith("tenant:"):

@@ -288,8 +288,12 @@ impl LeaseDesk {
         // A request closed and nothing else is in flight here: send what
         // waits now (off the request path: hosts send closes detached), so
         // a lightly loaded instance's spend reaches the writer as soon as
-        // without leases; under load, closes gather into batches.
+        // without leases; under load, closes gather into batches. With the
+        // writer in this process what waits goes out at the next tick
+        // anyway (`due`), off the request's callbacks: a request at a time
+        // then costs no write of its own.
         let idle_close = closed
+            && !self.writer_in_process
             && desk.out == 0
             && desk.requests == 0
             && desk.at_writer.is_empty()

@@ -237,7 +237,10 @@ fn a_leased_tenants_later_requests_hold_in_the_vms_lease_and_reach_shared_data_o
     second.finish();
     answer_json(&mut first, &openai_completion("gpt-4o-mini", "Hi", 10, 20));
     first.finish();
-    // The last close with nothing else in flight sends what waits.
+    // What waits goes to shared data at the next tick (the writer is in
+    // this process), off the requests' callbacks.
+    assert_eq!(spent_tokens(&host, "leased"), 0, "not yet: {}", budget(&host, "leased"));
+    host.tick();
     assert_eq!(spent_tokens(&host, "leased"), 45, "{}", budget(&host, "leased"));
     assert_eq!(holds(&host, "leased"), 1, "only the lease: {}", budget(&host, "leased"));
 }
@@ -275,6 +278,7 @@ fn leased_requests_on_two_workers_cannot_overspend_and_the_tail_is_decided_exact
         answer_json(&mut s, &openai_completion("gpt-4o-mini", "Hi", 10, 40));
         s.finish();
     }
+    host.tick();
     assert_eq!(spent_tokens(&host, "tail"), 100, "{}", budget(&host, "tail"));
     // With both answers settled, what is left (300, less the leases) pays
     // one more: the worker whose lease is too small frees it and the store
