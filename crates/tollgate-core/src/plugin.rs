@@ -148,7 +148,7 @@ pub struct PluginConfig {
     /// sha256 hex of the key → its record.
     pub api_keys: BTreeMap<String, ApiKeyRecord>,
     /// sha256 hex of the key → the key as a budget level (its own limits).
-    pub key_scopes: BTreeMap<String, KeyScope>,
+    pub key_scopes: BTreeMap<String, Arc<KeyScope>>,
     pub providers: BTreeMap<Provider, ProviderRoute>,
     pub budgets: BudgetBackend,
     pub cache: CacheBackend,
@@ -243,7 +243,7 @@ impl TryFrom<RawPluginConfig> for PluginConfig {
             let scope = record.scope(hash, |path, message| {
                 add(&mut problems, format!("api_keys.{hash}.{path}"), &message);
             });
-            key_scopes.insert(hash.clone(), scope);
+            key_scopes.insert(hash.clone(), Arc::new(scope));
         }
 
         let mut providers = BTreeMap::new();

@@ -35,7 +35,7 @@ impl Stream {
     pub(crate) fn on_usage(&mut self) {
         let Some((_, config)) = self.tenant.clone() else { return };
         let path = host::header(proxy_wasm::types::MapType::HttpRequestHeaders, ":path").unwrap_or_default();
-        match endpoints::usage_ops(&config, self.key_scope.as_ref(), &path, host::now_secs()) {
+        match endpoints::usage_ops(&config, self.key_scope.as_deref(), &path, host::now_secs()) {
             Ok(ops) => self.apply_ops(ops, Awaiting::Usage),
             Err(e) => self.send_error(&e),
         }

@@ -85,7 +85,7 @@ pub struct Stream {
     endpoint: Option<Endpoint>,
     pub(crate) tenant: Option<(String, Arc<TenantConfig>)>,
     /// The caller's key as a budget level, when its record sets limits.
-    pub(crate) key_scope: Option<KeyScope>,
+    pub(crate) key_scope: Option<Arc<KeyScope>>,
     client_headers: Vec<(String, String)>,
     plan: Option<Plan>,
     pub(crate) pending: Option<(u32, Pending)>,
@@ -179,7 +179,8 @@ impl Stream {
         if record.disabled {
             return Err(AuthError::UnknownKey.into());
         }
-        // The key's id for attribution, and its limits if it has any.
+        // The key's id for attribution, and its limits if it has any
+        // (shared with the config: no copy per request).
         self.key_scope = rt.config.key_scopes.get(&key_hash).cloned();
         let config = rt.config.tenants.get(&record.tenant_id).ok_or(ApiError::from(TenantError::Unavailable))?;
         Ok((record.tenant_id.clone(), config.clone()))
@@ -202,9 +203,7 @@ impl Stream {
         let Some((tenant_id, config)) = self.tenant.clone() else { return Action::Pause };
         let cache_control = self.client_headers.iter().find(|(n, _)| n == "cache-control").map(|(_, v)| v.as_str());
         let now = host::now_secs();
-        let user_header = config.user_header().and_then(|name| {
-            self.client_headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
-        });
+        let (user_header, tags_header) = tollgate_core::engine::inbound_headers(&config, &self.client_headers);
         let inbound = Inbound {
             tenant_id: &tenant_id,
             api,
@@ -212,13 +211,9 @@ impl Stream {
             cache_control,
             now,
             entropy: self.entropy,
-            key: self.key_scope.as_ref(),
+            key: self.key_scope.as_deref(),
             user_header,
-            tags_header: self
-                .client_headers
-                .iter()
-                .find(|(n, _)| n.eq_ignore_ascii_case(tollgate_core::engine::TAGS_HEADER))
-                .map(|(_, v)| v.as_str()),
+            tags_header,
         };
         let mut plan = match Plan::new(&config, &inbound) {
             Ok(p) => p,

@@ -68,10 +68,7 @@ pub async fn handle(mut req: Request, api: ApiFormat, env: Env, ctx: Context, se
     let client_headers = header_pairs(req.headers());
     let cache_control = client_headers.iter().find(|(n, _)| n == "cache-control").map(|(_, v)| v.as_str());
     let now = now_secs();
-    let user_header = tenant
-        .config
-        .user_header()
-        .and_then(|name| client_headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str()));
+    let (user_header, tags_header) = tollgate_core::engine::inbound_headers(&tenant.config, &client_headers);
     let inbound = Inbound {
         tenant_id: &tenant.id,
         api,
@@ -81,10 +78,7 @@ pub async fn handle(mut req: Request, api: ApiFormat, env: Env, ctx: Context, se
         entropy,
         key: Some(&tenant.key),
         user_header,
-        tags_header: client_headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(tollgate_core::engine::TAGS_HEADER))
-            .map(|(_, v)| v.as_str()),
+        tags_header,
     };
     let mut plan = match Plan::new(&tenant.config, &inbound) {
         Ok(p) => p,

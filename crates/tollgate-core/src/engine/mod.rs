@@ -100,6 +100,18 @@ pub struct Inbound<'a> {
 /// [`MAX_TAGS`], each 1 to [`MAX_TAG_BYTES`] of letters, digits and
 /// `_ - . : = /`.
 pub const TAGS_HEADER: &str = "x-tollgate-tags";
+
+/// The request headers [`Inbound`] carries, read from the client's
+/// `headers` (name, value) by the names the router and the tenant's config
+/// use: (the end-user header the tenant names, [`TAGS_HEADER`]). Both hosts
+/// call this, so they read the same headers the same way.
+pub fn inbound_headers<'a>(
+    config: &crate::config::TenantConfig,
+    headers: &'a [(String, String)],
+) -> (Option<&'a str>, Option<&'a str>) {
+    let find = |name: &str| headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str());
+    (config.user_header().and_then(find), find(TAGS_HEADER))
+}
 pub const MAX_TAGS: usize = 8;
 pub const MAX_TAG_BYTES: usize = 64;
 
