@@ -31,7 +31,7 @@ ensure_debian_packages() {
   lock="${TMPDIR:-/tmp}/tollgate-apt.lock"
   exec {fd}>"$lock"
   flock "$fd"
-  local still=() pkg
+  local still=()
   for pair in "${want[@]}"; do
     command -v "${pair%%:*}" >/dev/null 2>&1 || still+=("${pair##*:}")
   done
@@ -46,8 +46,9 @@ ensure_debian_packages() {
   exec {fd}>&-
   # Debian's redis-server package starts a system Redis on 6379 through its
   # init script when it can; the tests start their own on free ports and never use it.
-  for pkg in "${missing[@]}"; do
-    command -v "$pkg" >/dev/null 2>&1 || die "$pkg still missing after apt-get install"
+  # Check the commands, not the package names: chromium-driver installs chromedriver.
+  for pair in "${want[@]}"; do
+    command -v "${pair%%:*}" >/dev/null 2>&1 || die "${pair%%:*} (package ${pair##*:}) still missing after apt-get install"
   done
 }
 

@@ -86,12 +86,14 @@ ensure_worker_toolchain() {
   export WASM_BINDGEN_BIN WASM_OPT_BIN
 }
 
-# A hash of everything the Worker bundle is built from.
+# A hash of everything the Worker bundle is built from: every file under a
+# crate's src/ (include_str! and include_bytes! take any kind, e.g. the
+# dashboard's HTML), its manifest, and the data files beside it.
 worker_inputs_hash() {
   (
     cd "$ROOT"
     find crates/tollgate-worker crates/tollgate-core crates/tollgate-tokens -type f \
-      \( -name '*.rs' -o -name 'Cargo.toml' -o -name '*.bin' -o -name '*.json' -o -name '*.txt' \) \
+      \( -path '*/src/*' -o -name 'Cargo.toml' -o -name 'build.rs' -o -name '*.bin' -o -name '*.json' -o -name '*.txt' \) \
       -not -path '*/target/*' -print0 | sort -z | xargs -0 sha256sum
     sha256sum Cargo.toml Cargo.lock rust-toolchain.toml .cargo/config.toml package-lock.json
     printf 'worker-build %s\n' "$WORKER_BUILD_VERSION"

@@ -210,11 +210,11 @@ def _poll_usage(url: str, key: str, done, timeout: float, waiting_for: str, quer
         time.sleep(0.05)
 
 
-def settled_usage(url: str, key: str, *, timeout: float = 10.0) -> dict:
+def settled_usage(url: str, key: str, *, timeout: float = 10.0, query: str = "") -> dict:
     """/v1/usage once no budget holds a reservation. The Worker settles after
     the client has its answer, so a report read at once may still show the
     hold; a hold that stays past `timeout` fails the test."""
-    return _poll_usage(url, key, nothing_reserved, timeout, "waiting for every reservation to be settled")
+    return _poll_usage(url, key, nothing_reserved, timeout, "waiting for every reservation to be settled", query=query)
 
 
 def nothing_reserved_or_leased(report: dict) -> bool:

@@ -636,3 +636,11 @@ ATTRIBUTION = register(
     single_tier_tenant("e2e-attribution", ["openai/gpt-4o-mini"], budgets=strict_daily(tokens=ROOMY_TOKENS)),
     ATTRIBUTION_KEYS,
 )
+
+# Grouped spend over time (docs/config.md "Attribution"): a tenant of its own,
+# because its test sends more requests than the ring of recent ones holds.
+ROLLUP_KEY = key_for("e2e-rollup", "app")
+ROLLUP = register(
+    single_tier_tenant("e2e-rollup", ["openai/gpt-4o-mini"], budgets=strict_daily(tokens=ROOMY_TOKENS * 10)),
+    [ROLLUP_KEY],
+)

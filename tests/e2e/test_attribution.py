@@ -1,13 +1,16 @@
 """Attribution on both hosts: each request's cost is kept with its key, end
 user and tags (the `x-tollgate-tags` header, or `metadata.tollgate_tags`
 in the OpenAI APIs), and `/v1/usage` lists the most expensive recent
-requests and groups recent spend by any of them. The sums must equal the
-cost headers the clients saw; no prompt text is ever in the report."""
+requests and groups spend by any of them over hourly or daily buckets.
+The sums must equal the cost headers the clients saw; no prompt text is
+ever in the report."""
 
 from __future__ import annotations
 
 import hashlib
 import uuid
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timezone
 
 import httpx
 import pytest
@@ -18,7 +21,16 @@ from calls import micros, settled_and_returned
 WEB, BATCH = registry.ATTRIBUTION_KEYS
 
 
-def send(router, key: str, text: str, *, tags: str | None = None, user: str | None = None, metadata: dict | None = None):
+def send(
+    router,
+    key: str,
+    text: str,
+    *,
+    tags: str | None = None,
+    user: str | None = None,
+    metadata: dict | None = None,
+    client: httpx.Client | None = None,
+):
     body = {"model": "tollgate/auto", "messages": [{"role": "user", "content": text}], "max_tokens": 40}
     if user:
         body["user"] = user
@@ -27,7 +39,7 @@ def send(router, key: str, text: str, *, tags: str | None = None, user: str | No
     headers = {"authorization": f"Bearer {key}"}
     if tags is not None:
         headers["x-tollgate-tags"] = tags
-    return httpx.post(f"{router.url}/v1/chat/completions", json=body, headers=headers, timeout=30)
+    return (client or httpx).post(f"{router.url}/v1/chat/completions", json=body, headers=headers, timeout=30)
 
 
 def grouped(router, key: str, dimension: str) -> tuple[dict, dict[str, tuple[int, int]]]:
@@ -98,9 +110,58 @@ def test_bad_tags_are_refused_with_a_400_naming_the_header(router, clean_mock, t
         assert r.json()["error"]["param"] == "x-tollgate-tags", r.text
 
 
-def test_a_bad_usage_query_is_a_400(router, clean_mock):
-    r = httpx.get(f"{router.url}/v1/usage?group_by=colour", headers={"authorization": f"Bearer {WEB}"}, timeout=30)
-    assert r.status_code == 400 and r.json()["error"]["param"] == "group_by", r.text
+@pytest.mark.parametrize("query, param", [("group_by=colour", "group_by"), ("group_by=user&bucket=week", "bucket"), ("hours=0", "hours")])
+def test_a_bad_usage_query_is_a_400_naming_the_parameter(router, clean_mock, query, param):
+    r = httpx.get(f"{router.url}/v1/usage?{query}", headers={"authorization": f"Bearer {WEB}"}, timeout=30)
+    assert r.status_code == 400 and r.json()["error"]["param"] == param, r.text
+
+
+def test_grouped_spend_over_hours_and_days_still_counts_requests_the_recent_ring_has_dropped(router, clean_mock):
+    """Grouped spend comes from hourly and daily buckets, not from the ring
+    of the last 1,024 requests: users whose requests were pushed out of the
+    ring by 1,100 later ones are still counted, to the micro-dollar, in
+    both bucket lengths, and each bucket's groups add up to the total."""
+    key = registry.ROLLUP_KEY
+    marker = uuid.uuid4().hex[:8]
+    early = {f"early-{marker}-{i}": None for i in range(3)}
+    for user in early:
+        r = send(router, key, f"{marker} {user}: name a river", user=user, tags=f"early-{marker}")
+        assert r.status_code == 200, r.text
+        early[user] = micros(r.headers["x-tollgate-cost-usd"])
+
+    client = httpx.Client(limits=httpx.Limits(max_connections=16))
+
+    def flood(i: int) -> int:
+        r = send(router, key, f"{marker} flood {i}: hi", user=f"flood-{marker}-{i % 20}", client=client)
+        assert r.status_code == 200, r.text
+        return micros(r.headers["x-tollgate-cost-usd"])
+
+    with client, ThreadPoolExecutor(max_workers=16) as pool:
+        flood_cost = sum(pool.map(flood, range(1100)))
+
+    report = settled_and_returned(router.url, key, query="?group_by=user&hours=2", timeout=60)
+    assert not any(r["user"] in early for r in report["top_requests"]), "the early requests left the ring"
+    assert report["groups_bucket"] == "hour"
+    by_user = {g["value"]: (g["requests"], micros(g["cost_usd"])) for g in report["groups"]}
+    for user, cost in early.items():
+        assert by_user.get(user) == (1, cost), (user, by_user.get(user))
+    # 23 users, within the 32 a bucket names: every one is named, and
+    # nothing is lost or counted twice.
+    assert "(other)" not in by_user and len(by_user) == 23, sorted(by_user)
+    total_requests = sum(n for n, _ in by_user.values())
+    total_micros = sum(m for _, m in by_user.values())
+    assert (total_requests, total_micros) == (1103, flood_cost + sum(early.values()))
+    this_hour = datetime.now(timezone.utc).replace(minute=0, second=0, microsecond=0)
+    starts = [datetime.fromisoformat(b["start"].replace("Z", "+00:00")) for b in report["groups_by_bucket"]]
+    assert starts == sorted(starts) and starts[-1] <= this_hour and all(s.minute == 0 for s in starts)
+    per_bucket = sum(micros(g["cost_usd"]) for b in report["groups_by_bucket"] for g in b["groups"])
+    assert per_bucket == total_micros
+
+    daily = settled_and_returned(router.url, key, query="?group_by=tag&bucket=day&hours=2", timeout=60)
+    assert daily["groups_bucket"] == "day"
+    by_tag = {g["value"]: (g["requests"], micros(g["cost_usd"])) for g in daily["groups"]}
+    assert by_tag[f"early-{marker}"] == (3, sum(early.values()))
+    assert by_tag["(none)"] == (1100, flood_cost)
 
 
 def test_tags_in_metadata_count_in_both_apis_and_never_reach_the_provider(router, clean_mock):

@@ -79,3 +79,14 @@ def test_the_dashboard_shows_what_v1_usage_says_and_a_wrong_key_gets_an_error(ro
     hours = browser.script("return [...document.querySelectorAll('#spend-hours rect')].map(r => [r.dataset.start, r.dataset.costUsd])")
     assert hours == [[h["start"], h["cost_usd"]] for h in by_user["spend_by_hour"]] and hours, hours
     assert browser.text("#saved-premium") == "$" + by_user["resolution"]["saved_vs_premium_usd"]
+
+    # Another range reloads the top lists from daily buckets.
+    week = settled_and_returned(router.url, WEB, query="?group_by=user&hours=168")
+    browser.script("const r = document.getElementById('range'); r.value = 'hours=168'; r.dispatchEvent(new Event('change'));")
+    browser.wait_for("return document.body.dataset.state === 'shown'")
+    assert week["groups_bucket"] == "day"
+    assert "7 days, by day" in browser.text("#top-user") or "7 days, by day" in browser.script(
+        "return document.querySelector('.range-label').textContent"
+    )
+    users = browser.script("return [...document.querySelectorAll('#top-user tbody tr')].map(r => [r.dataset.value, r.dataset.costUsd])")
+    assert users == [[g["value"], g["cost_usd"]] for g in week["groups"][:10]]

@@ -300,3 +300,27 @@ def test_spend_through_one_envoy_shows_in_the_other_envoys_usage(redis_envoys: R
             break
         time.sleep(0.05)
     assert grown == r.json()["usage"]["total_tokens"], (before_b, after_b)
+
+
+def test_spend_by_user_through_one_envoy_is_grouped_in_the_other_envoys_usage(redis_envoys: RedisEnvoys, clean_mock):
+    """The hourly and daily buckets live in Redis with the rest of the
+    ledger: a user's request through A shows, at its exact cost, in B's
+    spend grouped by user, in both bucket lengths."""
+    a, b = redis_envoys.envoys
+    key = registry.TINY_KEY
+    user = f"redis-user-{uuid.uuid4().hex[:8]}"
+    body = chat_body(unique(EASY_PROMPT), max_tokens=50)
+    body["user"] = user
+    r = httpx.post(a.url + "/v1/chat/completions", json=body, headers=bearer(key), timeout=60)
+    assert r.status_code == 200, r.text
+    cost = micros(r.headers["x-tollgate-cost-usd"])
+    for bucket in ("hour", "day"):
+        deadline = time.monotonic() + 10
+        while True:
+            report = settled_usage(b.url, key, query=f"?group_by=user&bucket={bucket}")
+            found = {g["value"]: (g["requests"], micros(g["cost_usd"])) for g in report.get("groups", [])}
+            if user in found or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+        assert report["groups_bucket"] == bucket
+        assert found.get(user) == (1, cost), (bucket, found)

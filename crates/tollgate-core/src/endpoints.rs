@@ -173,8 +173,10 @@ pub fn health(host: &str) -> Value {
 /// The ops a host sends to the tenant's store for `GET /v1/usage`.
 /// `key`: the asking key's level (its limits are shown with its spend);
 /// `path`: the request's path with its query, which may ask for recent
-/// spend grouped (`group_by=key|user|tag|model|tier`) and since when
-/// (`hours=N`, default 24, or `since=<unix seconds>`). A bad query is a 400.
+/// spend grouped (`group_by=key|user|tag|model|tier`), since when
+/// (`hours=N`, default 24, or `since=<unix seconds>`) and in which buckets
+/// (`bucket=hour|day`; by default hours while they cover the range). A bad
+/// query is a 400.
 pub fn usage_ops(
     config: &TenantConfig,
     key: Option<&budget::scope::KeyScope>,
@@ -183,20 +185,22 @@ pub fn usage_ops(
 ) -> Result<Vec<TenantOp>, ApiError> {
     let scopes =
         budget::scope::Scopes { key: key.filter(|k| !k.limits.is_empty()).map(|k| Box::new(k.clone())), user: None };
-    let (since, group_by) = usage_query(path, now)?;
+    let (since, group_by, period) = usage_query(path, now)?;
     Ok(vec![
         TenantOp::Budget(budget::LedgerOp::Status { budgets: config.budgets.clone(), scopes }),
         TenantOp::Outcome(OutcomeOp::Report),
-        TenantOp::Outcome(OutcomeOp::Recent { since, group_by }),
+        TenantOp::Outcome(OutcomeOp::Recent { since, group_by, period }),
     ])
 }
 
-/// `/v1/usage`'s query: (since, group_by).
-fn usage_query(path: &str, now: u64) -> Result<(u64, Option<crate::outcomes::Dimension>), ApiError> {
+/// `/v1/usage`'s query: (since, group_by, bucket).
+type UsageQuery = (u64, Option<crate::outcomes::Dimension>, Option<crate::outcomes::rollup::Period>);
+
+fn usage_query(path: &str, now: u64) -> Result<UsageQuery, ApiError> {
     let invalid = |field: &str, message: &str| -> ApiError {
         RequestError::Invalid { field: field.to_owned(), message: message.to_owned() }.into()
     };
-    let (mut since, mut group_by) = (now.saturating_sub(24 * 3600), None);
+    let (mut since, mut group_by, mut period) = (now.saturating_sub(24 * 3600), None, None);
     let query = path.split_once('?').map_or("", |(_, q)| q);
     for pair in query.split('&').filter(|p| !p.is_empty()) {
         let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
@@ -218,10 +222,16 @@ fn usage_query(path: &str, now: u64) -> Result<(u64, Option<crate::outcomes::Dim
             "since" => {
                 since = value.parse().map_err(|_| invalid("since", "must be a time in unix seconds"))?;
             }
-            _ => return Err(invalid(name, "unknown parameter (group_by, hours, since)")),
+            "bucket" => {
+                period = Some(
+                    crate::outcomes::rollup::Period::parse(value)
+                        .ok_or_else(|| invalid("bucket", "must be hour or day"))?,
+                );
+            }
+            _ => return Err(invalid(name, "unknown parameter (group_by, hours, since, bucket)")),
         }
     }
-    Ok((since, group_by))
+    Ok((since, group_by, period))
 }
 
 /// `GET /v1/usage` from the store's replies to [`usage_ops`]; None when the
@@ -235,9 +245,7 @@ pub fn usage_from_replies(
     let (mut limits, mut tiers, mut scoped, mut recent) = (None, None, Vec::new(), None);
     for reply in replies {
         match reply {
-            TenantReply::Outcome(OutcomeReply::Recent { top, groups, oldest, hours, days }) => {
-                recent = Some((top, groups, oldest, hours, days));
-            }
+            recent_reply @ TenantReply::Outcome(OutcomeReply::Recent { .. }) => recent = Some(recent_reply),
             TenantReply::Budget(budget::LedgerReply::Status { limits: l, scoped: s }) => {
                 limits = Some(l);
                 scoped = s;
@@ -250,7 +258,20 @@ pub fn usage_from_replies(
         return Err(crate::outcomes::ledger_unavailable());
     };
     let mut report = usage_report_with_scopes(config, limits, scoped, Some(&tiers), now);
-    if let (Some((top, groups, oldest, hours, days)), Some(obj)) = (recent, report.as_object_mut()) {
+    if let (
+        Some(TenantReply::Outcome(OutcomeReply::Recent {
+            top,
+            groups,
+            oldest,
+            hours,
+            days,
+            period,
+            groups_since,
+            series,
+        })),
+        Some(obj),
+    ) = (recent, report.as_object_mut())
+    {
         let buckets = |b: Vec<crate::outcomes::SpendBucket>| -> Value {
             b.into_iter()
                 .map(|b| {
@@ -279,12 +300,21 @@ pub fn usage_from_replies(
             })
             .collect();
         obj.insert("top_requests".to_owned(), Value::Array(top));
-        if !groups.is_empty() {
-            let groups: Vec<Value> = groups
+        let groups_json = |groups: Vec<crate::outcomes::Group>| -> Value {
+            groups
                 .into_iter()
                 .map(|g| json!({"value": g.value, "requests": g.requests, "tokens": g.tokens, "cost_usd": cost(g.micros)}))
+                .collect()
+        };
+        if let Some(period) = period {
+            obj.insert("groups".to_owned(), groups_json(groups));
+            obj.insert("groups_bucket".to_owned(), json!(period.as_str()));
+            obj.insert("groups_since".to_owned(), json!(groups_since.map(budget::iso8601)));
+            let series: Vec<Value> = series
+                .into_iter()
+                .map(|s| json!({"start": budget::iso8601(s.start), "groups": groups_json(s.groups)}))
                 .collect();
-            obj.insert("groups".to_owned(), Value::Array(groups));
+            obj.insert("groups_by_bucket".to_owned(), Value::Array(series));
         }
         // What "recent" covers: the ring's oldest request.
         obj.insert("recent_since".to_owned(), json!(oldest.map(budget::iso8601)));

@@ -8,6 +8,7 @@
 //! that changes either, in both hosts.
 
 use crate::budget::{self, BudgetState, LedgerOp, LedgerReply};
+use crate::outcomes::rollup::{ROLLUP_SLOTS, Rollup};
 use crate::outcomes::{self, OutcomeLedger, OutcomeOp, OutcomeReply, OutcomeTotals, RECENT_CHUNKS, RecentChunk};
 
 use crate::config::Budgets;
@@ -45,6 +46,8 @@ pub struct Dirty {
     pub outcome_totals: bool,
     /// Indexes of the outcome ring's chunks that changed (see [`OutcomeLedger::chunk`]).
     pub outcome_chunks: Vec<usize>,
+    /// Slots of the outcome rollups that changed (see [`OutcomeLedger::rollup`]).
+    pub outcome_rollups: Vec<usize>,
 }
 
 /// What a store's answer to a [`LedgerOp::Reserve`] means for the plan.
@@ -106,6 +109,11 @@ pub fn outcome_chunk_key(index: usize) -> String {
     format!("outcomes:recent:{index}")
 }
 
+/// The key of the outcome rollup in `slot` ([`crate::outcomes::rollup`]).
+pub fn outcome_rollup_key(slot: usize) -> String {
+    format!("outcomes:rollup:{slot}")
+}
+
 /// One key and its new JSON value.
 pub type StoredWrite = (String, String);
 
@@ -122,6 +130,7 @@ impl TenantState {
     pub fn stored_keys() -> Vec<String> {
         let mut keys = vec![BUDGET_KEY.to_owned(), OUTCOME_TOTALS_KEY.to_owned()];
         keys.extend((0..RECENT_CHUNKS).map(outcome_chunk_key));
+        keys.extend((0..ROLLUP_SLOTS).map(outcome_rollup_key));
         keys
     }
 
@@ -151,7 +160,11 @@ impl TenantState {
         let chunks = (0..RECENT_CHUNKS)
             .map(|c| Some(value::<RecentChunk>(&read, &outcome_chunk_key(c), &mut unreadable)))
             .collect();
-        (TenantState { budget, outcomes: OutcomeLedger::from_parts(totals, chunks) }, unreadable)
+        let rollups: Vec<(usize, Rollup)> = (0..ROLLUP_SLOTS)
+            .map(|slot| (slot, value::<Rollup>(&read, &outcome_rollup_key(slot), &mut unreadable)))
+            .collect();
+        let outcomes = OutcomeLedger::from_parts(totals, chunks).with_rollups(rollups);
+        (TenantState { budget, outcomes }, unreadable)
     }
 
     /// Apply a batch at `now`: the replies, and the (key, JSON) writes that
@@ -171,6 +184,9 @@ impl TenantState {
         }
         for c in dirty.outcome_chunks {
             writes.push((outcome_chunk_key(c), serde_json::to_string(&self.outcomes.chunk(c))?));
+        }
+        for slot in dirty.outcome_rollups {
+            writes.push((outcome_rollup_key(slot), serde_json::to_string(&self.outcomes.rollup(slot))?));
         }
         Ok((replies, writes))
     }
@@ -202,6 +218,11 @@ pub fn apply(
                 dirty.outcome_totals |= touched.totals;
                 if let Some(c) = touched.chunk.filter(|c| !dirty.outcome_chunks.contains(c)) {
                     dirty.outcome_chunks.push(c);
+                }
+                for slot in touched.rollups.into_iter().flatten() {
+                    if !dirty.outcome_rollups.contains(&slot) {
+                        dirty.outcome_rollups.push(slot);
+                    }
                 }
                 TenantReply::Outcome(reply)
             }
@@ -259,7 +280,12 @@ mod tests {
 
         let (mut b, mut o) = (BudgetState::default(), OutcomeLedger::default());
         let (replies, dirty) = apply(&mut b, &mut o, &back.ops, 100);
-        assert_eq!(dirty, Dirty { budget: true, outcome_totals: true, outcome_chunks: vec![0] });
+        // At 100 s: the first hour's slot and the first day's (after the hours).
+        let rollups = vec![0, outcomes::rollup::HOUR_SLOTS];
+        assert_eq!(
+            dirty,
+            Dirty { budget: true, outcome_totals: true, outcome_chunks: vec![0], outcome_rollups: rollups }
+        );
         let wire = serde_json::to_string(&replies).unwrap();
         let back: Vec<TenantReply> = serde_json::from_str(&wire).unwrap();
         assert_eq!(back, replies);

@@ -11,6 +11,7 @@
 use tollgate_core::budget::{self, BudgetState, LedgerOp, LedgerReply};
 use tollgate_core::cache::{CacheEntry, CacheKey};
 use tollgate_core::compact;
+use tollgate_core::outcomes::rollup::{ROLLUP_SLOTS, Rollup};
 use tollgate_core::outcomes::{
     self, OutcomeLedger, OutcomeOp, OutcomeReply, OutcomeTotals, RECENT_CHUNK, RECENT_CHUNKS, RecentChunk,
 };
@@ -65,6 +66,7 @@ pub fn seed(shared: &dyn SharedData, tenant: &str) {
 fn seed_outcomes(shared: &dyn SharedData, tenant: &str) {
     let mut keys = vec![outcome_key(tenant, store::OUTCOME_TOTALS_KEY)];
     keys.extend((0..RECENT_CHUNKS).map(|c| outcome_key(tenant, &store::outcome_chunk_key(c))));
+    keys.extend((0..ROLLUP_SLOTS).map(|slot| outcome_key(tenant, &store::outcome_rollup_key(slot))));
     seed_keys(shared, keys);
 }
 
@@ -85,6 +87,40 @@ fn read_chunk(bytes: Option<Vec<u8>>) -> RecentChunk {
 /// The stored totals (compact layout); empty or unreadable means none yet.
 fn read_totals(bytes: Option<Vec<u8>>) -> OutcomeTotals {
     bytes.and_then(|b| compact::decode_totals(&b)).unwrap_or_default()
+}
+
+/// The rollups in `slots` as stored, each with its CAS token.
+fn read_rollups(shared: &dyn SharedData, tenant: &str, slots: &[usize]) -> Vec<(usize, Rollup, Option<u32>)> {
+    slots
+        .iter()
+        .map(|&slot| {
+            let (bytes, cas) = shared.get(&outcome_key(tenant, &store::outcome_rollup_key(slot)));
+            (slot, parse_or_default(bytes), cas)
+        })
+        .collect()
+}
+
+/// Write the rollups an apply changed, merging into another thread's
+/// change to the same bucket ([`Rollup::add_difference`]). A bucket is
+/// attribution, not a limit: one that cannot be written is logged, and the
+/// op still counts as applied.
+fn write_rollups(shared: &dyn SharedData, tenant: &str, read: &[(usize, Rollup, Option<u32>)], ledger: &OutcomeLedger) {
+    for (slot, before, cas) in read {
+        let after = ledger.rollup(*slot);
+        if after == *before {
+            continue;
+        }
+        let key = outcome_key(tenant, &store::outcome_rollup_key(*slot));
+        let encode = |r: &Rollup| serde_json::to_vec(r).unwrap_or_default();
+        let merged = write_merging(shared, &key, after.clone(), *cas, encode, |bytes| {
+            let mut fresh: Rollup = parse_or_default(bytes);
+            fresh.add_difference(before, &after);
+            fresh
+        });
+        if !merged {
+            log::warn!("tollgate: spend rollup {slot} for tenant `{tenant}` could not be written");
+        }
+    }
 }
 
 /// Empty means absent: proxy-wasm ABI 0.2.1 cannot delete a key.
@@ -186,7 +222,9 @@ pub fn apply_records(
             chunks[c] = Some(read_chunk(bytes));
             chunk_cas[c] = cas;
         }
-        let mut ledger = OutcomeLedger::from_parts(totals, chunks.clone());
+        let rollups = read_rollups(shared, tenant, &records.first().map(|op| op.rollups_read(now)).unwrap_or_default());
+        let mut ledger = OutcomeLedger::from_parts(totals, chunks.clone())
+            .with_rollups(rollups.iter().map(|(slot, r, _)| (*slot, r.clone())));
         let mut replies = Vec::with_capacity(records.len());
         let mut touched_chunks: Vec<usize> = Vec::new();
         let mut touched_totals = false;
@@ -212,6 +250,7 @@ pub fn apply_records(
                 log::warn!("tollgate: recent-request slots for tenant `{tenant}` could not be written");
             }
         }
+        write_rollups(shared, tenant, &rollups, &ledger);
         return Some(replies);
     }
     None
@@ -262,7 +301,9 @@ pub fn apply_outcome(shared: &dyn SharedData, tenant: &str, op: &OutcomeOp, now:
             chunk_cas[c] = cas;
         }
         let read_totals = totals.clone();
-        let mut ledger = OutcomeLedger::from_parts(totals, chunks);
+        let rollups = read_rollups(shared, tenant, &op.rollups_read(now));
+        let mut ledger =
+            OutcomeLedger::from_parts(totals, chunks).with_rollups(rollups.into_iter().map(|(s, r, _)| (s, r)));
         let (reply, touched) = outcomes::apply(&mut ledger, op, now);
         let chunk_change = touched.chunk.map(|c| {
             let key = outcome_key(tenant, &store::outcome_chunk_key(c));
@@ -520,8 +561,15 @@ mod tests {
     fn threads_recording_and_giving_feedback_at_once_lose_no_request_and_no_verdict() {
         let shared = Arc::new(FakeShared::default());
         seed(shared.as_ref(), "t");
-        let record = |id: String| OutcomeOp::Record {
-            outcome: RequestOutcome { request_id: id, tier: "cheap".into(), tokens: 3, ..Default::default() },
+        let record = |id: String, user: String| OutcomeOp::Record {
+            outcome: RequestOutcome {
+                request_id: id,
+                tier: "cheap".into(),
+                tokens: 3,
+                micros: 7,
+                attribution: outcomes::Attribution { user: Some(user), ..Default::default() },
+                ..Default::default()
+            },
         };
         let handles: Vec<_> = (0..8)
             .map(|t| {
@@ -529,7 +577,8 @@ mod tests {
                 std::thread::spawn(move || {
                     for i in 0..40 {
                         let id = format!("r{t}-{i}");
-                        assert!(apply_outcome(shared.as_ref(), "t", &record(id.clone()), 10).is_some());
+                        let user = format!("u{t}");
+                        assert!(apply_outcome(shared.as_ref(), "t", &record(id.clone(), user), 10).is_some());
                         let fb = OutcomeOp::Feedback { request_id: id, resolved: i % 2 == 0 };
                         let reply = apply_outcome(shared.as_ref(), "t", &fb, 10);
                         assert!(matches!(reply, Some(OutcomeReply::FeedbackRecorded { .. })), "{reply:?}");
@@ -546,6 +595,18 @@ mod tests {
         let cheap = &tiers[0];
         assert_eq!((cheap.requests, cheap.tokens), (320, 960));
         assert_eq!((cheap.resolved, cheap.unresolved), (160, 160));
+        // Every thread wrote the same hour's and day's rollup: none lost a request.
+        for period in [outcomes::rollup::Period::Hour, outcomes::rollup::Period::Day] {
+            let grouped =
+                OutcomeOp::Recent { since: 0, group_by: Some(outcomes::Dimension::User), period: Some(period) };
+            let Some(OutcomeReply::Recent { groups, .. }) = apply_outcome(shared.as_ref(), "t", &grouped, 12) else {
+                panic!("no grouped report")
+            };
+            let per_user: Vec<(String, u64, u64, u64)> =
+                groups.into_iter().map(|g| (g.value, g.requests, g.tokens, g.micros)).collect();
+            let expected: Vec<(String, u64, u64, u64)> = (0..8).map(|t| (format!("u{t}"), 40, 120, 280)).collect();
+            assert_eq!(per_user, expected, "{period:?}");
+        }
     }
 
     #[test]

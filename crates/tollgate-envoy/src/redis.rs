@@ -20,6 +20,7 @@
 
 use std::collections::HashMap;
 use tollgate_core::budget::{self, BudgetState, LedgerOp, LedgerReply};
+use tollgate_core::outcomes::rollup::Rollup;
 use tollgate_core::outcomes::{
     self, OutcomeLedger, OutcomeOp, OutcomeReply, OutcomeTotals, RECENT_CHUNKS, RecentChunk,
 };
@@ -773,8 +774,12 @@ fn chunk_field(c: usize) -> String {
     format!("chunk:{c}")
 }
 
+fn rollup_field(slot: usize) -> String {
+    format!("rollup:{slot}")
+}
+
 /// One outcome-ledger op (record, feedback, report) against a tenant's
-/// ledger in Redis: the hash `{v, totals, chunk:<n>}` laid out like the
+/// ledger in Redis: the hash `{v, totals, chunk:<n>, rollup:<slot>}` laid out like the
 /// node-local one. Reads what the op needs with HMGET, applies it with the
 /// core, and writes what changed with one compare-and-set; a lost race
 /// reads again (a repeated record is counted once by the core).
@@ -846,11 +851,17 @@ impl OutcomeCas {
         }
     }
 
+    /// The rollup slots the ops read (a run of records shares one `now`).
+    fn rollups_read(&self) -> Vec<usize> {
+        self.ops.first().map(|op| op.rollups_read(self.now)).unwrap_or_default()
+    }
+
     fn read(&self, prefix: &str) -> Vec<u8> {
         let key = outcomes_key(prefix, &self.tenant);
         let mut fields: Vec<String> = vec!["v".into(), "totals".into()];
         if let OutcomeStage::Fields(chunks) = &self.stage {
             fields.extend(chunks.iter().map(|c| chunk_field(*c)));
+            fields.extend(self.rollups_read().into_iter().map(rollup_field));
         }
         let mut args: Vec<&[u8]> = vec![key.as_bytes()];
         args.extend(fields.iter().map(|f| f.as_bytes()));
@@ -895,7 +906,13 @@ impl OutcomeCas {
                 for (i, c) in wanted.iter().enumerate() {
                     chunks[*c] = Some(parse_field::<RecentChunk>(values.get(2 + i)));
                 }
-                let mut ledger = OutcomeLedger::from_parts(totals, chunks);
+                let rollup_slots = self.rollups_read();
+                let rollups: Vec<(usize, Rollup)> = rollup_slots
+                    .iter()
+                    .enumerate()
+                    .map(|(i, slot)| (*slot, parse_field::<Rollup>(values.get(2 + wanted.len() + i))))
+                    .collect();
+                let mut ledger = OutcomeLedger::from_parts(totals, chunks).with_rollups(rollups.iter().cloned());
                 let mut replies = Vec::with_capacity(self.ops.len());
                 let mut touched_chunks: Vec<usize> = Vec::new();
                 let mut touched_totals = false;
@@ -913,6 +930,12 @@ impl OutcomeCas {
                 }
                 if touched_totals {
                     writes.push(("totals".into(), serde_json::to_vec(&ledger.totals).unwrap_or_default()));
+                }
+                for (slot, read) in &rollups {
+                    let now = ledger.rollup(*slot);
+                    if now != *read {
+                        writes.push((rollup_field(*slot), serde_json::to_vec(&now).unwrap_or_default()));
+                    }
                 }
                 if writes.is_empty() {
                     return OutcomeStep::Done(replies);
@@ -1007,6 +1030,17 @@ mod outcome_tests {
             panic!("no report")
         };
         assert_eq!((tiers[0].requests, tiers[0].resolved), (1, 1));
+        // Spend by tier, from the hour's rollup the record wrote (once).
+        let grouped = OutcomeOp::Recent { since: 0, group_by: Some(outcomes::Dimension::Tier), period: None };
+        let OutcomeReply::Recent { groups, series, .. } = redis.run(OutcomeCas::new("acme", grouped, 12)) else {
+            panic!("no grouped report")
+        };
+        assert_eq!(groups.iter().map(|g| (g.value.as_str(), g.requests)).collect::<Vec<_>>(), [("cheap", 1)]);
+        assert_eq!(series.len(), 1);
+        assert!(
+            redis.0.contains_key("rollup:0")
+                && redis.0.contains_key(&format!("rollup:{}", outcomes::rollup::HOUR_SLOTS))
+        );
     }
 
     #[test]

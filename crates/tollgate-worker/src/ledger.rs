@@ -48,10 +48,15 @@ impl DurableObject for TenantLedger {
         if self.loaded.borrow().is_none() {
             // Storage reads close the input gate, so no other event runs
             // between this read and the state being installed.
+            // One storage call per 128 keys (the most one `get` takes),
+            // not one per key: a tenant has about a hundred.
             let mut stored = std::collections::HashMap::new();
-            for key in TenantState::stored_keys() {
-                if let Some(value) = storage.get::<String>(&key).await? {
-                    stored.insert(key, value);
+            for keys in TenantState::stored_keys().chunks(128) {
+                let found = storage.get_multiple(keys.to_vec()).await?;
+                for key in keys {
+                    if let Some(value) = found.get(&JsValue::from_str(key)).as_string() {
+                        stored.insert(key.clone(), value);
+                    }
                 }
             }
             let (state, unreadable) = TenantState::from_stored(|k| stored.get(k).cloned());
