@@ -796,6 +796,9 @@ pub fn report(tiers: &[TierTotals]) -> Value {
 
 #[cfg(test)]
 mod tests {
+    // On the Worker's target, `#[test]` is wasm-bindgen-test's: the same tests run there in node.
+    #[cfg(all(target_arch = "wasm32", target_os = "unknown"))]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
 
     #[test]
     fn every_counter_of_tier_totals_is_merged_by_add_difference() {

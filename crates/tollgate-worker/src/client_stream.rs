@@ -133,3 +133,59 @@ impl Drop for ClientBody {
         self.gone.set();
     }
 }
+
+#[cfg(all(test, target_arch = "wasm32", target_os = "unknown"))]
+mod tests {
+    use super::*;
+    use futures_util::StreamExt;
+    use wasm_bindgen_test::wasm_bindgen_test;
+    use worker::js_sys;
+
+    #[wasm_bindgen_test]
+    async fn chunks_reach_the_client_in_order_and_the_body_ends_when_the_writer_is_done() {
+        let (writer, mut body) = channel(1_000);
+        for i in 0..3u8 {
+            assert!(writer.send(Ok(vec![i])).await);
+        }
+        drop(writer);
+        let mut read = Vec::new();
+        while let Some(item) = body.next().await {
+            read.push(item.map_err(|e| e.to_string()));
+        }
+        assert_eq!(read, [Ok(vec![0]), Ok(vec![1]), Ok(vec![2])]);
+    }
+
+    #[wasm_bindgen_test]
+    async fn a_reader_waiting_for_a_chunk_is_woken_by_the_next_send() {
+        let (writer, mut body) = channel(1_000);
+        wasm_bindgen_futures::spawn_local(async move {
+            Timer::after_ms(20).await;
+            writer.send(Ok(b"late".to_vec())).await;
+        });
+        let first = body.next().await.map(|item| item.map_err(|e| e.to_string()));
+        assert_eq!(first, Some(Ok(b"late".to_vec())));
+        assert_eq!(body.next().await.map(|_| ()), None, "the writer was dropped after its chunk");
+    }
+
+    #[wasm_bindgen_test]
+    async fn a_client_that_left_stops_the_writer_at_its_next_send() {
+        let (writer, body) = channel(1_000);
+        assert!(writer.send(Ok(vec![1])).await);
+        drop(body);
+        assert!(writer.gone().get());
+        assert!(!writer.send(Ok(vec![2])).await);
+    }
+
+    #[wasm_bindgen_test]
+    async fn a_client_that_takes_nothing_counts_as_gone_after_the_stall_timeout() {
+        let (writer, _body) = channel(100);
+        for i in 0..QUEUE_CHUNKS {
+            assert!(writer.send(Ok(vec![u8::try_from(i).unwrap_or(0)])).await, "room for {QUEUE_CHUNKS} chunks");
+        }
+        let start = js_sys::Date::now();
+        assert!(!writer.send(Ok(vec![9])).await, "a full queue that never drains");
+        let waited = js_sys::Date::now() - start;
+        assert!(waited >= 95.0, "gave up after {waited} ms, before the 100 ms stall timeout");
+        assert!(writer.gone().get());
+    }
+}

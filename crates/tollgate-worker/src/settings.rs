@@ -35,8 +35,15 @@ pub struct Settings {
 
 impl Settings {
     pub fn from_env(env: &Env) -> Settings {
+        Settings::from_vars(|name| env.var(name).ok().map(|v| v.to_string()))
+    }
+
+    /// From the deployment's vars by name: a missing or unreadable value
+    /// takes its default, and each is kept within what the runtime can use
+    /// (a zero timeout would fire at once; the stand-in writer delay is capped).
+    pub fn from_vars(var: impl Fn(&str) -> Option<String>) -> Settings {
         let num = |name: &str, default: u64| -> u64 {
-            env.var(name).ok().and_then(|v| v.to_string().trim().parse::<u64>().ok()).unwrap_or(default)
+            var(name).and_then(|v| v.trim().parse::<u64>().ok()).unwrap_or(default)
         };
         Settings {
             config_cache_ms: (num("CONFIG_CACHE_SECONDS", 30) * 1000) as f64,
@@ -70,4 +77,53 @@ pub fn random_bytes<const N: usize>() -> [u8; N] {
         worker::console_error!("tollgate: crypto.getRandomValues failed");
     }
     out
+}
+
+#[cfg(all(test, target_arch = "wasm32", target_os = "unknown"))]
+mod tests {
+    use super::*;
+    use wasm_bindgen_test::wasm_bindgen_test;
+
+    fn settings(vars: &[(&str, &str)]) -> Settings {
+        Settings::from_vars(|name| vars.iter().find(|(n, _)| *n == name).map(|(_, v)| (*v).to_owned()))
+    }
+
+    #[wasm_bindgen_test]
+    fn missing_vars_take_the_documented_defaults() {
+        let s = settings(&[]);
+        assert_eq!(s.config_cache_ms, 30_000.0);
+        assert_eq!(
+            (s.upstream_timeout_ms, s.stream_idle_timeout_ms, s.ledger_timeout_ms, s.client_stall_timeout_ms),
+            (60_000, 120_000, 5_000, 2_000)
+        );
+        assert_eq!(s.ledger_delay_ms, 0);
+    }
+
+    #[wasm_bindgen_test]
+    fn vars_are_read_trimmed_and_junk_falls_back_to_the_default() {
+        let s = settings(&[
+            ("CONFIG_CACHE_SECONDS", " 0 "),
+            ("UPSTREAM_TIMEOUT_MS", "1500"),
+            ("LEDGER_TIMEOUT_MS", "soon"),
+        ]);
+        assert_eq!((s.config_cache_ms, s.upstream_timeout_ms, s.ledger_timeout_ms), (0.0, 1_500, 5_000));
+        let s = settings(&[("STREAM_IDLE_TIMEOUT_MS", "-5"), ("CLIENT_STALL_TIMEOUT_MS", "1e3")]);
+        assert_eq!((s.stream_idle_timeout_ms, s.client_stall_timeout_ms), (120_000, 2_000));
+    }
+
+    #[wasm_bindgen_test]
+    fn a_zero_timeout_is_raised_to_one_ms_and_the_writer_delay_is_capped() {
+        let s = settings(&[("UPSTREAM_TIMEOUT_MS", "0"), ("LEDGER_TIMEOUT_MS", "0"), ("LEDGER_DELAY_MS", "999999")]);
+        assert_eq!((s.upstream_timeout_ms, s.ledger_timeout_ms, s.ledger_delay_ms), (1, 1, 10_000));
+    }
+
+    #[wasm_bindgen_test]
+    fn the_clock_and_random_bytes_come_from_the_js_runtime() {
+        let now = now_secs();
+        assert!(now > 1_700_000_000, "{now}");
+        assert!((now_ms() / 1000.0 - now as f64).abs() < 2.0);
+        let (a, b) = (random_bytes::<16>(), random_bytes::<16>());
+        assert_ne!(a, [0; 16], "crypto.getRandomValues gave nothing");
+        assert_ne!(a, b);
+    }
 }

@@ -157,3 +157,91 @@ pub async fn watch<F: Future>(future: F, gone: &Gone) -> Option<F::Output> {
     })
     .await
 }
+
+#[cfg(all(test, target_arch = "wasm32", target_os = "unknown"))]
+mod tests {
+    use super::*;
+    use wasm_bindgen_test::wasm_bindgen_test;
+
+    fn elapsed_ms(since: f64) -> f64 {
+        js_sys::Date::now() - since
+    }
+
+    #[wasm_bindgen_test]
+    async fn a_timer_resolves_after_its_delay() {
+        let start = js_sys::Date::now();
+        let mut timer = Timer::after_ms(40);
+        (&mut timer).await;
+        assert!(elapsed_ms(start) >= 35.0, "{}", elapsed_ms(start));
+        assert!(!timer.was_refused());
+    }
+
+    #[wasm_bindgen_test]
+    async fn a_timer_the_runtime_refuses_resolves_at_once_instead_of_panicking() {
+        // workerd's setTimeout throws outside a request's I/O context
+        // ("Disallowed operation called within global scope"): stand in for
+        // it with a throwing setTimeout, then put the real one back.
+        let global = js_sys::global();
+        let name = JsValue::from_str("setTimeout");
+        let real = js_sys::Reflect::get(&global, &name).unwrap_or(JsValue::UNDEFINED);
+        let throwing =
+            js_sys::Function::new_no_args("throw new Error('Disallowed operation called within global scope')");
+        let swapped = js_sys::Reflect::set(&global, &name, &throwing).unwrap_or(false);
+        let start = js_sys::Date::now();
+        let mut timer = Timer::after_ms(60_000);
+        (&mut timer).await;
+        let refused = timer.was_refused();
+        drop(timer);
+        let restored = js_sys::Reflect::set(&global, &name, &real).unwrap_or(false);
+        assert!(swapped && restored);
+        assert!(refused, "the throw was not seen");
+        assert!(elapsed_ms(start) < 1_000.0, "a refused timer must resolve at once");
+    }
+
+    #[wasm_bindgen_test]
+    async fn a_timer_dropped_before_it_fires_is_cleared() {
+        let mut timer = Timer::after_ms(10);
+        assert!(futures_poll_once(&mut timer).is_pending());
+        let shared = timer.shared.clone();
+        drop(timer);
+        Timer::after_ms(40).await;
+        assert!(!shared.fired.get(), "a cleared timer's callback ran");
+    }
+
+    #[wasm_bindgen_test]
+    async fn watch_gives_up_on_a_future_that_never_wakes_once_the_flag_is_set() {
+        let gone = Gone::default();
+        let setter = gone.clone();
+        wasm_bindgen_futures::spawn_local(async move {
+            Timer::after_ms(50).await;
+            setter.set();
+        });
+        let start = js_sys::Date::now();
+        let out = watch(std::future::pending::<()>(), &gone).await;
+        assert_eq!(out, None);
+        // Seen at the next watch tick, not the future's (it never wakes).
+        assert!(elapsed_ms(start) < f64::from(u32::try_from(WATCH_TICK_MS).unwrap_or(0) * 4), "{}", elapsed_ms(start));
+    }
+
+    #[wasm_bindgen_test]
+    async fn watch_returns_what_the_future_gives_while_the_flag_is_clear() {
+        let gone = Gone::default();
+        let out = watch(
+            async {
+                Timer::after_ms(20).await;
+                7
+            },
+            &gone,
+        )
+        .await;
+        assert_eq!(out, Some(7));
+        gone.set();
+        assert_eq!(watch(std::future::ready(1), &gone).await, None, "a set flag wins over a ready future");
+    }
+
+    /// Poll `future` once with a waker that does nothing.
+    fn futures_poll_once<F: Future + Unpin>(future: &mut F) -> Poll<F::Output> {
+        let mut cx = Context::from_waker(Waker::noop());
+        Pin::new(future).poll(&mut cx)
+    }
+}
