@@ -615,6 +615,7 @@ STATS_TAGS = [
     {"tag_name": "model", "regex": r"^wasmcustom\.tollgate\.[a-z_]+(?:\.tenant\.[^.]+)?(?:\.tier\.[^.]+)?(\.model\.([^.]+))"},
     {"tag_name": "code", "regex": r"^wasmcustom\.tollgate\.[a-z_]+(?:\.tenant\.[^.]+)?(\.code\.([^.]+))"},
     {"tag_name": "path", "regex": r"^wasmcustom\.tollgate\.[a-z_]+(?:\.tenant\.[^.]+)?(\.path\.([^.]+))"},
+    {"tag_name": "level", "regex": r"^wasmcustom\.tollgate\.[a-z_]+(?:\.tenant\.[^.]+)?(?:\.code\.[^.]+)?(\.level\.([^.]+))"},
     {"tag_name": "tenant", "regex": r"^wasmcustom\.tollgate\.[a-z_]+(\.tenant\.([^.]+))"},
 ]
 

@@ -24,15 +24,20 @@ import hosts
 from calls import EASY_PROMPT, HARD_PROMPT, chat, chat_body, cost_micros, unique
 from hosts import Envoy, Mock
 from prereq import started
-from tenants import daily_budget, key_for, routed_tenant
+from tenants import daily_budget, key, key_for, routed_tenant
 
 KEY = key_for("e2e-metrics")
+# A key of the same tenant with a limit of its own: one request a day.
+CAPPED_KEY = key_for("e2e-metrics", "capped")
 TINY_KEY = key_for("e2e-metrics-tiny")
 METRICS = routed_tenant("e2e-metrics", budgets=daily_budget(usd=50.0), cache={"doorkeeper": False})
 METRICS_TINY = routed_tenant(
     "e2e-metrics-tiny", budgets=daily_budget(usd=None, tokens=400, on_exhausted="reject"), cache={"enabled": False}
 )
-TENANTS = [(METRICS, [KEY]), (METRICS_TINY, [TINY_KEY])]
+TENANTS = [
+    (METRICS, [KEY, key(CAPPED_KEY, limits=[{"name": "capped-daily", "window": "day", "requests": 1}])]),
+    (METRICS_TINY, [TINY_KEY]),
+]
 CHEAP_FIRST, CHEAP_SECOND = "gpt-4o-mini", "gpt-4.1-nano"
 
 SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})?\s+(\S+)$")
@@ -108,6 +113,8 @@ def workload(envoy: Envoy, mock: Mock) -> list[httpx.Response]:
         answers.append(chat(envoy.url, TINY_KEY, chat_body(unique(EASY_PROMPT), max_tokens=120)))
         if answers[-1].status_code == 429:
             break
+    for _ in range(2):  # 200, then 429: the key's own limit, not the tenant's
+        answers.append(chat(envoy.url, CAPPED_KEY, chat_body(unique(EASY_PROMPT), max_tokens=40)))
     return answers
 
 
@@ -138,7 +145,11 @@ def test_prometheus_shows_requests_tokens_and_cost_by_tier_and_model_exactly(run
     answers = run.answers
     statuses = [r.status_code for r in answers]
     assert statuses[:6] == [200, 200, 200, 200, 400, 401], [(r.status_code, r.text[:200]) for r in answers]
-    assert statuses[-1] == 429, "the tiny budget ran out"
+    def sent_with(key: str) -> list[httpx.Response]:
+        return [r for r in answers if r.request.headers["authorization"] == f"Bearer {key}"]
+
+    assert sent_with(TINY_KEY)[-1].status_code == 429, "the tiny budget ran out"
+    assert [r.status_code for r in sent_with(CAPPED_KEY)] == [200, 429], [r.text for r in sent_with(CAPPED_KEY)]
     assert answers[3].headers.get("x-tollgate-fallbacks") == "1"
     found = run.found
     want = expected_routed(answers)
@@ -161,8 +172,13 @@ def test_prometheus_shows_cache_hits_and_misses_budget_refusals_errors_and_fallb
     cache = Counter(r.headers.get("x-tollgate-cache", "-").split(";")[0] for r in answers if r.status_code == 200)
     assert series(found, "tollgate_cache_hits") == cache["hit"] == 1
     assert series(found, "tollgate_cache_misses") == cache["miss"] == 2
-    refused = sum(1 for r in answers if r.status_code == 429)
-    assert series(found, "tollgate_budget_refusals", code="budget_exceeded") == refused == 1
+    # Refusals by code and by the level of the limit, as the clients were told.
+    refused = Counter(
+        (r.json()["error"]["code"], r.headers.get("x-tollgate-limit-level")) for r in answers if r.status_code in (402, 429)
+    )
+    assert refused == {("budget_exceeded", "tenant"): 1, ("budget_exceeded", "key"): 1}, refused
+    for (code, level), n in refused.items():
+        assert series(found, "tollgate_budget_refusals", code=code, level=level) == n, (code, level)
     assert series(found, "tollgate_errors", code="model_not_allowed") == 1
     assert series(found, "tollgate_errors", code="invalid_api_key") == 1
     assert series(found, "tollgate_fallbacks", tier="cheap") == 1
@@ -183,7 +199,7 @@ def test_no_tenant_id_appears_in_any_metric_by_default(run):
         leaked = [line for line in everything.splitlines() if tenant_id in line]
         assert leaked == [], leaked[:5]
     # Every label is one of the documented ones, so cardinality stays bounded by the config.
-    assert {k for _, ls, _ in found for k in ls} <= {"tier", "model", "code", "path"}
+    assert {k for _, ls, _ in found for k in ls} <= {"tier", "model", "code", "path", "level"}
 
 
 def test_per_tenant_metrics_add_a_tenant_label_when_configured(mock, run_dir):
@@ -197,9 +213,10 @@ def test_per_tenant_metrics_add_a_tenant_label_when_configured(mock, run_dir):
     per_tenant = Counter(
         ls.get("tenant") for n, ls, v in found for _ in range(int(v)) if n == "tollgate_requests"
     )
-    metrics_tenant = sum(1 for r in served if r.request.headers["authorization"].endswith(KEY))
+    metrics_tenant = sum(1 for r in served if r.request.headers["authorization"].endswith((KEY, CAPPED_KEY)))
     assert per_tenant == {"e2e-metrics": metrics_tenant, "e2e-metrics-tiny": len(served) - metrics_tenant}, found
-    assert series(found, "tollgate_budget_refusals", tenant="e2e-metrics-tiny", code="budget_exceeded") == 1
+    assert series(found, "tollgate_budget_refusals", tenant="e2e-metrics-tiny", code="budget_exceeded", level="tenant") == 1
+    assert series(found, "tollgate_budget_refusals", tenant="e2e-metrics", code="budget_exceeded", level="key") == 1
 
 
 def test_the_grafana_dashboard_queries_only_metrics_and_labels_the_filter_exports():

@@ -20,7 +20,7 @@ impl Stream {
 
     /// Send a response made without a provider, with the request id. An
     /// error counts in `tollgate.errors` by code, a budget refusal also in
-    /// `tollgate.budget_refusals`.
+    /// `tollgate.budget_refusals` by code and the level of the limit.
     pub(crate) fn send_local(&mut self, local: &LocalResponse) {
         if local.status >= 400 {
             let code = serde_json::from_slice::<serde_json::Value>(&local.body)
@@ -28,7 +28,12 @@ impl Stream {
                 .and_then(|v| v["error"]["code"].as_str().map(str::to_owned))
                 .unwrap_or_else(|| local.status.to_string());
             if matches!(local.status, 402 | 429) || code.starts_with("budget") {
-                self.count(metrics::BUDGET_REFUSALS, &[("code", &code)], 1);
+                // The level of the limit that refused (tenant, key or user),
+                // when one did: three values at most, so the series stay bounded.
+                let level = local.headers.iter().find(|(n, _)| n == "x-tollgate-limit-level").map(|(_, v)| v.as_str());
+                let mut labels = vec![("code", code.as_str())];
+                labels.extend(level.map(|level| ("level", level)));
+                self.count(metrics::BUDGET_REFUSALS, &labels, 1);
             }
             self.count(metrics::ERRORS, &[("code", &code)], 1);
         }
