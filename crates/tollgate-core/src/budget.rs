@@ -1110,9 +1110,10 @@ pub fn iso8601(secs: u64) -> String {
 #[cfg(test)]
 pub(super) mod tests {
     // On the Worker's target, `#[test]` is wasm-bindgen-test's: the same tests run there in node.
-    use super::*;
     #[cfg(all(target_arch = "wasm32", target_os = "unknown"))]
     use wasm_bindgen_test::wasm_bindgen_test as test;
+
+    use super::*;
 
     #[test]
     fn a_reserve_arriving_after_its_release_holds_nothing() {

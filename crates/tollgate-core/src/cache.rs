@@ -208,9 +208,10 @@ impl Doorkeeper {
 #[cfg(test)]
 mod tests {
     // On the Worker's target, `#[test]` is wasm-bindgen-test's: the same tests run there in node.
-    use super::*;
     #[cfg(all(target_arch = "wasm32", target_os = "unknown"))]
     use wasm_bindgen_test::wasm_bindgen_test as test;
+
+    use super::*;
 
     fn req(json: &str) -> ChatRequest {
         ChatRequest::parse(ApiFormat::OpenAi, json.as_bytes(), 1 << 20).unwrap()

@@ -608,9 +608,10 @@ pub fn json_schema() -> serde_json::Value {
 #[cfg(test)]
 mod tests {
     // On the Worker's target, `#[test]` is wasm-bindgen-test's: the same tests run there in node.
-    use super::*;
     #[cfg(all(target_arch = "wasm32", target_os = "unknown"))]
     use wasm_bindgen_test::wasm_bindgen_test as test;
+
+    use super::*;
 
     fn parse(json: &str) -> Result<TenantConfig, ConfigErrors> {
         TenantConfig::from_json(json.as_bytes())

@@ -275,9 +275,10 @@ fn http_date(value: &str) -> Option<u64> {
 mod tests {
     #![allow(clippy::unwrap_used)]
     // On the Worker's target, `#[test]` is wasm-bindgen-test's: the same tests run there in node.
-    use super::*;
     #[cfg(all(target_arch = "wasm32", target_os = "unknown"))]
     use wasm_bindgen_test::wasm_bindgen_test as test;
+
+    use super::*;
 
     fn model(name: &str) -> ModelRef {
         ModelRef::parse(name).unwrap()

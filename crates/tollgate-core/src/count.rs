@@ -173,9 +173,10 @@ pub fn prompt_tokens(request: &ChatRequest, model: &str) -> PromptCount {
 #[cfg(test)]
 mod tests {
     // On the Worker's target, `#[test]` is wasm-bindgen-test's: the same tests run there in node.
-    use super::*;
     #[cfg(all(target_arch = "wasm32", target_os = "unknown"))]
     use wasm_bindgen_test::wasm_bindgen_test as test;
+
+    use super::*;
 
     #[test]
     fn an_input_file_counts_a_page_per_20_kb_inline_and_ten_pages_by_id() {

@@ -836,13 +836,14 @@ impl TenantDesk {
 #[cfg(test)]
 mod tests {
     // On the Worker's target, `#[test]` is wasm-bindgen-test's: the same tests run there in node.
+    #[cfg(all(target_arch = "wasm32", target_os = "unknown"))]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
+
     use super::tests_support::{budgets, reserve_op};
     use super::*;
     use crate::budget::lease::LeaseSizing;
     use crate::budget::{BudgetLimit, Window};
     use crate::outcomes::{OutcomeLedger, RequestOutcome};
-    #[cfg(all(target_arch = "wasm32", target_os = "unknown"))]
-    use wasm_bindgen_test::wasm_bindgen_test as test;
 
     /// The writer: one tenant's state, applied the way every host applies it.
     #[derive(Default)]
@@ -1390,10 +1391,11 @@ mod tests {
 #[cfg(test)]
 mod slow_writer {
     // On the Worker's target, `#[test]` is wasm-bindgen-test's: the same tests run there in node.
-    use super::tests_support::*;
-    use super::*;
     #[cfg(all(target_arch = "wasm32", target_os = "unknown"))]
     use wasm_bindgen_test::wasm_bindgen_test as test;
+
+    use super::tests_support::*;
+    use super::*;
 
     /// One client after another while the writer answers each batch only
     /// after the next request has started (a writer far away): requests
@@ -1505,10 +1507,11 @@ pub(crate) mod tests_support {
 #[cfg(test)]
 mod renewals {
     // On the Worker's target, `#[test]` is wasm-bindgen-test's: the same tests run there in node.
-    use super::tests_support::*;
-    use super::*;
     #[cfg(all(target_arch = "wasm32", target_os = "unknown"))]
     use wasm_bindgen_test::wasm_bindgen_test as test;
+
+    use super::tests_support::*;
+    use super::*;
 
     /// A busy instance renews often; its lease must keep up with its
     /// requests, not shrink to what arrived since the last renewal.

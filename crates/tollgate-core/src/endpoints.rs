@@ -372,10 +372,11 @@ pub const FEEDBACK_RETRY_WAIT_MS: u64 = 250;
 #[cfg(test)]
 mod tests {
     // On the Worker's target, `#[test]` is wasm-bindgen-test's: the same tests run there in node.
-    use super::*;
-    use crate::api::ApiFormat;
     #[cfg(all(target_arch = "wasm32", target_os = "unknown"))]
     use wasm_bindgen_test::wasm_bindgen_test as test;
+
+    use super::*;
+    use crate::api::ApiFormat;
 
     #[test]
     fn endpoints_resolve_by_path_and_method() {

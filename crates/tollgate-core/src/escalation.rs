@@ -276,10 +276,11 @@ fn parses_as_json(text: &str) -> bool {
 #[cfg(test)]
 mod tests {
     // On the Worker's target, `#[test]` is wasm-bindgen-test's: the same tests run there in node.
-    use super::*;
-    use crate::response::summarize_json;
     #[cfg(all(target_arch = "wasm32", target_os = "unknown"))]
     use wasm_bindgen_test::wasm_bindgen_test as test;
+
+    use super::*;
+    use crate::response::summarize_json;
 
     fn all_on() -> EscalationSettings {
         EscalationSettings { enabled: true, ..EscalationSettings::default() }

@@ -337,10 +337,11 @@ fn add(problems: &mut Vec<ConfigError>, path: String, message: &str) {
 #[cfg(test)]
 mod tests {
     // On the Worker's target, `#[test]` is wasm-bindgen-test's: the same tests run there in node.
-    use super::*;
-    use crate::config::EXAMPLE_TENANT_JSON;
     #[cfg(all(target_arch = "wasm32", target_os = "unknown"))]
     use wasm_bindgen_test::wasm_bindgen_test as test;
+
+    use super::*;
+    use crate::config::EXAMPLE_TENANT_JSON;
 
     fn config_with(extra: &str) -> String {
         let key = crate::auth::hash_api_key("tg-live-acme");

@@ -196,9 +196,10 @@ pub fn builtin_table() -> impl Iterator<Item = (&'static str, ModelPrice)> {
 #[cfg(test)]
 mod tests {
     // On the Worker's target, `#[test]` is wasm-bindgen-test's: the same tests run there in node.
-    use super::*;
     #[cfg(all(target_arch = "wasm32", target_os = "unknown"))]
     use wasm_bindgen_test::wasm_bindgen_test as test;
+
+    use super::*;
 
     #[test]
     fn dated_model_names_price_as_their_family() {

@@ -1136,9 +1136,10 @@ fn anthropic_message(i: usize, raw: &Value) -> Result<Message, RequestError> {
 #[cfg(test)]
 mod tests {
     // On the Worker's target, `#[test]` is wasm-bindgen-test's: the same tests run there in node.
-    use super::*;
     #[cfg(all(target_arch = "wasm32", target_os = "unknown"))]
     use wasm_bindgen_test::wasm_bindgen_test as test;
+
+    use super::*;
 
     fn openai(json: &str) -> Result<ChatRequest, RequestError> {
         ChatRequest::parse(ApiFormat::OpenAi, json.as_bytes(), 1 << 20)

@@ -132,9 +132,10 @@ fn header_safe(value: &str) -> String {
 #[cfg(test)]
 mod tests {
     // On the Worker's target, `#[test]` is wasm-bindgen-test's: the same tests run there in node.
-    use super::*;
     #[cfg(all(target_arch = "wasm32", target_os = "unknown"))]
     use wasm_bindgen_test::wasm_bindgen_test as test;
+
+    use super::*;
 
     #[test]
     fn headers_are_single_line_ascii_even_for_hostile_reasons() {

@@ -263,9 +263,10 @@ impl Pending {
 #[cfg(test)]
 mod tests {
     // On the Worker's target, `#[test]` is wasm-bindgen-test's: the same tests run there in node.
-    use super::*;
     #[cfg(all(target_arch = "wasm32", target_os = "unknown"))]
     use wasm_bindgen_test::wasm_bindgen_test as test;
+
+    use super::*;
 
     /// Both merges on every prefix of a few strings must agree.
     fn agree(vocab: &Vocab, text: &str) {

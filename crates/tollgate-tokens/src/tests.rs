@@ -5,12 +5,13 @@
 #![cfg(any(feature = "o200k", feature = "cl100k"))]
 
 // On the Worker's target, `#[test]` is wasm-bindgen-test's: the same tests run there in node.
+#[cfg(all(target_arch = "wasm32", target_os = "unknown"))]
+use wasm_bindgen_test::wasm_bindgen_test as test;
+
 use crate::pretokenize::{next_cl100k, next_o200k, pieces};
 use fancy_regex::Regex;
 use proptest::prelude::*;
 use std::sync::LazyLock;
-#[cfg(all(target_arch = "wasm32", target_os = "unknown"))]
-use wasm_bindgen_test::wasm_bindgen_test as test;
 
 /// The cl100k_base pattern exactly as tiktoken-rs 0.12 compiles it (its
 /// possessive form, with `\s++$`).

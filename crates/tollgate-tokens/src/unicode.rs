@@ -49,9 +49,10 @@ fn decode_multibyte(s: &[u8], i: usize, b0: u8) -> (u32, usize) {
 #[cfg(test)]
 mod tests {
     // On the Worker's target, `#[test]` is wasm-bindgen-test's: the same tests run there in node.
-    use super::*;
     #[cfg(all(target_arch = "wasm32", target_os = "unknown"))]
     use wasm_bindgen_test::wasm_bindgen_test as test;
+
+    use super::*;
 
     #[test]
     fn ascii_classes() {

@@ -7,10 +7,11 @@
 #![cfg(all(feature = "o200k", feature = "cl100k"))]
 
 // On the Worker's target, `#[test]` is wasm-bindgen-test's: the same tests run there in node.
-use tiktoken_rs::CoreBPE;
-use tollgate_tokens::{Encoding, count};
 #[cfg(all(target_arch = "wasm32", target_os = "unknown"))]
 use wasm_bindgen_test::wasm_bindgen_test as test;
+
+use tiktoken_rs::CoreBPE;
+use tollgate_tokens::{Encoding, count};
 
 const ENCODINGS: [Encoding; 2] = [Encoding::O200kBase, Encoding::Cl100kBase];
 

@@ -1,9 +1,10 @@
 //! The public API under whatever features are on.
 
 // On the Worker's target, `#[test]` is wasm-bindgen-test's: the same tests run there in node.
-use tollgate_tokens::{Encoding, count};
 #[cfg(all(target_arch = "wasm32", target_os = "unknown"))]
 use wasm_bindgen_test::wasm_bindgen_test as test;
+
+use tollgate_tokens::{Encoding, count};
 
 #[test]
 fn names_round_trip() {

@@ -6,9 +6,10 @@
 mod common;
 
 // On the Worker's target, `#[test]` is wasm-bindgen-test's: the same tests run there in node.
-use tollgate_tokens::{Encoding, count};
 #[cfg(all(target_arch = "wasm32", target_os = "unknown"))]
 use wasm_bindgen_test::wasm_bindgen_test as test;
+
+use tollgate_tokens::{Encoding, count};
 
 /// Compares every text under both encodings; returns how many texts.
 fn compare_all<S: AsRef<str>>(texts: &[S]) -> usize {

@@ -3,10 +3,11 @@
 #![cfg(all(feature = "o200k", feature = "cl100k"))]
 
 // On the Worker's target, `#[test]` is wasm-bindgen-test's: the same tests run there in node.
-use proptest::prelude::*;
-use tollgate_tokens::{Encoding, count};
 #[cfg(all(target_arch = "wasm32", target_os = "unknown"))]
 use wasm_bindgen_test::wasm_bindgen_test as test;
+
+use proptest::prelude::*;
+use tollgate_tokens::{Encoding, count};
 
 fn check(text: &str) -> Result<(), TestCaseError> {
     let o200k = tiktoken_rs::o200k_base_singleton();

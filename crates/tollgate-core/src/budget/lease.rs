@@ -400,9 +400,10 @@ impl LocalLease {
 #[cfg(test)]
 mod tests {
     // On the Worker's target, `#[test]` is wasm-bindgen-test's: the same tests run there in node.
-    use super::*;
     #[cfg(all(target_arch = "wasm32", target_os = "unknown"))]
     use wasm_bindgen_test::wasm_bindgen_test as test;
+
+    use super::*;
 
     fn budgets(tokens: u64, micros: u64) -> Budgets {
         crate::desk::tests_support::budgets(tokens, micros, None)

@@ -239,12 +239,13 @@ pub(super) fn drop_idle(scoped: &mut Vec<ScopeSpend>, outstanding: &[Outstanding
 #[cfg(test)]
 mod tests {
     // On the Worker's target, `#[test]` is wasm-bindgen-test's: the same tests run there in node.
+    #[cfg(all(target_arch = "wasm32", target_os = "unknown"))]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
+
     use super::super::*;
     use super::*;
     use crate::error::ApiError;
     use crate::pricing::ModelPrice;
-    #[cfg(all(target_arch = "wasm32", target_os = "unknown"))]
-    use wasm_bindgen_test::wasm_bindgen_test as test;
 
     const NOW: u64 = 1_795_000_000;
 

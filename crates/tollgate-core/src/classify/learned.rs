@@ -283,9 +283,10 @@ pub fn train(examples: &[Example<'_>], options: &TrainOptions) -> LinearRouter {
 #[cfg(test)]
 mod tests {
     // On the Worker's target, `#[test]` is wasm-bindgen-test's: the same tests run there in node.
-    use super::*;
     #[cfg(all(target_arch = "wasm32", target_os = "unknown"))]
     use wasm_bindgen_test::wasm_bindgen_test as test;
+
+    use super::*;
 
     fn example(text: &str, needs_strong: bool) -> Example<'_> {
         Example { text, features: vec![0.0; Feature::COUNT], needs_strong }

@@ -1,7 +1,8 @@
 // On the Worker's target, `#[test]` is wasm-bindgen-test's: the same tests run there in node.
-use std::collections::BTreeMap;
 #[cfg(all(target_arch = "wasm32", target_os = "unknown"))]
 use wasm_bindgen_test::wasm_bindgen_test as test;
+
+use std::collections::BTreeMap;
 
 use super::arithmetic::{log2, logistic};
 use super::features::CONTEXT_DISCOUNT;

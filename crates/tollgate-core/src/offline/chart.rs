@@ -134,9 +134,10 @@ pub fn escape(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     // On the Worker's target, `#[test]` is wasm-bindgen-test's: the same tests run there in node.
-    use super::*;
     #[cfg(all(target_arch = "wasm32", target_os = "unknown"))]
     use wasm_bindgen_test::wasm_bindgen_test as test;
+
+    use super::*;
 
     #[test]
     fn a_chart_has_a_polyline_per_series_and_escapes_what_it_writes() {

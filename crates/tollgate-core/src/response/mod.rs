@@ -279,9 +279,10 @@ fn carries(value: Option<&Value>) -> bool {
 #[cfg(test)]
 mod tests {
     // On the Worker's target, `#[test]` is wasm-bindgen-test's: the same tests run there in node.
-    use super::*;
     #[cfg(all(target_arch = "wasm32", target_os = "unknown"))]
     use wasm_bindgen_test::wasm_bindgen_test as test;
+
+    use super::*;
 
     fn openai(body: &str) -> ResponseSummary {
         summarize_json(ApiFormat::OpenAi, body.as_bytes()).unwrap()

@@ -810,11 +810,12 @@ fn block_index(obj: &Map<String, Value>) -> u64 {
 #[cfg(test)]
 pub(crate) mod tests {
     // On the Worker's target, `#[test]` is wasm-bindgen-test's: the same tests run there in node.
+    #[cfg(all(target_arch = "wasm32", target_os = "unknown"))]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
+
     use super::super::sse::tests::{ANTHROPIC_STREAM, OPENAI_STREAM, with_line_endings};
     use super::*;
     use serde_json::json;
-    #[cfg(all(target_arch = "wasm32", target_os = "unknown"))]
-    use wasm_bindgen_test::wasm_bindgen_test as test;
 
     #[test]
     fn a_broken_responses_stream_numbers_its_error_event_after_the_last_one_relayed() {

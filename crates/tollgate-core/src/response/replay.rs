@@ -344,14 +344,15 @@ fn replay_anthropic(obj: &Map<String, Value>) -> Result<Vec<u8>, ResponseError> 
 #[cfg(test)]
 mod tests {
     // On the Worker's target, `#[test]` is wasm-bindgen-test's: the same tests run there in node.
+    #[cfg(all(target_arch = "wasm32", target_os = "unknown"))]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
+
     use super::super::observe::tests::observe;
     use super::super::sse::SseParser;
     use super::super::sse::tests::{ANTHROPIC_STREAM, OPENAI_STREAM};
     use super::super::{ResponseSummary, summarize_json};
     use super::*;
     use serde_json::json;
-    #[cfg(all(target_arch = "wasm32", target_os = "unknown"))]
-    use wasm_bindgen_test::wasm_bindgen_test as test;
 
     fn assemble(api: ApiFormat, stream: &[u8]) -> (ResponseSummary, Value) {
         let (out, outcome) = observe(api, false, &[stream]);

@@ -281,9 +281,10 @@ impl SseParser {
 #[cfg(test)]
 pub(crate) mod tests {
     // On the Worker's target, `#[test]` is wasm-bindgen-test's: the same tests run there in node.
-    use super::*;
     #[cfg(all(target_arch = "wasm32", target_os = "unknown"))]
     use wasm_bindgen_test::wasm_bindgen_test as test;
+
+    use super::*;
 
     /// A realistic OpenAI stream with `include_usage`, multi-byte text and a
     /// keep-alive comment.

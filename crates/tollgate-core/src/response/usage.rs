@@ -166,10 +166,11 @@ impl AnthropicTokens {
 #[cfg(test)]
 mod tests {
     // On the Worker's target, `#[test]` is wasm-bindgen-test's: the same tests run there in node.
-    use super::*;
-    use serde_json::json;
     #[cfg(all(target_arch = "wasm32", target_os = "unknown"))]
     use wasm_bindgen_test::wasm_bindgen_test as test;
+
+    use super::*;
+    use serde_json::json;
 
     #[test]
     fn token_counts_accept_integers_strings_and_floats() {

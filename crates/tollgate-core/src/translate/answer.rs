@@ -363,9 +363,10 @@ pub fn translate_error(provider: ApiFormat, client: ApiFormat, status: u16, body
 #[cfg(test)]
 mod tests {
     // On the Worker's target, `#[test]` is wasm-bindgen-test's: the same tests run there in node.
-    use super::*;
     #[cfg(all(target_arch = "wasm32", target_os = "unknown"))]
     use wasm_bindgen_test::wasm_bindgen_test as test;
+
+    use super::*;
 
     fn ctx() -> AnswerContext {
         AnswerContext {

@@ -779,9 +779,10 @@ fn responses_tool_to_chat(tool: &Value) -> Result<Value, Untranslatable> {
 #[cfg(test)]
 mod tests {
     // On the Worker's target, `#[test]` is wasm-bindgen-test's: the same tests run there in node.
-    use super::*;
     #[cfg(all(target_arch = "wasm32", target_os = "unknown"))]
     use wasm_bindgen_test::wasm_bindgen_test as test;
+
+    use super::*;
 
     fn body(v: Value) -> Body {
         v.as_object().cloned().unwrap_or_default()

@@ -795,9 +795,10 @@ fn merge(into: &mut Value, from: Value) {
 #[cfg(test)]
 mod tests {
     // On the Worker's target, `#[test]` is wasm-bindgen-test's: the same tests run there in node.
-    use super::*;
     #[cfg(all(target_arch = "wasm32", target_os = "unknown"))]
     use wasm_bindgen_test::wasm_bindgen_test as test;
+
+    use super::*;
 
     fn ctx(include_usage: bool) -> AnswerContext {
         AnswerContext { id_seed: "s1".into(), created: 1, prompt_tokens: 9, include_usage, echo: None }
