@@ -338,7 +338,7 @@ impl LeaseDesk {
             self.leases_made += 1;
             let fallback = format!("{}-{}", self.instance, self.leases_made);
             let desk = self.tenants.entry(tenant.to_owned()).or_default();
-            batch.ask_lease(desk, fallback, need);
+            batch.ask_lease(desk, fallback, need, now);
         }
         let Batch { ops, report, grant, records } = batch;
         let desk = self.tenants.entry(tenant.to_owned()).or_default();
@@ -500,8 +500,10 @@ impl LeaseDesk {
                     batch = desk.take_waiting(now, true);
                 }
                 if renew_due {
-                    let id = desk.lease.as_ref().map(|l| l.id.clone()).unwrap_or_default();
-                    batch.ask_lease(desk, id, Amount::default());
+                    // The id a lease that has expired here is renewed under (see `ask_lease`).
+                    self.leases_made += 1;
+                    let fallback = format!("{}-{}", self.instance, self.leases_made);
+                    batch.ask_lease(desk, fallback, Amount::default(), now);
                 }
             }
             if batch.ops.is_empty() {
@@ -592,11 +594,21 @@ impl Batch {
 
     /// Ask for a lease (or more of it) at the end of the batch, unless one
     /// is being asked for already.
-    fn ask_lease(&mut self, desk: &mut TenantDesk, fallback_id: String, need: Amount) {
+    fn ask_lease(&mut self, desk: &mut TenantDesk, fallback_id: String, need: Amount, now: u64) {
         let Some(budgets) = desk.budgets.clone() else { return };
         let Some(sizing) = budgets.leases else { return };
         if desk.busy && self.report.is_none() {
             return;
+        }
+        // A lease past its expiry here has been (or will be) charged in full
+        // by the writer: it is never renewed under the same id. Were an
+        // answer lost, the writer could have started that id afresh while
+        // this instance still counted the old size and reported the old
+        // spend against it; a new id starts clean on both sides, and the
+        // requests still in flight under the old one settle as paid.
+        if let Some(lease) = desk.lease.as_mut().filter(|l| l.expires_at <= now) {
+            lease.restart(fallback_id.clone());
+            desk.report_out = None;
         }
         let id = desk.lease.as_ref().map_or(fallback_id, |l| l.id.clone());
         // Four times what the instance used since its last grant (a busy
@@ -623,7 +635,11 @@ impl Batch {
         if need != Amount::default() {
             desk.unit = need;
         }
-        let request = LeaseRequest { id, want, need: Amount::default(), unit: desk.unit };
+        // This batch's report (if any) is already taken off the size, and
+        // no other grant or report is out (`busy`): the size is what the
+        // writer holds for this lease, unless a grant landed unseen.
+        let have = desk.lease.as_ref().filter(|l| l.id == id).map(|l| l.size);
+        let request = LeaseRequest { id, want, need: Amount::default(), unit: desk.unit, have };
         self.ops.push(TenantOp::Budget(LedgerOp::LeaseGrant { budgets, sizing, request }));
         desk.busy = true;
     }
@@ -853,6 +869,9 @@ mod tests {
         /// Batches a request waited for, and batches sent in the background.
         batches: usize,
         background: usize,
+        /// A reachable writer applies the batch but its answer is lost (the
+        /// host's call timed out after it landed).
+        lose_answers: bool,
     }
 
     impl Writer {
@@ -870,7 +889,7 @@ mod tests {
                         self.batches += 1;
                         crate::store::apply(&mut self.budget, &mut self.outcomes, &ops, now).0
                     });
-                    desk.on_replies(ticket, replies, now)
+                    desk.on_replies(ticket, replies.filter(|_| !self.lose_answers), now)
                 }
             }
         }
@@ -881,7 +900,7 @@ mod tests {
                     self.background += 1;
                     crate::store::apply(&mut self.budget, &mut self.outcomes, &ops, now).0
                 });
-                let _ = desk.on_replies(ticket, replies, now);
+                let _ = desk.on_replies(ticket, replies.filter(|_| !self.lose_answers), now);
             }
         }
     }
@@ -1074,6 +1093,75 @@ mod tests {
     }
 
     #[test]
+    fn a_renewal_that_landed_but_whose_answer_was_lost_strands_nothing_in_the_writer() {
+        let b = budgets(1_000_000, 1_000_000_000, Some(LeaseSizing::default()));
+        let mut desk = LeaseDesk::new("i1");
+        let mut writer = Writer::default();
+        writer.ask(&mut desk, vec![reserve_op(&b, "a", 10, 10)], 10, true);
+        // Held in the lease and still in flight at the renewal, so the lease is not idle.
+        writer.ask(&mut desk, vec![reserve_op(&b, "b", 10, 10)], 10, true);
+        let lease_hold = |writer: &Writer| {
+            writer.budget.outstanding.iter().find(|o| crate::budget::lease::is_lease(&o.id)).map(|o| o.amount)
+        };
+        let local_size = |desk: &LeaseDesk| desk.tenants.get("t").and_then(|t| t.lease.as_ref()).map(|l| l.size);
+        assert!(local_size(&desk).is_some() && lease_hold(&writer) == local_size(&desk));
+        // At half-life the renewal goes out and lands; its answer is lost
+        // (the host's call timed out).
+        let renewal_at = 10 + LeaseSizing::default().ttl_seconds / 2;
+        let sent = desk.due(renewal_at, false);
+        assert_eq!(sent.len(), 1);
+        for (_, ops, ticket) in sent {
+            assert!(ops.iter().any(|op| matches!(op, TenantOp::Budget(LedgerOp::LeaseGrant { .. }))));
+            crate::store::apply(&mut writer.budget, &mut writer.outcomes, &ops, renewal_at);
+            assert!(desk.on_replies(ticket, None, renewal_at).is_none_or(|r| r.is_empty()));
+        }
+        let (held, known) = (lease_hold(&writer).unwrap_or_default(), local_size(&desk).unwrap_or_default());
+        assert!(held.exceeds(known), "the writer grew the lease; the instance does not know: {held:?} vs {known:?}");
+        // The next renewal carries what the instance holds: the writer cuts
+        // the lost grant before growing, so both agree again.
+        writer.background(&mut desk, renewal_at + 1, true);
+        assert_eq!(lease_hold(&writer), local_size(&desk));
+    }
+
+    #[test]
+    fn a_lease_expired_here_is_renewed_under_a_new_id_so_a_lost_answer_cannot_leave_it_counting_a_stale_size() {
+        let b = budgets(1_000_000, 1_000_000_000, Some(LeaseSizing::default()));
+        let mut desk = LeaseDesk::new("i1");
+        let mut writer = Writer::default();
+        writer.ask(&mut desk, vec![reserve_op(&b, "a", 10, 10)], 10, true);
+        writer.ask(&mut desk, vec![reserve_op(&b, "b", 10, 10)], 10, true);
+        let first = desk.tenants.get("t").and_then(|t| t.lease.as_ref()).map(|l| l.id.clone()).unwrap_or_default();
+        // Past the lease's expiry the writer has charged it in full; the
+        // renewal that goes out now lands, and its answer is lost.
+        let late = 10 + LeaseSizing::default().ttl_seconds + 5;
+        writer.lose_answers = true;
+        writer.background(&mut desk, late, true);
+        writer.lose_answers = false;
+        writer.background(&mut desk, late + 1, true);
+        let lease = desk.tenants.get("t").and_then(|t| t.lease.as_ref()).cloned().unwrap_or_default();
+        assert_ne!(lease.id, first, "an expired lease is not renewed under its id");
+        let held = writer
+            .budget
+            .outstanding
+            .iter()
+            .find(|o| o.id == format!("lease:{}", lease.id))
+            .map(|o| o.amount)
+            .unwrap_or_default();
+        assert!(!lease.size.exceeds(held), "the instance counts {:?}, the writer holds {held:?}", lease.size);
+        // "b", in flight under the expired lease, settles as paid (by the full charge).
+        let spent_before = writer.budget.windows[0].spent;
+        let settle = LedgerOp::Settle {
+            budgets: b.clone(),
+            id: "b".into(),
+            amount: Amount { tokens: 5, micros: 5, requests: 0 },
+            scopes: Default::default(),
+        };
+        writer.ask(&mut desk, vec![TenantOp::Budget(settle)], late + 2, true);
+        writer.background(&mut desk, late + 2 + FLUSH_AFTER_SECS + 1, true);
+        assert_eq!(writer.budget.windows[0].spent.tokens, spent_before.tokens, "charged again");
+    }
+
+    #[test]
     fn a_per_request_tenant_sends_every_op_to_the_writer() {
         let b = budgets(1_000_000, 1_000_000_000, None);
         let mut desk = LeaseDesk::new("i1");
@@ -1132,7 +1220,9 @@ mod tests {
 
     /// N instances share one writer; requests reserve, finish (spending part
     /// of their hold), or are abandoned; instances crash (their memory is
-    /// gone) and the writer is sometimes unreachable; the clock moves. The
+    /// gone) and the writer is sometimes unreachable, or applies a batch
+    /// whose answer is then lost (a call that timed out after it landed);
+    /// the clock moves. The
     /// spend that really happened never exceeds the limit, no lease
     /// outlives its expiry, and once everything has ended the writer has
     /// charged at least what was spent, and exactly that when nothing was
@@ -1250,6 +1340,8 @@ mod tests {
                 now += 1;
             }
             let reachable = !(lossy && rng.next(8) == 0);
+            // Lossy runs also lose some answers of batches that landed.
+            writer.lose_answers = lossy && rng.next(12) == 0;
             let i = usize::try_from(rng.next(desks.len() as u64)).unwrap_or(0);
             match rng.next(10) {
                 0..=3 => {
@@ -1365,6 +1457,7 @@ mod tests {
             "seed {seed}: most reserves are answered in memory ({early_waits} of {reserves} waited for the writer)"
         );
         // Everything in flight ends; every desk flushes and goes idle.
+        writer.lose_answers = false;
         for (i, id, _) in std::mem::take(&mut flight) {
             let ops = vec![TenantOp::Budget(LedgerOp::Release { budgets: b.clone(), id })];
             writer.ask(&mut desks[i], ops, now, true);

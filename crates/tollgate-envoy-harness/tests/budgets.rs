@@ -91,7 +91,11 @@ fn an_exhausted_budget_is_refused_locally_and_counted_in_budget_refusals() {
     assert!(body["error"]["message"].as_str().unwrap_or_default().contains("daily"), "names the budget: {body}");
     assert!(s.upstream_request().is_none());
     s.finish();
-    assert_eq!(host.metric(&format!("tollgate.budget_refusals.code.{code}")), Some(1), "{:?}", host.metrics());
+    // By code and by the level of the limit that refused, as the reply's header says.
+    let level = reply.headers.iter().find(|(n, _)| n == "x-tollgate-limit-level").map(|(_, v)| v.clone());
+    assert_eq!(level.as_deref(), Some("tenant"));
+    let metric = format!("tollgate.budget_refusals.code.{code}.level.tenant");
+    assert_eq!(host.metric(&metric), Some(1), "{:?}", host.metrics());
     assert_eq!(spent_tokens(&host, "tiny"), 400, "a refusal spends nothing");
     assert_eq!(holds(&host, "tiny"), 0);
 }

@@ -720,6 +720,7 @@ mod tests {
                 want: budget::Amount { tokens: 1_000, micros: 1_000, requests: 0 },
                 need: budget::Amount::default(),
                 unit: budget::Amount::default(),
+                have: None,
             },
         };
         let mut board = BudgetBoard::default();

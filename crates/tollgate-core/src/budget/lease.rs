@@ -59,6 +59,15 @@ pub struct LeaseRequest {
     /// needs, and requests reserve one by one at the writer instead.
     #[serde(default)]
     pub unit: Amount,
+    /// What the instance holds under this lease as far as it knows (its
+    /// size after this batch's report): the writer's hold is cut to it
+    /// before growing. A grant that landed but whose answer was lost (the
+    /// call timed out) was never added by the instance; without this its
+    /// retry would add again and the first grant would sit unusable in
+    /// the writer until the lease ends. Only ever lowers the hold, so the
+    /// writer still holds all the instance may spend.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub have: Option<Amount>,
 }
 
 /// What the writer granted: the lease's whole size now and its expiry.
@@ -127,6 +136,10 @@ pub fn grant(
     now: u64,
 ) -> Result<LeaseGrant, BudgetError> {
     expire(state, budgets, now);
+    let hold = lease_hold_id(&request.id);
+    if let (Some(have), Some(lease)) = (request.have, state.outstanding.iter_mut().find(|o| o.id == hold)) {
+        lease.amount = lease.amount.min(have);
+    }
     let left = state.remaining(&budgets.limits);
     let share = sizing.share.max(1);
     let cap = |x: u64, c: u64| if c == 0 { x } else { x.min(c) };
@@ -151,7 +164,6 @@ pub fn grant(
         return Err(super::exceeded(state, limit, held, request.need, now));
     }
     let expires_at = now.saturating_add(sizing.ttl_seconds);
-    let hold = lease_hold_id(&request.id);
     let others = state.outstanding.iter().filter(|o| o.id != hold).fold(Amount::default(), |acc, o| acc.plus(o.amount));
     let view = LeaseView { windows: state.windows.clone(), others };
     let fresh = match state.outstanding.iter_mut().find(|o| o.id == hold) {
@@ -334,6 +346,19 @@ impl LocalLease {
         self.unreported.extend(later);
     }
 
+    /// Start over under a new id once this lease has expired here: the
+    /// writer charges (or has charged) it in full, which pays for all that
+    /// was held or settled under it, so requests still in flight under it
+    /// settle as paid and nothing of it is reported again.
+    pub fn restart(&mut self, id: String) {
+        self.id = id;
+        self.generation = self.generation.wrapping_add(1);
+        self.size = Amount::default();
+        self.used = Amount::default();
+        self.unreported.clear();
+        self.expires_at = 0;
+    }
+
     /// Bumped by every fresh grant.
     pub fn generation(&self) -> u32 {
         self.generation
@@ -432,7 +457,7 @@ mod tests {
             &mut state,
             &b,
             &sizing,
-            &LeaseRequest { id: "a".into(), want, need: amount(100, 100), unit: Amount::default() },
+            &LeaseRequest { id: "a".into(), want, need: amount(100, 100), unit: Amount::default(), have: None },
             10,
         )
         .unwrap();
@@ -445,7 +470,7 @@ mod tests {
             &mut tail,
             &b,
             &sizing,
-            &LeaseRequest { id: "b".into(), want, need: amount(60, 60), unit: Amount::default() },
+            &LeaseRequest { id: "b".into(), want, need: amount(60, 60), unit: Amount::default(), have: None },
             10,
         )
         .unwrap();
@@ -454,7 +479,7 @@ mod tests {
             &mut tail,
             &b,
             &sizing,
-            &LeaseRequest { id: "c".into(), want, need: amount(60, 60), unit: Amount::default() },
+            &LeaseRequest { id: "c".into(), want, need: amount(60, 60), unit: Amount::default(), have: None },
             10,
         );
         assert!(refused.is_err(), "40 left cannot pay a 60 worst case");
@@ -467,7 +492,8 @@ mod tests {
         let sizing = LeaseSizing::default();
         let unit = amount(143, 143);
         // An eighth of 1,000 tokens cannot pay one 143-token request: nothing is held.
-        let req = LeaseRequest { id: "a".into(), want: amount(9_000, 9_000), need: Amount::default(), unit };
+        let req =
+            LeaseRequest { id: "a".into(), want: amount(9_000, 9_000), need: Amount::default(), unit, have: None };
         let g = grant(&mut state, &b, &sizing, &req, 10).unwrap();
         assert_eq!(g.added, Amount::default());
         assert_eq!(state.remaining(&b.limits).tokens, Some(1_000), "a request still finds all of it");
@@ -478,8 +504,13 @@ mod tests {
         let b = budgets(100_000, 100_000);
         let mut state = BudgetState::default();
         let sizing = LeaseSizing { ttl_seconds: 30, ..LeaseSizing::default() };
-        let req =
-            LeaseRequest { id: "a".into(), want: amount(1_000, 1_000), need: amount(10, 10), unit: Amount::default() };
+        let req = LeaseRequest {
+            id: "a".into(),
+            want: amount(1_000, 1_000),
+            need: amount(10, 10),
+            unit: Amount::default(),
+            have: None,
+        };
         let g = grant(&mut state, &b, &sizing, &req, 100).unwrap();
         expire(&mut state, &b, 130);
         assert_eq!(state.spent_in(&b.limits[0]), g.added);
@@ -502,6 +533,7 @@ mod tests {
                 want: amount(800, 800),
                 need: amount(10, 10),
                 unit: Amount::default(),
+                have: None,
             },
         };
         let LedgerReply::Lease { grant } = apply(&mut state, &op, 0) else { panic!("granted") };
@@ -524,7 +556,13 @@ mod tests {
             &mut state,
             &b,
             &sizing,
-            &LeaseRequest { id: "a".into(), want: amount(1_000, 1_000), need: amount(10, 10), unit: Amount::default() },
+            &LeaseRequest {
+                id: "a".into(),
+                want: amount(1_000, 1_000),
+                need: amount(10, 10),
+                unit: Amount::default(),
+                have: None,
+            },
             0,
         )
         .unwrap();
@@ -576,6 +614,7 @@ mod tests {
                                 want: amount(3_000, 9_000),
                                 need: worst,
                                 unit: worst,
+                                have: None,
                             };
                             if let Ok(g) = grant(&mut state, &b, &sizing, &req, now) {
                                 let lease = slot.get_or_insert_with(|| LocalLease::new(lease_id));
