@@ -86,6 +86,7 @@ fn default_batch(budgets: &Budgets) -> TenantBatch {
                     want: Amount { tokens: 5000, micros: 9000, requests: 0 },
                     need: Amount { tokens: 400, micros: 700, requests: 0 },
                     unit: Amount { tokens: 400, micros: 700, requests: 0 },
+                    have: Some(Amount { tokens: 3000, micros: 5000, requests: 0 }),
                 },
             }),
             budget(LedgerOp::LeaseReport {
