@@ -885,7 +885,7 @@ def check_host(run: HostRun, config_every: float) -> list[Check]:
                 injected5[f"{cause} <- {'+'.join(sorted(set(faults)))}"] += 1
             elif WRANGLER_PROXY_503 in r.body_text and not r.error_code:
                 # wrangler dev's own proxy lost the request before the Worker
-                # answered (see PROXY_ARTIFACT in tests/e2e/test_worker_budget_concurrency.py);
+                # answered (tests/e2e/devproxy.py says why: workers-sdk#14641);
                 # the hold and ledger checks below still prove nothing was
                 # charged that no answer showed, or left reserved.
                 dev_proxy_lost += 1

@@ -30,11 +30,16 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import devproxy  # noqa: E402
 import hosts  # noqa: E402
 import tenants  # noqa: E402
 from hosts import HOSTS, ACME_KEY, GLOBEX_KEY, ROOT, Envoy, Missing, Mock, Redis, RedisEnvoys, Router, Webdis, Worker  # noqa: E402, F401
 
 from prereq import running, started  # noqa: E402
+
+# wrangler dev's proxy loses the odd POST to its own keep-alive race; the
+# module says why resending exactly those is sound.
+devproxy.install()
 
 
 @pytest.fixture(scope="session")
@@ -179,3 +184,11 @@ def pytest_runtest_makereport(item, call):
     if report.when == "call" and report.failed:
         for name, text in _log_sections(item):
             report.sections.append((name, text))
+
+
+def pytest_terminal_summary(terminalreporter):
+    """Say how often wrangler dev's proxy dropped a request that was resent,
+    so a rise shows in CI (pytest's own count stays the last line)."""
+    said = devproxy.summary()
+    if said:
+        terminalreporter.write_line(said)

@@ -30,6 +30,8 @@ from pathlib import Path
 
 import httpx
 
+import devproxy
+
 ROOT = Path(__file__).resolve().parents[2]
 WRANGLER = ROOT / "node_modules" / ".bin" / "wrangler"
 WORKER_CONFIG = ROOT / "wrangler.toml"
@@ -462,6 +464,8 @@ class WranglerDev:
         return at once (the caller times its own first request)."""
         wrangler = require_wrangler()
         port = free_port()
+        # Its proxy's lost POSTs are resent once conftest installs devproxy.
+        devproxy.serve_through_wrangler_dev(port)
         argv = [
             str(wrangler),
             "dev",

@@ -30,9 +30,6 @@ MAX_TOKENS = 60
 UPSTREAM_DELAY_MS = 1000
 MODEL = "gpt-4o-mini"
 SETTLE_SECONDS = 60.0
-# See test_worker_budget_concurrency.py: wrangler dev's proxy drops answers
-# of a burst that follows other traffic too closely.
-PROXY_QUIET_SECONDS = {"worker": 5.0, "envoy": 0.0}
 
 
 def body(marker: str, i: int, user: str | None = None) -> dict:
@@ -89,7 +86,6 @@ def spent(report: dict, section: str, entry_id: str) -> dict:
 
 def run(router, mock, calls: list[tuple[str, dict, dict]]) -> tuple[list, list]:
     mock.faults(f"slow:{UPSTREAM_DELAY_MS}", model=MODEL)
-    time.sleep(PROXY_QUIET_SECONDS[router.name])
     try:
         responses = asyncio.run(fire(router.url, calls))
     finally:
