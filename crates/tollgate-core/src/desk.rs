@@ -195,13 +195,6 @@ impl LeaseDesk {
         let mut slots = Vec::with_capacity(ops.len());
         let mut to_writer: Vec<TenantOp> = Vec::new();
         let mut reserves: Vec<(usize, String)> = Vec::new();
-        let closed = ops.iter().any(|op| {
-            matches!(
-                op,
-                TenantOp::Budget(LedgerOp::Settle { .. } | LedgerOp::Release { .. })
-                    | TenantOp::Outcome(OutcomeOp::Record { .. })
-            )
-        });
         let mut lease_need: Option<Amount> = None;
         for op in ops {
             let here = match &op {
@@ -285,21 +278,12 @@ impl LeaseDesk {
                 }
             }
         }
-        // A request closed and nothing else is in flight here: send what
-        // waits now (off the request path: hosts send closes detached), so
-        // a lightly loaded instance's spend reaches the writer as soon as
-        // without leases; under load, closes gather into batches. With the
-        // writer in this process what waits goes out at the next tick
-        // anyway (`due`), off the request's callbacks: a request at a time
-        // then costs no write of its own.
-        let idle_close = closed
-            && !self.writer_in_process
-            && desk.out == 0
-            && desk.requests == 0
-            && desk.at_writer.is_empty()
-            && desk.lease.as_ref().is_none_or(|l| l.in_flight() == 0)
-            && !desk.busy;
-        if to_writer.is_empty() && !(idle_close && desk.has_waiting()) {
+        // Closes answered here wait for the host's background step
+        // (`due`), which sends them as soon as nothing of the tenant is in
+        // flight here: a lone request's spend reaches the writer straight
+        // after it closes, and back-to-back requests share a batch instead
+        // of each paying a write of its own next to the next request.
+        if to_writer.is_empty() {
             return Routed::Answered(
                 slots
                     .into_iter()
@@ -464,9 +448,14 @@ impl LeaseDesk {
                 && desk.lease.as_ref().is_some_and(|l| l.in_flight() == 0)
                 && (drain || now >= desk.last_active.saturating_add(desk.idle_after()));
             let waiting = desk.records.len() + desk.lease.as_ref().map_or(0, LocalLease::unreported);
+            // Nothing of the tenant in flight here: what waits cannot grow
+            // into a batch soon, so it goes now.
+            let quiet = desk.requests == 0
+                && desk.at_writer.is_empty()
+                && desk.lease.as_ref().is_none_or(|l| l.in_flight() == 0);
             let flush_due = !records_out
                 && (waiting >= FLUSH_AT_COUNT
-                    || (waiting > 0 && (drain || at_once))
+                    || (waiting > 0 && (drain || at_once || quiet))
                     || (waiting > 0 && desk.oldest_waiting.is_some_and(|t| now >= t.saturating_add(FLUSH_AFTER_SECS))));
             let renew_due = !idle && desk.renewal_due(now);
             if !(idle || flush_due || renew_due) {
@@ -672,10 +661,6 @@ impl TenantDesk {
                 self.oldest_waiting = Some(self.sent_at);
             }
         }
-    }
-
-    fn has_waiting(&self) -> bool {
-        !self.records.is_empty() || self.lease.as_ref().is_some_and(|l| l.unreported() > 0)
     }
 
     /// A request reserved at the writer closes (`op`: its settle or
@@ -955,7 +940,8 @@ mod tests {
         assert_eq!(writer.background, before + 1, "after a second, the spend and the records went in one batch");
         assert_eq!(writer.budget.windows[0].spent, spent);
         assert_eq!(writer.outcomes.totals.tiers.iter().map(|t| t.requests).sum::<u64>(), 50);
-        // The long answer ends; nothing else is in flight, so its close goes at once.
+        // The long answer ends; nothing else is in flight, so its close goes
+        // with the next background step, not a second later.
         let close = vec![TenantOp::Budget(LedgerOp::Settle {
             budgets: b.clone(),
             id: "long".into(),
@@ -963,7 +949,9 @@ mod tests {
             scopes: Default::default(),
         })];
         writer.ask(&mut desk, close, 11, true);
-        assert_eq!(writer.batches, 2);
+        let before = writer.background;
+        writer.background(&mut desk, 11, true);
+        assert_eq!((writer.batches, writer.background), (1, before + 1));
         assert_eq!(writer.budget.windows[0].spent, spent.plus(Amount { tokens: 1, micros: 1, requests: 0 }));
         // Idle: the lease goes back, and nothing is held any more.
         writer.background(&mut desk, 11 + IDLE_AFTER_SECS + 1, true);
@@ -971,26 +959,56 @@ mod tests {
     }
 
     #[test]
-    fn a_request_that_closes_with_nothing_else_in_flight_is_sent_to_the_writer_at_once() {
+    fn a_lone_close_goes_at_the_next_background_step_and_back_to_back_closes_share_one_batch() {
         let b = budgets(1_000_000, 1_000_000_000, Some(LeaseSizing::default()));
         let mut desk = LeaseDesk::new("i1");
         let mut writer = Writer::default();
+        let close = |id: &str| {
+            vec![
+                TenantOp::Budget(LedgerOp::Settle {
+                    budgets: b.clone(),
+                    id: id.into(),
+                    amount: Amount { tokens: 10, micros: 10, requests: 0 },
+                    scopes: Default::default(),
+                }),
+                record(id),
+            ]
+        };
+        let spent = |n: u64| Amount { tokens: 10 * n, micros: 10 * n, requests: 0 };
+        // One request at a time: each close is answered here, and the host's
+        // background step right after it (the Worker's flusher, Envoy's
+        // tick) finds nothing in flight and sends it.
         for n in 0..3 {
             let id = format!("r{n}");
+            desk.request_started("t");
             writer.ask(&mut desk, vec![reserve_op(&b, &id, 100, 200)], 10, true);
-            let settle = TenantOp::Budget(LedgerOp::Settle {
-                budgets: b.clone(),
-                id: id.clone(),
-                amount: Amount { tokens: 10, micros: 10, requests: 0 },
-                scopes: Default::default(),
-            });
-            writer.ask(&mut desk, vec![settle, record(&id)], 10, true);
-            assert_eq!(
-                writer.budget.windows[0].spent,
-                Amount { tokens: 10 * (n + 1), micros: 10 * (n + 1), requests: 0 }
-            );
+            desk.request_ended("t");
+            let batches = writer.batches;
+            writer.ask(&mut desk, close(&id), 10, true);
+            assert_eq!(writer.batches, batches, "the close itself waits for no writer");
+            writer.background(&mut desk, 10, true);
+            assert_eq!(writer.budget.windows[0].spent, spent(n + 1), "request {n}'s spend is at the writer");
+            assert_eq!(writer.outcomes.totals.tiers.iter().map(|t| t.requests).sum::<u64>(), n + 1);
         }
-        assert_eq!(writer.batches, 4, "one reserve (and a lease), then three closes");
+        assert_eq!(writer.batches, 1, "one reserve (and a lease); no close paid a write on its own path");
+        assert_eq!(writer.background, 3);
+        // Back to back: while the next request is in flight, a close waits
+        // (within the same second, under 64 records); the last one out
+        // takes both in one batch.
+        desk.request_started("t");
+        writer.ask(&mut desk, vec![reserve_op(&b, "a", 100, 200)], 10, true);
+        desk.request_started("t");
+        writer.ask(&mut desk, vec![reserve_op(&b, "b", 100, 200)], 10, true);
+        desk.request_ended("t");
+        writer.ask(&mut desk, close("a"), 10, true);
+        writer.background(&mut desk, 10, true);
+        assert_eq!(writer.background, 3, "b is still in flight: a's close waits");
+        desk.request_ended("t");
+        writer.ask(&mut desk, close("b"), 10, true);
+        writer.background(&mut desk, 10, true);
+        assert_eq!(writer.background, 4, "both closes in one batch");
+        assert_eq!(writer.budget.windows[0].spent, spent(5));
+        assert_eq!(writer.outcomes.totals.tiers.iter().map(|t| t.requests).sum::<u64>(), 5);
     }
 
     fn remaining_of(reply: &TenantReply) -> budget::Remaining {
@@ -1055,11 +1073,13 @@ mod tests {
             }
             desk.request_ended("t");
             writer.ask(&mut desk, vec![record(&format!("r{n}"))], 10, true);
+            writer.background(&mut desk, 10, true);
         }
-        assert_eq!(writer.batches, 0, "overlapping requests' records wait");
+        assert_eq!((writer.batches, writer.background), (0, 0), "overlapping requests' records wait");
         desk.request_ended("t");
         writer.ask(&mut desk, vec![record("last")], 10, true);
-        assert_eq!(writer.batches, 1, "the last one out takes them all");
+        writer.background(&mut desk, 10, true);
+        assert_eq!((writer.batches, writer.background), (0, 1), "the last one out takes them all");
         assert_eq!(writer.outcomes.totals.tiers.iter().map(|t| t.requests).sum::<u64>(), 4);
     }
 
@@ -1284,6 +1304,10 @@ mod tests {
             let spent = Amount { tokens: 15, micros: 20, requests: 1 };
             let settle = LedgerOp::Settle { budgets: b.clone(), id, amount: spent, scopes: Default::default() };
             writer.ask(&mut desks[i], vec![TenantOp::Budget(settle)], start + 2, true);
+        }
+        // Each instance's background step sends what its closes left waiting.
+        for desk in &mut desks {
+            writer.background(desk, start + 2, true);
         }
         // The next minute opens again.
         let next = writer.ask(&mut desks[0], vec![reserve_op(&b, "later", 10, 10)], start + 61, true);

@@ -33,9 +33,18 @@ const FLUSH_POLL_MS: u64 = 250;
 /// A flusher not seen for this long is gone (its request's task was
 /// cancelled): the next request to close takes over.
 const FLUSHER_STALE_MS: f64 = 2_000.0;
+/// Background batches in a row a tenant's Durable Object may fail before
+/// the flusher gives up on it until one of its requests closes (what waits
+/// stays in the desk and goes with its next batch), as a batch sent on its
+/// own (`call_until_applied`) gives up after three attempts.
+const FLUSH_ATTEMPTS: u32 = 3;
 
 thread_local! {
     static DESK: RefCell<LeaseDesk> = RefCell::new(LeaseDesk::new(&instance_id()));
+    /// Background batches in a row each tenant's Durable Object failed
+    /// (tenants absent: none); at [`FLUSH_ATTEMPTS`] the flusher stops
+    /// sending that tenant's until one of its requests closes.
+    static FAILED_BATCHES: RefCell<Vec<(String, u32)>> = const { RefCell::new(Vec::new()) };
     /// When the isolate's flusher last looked (0: none has).
     static FLUSHER_SEEN_MS: Cell<f64> = const { Cell::new(0.0) };
     /// Batches sent to a Durable Object from this isolate, waited for by a
@@ -107,8 +116,10 @@ pub async fn call_until_applied(env: Env, tenant_id: String, ops: Vec<TenantOp>,
 
 /// A request has closed (inside its waitUntil task): become the isolate's
 /// flusher unless another request's task is one.
-pub async fn flush_in_background(env: Env, settings: Settings) {
+pub async fn flush_in_background(env: Env, settings: Settings, tenant_id: &str) {
     REQUESTS_CLOSED.set(REQUESTS_CLOSED.get() + 1);
+    // A request of the tenant closed: its batches are tried afresh.
+    FAILED_BATCHES.with(|f| f.borrow_mut().retain(|(t, _)| t != tenant_id));
     let started = now_ms();
     if started - FLUSHER_SEEN_MS.get() < FLUSHER_STALE_MS {
         return;
@@ -117,9 +128,32 @@ pub async fn flush_in_background(env: Env, settings: Settings) {
     loop {
         let due = DESK.with(|d| d.borrow_mut().due(now_secs(), false));
         for (tenant_id, ops, ticket) in due {
+            if failures_of(&tenant_id) >= FLUSH_ATTEMPTS {
+                // Given up on until one of its requests closes again: what
+                // waits stays in the desk for then.
+                let _ = DESK.with(|d| d.borrow_mut().on_replies(ticket, None, now_secs()));
+                continue;
+            }
             LEDGER_CALLS.set(LEDGER_CALLS.get() + 1);
             let replies = ledger::call(&env, &tenant_id, &ops, &settings).await.ok();
+            let failed = replies.is_none();
             let _ = DESK.with(|d| d.borrow_mut().on_replies(ticket, replies, now_secs()));
+            let failures = FAILED_BATCHES.with(|f| {
+                let mut f = f.borrow_mut();
+                let n = f.iter().find(|(t, _)| *t == tenant_id).map_or(0, |(_, n)| *n);
+                f.retain(|(t, _)| *t != tenant_id);
+                if failed {
+                    f.push((tenant_id.clone(), n + 1));
+                }
+                if failed { n + 1 } else { 0 }
+            });
+            if failures == FLUSH_ATTEMPTS {
+                // A lone request's hold, if any, expires by itself; a lease
+                // left unreported is charged in full at its expiry.
+                console_error!(
+                    "tollgate: gave up settling for `{tenant_id}` after {FLUSH_ATTEMPTS} attempts; what waits goes with its next batch"
+                );
+            }
         }
         let now = now_ms();
         FLUSHER_SEEN_MS.set(now);
@@ -142,6 +176,10 @@ pub async fn flush_in_background(env: Env, settings: Settings) {
     }
     // The next request to close takes over at once.
     FLUSHER_SEEN_MS.set(0.0);
+}
+
+fn failures_of(tenant_id: &str) -> u32 {
+    FAILED_BATCHES.with(|f| f.borrow().iter().find(|(t, _)| t == tenant_id).map_or(0, |(_, n)| *n))
 }
 
 /// What this isolate did: Durable Object batches waited for, sent in the

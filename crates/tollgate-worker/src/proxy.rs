@@ -186,7 +186,7 @@ impl Job {
         self.apply(closing.ops).await;
         // Still inside this request's waitUntil: flush the isolate's desk
         // (waiting spend and records, lease renewals) if nobody else is.
-        desk::flush_in_background(self.env.clone(), self.settings).await;
+        desk::flush_in_background(self.env.clone(), self.settings, &self.tenant_id).await;
     }
 }
 
