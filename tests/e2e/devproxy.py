@@ -71,6 +71,24 @@ def _replayable(request: httpx.Request) -> bool:
     return isinstance(request.stream, httpx.ByteStream)
 
 
+def _kept_or_resend(request: httpx.Request, response: httpx.Response, raw: bytes, attempt: int) -> httpx.Response | None:
+    """The response to hand the caller, or None to send `request` again.
+    `raw` is the body as it came (still encoded, as the headers say)."""
+    if _decoded(response, raw).strip() != DROPPED_BODY or attempt == MAX_RESENDS:
+        # Not the proxy's drop (or it kept dropping): the response as it
+        # came, its body already read.
+        return httpx.Response(
+            response.status_code,
+            headers=response.headers,
+            content=raw,
+            extensions=response.extensions,
+            request=request,
+        )
+    with _lock:
+        resent.append(f"{request.method} {request.url.path}")
+    return None
+
+
 _original_handle_request = httpx.HTTPTransport.handle_request
 
 
@@ -81,22 +99,11 @@ def _handle_request(self: httpx.HTTPTransport, request: httpx.Request) -> httpx.
         response = _original_handle_request(self, request)
         if not _looks_dropped(response):
             return response
-        # The bytes as they came (still encoded, as the headers say).
         raw = b"".join(response.iter_raw())
         response.close()
-        if _decoded(response, raw).strip() != DROPPED_BODY or attempt == MAX_RESENDS:
-            # Not the proxy's drop (or it kept dropping): hand the caller
-            # the response as it came, its body already read.
-            return httpx.Response(
-                response.status_code,
-                headers=response.headers,
-                content=raw,
-                extensions=response.extensions,
-                request=request,
-            )
-        with _lock:
-            resent.append(f"{request.method} {request.url.path}")
-    raise AssertionError("unreachable: the loop returns")  # pragma: no cover
+        if (kept := _kept_or_resend(request, response, raw, attempt)) is not None:
+            return kept
+    raise AssertionError("unreachable: the last attempt returns")  # pragma: no cover
 
 
 _original_handle_async_request = httpx.AsyncHTTPTransport.handle_async_request
@@ -111,17 +118,9 @@ async def _handle_async_request(self: httpx.AsyncHTTPTransport, request: httpx.R
             return response
         raw = b"".join([chunk async for chunk in response.aiter_raw()])
         await response.aclose()
-        if _decoded(response, raw).strip() != DROPPED_BODY or attempt == MAX_RESENDS:
-            return httpx.Response(
-                response.status_code,
-                headers=response.headers,
-                content=raw,
-                extensions=response.extensions,
-                request=request,
-            )
-        with _lock:
-            resent.append(f"{request.method} {request.url.path}")
-    raise AssertionError("unreachable: the loop returns")  # pragma: no cover
+        if (kept := _kept_or_resend(request, response, raw, attempt)) is not None:
+            return kept
+    raise AssertionError("unreachable: the last attempt returns")  # pragma: no cover
 
 
 def install() -> None:
