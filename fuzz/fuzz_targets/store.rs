@@ -87,6 +87,30 @@ fn default_batch(budgets: &Budgets) -> TenantBatch {
                     need: Amount { tokens: 400, micros: 700, requests: 0 },
                     unit: Amount { tokens: 400, micros: 700, requests: 0 },
                     have: Some(Amount { tokens: 3000, micros: 5000, requests: 0 }),
+                    scopes: Default::default(),
+                },
+            }),
+            // A lease carved for a key and an end user as well.
+            budget(LedgerOp::LeaseGrant {
+                budgets: b(),
+                sizing: budget::lease::LeaseSizing::default(),
+                request: budget::lease::LeaseRequest {
+                    id: "l2".into(),
+                    want: Amount { tokens: 5000, micros: 9000, requests: 0 },
+                    need: Amount { tokens: 400, micros: 700, requests: 0 },
+                    unit: Amount { tokens: 400, micros: 700, requests: 0 },
+                    have: None,
+                    scopes: scoped(),
+                },
+            }),
+            budget(LedgerOp::LeaseReport {
+                budgets: b(),
+                report: budget::lease::LeaseReport {
+                    lease: "l2".into(),
+                    settled: vec![("r5".into(), Amount { tokens: 300, micros: 500, requests: 0 })],
+                    returned: true,
+                    keep: None,
+                    scopes: scoped(),
                 },
             }),
             budget(LedgerOp::LeaseReport {
@@ -96,6 +120,7 @@ fn default_batch(budgets: &Budgets) -> TenantBatch {
                     settled: vec![("r4".into(), Amount { tokens: 300, micros: 500, requests: 0 })],
                     returned: false,
                     keep: Some(Amount { tokens: 100, micros: 200, requests: 0 }),
+                    scopes: Default::default(),
                 },
             }),
             outcome(OutcomeOp::Record {

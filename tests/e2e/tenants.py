@@ -604,6 +604,8 @@ LEVELS = {
 }
 # Fresh user ids past a cap of 4 tracked users share one user's allowance.
 LEVELS_FLOOD = levels_tenant("flood", key_tokens=ROOMY_TOKENS, tenant=ROOMY_TOKENS, user=400, max_tracked=4)
+# Leases carved for a key and an end user (test_leases.py): no level binds.
+LEVELS_LEASED = levels_tenant("leased", key_tokens=ROOMY_TOKENS, tenant=ROOMY_TOKENS, user=ROOMY_TOKENS)
 # The SDKs' typed errors for a user out of budget.
 LEVELS_SDK = levels_tenant("sdk", key_tokens=ROOMY_TOKENS, tenant=ROOMY_TOKENS, user=150)
 # A key allowed 5 requests a minute (a rate at the key level).

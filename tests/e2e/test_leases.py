@@ -31,7 +31,17 @@ import pytest
 
 import hosts
 import tenants as registry
-from calls import bearer, chat_body, cost_micros, micros, settled_usage, unique, upstream_calls, usage
+from calls import (
+    bearer,
+    chat_body,
+    cost_micros,
+    micros,
+    settled_and_returned,
+    settled_usage,
+    unique,
+    upstream_calls,
+    usage,
+)
 from hosts import Mock, RedisEnvoys
 from prereq import running
 
@@ -88,6 +98,43 @@ def test_a_leased_tenants_requests_rarely_wait_for_the_writer_and_a_per_request_
     assert counts[registry.LEASED_KEY] <= 4, (
         f"{counts[registry.LEASED_KEY]} of {SEQUENTIAL} leased requests waited for the writer"
     )
+
+
+def test_requests_charged_at_a_keys_and_an_end_users_limits_are_leased_too_and_the_ledger_has_them_at_every_level(
+    router, clean_mock
+):
+    _, limited_key, _ = registry.LEVELS_LEASED
+    user = f"leased-{uuid.uuid4().hex[:10]}"
+
+    def body(text: str, max_tokens: int) -> dict:
+        return {**chat_body(unique(text), max_tokens=max_tokens), "user": user}
+
+    # Every instance serving the tenant has served this key and user twice
+    # (the second request asks for a lease carved at all three levels).
+    asyncio.run(_send_in_waves(router.url, limited_key, [body("Warm up.", 5) for _ in range(PARALLEL * 3)]))
+    before_usage = settled_and_returned(router.url, limited_key)
+    again = asyncio.run(_send_in_waves(router.url, limited_key, [body("Warm up again.", 5) for _ in range(PARALLEL * 2)]))
+    before_batches = writer_batches_waited(router)
+    answers = asyncio.run(_send_in_waves(router.url, limited_key, [body("Name a colour.", 20) for _ in range(SEQUENTIAL)]))
+    waited = writer_batches_waited(router) - before_batches
+    answers += again
+    assert all(a.status_code == 200 for a in answers), [a.text[:200] for a in answers if a.status_code != 200]
+    # Before leases for keys and users, each of these waited for the writer.
+    assert waited <= 4, f"{waited} of {SEQUENTIAL} requests of a limited key and user waited for the writer"
+    after = settled_and_returned(router.url, limited_key)
+
+    def tokens_at(report: dict, section: str | None) -> int:
+        if section is None:
+            return report["budgets"][0]["spent_tokens"]
+        entries = report.get(section, [])
+        if section == "users":
+            entries = [e for e in entries if e["id"] == user]
+        return sum(e["budgets"][0]["spent_tokens"] for e in entries)
+
+    # What the answers since `before_usage` used, exactly, at every level.
+    served = sum(a.json()["usage"]["total_tokens"] for a in answers)
+    grown = {s or "tenant": tokens_at(after, s) - tokens_at(before_usage, s) for s in (None, "keys", "users")}
+    assert grown == {"tenant": served, "keys": served, "users": served}, grown
 
 
 def test_near_the_end_of_a_budget_a_request_is_refused_only_when_what_is_left_cannot_pay_it(router, clean_mock):

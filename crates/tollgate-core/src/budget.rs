@@ -346,14 +346,18 @@ impl BudgetState {
         sync_windows(&mut self.windows, limits, now);
         // A lease that expired unreported is charged in full (its instance
         // may have spent all of it); a request's expired hold is dropped.
-        let expired_leases = self
-            .outstanding
-            .iter()
-            .filter(|o| o.expires_at <= now && lease::is_lease(&o.id))
-            .fold(Amount::default(), |acc, o| acc.plus(o.amount));
-        self.outstanding.retain(|o| o.expires_at > now);
-        if expired_leases != Amount::default() {
-            self.charge(expired_leases, now);
+        // A scoped lease is charged at its key and user as well.
+        if self.outstanding.iter().any(|o| o.expires_at <= now) {
+            let expired_leases: Vec<(HoldScope, Amount)> = self
+                .outstanding
+                .iter()
+                .filter(|o| o.expires_at <= now && lease::is_lease(&o.id) && o.amount != Amount::default())
+                .map(|o| (o.scope.clone(), o.amount))
+                .collect();
+            self.outstanding.retain(|o| o.expires_at > now);
+            for (scope, amount) in expired_leases {
+                self.charge_at(&scope, amount, now);
+            }
         }
         if !self.scoped.is_empty() {
             for entry in &mut self.scoped {
@@ -873,11 +877,12 @@ pub fn scoped_status(state: &mut BudgetState, budgets: &Budgets, scopes: &Scopes
             Level::User => budgets.users.as_ref().map_or(&[], |u| u.limits_for(&entry.id)),
             Level::Tenant => &[],
         };
-        let reserved = state
-            .outstanding
-            .iter()
-            .filter(|o| o.scope.holds_at(entry.level, &entry.id))
-            .fold(Amount::default(), |acc, o| acc.plus(o.amount));
+        let (leased, reserved) = state.outstanding.iter().filter(|o| o.scope.holds_at(entry.level, &entry.id)).fold(
+            (Amount::default(), Amount::default()),
+            |(l, r), o| {
+                if lease::is_lease(&o.id) { (l.plus(o.amount), r) } else { (l, r.plus(o.amount)) }
+            },
+        );
         let windows = entry
             .windows
             .iter()
@@ -888,7 +893,7 @@ pub fn scoped_status(state: &mut BudgetState, budgets: &Budgets, scopes: &Scopes
                     window: w.window,
                     spent: w.spent,
                     reserved,
-                    leased: Amount::default(),
+                    leased,
                     limit_tokens: limit.and_then(|l| l.tokens),
                     limit_micros: limit.and_then(|l| l.usd_micros),
                     limit_requests: limit.and_then(|l| l.requests),
@@ -913,20 +918,6 @@ fn fraction(used: u64, limit: Option<u64>) -> f64 {
         Some(l) => used as f64 / l as f64,
         None => 0.0,
     }
-}
-
-/// The first tenant limit `need` does not fit (for [`lease::grant`]).
-fn first_violation<'a>(
-    state: &'a BudgetState,
-    limits: &'a [BudgetLimit],
-    held: Amount,
-    need: Amount,
-) -> Option<&'a BudgetLimit> {
-    LevelView { held, ..state.tenant_level(limits) }.violation(need)
-}
-
-fn exceeded(state: &BudgetState, limit: &BudgetLimit, held: Amount, need: Amount, now: u64) -> BudgetError {
-    LevelView { held, ..state.tenant_level(std::slice::from_ref(limit)) }.exceeded(limit, need, now)
 }
 
 /// One operation on a tenant's ledger, as a host sends it to wherever the
@@ -1020,6 +1011,8 @@ pub fn apply(state: &mut BudgetState, op: &LedgerOp, now: u64) -> LedgerReply {
         let key = match op {
             LedgerOp::Reserve { request, .. } => request.scopes.key.as_deref(),
             LedgerOp::Settle { scopes, .. } | LedgerOp::Check { scopes, .. } => scopes.key.as_deref(),
+            LedgerOp::LeaseGrant { request, .. } => request.scopes.key.as_deref(),
+            LedgerOp::LeaseReport { report, .. } => report.scopes.key.as_deref(),
             _ => None,
         };
         alerts::scan(state, budgets, key.map(|k| (k.id.as_str(), k.limits.as_slice())), refused, now);

@@ -721,6 +721,7 @@ mod tests {
                 need: budget::Amount::default(),
                 unit: budget::Amount::default(),
                 have: None,
+                scopes: Default::default(),
             },
         };
         let mut board = BudgetBoard::default();

@@ -22,6 +22,7 @@
 //! unused in other instances' leases at the end is bounded by the live
 //! leases' unspent parts, for at most one lease lifetime.
 
+use super::scope::{HoldScope, Level, ScopeSpend, Scopes};
 use super::{Amount, BudgetState, Budgets, Outstanding};
 use crate::error::BudgetError;
 use serde::{Deserialize, Serialize};
@@ -44,7 +45,7 @@ impl Default for LeaseSizing {
 }
 
 /// An instance asks the writer for a lease (or for more on its own).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct LeaseRequest {
     /// The lease's id, chosen by the instance (random bytes from the host):
     /// a renewal names its current lease, so it grows rather than doubles.
@@ -68,6 +69,12 @@ pub struct LeaseRequest {
     /// writer still holds all the instance may spend.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub have: Option<Amount>,
+    /// The key and end user the lease is carved for besides the tenant
+    /// (none: the tenant's limits only). A scoped lease counts at every
+    /// level its requests are charged at, so requests of that key and user
+    /// reserve from it in memory like any other.
+    #[serde(default, skip_serializing_if = "Scopes::is_empty")]
+    pub scopes: Scopes,
 }
 
 /// What the writer granted: the lease's whole size now and its expiry.
@@ -94,11 +101,33 @@ pub struct LeaseGrant {
 pub struct LeaseView {
     pub windows: Vec<super::WindowSpend>,
     pub others: Amount,
+    /// A scoped lease's levels below the tenant (boxed: most leases are
+    /// the tenant's alone).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub below: Option<Box<ScopedView>>,
+}
+
+/// A scoped lease's levels below the tenant: the entries it is charged at
+/// (the user's may be the shared one of users past the cap), their settled
+/// spend, and what everything else holds at the key and at the user.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ScopedView {
+    pub scope: HoldScope,
+    pub scoped: Vec<ScopeSpend>,
+    pub others_at_key: Amount,
+    pub others_at_user: Amount,
+}
+
+impl LeaseView {
+    /// The entries the lease is charged at below the tenant.
+    pub fn scope(&self) -> Option<&HoldScope> {
+        self.below.as_ref().map(|b| &b.scope)
+    }
 }
 
 /// Settled spend an instance reports against its lease, and whether it
 /// hands the rest back.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct LeaseReport {
     pub lease: String,
     /// `(request id, actual spend)`, each applied once.
@@ -113,6 +142,10 @@ pub struct LeaseReport {
     /// by another request's, then retried) frees it once.
     #[serde(default)]
     pub keep: Option<Amount>,
+    /// The lease's key and user, as in its grant: the writer's alerts
+    /// need the key's limits, which only requests carry.
+    #[serde(default, skip_serializing_if = "Scopes::is_empty")]
+    pub scopes: Scopes,
 }
 
 const LEASE_PREFIX: &str = "lease:";
@@ -140,12 +173,25 @@ pub fn grant(
     if let (Some(have), Some(lease)) = (request.have, state.outstanding.iter_mut().find(|o| o.id == hold)) {
         lease.amount = lease.amount.min(have);
     }
-    let left = state.remaining(&budgets.limits);
+    // The levels the lease counts at: the tenant's, and for a scoped
+    // lease its key's and user's (an existing lease keeps its own).
+    let scope = match state.outstanding.iter().find(|o| o.id == hold) {
+        Some(lease) => lease.scope.clone(),
+        None => state.prepare_scopes(budgets, &request.scopes, now),
+    };
+    let levels = state.levels(budgets, &request.scopes, &scope);
+    let left = super::remaining_over(&levels);
+    if let Some(refusal) = levels
+        .iter()
+        .find_map(|level| level.violation(request.need).map(|limit| level.exceeded(limit, request.need, now)))
+    {
+        return Err(refusal);
+    }
     let share = sizing.share.max(1);
     let cap = |x: u64, c: u64| if c == 0 { x } else { x.min(c) };
     // Each dimension: what is wanted, within a share of what is left and
     // the cap, and never less than what is needed (which fits what is
-    // left, or the grant is refused below).
+    // left, or the grant was refused above).
     let size = |want: u64, need: u64, left: Option<u64>, limit_cap: u64| {
         let fair = left.map_or(want, |l| l / share);
         cap(want.min(fair.max(need)), limit_cap).max(need)
@@ -159,13 +205,34 @@ pub fn grant(
         // Too small to pay one typical request: no lease at all.
         added = request.need;
     }
-    let held = state.reserved();
-    if let Some(limit) = super::first_violation(state, &budgets.limits, held, request.need) {
-        return Err(super::exceeded(state, limit, held, request.need, now));
-    }
     let expires_at = now.saturating_add(sizing.ttl_seconds);
-    let others = state.outstanding.iter().filter(|o| o.id != hold).fold(Amount::default(), |acc, o| acc.plus(o.amount));
-    let view = LeaseView { windows: state.windows.clone(), others };
+    let held_by_others = |level: Level, id: Option<&String>| {
+        id.map_or(Amount::default(), |id| {
+            state
+                .outstanding
+                .iter()
+                .filter(|o| o.id != hold && o.scope.holds_at(level, id))
+                .fold(Amount::default(), |acc, o| acc.plus(o.amount))
+        })
+    };
+    let below = (!scope.is_empty()).then(|| {
+        Box::new(ScopedView {
+            scoped: state
+                .scoped
+                .iter()
+                .filter(|e| e.level != Level::Tenant && scope.holds_at(e.level, &e.id))
+                .cloned()
+                .collect(),
+            others_at_key: held_by_others(Level::Key, scope.key.as_ref()),
+            others_at_user: held_by_others(Level::User, scope.user.as_ref()),
+            scope: scope.clone(),
+        })
+    });
+    let view = LeaseView {
+        windows: state.windows.clone(),
+        others: held_by_others(Level::Tenant, Some(&String::new())),
+        below,
+    };
     let fresh = match state.outstanding.iter_mut().find(|o| o.id == hold) {
         Some(lease) => {
             lease.amount = lease.amount.plus(added);
@@ -179,7 +246,7 @@ pub fn grant(
                 expires_at,
                 downgraded: false,
                 clamped_output_tokens: None,
-                scope: Default::default(),
+                scope,
             });
             true
         }
@@ -204,7 +271,9 @@ pub fn report(state: &mut BudgetState, budgets: &Budgets, report: &LeaseReport, 
         charged = charged.plus(*amount);
         super::remember_finished(state, id);
     }
-    state.charge(charged, now);
+    // At every level the lease counts at (a scoped lease's key and user too).
+    let scope = state.outstanding.get(index).map(|o| o.scope.clone()).unwrap_or_default();
+    state.charge_at(&scope, charged, now);
     if let Some(lease) = state.outstanding.get_mut(index) {
         lease.amount = lease.amount.saturating_sub(charged);
         if let Some(keep) = report.keep {
@@ -229,20 +298,38 @@ impl LeaseView {
     /// else the writer holds as one hold that lasts as long as the lease,
     /// and this instance's own requests in flight (`local_holds`).
     pub fn state(&self, expires_at: u64, local_holds: Vec<Outstanding>, unreported: Amount, now: u64) -> BudgetState {
-        let mut state =
-            BudgetState { windows: self.windows.clone(), outstanding: local_holds, ..BudgetState::default() };
-        if self.others != Amount::default() {
-            state.outstanding.push(Outstanding {
-                id: OTHERS_HOLD.to_owned(),
-                amount: self.others,
-                expires_at,
-                downgraded: false,
-                clamped_output_tokens: None,
-                scope: Default::default(),
-            });
+        let below = self.below.as_deref().cloned().unwrap_or_default();
+        let mut state = BudgetState {
+            windows: self.windows.clone(),
+            outstanding: local_holds,
+            scoped: below.scoped,
+            ..BudgetState::default()
+        };
+        // Everything else as (at most) three holds: at the key, at the user,
+        // and the rest at the tenant only. The key's and the user's are
+        // exact; the tenant then sees at least what it held (a hold at both
+        // the key and the user may be counted twice there: cautious, and
+        // only a refusal here, which the writer then decides).
+        let at_tenant_only = self.others.saturating_sub(below.others_at_key.plus(below.others_at_user));
+        let others = [
+            (OTHERS_HOLD, at_tenant_only, HoldScope::default()),
+            (OTHERS_AT_KEY_HOLD, below.others_at_key, HoldScope { key: below.scope.key.clone(), user: None }),
+            (OTHERS_AT_USER_HOLD, below.others_at_user, HoldScope { key: None, user: below.scope.user.clone() }),
+        ];
+        for (id, amount, scope) in others {
+            if amount != Amount::default() {
+                state.outstanding.push(Outstanding {
+                    id: id.to_owned(),
+                    amount,
+                    expires_at,
+                    downgraded: false,
+                    clamped_output_tokens: None,
+                    scope,
+                });
+            }
         }
         if unreported != Amount::default() {
-            state.charge(unreported, now);
+            state.charge_at(&below.scope, unreported, now);
         }
         state
     }
@@ -250,10 +337,12 @@ impl LeaseView {
 
 /// The id of the hold that stands for everything else in an instance's view.
 pub const OTHERS_HOLD: &str = "lease-view:others";
+const OTHERS_AT_KEY_HOLD: &str = "lease-view:others-at-key";
+const OTHERS_AT_USER_HOLD: &str = "lease-view:others-at-user";
 
 /// An instance's side of its lease: requests reserve and settle here, in
 /// memory; settled spend waits for the next report.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct LocalLease {
     pub id: String,
     /// The lease's size (every grant added up, less what was reported).
@@ -266,6 +355,8 @@ pub struct LocalLease {
     generation: u32,
     holds: Vec<(String, Amount, u32)>,
     unreported: Vec<(String, Amount)>,
+    /// A scoped lease's key and user (for its reports).
+    scopes: Scopes,
 }
 
 /// Why a request could not reserve from the lease.
@@ -280,6 +371,11 @@ pub enum LocalShortfall {
 impl LocalLease {
     pub fn new(id: String) -> Self {
         LocalLease { id, ..LocalLease::default() }
+    }
+
+    /// A lease carved for a key's and an end user's requests too.
+    pub fn scoped(id: String, scopes: Scopes) -> Self {
+        LocalLease { id, scopes, ..LocalLease::default() }
     }
 
     /// The writer granted more.
@@ -391,7 +487,7 @@ impl LocalLease {
         let total = settled.iter().fold(Amount::default(), |acc, (_, a)| acc.plus(*a));
         self.size = self.size.saturating_sub(total);
         self.used = self.used.saturating_sub(total);
-        LeaseReport { lease: self.id.clone(), settled, returned, keep: None }
+        LeaseReport { lease: self.id.clone(), settled, returned, keep: None, scopes: self.scopes.clone() }
     }
 
     /// Give up what the lease has unused: the size it keeps (for
@@ -457,7 +553,14 @@ mod tests {
             &mut state,
             &b,
             &sizing,
-            &LeaseRequest { id: "a".into(), want, need: amount(100, 100), unit: Amount::default(), have: None },
+            &LeaseRequest {
+                id: "a".into(),
+                want,
+                need: amount(100, 100),
+                unit: Amount::default(),
+                have: None,
+                scopes: Default::default(),
+            },
             10,
         )
         .unwrap();
@@ -470,7 +573,14 @@ mod tests {
             &mut tail,
             &b,
             &sizing,
-            &LeaseRequest { id: "b".into(), want, need: amount(60, 60), unit: Amount::default(), have: None },
+            &LeaseRequest {
+                id: "b".into(),
+                want,
+                need: amount(60, 60),
+                unit: Amount::default(),
+                have: None,
+                scopes: Default::default(),
+            },
             10,
         )
         .unwrap();
@@ -479,7 +589,14 @@ mod tests {
             &mut tail,
             &b,
             &sizing,
-            &LeaseRequest { id: "c".into(), want, need: amount(60, 60), unit: Amount::default(), have: None },
+            &LeaseRequest {
+                id: "c".into(),
+                want,
+                need: amount(60, 60),
+                unit: Amount::default(),
+                have: None,
+                scopes: Default::default(),
+            },
             10,
         );
         assert!(refused.is_err(), "40 left cannot pay a 60 worst case");
@@ -492,8 +609,14 @@ mod tests {
         let sizing = LeaseSizing::default();
         let unit = amount(143, 143);
         // An eighth of 1,000 tokens cannot pay one 143-token request: nothing is held.
-        let req =
-            LeaseRequest { id: "a".into(), want: amount(9_000, 9_000), need: Amount::default(), unit, have: None };
+        let req = LeaseRequest {
+            id: "a".into(),
+            want: amount(9_000, 9_000),
+            need: Amount::default(),
+            unit,
+            have: None,
+            scopes: Default::default(),
+        };
         let g = grant(&mut state, &b, &sizing, &req, 10).unwrap();
         assert_eq!(g.added, Amount::default());
         assert_eq!(state.remaining(&b.limits).tokens, Some(1_000), "a request still finds all of it");
@@ -510,12 +633,18 @@ mod tests {
             need: amount(10, 10),
             unit: Amount::default(),
             have: None,
+            scopes: Default::default(),
         };
         let g = grant(&mut state, &b, &sizing, &req, 100).unwrap();
         expire(&mut state, &b, 130);
         assert_eq!(state.spent_in(&b.limits[0]), g.added);
-        let late =
-            LeaseReport { lease: "a".into(), settled: vec![("r1".into(), amount(5, 5))], returned: true, keep: None };
+        let late = LeaseReport {
+            lease: "a".into(),
+            settled: vec![("r1".into(), amount(5, 5))],
+            returned: true,
+            keep: None,
+            scopes: Default::default(),
+        };
         report(&mut state, &b, &late, 131);
         assert_eq!(state.spent_in(&b.limits[0]), g.added);
     }
@@ -534,6 +663,7 @@ mod tests {
                 need: amount(10, 10),
                 unit: Amount::default(),
                 have: None,
+                scopes: Default::default(),
             },
         };
         let LedgerReply::Lease { grant } = apply(&mut state, &op, 0) else { panic!("granted") };
@@ -541,8 +671,13 @@ mod tests {
         let _ =
             apply(&mut state, &LedgerOp::Status { budgets: b.clone(), scopes: Default::default() }, grant.expires_at);
         assert_eq!(state.spent_in(&b.limits[0]), grant.added);
-        let report =
-            LeaseReport { lease: "a".into(), settled: vec![("r".into(), amount(1, 1))], returned: true, keep: None };
+        let report = LeaseReport {
+            lease: "a".into(),
+            settled: vec![("r".into(), amount(1, 1))],
+            returned: true,
+            keep: None,
+            scopes: Default::default(),
+        };
         let _ = apply(&mut state, &LedgerOp::LeaseReport { budgets: b.clone(), report }, grant.expires_at + 1);
         assert_eq!(state.spent_in(&b.limits[0]), grant.added, "a late report changes nothing");
     }
@@ -562,6 +697,7 @@ mod tests {
                 need: amount(10, 10),
                 unit: Amount::default(),
                 have: None,
+                scopes: Default::default(),
             },
             0,
         )
@@ -577,6 +713,53 @@ mod tests {
             state.remaining(&b.limits),
             crate::budget::Remaining { tokens: Some(99_880), micros: Some(99_910), requests: None }
         );
+    }
+
+    #[test]
+    fn a_scoped_lease_is_a_share_of_its_tightest_level_and_an_unreported_one_is_charged_in_full_at_each_level() {
+        use crate::budget::scope::{KeyScope, Level, UserBudgets};
+        use crate::budget::{BudgetLimit, Window};
+        let day = |name: &str, tokens: u64| BudgetLimit {
+            name: name.into(),
+            window: Window::Day,
+            tokens: Some(tokens),
+            usd_micros: None,
+            requests: None,
+        };
+        let mut b = budgets(100_000, 100_000_000);
+        b.users = Some(Box::new(UserBudgets {
+            header: None,
+            limits: vec![day("user-day", 8_000)],
+            overrides: Default::default(),
+            max_tracked: 10,
+        }));
+        let scopes = Scopes {
+            key: Some(Box::new(KeyScope { id: "k1".into(), label: None, limits: vec![day("key-day", 40_000)] })),
+            user: Some("ann".into()),
+        };
+        let mut state = BudgetState::default();
+        let req = LeaseRequest {
+            id: "a".into(),
+            want: amount(50_000, 50_000),
+            need: amount(100, 100),
+            unit: Amount::default(),
+            have: None,
+            scopes: scopes.clone(),
+        };
+        let g = grant(&mut state, &b, &LeaseSizing::default(), &req, 100).unwrap();
+        assert_eq!(g.added.tokens, 1_000, "an eighth of the user's 8,000, the tightest level");
+        assert_eq!(g.view.scope().and_then(|s| s.user.as_deref()), Some("ann"));
+        // What the lease holds counts at the key and the user too.
+        let status = crate::budget::scoped_status(&mut state, &b, &scopes, 101);
+        for entry in &status {
+            assert_eq!(entry.limits[0].leased.tokens, 1_000, "{entry:?}");
+        }
+        expire(&mut state, &b, 100 + LeaseSizing::default().ttl_seconds);
+        assert_eq!(state.spent_in(&b.limits[0]).tokens, 1_000);
+        for level in [Level::Key, Level::User] {
+            let entry = state.scoped.iter().find(|e| e.level == level).expect("an entry");
+            assert_eq!(entry.windows[0].spent.tokens, 1_000, "{level:?}");
+        }
     }
 
     /// N instances, random interleavings of reserve, settle, release,
@@ -615,6 +798,7 @@ mod tests {
                                 need: worst,
                                 unit: worst,
                                 have: None,
+                                scopes: Default::default(),
                             };
                             if let Ok(g) = grant(&mut state, &b, &sizing, &req, now) {
                                 let lease = slot.get_or_insert_with(|| LocalLease::new(lease_id));
