@@ -10,8 +10,10 @@ a shared machine are noise-prone); the one check is the bundle size limit.
 3. Added latency: p50/p99 of a routed request (tollgate/auto, cache off)
    minus the same for the pass-through Worker (tests/passthrough) forwarding
    to the same mock in the same run; sequential (interleaved) and with N
-   concurrent clients. The routed tenant is measured twice: leased (the
-   default) and `budgets.consistency: per_request`.
+   concurrent clients. The routed tenant is measured three times: leased
+   (the default), leased with every request also charged at its API key's
+   own limits and an end user's (`budgets.users`), and
+   `budgets.consistency: per_request`.
 4. Durable Object calls per routed request, counted by the Worker itself
    (`GET /healthz` reports its isolate's batches to the ledger and the
    requests it closed) over each concurrent run.
@@ -40,6 +42,9 @@ import hosts  # noqa: E402
 MAX_GZIP_BYTES = 3 * 1024 * 1024
 BENCH_KEY = "tg-bench-key"
 BENCH_PER_REQUEST_KEY = "tg-bench-per-request-key"
+BENCH_SCOPED_KEY = "tg-bench-scoped-key"
+# No run can exhaust these either.
+ROOMY_TOKENS = 10_000_000_000
 # The budget-lease issue's goals.
 GOAL_ADDED_P50_MS = 2.0
 GOAL_THROUGHPUT = 0.85
@@ -57,6 +62,19 @@ def bench_tenant(tenant_id: str = "bench", consistency: str = "leased") -> dict:
     return cfg
 
 
+def scoped_bench_tenant() -> dict:
+    """The bench tenant whose end users have limits of their own too."""
+    cfg = bench_tenant("bench-scoped")
+    cfg["budgets"]["users"] = {"limits": [{"name": "user-daily", "window": "day", "tokens": ROOMY_TOKENS}]}
+    return cfg
+
+
+def scoped_key() -> dict:
+    """An API key whose record has limits of its own."""
+    limits = [{"name": "key-daily", "window": "day", "tokens": ROOMY_TOKENS}]
+    return {"key": BENCH_SCOPED_KEY, "label": "bench-app", "limits": limits}
+
+
 def ledger_calls(url: str) -> tuple[int, int]:
     """(Durable Object batches, requests closed) of the isolate behind `url`."""
     instance = httpx.get(url + "/healthz", timeout=10).json().get("instance", {})
@@ -71,6 +89,11 @@ def routed_body(i: int) -> dict:
         "messages": [{"role": "user", "content": f"Say hello to request number {i}, briefly."}],
         "max_tokens": 32,
     }
+
+
+def scoped_body(i: int) -> dict:
+    # One of a few end users, as an app's traffic would name them.
+    return {**routed_body(i), "user": f"bench-user-{i % 4}"}
 
 
 def passthrough_body(i: int) -> dict:
@@ -242,6 +265,7 @@ def main() -> int:
 
         routed = ("/v1/chat/completions", {"authorization": f"Bearer {BENCH_KEY}"}, routed_body)
         routed_pr = ("/v1/chat/completions", {"authorization": f"Bearer {BENCH_PER_REQUEST_KEY}"}, routed_body)
+        routed_scoped = ("/v1/chat/completions", {"authorization": f"Bearer {BENCH_SCOPED_KEY}"}, scoped_body)
         passed = ("/v1/chat/completions", {"authorization": "Bearer sk-client"}, passthrough_body)
         logged = re.compile(r"POST /v1/chat/completions 200 OK \((\d+(?:\.\d+)?)ms\)")
 
@@ -257,6 +281,7 @@ def main() -> int:
             kv = hosts.Kv(config=worker_config, persist_to=worker_state, log_dir=work)
             hosts.seed_tenant(kv, bench_tenant(), [BENCH_KEY])
             hosts.seed_tenant(kv, bench_tenant("bench-per-request", "per_request"), [BENCH_PER_REQUEST_KEY])
+            hosts.seed_tenant(kv, scoped_bench_tenant(), [scoped_key()])
 
         print("\n== cold start (wrangler dev start -> first 200 on a fresh isolate)")
         rows = [("pass-through", no_wait(start_pass), passed)]
@@ -274,6 +299,7 @@ def main() -> int:
             if not args.passthrough_only:
                 worker_dev = start_worker()
                 devs.append(("tollgate (leased)", worker_dev, routed))
+                devs.append(("tollgate (key+user)", worker_dev, routed_scoped))
                 devs.append(("tollgate (per_req.)", worker_dev, routed_pr))
             targets = [(d.url, path, headers, make) for _, d, (path, headers, make) in devs]
             seq = sequential(targets, args.requests, args.warmup)
