@@ -344,6 +344,12 @@ impl BudgetState {
     /// that hold nothing and have nothing spent.
     pub fn sync(&mut self, limits: &[BudgetLimit], now: u64) {
         sync_windows(&mut self.windows, limits, now);
+        // Every level's windows are in the current period before anything
+        // is charged to them (an expired lease at a day's turn is charged
+        // to the new day at its key and user as at the tenant).
+        for entry in &mut self.scoped {
+            age_windows(&mut entry.windows, now);
+        }
         // A lease that expired unreported is charged in full (its instance
         // may have spent all of it); a request's expired hold is dropped.
         // A scoped lease is charged at its key and user as well.
@@ -360,9 +366,6 @@ impl BudgetState {
             }
         }
         if !self.scoped.is_empty() {
-            for entry in &mut self.scoped {
-                age_windows(&mut entry.windows, now);
-            }
             scope::drop_idle(&mut self.scoped, &self.outstanding);
         }
     }

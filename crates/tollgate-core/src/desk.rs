@@ -231,8 +231,8 @@ impl LeaseDesk {
         let mut lease_need: Option<Amount> = None;
         for op in ops {
             let here = match &op {
-                TenantOp::Budget(LedgerOp::Reserve { request, .. })
-                    if desk.budgets.is_some() && !request.scopes.is_empty() && !scoped =>
+                TenantOp::Budget(LedgerOp::Reserve { budgets, request })
+                    if desk.budgets.is_some() && charged_below(budgets, &request.scopes) && !scoped =>
                 {
                     // Charged at a key's or an end user's limits too, and
                     // this instance has no desk for them (past
@@ -251,7 +251,9 @@ impl LeaseDesk {
                     desk.demand = desk.demand.plus(request.worst_case());
                     let local = desk.reserve_here(budgets, request, now);
                     if local.is_none() {
-                        if !scoped || again {
+                        // (A desk holding a lease asks again whatever the
+                        // gap, and frees the lease's unused part first.)
+                        if !scoped || again || desk.lease.is_some() {
                             lease_need = Some(lease_need.unwrap_or_default().plus(request.worst_case()));
                         }
                         if desk.at_writer.len() < budget::MAX_OUTSTANDING {
@@ -269,7 +271,7 @@ impl LeaseDesk {
                     Some(desk.settle_here(budgets, id, None, now))
                 }
                 TenantOp::Budget(LedgerOp::Check { budgets, scopes })
-                    if desk.lease_live(now) && (scopes.is_empty() || scoped) =>
+                    if desk.lease_live(now) && (scoped || !charged_below(budgets, scopes)) =>
                 {
                     // Not exhausted in the view means not exhausted at the
                     // writer as of the grant; exhausted may be the view's
@@ -416,7 +418,7 @@ impl LeaseDesk {
         for op in ops {
             match op {
                 TenantOp::Budget(LedgerOp::Reserve { budgets, request })
-                    if !request.scopes.is_empty() && budgets.leases.is_some() =>
+                    if charged_below(budgets, &request.scopes) && budgets.leases.is_some() =>
                 {
                     let name = scoped_desk_name(tenant, &request.scopes);
                     let room = self.tenants.len() < MAX_DESKS;
@@ -449,7 +451,7 @@ impl LeaseDesk {
                         return name.clone();
                     }
                 }
-                TenantOp::Budget(LedgerOp::Check { scopes, .. }) if !scopes.is_empty() => {
+                TenantOp::Budget(LedgerOp::Check { budgets, scopes }) if charged_below(budgets, scopes) => {
                     let name = scoped_desk_name(tenant, scopes);
                     if self.tenants.contains_key(&name) {
                         return name;
@@ -492,9 +494,9 @@ impl LeaseDesk {
         let expected = expected.max(ticket.grant.map(|g| g + 1)).unwrap_or(0);
         let landed = replies.as_ref().is_some_and(|r| r.len() >= expected);
         for part in ticket.siblings {
-            if let Some(desk) = self.tenants.get_mut(&part.desk) {
-                desk.own_batch_answered(part.report, part.records, landed, now);
-            }
+            // (A desk forgotten since is made again to send what did not land.)
+            let desk = self.tenants.entry(part.desk).or_default();
+            desk.own_batch_answered(part.report, part.records, landed, now);
         }
         let desk = self.tenants.entry(ticket.tenant).or_default();
         if ticket.report.is_some() || ticket.grant.is_some() {
@@ -646,8 +648,7 @@ impl LeaseDesk {
                 reserves: Vec::new(),
                 siblings: Vec::new(),
             };
-            let store = desk.scoped.as_ref().map_or(tenant, |(t, _)| t).clone();
-            out.push((store, ops, ticket));
+            out.push((store_of(tenant).to_owned(), ops, ticket));
         }
         // A key and user's desk with nothing left in it is forgotten (an
         // instance may see any number of end users over its life).
@@ -685,6 +686,24 @@ impl LeaseDesk {
     fn user_charged_for(&self, id: &str) -> Option<String> {
         self.tenants.values().find(|d| d.holds(id)).and_then(|d| d.granted_view.scope()?.user.clone())
     }
+}
+
+/// Whether a request of `scopes` is charged at a key's or a user's own
+/// limits (a key's record with limits; a user with limits of their own or
+/// the default ones). One that is not is the tenant's alone.
+fn charged_below(budgets: &Budgets, scopes: &Scopes) -> bool {
+    scopes.key.as_ref().is_some_and(|k| !k.limits.is_empty())
+        || scopes
+            .user
+            .as_deref()
+            .zip(budgets.users.as_deref())
+            .is_some_and(|(user, users)| !users.limits_for(user).is_empty())
+}
+
+/// The tenant whose writer a desk's batches go to (a key and user's desk
+/// is named after its tenant, then the key and user).
+fn store_of(desk: &str) -> &str {
+    desk.split(SCOPE_SEPARATOR).next().unwrap_or(desk)
 }
 
 /// The desk of one tenant's requests of one key and end user.
@@ -1024,10 +1043,11 @@ impl TenantDesk {
 
     fn on_grant(&mut self, grant: &budget::lease::LeaseGrant, now: u64) {
         let scopes = self.scoped.as_ref().map(|(_, s)| s.clone()).unwrap_or_default();
-        let lease = self.lease.get_or_insert_with(|| LocalLease::scoped(grant.id.clone(), scopes));
+        let lease = self.lease.get_or_insert_with(|| LocalLease::scoped(grant.id.clone(), scopes.clone()));
         if lease.id != grant.id {
             return;
         }
+        lease.set_scopes(scopes);
         lease.on_grant(grant);
         self.granted_view = grant.view.clone();
         // The requests held here stay in the view (a fresh grant's older
@@ -1654,6 +1674,13 @@ mod tests {
             let op = scoped_reserve(&b, &format!("r{n}"), 100_000, "ann");
             writer.ask(&mut desk, vec![op.clone()], 10, true).unwrap();
             writer.ask(&mut desk, vec![scoped_settle(&op, 120)], 10, true);
+        }
+        // A key and user's desk sends to its tenant's writer.
+        let due = desk.due(10, false);
+        assert!(due.iter().all(|(tenant, _, _)| tenant == "t"), "{:?}", due.iter().map(|d| &d.0).collect::<Vec<_>>());
+        for (_, ops, ticket) in due {
+            let _ = desk.on_replies(ticket, None, 10);
+            drop(ops);
         }
         let status = TenantOp::Budget(LedgerOp::Status { budgets: b.clone(), scopes: Default::default() });
         let replies = writer.ask(&mut desk, vec![status.clone()], 10, true).unwrap();

@@ -149,6 +149,9 @@ pub struct LeaseReport {
 }
 
 const LEASE_PREFIX: &str = "lease:";
+/// No new lease is granted while the writer holds this many holds (half of
+/// what it takes before refusing requests).
+const MAX_LEASE_HOLDS: usize = super::MAX_OUTSTANDING / 2;
 
 fn lease_hold_id(id: &str) -> String {
     format!("{LEASE_PREFIX}{id}")
@@ -174,11 +177,21 @@ pub fn grant(
         lease.amount = lease.amount.min(have);
     }
     // The levels the lease counts at: the tenant's, and for a scoped
-    // lease its key's and user's (an existing lease keeps its own).
-    let scope = match state.outstanding.iter().find(|o| o.id == hold) {
-        Some(lease) => lease.scope.clone(),
-        None => state.prepare_scopes(budgets, &request.scopes, now),
-    };
+    // lease its key's and user's, as a request's would be resolved now.
+    let scope = state.prepare_scopes(budgets, &request.scopes, now);
+    if let Some(i) = state.outstanding.iter().position(|o| o.id == hold && o.scope != scope) {
+        // They resolve elsewhere than when the lease was granted (a user
+        // past the cap has a place of its own now; a key or user gained or
+        // lost limits): the old lease ends, charged in full at its levels
+        // as if it had expired, and this grant starts it afresh.
+        let old = state.outstanding.swap_remove(i);
+        state.charge_at(&old.scope, old.amount, now);
+    }
+    if !state.outstanding.iter().any(|o| o.id == hold) && state.outstanding.len() >= MAX_LEASE_HOLDS {
+        // Leases (one per instance, and per key and user an instance
+        // serves often) never crowd out requests' own holds at the writer.
+        return Err(BudgetError::TooManyInFlight { limit: MAX_LEASE_HOLDS });
+    }
     let levels = state.levels(budgets, &request.scopes, &scope);
     let left = super::remaining_over(&levels);
     if let Some(refusal) = levels
@@ -453,6 +466,12 @@ impl LocalLease {
         self.used = Amount::default();
         self.unreported.clear();
         self.expires_at = 0;
+    }
+
+    /// The key and user the lease's reports name (they may change with
+    /// the key's record).
+    pub fn set_scopes(&mut self, scopes: Scopes) {
+        self.scopes = scopes;
     }
 
     /// Bumped by every fresh grant.
@@ -760,6 +779,111 @@ mod tests {
             let entry = state.scoped.iter().find(|e| e.level == level).expect("an entry");
             assert_eq!(entry.windows[0].spent.tokens, 1_000, "{level:?}");
         }
+    }
+
+    fn users_budgets(user_tokens: u64, max_tracked: usize) -> Budgets {
+        use crate::budget::scope::UserBudgets;
+        use crate::budget::{BudgetLimit, Window};
+        let mut b = budgets(1_000_000, 1_000_000_000);
+        b.users = Some(Box::new(UserBudgets {
+            header: None,
+            limits: vec![BudgetLimit {
+                name: "user-day".into(),
+                window: Window::Day,
+                tokens: Some(user_tokens),
+                usd_micros: None,
+                requests: None,
+            }],
+            overrides: Default::default(),
+            max_tracked,
+        }));
+        b
+    }
+
+    fn user_lease(id: &str, user: &str) -> LeaseRequest {
+        LeaseRequest {
+            id: id.into(),
+            want: amount(4_000, 4_000),
+            need: amount(100, 100),
+            unit: Amount::default(),
+            have: None,
+            scopes: Scopes { key: None, user: Some(user.into()) },
+        }
+    }
+
+    fn user_spent(state: &BudgetState, user: &str) -> u64 {
+        state.scoped.iter().find(|e| e.id == user).map_or(0, |e| e.windows[0].spent.tokens)
+    }
+
+    #[test]
+    fn a_lease_whose_user_now_resolves_to_another_entry_ends_charged_in_full_and_starts_afresh_there() {
+        use crate::budget::scope::OVERFLOW_USER;
+        let b = users_budgets(80_000, 1);
+        let mut state = BudgetState::default();
+        let sizing = LeaseSizing::default();
+        // `first` takes the one tracked place with a request in flight.
+        let first = crate::budget::ReserveRequest {
+            id: "f".into(),
+            prompt_tokens: 10,
+            output_tokens: 10,
+            price: crate::pricing::ModelPrice { input: 0, cached_input: 0, output: 0 },
+            downgrade_price: None,
+            extra_micros: 0,
+            scopes: Scopes { key: None, user: Some("first".into()) },
+        };
+        crate::budget::reserve(&mut state, &b, &first, 10).unwrap();
+        let g = grant(&mut state, &b, &sizing, &user_lease("a", "ann"), 10).unwrap();
+        assert_eq!(g.view.scope().and_then(|s| s.user.as_deref()), Some(OVERFLOW_USER));
+        // `first` is gone (nothing spent, nothing held): ann has a place of her own now.
+        crate::budget::release(&mut state, &b, "f", 11);
+        let again = grant(&mut state, &b, &sizing, &user_lease("a", "ann"), 12).unwrap();
+        assert!(again.fresh, "a new lease, not the old one grown");
+        assert_eq!(again.view.scope().and_then(|s| s.user.as_deref()), Some("ann"));
+        assert_eq!(user_spent(&state, OVERFLOW_USER), g.added.tokens, "the old lease, charged in full");
+        let leases: Vec<_> = state.outstanding.iter().filter(|o| is_lease(&o.id)).collect();
+        assert_eq!(leases.len(), 1, "{leases:?}");
+    }
+
+    #[test]
+    fn a_scoped_lease_expiring_after_midnight_is_charged_to_the_new_day_at_every_level() {
+        let b = users_budgets(80_000, 10);
+        let mut state = BudgetState::default();
+        let midnight = 86_400 * 20_000;
+        let g = grant(&mut state, &b, &LeaseSizing::default(), &user_lease("a", "ann"), midnight - 10).unwrap();
+        // The first op of the new day comes after the lease expired unreported.
+        expire(&mut state, &b, midnight + 30);
+        assert_eq!(state.spent_in(&b.limits[0]).tokens, g.added.tokens);
+        assert_eq!(user_spent(&state, "ann"), g.added.tokens, "charged to the new day at the user too");
+    }
+
+    #[test]
+    fn no_new_lease_is_granted_once_holds_fill_half_of_what_the_writer_takes() {
+        let b = budgets(u64::MAX / 4, u64::MAX / 4);
+        let mut state = BudgetState::default();
+        let sizing = LeaseSizing::default();
+        for n in 0..MAX_LEASE_HOLDS {
+            let req = LeaseRequest {
+                id: format!("l{n}"),
+                want: amount(1, 1),
+                need: amount(1, 1),
+                unit: Amount::default(),
+                have: None,
+                scopes: Default::default(),
+            };
+            grant(&mut state, &b, &sizing, &req, 10).unwrap();
+        }
+        let one_more = LeaseRequest {
+            id: "late".into(),
+            want: amount(1, 1),
+            need: amount(1, 1),
+            unit: Amount::default(),
+            have: None,
+            scopes: Default::default(),
+        };
+        assert!(matches!(grant(&mut state, &b, &sizing, &one_more, 10), Err(BudgetError::TooManyInFlight { .. })));
+        // An existing lease still grows.
+        let grow = LeaseRequest { id: "l0".into(), ..one_more };
+        assert!(grant(&mut state, &b, &sizing, &grow, 10).is_ok());
     }
 
     /// N instances, random interleavings of reserve, settle, release,
