@@ -1553,23 +1553,9 @@ mod tests {
     }
 
     /// A tenant of a million tokens a day, leased, whose users get
-    /// `user_tokens` a day each, and key `k1` with `key_tokens` a day.
+    /// `user_tokens` a day each.
     fn scoped_budgets(user_tokens: u64) -> Budgets {
-        use crate::budget::scope::UserBudgets;
-        let mut b = budgets(1_000_000, 1_000_000_000, Some(LeaseSizing::default()));
-        b.users = Some(Box::new(UserBudgets {
-            header: None,
-            limits: vec![BudgetLimit {
-                name: "user-day".into(),
-                window: Window::Day,
-                tokens: Some(user_tokens),
-                usd_micros: None,
-                requests: None,
-            }],
-            overrides: Default::default(),
-            max_tracked: 100,
-        }));
-        b
+        super::tests_support::users_budgets(Some(LeaseSizing::default()), user_tokens, 100)
     }
 
     fn scoped_reserve(b: &Budgets, id: &str, key_tokens: u64, user: &str) -> TenantOp {
@@ -2034,6 +2020,25 @@ pub(crate) mod tests_support {
             users: None,
             alerts: None,
         }
+    }
+
+    /// A million tokens a day for the tenant, and `user_tokens` a day for
+    /// each of at most `max_tracked` users.
+    pub(crate) fn users_budgets(leases: Option<LeaseSizing>, user_tokens: u64, max_tracked: usize) -> Budgets {
+        let mut b = budgets(1_000_000, 1_000_000_000, leases);
+        b.users = Some(Box::new(crate::budget::scope::UserBudgets {
+            header: None,
+            limits: vec![BudgetLimit {
+                name: "user-day".into(),
+                window: Window::Day,
+                tokens: Some(user_tokens),
+                usd_micros: None,
+                requests: None,
+            }],
+            overrides: Default::default(),
+            max_tracked,
+        }));
+        b
     }
 
     /// Limits no test exhausts, leased.

@@ -782,22 +782,7 @@ mod tests {
     }
 
     fn users_budgets(user_tokens: u64, max_tracked: usize) -> Budgets {
-        use crate::budget::scope::UserBudgets;
-        use crate::budget::{BudgetLimit, Window};
-        let mut b = budgets(1_000_000, 1_000_000_000);
-        b.users = Some(Box::new(UserBudgets {
-            header: None,
-            limits: vec![BudgetLimit {
-                name: "user-day".into(),
-                window: Window::Day,
-                tokens: Some(user_tokens),
-                usd_micros: None,
-                requests: None,
-            }],
-            overrides: Default::default(),
-            max_tracked,
-        }));
-        b
+        crate::desk::tests_support::users_budgets(None, user_tokens, max_tracked)
     }
 
     fn user_lease(id: &str, user: &str) -> LeaseRequest {
