@@ -1652,6 +1652,53 @@ mod tests {
     }
 
     #[test]
+    fn a_user_past_the_soft_threshold_is_downgraded_from_its_lease_as_at_the_writer_and_another_user_is_not() {
+        let mut b = scoped_budgets(30_000);
+        b.soft_threshold = Some(0.8);
+        let with_downgrade = |mut op: TenantOp| {
+            if let TenantOp::Budget(LedgerOp::Reserve { request, .. }) = &mut op {
+                request.downgrade_price = Some(request.price);
+            }
+            op
+        };
+        let downgraded = |reply: &TenantReply| match reply {
+            TenantReply::Budget(LedgerReply::Granted { granted }) => granted.downgraded,
+            other => panic!("{other:?}"),
+        };
+        let mut desk = LeaseDesk::new("i1");
+        let mut writer = Writer::default();
+        // Ann spends 24,000 of her 30,000: her next request finds 80% used (the tenant is barely touched).
+        let mut answers = Vec::new();
+        for n in 0..80 {
+            let op = with_downgrade(scoped_reserve(&b, &format!("a{n}"), 1_000_000, "ann"));
+            let reply = writer.ask(&mut desk, vec![op.clone()], 10, true).unwrap();
+            answers.push(downgraded(&reply[0]));
+            writer.ask(&mut desk, vec![scoped_settle(&op, 300)], 10, true);
+            // The host's background step: reports, and renews the lease.
+            writer.background(&mut desk, 10, true);
+        }
+        assert!(writer.batches <= 12, "{} of 80 waited: ann's requests are leased", writer.batches);
+        assert_eq!(answers.iter().filter(|d| **d).count(), 0, "below the threshold: {answers:?}");
+        let before = writer.batches;
+        let op = with_downgrade(scoped_reserve(&b, "a-late", 1_000_000, "ann"));
+        let reply = writer.ask(&mut desk, vec![op], 10, true).unwrap();
+        assert!(downgraded(&reply[0]), "past 80% of her limit: {reply:?}");
+        assert_eq!(writer.batches, before, "decided from the lease");
+        // Bob, on the same key, is not.
+        let op = with_downgrade(scoped_reserve(&b, "b1", 1_000_000, "bob"));
+        let reply = writer.ask(&mut desk, vec![op], 10, true).unwrap();
+        assert!(!downgraded(&reply[0]), "{reply:?}");
+        // Once everything has reached the writer, it decides Ann's the same way.
+        writer.background(&mut desk, 10 + IDLE_AFTER_SECS + 1, true);
+        let TenantOp::Budget(LedgerOp::Reserve { request, .. }) =
+            with_downgrade(scoped_reserve(&b, "a-writer", 1_000_000, "ann"))
+        else {
+            unreachable!()
+        };
+        assert!(budget::reserve(&mut writer.budget, &b, &request, 20).is_ok_and(|g| g.downgraded));
+    }
+
+    #[test]
     fn a_usage_read_sees_the_spend_waiting_in_a_key_and_users_desk() {
         let b = scoped_budgets(50_000);
         let mut desk = LeaseDesk::new("i1");
