@@ -86,6 +86,11 @@ struct WriterHold {
     /// Counted in the view's hold for everything else (it was held at the
     /// writer when the view was granted): its close takes it out there.
     in_view: bool,
+    /// When the writer lets the hold go if its close never arrives (a
+    /// host that lost the request): the desk forgets it then too, so a
+    /// lost close cannot keep a desk, or its tenant's "nothing in flight",
+    /// pinned for the instance's life.
+    expires_at: u64,
 }
 
 #[derive(Debug, Default)]
@@ -240,7 +245,12 @@ impl LeaseDesk {
                     // `per_request`. Its close waits for a batch.
                     desk.last_active = now;
                     if desk.at_writer.len() < budget::MAX_OUTSTANDING {
-                        desk.at_writer.push(WriterHold { id: request.id.clone(), amount: None, in_view: false });
+                        desk.at_writer.push(WriterHold {
+                            id: request.id.clone(),
+                            amount: None,
+                            in_view: false,
+                            expires_at: now + RESERVATION_TTL_SECS,
+                        });
                     }
                     None
                 }
@@ -257,7 +267,12 @@ impl LeaseDesk {
                             lease_need = Some(lease_need.unwrap_or_default().plus(request.worst_case()));
                         }
                         if desk.at_writer.len() < budget::MAX_OUTSTANDING {
-                            desk.at_writer.push(WriterHold { id: request.id.clone(), amount: None, in_view: false });
+                            desk.at_writer.push(WriterHold {
+                                id: request.id.clone(),
+                                amount: None,
+                                in_view: false,
+                                expires_at: now + RESERVATION_TTL_SECS,
+                            });
                         }
                     }
                     local.map(|granted| TenantReply::Budget(LedgerReply::Granted { granted }))
@@ -573,6 +588,7 @@ impl LeaseDesk {
         let at_once = self.writer_in_process;
         for (tenant, desk) in &mut self.tenants {
             desk.forget_lost_batches(now);
+            desk.expire_writer_holds(now);
             if desk.busy {
                 continue;
             }
@@ -885,6 +901,26 @@ impl TenantDesk {
         {
             others.amount = others.amount.saturating_sub(amount);
             self.view.charge_spent(spent, now);
+        }
+    }
+
+    /// Requests reserved at the writer whose hold the writer has let go
+    /// by now (their close never came): no longer in flight here, and
+    /// nothing charged for them, as at the writer.
+    fn expire_writer_holds(&mut self, now: u64) {
+        if self.at_writer.iter().all(|w| w.expires_at > now) {
+            return;
+        }
+        let mut freed = Amount::default();
+        self.at_writer.retain(|hold| {
+            let live = hold.expires_at > now;
+            if !live && hold.in_view {
+                freed = freed.plus(hold.amount.unwrap_or_default());
+            }
+            live
+        });
+        if let Some(others) = self.view.outstanding.iter_mut().find(|o| o.id == budget::lease::OTHERS_HOLD) {
+            others.amount = others.amount.saturating_sub(freed);
         }
     }
 
@@ -1743,6 +1779,22 @@ mod tests {
         assert!(!writer.budget.outstanding.iter().any(|o| budget::lease::is_lease(&o.id)), "no lease was granted");
         // Their desks are forgotten once idle.
         writer.background(&mut desk, 100, true);
+        assert_eq!(desk.tenants.len(), 0, "{:?}", desk.tenants.keys().collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn a_request_reserved_at_the_writer_whose_close_never_comes_stops_pinning_its_desk_once_its_hold_has_expired() {
+        let b = scoped_budgets(50_000);
+        let mut desk = LeaseDesk::new("i1");
+        let mut writer = Writer::default();
+        let op = scoped_reserve(&b, "lost", 100_000, "once");
+        assert!(granted(&writer.ask(&mut desk, vec![op], 10, true).unwrap()[0]).is_some());
+        // The host never closes it. While the writer may still hold it,
+        // the desk keeps it in flight.
+        writer.background(&mut desk, 10 + RESERVATION_TTL_SECS - 1, true);
+        assert_eq!(desk.tenants.len(), 1, "forgotten while its hold may still be held");
+        // Once the writer has let the hold go, the desk does too.
+        writer.background(&mut desk, 10 + RESERVATION_TTL_SECS, true);
         assert_eq!(desk.tenants.len(), 0, "{:?}", desk.tenants.keys().collect::<Vec<_>>());
     }
 
