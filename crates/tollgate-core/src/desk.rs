@@ -144,6 +144,13 @@ struct TenantDesk {
     sent_at: u64,
     /// The report of the batch out, kept to send again if it is lost.
     report_out: Option<(LeaseReport, u32)>,
+    /// The settles and releases (of requests reserved at the writer) in
+    /// the batches out, kept to send again if those are lost: nothing else
+    /// would ever charge that spend (the writer frees an expired hold), and
+    /// the writer applies each close once, so one that did land costs
+    /// nothing the second time. Outcome records are not kept: they are
+    /// statistics, and one sent twice would count twice.
+    closes_out: Vec<TenantOp>,
 }
 
 /// What [`LeaseDesk::route`] made of a batch.
@@ -396,8 +403,7 @@ impl LeaseDesk {
         let Batch { ops, report, grant, records } = batch;
         let desk = self.tenants.entry(name.clone()).or_default();
         if report.is_some() || grant.is_some() || !records.is_empty() {
-            desk.out += 1;
-            desk.sent_at = now;
+            desk.batch_sent(&records, now);
         }
         let report = report.map(Box::new);
         Routed::Send { ops, ticket: Ticket { tenant: name, slots, report, grant, records, reserves, siblings } }
@@ -418,8 +424,7 @@ impl LeaseDesk {
             if report.is_none() && records.is_empty() {
                 continue;
             }
-            desk.out += 1;
-            desk.sent_at = now;
+            desk.batch_sent(&records, now);
             ops.extend(waiting);
             parts.push(SiblingPart { desk: name.clone(), report, records });
         }
@@ -522,6 +527,7 @@ impl LeaseDesk {
         }
         if ticket.report.is_some() || ticket.grant.is_some() || !ticket.records.is_empty() {
             desk.out = desk.out.saturating_sub(1);
+            desk.closes_answered(&ticket.records);
         }
         let replies = replies.filter(|_| landed);
         let Some(replies) = replies else {
@@ -652,8 +658,7 @@ impl LeaseDesk {
             desk.busy |= batch.report.is_some() || batch.grant.is_some();
             let Batch { ops, report, grant, records } = batch;
             if report.is_some() || grant.is_some() || !records.is_empty() {
-                desk.out += 1;
-                desk.sent_at = now;
+                desk.batch_sent(&records, now);
             }
             let ticket = Ticket {
                 tenant: tenant.clone(),
@@ -702,6 +707,11 @@ impl LeaseDesk {
     fn user_charged_for(&self, id: &str) -> Option<String> {
         self.tenants.values().find(|d| d.holds(id)).and_then(|d| d.granted_view.scope()?.user.clone())
     }
+}
+
+/// A request's settle or release, which the writer must see once.
+fn is_close(op: &TenantOp) -> bool {
+    matches!(op, TenantOp::Budget(LedgerOp::Settle { .. } | LedgerOp::Release { .. }))
 }
 
 /// Whether a request of `scopes` is charged at a key's or a user's own
@@ -849,6 +859,32 @@ impl TenantDesk {
                 // Due at once.
                 self.oldest_waiting = Some(self.sent_at);
             }
+            for close in std::mem::take(&mut self.closes_out) {
+                self.wait(close, now);
+                self.oldest_waiting = Some(self.sent_at);
+            }
+        }
+    }
+
+    /// A batch carrying `records` (and perhaps a report or a lease
+    /// request) of this desk's was sent at `now`.
+    fn batch_sent(&mut self, records: &[TenantOp], now: u64) {
+        self.out += 1;
+        self.sent_at = now;
+        self.closes_out.extend(records.iter().filter(|op| is_close(op)).cloned());
+    }
+
+    /// The batch that carried `records` was answered, or not: its closes
+    /// are no longer out (one that did not land waits again with its
+    /// records).
+    fn closes_answered(&mut self, records: &[TenantOp]) {
+        if self.closes_out.is_empty() {
+            return;
+        }
+        for op in records.iter().filter(|op| is_close(op)) {
+            if let Some(i) = self.closes_out.iter().position(|out| out == op) {
+                self.closes_out.swap_remove(i);
+            }
         }
     }
 
@@ -867,6 +903,7 @@ impl TenantDesk {
             self.report_out = None;
         }
         self.out = self.out.saturating_sub(1);
+        self.closes_answered(&records);
         if landed {
             return;
         }
@@ -955,6 +992,7 @@ impl TenantDesk {
         self.lease.is_none()
             && self.records.is_empty()
             && self.at_writer.is_empty()
+            && self.closes_out.is_empty()
             && !self.busy
             && self.out == 0
             && now >= self.last_active.saturating_add(self.idle_after())
@@ -1780,6 +1818,31 @@ mod tests {
         // Their desks are forgotten once idle.
         writer.background(&mut desk, 100, true);
         assert_eq!(desk.tenants.len(), 0, "{:?}", desk.tenants.keys().collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn a_close_in_a_batch_that_is_never_answered_goes_again_so_a_request_reserved_at_the_writer_is_still_charged() {
+        use crate::budget::scope::Level;
+        let b = scoped_budgets(50_000);
+        let mut desk = LeaseDesk::new("i1");
+        let mut writer = Writer::default();
+        // A one-off user's request reserves at the writer; its close waits for a batch.
+        let op = scoped_reserve(&b, "r", 100_000, "once");
+        assert!(granted(&writer.ask(&mut desk, vec![op.clone()], 10, true).unwrap()[0]).is_some());
+        writer.ask(&mut desk, vec![scoped_settle(&op, 120)], 10, true);
+        assert_eq!(spent_at(&writer.budget, Level::User, "once"), 0, "the close waits for a batch");
+        // The batch goes out and its answer never comes (the host's task died).
+        let lost = desk.due(12, false);
+        assert_eq!(lost.len(), 1);
+        drop(lost);
+        writer.background(&mut desk, 20, true);
+        assert_eq!(spent_at(&writer.budget, Level::User, "once"), 0, "still out");
+        // Given up: the close goes again, and the writer charges it once.
+        writer.background(&mut desk, 12 + LOST_BATCH_SECS, true);
+        writer.background(&mut desk, 13 + LOST_BATCH_SECS, true);
+        assert_eq!(spent_at(&writer.budget, Level::User, "once"), 120);
+        assert_eq!(writer.budget.windows[0].spent.tokens, 120);
+        assert!(writer.budget.outstanding.is_empty(), "{:?}", writer.budget.outstanding);
     }
 
     #[test]
