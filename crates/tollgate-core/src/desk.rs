@@ -1200,6 +1200,18 @@ mod tests {
                 let _ = desk.on_replies(ticket, replies.filter(|_| !self.lose_answers), now);
             }
         }
+
+        /// The host's task that sent the background batches dies with
+        /// them: no answer ever comes to the desk (the writer applied them
+        /// first when `applied`).
+        fn background_lost(&mut self, desk: &mut LeaseDesk, now: u64, applied: bool) {
+            for (_, ops, ticket) in desk.due(now, false) {
+                if applied {
+                    crate::store::apply(&mut self.budget, &mut self.outcomes, &ops, now);
+                }
+                drop(ticket);
+            }
+        }
     }
 
     fn granted(reply: &TenantReply) -> Option<Amount> {
@@ -2026,6 +2038,9 @@ mod tests {
                         writer.ask(&mut desks[i], ops, now, reachable);
                     }
                 }
+                // Lossy runs also lose some background batches with the
+                // host task that sent them.
+                8 if lossy && rng.next(16) == 0 => writer.background_lost(&mut desks[i], now, rng.next(2) == 0),
                 8 => writer.background(&mut desks[i], now, reachable),
                 _ => {
                     if rng.next(30) == 0 {
@@ -2084,8 +2099,9 @@ mod tests {
             let ops = vec![TenantOp::Budget(LedgerOp::Release { budgets: b.clone(), id })];
             writer.ask(&mut desks[i], ops, now, true);
         }
-        for _ in 0..4 {
-            now += IDLE_AFTER_SECS + 1;
+        for round in 0..4 {
+            // (The first waits until batches lost with their task are given up.)
+            now += if round == 0 { LOST_BATCH_SECS } else { IDLE_AFTER_SECS + 1 };
             for desk in &mut desks {
                 writer.background(desk, now, true);
             }
