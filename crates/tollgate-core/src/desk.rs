@@ -32,7 +32,7 @@
 //! and the lease ids are made from the instance id the host draws at random.
 
 use crate::budget::lease::{LeaseReport, LeaseRequest, LocalLease};
-use crate::budget::scope::{OVERFLOW_USER, Scopes};
+use crate::budget::scope::{Level, OVERFLOW_USER, Scopes};
 use crate::budget::{
     self, Amount, BudgetState, Budgets, Granted, LedgerOp, LedgerReply, Outstanding, RESERVATION_TTL_SECS,
 };
@@ -518,6 +518,7 @@ impl LeaseDesk {
             let desk = self.tenants.entry(part.desk).or_default();
             desk.own_batch_answered(part.report, part.records, landed, now);
         }
+        let tenant = store_of(&ticket.tenant).to_owned();
         let desk = self.tenants.entry(ticket.tenant).or_default();
         if ticket.report.is_some() || ticket.grant.is_some() {
             desk.busy = false;
@@ -562,7 +563,6 @@ impl LeaseDesk {
         if let Some(TenantReply::Budget(LedgerReply::Lease { grant })) = ticket.grant.and_then(|i| replies.get(i)) {
             desk.on_grant(grant, now);
         }
-        let in_flight_here = desk.lease.as_ref().map(LocalLease::held).unwrap_or_default();
         for slot in &ticket.slots {
             if let Slot::Writer(i) = slot
                 && let Some(TenantReply::Budget(LedgerReply::Refused { .. })) = replies.get(*i)
@@ -573,16 +573,43 @@ impl LeaseDesk {
                 }
             }
         }
+        let in_flight_here = self.held_here(&tenant);
         Some(
             ticket
                 .slots
                 .into_iter()
                 .map(|s| match s {
                     Slot::Here(reply) => reply,
-                    Slot::Writer(i) => with_local_holds(replies[i].clone(), in_flight_here),
+                    Slot::Writer(i) => with_local_holds(replies[i].clone(), &in_flight_here),
                 })
                 .collect(),
         )
+    }
+
+    /// What this instance's requests in flight hold of `tenant`'s leases:
+    /// in all (every lease is held at the tenant), and at each key and
+    /// user level a key and user's lease is held at.
+    fn held_here(&self, tenant: &str) -> HeldHere {
+        let mut held = HeldHere {
+            tenant: self.tenants.get(tenant).and_then(|d| d.lease.as_ref()).map(LocalLease::held).unwrap_or_default(),
+            below: Vec::new(),
+        };
+        let prefix = format!("{tenant}{SCOPE_SEPARATOR}");
+        for (_, desk) in self.tenants.range(prefix.clone()..).take_while(|(name, _)| name.starts_with(&prefix)) {
+            let in_flight = desk.lease.as_ref().map(LocalLease::held).unwrap_or_default();
+            if in_flight == Amount::default() {
+                continue;
+            }
+            held.tenant = held.tenant.plus(in_flight);
+            if let Some(scope) = desk.granted_view.scope() {
+                for (level, id) in [(Level::Key, &scope.key), (Level::User, &scope.user)] {
+                    if let Some(id) = id {
+                        held.below.push((level, id.clone(), in_flight));
+                    }
+                }
+            }
+        }
+        held
     }
 
     /// The batches to send in the background at `now`: waiting spend and
@@ -687,18 +714,35 @@ impl LeaseDesk {
 /// A usage read answered by the writer, with this instance's requests in
 /// flight moved from its lease (`leased`) to `reserved`, where they would
 /// be without leases.
-fn with_local_holds(reply: TenantReply, held: Amount) -> TenantReply {
+fn with_local_holds(reply: TenantReply, held: &HeldHere) -> TenantReply {
+    fn move_to_reserved(limits: &mut [budget::LimitStatus], held: Amount) {
+        for limit in limits {
+            let moved = held.min(limit.leased);
+            limit.leased = limit.leased.saturating_sub(moved);
+            limit.reserved = limit.reserved.plus(moved);
+        }
+    }
     match reply {
-        TenantReply::Budget(LedgerReply::Status { mut limits, scoped }) if held != Amount::default() => {
-            for limit in &mut limits {
-                let moved = held.min(limit.leased);
-                limit.leased = limit.leased.saturating_sub(moved);
-                limit.reserved = limit.reserved.plus(moved);
+        TenantReply::Budget(LedgerReply::Status { mut limits, mut scoped }) if held.tenant != Amount::default() => {
+            move_to_reserved(&mut limits, held.tenant);
+            for entry in &mut scoped {
+                let at = held
+                    .below
+                    .iter()
+                    .filter(|(level, id, _)| *level == entry.level && *id == entry.id)
+                    .fold(Amount::default(), |sum, (_, _, amount)| sum.plus(*amount));
+                move_to_reserved(&mut entry.limits, at);
             }
             TenantReply::Budget(LedgerReply::Status { limits, scoped })
         }
         other => other,
     }
+}
+
+/// See [`LeaseDesk::held_here`].
+struct HeldHere {
+    tenant: Amount,
+    below: Vec<(Level, String, Amount)>,
 }
 
 #[cfg(test)]
@@ -1813,6 +1857,41 @@ mod tests {
         let replies = writer.ask(&mut desk, vec![status], 11, true).unwrap();
         let TenantReply::Budget(LedgerReply::Status { limits, .. }) = &replies[0] else { panic!("{replies:?}") };
         assert_eq!(limits[0].spent.tokens, 6 * 120, "{limits:?}");
+    }
+
+    #[test]
+    fn a_usage_read_shows_a_key_and_users_requests_in_flight_here_as_reserved_at_every_level_not_leased() {
+        use crate::budget::scope::Level;
+        let b = scoped_budgets(50_000);
+        let mut desk = LeaseDesk::new("i1");
+        let mut writer = Writer::default();
+        let ops: Vec<TenantOp> = (0..4).map(|n| scoped_reserve(&b, &format!("r{n}"), 100_000, "ann")).collect();
+        for op in &ops {
+            assert!(granted(&writer.ask(&mut desk, vec![op.clone()], 10, true).unwrap()[0]).is_some());
+        }
+        let held =
+            desk.tenants.values().filter_map(|d| d.lease.as_ref()).fold(Amount::default(), |a, l| a.plus(l.held()));
+        assert!(held.tokens > 0, "some of ann's requests are in flight in a lease here");
+        let TenantOp::Budget(LedgerOp::Reserve { request, .. }) = &ops[0] else { panic!("a reserve") };
+        let status = TenantOp::Budget(LedgerOp::Status { budgets: b.clone(), scopes: request.scopes.clone() });
+        let replies = writer.ask(&mut desk, vec![status.clone()], 10, true).unwrap();
+        let TenantReply::Budget(LedgerReply::Status { limits, scoped }) = &replies[0] else { panic!("{replies:?}") };
+        // What the writer alone would say: the lease's part in flight here is `leased` there.
+        let (mut state, mut outcomes) = (writer.budget.clone(), writer.outcomes.clone());
+        let direct = crate::store::apply(&mut state, &mut outcomes, &[status], 10).0;
+        let TenantReply::Budget(LedgerReply::Status { limits: w_limits, scoped: w_scoped }) = &direct[0] else {
+            panic!("{direct:?}")
+        };
+        assert_eq!(limits[0].reserved.tokens, w_limits[0].reserved.tokens + held.tokens, "{limits:?}");
+        assert_eq!(limits[0].leased.tokens, w_limits[0].leased.tokens - held.tokens, "{limits:?}");
+        for (level, id) in [(Level::Key, "k1"), (Level::User, "ann")] {
+            let at = |entries: &[crate::budget::ScopeStatus]| {
+                entries.iter().find(|e| e.level == level && e.id == id).map(|e| e.limits[0].clone()).unwrap()
+            };
+            let (here, there) = (at(scoped), at(w_scoped));
+            assert_eq!(here.reserved.tokens, there.reserved.tokens + held.tokens, "{level:?} {here:?}");
+            assert_eq!(here.leased.tokens, there.leased.tokens - held.tokens, "{level:?} {here:?}");
+        }
     }
 
     #[test]
