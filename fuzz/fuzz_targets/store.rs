@@ -75,8 +75,8 @@ fn default_batch(budgets: &Budgets) -> TenantBatch {
             // A request charged at a key's own limits and an end user's too.
             budget(LedgerOp::Reserve { budgets: b(), request: ReserveRequest { scopes: scoped(), ..request("r3") } }),
             budget(LedgerOp::Check { budgets: b(), scopes: scoped() }),
-            budget(LedgerOp::Settle { budgets: b(), id: "r3".into(), amount: Amount { tokens: 900, micros: 200, requests: 1 }, scopes: scoped() }),
-            budget(LedgerOp::Settle { budgets: b(), id: "r1".into(), amount: Amount { tokens: 1200, micros: 300, requests: 0 }, scopes: Default::default() }),
+            budget(LedgerOp::Settle { budgets: b(), id: "r3".into(), amount: Amount { tokens: 900, micros: 200, requests: 1 }, scopes: scoped(), resent: false }),
+            budget(LedgerOp::Settle { budgets: b(), id: "r1".into(), amount: Amount { tokens: 1200, micros: 300, requests: 0 }, scopes: Default::default(), resent: true }),
             budget(LedgerOp::Release { budgets: b(), id: "r2".into() }),
             budget(LedgerOp::LeaseGrant {
                 budgets: b(),

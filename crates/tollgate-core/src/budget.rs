@@ -941,6 +941,13 @@ pub enum LedgerOp {
         /// Where to charge when the hold is gone (expired, or never made).
         #[serde(default, skip_serializing_if = "Scopes::is_empty")]
         scopes: Scopes,
+        /// Sent again after the batch that carried it went unanswered
+        /// (a host task cancelled with it): charged only while its hold
+        /// is still outstanding, since a hold that is gone means the first
+        /// landed (the ids of settled requests are remembered only for a
+        /// while, so they cannot tell on their own).
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        resent: bool,
     },
     Release {
         budgets: Budgets,
@@ -1049,7 +1056,11 @@ fn apply_op(state: &mut BudgetState, op: &LedgerOp, now: u64) -> LedgerReply {
             Ok(granted) => LedgerReply::Granted { granted },
             Err(error) => LedgerReply::Refused { error },
         },
-        LedgerOp::Settle { budgets, id, amount, scopes } => {
+        LedgerOp::Settle { budgets, id, amount, scopes, resent } => {
+            if *resent && !state.outstanding.iter().any(|o| o.id == *id) {
+                state.sync(&budgets.limits, now);
+                return LedgerReply::Remaining { remaining: state.remaining(&budgets.limits) };
+            }
             LedgerReply::Remaining { remaining: settle_at(state, budgets, id, *amount, scopes, now) }
         }
         LedgerOp::Release { budgets, id } => LedgerReply::Remaining { remaining: release(state, budgets, id, now) },
@@ -1341,6 +1352,7 @@ pub(super) mod tests {
         let reply: LedgerReply = serde_json::from_str(&serde_json::to_string(&reply).unwrap()).unwrap();
         assert!(matches!(reply, LedgerReply::Granted { ref granted } if granted.amount.tokens == 200));
         let settle_op = LedgerOp::Settle {
+            resent: false,
             budgets: b.clone(),
             id: "a".into(),
             amount: Amount { tokens: 50, micros: 0, requests: 0 },

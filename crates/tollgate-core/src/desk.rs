@@ -135,13 +135,14 @@ struct TenantDesk {
     /// The tenant's budgets say `per_request`: nothing is batched.
     per_request: bool,
     /// Batches carrying this desk's own ops (reports, lease requests,
-    /// records) sent and not yet answered. A close or a flush waits while
-    /// one is out, so a slow writer gets one batch at a time, not a queue.
-    out: u32,
-    /// When the last of those was sent: one unanswered for
-    /// [`LOST_BATCH_SECS`] is taken as lost (a host task cancelled with it),
-    /// so the desk does not wait for it for ever.
-    sent_at: u64,
+    /// records) sent and not yet answered: (number, when sent). A close or
+    /// a flush waits while one is out, so a slow writer gets one batch at a
+    /// time, not a queue. One unanswered for [`LOST_BATCH_SECS`] is taken
+    /// as lost (a host task cancelled with it), each by its own age, so the
+    /// desk does not wait for it for ever, however many batches follow it.
+    out: Vec<(u64, u64)>,
+    /// The batch out whose report or lease request makes the desk `busy`.
+    busy_batch: u64,
     /// The report of the batch out, kept to send again if it is lost.
     report_out: Option<(LeaseReport, u32)>,
     /// The settles and releases (of requests reserved at the writer) in
@@ -150,7 +151,16 @@ struct TenantDesk {
     /// the writer applies each close once, so one that did land costs
     /// nothing the second time. Outcome records are not kept: they are
     /// statistics, and one sent twice would count twice.
-    closes_out: Vec<TenantOp>,
+    closes_out: Vec<CloseOut>,
+    /// Batches of this desk's sent so far (numbers them for `closes_out`).
+    batches_sent: u64,
+}
+
+/// A settle or release out in a batch (see `TenantDesk::closes_out`).
+#[derive(Debug)]
+struct CloseOut {
+    batch: u64,
+    op: TenantOp,
 }
 
 /// What [`LeaseDesk::route`] made of a batch.
@@ -177,6 +187,8 @@ pub struct Ticket {
     reserves: Vec<(usize, String)>,
     /// What the tenant's key and user desks sent in front of a read.
     siblings: Vec<SiblingPart>,
+    /// Its number among the desk's batches (0: it carries nothing of the desk's own).
+    batch: u64,
 }
 
 /// A key and user desk's waiting spend and records, sent in another
@@ -186,6 +198,7 @@ struct SiblingPart {
     desk: String,
     report: Option<(LeaseReport, u32)>,
     records: Vec<TenantOp>,
+    batch: u64,
 }
 
 #[derive(Debug)]
@@ -402,11 +415,10 @@ impl LeaseDesk {
         }
         let Batch { ops, report, grant, records } = batch;
         let desk = self.tenants.entry(name.clone()).or_default();
-        if report.is_some() || grant.is_some() || !records.is_empty() {
-            desk.batch_sent(&records, now);
-        }
+        let busy = report.is_some() || grant.is_some();
+        let batch = if busy || !records.is_empty() { desk.batch_sent(&records, busy, now) } else { 0 };
         let report = report.map(Box::new);
-        Routed::Send { ops, ticket: Ticket { tenant: name, slots, report, grant, records, reserves, siblings } }
+        Routed::Send { ops, ticket: Ticket { tenant: name, slots, report, grant, records, reserves, siblings, batch } }
     }
 
     /// What waits in `tenant`'s key and user desks, added to `ops`, and
@@ -416,7 +428,7 @@ impl LeaseDesk {
         let mut parts = Vec::new();
         for (name, desk) in self.tenants.range_mut(prefix.clone()..).take_while(|(name, _)| name.starts_with(&prefix)) {
             desk.forget_lost_batches(now);
-            if desk.out > 0 {
+            if !desk.out.is_empty() {
                 // One batch of its own at a time; it is on its way.
                 continue;
             }
@@ -424,9 +436,9 @@ impl LeaseDesk {
             if report.is_none() && records.is_empty() {
                 continue;
             }
-            desk.batch_sent(&records, now);
+            let batch = desk.batch_sent(&records, report.is_some(), now);
             ops.extend(waiting);
-            parts.push(SiblingPart { desk: name.clone(), report, records });
+            parts.push(SiblingPart { desk: name.clone(), report, records, batch });
         }
         parts
     }
@@ -516,34 +528,28 @@ impl LeaseDesk {
         for part in ticket.siblings {
             // (A desk forgotten since is made again to send what did not land.)
             let desk = self.tenants.entry(part.desk).or_default();
-            desk.own_batch_answered(part.report, part.records, landed, now);
+            desk.own_batch_answered(part.report, part.records, part.batch, landed, now);
         }
         let tenant = store_of(&ticket.tenant).to_owned();
         let desk = self.tenants.entry(ticket.tenant).or_default();
-        if ticket.report.is_some() || ticket.grant.is_some() {
-            desk.busy = false;
-        }
-        if ticket.report.is_some() {
-            desk.report_out = None;
-        }
-        if ticket.report.is_some() || ticket.grant.is_some() || !ticket.records.is_empty() {
-            desk.out = desk.out.saturating_sub(1);
-            desk.closes_answered(&ticket.records);
-        }
+        // (False for a late answer to a batch given up: what it carried
+        // was sent again then.)
+        let was_out = desk.batch_answered(ticket.batch);
         let replies = replies.filter(|_| landed);
         let Some(replies) = replies else {
             // Nothing of it landed, as far as this instance can tell: the
             // report and records go again with the next batch (the writer
             // applies each settled request once).
-            if let (Some((report, generation)), Some(lease)) = (ticket.report.map(|r| *r), desk.lease.as_mut())
+            if let (true, Some((report, generation)), Some(lease)) =
+                (was_out, ticket.report.map(|r| *r), desk.lease.as_mut())
                 && lease.generation() == generation
             {
                 lease.restore(report);
                 desk.oldest_waiting.get_or_insert(now);
             }
-            if !ticket.records.is_empty() {
+            if was_out && !ticket.records.is_empty() {
                 desk.oldest_waiting.get_or_insert(now);
-                let later = std::mem::replace(&mut desk.records, ticket.records);
+                let later = std::mem::replace(&mut desk.records, ticket.records.into_iter().map(resent).collect());
                 for op in later {
                     desk.wait(op, now);
                 }
@@ -573,7 +579,7 @@ impl LeaseDesk {
                 }
             }
         }
-        let in_flight_here = self.held_here(&tenant);
+        let in_flight_here = self.held_here(&tenant, now);
         Some(
             ticket
                 .slots
@@ -589,14 +595,16 @@ impl LeaseDesk {
     /// What this instance's requests in flight hold of `tenant`'s leases:
     /// in all (every lease is held at the tenant), and at each key and
     /// user level a key and user's lease is held at.
-    fn held_here(&self, tenant: &str) -> HeldHere {
-        let mut held = HeldHere {
-            tenant: self.tenants.get(tenant).and_then(|d| d.lease.as_ref()).map(LocalLease::held).unwrap_or_default(),
-            below: Vec::new(),
+    fn held_here(&self, tenant: &str, now: u64) -> HeldHere {
+        // (A lease expired here the writer has charged in full: not leased there.)
+        let in_flight = |desk: &TenantDesk| {
+            desk.lease.as_ref().filter(|l| l.expires_at > now).map(LocalLease::held).unwrap_or_default()
         };
+        let mut held =
+            HeldHere { tenant: self.tenants.get(tenant).map(in_flight).unwrap_or_default(), below: Vec::new() };
         let prefix = format!("{tenant}{SCOPE_SEPARATOR}");
         for (_, desk) in self.tenants.range(prefix.clone()..).take_while(|(name, _)| name.starts_with(&prefix)) {
-            let in_flight = desk.lease.as_ref().map(LocalLease::held).unwrap_or_default();
+            let in_flight = in_flight(desk);
             if in_flight == Amount::default() {
                 continue;
             }
@@ -627,7 +635,7 @@ impl LeaseDesk {
             }
             // A batch of records out blocks more records (one batch at a
             // time for a slow writer), not a renewal: that goes on its own.
-            let records_out = desk.out > 0 && !drain;
+            let records_out = !desk.out.is_empty() && !drain;
             let idle = !records_out
                 && desk.lease.as_ref().is_some_and(|l| l.in_flight() == 0)
                 && (drain || now >= desk.last_active.saturating_add(desk.idle_after()));
@@ -684,9 +692,8 @@ impl LeaseDesk {
             }
             desk.busy |= batch.report.is_some() || batch.grant.is_some();
             let Batch { ops, report, grant, records } = batch;
-            if report.is_some() || grant.is_some() || !records.is_empty() {
-                desk.batch_sent(&records, now);
-            }
+            let busy = report.is_some() || grant.is_some();
+            let batch = if busy || !records.is_empty() { desk.batch_sent(&records, busy, now) } else { 0 };
             let ticket = Ticket {
                 tenant: tenant.clone(),
                 slots: Vec::new(),
@@ -695,6 +702,7 @@ impl LeaseDesk {
                 records,
                 reserves: Vec::new(),
                 siblings: Vec::new(),
+                batch,
             };
             out.push((store_of(tenant).to_owned(), ops, ticket));
         }
@@ -707,7 +715,7 @@ impl LeaseDesk {
     /// Whether anything waits or is leased: a host with no timer of its
     /// own keeps calling [`LeaseDesk::due`] while this holds.
     pub fn has_work(&self) -> bool {
-        self.tenants.values().any(|d| d.lease.is_some() || !d.records.is_empty())
+        self.tenants.values().any(|d| d.lease.is_some() || !d.records.is_empty() || !d.closes_out.is_empty())
     }
 }
 
@@ -756,6 +764,18 @@ impl LeaseDesk {
 /// A request's settle or release, which the writer must see once.
 fn is_close(op: &TenantOp) -> bool {
     matches!(op, TenantOp::Budget(LedgerOp::Settle { .. } | LedgerOp::Release { .. }))
+}
+
+/// `op` to send again after a batch that carried it went unanswered: a
+/// settle then charges only while its hold is outstanding (it may have
+/// landed). A release is idempotent as it is.
+fn resent(op: TenantOp) -> TenantOp {
+    match op {
+        TenantOp::Budget(LedgerOp::Settle { budgets, id, amount, scopes, .. }) => {
+            TenantOp::Budget(LedgerOp::Settle { budgets, id, amount, scopes, resent: true })
+        }
+        other => other,
+    }
 }
 
 /// Whether a request of `scopes` is charged at a key's or a user's own
@@ -888,48 +908,66 @@ impl TenantDesk {
 
     /// Batches out for longer than [`LOST_BATCH_SECS`] will not be
     /// answered (the host's task that sent them is gone): stop waiting.
-    /// What they carried is covered: a report's spend by the lease's full
-    /// charge at expiry, records are statistics.
+    /// A report's spend and the closes of requests reserved at the writer
+    /// go again (a close only charges while its hold is outstanding, see
+    /// [`resent`]); outcome records are statistics and do not.
     fn forget_lost_batches(&mut self, now: u64) {
-        if (self.out > 0 || self.busy) && now >= self.sent_at.saturating_add(LOST_BATCH_SECS) {
-            self.out = 0;
+        let lost = |sent_at: u64| now >= sent_at.saturating_add(LOST_BATCH_SECS);
+        let Some(oldest) = self.out.iter().map(|&(_, sent_at)| sent_at).min().filter(|&t| lost(t)) else {
+            return;
+        };
+        let gone: Vec<u64> = self.out.iter().filter(|&&(_, sent_at)| lost(sent_at)).map(|&(batch, _)| batch).collect();
+        self.out.retain(|&(_, sent_at)| !lost(sent_at));
+        if self.busy && gone.contains(&self.busy_batch) {
             self.busy = false;
+            self.busy_batch = 0;
             // Its spend goes again with the next report (the writer applies
             // each request once, so a report that did land costs nothing).
             if let (Some((report, generation)), Some(lease)) = (self.report_out.take(), self.lease.as_mut())
                 && lease.generation() == generation
             {
                 lease.restore(report);
-                // Due at once.
-                self.oldest_waiting = Some(self.sent_at);
-            }
-            for close in std::mem::take(&mut self.closes_out) {
-                self.wait(close, now);
-                self.oldest_waiting = Some(self.sent_at);
             }
         }
+        let (lost_closes, still_out): (Vec<CloseOut>, Vec<CloseOut>) =
+            std::mem::take(&mut self.closes_out).into_iter().partition(|c| gone.contains(&c.batch));
+        self.closes_out = still_out;
+        for close in lost_closes {
+            self.wait(resent(close.op), now);
+        }
+        // What it carried is due at once.
+        self.oldest_waiting = Some(oldest);
     }
 
     /// A batch carrying `records` (and perhaps a report or a lease
-    /// request) of this desk's was sent at `now`.
-    fn batch_sent(&mut self, records: &[TenantOp], now: u64) {
-        self.out += 1;
-        self.sent_at = now;
-        self.closes_out.extend(records.iter().filter(|op| is_close(op)).cloned());
+    /// request) of this desk's was sent at `now`: its number.
+    fn batch_sent(&mut self, records: &[TenantOp], makes_busy: bool, now: u64) -> u64 {
+        self.batches_sent += 1;
+        let batch = self.batches_sent;
+        self.out.push((batch, now));
+        if makes_busy {
+            self.busy_batch = batch;
+        }
+        self.closes_out.extend(records.iter().filter(|op| is_close(op)).map(|op| CloseOut { batch, op: op.clone() }));
+        batch
     }
 
-    /// The batch that carried `records` was answered, or not: its closes
-    /// are no longer out (one that did not land waits again with its
-    /// records).
-    fn closes_answered(&mut self, records: &[TenantOp]) {
-        if self.closes_out.is_empty() {
-            return;
+    /// Batch `batch` (0: none of this desk's) was answered, or not: it is
+    /// no longer out, nor are its closes (if it did not land, they wait
+    /// again with its records). False if it was not out: a late answer to
+    /// a batch given up, whose report and closes went again then.
+    fn batch_answered(&mut self, batch: u64) -> bool {
+        let Some(i) = self.out.iter().position(|&(b, _)| b == batch).filter(|_| batch != 0) else {
+            return false;
+        };
+        self.out.swap_remove(i);
+        self.closes_out.retain(|c| c.batch != batch);
+        if self.busy_batch == batch {
+            self.busy = false;
+            self.busy_batch = 0;
+            self.report_out = None;
         }
-        for op in records.iter().filter(|op| is_close(op)) {
-            if let Some(i) = self.closes_out.iter().position(|out| out == op) {
-                self.closes_out.swap_remove(i);
-            }
-        }
+        true
     }
 
     /// A batch carrying only this desk's waiting report and records (in
@@ -939,16 +977,12 @@ impl TenantDesk {
         &mut self,
         report: Option<(LeaseReport, u32)>,
         records: Vec<TenantOp>,
+        batch: u64,
         landed: bool,
         now: u64,
     ) {
-        if report.is_some() {
-            self.busy = false;
-            self.report_out = None;
-        }
-        self.out = self.out.saturating_sub(1);
-        self.closes_answered(&records);
-        if landed {
+        let was_out = self.batch_answered(batch);
+        if landed || !was_out {
             return;
         }
         if let (Some((report, generation)), Some(lease)) = (report, self.lease.as_mut())
@@ -959,7 +993,7 @@ impl TenantDesk {
         }
         if !records.is_empty() {
             self.oldest_waiting.get_or_insert(now);
-            let later = std::mem::replace(&mut self.records, records);
+            let later = std::mem::replace(&mut self.records, records.into_iter().map(resent).collect());
             for op in later {
                 self.wait(op, now);
             }
@@ -1038,7 +1072,7 @@ impl TenantDesk {
             && self.at_writer.is_empty()
             && self.closes_out.is_empty()
             && !self.busy
-            && self.out == 0
+            && self.out.is_empty()
             && now >= self.last_active.saturating_add(self.idle_after())
     }
 
@@ -1288,6 +1322,7 @@ mod tests {
             spent = spent.plus(actual);
             let close = vec![
                 TenantOp::Budget(LedgerOp::Settle {
+                    resent: false,
                     budgets: b.clone(),
                     id: id.clone(),
                     amount: actual,
@@ -1311,6 +1346,7 @@ mod tests {
         // The long answer ends; nothing else is in flight, so its close goes
         // with the next background step, not a second later.
         let close = vec![TenantOp::Budget(LedgerOp::Settle {
+            resent: false,
             budgets: b.clone(),
             id: "long".into(),
             amount: Amount { tokens: 1, micros: 1, requests: 0 },
@@ -1334,6 +1370,7 @@ mod tests {
         let close = |id: &str| {
             vec![
                 TenantOp::Budget(LedgerOp::Settle {
+                    resent: false,
                     budgets: b.clone(),
                     id: id.into(),
                     amount: Amount { tokens: 10, micros: 10, requests: 0 },
@@ -1401,6 +1438,7 @@ mod tests {
             let spent = Amount { tokens: 150 + n, micros: 170 + n, requests: 0 };
             let settle = |b: &Budgets| {
                 TenantOp::Budget(LedgerOp::Settle {
+                    resent: false,
                     budgets: b.clone(),
                     id: id.clone(),
                     amount: spent,
@@ -1463,6 +1501,7 @@ mod tests {
         writer.ask(
             &mut desk,
             vec![TenantOp::Budget(LedgerOp::Settle {
+                resent: false,
                 budgets: b.clone(),
                 id: "b".into(),
                 amount: spent,
@@ -1539,6 +1578,7 @@ mod tests {
         // "b", in flight under the expired lease, settles as paid (by the full charge).
         let spent_before = writer.budget.windows[0].spent;
         let settle = LedgerOp::Settle {
+            resent: false,
             budgets: b.clone(),
             id: "b".into(),
             amount: Amount { tokens: 5, micros: 5, requests: 0 },
@@ -1570,6 +1610,7 @@ mod tests {
             let id = format!("r{n}");
             writer.ask(&mut desk, vec![reserve_op(&b, &id, 100, 200)], 10, true);
             let settle = TenantOp::Budget(LedgerOp::Settle {
+                resent: false,
                 budgets: b.clone(),
                 id,
                 amount: Amount { tokens: 7, micros: 9, requests: 0 },
@@ -1594,6 +1635,7 @@ mod tests {
         writer.ask(&mut desk, vec![reserve_op(&b, "b", 10, 10)], 10, true);
         let settle = |id: &str| {
             TenantOp::Budget(LedgerOp::Settle {
+                resent: false,
                 budgets: b.clone(),
                 id: id.into(),
                 amount: Amount { tokens: 5, micros: 5, requests: 0 },
@@ -1670,7 +1712,8 @@ mod tests {
         assert!(granted_ids.len() <= 50 && granted_ids.len() >= 40, "{} granted", granted_ids.len());
         for (i, id) in granted_ids {
             let spent = Amount { tokens: 15, micros: 20, requests: 1 };
-            let settle = LedgerOp::Settle { budgets: b.clone(), id, amount: spent, scopes: Default::default() };
+            let settle =
+                LedgerOp::Settle { resent: false, budgets: b.clone(), id, amount: spent, scopes: Default::default() };
             writer.ask(&mut desks[i], vec![TenantOp::Budget(settle)], start + 2, true);
         }
         // Each instance's background step sends what its closes left waiting.
@@ -1708,6 +1751,7 @@ mod tests {
     fn scoped_settle(op: &TenantOp, tokens: u64) -> TenantOp {
         let TenantOp::Budget(LedgerOp::Reserve { budgets, request }) = op else { panic!("a reserve") };
         TenantOp::Budget(LedgerOp::Settle {
+            resent: false,
             budgets: budgets.clone(),
             id: request.id.clone(),
             amount: Amount { tokens, micros: tokens, requests: 1 },
@@ -1937,6 +1981,64 @@ mod tests {
     }
 
     #[test]
+    fn a_close_sent_again_after_its_batch_landed_unanswered_is_charged_once_even_after_the_writer_forgot_its_id() {
+        use crate::budget::scope::Level;
+        let b = scoped_budgets(50_000);
+        let mut desk = LeaseDesk::new("i1");
+        let mut writer = Writer::default();
+        let op = scoped_reserve(&b, "r", 100_000, "once");
+        assert!(granted(&writer.ask(&mut desk, vec![op.clone()], 10, true).unwrap()[0]).is_some());
+        writer.ask(&mut desk, vec![scoped_settle(&op, 120)], 10, true);
+        // The batch lands, and the task that sent it dies before its answer.
+        writer.background_lost(&mut desk, 12, true);
+        assert_eq!(spent_at(&writer.budget, Level::User, "once"), 120);
+        // Many requests settle at the writer meanwhile: it remembers only
+        // the most recent settled ids.
+        for n in 0..600 {
+            let other = reserve_op(&b, &format!("other-{n}"), 1, 1);
+            let settle = TenantOp::Budget(LedgerOp::Settle {
+                budgets: b.clone(),
+                id: format!("other-{n}"),
+                amount: Amount { tokens: 1, micros: 1, requests: 1 },
+                scopes: Default::default(),
+                resent: false,
+            });
+            crate::store::apply(&mut writer.budget, &mut writer.outcomes, &[other, settle], 13);
+        }
+        // The batch is given up and its close goes again: charged once.
+        writer.background(&mut desk, 12 + LOST_BATCH_SECS, true);
+        writer.background(&mut desk, 13 + LOST_BATCH_SECS, true);
+        assert_eq!(spent_at(&writer.budget, Level::User, "once"), 120);
+        assert_eq!(writer.budget.windows[0].spent.tokens, 120 + 600);
+    }
+
+    #[test]
+    fn a_lost_batchs_close_goes_again_while_the_desk_keeps_sending_other_batches() {
+        let b = scoped_budgets(50_000);
+        let mut desk = LeaseDesk::new("i1");
+        let mut writer = Writer::default();
+        let first = scoped_reserve(&b, "r0", 100_000, "ann");
+        assert!(granted(&writer.ask(&mut desk, vec![first.clone()], 10, true).unwrap()[0]).is_some());
+        writer.ask(&mut desk, vec![scoped_settle(&first, 120)], 10, true);
+        writer.background_lost(&mut desk, 11, false);
+        // Ann keeps sending requests: her desk leases, reports and renews,
+        // so batches of its own keep going out and being answered.
+        for n in 1..40u64 {
+            let now = 11 + n * 2;
+            let op = scoped_reserve(&b, &format!("r{n}"), 100_000, "ann");
+            writer.ask(&mut desk, vec![op.clone()], now, true);
+            writer.ask(&mut desk, vec![scoped_settle(&op, 10)], now, true);
+            writer.background(&mut desk, now, true);
+        }
+        assert!(
+            !writer.budget.outstanding.iter().any(|o| o.id == "r0"),
+            "r0's close never reached the writer: {:?}",
+            writer.budget.outstanding
+        );
+        assert!(writer.budget.recently_settled.contains(&budget::settled_fingerprint("r0")));
+    }
+
+    #[test]
     fn a_request_reserved_at_the_writer_whose_close_never_comes_stops_pinning_its_desk_once_its_hold_has_expired() {
         let b = scoped_budgets(50_000);
         let mut desk = LeaseDesk::new("i1");
@@ -2100,6 +2202,7 @@ mod tests {
                         }
                         let ops = vec![
                             TenantOp::Budget(LedgerOp::Settle {
+                                resent: false,
                                 budgets: b.clone(),
                                 id: id.clone(),
                                 amount: actual,
@@ -2234,6 +2337,7 @@ mod slow_writer {
             }
             desk.request_ended("t");
             let settle = TenantOp::Budget(LedgerOp::Settle {
+                resent: false,
                 budgets: b.clone(),
                 id,
                 amount: Amount { tokens: 50, micros: 50, requests: 0 },
@@ -2365,6 +2469,7 @@ mod renewals {
                 }
             }
             let settle = TenantOp::Budget(LedgerOp::Settle {
+                resent: false,
                 budgets: b.clone(),
                 id,
                 amount: Amount { tokens: 300, micros: 500, requests: 0 },
@@ -2406,6 +2511,7 @@ mod renewals {
         desk.request_started("t");
         let serve = |desk: &mut LeaseDesk, writer: &mut WriterState, wants: &mut Vec<Amount>, id: &str, now| {
             let settle = TenantOp::Budget(LedgerOp::Settle {
+                resent: false,
                 budgets: b.clone(),
                 id: id.to_owned(),
                 amount: Amount { tokens: 300, micros: 500, requests: 0 },

@@ -384,6 +384,7 @@ mod tests {
 
     fn settle_op(b: &Budgets, id: &str, tokens: u64, user: &str) -> LedgerOp {
         LedgerOp::Settle {
+            resent: false,
             budgets: b.clone(),
             id: id.into(),
             amount: Amount { tokens, micros: tokens, requests: 1 },
@@ -451,7 +452,11 @@ mod tests {
 
     fn settle_usd(b: &Budgets, s: &mut BudgetState, id: &str, micros: u64, now: u64) {
         let amount = Amount { tokens: 10, micros, requests: 1 };
-        apply(s, &LedgerOp::Settle { budgets: b.clone(), id: id.into(), amount, scopes: Scopes::default() }, now);
+        apply(
+            s,
+            &LedgerOp::Settle { resent: false, budgets: b.clone(), id: id.into(), amount, scopes: Scopes::default() },
+            now,
+        );
     }
 
     #[test]

@@ -31,9 +31,13 @@ impl Settlement {
         use crate::budget::LedgerOp;
         match self {
             Settlement::Release { id } => LedgerOp::Release { budgets: budgets.clone(), id: id.clone() },
-            Settlement::Charge { id, amount } => {
-                LedgerOp::Settle { budgets: budgets.clone(), id: id.clone(), amount: *amount, scopes: scopes.clone() }
-            }
+            Settlement::Charge { id, amount } => LedgerOp::Settle {
+                resent: false,
+                budgets: budgets.clone(),
+                id: id.clone(),
+                amount: *amount,
+                scopes: scopes.clone(),
+            },
         }
     }
 }
