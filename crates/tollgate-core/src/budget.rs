@@ -35,6 +35,9 @@ pub const RESERVATION_TTL_SECS: u64 = 3600;
 pub const MAX_OUTSTANDING: usize = 4096;
 /// Settled ids remembered so that a repeated settle is a no-op.
 const RECENTLY_SETTLED: usize = 512;
+/// Request holds that expired unsettled, remembered for a resent settle
+/// (a host that lost a close: rare, so few).
+const RECENTLY_EXPIRED: usize = 64;
 /// Below this many output tokens a clamped request is refused instead.
 pub const MIN_CLAMPED_OUTPUT: u64 = 16;
 
@@ -185,6 +188,11 @@ pub struct BudgetState {
     /// of JSON each way. Older states holding ids are read too.
     #[serde(default, deserialize_with = "settled_from_ids_or_fingerprints")]
     pub recently_settled: Vec<u64>,
+    /// Fingerprints of the last request holds that expired unsettled: a
+    /// settle sent again after its batch went unanswered (`resent`) is
+    /// still charged for them (its first send never landed).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub recently_expired: Vec<u64>,
     /// Settled spend of the keys and end users with limits of their own
     /// ([`scope`]), bounded by `budgets.users.max_tracked`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -360,6 +368,13 @@ impl BudgetState {
                 .filter(|o| o.expires_at <= now && lease::is_lease(&o.id) && o.amount != Amount::default())
                 .map(|o| (o.scope.clone(), o.amount))
                 .collect();
+            for hold in self.outstanding.iter().filter(|o| o.expires_at <= now && !lease::is_lease(&o.id)) {
+                self.recently_expired.push(settled_fingerprint(&hold.id));
+            }
+            if self.recently_expired.len() > RECENTLY_EXPIRED {
+                let excess = self.recently_expired.len() - RECENTLY_EXPIRED;
+                self.recently_expired.drain(..excess);
+            }
             self.outstanding.retain(|o| o.expires_at > now);
             for (scope, amount) in expired_leases {
                 self.charge_at(&scope, amount, now);
@@ -1057,9 +1072,18 @@ fn apply_op(state: &mut BudgetState, op: &LedgerOp, now: u64) -> LedgerReply {
             Err(error) => LedgerReply::Refused { error },
         },
         LedgerOp::Settle { budgets, id, amount, scopes, resent } => {
-            if *resent && !state.outstanding.iter().any(|o| o.id == *id) {
+            if *resent {
+                // Sent again after an unanswered batch: its hold outstanding
+                // or expired unsettled means the first send never landed; gone
+                // otherwise means it did (settled ids are remembered only for
+                // a while, so they cannot tell on their own).
                 state.sync(&budgets.limits, now);
-                return LedgerReply::Remaining { remaining: state.remaining(&budgets.limits) };
+                let fingerprint = settled_fingerprint(id);
+                let expired_unsettled = state.recently_expired.contains(&fingerprint);
+                if !expired_unsettled && !state.outstanding.iter().any(|o| o.id == *id) {
+                    return LedgerReply::Remaining { remaining: state.remaining(&budgets.limits) };
+                }
+                state.recently_expired.retain(|f| *f != fingerprint);
             }
             LedgerReply::Remaining { remaining: settle_at(state, budgets, id, *amount, scopes, now) }
         }

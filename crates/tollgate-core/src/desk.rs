@@ -72,6 +72,10 @@ const SCOPE_SEPARATOR: char = '\u{1f}';
 pub struct LeaseDesk {
     instance: String,
     leases_made: u64,
+    /// Batches sent so far, numbering each: one count for every desk, so
+    /// a desk forgotten and made again never reuses a number a late answer
+    /// may still carry.
+    batches_sent: u64,
     tenants: BTreeMap<String, TenantDesk>,
     /// The writer is in this process ([`LeaseDesk::with_writer_in_process`]).
     writer_in_process: bool,
@@ -152,8 +156,6 @@ struct TenantDesk {
     /// nothing the second time. Outcome records are not kept: they are
     /// statistics, and one sent twice would count twice.
     closes_out: Vec<CloseOut>,
-    /// Batches of this desk's sent so far (numbers them for `closes_out`).
-    batches_sent: u64,
 }
 
 /// A settle or release out in a batch (see `TenantDesk::closes_out`).
@@ -219,7 +221,13 @@ impl LeaseDesk {
     /// of two instances (or of one instance before and after a restart)
     /// never share an id.
     pub fn new(instance: &str) -> LeaseDesk {
-        LeaseDesk { instance: instance.to_owned(), leases_made: 0, tenants: BTreeMap::new(), writer_in_process: false }
+        LeaseDesk {
+            instance: instance.to_owned(),
+            leases_made: 0,
+            batches_sent: 0,
+            tenants: BTreeMap::new(),
+            writer_in_process: false,
+        }
     }
 
     /// For a writer in this process (Envoy's shared data): a batch there is
@@ -416,7 +424,12 @@ impl LeaseDesk {
         let Batch { ops, report, grant, records } = batch;
         let desk = self.tenants.entry(name.clone()).or_default();
         let busy = report.is_some() || grant.is_some();
-        let batch = if busy || !records.is_empty() { desk.batch_sent(&records, busy, now) } else { 0 };
+        let batch = if busy || !records.is_empty() {
+            self.batches_sent += 1;
+            desk.batch_sent(self.batches_sent, &records, busy, now)
+        } else {
+            0
+        };
         let report = report.map(Box::new);
         Routed::Send { ops, ticket: Ticket { tenant: name, slots, report, grant, records, reserves, siblings, batch } }
     }
@@ -436,7 +449,8 @@ impl LeaseDesk {
             if report.is_none() && records.is_empty() {
                 continue;
             }
-            let batch = desk.batch_sent(&records, report.is_some(), now);
+            self.batches_sent += 1;
+            let batch = desk.batch_sent(self.batches_sent, &records, report.is_some(), now);
             ops.extend(waiting);
             parts.push(SiblingPart { desk: name.clone(), report, records, batch });
         }
@@ -693,7 +707,12 @@ impl LeaseDesk {
             desk.busy |= batch.report.is_some() || batch.grant.is_some();
             let Batch { ops, report, grant, records } = batch;
             let busy = report.is_some() || grant.is_some();
-            let batch = if busy || !records.is_empty() { desk.batch_sent(&records, busy, now) } else { 0 };
+            let batch = if busy || !records.is_empty() {
+                self.batches_sent += 1;
+                desk.batch_sent(self.batches_sent, &records, busy, now)
+            } else {
+                0
+            };
             let ticket = Ticket {
                 tenant: tenant.clone(),
                 slots: Vec::new(),
@@ -941,9 +960,7 @@ impl TenantDesk {
 
     /// A batch carrying `records` (and perhaps a report or a lease
     /// request) of this desk's was sent at `now`: its number.
-    fn batch_sent(&mut self, records: &[TenantOp], makes_busy: bool, now: u64) -> u64 {
-        self.batches_sent += 1;
-        let batch = self.batches_sent;
+    fn batch_sent(&mut self, batch: u64, records: &[TenantOp], makes_busy: bool, now: u64) -> u64 {
         self.out.push((batch, now));
         if makes_busy {
             self.busy_batch = batch;
@@ -2006,10 +2023,71 @@ mod tests {
             crate::store::apply(&mut writer.budget, &mut writer.outcomes, &[other, settle], 13);
         }
         // The batch is given up and its close goes again: charged once.
+        let sent = writer.background;
         writer.background(&mut desk, 12 + LOST_BATCH_SECS, true);
         writer.background(&mut desk, 13 + LOST_BATCH_SECS, true);
+        assert!(writer.background > sent, "the close went again");
+        assert!(desk.tenants.values().all(|d| d.closes_out.is_empty() && d.records.is_empty()), "nothing left to send");
         assert_eq!(spent_at(&writer.budget, Level::User, "once"), 120);
         assert_eq!(writer.budget.windows[0].spent.tokens, 120 + 600);
+    }
+
+    #[test]
+    fn a_late_answer_to_a_forgotten_desks_batch_never_passes_for_the_answer_to_a_new_desks_batch() {
+        use crate::budget::scope::Level;
+        let b = scoped_budgets(50_000);
+        let mut desk = LeaseDesk::new("i1");
+        let mut writer = Writer::default();
+        let first = scoped_reserve(&b, "r1", 100_000, "once");
+        writer.ask(&mut desk, vec![first.clone()], 10, true).unwrap();
+        writer.ask(&mut desk, vec![scoped_settle(&first, 120)], 10, true);
+        let (_, _, late) = desk.due(12, false).pop().unwrap();
+        // Given up, sent again and answered; the desk goes idle and is forgotten.
+        writer.background(&mut desk, 12 + LOST_BATCH_SECS, true);
+        writer.background(&mut desk, 100, true);
+        assert_eq!(desk.tenants.len(), 0);
+        // The same user again: a new desk, whose batch is lost too.
+        let second = scoped_reserve(&b, "r2", 100_000, "once");
+        writer.ask(&mut desk, vec![second.clone()], 101, true).unwrap();
+        writer.ask(&mut desk, vec![scoped_settle(&second, 130)], 101, true);
+        let lost = desk.due(102, false);
+        assert_eq!(lost.len(), 1);
+        drop(lost);
+        // The first desk's batch is answered at last (unanswered).
+        let _ = desk.on_replies(late, None, 103);
+        writer.background(&mut desk, 103 + LOST_BATCH_SECS, true);
+        writer.background(&mut desk, 104 + LOST_BATCH_SECS, true);
+        assert_eq!(spent_at(&writer.budget, Level::User, "once"), 120 + 130);
+    }
+
+    #[test]
+    fn a_close_sent_again_only_after_its_hold_expired_at_the_writer_is_still_charged() {
+        use crate::budget::scope::Level;
+        let b = scoped_budgets(50_000);
+        let mut desk = LeaseDesk::new("i1");
+        let mut writer = Writer::default();
+        let op = scoped_reserve(&b, "r", 100_000, "once");
+        assert!(granted(&writer.ask(&mut desk, vec![op.clone()], 10, true).unwrap()[0]).is_some());
+        writer.ask(&mut desk, vec![scoped_settle(&op, 120)], 10, true);
+        // The writer cannot be reached for longer than the hold lives.
+        writer.background(&mut desk, 12, false);
+        writer.background(&mut desk, 12 + RESERVATION_TTL_SECS / 2, false);
+        // Another instance's op meets the hold expired first.
+        let status = TenantOp::Budget(LedgerOp::Status { budgets: b.clone(), scopes: Default::default() });
+        crate::store::apply(&mut writer.budget, &mut writer.outcomes, &[status], 11 + RESERVATION_TTL_SECS);
+        assert!(writer.budget.outstanding.is_empty());
+        writer.background(&mut desk, 20 + RESERVATION_TTL_SECS, true);
+        assert_eq!(spent_at(&writer.budget, Level::User, "once"), 120, "its spend was never charged");
+        // Sent again once more, it is not charged twice.
+        let again = TenantOp::Budget(LedgerOp::Settle {
+            budgets: b.clone(),
+            id: "r".into(),
+            amount: Amount { tokens: 120, micros: 120, requests: 1 },
+            scopes: Default::default(),
+            resent: true,
+        });
+        crate::store::apply(&mut writer.budget, &mut writer.outcomes, &[again], 21 + RESERVATION_TTL_SECS);
+        assert_eq!(writer.budget.windows[0].spent.tokens, 120);
     }
 
     #[test]
